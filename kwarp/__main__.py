@@ -1,0 +1,3 @@
+from kwarp.cli import main
+
+raise SystemExit(main())

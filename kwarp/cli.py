@@ -1,0 +1,88 @@
+"""`kwarp` command line: the one composition root that wires the components into subcommands.
+
+Each subcommand lives in the module that owns it and exposes `register(parser)`, which adds its
+arguments and sets `func` (returning an exit code). Modules are imported only for the subcommand
+that runs, so `kwarp validate` does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from kwarp import __version__
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("kwarp.local", "run a WarpRun end to end on this machine (embedded mode)"),
+    "report": ("kwarp.report", "write the HTML report, figures and summary.json of a run"),
+    "validate": ("kwarp.cli_spec", "check a WarpRun document and print the resolved spec"),
+    "crd": ("kwarp.cli_spec", "print the WarpRun CustomResourceDefinition (generated from the spec)"),
+    "prepare": ("kwarp.prepare", "task: copy the SFT policy into the run's store (checks model, reward, data)"),
+    "train": ("kwarp.trainer.cli", "task: train one WARP member (REINFORCE with the EMA anchor)"),
+    "merge": ("kwarp.merger.cli", "task or tool: SLERP the members' task vectors, then LiTI"),
+    "eval": ("kwarp.evaluate", "task or tool: reward and KL along the LiTI path (the Pareto front)"),
+    "task": ("kwarp.tasks.cli", "the bundled demo task: build it, show where it is"),
+    "store": ("kwarp.store.cli", "list, verify and copy checkpoints between file:// and s3:// stores"),
+    "operator": ("kwarp.operator.cli", "run the Kubernetes operator (kopf)"),
+    "dashboard": ("kwarp.dashboard", "print the Grafana dashboard JSON"),
+    "reproduce": ("kwarp.reproduce", "re-run the paper's four findings on the demo task"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kwarp",
+        description="WARP alignment of language models, on Kubernetes or on one machine.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {n:<10} {h}" for n, (_, h) in COMMANDS.items()),
+    )
+    parser.add_argument("--version", action="version", version=f"kwarp {__version__}")
+    parser.add_argument("command", nargs="?", help="one of the commands below")
+    return parser
+
+
+def build_parser(name: str) -> argparse.ArgumentParser:
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"kwarp {name}", description=help_text)
+    register = getattr(module, f"register_{name}", None) or module.register
+    register(parser)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from kwarp.checkpoints import CheckpointError
+    from kwarp.errors import UserError
+    from kwarp.spec import SpecError
+    from kwarp.store.base import StoreError
+
+    return (SpecError, CheckpointError, StoreError, UserError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-"):
+        top = _top_parser()
+        top.parse_args(argv)
+        top.print_help()
+        return 0 if not argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"kwarp: unknown command '{name}'; run `kwarp --help` for the list", file=sys.stderr)
+        return 2
+    parser = build_parser(name)
+    args = parser.parse_args(rest)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as err:
+        print(f"kwarp {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"kwarp {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

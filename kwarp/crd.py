@@ -1,0 +1,127 @@
+"""The CustomResourceDefinition of WarpRun, generated from the pydantic models (never hand-copied).
+
+Kubernetes wants a *structural* OpenAPI v3 schema: every node typed, no $ref, no anyOf of different
+types, `nullable` instead of a null type. This module turns pydantic's JSON schema into that.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from kwarp.spec import API_GROUP, API_VERSION, KIND, PLURAL, WarpRunSpec
+from kwarp.status import WarpRunStatus
+
+SHORT_NAMES = ["wr"]
+CATEGORIES = ["kwarp", "all-training"]
+# Printer columns: what `kubectl get wr` shows.
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Iteration", "type": "integer", "jsonPath": ".status.iteration"},
+    {"name": "Members", "type": "string", "jsonPath": ".status.membersDone", "description": "members done"},
+    {"name": "Reward", "type": "number", "jsonPath": ".status.reward"},
+    {"name": "KL", "type": "number", "jsonPath": ".status.kl"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+_DROP = {"title", "discriminator", "examples", "const"}
+
+
+def _resolve(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_resolve(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
+        extra = {k: v for k, v in node.items() if k != "$ref"}
+        target.update(extra)
+        return _resolve(target, defs)
+    return {k: _resolve(v, defs) for k, v in node.items()}
+
+
+def _structural(node: Any) -> Any:
+    """Rewrite a resolved JSON schema node into a structural Kubernetes schema."""
+    if isinstance(node, list):
+        return [_structural(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: v for k, v in node.items() if k not in _DROP}
+    for key in ("anyOf", "oneOf"):
+        if key in node:
+            options = node.pop(key)
+            variants = [v for v in options if v.get("type") != "null"]
+            nullable = len(variants) < len(options)
+            if len(variants) == 1:
+                merged = {**_structural(variants[0]), **node}
+                if nullable:
+                    merged["nullable"] = True
+                node = merged
+            else:
+                # Different types (e.g. steps: int | [int]): the API server keeps the value as sent;
+                # the operator validates it with the same pydantic model and reports a condition.
+                kept = {k: v for k, v in node.items() if k == "description"}
+                return kept | {"x-kubernetes-preserve-unknown-fields": True}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if k == "properties":
+            out[k] = {name: _structural(p) for name, p in v.items()}
+        elif k in ("items", "additionalProperties") and isinstance(v, dict):
+            out[k] = _structural(v)
+        elif k == "enum":
+            out[k] = [e for e in v if e is not None]
+        else:
+            out[k] = v
+    if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    return out
+
+
+def openapi_schema(model: type) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")  # type: ignore[attr-defined]
+    defs = raw.pop("$defs", {})
+    return _structural(_resolve(raw, defs))
+
+
+def crd() -> dict[str, Any]:
+    spec_schema = openapi_schema(WarpRunSpec)
+    status_schema = openapi_schema(WarpRunStatus)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{API_GROUP}"},
+        "spec": {
+            "group": API_GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": KIND.lower(),
+                "shortNames": SHORT_NAMES,
+                "categories": CATEGORIES,
+            },
+            "versions": [
+                {
+                    "name": API_VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A WARP alignment run: I iterations of M REINFORCE policies merged by SLERP and LiTI.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                                "status": status_schema,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }

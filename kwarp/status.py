@@ -1,0 +1,63 @@
+"""The WarpRun status: a typed model, so the CRD declares it (the API server would prune an undeclared status).
+
+The operator builds it; `kwarp crd` derives the status schema from it. Condition types and reasons are
+named constants in kwarp.operator.conditions.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid")
+
+
+class Condition(_Model):
+    type: str
+    status: str = Field(description="True, False or Unknown")
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class MemberStatus(_Model):
+    iteration: int
+    member: int
+    job: str | None = None
+    state: str = Field("Pending", description="Pending, Running, Suspended, Succeeded, Failed")
+    attempts: int = 0
+    start_time: str | None = None
+    completion_time: str | None = None
+    reward: float | None = None
+    kl: float | None = None
+
+
+class ParetoPoint(_Model):
+    eta: float
+    reward: float
+    kl: float
+    reward_stderr: float | None = None
+    kl_stderr: float | None = None
+
+
+class IterationFront(_Model):
+    iteration: int
+    points: list[ParetoPoint] = Field(default_factory=list)
+
+
+class WarpRunStatus(_Model):
+    phase: str | None = Field(None, description="Pending, Training, Merging, Evaluating, Succeeded, Failed, Suspended")
+    iteration: int | None = None
+    members_done: str | None = Field(None, description="Done/total members of the current iteration, e.g. 1/2")
+    reward: float | None = Field(None, description="Reward of the latest front at η = litiEta")
+    kl: float | None = Field(None, description="KL to the SFT policy of the latest front at η = litiEta")
+    members: list[MemberStatus] = Field(default_factory=list)
+    checkpoints: dict[str, str] = Field(default_factory=dict, description="Checkpoint name -> store URL")
+    pareto: list[IterationFront] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+    start_time: str | None = None
+    completion_time: str | None = None

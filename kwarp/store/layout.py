@@ -1,0 +1,65 @@
+"""The storage layout, identical for a local folder and an S3 bucket (docs/architecture.md).
+
+Iterations and members are 0-based. Every key is relative to the store root and '/'-separated.
+"""
+
+from __future__ import annotations
+
+
+def run_prefix(run: str) -> str:
+    return f"{run}/"
+
+
+def base(run: str) -> str:
+    """θ_sft: the policy the run started from (copied in so a run is self-contained)."""
+    return f"{run}/base"
+
+
+def iteration_prefix(run: str, i: int) -> str:
+    return f"{run}/iter-{i}/"
+
+
+def init(run: str, i: int) -> str:
+    """θ_init of iteration i. iter-0/init is not written: iteration 0 starts from base."""
+    return base(run) if i == 0 else f"{run}/iter-{i}/init"
+
+
+def member_prefix(run: str, i: int, m: int) -> str:
+    return f"{run}/iter-{i}/member-{m}/"
+
+
+def member_final(run: str, i: int, m: int) -> str:
+    return f"{run}/iter-{i}/member-{m}/final"
+
+
+def member_ema(run: str, i: int, m: int) -> str:
+    """The member's EMA anchor at the end of training (kept for comparison, not merged)."""
+    return f"{run}/iter-{i}/member-{m}/ema"
+
+
+def member_state(run: str, i: int, m: int) -> str:
+    """Resumable trainer state: policy, EMA, optimizer, scheduler, RNG, step, data position."""
+    return f"{run}/iter-{i}/member-{m}/state"
+
+
+def member_log(run: str, i: int, m: int) -> str:
+    """Per-step metrics of the member, JSONL."""
+    return f"{run}/iter-{i}/member-{m}/metrics.jsonl"
+
+
+def slerp(run: str, i: int) -> str:
+    return f"{run}/iter-{i}/slerp"
+
+
+def merge_report(run: str, i: int) -> str:
+    """Angles between task vectors per group, norms, timings of the merge (JSON)."""
+    return f"{run}/iter-{i}/merge.json"
+
+
+def eval_json(run: str, i: int) -> str:
+    """Reward and KL(·‖θ_sft) along the LiTI path of iteration i: the Pareto front."""
+    return f"{run}/iter-{i}/eval.json"
+
+
+def report_prefix(run: str) -> str:
+    return f"{run}/report/"

@@ -1,0 +1,1 @@
+"""SLERP of task vectors and LiTI, streaming shard by shard."""

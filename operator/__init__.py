@@ -1,0 +1,1 @@
+"""The kopf operator: reconciles WarpRun resources into trainer, merger and evaluation Jobs."""

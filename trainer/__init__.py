@@ -1,0 +1,1 @@
+"""One WARP member: REINFORCE with an EMA anchor."""
