@@ -4,25 +4,141 @@ Naming follows Prometheus conventions: prefix `kwarp_`, base units (`_seconds`, 
 counters. Labels are `namespace`, `run`, `iteration`, `member` where they apply; nothing high-cardinality
 (no step, no prompt, no pod name). Components build their metrics on a registry they own
 (no global singleton), so several members can run in one process and tests stay isolated.
+
+Each metric family is declared once as a `MetricDef` (pure data) in its group's `DEFS`; `create(registry)`
+builds the group from them and `CATALOGUE` lists them all, so the docs, the Grafana dashboard's tests and
+the alert rules' tests check against the same declarations the components export.
+
+The `record_*` methods map the files the tasks write (`metrics.jsonl`, `merge.json`, `eval.json`, see
+docs/internals.md) onto the metrics, so a component and the embedded runner, which replays those files,
+export identical series.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 RUN_LABELS = ("namespace", "run")
 MEMBER_LABELS = ("namespace", "run", "iteration", "member")
 ITERATION_LABELS = ("namespace", "run", "iteration")
+FRONT_LABELS = (*ITERATION_LABELS, "eta")  # η takes the few values of the spec's grid: bounded cardinality
 
 STEP_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Angles between task vectors crowd near 90° in high dimension (the paper's observation), hence the fine
+# buckets there.
+ANGLE_BUCKETS = (10, 30, 45, 60, 75, 80, 85, 88, 90, 92, 95, 100, 120, 150, 180)
+
+# The phases a WarpRun reports (kwarp.status.WarpRunStatus.phase), in the order of their dashboard codes.
+RUN_PHASES = ("Pending", "Training", "Merging", "Evaluating", "Succeeded", "Failed", "Suspended")
+
+Kind = Literal["gauge", "counter", "histogram"]
+Labels = Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """One metric family: what a component exports and what the dashboard and alert rules may query."""
+
+    name: str  # the family name as exposed; a counter's ends in _total
+    kind: Kind
+    help: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name.startswith("kwarp_"):
+            raise ValueError(f"metric {self.name}: names start with kwarp_")
+        if (self.kind == "counter") != self.name.endswith("_total"):
+            raise ValueError(f"metric {self.name}: counters, and only counters, end in _total")
+        if (self.kind == "histogram") != (self.buckets is not None):
+            raise ValueError(f"metric {self.name}: histograms, and only histograms, declare buckets")
+
+    @property
+    def series_names(self) -> tuple[str, ...]:
+        """Names of the samples a scrape shows (histograms expose _bucket, _sum and _count)."""
+        if self.kind == "histogram":
+            return (f"{self.name}_bucket", f"{self.name}_sum", f"{self.name}_count")
+        return (self.name,)
+
+    def build(self, registry: CollectorRegistry) -> Gauge | Counter | Histogram:
+        if self.kind == "gauge":
+            return Gauge(self.name, self.help, self.labels, registry=registry)
+        if self.kind == "counter":
+            # prometheus_client appends _total itself: give it the stem so the exposed name is self.name.
+            return Counter(self.name.removesuffix("_total"), self.help, self.labels, registry=registry)
+        return Histogram(self.name, self.help, self.labels, buckets=self.buckets or (), registry=registry)
+
+
+def _build(cls: type, registry: CollectorRegistry, **extra: Any) -> Any:
+    return cls(**{name: d.build(registry) for name, d in cls.DEFS.items()}, **extra)
+
+
+def member_labels(namespace: str, run: str, iteration: int, member: int) -> dict[str, str]:
+    return {"namespace": namespace, "run": run, "iteration": str(iteration), "member": str(member)}
+
+
+def iteration_labels(namespace: str, run: str, iteration: int) -> dict[str, str]:
+    return {"namespace": namespace, "run": run, "iteration": str(iteration)}
+
+
+def eta_label(eta: float) -> str:
+    """η as a label value: shortest exact form (0.3, not 0.30000000000000004), so the grid stays a few values."""
+    return repr(round(float(eta), 6))
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 @dataclass
 class TrainerMetrics:
     """One WARP member's training metrics (labels: namespace, run, iteration, member)."""
+
+    DEFS: ClassVar[dict[str, MetricDef]] = {
+        "reward": MetricDef("kwarp_trainer_reward", "gauge", "Mean reward of the step's completions", MEMBER_LABELS),
+        "kl_anchor": MetricDef(
+            "kwarp_trainer_kl_anchor", "gauge", "Sequence KL estimate to the anchor (EMA or SFT), in nats", MEMBER_LABELS
+        ),
+        "kl_init": MetricDef(
+            "kwarp_trainer_kl_init", "gauge", "Sequence KL estimate to the iteration's initial policy, in nats",
+            MEMBER_LABELS,
+        ),
+        "completion_tokens": MetricDef(
+            "kwarp_trainer_completion_tokens", "gauge", "Mean completion length in tokens", MEMBER_LABELS
+        ),
+        "entropy": MetricDef(
+            "kwarp_trainer_entropy", "gauge", "Mean per-token entropy of the policy on its samples, in nats",
+            MEMBER_LABELS,
+        ),
+        "loss": MetricDef("kwarp_trainer_loss", "gauge", "REINFORCE loss of the step", MEMBER_LABELS),
+        "grad_norm": MetricDef("kwarp_trainer_grad_norm", "gauge", "Gradient norm before clipping", MEMBER_LABELS),
+        "learning_rate": MetricDef("kwarp_trainer_learning_rate", "gauge", "Learning rate of the step", MEMBER_LABELS),
+        "step": MetricDef("kwarp_trainer_step", "gauge", "Last completed optimiser step", MEMBER_LABELS),
+        "steps_target": MetricDef("kwarp_trainer_steps_target", "gauge", "Steps T this member runs", MEMBER_LABELS),
+        "steps_total": MetricDef(
+            "kwarp_trainer_steps_total", "counter", "Optimiser steps completed by this process", MEMBER_LABELS
+        ),
+        "step_seconds": MetricDef(
+            "kwarp_trainer_step_duration_seconds", "histogram", "Wall time of one training step", MEMBER_LABELS,
+            buckets=STEP_SECONDS_BUCKETS,
+        ),
+        "tokens_per_second": MetricDef(
+            "kwarp_trainer_tokens_per_second", "gauge", "Generated tokens per second in the last step", MEMBER_LABELS
+        ),
+        "last_step_timestamp": MetricDef(
+            "kwarp_trainer_last_step_timestamp_seconds", "gauge", "Unix time of the last completed step", MEMBER_LABELS
+        ),
+    }
 
     reward: Gauge
     kl_anchor: Gauge
@@ -41,99 +157,245 @@ class TrainerMetrics:
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> TrainerMetrics:
-        L = MEMBER_LABELS
-        return cls(
-            reward=Gauge("kwarp_trainer_reward", "Mean reward of the step's completions", L, registry=registry),
-            kl_anchor=Gauge("kwarp_trainer_kl_anchor", "Sequence KL estimate to the anchor (EMA or SFT)", L, registry=registry),
-            kl_init=Gauge("kwarp_trainer_kl_init", "Sequence KL estimate to the iteration's initial policy", L, registry=registry),
-            completion_tokens=Gauge("kwarp_trainer_completion_tokens", "Mean completion length in tokens", L, registry=registry),
-            entropy=Gauge("kwarp_trainer_entropy", "Mean per-token entropy of the policy on its samples", L, registry=registry),
-            loss=Gauge("kwarp_trainer_loss", "REINFORCE loss of the step", L, registry=registry),
-            grad_norm=Gauge("kwarp_trainer_grad_norm", "Gradient norm before clipping", L, registry=registry),
-            learning_rate=Gauge("kwarp_trainer_learning_rate", "Learning rate of the step", L, registry=registry),
-            step=Gauge("kwarp_trainer_step", "Last completed optimiser step", L, registry=registry),
-            steps_target=Gauge("kwarp_trainer_steps_target", "Steps T this member runs", L, registry=registry),
-            steps_total=Counter("kwarp_trainer_steps", "Optimiser steps completed by this process", L, registry=registry),
-            step_seconds=Histogram(
-                "kwarp_trainer_step_duration_seconds", "Wall time of one training step", L,
-                buckets=STEP_SECONDS_BUCKETS, registry=registry,
-            ),
-            tokens_per_second=Gauge("kwarp_trainer_tokens_per_second", "Generated tokens per second", L, registry=registry),
-            last_step_timestamp=Gauge(
-                "kwarp_trainer_last_step_timestamp_seconds", "Unix time of the last completed step", L, registry=registry
-            ),
-        )
+        return _build(cls, registry)
+
+    def start(self, labels: Labels, steps_target: int, step: int = 0) -> None:
+        """A member starts (or resumes at `step`): the target is known before the first step ends."""
+        self.steps_target.labels(**labels).set(steps_target)
+        self.step.labels(**labels).set(step)
+        self.steps_total.labels(**labels)  # expose 0 now, so rate() sees the first increment
+
+    # metrics.jsonl key -> gauge field; keys absent or non-finite in a record leave the gauge as it was
+    _GAUGES: ClassVar[dict[str, str]] = {
+        "reward": "reward",
+        "kl_anchor": "kl_anchor",
+        "kl_init": "kl_init",
+        "completion_tokens": "completion_tokens",
+        "entropy": "entropy",
+        "loss": "loss",
+        "grad_norm": "grad_norm",
+        "lr": "learning_rate",
+        "tokens_per_second": "tokens_per_second",
+        "step": "step",
+    }
+
+    def record_step(self, labels: Labels, record: Mapping[str, Any]) -> None:
+        """Record one line of metrics.jsonl (the trainer's step record, docs/internals.md)."""
+        for key, attr in self._GAUGES.items():
+            value = _finite(record.get(key))
+            if value is not None:
+                getattr(self, attr).labels(**labels).set(value)
+        self.steps_total.labels(**labels).inc()
+        seconds = _finite(record.get("step_seconds"))
+        if seconds is not None and seconds >= 0:
+            self.step_seconds.labels(**labels).observe(seconds)
+        stamp = _finite(record.get("time"))
+        self.last_step_timestamp.labels(**labels).set(stamp if stamp is not None else time.time())
 
 
 @dataclass
 class MergerMetrics:
+    """One merge (SLERP of the members, then LiTI) per iteration (labels: namespace, run, iteration)."""
+
+    DEFS: ClassVar[dict[str, MetricDef]] = {
+        "bytes_processed": MetricDef(
+            "kwarp_merger_processed_bytes_total", "counter", "Bytes read and written by the merge", ITERATION_LABELS
+        ),
+        "duration": MetricDef(
+            "kwarp_merger_duration_seconds", "gauge", "Wall time of the last completed merge", ITERATION_LABELS
+        ),
+        "angle": MetricDef(
+            "kwarp_merger_slerp_angle_degrees", "histogram",
+            "Angle between the members' task vectors, one observation per SLERP group", ITERATION_LABELS,
+            buckets=ANGLE_BUCKETS,
+        ),
+    }
+
     bytes_processed: Counter
     duration: Gauge
     angle: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> MergerMetrics:
-        L = ITERATION_LABELS
-        return cls(
-            bytes_processed=Counter(
-                "kwarp_merger_processed_bytes", "Bytes read and written by the merge", L, registry=registry
-            ),
-            duration=Gauge("kwarp_merger_duration_seconds", "Wall time of the last merge", L, registry=registry),
-            angle=Histogram(
-                "kwarp_merger_slerp_angle_degrees", "Angle between task vectors, one observation per group", L,
-                buckets=(10, 30, 45, 60, 75, 80, 85, 88, 90, 92, 95, 100, 120, 150, 180), registry=registry,
-            ),
-        )
+        return _build(cls, registry)
+
+    def record_angles(self, labels: Labels, angles_deg: Iterable[float]) -> None:
+        for angle in angles_deg:
+            value = _finite(angle)
+            if value is not None:
+                self.angle.labels(**labels).observe(value)
+
+    def record_merge(self, labels: Labels, summary: Mapping[str, Any], *, count_bytes: bool = True) -> None:
+        """Record a finished merge from its merge.json. A merger that already counted bytes while streaming
+        passes count_bytes=False."""
+        if count_bytes:
+            self.bytes_processed.labels(**labels).inc(max(0.0, _finite(summary.get("bytes")) or 0.0))
+        seconds = _finite(summary.get("seconds"))
+        if seconds is not None:
+            self.duration.labels(**labels).set(seconds)
+        self.record_angles(labels, (g.get("angle_deg") for g in summary.get("groups", [])))
 
 
 @dataclass
 class EvaluationMetrics:
+    """The Pareto front of an iteration: reward and KL to θ_sft along the LiTI path (labels + eta)."""
+
+    DEFS: ClassVar[dict[str, MetricDef]] = {
+        "front_reward": MetricDef(
+            "kwarp_eval_front_reward", "gauge", "Mean reward on the eval prompts at LiTI η", FRONT_LABELS
+        ),
+        "front_kl": MetricDef(
+            "kwarp_eval_front_kl", "gauge", "KL to the SFT policy on the eval prompts at LiTI η, in nats", FRONT_LABELS
+        ),
+        "duration": MetricDef(
+            "kwarp_eval_duration_seconds", "gauge", "Wall time of the evaluation", ITERATION_LABELS
+        ),
+    }
+
     front_reward: Gauge
     front_kl: Gauge
     duration: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> EvaluationMetrics:
-        L = (*ITERATION_LABELS, "eta")  # η takes the few values of the spec's grid: bounded cardinality
-        return cls(
-            front_reward=Gauge("kwarp_eval_front_reward", "Mean reward on eval prompts at LiTI η", L, registry=registry),
-            front_kl=Gauge("kwarp_eval_front_kl", "KL to the SFT policy at LiTI η", L, registry=registry),
-            duration=Gauge(
-                "kwarp_eval_duration_seconds", "Wall time of the evaluation", ITERATION_LABELS, registry=registry
-            ),
-        )
+        return _build(cls, registry)
+
+    def record_point(self, labels: Labels, eta: float, reward: float, kl: float) -> None:
+        point = {**labels, "eta": eta_label(eta)}
+        self.front_reward.labels(**point).set(reward)
+        self.front_kl.labels(**point).set(kl)
+
+    def record_eval(self, labels: Labels, evaluation: Mapping[str, Any]) -> None:
+        """Record an iteration's eval.json: one (reward, KL) pair per η of the front."""
+        for p in evaluation.get("front", []):
+            reward, kl = _finite(p.get("reward")), _finite(p.get("kl"))
+            if reward is not None and kl is not None:
+                self.record_point(labels, p["eta"], reward, kl)
+        seconds = _finite(evaluation.get("seconds"))
+        if seconds is not None:
+            self.duration.labels(**labels).set(seconds)
+
+
+@dataclass
+class RunMetrics:
+    """Where a run stands (labels: namespace, run): its phase as one 0/1 series per phase (the
+    kube-state-metrics pattern, so a query can join on a phase) and its current iteration.
+
+    The operator exports these for every WarpRun; the embedded runner for its one run.
+    """
+
+    DEFS: ClassVar[dict[str, MetricDef]] = {
+        "phase": MetricDef(
+            "kwarp_run_phase", "gauge", "1 for the WarpRun's current phase, 0 for the others", (*RUN_LABELS, "phase")
+        ),
+        "iteration": MetricDef(
+            "kwarp_run_iteration", "gauge", "Current iteration of a run (0-based)", RUN_LABELS
+        ),
+    }
+
+    phase: Gauge
+    iteration: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> RunMetrics:
+        return _build(cls, registry)
+
+    def set(self, namespace: str, run: str, phase: str, iteration: int | None) -> None:
+        if phase not in RUN_PHASES:
+            raise ValueError(f"unknown run phase '{phase}'; one of {', '.join(RUN_PHASES)}")
+        for p in RUN_PHASES:
+            self.phase.labels(namespace=namespace, run=run, phase=p).set(1 if p == phase else 0)
+        if iteration is not None:
+            self.iteration.labels(namespace=namespace, run=run).set(iteration)
+
+    def forget(self, namespace: str, run: str) -> None:
+        """Drop a deleted run's series, so that it leaves the dashboards and alerts."""
+        for p in RUN_PHASES:
+            _remove(self.phase, namespace, run, p)
+        _remove(self.iteration, namespace, run)
+
+
+def _remove(metric: Gauge, *labelvalues: str) -> None:
+    try:
+        metric.remove(*labelvalues)
+    except KeyError:  # never set: nothing to drop
+        pass
 
 
 @dataclass
 class OperatorMetrics:
+    """The operator's own metrics, plus the run state of every WarpRun it reconciles (RunMetrics)."""
+
+    DEFS: ClassVar[dict[str, MetricDef]] = {
+        "runs": MetricDef("kwarp_operator_runs", "gauge", "WarpRuns by phase", ("namespace", "phase")),
+        "reconcile_seconds": MetricDef(
+            "kwarp_operator_reconcile_duration_seconds", "histogram", "Time of one reconcile of a WarpRun", (),
+            buckets=RECONCILE_BUCKETS,
+        ),
+        "reconcile_errors": MetricDef(
+            "kwarp_operator_reconcile_errors_total", "counter", "Reconciles that raised, by reason", ("reason",)
+        ),
+        "jobs_created": MetricDef(
+            "kwarp_operator_jobs_created_total", "counter", "Jobs created, by task kind", ("kind",)
+        ),
+        "job_failures": MetricDef(
+            "kwarp_operator_job_failures_total", "counter", "Job attempts seen failed, by task kind and reason",
+            ("kind", "reason"),
+        ),
+        "retries": MetricDef("kwarp_operator_retries_total", "counter", "Retries started, by task kind", ("kind",)),
+    }
+
     runs: Gauge
     reconcile_seconds: Histogram
     reconcile_errors: Counter
     jobs_created: Counter
     job_failures: Counter
     retries: Counter
-    iteration: Gauge
+    run: RunMetrics
+    _phases: dict[tuple[str, str], str] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> OperatorMetrics:
-        return cls(
-            runs=Gauge("kwarp_operator_runs", "WarpRuns by phase", ("namespace", "phase"), registry=registry),
-            reconcile_seconds=Histogram(
-                "kwarp_operator_reconcile_duration_seconds", "Time of one reconcile of a WarpRun",
-                buckets=RECONCILE_BUCKETS, registry=registry,
-            ),
-            reconcile_errors=Counter(
-                "kwarp_operator_reconcile_errors", "Reconciles that raised", ("reason",), registry=registry
-            ),
-            jobs_created=Counter(
-                "kwarp_operator_jobs_created", "Jobs created, by task kind", ("kind",), registry=registry
-            ),
-            job_failures=Counter(
-                "kwarp_operator_job_failures", "Job attempts seen failed, by task kind and reason",
-                ("kind", "reason"), registry=registry,
-            ),
-            retries=Counter("kwarp_operator_retries", "Retries started, by task kind", ("kind",), registry=registry),
-            iteration=Gauge(
-                "kwarp_run_iteration", "Current iteration of a run (0-based)", RUN_LABELS, registry=registry
-            ),
-        )
+        return _build(cls, registry, run=RunMetrics.create(registry))
+
+    @property
+    def iteration(self) -> Gauge:
+        """kwarp_run_iteration (kept here for callers written before RunMetrics existed)."""
+        return self.run.iteration
+
+    def observe_run(self, namespace: str, run: str, phase: str, iteration: int | None) -> None:
+        """Call after each reconcile with the status it wrote: sets the run's phase and iteration series
+        and keeps the runs-by-phase counts of its namespace consistent with them."""
+        with self._lock:
+            self.run.set(namespace, run, phase, iteration)
+            self._phases[(namespace, run)] = phase
+            self._count(namespace)
+
+    def forget_run(self, namespace: str, run: str) -> None:
+        """Call from the delete handler: the run's series go, and the counts drop it."""
+        with self._lock:
+            self.run.forget(namespace, run)
+            self._phases.pop((namespace, run), None)
+            self._count(namespace)
+
+    def _count(self, namespace: str) -> None:
+        phases = [p for (ns, _), p in self._phases.items() if ns == namespace]
+        for p in RUN_PHASES:
+            self.runs.labels(namespace=namespace, phase=p).set(phases.count(p))
+
+
+METRIC_GROUPS: tuple[type, ...] = (TrainerMetrics, MergerMetrics, EvaluationMetrics, RunMetrics, OperatorMetrics)
+
+# Every family kwarp exports, in catalogue order: the single list docs, dashboard and alert tests use.
+CATALOGUE: tuple[MetricDef, ...] = tuple(d for group in METRIC_GROUPS for d in group.DEFS.values())
+
+
+def catalogue_by_series() -> dict[str, MetricDef]:
+    """Sample name as stored in Prometheus (e.g. kwarp_trainer_step_duration_seconds_bucket) -> its family."""
+    return {s: d for d in CATALOGUE for s in d.series_names}
+
+
+def defined_fields(group: type) -> tuple[str, ...]:
+    """The dataclass fields of a group that hold a metric (for checking DEFS against the fields)."""
+    return tuple(f.name for f in fields(group) if f.name in group.DEFS)

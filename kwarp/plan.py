@@ -82,10 +82,10 @@ class Task:
         if not head.startswith("i") or not tail:
             raise ValueError(f"not a task id: {task_id!r}")
         i = int(head[1:])
-        if tail.startswith("m"):
-            return Task.train(i, int(tail[1:]))
         if tail in ("merge", "eval"):
             return Task(tail, i)  # type: ignore[arg-type]
+        if tail.startswith("m") and tail[1:].isdigit():
+            return Task.train(i, int(tail[1:]))
         raise ValueError(f"not a task id: {task_id!r}")
 
 

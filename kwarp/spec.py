@@ -222,7 +222,11 @@ class EvaluationSpec(_Model):
 
 
 class StorageSpec(_Model):
-    url: str = Field(description="Checkpoint root: a local path, file:///abs/path or s3://bucket/prefix")
+    url: str = Field(
+        "kwarp-runs",
+        description="Checkpoint root: s3://bucket/prefix (required on Kubernetes), a local path or file:///abs/path; "
+        "a relative path is relative to the document's folder",
+    )
     endpoint: str | None = Field(None, description="S3 endpoint host[:port] (MinIO); env KWARP_S3_ENDPOINT otherwise")
     secure: bool = Field(True, description="Use TLS for the S3 endpoint")
     region: str | None = None
@@ -297,7 +301,7 @@ class WarpRunSpec(_Model):
     warp: WarpSpec = WarpSpec()
     training: TrainingSpec = TrainingSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
-    storage: StorageSpec
+    storage: StorageSpec = StorageSpec()
     resources: ResourcesSpec = ResourcesSpec()
     suspend: bool = Field(False, description="Pause the run: running Jobs are suspended, nothing new starts")
     failure_policy: FailurePolicy = FailurePolicy()
@@ -426,3 +430,18 @@ def from_cli(path: str | None) -> WarpRun:
     except ValueError as err:
         raise SpecError(f"{SPEC_ENV} is not valid JSON: {err}") from None
     return parse(data, source=SPEC_ENV)
+
+
+# Fields of a running run that may change: they alter no result, only how (or whether) work proceeds.
+SAFE_TO_CHANGE = ("suspend", "failure_policy", "cleanup", "resources")
+
+
+def changed_fields(old: WarpRunSpec, new: WarpRunSpec, ignore: tuple[str, ...] = SAFE_TO_CHANGE) -> list[str]:
+    """camelCase paths (spec.<field>) of top-level spec fields that differ, outside `ignore`."""
+    out = []
+    for name, info in WarpRunSpec.model_fields.items():
+        if name in ignore:
+            continue
+        if getattr(old, name) != getattr(new, name):
+            out.append(f"spec.{info.alias or name}")
+    return out

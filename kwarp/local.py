@@ -1,0 +1,557 @@
+"""`kwarp run FILE`: the embedded executor. Carries out the plan with local processes.
+
+The loop is the operator's, with processes instead of Jobs:
+
+    observe (store: what is complete; processes: what runs, what failed)
+      -> plan(spec, observed)                       (kwarp/plan.py, shared with the operator)
+      -> act: start `python -m kwarp <task>` processes, up to --parallel at once
+
+Interrupted (Ctrl-C, a killed runner, a reboot), the same command continues from what is complete:
+complete tasks are never redone, since the plan reads completion from the store, and a trainer
+resumes from its last saved state. Children die with the runner (PR_SET_PDEATHSIG), and a lock
+stops two runners from working on one run at once, so no work is ever done twice concurrently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from kwarp.errors import UserError
+from kwarp.observe import completed_tasks
+from kwarp.plan import Fail, Observed, Start, Succeed, Task, TaskJobs, plan, progress
+from kwarp.spec import WarpRun, changed_fields, load, parse
+from kwarp.store import FileStore, Store, layout, open_store
+
+PROGRESS_PREFIX = "KWARP_PROGRESS "
+RECORD_KEY = "warprun.json"  # <run>/warprun.json: the spec a run's store belongs to
+TIMELINE_KEY = "runner.json"  # <run>/runner.json: start/end of every task attempt
+_POLL_SECONDS = 0.5
+
+
+def default_parallel(members: int, cores: int | None = None) -> int:
+    """Tasks run at once: one per core, at least one, at most M + 1 (an evaluation beside M trainers)."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(members + 1, cores))
+
+
+def threads_per_task(parallel: int, cores: int | None = None) -> int:
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, parallel))
+
+
+def estimate_checkpoint_bytes(store: Store, run: str) -> int | None:
+    manifest = store.read_manifest(layout.base(run))
+    return manifest.total_bytes if manifest else None
+
+
+def disk_needed(spec_members: int, iterations_left: int, base_bytes: int) -> int:
+    """Bytes a file store needs for the rest of a run: per iteration M finals, M EMAs, M states
+    (policy + EMA + 2 Adam moments ≈ 4 copies), the SLERP and the next init."""
+    per_iteration = base_bytes * (spec_members * (1 + 1 + 4) + 2)
+    return per_iteration * iterations_left
+
+
+@dataclass
+class Proc:
+    task: Task
+    attempt: int
+    popen: subprocess.Popen[str]
+    log_path: Path
+    started: float
+    progress: dict[str, Any] = field(default_factory=dict)
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=30))
+    reader: threading.Thread | None = None
+
+
+def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die when the runner dies
+    except OSError:
+        pass
+
+
+def _pump(proc: Proc, log: TextIO) -> None:
+    """Copy a child's output to its log file; keep progress records and the last lines."""
+    assert proc.popen.stdout is not None
+    for line in proc.popen.stdout:
+        log.write(line)
+        log.flush()
+        stripped = line.rstrip("\n")
+        if stripped.startswith(PROGRESS_PREFIX):
+            try:
+                proc.progress = json.loads(stripped[len(PROGRESS_PREFIX) :])
+            except ValueError:
+                pass
+        elif stripped.strip():
+            proc.tail.append(stripped)
+    log.close()
+
+
+def failure_reason(tail: list[str], returncode: int) -> str:
+    """The most useful line of a failed task's output: its own error message, else the last lines."""
+    for line in reversed(tail):
+        if ": error: " in line or line.startswith(("Error", "UserError", "RuntimeError", "ValueError")):
+            return f"{line.strip()} (exit code {returncode})"
+    last = " | ".join(s.strip() for s in tail[-3:]) or "no output"
+    if returncode < 0:
+        return f"killed by signal {-returncode}; last output: {last}"
+    return f"exit code {returncode}; last output: {last}"
+
+
+class LocalExecutor:
+    def __init__(
+        self,
+        run: WarpRun,
+        store: Store,
+        *,
+        parallel: int | None = None,
+        log_dir: Path | None = None,
+        console: Console | None = None,
+        live: bool = True,
+        python: str = sys.executable,
+        extra_env: dict[str, str] | None = None,
+    ):
+        self.run = run
+        self.spec = run.spec
+        self.name = run.name
+        self.store = store
+        self.parallel = parallel or default_parallel(self.spec.warp.policies)
+        self.threads = threads_per_task(self.parallel)
+        self.console = console or Console()
+        self.live = live
+        self.python = python
+        self.extra_env = dict(extra_env or {})
+        self.log_dir = log_dir or _default_log_dir(store, self.name)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[Task, Proc] = {}
+        self.jobs: dict[Task, TaskJobs] = {}
+        self.timeline: list[dict[str, Any]] = list((store.get_json(f"{self.name}/{TIMELINE_KEY}") or {}).get("tasks", []))
+        self.durations: dict[str, list[float]] = {}
+        self.started = time.time()
+        self.started_this_session: set[Task] = set()
+        self._lock_file: TextIO | None = None
+        self.registry: Any = None
+        self.metrics: Any = None
+
+    # ------------------------------------------------------------------ metrics
+
+    def serve_metrics(self, port: int, addr: str = "127.0.0.1") -> None:
+        """Serve the members' live metrics (the trainer's catalogue) so the dashboard works locally too."""
+        from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+        from kwarp.metrics import TrainerMetrics
+
+        self.registry = CollectorRegistry()
+        self.metrics = TrainerMetrics.create(self.registry)
+        self.iteration_gauge = Gauge(
+            "kwarp_run_iteration", "Current iteration of a run (0-based)", ("namespace", "run"), registry=self.registry
+        )
+        start_http_server(port, addr=addr, registry=self.registry)
+        self.console.print(f"metrics on http://{addr}:{port}/metrics")
+
+    def export_metrics(self, observed: Observed) -> None:
+        if self.metrics is None:
+            return
+        ns = os.environ.get("KWARP_NAMESPACE", "local")
+        self.iteration_gauge.labels(ns, self.name).set(progress(self.spec, observed).iteration)
+        for task, proc in self.procs.items():
+            p = proc.progress
+            if task.kind != "train" or not p:
+                continue
+            labels = (ns, self.name, str(task.iteration), str(task.member))
+            m = self.metrics
+            for gauge, key in (
+                (m.reward, "reward"), (m.kl_anchor, "kl_anchor"), (m.kl_init, "kl_init"),
+                (m.completion_tokens, "completion_tokens"), (m.entropy, "entropy"), (m.loss, "loss"),
+                (m.grad_norm, "grad_norm"), (m.learning_rate, "lr"), (m.step, "step"),
+                (m.steps_target, "steps"), (m.tokens_per_second, "tokens_per_second"),
+            ):
+                if isinstance(p.get(key), (int, float)):
+                    gauge.labels(*labels).set(p[key])
+
+    # ------------------------------------------------------------------ checks before work
+
+    def claim(self) -> None:
+        """Hold a lock for this run (one runner at a time) and pin the store to this spec."""
+        lock_path = self.log_dir / "runner.lock"
+        self._lock_file = open(lock_path, "w")  # noqa: SIM115 - held for the runner's life
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"another `kwarp run` is working on run '{self.name}' (lock {lock_path}); wait for it or stop it"
+            ) from None
+        key = f"{self.name}/{RECORD_KEY}"
+        recorded = self.store.get_json(key)
+        if recorded is not None:
+            old = parse(recorded, source=f"{self.store.url}/{key}")
+            # storage is where the record lives: a moved store is the same run.
+            changed = changed_fields(old.spec, self.spec, ignore=("suspend", "failure_policy", "cleanup", "resources", "storage"))
+            if changed:
+                raise UserError(
+                    f"the store {self.store.url} already holds run '{self.name}' made with a different "
+                    f"{', '.join(changed)}; give the run a new metadata.name, use another --store, "
+                    f"or delete {self.name}/ from the store to start over"
+                )
+        self.store.put_json(key, self.run.to_document())
+
+    def check_disk(self) -> None:
+        if not isinstance(self.store, FileStore):
+            return
+        base = estimate_checkpoint_bytes(self.store, self.name)
+        if base is None:
+            return
+        done = completed_tasks(self.store, self.spec, self.name)
+        left = sum(1 for i in range(self.spec.warp.iterations) if Task.merge(i) not in done)
+        need = disk_needed(self.spec.warp.policies, left, base)
+        root = self.store.root
+        root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(root).free
+        if free < need:
+            raise UserError(
+                f"not enough disk for the rest of run '{self.name}': about {need / 1e9:.2f} GB needed, "
+                f"{free / 1e9:.2f} GB free under {root}; free some space or pass --store elsewhere"
+            )
+
+    # ------------------------------------------------------------------ the loop
+
+    def execute(self) -> int:
+        self.claim()
+        if self.spec.suspend:
+            self.console.print(f"[yellow]run '{self.name}' has spec.suspend: true; nothing to do[/]")
+            return 0
+        self.console.print(
+            f"[bold]kwarp run[/] {self.name}: I={self.spec.warp.iterations} M={self.spec.warp.policies} "
+            f"T={self.spec.warp.steps} store={self.store.url} parallel={self.parallel} "
+            f"(logs in {self.log_dir})"
+        )
+        try:
+            if self.live and self.console.is_terminal:
+                with Live(self.render(None), console=self.console, refresh_per_second=4, transient=False) as live:
+                    return self._loop(lambda obs: live.update(self.render(obs)))
+            return self._loop(self._log_transitions)
+        except KeyboardInterrupt:
+            self.stop_all()
+            self.console.print(
+                "[yellow]interrupted: running tasks stopped; run the same command again to continue[/]"
+            )
+            return 130
+        finally:
+            self.stop_all()
+            self._save_timeline()
+
+    def _loop(self, show: Any) -> int:
+        self.check_disk()
+        while True:
+            self.reap()
+            observed = Observed(done=completed_tasks(self.store, self.spec, self.name), jobs=self._jobs_view())
+            actions = plan(self.spec, observed)
+            show(observed)
+            for action in actions:
+                if isinstance(action, Fail):
+                    self.stop_all()
+                    show(observed)
+                    self.console.print(f"[red bold]run '{self.name}' failed:[/] {action.reason}")
+                    log = self.log_dir / f"{action.task.id}.log"
+                    self.console.print(f"see {log}; fix the cause and run the same command again to continue")
+                    return 1
+                if isinstance(action, Succeed):
+                    show(observed)
+                    return 0
+                if isinstance(action, Start) and action.task not in self.procs and len(self.procs) < self.parallel:
+                    self.start(action.task, action.attempt)
+                # Suspend/Resume concern Jobs in a cluster; locally a suspended run is not started at all.
+            self.export_metrics(observed)
+            time.sleep(_POLL_SECONDS)
+
+    def _jobs_view(self) -> dict[Task, TaskJobs]:
+        view = dict(self.jobs)
+        for task in self.procs:
+            prev = view.get(task, TaskJobs())
+            view[task] = TaskJobs(active=True, failures=prev.failures, last_failure=prev.last_failure)
+        return view
+
+    def start(self, task: Task, attempt: int) -> None:
+        env = {
+            **os.environ,
+            **self.extra_env,
+            "KWARP_SPEC": json.dumps(self.run.to_document()),
+            "KWARP_NAMESPACE": os.environ.get("KWARP_NAMESPACE", "local"),
+            "OMP_NUM_THREADS": str(self.threads),
+            "MKL_NUM_THREADS": str(self.threads),
+            "PYTHONUNBUFFERED": "1",
+        }
+        log_path = self.log_dir / f"{task.id}.log"
+        log = open(log_path, "a")  # noqa: SIM115 - closed by the pump thread
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {attempt}: kwarp {' '.join(task.argv())}\n")
+        log.flush()
+        popen = subprocess.Popen(
+            [self.python, "-m", "kwarp", *task.argv()],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches the runner only; it stops children in order
+            preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
+        )
+        proc = Proc(task=task, attempt=attempt, popen=popen, log_path=log_path, started=time.time())
+        proc.reader = threading.Thread(target=_pump, args=(proc, log), daemon=True)
+        proc.reader.start()
+        self.procs[task] = proc
+        self.started_this_session.add(task)
+        self.timeline.append({"task": task.id, "attempt": attempt, "start": proc.started, "end": None, "status": "running"})
+
+    def reap(self) -> None:
+        for task, proc in list(self.procs.items()):
+            rc = proc.popen.poll()
+            if rc is None:
+                continue
+            if proc.reader is not None:
+                proc.reader.join(timeout=5)
+            del self.procs[task]
+            end = time.time()
+            done = rc == 0 and task in completed_tasks(self.store, self.spec, self.name)
+            entry = next(
+                (e for e in reversed(self.timeline) if e["task"] == task.id and e["end"] is None), None
+            )
+            if entry is not None:
+                entry.update(end=end, status="succeeded" if done else "failed", exit_code=rc)
+            if done:
+                self.durations.setdefault(task.kind, []).append(end - proc.started)
+                if not self.live or not self.console.is_terminal:
+                    self.console.print(f"  done   {task.id} in {end - proc.started:.1f}s")
+                continue
+            reason = (
+                failure_reason(list(proc.tail), rc)
+                if rc != 0
+                else "exited 0 but its outputs are not complete in the store"
+            )
+            prev = self.jobs.get(task, TaskJobs())
+            self.jobs[task] = TaskJobs(failures=prev.failures + 1, last_failure=reason)
+            self.console.print(f"[red]  failed {task.id} (attempt {proc.attempt}):[/] {reason}")
+            self._save_timeline()
+
+    def stop_all(self, grace: float = 10.0) -> None:
+        for proc in self.procs.values():
+            if proc.popen.poll() is None:
+                try:
+                    os.killpg(proc.popen.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.time() + grace
+        for proc in self.procs.values():
+            try:
+                proc.popen.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.popen.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.popen.wait()
+        for proc in self.procs.values():
+            entry = next((e for e in reversed(self.timeline) if e["task"] == proc.task.id and e["end"] is None), None)
+            if entry is not None:
+                entry.update(end=time.time(), status="interrupted")
+        self.procs.clear()
+
+    def _save_timeline(self) -> None:
+        try:
+            self.store.put_json(f"{self.name}/{TIMELINE_KEY}", {"tasks": self.timeline})
+        except Exception:  # the timeline is informative; never let it mask the real outcome
+            pass
+
+    # ------------------------------------------------------------------ display
+
+    def eta_seconds(self, observed: Observed) -> float | None:
+        """Remaining time: member-steps left at the measured seconds per step, plus merges/evaluations."""
+        sec_per_step = [p.progress["step_seconds"] for p in self.procs.values() if p.progress.get("step_seconds")]
+        if not sec_per_step:
+            return None
+        per_step = sum(sec_per_step) / len(sec_per_step)
+        w = self.spec.warp
+        steps_left = 0
+        for i in range(w.iterations):
+            for m in range(w.policies):
+                t = Task.train(i, m)
+                if t in observed.done:
+                    continue
+                proc = self.procs.get(t)
+                step = proc.progress.get("step", 0) if proc else 0
+                steps_left += max(0, w.steps_for(i) - step)
+        lanes = max(1, min(self.parallel, w.policies))
+        others = sum(
+            sum(self.durations.get(k, [30.0])) / max(1, len(self.durations.get(k, [1])))
+            for i in range(w.iterations)
+            for k, t in (("merge", Task.merge(i)), ("eval", Task.eval(i)))
+            if t not in observed.done
+        )
+        return steps_left * per_step / lanes + others
+
+    def render(self, observed: Observed | None) -> Group:
+        w = self.spec.warp
+        done = observed.done if observed else frozenset()
+        prog = progress(self.spec, observed) if observed else None
+        elapsed = time.time() - self.started
+        eta = self.eta_seconds(observed) if observed else None
+        head = Text.assemble(
+            ("kwarp ", "bold"),
+            (self.name, "bold cyan"),
+            f"  phase {prog.phase if prog else 'Starting'}",
+            f"  iteration {min(prog.iteration, w.iterations - 1) + 1 if prog else 1}/{w.iterations}",
+            f"  elapsed {_fmt_seconds(elapsed)}",
+            f"  remaining ~{_fmt_seconds(eta)}" if eta is not None else "",
+        )
+        table = Table(expand=False, box=None, padding=(0, 1))
+        for col in ("task", "state", "progress", "step", "reward", "KL anchor", "KL init", "s/step"):
+            table.add_column(col)
+        for task in self._visible_tasks(done):
+            proc = self.procs.get(task)
+            p = proc.progress if proc else {}
+            if task in done:
+                state = Text("done", "green")
+            elif proc:
+                state = Text(f"running{' (retry ' + str(proc.attempt) + ')' if proc.attempt else ''}", "yellow")
+            elif self.jobs.get(task, TaskJobs()).failures:
+                state = Text("failed", "red")
+            else:
+                state = Text("waiting", "dim")
+            steps = w.steps_for(task.iteration) if task.kind == "train" else None
+            step = p.get("step", steps if task in done else 0) if task.kind == "train" else None
+            bar: Any = ProgressBar(total=steps, completed=step or 0, width=24) if steps else Text("")
+            table.add_row(
+                task.id,
+                state,
+                bar,
+                f"{step}/{steps}" if steps else "",
+                _fmt(p.get("reward")),
+                _fmt(p.get("kl_anchor")),
+                _fmt(p.get("kl_init")),
+                _fmt(p.get("step_seconds"), ".2f"),
+            )
+        return Group(head, table)
+
+    def _visible_tasks(self, done: frozenset[Task]) -> list[Task]:
+        """The current iteration's tasks plus whatever runs (e.g. the previous evaluation)."""
+        from kwarp.plan import all_tasks
+
+        tasks = all_tasks(self.spec)
+        current = next((t.iteration for t in tasks if t.kind == "merge" and t not in done), self.spec.warp.iterations - 1)
+        return [
+            t
+            for t in tasks
+            if t in self.procs or (t.iteration == current) or (t.kind == "eval" and t.iteration == current - 1 and t not in done)
+        ]
+
+    def _log_transitions(self, observed: Observed) -> None:
+        """Plain output when stdout is not a terminal: one line per task start and a step line now and then."""
+        now = time.time()
+        if now - getattr(self, "_last_line", 0.0) < 10:
+            return
+        self._last_line = now
+        running = ", ".join(
+            f"{t.id}" + (f" step {p.progress.get('step')}/{p.progress.get('steps')} reward {_fmt(p.progress.get('reward'))}" if p.progress else "")
+            for t, p in self.procs.items()
+        )
+        eta = self.eta_seconds(observed)
+        self.console.print(
+            f"[{_fmt_seconds(now - self.started)}] done {len(observed.done)} tasks; running: {running or '-'}"
+            + (f"; remaining ~{_fmt_seconds(eta)}" if eta is not None else "")
+        )
+
+
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    return "" if v is None else format(v, spec)
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "?"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _default_log_dir(store: Store, run: str) -> Path:
+    if isinstance(store, FileStore):
+        return store.root / run / "logs"
+    from kwarp.locations import cache_root
+
+    return cache_root() / "logs" / run
+
+
+def report_dir(store: Store, run: str) -> Path:
+    if isinstance(store, FileStore):
+        return store.root / run / "report"
+    from kwarp.locations import cache_root
+
+    return cache_root() / "reports" / run
+
+
+def write_report(store: Store, run: WarpRun, console: Console) -> Path | None:
+    try:
+        from kwarp.report import write_report as _write
+    except ImportError:  # pragma: no cover - the report module ships with kwarp
+        return None
+    out = _write(store, run.name, run.spec, report_dir(store, run.name))
+    return Path(out)
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def with_store(run: WarpRun, url: str | None) -> WarpRun:
+    if not url:
+        return run
+    if "://" not in url:
+        url = str(Path(url).expanduser().resolve())
+    storage = run.spec.storage.model_copy(update={"url": url})
+    if not url.startswith("s3://"):
+        storage = storage.model_copy(update={"endpoint": None, "secret_name": None})
+    return run.model_copy(update={"spec": run.spec.model_copy(update={"storage": storage})})
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="WarpRun YAML document")
+    parser.add_argument("--store", help="checkpoint root (path, file:// or s3://); default: spec.storage.url")
+    parser.add_argument("--parallel", type=int, help="tasks run at once (default: from the CPU cores and M)")
+    parser.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    parser.add_argument("--plain", action="store_true", help="plain log lines instead of the live display")
+    parser.add_argument("--metrics-port", type=int, help="serve the run's metrics for Prometheus on this port")
+    parser.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    run = with_store(load(args.file), args.store)
+    console = Console()
+    store = open_store(run.spec.storage.url, run.spec.storage)
+    if args.parallel is not None and args.parallel < 1:
+        raise UserError("--parallel must be at least 1")
+    executor = LocalExecutor(run, store, parallel=args.parallel, console=console, live=not args.plain)
+    if args.metrics_port:
+        executor.serve_metrics(args.metrics_port)
+    rc = executor.execute()
+    if rc == 0 and not args.no_report:
+        path = write_report(store, run, console)
+        if path is not None:
+            console.print(f"[green bold]run '{run.name}' succeeded.[/] report: {path}")
+    return rc

@@ -1,0 +1,565 @@
+"""The policy side of RL, shared by the trainer and the evaluation: load, sample, score, log-probs.
+
+Conventions every caller relies on:
+
+- Weights are read from safetensors only (`use_safetensors=True`, folders checked by
+  `refuse_pickles`); model code shipped with the weights runs only if the spec enables it.
+- Prompts are left-padded (and left-truncated), so the completion of every row starts at the
+  same column and a batch of completions is one rectangular tensor.
+- π(y|x) is the *sampling* distribution: softmax(logits / temperature) with nothing else applied.
+  `sample` makes sure no top-k, top-p, repetition penalty or other logits processor coming from a
+  checkpoint's generation_config.json changes it, and `sequence_logprobs` divides by the same
+  temperature; REINFORCE's gradient and the KL estimates are only correct for that distribution.
+- A completion runs up to and including its first EOS; later positions are padding.
+- Log-probabilities are computed in float32 from the logits, whatever dtype the model runs in.
+- Sampling draws from torch's global RNG (CPU or CUDA, per device). Callers that must be
+  reproducible seed it and save its state (the trainer does; the evaluation forks it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from kwarp import locations
+from kwarp.checkpoints import CheckpointError, TensorReader, refuse_pickles
+from kwarp.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from kwarp.spec import RewardSpec, StorageSpec
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ---------------------------------------------------------------------------------------- dtype
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
+    """The spec's dtype name as a torch dtype; "auto" = bfloat16 on a CUDA device that supports it."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        dev = torch.device(device)
+        if dev.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype '{dtype}'; use auto, float32, bfloat16 or float16") from None
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# -------------------------------------------------------------------------------------- loading
+
+
+def model_folder(
+    location: str | Path,
+    field: str = "model",
+    *,
+    storage: StorageSpec | None = None,
+    revision: str | None = None,
+) -> Path:
+    """A local folder holding the model `location` names (fetched when remote), with safetensors weights."""
+    folder = location if isinstance(location, Path) else locations.fetch(location, field, storage, revision)
+    if not folder.is_dir():
+        raise UserError(f"{field}: '{location}' is not a folder; give a Hugging Face model folder")
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{field}: {folder} has no config.json; give a Hugging Face model folder")
+    refuse_pickles(folder)
+    return folder
+
+
+def load_causal_lm(
+    location: str | Path,
+    dtype: str | torch.dtype = "auto",
+    trust_remote_code: bool = False,
+    device: str | torch.device = "cpu",
+    *,
+    storage: StorageSpec | None = None,
+    revision: str | None = None,
+    field: str = "spec.policy.location",
+) -> PreTrainedModel:
+    """A causal LM in eval mode (dropout off: RL log-probs must be those of the sampling policy)."""
+    from transformers import AutoModelForCausalLM
+
+    folder = model_folder(location, field, storage=storage, revision=revision)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder,
+        dtype=resolve_dtype(dtype, device),
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+    )
+    return model.to(device).eval()
+
+
+def load_tokenizer(
+    location: str | Path,
+    trust_remote_code: bool = False,
+    *,
+    storage: StorageSpec | None = None,
+    revision: str | None = None,
+    field: str = "spec.policy.location",
+) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, padding and truncating on the left, with a pad token (EOS if it has none)."""
+    from transformers import AutoTokenizer
+
+    folder = model_folder(location, field, storage=storage, revision=revision)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    if tokenizer.eos_token is None:
+        raise UserError(f"{field}: the tokenizer in {folder} has no EOS token; completions could never end")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "left"
+    return tokenizer
+
+
+def checkpoint_dtype(folder: Path) -> torch.dtype:
+    """The dtype the checkpoint stores its floating-point weights in (the first floating tensor's)."""
+    with TensorReader(folder) as reader:
+        for name in reader.names():
+            t = reader.get(name)
+            if t.is_floating_point():
+                return t.dtype
+    return torch.float32
+
+
+def unique_parameters(model: torch.nn.Module) -> dict[str, list[str]]:
+    """{canonical name: all names} of each distinct parameter (tied weights share one entry)."""
+    by_id: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    return {names[0]: names for names in by_id.values()}
+
+
+@torch.no_grad()
+def copy_weights_(model: torch.nn.Module, folder: Path) -> None:
+    """Overwrite every parameter of `model` in place from a checkpoint folder (safetensors, by name).
+
+    Tied parameters are found under any of their names, since a checkpoint keeps only one of them.
+    """
+    params = dict(model.named_parameters(remove_duplicate=False))
+    with TensorReader(folder) as reader:
+        present = set(reader.names())
+        for canonical, names in unique_parameters(model).items():
+            stored = next((n for n in names if n in present), None)
+            if stored is None:
+                raise CheckpointError(f"{folder}: parameter '{canonical}' is missing; is it the same architecture?")
+            source = reader.get(stored)
+            target = params[canonical]
+            if source.shape != target.shape:
+                raise CheckpointError(
+                    f"{folder}: '{stored}' has shape {tuple(source.shape)}, the model expects {tuple(target.shape)}"
+                )
+            target.copy_(source)
+
+
+# -------------------------------------------------------------------------------------- prompts
+
+
+def read_prompts(
+    location: str | Path,
+    field: str = "prompt",
+    *,
+    storage: StorageSpec | None = None,
+    limit: int | None = None,
+    spec_field: str = "spec.data",
+) -> list[str]:
+    """Prompts of a JSONL file (one object per line); a bad line is a UserError naming file and line."""
+    path = location if isinstance(location, Path) else locations.fetch(location, spec_field, storage)
+    if not Path(path).is_file():
+        raise UserError(f"{spec_field}: {path} does not exist or is not a file; give a JSONL file of prompts")
+    prompts: list[str] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError as err:
+                    raise UserError(f"{spec_field}: {path} line {lineno} is not valid JSON ({err})") from None
+                value = obj.get(field) if isinstance(obj, dict) else None
+                if not isinstance(value, str) or not value.strip():
+                    raise UserError(
+                        f"{spec_field}: {path} line {lineno} has no non-empty string field '{field}' "
+                        "(set spec.data.promptField if the prompts use another key)"
+                    )
+                prompts.append(value)
+                if limit is not None and len(prompts) >= limit:
+                    break
+    except UnicodeDecodeError as err:
+        raise UserError(f"{spec_field}: {path} is not UTF-8 text ({err})") from None
+    if not prompts:
+        raise UserError(f"{spec_field}: {path} holds no prompts")
+    return prompts
+
+
+# --------------------------------------------------------------------------------------- reward
+
+
+class Reward(Protocol):
+    def score(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
+        """One float32 reward per (prompt, completion) pair, on the CPU."""
+        ...
+
+
+def _as_rewards(values: Any, n: int, source: str) -> torch.Tensor:
+    rewards = torch.as_tensor(values, dtype=torch.float32).detach().cpu().reshape(-1)
+    if rewards.numel() != n:
+        raise UserError(f"reward {source} returned {rewards.numel()} values for {n} completions")
+    if not torch.isfinite(rewards).all():
+        raise UserError(f"reward {source} returned a non-finite value (nan or inf)")
+    return rewards
+
+
+@dataclass
+class CallableReward:
+    """A Python function `(prompts, completions) -> list[float] | Tensor` named `module:function`."""
+
+    fn: Callable[[list[str], list[str]], Any]
+    name: str
+
+    @classmethod
+    def from_name(cls, name: str) -> CallableReward:
+        module, _, attr = name.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except ImportError as err:
+            raise UserError(f"spec.reward.callable: cannot import module '{module}' ({err})") from None
+        except AttributeError:
+            raise UserError(f"spec.reward.callable: module '{module}' has no attribute '{attr}'") from None
+        if not callable(fn):
+            raise UserError(f"spec.reward.callable: '{name}' is not callable")
+        return cls(fn=fn, name=name)
+
+    def score(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return _as_rewards(self.fn(list(prompts), list(completions)), len(completions), f"'{self.name}'")
+
+
+@dataclass
+class ClassifierReward:
+    """A sequence-classification model scoring prompt + completion; the reward is logit `output_index`."""
+
+    model: Any
+    tokenizer: Any
+    output_index: int = 0
+    batch_size: int = 32
+    max_length: int | None = None
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
+        texts = [p + c for p, c in zip(prompts, completions, strict=True)]
+        device = next(self.model.parameters()).device
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(
+                texts[start : start + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=self.max_length is not None,
+                max_length=self.max_length,
+            ).to(device)
+            logits = self.model(**enc).logits
+            out.append(logits[:, self.output_index].float().cpu())
+        return _as_rewards(torch.cat(out), len(texts), "model")
+
+
+def load_reward(
+    spec: RewardSpec,
+    device: str | torch.device = "cpu",
+    *,
+    storage: StorageSpec | None = None,
+    batch_size: int = 32,
+) -> Reward:
+    """The reward a spec names: a classifier model (right-padded, pad = EOS if none) or a callable."""
+    if spec.callable is not None:
+        return CallableReward.from_name(spec.callable)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    assert spec.location is not None
+    folder = model_folder(spec.location, "spec.reward.location", storage=storage)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder,
+        dtype=resolve_dtype(spec.dtype, device),
+        use_safetensors=True,
+        trust_remote_code=spec.trust_remote_code,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=spec.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # Classifiers read the last non-pad token: right padding keeps it in place for every row.
+    tokenizer.padding_side = "right"
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    n_labels = int(getattr(model.config, "num_labels", 1))
+    if spec.output_index >= n_labels:
+        raise UserError(f"spec.reward.outputIndex is {spec.output_index} but the reward model has {n_labels} outputs")
+    max_len = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    return ClassifierReward(
+        model=model.to(device).eval(),
+        tokenizer=tokenizer,
+        output_index=spec.output_index,
+        batch_size=batch_size,
+        max_length=max_len,
+    )
+
+
+# ------------------------------------------------------------------------------------- sampling
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Completions of a batch of prompts. Row r holds prompt r // k (k samples per prompt, adjacent)."""
+
+    prompt_ids: torch.Tensor  # [N, P] left-padded
+    prompt_mask: torch.Tensor  # [N, P]
+    completion_ids: torch.Tensor  # [N, C]
+    completion_mask: torch.Tensor  # [N, C] 1 up to and including the first EOS
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        # Generation attended to every generated position; mirror it so the positions match.
+        return torch.cat([self.prompt_mask, torch.ones_like(self.completion_mask)], dim=1)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(dim=1)
+
+    def rows(self, start: int, stop: int) -> Samples:
+        return Samples(
+            self.prompt_ids[start:stop],
+            self.prompt_mask[start:stop],
+            self.completion_ids[start:stop],
+            self.completion_mask[start:stop],
+        )
+
+
+def eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every token that ends a completion: the tokenizer's EOS and the model's generation EOS set."""
+    ids = {int(tokenizer.eos_token_id)}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if gen_eos is not None:
+        ids.update(int(i) for i in ([gen_eos] if isinstance(gen_eos, int) else gen_eos))
+    return sorted(ids)
+
+
+def completion_mask(completion_ids: torch.Tensor, eos: Sequence[int]) -> torch.Tensor:
+    """1 on the tokens of each completion up to and including its first EOS, 0 after it."""
+    is_eos = torch.isin(completion_ids, torch.tensor(list(eos), device=completion_ids.device)).long()
+    eos_before = (is_eos.cumsum(dim=1) - is_eos) > 0
+    return (~eos_before).long()
+
+
+@contextmanager
+def _plain_sampling(model: Any, eos: list[int], pad_id: int) -> Iterator[Any]:
+    """Generation settings for plain ancestral sampling, whatever the checkpoint's generation_config says.
+
+    transformers fills every unset generation field from `model.generation_config` and then from
+    its global defaults (top_k=50). Swapping in a config that holds only special tokens, and
+    passing every sampling field explicitly, leaves softmax(logits / T) untouched.
+    """
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    bos = getattr(saved, "bos_token_id", None)
+    model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=pad_id)
+    try:
+        yield GenerationConfig(
+            do_sample=True,
+            num_beams=1,
+            top_k=0,
+            top_p=1.0,
+            typical_p=1.0,
+            epsilon_cutoff=0.0,
+            eta_cutoff=0.0,
+            repetition_penalty=1.0,
+            encoder_repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            min_length=0,
+            min_new_tokens=0,
+            renormalize_logits=False,
+            remove_invalid_values=False,
+            use_cache=True,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=pad_id,
+        )
+    finally:
+        model.generation_config = saved
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], max_prompt_tokens: int | None, device: Any) -> Any:
+    return tokenizer(
+        list(prompts),
+        return_tensors="pt",
+        padding=True,
+        truncation=max_prompt_tokens is not None,
+        max_length=max_prompt_tokens,
+        add_special_tokens=True,
+    ).to(device)
+
+
+@torch.no_grad()
+def sample(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    samples_per_prompt: int = 1,
+    max_new_tokens: int,
+    temperature: float,
+    max_prompt_tokens: int | None = None,
+) -> Samples:
+    """Sample `samples_per_prompt` completions per prompt with the KV cache (rows prompt-major).
+
+    `model` must be the bare model (not a DDP wrapper). Randomness: torch's global RNG.
+    """
+    device = next(model.parameters()).device
+    enc = encode_prompts(tokenizer, prompts, max_prompt_tokens, device)
+    prompt_ids = enc["input_ids"].repeat_interleave(samples_per_prompt, dim=0)
+    prompt_mask = enc["attention_mask"].repeat_interleave(samples_per_prompt, dim=0)
+    eos = eos_ids(model, tokenizer)
+    with _plain_sampling(model, eos, int(tokenizer.pad_token_id)) as config:
+        out = model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            generation_config=config,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+        )
+    completion_ids = out[:, prompt_ids.shape[1] :]
+    return Samples(prompt_ids, prompt_mask, completion_ids, completion_mask(completion_ids, eos))
+
+
+def decode_completions(tokenizer: Any, samples: Samples) -> list[str]:
+    """Completion texts, cut after the first EOS, special tokens removed."""
+    ids = samples.completion_ids.masked_fill(samples.completion_mask == 0, int(tokenizer.pad_token_id))
+    return tokenizer.batch_decode(ids.cpu(), skip_special_tokens=True)
+
+
+# ------------------------------------------------------------------------------------ log-probs
+
+
+@dataclass(frozen=True)
+class SequenceLogProbs:
+    logprob: torch.Tensor  # [N] Σ_t log π(y_t | x, y_<t) over the completion (with grad if the forward had it)
+    entropy: torch.Tensor | None  # [N] mean per-token entropy over the completion (detached), when asked
+    tokens: torch.Tensor  # [N] completion lengths
+
+
+_LOGITS_TO_KEEP: dict[type, bool] = {}
+
+
+def _accepts_logits_to_keep(model: Any) -> bool:
+    bare = getattr(model, "module", model)  # DDP wraps the model in .module
+    kind = type(bare)
+    if kind not in _LOGITS_TO_KEEP:
+        _LOGITS_TO_KEEP[kind] = "logits_to_keep" in inspect.signature(bare.forward).parameters
+    return _LOGITS_TO_KEEP[kind]
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, as generation computes them for left-padded prompts."""
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def sequence_logprobs(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> SequenceLogProbs:
+    """log π(y|x) of each row's completion, the last C = completion_mask.shape[1] columns of input_ids.
+
+    Computed in float32 from logits at temperature T (the sampling distribution). Only the C
+    positions that predict the completion get logits, so memory is N·C·V floats, not N·L·V.
+    Gradients flow when the caller runs it with grad enabled.
+    """
+    width = completion_mask.shape[1]
+    if width >= input_ids.shape[1]:
+        raise ValueError("completion_mask must cover only the completion: fewer columns than input_ids")
+    kwargs: dict[str, Any] = {}
+    if _accepts_logits_to_keep(model):
+        kwargs["logits_to_keep"] = width + 1
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        use_cache=False,
+        **kwargs,
+    )
+    # Logits at column j predict token j + 1: the completion's C tokens come from the C columns before them.
+    logits = out.logits[:, -(width + 1) : -1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp_all = F.log_softmax(logits, dim=-1)
+    targets = input_ids[:, -width:]
+    token_logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    mask = completion_mask.to(token_logp.dtype)
+    tokens = completion_mask.sum(dim=1)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            token_entropy = -(logp_all.exp() * logp_all).sum(dim=-1)
+            entropy = (token_entropy * mask).sum(dim=1) / tokens.clamp(min=1)
+    return SequenceLogProbs(logprob=(token_logp * mask).sum(dim=1), entropy=entropy, tokens=tokens)
+
+
+@torch.no_grad()
+def batched_logprobs(
+    model: Any, samples: Samples, *, temperature: float, micro_batch: int, with_entropy: bool = False
+) -> SequenceLogProbs:
+    """sequence_logprobs without grad, `micro_batch` rows at a time (reference and anchor models)."""
+    parts = [
+        sequence_logprobs(
+            model,
+            chunk.input_ids,
+            chunk.attention_mask,
+            chunk.completion_mask,
+            temperature=temperature,
+            with_entropy=with_entropy,
+        )
+        for chunk in (samples.rows(s, s + micro_batch) for s in range(0, samples.completion_ids.shape[0], micro_batch))
+    ]
+    entropy = torch.cat([p.entropy for p in parts]) if with_entropy else None  # type: ignore[misc]
+    return SequenceLogProbs(
+        logprob=torch.cat([p.logprob for p in parts]),
+        entropy=entropy,
+        tokens=torch.cat([p.tokens for p in parts]),
+    )
+
+
+def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard error (sample std / √n; 0 for a single value)."""
+    v = values.double().reshape(-1)
+    n = v.numel()
+    if n == 0:
+        return math.nan, math.nan
+    mean = float(v.mean())
+    stderr = float(v.std(unbiased=True) / math.sqrt(n)) if n > 1 else 0.0
+    return mean, stderr

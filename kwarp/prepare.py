@@ -1,0 +1,125 @@
+"""`kwarp prepare`: the first task of a run. Checks the inputs, then copies θ_sft into <run>/base.
+
+Failing here, before any GPU is spent, is the point: a missing model, a pickle-only model, an
+unreadable prompt file or a reward callable that does not import stop the run with a message that
+names the spec field. Copying θ_sft into the run's store makes a run self-contained: every later
+task reads its inputs from the same store, and the report can always find the SFT point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+from kwarp import locations
+from kwarp.checkpoints import MANIFEST, PICKLE_SUFFIXES, CheckpointError, refuse_pickles
+from kwarp.errors import UserError
+from kwarp.spec import DataSpec, RewardSpec, WarpRun, from_cli
+from kwarp.store import Store, layout, open_store
+
+
+def check_prompts(path: Path, field: str, spec_field: str, need: int = 1) -> int:
+    """Count valid prompts in a JSONL file; raise a UserError naming the file and line of a bad one."""
+    n = 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError as err:
+                    raise UserError(f"{spec_field}: {path} line {lineno} is not JSON ({err})") from None
+                if not isinstance(obj, dict) or not isinstance(obj.get(field), str) or not obj[field].strip():
+                    raise UserError(
+                        f"{spec_field}: {path} line {lineno} has no non-empty string field '{field}' "
+                        "(set spec.data.promptField if the prompts use another key)"
+                    )
+                n += 1
+    except UnicodeDecodeError as err:
+        raise UserError(f"{spec_field}: {path} is not UTF-8 text ({err})") from None
+    except IsADirectoryError:
+        raise UserError(f"{spec_field}: {path} is a folder; give a JSONL file") from None
+    if n < need:
+        raise UserError(f"{spec_field}: {path} holds {n} prompts, at least {need} are needed")
+    return n
+
+
+def check_data(run: WarpRun) -> dict[str, int]:
+    data: DataSpec = run.spec.data
+    storage = run.spec.storage
+    train = locations.fetch(data.train, "spec.data.train", storage)
+    evals = locations.fetch(data.eval, "spec.data.eval", storage)
+    return {
+        "train": check_prompts(train, data.prompt_field, "spec.data.train", need=run.spec.training.batch_size),
+        "eval": check_prompts(evals, data.prompt_field, "spec.data.eval"),
+    }
+
+
+def check_reward(reward: RewardSpec, storage: object) -> str:
+    if reward.callable is not None:
+        module, _, fn = reward.callable.partition(":")
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as err:
+            raise UserError(f"spec.reward.callable: cannot import module '{module}' ({err})") from None
+        if not callable(getattr(mod, fn, None)):
+            raise UserError(f"spec.reward.callable: module '{module}' has no function '{fn}'")
+        return reward.callable
+    assert reward.location is not None
+    path = locations.fetch(reward.location, "spec.reward.location", storage)  # type: ignore[arg-type]
+    try:
+        refuse_pickles(path)
+    except CheckpointError as err:
+        raise UserError(f"spec.reward.location: {err}") from None
+    if not (path / "config.json").is_file():
+        raise UserError(f"spec.reward.location: {path} has no config.json; give a Hugging Face model folder")
+    return str(path)
+
+
+def copy_policy(run: WarpRun, store: Store) -> bool:
+    """Publish θ_sft at <run>/base; False when it was already there."""
+    key = layout.base(run.name)
+    if store.has_checkpoint(key):
+        return False
+    policy = run.spec.policy
+    src = locations.fetch(policy.location, "spec.policy.location", run.spec.storage, policy.revision)
+    try:
+        refuse_pickles(src)
+    except CheckpointError as err:
+        raise UserError(f"spec.policy.location: {err}") from None
+    if not (src / "config.json").is_file():
+        raise UserError(f"spec.policy.location: {src} has no config.json; give a Hugging Face model folder")
+    if (src / MANIFEST).is_file():
+        store.put_checkpoint(src, key)
+        return True
+    # A plain HF folder: copy only what a model needs (never pickles), then publish with a manifest.
+    with store.write_checkpoint(key, meta={"source": policy.location, "created": time.time()}) as tmp:
+        for p in sorted(src.iterdir()):
+            if p.is_file() and p.suffix not in PICKLE_SUFFIXES and not p.name.startswith("."):
+                shutil.copy2(p, tmp / p.name)
+    return True
+
+
+def prepare(run: WarpRun, store: Store | None = None) -> dict[str, object]:
+    store = store or open_store(run.spec.storage.url, run.spec.storage)
+    counts = check_data(run)
+    reward = check_reward(run.spec.reward, run.spec.storage)
+    copied = copy_policy(run, store)
+    return {"prompts": counts, "reward": reward, "base": layout.base(run.name), "copied": copied}
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spec", help="WarpRun file (default: $KWARP_SPEC holds the document as JSON)")
+    parser.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    run = from_cli(args.spec)
+    info = prepare(run)
+    print(json.dumps({"task": "prepare", "run": run.name, **info}))
+    return 0
