@@ -43,8 +43,6 @@ from kwarp.spec import WarpRun, changed_fields, load, parse
 from kwarp.store import FileStore, Store, layout, open_store
 
 PROGRESS_PREFIX = "KWARP_PROGRESS "
-RECORD_KEY = "warprun.json"  # <run>/warprun.json: the spec a run's store belongs to
-TIMELINE_KEY = "runner.json"  # <run>/runner.json: start/end of every task attempt
 _POLL_SECONDS = 0.5
 
 
@@ -146,7 +144,7 @@ class LocalExecutor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[Task, Proc] = {}
         self.jobs: dict[Task, TaskJobs] = {}
-        self.timeline: list[dict[str, Any]] = list((store.get_json(f"{self.name}/{TIMELINE_KEY}") or {}).get("tasks", []))
+        self.timeline: list[dict[str, Any]] = list((store.get_json(layout.runner_json(self.name)) or {}).get("tasks", []))
         self.durations: dict[str, list[float]] = {}
         self.started = time.time()
         self.started_this_session: set[Task] = set()
@@ -202,7 +200,7 @@ class LocalExecutor:
             raise UserError(
                 f"another `kwarp run` is working on run '{self.name}' (lock {lock_path}); wait for it or stop it"
             ) from None
-        key = f"{self.name}/{RECORD_KEY}"
+        key = layout.spec_json(self.name)
         recorded = self.store.get_json(key)
         if recorded is not None:
             old = parse(recorded, source=f"{self.store.url}/{key}")
@@ -377,7 +375,7 @@ class LocalExecutor:
 
     def _save_timeline(self) -> None:
         try:
-            self.store.put_json(f"{self.name}/{TIMELINE_KEY}", {"tasks": self.timeline})
+            self.store.put_json(layout.runner_json(self.name), {"tasks": self.timeline})
         except Exception:  # the timeline is informative; never let it mask the real outcome
             pass
 

@@ -164,6 +164,7 @@ class IterationData:
     merge: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
     timings: dict[str, TaskTiming] = field(default_factory=dict)  # task id -> timing
+    target_steps: int | None = None  # T of this iteration, when the spec is known
 
     @property
     def status(self) -> str:
@@ -259,10 +260,11 @@ def hypervolume(front: Sequence[Point], reward_floor: float, kl_ceiling: float) 
     (more reward at equal KL) or left (less KL at equal reward) has a larger HV.
     """
     pts = sorted((p for p in front if p.kl < kl_ceiling and p.reward > reward_floor), key=lambda p: p.kl)
+    if not pts:
+        return 0.0
     area, best = 0.0, reward_floor
-    for p, nxt in zip(pts, [*pts[1:], None], strict=True):
+    for p, right in zip(pts, [*(q.kl for q in pts[1:]), kl_ceiling], strict=True):
         best = max(best, p.reward)
-        right = kl_ceiling if nxt is None else nxt.kl
         area += (right - p.kl) * (best - reward_floor)
     return area
 
@@ -303,8 +305,9 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def smoothing_window(n: int) -> int:
-    """About 5% of the steps: enough to read the trend of a REINFORCE curve, short enough to keep its shape."""
-    return max(1, n // 20)
+    """A tenth of the steps, at most 200: enough to read the trend of a noisy REINFORCE curve, short
+    enough to keep its shape (warm-up, plateaus)."""
+    return min(200, max(1, n // 10))
 
 
 # ------------------------------------------------------------------ reading the store
@@ -313,6 +316,8 @@ def smoothing_window(n: int) -> int:
 def load_run(store: Store, run: str, spec: WarpRun | WarpRunSpec | None = None) -> RunData:
     """Everything the report shows, read from the store. Missing files leave gaps, never errors."""
     keys = set(store.list(layout.run_prefix(run)))
+    if spec is None:
+        spec = _recorded_spec(store, run)
     warp_spec = _spec_of(spec)
     n_iter = _count(keys, run, "iter-", warp_spec.warp.iterations if warp_spec else 0)
     timings = _read_runner(store, run)
@@ -326,7 +331,7 @@ def load_run(store: Store, run: str, spec: WarpRun | WarpRunSpec | None = None) 
             if layout.member_log(run, i, m) in keys:
                 member.steps = parse_metrics(store.get_bytes(layout.member_log(run, i, m)) or b"")
             members.append(member)
-        it = IterationData(i, members)
+        it = IterationData(i, members, target_steps=warp_spec.warp.steps_for(i) if warp_spec else None)
         it.merge = _read_json(store, layout.merge_report(run, i), keys)
         it.evaluation = _read_json(store, layout.eval_json(run, i), keys)
         if it.evaluation is not None:
@@ -407,6 +412,19 @@ def _count(keys: Iterable[str], parent: str, prefix: str, expected: int) -> int:
             if digits.isdigit():
                 found = max(found, int(digits))
     return max(expected, found + 1)
+
+
+def _recorded_spec(store: Store, run: str) -> WarpRun | None:
+    """The WarpRun the executor recorded at <run>/warprun.json, if any and still valid."""
+    from kwarp.spec import SpecError, parse
+
+    raw = store.get_json(layout.spec_json(run))
+    if raw is None:
+        return None
+    try:
+        return parse(raw, source=layout.spec_json(run))
+    except SpecError:
+        return None
 
 
 def _spec_of(spec: WarpRun | WarpRunSpec | None) -> WarpRunSpec | None:
@@ -578,7 +596,7 @@ def pareto_figure(data: RunData) -> bytes:
     ax = fig.add_subplot()
     colors = iteration_colors(len(data.iterations))
     eta = data.liti_eta
-    anything = False
+    shown: set[str] = set()  # which kinds of marks are drawn: the legend lists only those
     last_front = data.with_front[-1].iteration if data.with_front else None
 
     for it, color in zip(data.iterations, colors, strict=True):
@@ -587,7 +605,7 @@ def pareto_figure(data: RunData) -> bytes:
             if traj:
                 ks, rs = [p.kl for _, p in traj], [p.reward for _, p in traj]
                 ax.plot(ks, rs, ls=":", lw=1.2, marker=".", ms=3, color=color, alpha=0.7, zorder=2)
-                anything = True
+                shown.add("eval trajectory")
             elif it.iteration == 0:
                 # No held-out evaluation logged: at iteration 0 θ_init = θ_sft, so the training
                 # batches' KL to init is a KL to SFT (noisier, on training prompts).
@@ -596,9 +614,9 @@ def pareto_figure(data: RunData) -> bytes:
                 if kls.size and kls.size == rewards.size:
                     w = smoothing_window(kls.size)
                     ax.plot(smooth(kls, w), smooth(rewards, w), ls="--", lw=1.0, color=color, alpha=0.6, zorder=2)
-                    anything = True
+                    shown.add("batch trajectory")
         if it.front:
-            anything = True
+            shown.add("front")
             ks = [p.kl for p in it.front]
             rs = [p.reward for p in it.front]
             ax.errorbar(
@@ -610,30 +628,34 @@ def pareto_figure(data: RunData) -> bytes:
             if it.iteration == last_front:
                 for p in it.front:
                     if p.eta is not None and p.eta > 0:
+                        # Above-left of the point: the better side, left empty by the points below the front.
                         ax.annotate(
-                            f"η={p.eta:g}", (p.kl, p.reward), textcoords="offset points", xytext=(6, -12),
-                            fontsize=8, color="0.25", zorder=7,
+                            f"η={p.eta:g}", (p.kl, p.reward), textcoords="offset points", xytext=(-5, 5),
+                            ha="right", va="bottom", fontsize=8, color="0.25", zorder=7,
                         )
         for member in it.members:
             if member.final is not None:
                 ax.scatter(member.final.kl, member.final.reward, marker="^", s=70, color=color,
                            edgecolors="black", linewidths=0.8, zorder=5)
+                shown.add("member")
         if it.slerp is not None:
             ax.scatter(it.slerp.kl, it.slerp.reward, marker="*", s=260, color=color,
                        edgecolors="black", linewidths=0.8, zorder=6)
+            shown.add("slerp")
         if it.next_init is not None:
             ax.scatter(it.next_init.kl, it.next_init.reward, marker="D", s=60, facecolors="white",
                        edgecolors=[color], linewidths=2.0, zorder=6)
+            shown.add("next init")
 
     sft = data.sft
     if sft is not None:
         ax.scatter(sft.kl, sft.reward, marker="s", s=80, color="black", zorder=7)
         ax.annotate("SFT (η=0)", (sft.kl, sft.reward), textcoords="offset points", xytext=(8, -4),
                     fontsize=9, zorder=7)
-        anything = True
+        shown.add("sft")
 
     ax.set_title(f"WARP run '{data.run}': reward vs KL to the SFT policy, per iteration", fontsize=12)
-    if not anything:
+    if not shown:
         _empty(ax, "nothing evaluated yet: fronts appear once an iteration's evaluation has run")
         return _png(fig)
 
@@ -642,23 +664,27 @@ def pareto_figure(data: RunData) -> bytes:
     ax.grid(True, alpha=0.3)
     ax.text(0.015, 0.975, "better ↖", transform=ax.transAxes, ha="left", va="top", fontsize=10, color="0.35")
 
-    handles = [
-        Line2D([], [], color=c, lw=2.2, marker="o", ms=5, label=f"iteration {it.iteration}: LiTI front (η from 0 to 1)")
-        for it, c in zip(data.iterations, colors, strict=True)
-        if it.front or any(m.steps for m in it.members)
-    ]
-    if any(m.eval_trajectory() for it in data.iterations for m in it.members):
-        handles.append(Line2D([], [], color="0.4", ls=":", marker=".", label="a member's training (held-out eval)"))
-    elif data.iterations and any(m.steps for m in data.iterations[0].members):
-        handles.append(Line2D([], [], color="0.4", ls="--", label="a member's training, iteration 0 (training batches)"))
+    handles = []
+    for it, c in zip(data.iterations, colors, strict=True):
+        if it.front:
+            handles.append(Line2D([], [], color=c, lw=2.2, marker="o", ms=5,
+                                  label=f"iteration {it.iteration}: LiTI front (η from 0 to 1)"))
+        elif any(m.steps for m in it.members):
+            handles.append(Line2D([], [], color=c, lw=4, alpha=0.7,
+                                  label=f"iteration {it.iteration}: {it.status}, front not evaluated yet"))
     grey = {"color": "0.6", "markeredgecolor": "black", "ls": "none"}
-    handles += [
-        Line2D([], [], marker="^", ms=8, label="member's final policy", **grey),
-        Line2D([], [], marker="*", ms=14, label="SLERP of the members (η=1)", **grey),
-        Line2D([], [], marker="D", ms=7, ls="none", markerfacecolor="white", markeredgecolor="0.4",
-               markeredgewidth=2, label=f"next iteration's init (η={eta:g} from this init)"),
-        Line2D([], [], marker="s", ms=8, ls="none", color="black", label="SFT policy (η=0)"),
-    ]
+    legend = {
+        "eval trajectory": Line2D([], [], color="0.4", ls=":", marker=".",
+                                  label="a member's training (held-out evaluations)"),
+        "batch trajectory": Line2D([], [], color="0.4", ls="--",
+                                   label="a member's training, iteration 0 (training batches, smoothed)"),
+        "member": Line2D([], [], marker="^", ms=8, label="a member's final policy (after RL)", **grey),
+        "slerp": Line2D([], [], marker="*", ms=14, label="SLERP of the members (η=1)", **grey),
+        "next init": Line2D([], [], marker="D", ms=7, ls="none", markerfacecolor="white", markeredgecolor="0.4",
+                            markeredgewidth=2, label=f"next iteration's start (η={eta:g} from this start towards the SLERP)"),
+        "sft": Line2D([], [], marker="s", ms=8, ls="none", color="black", label="SFT policy (η=0)"),
+    }
+    handles += [h for kind, h in legend.items() if kind in shown]
     ax.legend(handles=handles, loc="lower right", fontsize=8.5, framealpha=0.92)
     return _png(fig)
 
@@ -678,19 +704,19 @@ def curves_figure(data: RunData) -> bytes:
     iter_colors = iteration_colors(len(data.iterations))
     offset = 0.0
     spans = []
-    windows = []
+    # One window for the whole figure, so that iterations of different lengths are smoothed alike.
+    w = smoothing_window(max((len(m.steps) for it in data.iterations for m in it.members), default=0))
     for it in data.iterations:
-        length = max((float(m.series("reward")[0].max()) for m in it.members if m.series("reward")[0].size), default=0.0)
-        if length == 0.0:
+        logged = max((float(m.series("reward")[0].max()) for m in it.members if m.series("reward")[0].size), default=0.0)
+        if logged == 0.0:
             continue
+        length = max(logged, float(it.target_steps or 0))  # a running iteration shows its whole span
         spans.append((it.iteration, offset, offset + length))
         for m in it.members:
             for ax, (key, _) in zip(axes, rows, strict=True):
                 steps, values = m.series(key)
                 if not values.size:
                     continue
-                w = smoothing_window(values.size)
-                windows.append(w)
                 color = member_colors(m.member % 10)
                 ax.plot(steps + offset, values, color=color, lw=0.7, alpha=0.25)
                 ax.plot(steps + offset, smooth(values, w), color=color, lw=1.8, label=f"member {m.member}")
@@ -711,15 +737,14 @@ def curves_figure(data: RunData) -> bytes:
             _empty(ax, f"'{key}' not logged")
     for i, lo, hi in spans:
         axes[0].text((lo + hi) / 2, 1.01, f"iteration {i}", transform=axes[0].get_xaxis_transform(),
-                     ha="center", va="bottom", fontsize=9, color=iter_colors[i])
+                     ha="center", va="bottom", fontsize=9, color="0.2")
     axes[-1].set_xlabel("training step (iterations back to back)")
     handles, labels = axes[0].get_legend_handles_labels()
     uniq = dict(zip(labels, handles, strict=True))
     if uniq:
         axes[0].legend(uniq.values(), uniq.keys(), loc="upper left", fontsize=8.5, framealpha=0.9)
-    w = max(windows) if windows else 1
     fig.suptitle(
-        f"WARP run '{data.run}': training curves per member (faint: every step; bold: moving average, ≤{w} steps)",
+        f"WARP run '{data.run}': training curves per member (faint: every step; bold: moving average over {w} steps)",
         fontsize=11.5,
     )
     return _png(fig)
@@ -746,22 +771,25 @@ def angles_figure(data: RunData) -> bytes:
     if len(names) == 1:  # one angle per iteration (granularity: model): bars
         for k, (it, c) in enumerate(merged):
             angle = it.angles()[0][1]
-            ax.bar(k, angle, color=c, width=0.6, label=f"iteration {it.iteration}")
+            ax.bar(k, angle, color=c, width=0.5, label=f"iteration {it.iteration} ({angle:.1f}°)")
             top = max(top, angle)
         ax.set_xticks(range(len(merged)), [f"iteration {it.iteration}" for it, _ in merged])
     else:
         for it, c in merged:
             pts = sorted((position[n], a) for n, a in it.angles())
+            mean = sum(a for _, a in pts) / len(pts)
             ax.plot([x for x, _ in pts], [a for _, a in pts], "-o", color=c, ms=4, lw=1.6,
-                    label=f"iteration {it.iteration}")
+                    label=f"iteration {it.iteration} (mean {mean:.1f}°)")
             top = max(top, max(a for _, a in pts))
         step = max(1, math.ceil(len(names) / 40))
         ticks = list(range(0, len(names), step))
-        ax.set_xticks(ticks, [_short_group(names[k]) for k in ticks], rotation=60, ha="right", fontsize=8)
+        crowded = len(ticks) > 10
+        ax.set_xticks(ticks, [_short_group(names[k]) for k in ticks], rotation=60 if crowded else 0,
+                      ha="right" if crowded else "center", fontsize=8)
         ax.set_xlabel("layer group (parameters merged with one angle)")
-    ax.axhline(90, color="0.3", ls="--", lw=1)
-    ax.text(1.0, 90, "90°: orthogonal — independent RL runs are nearly orthogonal  ",
-            transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=8.5, color="0.3")
+    # Explained in the legend, where no text can hide a data point.
+    ax.axhline(90, color="0.3", ls="--", lw=1,
+               label="90°: orthogonal (task vectors of independent RL runs are nearly orthogonal)")
     ax.set_ylim(0, max(100.0, top + 8))
     ax.set_ylabel("angle Ω (degrees)")
     ax.grid(True, axis="y", alpha=0.3)
@@ -834,13 +862,15 @@ def _iteration_html(it: IterationData, summary: dict[str, Any], eta: float) -> s
     rows = []
     for m, ms in zip(it.members, summary["members"], strict=True):
         train = ms["train"]
+        attempts = f" ({train['attempts']} attempts)" if (train["attempts"] or 1) > 1 else ""
         rows.append(
             "<tr>"
             f"<td>member {m.member}{'' if m.done else ' (training)'}</td>"
             f"<td>{_pm(m.final.reward, m.final.reward_stderr) if m.final else '–'}</td>"
             f"<td>{_pm(m.final.kl, m.final.kl_stderr) if m.final else '–'}</td>"
             f"<td>{_fmt(train['reward_last'])}</td><td>{_fmt(train['kl_anchor_last'])}</td>"
-            f"<td>{train['steps']}</td><td>{format_seconds(train['seconds'])}</td>"
+            f"<td>{train['steps']}{f' / {it.target_steps}' if it.target_steps else ''}</td>"
+            f"<td>{format_seconds(train['seconds'])}{attempts}</td>"
             f"<td>{_fmt(train['tokens_per_second'], 1) if train['tokens_per_second'] is not None else '–'}</td>"
             "</tr>"
         )
@@ -909,9 +939,11 @@ def render_html(data: RunData, summary: dict[str, Any], figures: Mapping[str, by
 reinforcement learning from the same start, their weights are merged (SLERP), and the merge is interpolated back
 towards the start (LiTI) to trace a trade-off between reward and drift from the SFT policy.</p>
 <div class=headline>{card_html}</div>
-<p class=caption>The reference KL is the KL of the first iteration's policy at η = {eta:g}; the hypervolume is the
-area of the reward–KL plane that the front dominates above the SFT policy's reward, up to KL
-{_fmt(h['reference_hv_kl'])} nats (both defined in <code>summary.json</code>'s documentation).</p>
+<p class=caption><b>Front reward at KL k</b>: the reward of an iteration's front at KL k, interpolated linearly
+between its measured points; k is the KL of the first iteration's policy at η = {eta:g} (where the next iteration
+starts), so the number compares iterations at equal drift. <b>Hypervolume</b>: the area of the KL–reward plane
+that the front's points dominate (less KL and more reward), above the SFT policy's reward and left of KL
+{_fmt(h['reference_hv_kl'])} nats, the largest KL of any front; larger is better.</p>
 
 <h2>Pareto fronts</h2>
 <figure>{_img("pareto.png", figures["pareto.png"], "KL-reward Pareto fronts")}

@@ -10,6 +10,16 @@ def run_prefix(run: str) -> str:
     return f"{run}/"
 
 
+def spec_json(run: str) -> str:
+    """The WarpRun document the run's executor accepted (the store belongs to this spec)."""
+    return f"{run}/warprun.json"
+
+
+def runner_json(run: str) -> str:
+    """Start and end of every task attempt of the embedded runner."""
+    return f"{run}/runner.json"
+
+
 def base(run: str) -> str:
     """θ_sft: the policy the run started from (copied in so a run is self-contained)."""
     return f"{run}/base"

@@ -1,0 +1,65 @@
+"""The embedded runner's decisions and guards, without training anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from kwarp.errors import UserError
+from kwarp.local import LocalExecutor, default_parallel, disk_needed, failure_reason, threads_per_task, with_store
+from kwarp.spec import parse
+from kwarp.store import FileStore
+
+from .test_spec import doc
+
+
+def _run(**patches: object):
+    return parse(doc(**{"spec.storage": {"url": "/tmp/unused"}, **patches}))
+
+
+@pytest.mark.parametrize(("members", "cores", "expected"), [(2, 2, 2), (2, 16, 3), (4, 2, 2), (1, 1, 1), (8, 64, 9)])
+def test_default_parallel(members: int, cores: int, expected: int) -> None:
+    assert default_parallel(members, cores) == expected
+
+
+def test_threads_split_the_cores() -> None:
+    assert threads_per_task(2, 2) == 1 and threads_per_task(1, 8) == 8 and threads_per_task(3, 8) == 2
+
+
+def test_failure_reason_prefers_the_tasks_own_error() -> None:
+    tail = ["step 3", "kwarp train: error: spec.data.train: /x.jsonl does not exist", "bye"]
+    assert failure_reason(tail, 2).startswith("kwarp train: error: spec.data.train")
+    assert "signal 9" in failure_reason(["loading"], -9)
+    assert failure_reason([], 1) == "exit code 1; last output: no output"
+
+
+def test_disk_needed_grows_with_members_and_iterations() -> None:
+    assert disk_needed(2, 1, 100) == 100 * (2 * 6 + 2)
+    assert disk_needed(4, 3, 100) > disk_needed(2, 3, 100) > disk_needed(2, 1, 100)
+
+
+def test_with_store_overrides_the_url(tmp_path: Path) -> None:
+    run = parse(doc())  # an s3:// store with endpoint and secret
+    local = with_store(run, str(tmp_path))
+    assert local.spec.storage.url == str(tmp_path) and local.spec.storage.secret_name is None
+    assert with_store(run, None) is run
+
+
+def test_a_store_belongs_to_one_spec(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    console = Console(file=open("/dev/null", "w"))  # noqa: SIM115
+    first = LocalExecutor(_run(), store, console=console, live=False, log_dir=tmp_path / "logs")
+    first.claim()
+    assert store.get_json("gemma-warp/warprun.json")["spec"]["warp"]["beta"] == 0.1
+    with pytest.raises(UserError, match="another `kwarp run`"):
+        LocalExecutor(_run(), store, console=console, live=False, log_dir=tmp_path / "logs").claim()
+    first._lock_file.close()  # type: ignore[union-attr]
+    changed = LocalExecutor(_run(**{"spec.warp.beta": 0.5}), store, console=console, live=False, log_dir=tmp_path / "l2")
+    with pytest.raises(UserError, match="spec.warp"):
+        changed.claim()
+    # Safe changes (retries, suspension) keep the run.
+    LocalExecutor(
+        _run(**{"spec.failurePolicy": {"maxRetries": 9}}), store, console=console, live=False, log_dir=tmp_path / "l3"
+    ).claim()
