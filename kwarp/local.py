@@ -89,7 +89,7 @@ def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fo
         pass
 
 
-def _pump(proc: Proc, log: TextIO) -> None:
+def _pump(proc: Proc, log: TextIO, metrics: Any = None) -> None:
     """Copy a child's output to its log file; keep progress records and the last lines."""
     assert proc.popen.stdout is not None
     for line in proc.popen.stdout:
@@ -100,7 +100,9 @@ def _pump(proc: Proc, log: TextIO) -> None:
             try:
                 proc.progress = json.loads(stripped[len(PROGRESS_PREFIX) :])
             except ValueError:
-                pass
+                continue  # a torn line: the next one carries the same fields
+            if metrics is not None and proc.task.kind == "train":
+                metrics.record_step(proc.task.iteration, proc.task.member, proc.progress)
         elif stripped.strip():
             proc.tail.append(stripped)
     log.close()
@@ -149,44 +151,34 @@ class LocalExecutor:
         self.started = time.time()
         self.started_this_session: set[Task] = set()
         self._lock_file: TextIO | None = None
-        self.registry: Any = None
         self.metrics: Any = None
+        self._exported: set[Task] = set()
 
     # ------------------------------------------------------------------ metrics
 
     def serve_metrics(self, port: int, addr: str = "127.0.0.1") -> None:
-        """Serve the members' live metrics (the trainer's catalogue) so the dashboard works locally too."""
-        from prometheus_client import CollectorRegistry, Gauge, start_http_server
+        """Serve the run's metrics (the components' catalogue) so the Grafana dashboard works locally too.
 
-        from kwarp.metrics import TrainerMetrics
+        Children need no port or gateway: the runner feeds one registry from their progress lines
+        and from the merge/evaluation files they leave in the store.
+        """
+        from kwarp import telemetry
 
-        self.registry = CollectorRegistry()
-        self.metrics = TrainerMetrics.create(self.registry)
-        self.iteration_gauge = Gauge(
-            "kwarp_run_iteration", "Current iteration of a run (0-based)", ("namespace", "run"), registry=self.registry
-        )
-        start_http_server(port, addr=addr, registry=self.registry)
+        self.metrics = telemetry.EmbeddedMetrics(os.environ.get("KWARP_NAMESPACE", "local"), self.name)
+        self.metrics_server = telemetry.serve(self.metrics.registry, port, host=addr)
         self.console.print(f"metrics on http://{addr}:{port}/metrics")
 
     def export_metrics(self, observed: Observed) -> None:
         if self.metrics is None:
             return
-        ns = os.environ.get("KWARP_NAMESPACE", "local")
-        self.iteration_gauge.labels(ns, self.name).set(progress(self.spec, observed).iteration)
-        for task, proc in self.procs.items():
-            p = proc.progress
-            if task.kind != "train" or not p:
-                continue
-            labels = (ns, self.name, str(task.iteration), str(task.member))
-            m = self.metrics
-            for gauge, key in (
-                (m.reward, "reward"), (m.kl_anchor, "kl_anchor"), (m.kl_init, "kl_init"),
-                (m.completion_tokens, "completion_tokens"), (m.entropy, "entropy"), (m.loss, "loss"),
-                (m.grad_norm, "grad_norm"), (m.learning_rate, "lr"), (m.step, "step"),
-                (m.steps_target, "steps"), (m.tokens_per_second, "tokens_per_second"),
-            ):
-                if isinstance(p.get(key), (int, float)):
-                    gauge.labels(*labels).set(p[key])
+        prog = progress(self.spec, observed)
+        self.metrics.set_phase(prog.phase, prog.iteration)
+        for task in observed.done - self._exported:
+            if task.kind == "merge":
+                self.metrics.record_merge(task.iteration, self.store.get_json(layout.merge_report(self.name, task.iteration)) or {})
+            elif task.kind == "eval":
+                self.metrics.record_eval(task.iteration, self.store.get_json(layout.eval_json(self.name, task.iteration)) or {})
+        self._exported = set(observed.done)
 
     # ------------------------------------------------------------------ checks before work
 
@@ -314,7 +306,7 @@ class LocalExecutor:
             preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
         )
         proc = Proc(task=task, attempt=attempt, popen=popen, log_path=log_path, started=time.time())
-        proc.reader = threading.Thread(target=_pump, args=(proc, log), daemon=True)
+        proc.reader = threading.Thread(target=_pump, args=(proc, log, self.metrics), daemon=True)
         proc.reader.start()
         self.procs[task] = proc
         self.started_this_session.add(task)

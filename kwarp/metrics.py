@@ -20,7 +20,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -35,6 +35,10 @@ RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # Angles between task vectors crowd near 90° in high dimension (the paper's observation), hence the fine
 # buckets there.
 ANGLE_BUCKETS = (10, 30, 45, 60, 75, 80, 85, 88, 90, 92, 95, 100, 120, 150, 180)
+
+# Task kinds of kwarp.plan.TaskKind: the operator's per-kind counters start at 0 for each, so that rate()
+# and increase() see a kind's first Job.
+TASK_KINDS = ("prepare", "train", "merge", "eval")
 
 # The phases a WarpRun reports (kwarp.status.WarpRunStatus.phase), in the order of their dashboard codes.
 RUN_PHASES = ("Pending", "Training", "Merging", "Evaluating", "Succeeded", "Failed", "Suspended")
@@ -163,7 +167,9 @@ class TrainerMetrics:
         """A member starts (or resumes at `step`): the target is known before the first step ends."""
         self.steps_target.labels(**labels).set(steps_target)
         self.step.labels(**labels).set(step)
-        self.steps_total.labels(**labels)  # expose 0 now, so rate() sees the first increment
+        # Expose the counter and the histogram at 0 now, so rate() sees the first step.
+        self.steps_total.labels(**labels)
+        self.step_seconds.labels(**labels)
 
     # metrics.jsonl key -> gauge field; keys absent or non-finite in a record leave the gauge as it was
     _GAUGES: ClassVar[dict[str, str]] = {
@@ -357,7 +363,11 @@ class OperatorMetrics:
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> OperatorMetrics:
-        return _build(cls, registry, run=RunMetrics.create(registry))
+        metrics = _build(cls, registry, run=RunMetrics.create(registry))
+        for kind in TASK_KINDS:
+            metrics.jobs_created.labels(kind=kind)
+            metrics.retries.labels(kind=kind)
+        return metrics
 
     @property
     def iteration(self) -> Gauge:
@@ -395,7 +405,3 @@ def catalogue_by_series() -> dict[str, MetricDef]:
     """Sample name as stored in Prometheus (e.g. kwarp_trainer_step_duration_seconds_bucket) -> its family."""
     return {s: d for d in CATALOGUE for s in d.series_names}
 
-
-def defined_fields(group: type) -> tuple[str, ...]:
-    """The dataclass fields of a group that hold a metric (for checking DEFS against the fields)."""
-    return tuple(f.name for f in fields(group) if f.name in group.DEFS)

@@ -1,0 +1,483 @@
+"""The Grafana dashboard of kwarp runs, generated in code (grafana-foundation-sdk), and `kwarp dashboard`.
+
+    kwarp dashboard > dashboard.json       # what charts/kwarp/files/dashboard.json holds
+
+Rows: training (reward and KL per member), WARP iterations (the KL-reward front, iteration and phase,
+SLERP angles, merge throughput), performance (step time, tokens/s) and the operator (runs by phase,
+reconcile latency, errors, jobs). Every query selects one run with the `namespace` and `run` variables and
+uses only metrics of kwarp.metrics.CATALOGUE (tests/test_dashboard.py checks both, and
+tests/test_observability.py runs each query against a real Prometheus).
+
+The helpers at the end (`panel_queries`, `substitute`, `metric_names`) read the generated JSON back: the
+tests and scripts/render_dashboard.py use them, so they check and draw exactly what Grafana would query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from grafana_foundation_sdk.builders import bargauge, statetimeline, timeseries, xychart
+from grafana_foundation_sdk.builders import common as common_b
+from grafana_foundation_sdk.builders import dashboard as dash
+from grafana_foundation_sdk.builders import prometheus as prom
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import xychart as xm
+
+from kwarp.metrics import RUN_PHASES
+
+UID = "kwarp-runs"
+TITLE = "kwarp: WARP runs"
+DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
+SEL = 'namespace="$namespace", run="$run"'  # one run of one namespace
+MEMBER_LEGEND = "i{{iteration}} m{{member}}"
+
+# Colours of the phase timeline, in RUN_PHASES order.
+PHASE_COLORS = ("text", "blue", "purple", "orange", "green", "red", "yellow")
+
+
+def _query(expr: str, legend: str, ref: str = "A", *, instant: bool = False, table: bool = False) -> prom.Dataquery:
+    q = prom.Dataquery().expr(expr).legend_format(legend).ref_id(ref).datasource(DATASOURCE)
+    if instant:
+        q = q.instant()
+    else:
+        q = q.range()
+    if table:
+        q = q.format("table")
+    return q
+
+
+def _legend(placement: cm.LegendPlacement = cm.LegendPlacement.BOTTOM) -> common_b.VizLegendOptions:
+    return common_b.VizLegendOptions().display_mode(cm.LegendDisplayMode.LIST).placement(placement).show_legend(True)
+
+
+def _series(title: str, description: str, unit: str, *queries: prom.Dataquery, span: int = 8) -> timeseries.Panel:
+    panel = (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .span(span)
+        .height(8)
+        .legend(_legend())
+        .tooltip(common_b.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI).sort(cm.SortOrder.DESCENDING))
+        .line_width(1)
+        .show_points(cm.VisibilityMode.NEVER)
+        .span_nulls(True)
+    )
+    for q in queries:
+        panel = panel.with_target(q)
+    return panel
+
+
+def phase_code_expr(selector: str = SEL) -> str:
+    """The run's phase as a number (1 + its index in RUN_PHASES) from the 0/1 kwarp_run_phase series, for a
+    state timeline with value mappings. Each phase term keeps its own label set, so `or` unions them."""
+    terms = " or ".join(
+        f'(kwarp_run_phase{{{selector}, phase="{p}"}} * {i + 1})' for i, p in enumerate(RUN_PHASES)
+    )
+    return f"max by (namespace, run) ({terms})"
+
+
+def _phase_mappings() -> list[dm.ValueMap]:
+    return [
+        dm.ValueMap(
+            options={
+                str(i + 1): dm.ValueMappingResult(text=p, color=c, index=i)
+                for i, (p, c) in enumerate(zip(RUN_PHASES, PHASE_COLORS, strict=True))
+            }
+        )
+    ]
+
+
+def _front_panel() -> xychart.Panel:
+    """KL (x) against reward (y) at each η of each iteration's front, coloured by iteration.
+
+    Two instant table queries share the labels (namespace, run, iteration, eta, ...), so Grafana's `merge`
+    joins them into one row per (iteration, η) holding both values; `organize` names the two value columns
+    and `convertFieldType` makes iteration numeric, which the point colour scale needs.
+    """
+    return (
+        xychart.Panel()
+        .title("KL-reward front per iteration")
+        .description(
+            "Reward and KL to the SFT policy along the LiTI path of each iteration (one point per η of "
+            "spec.evaluation.etas). Colour: iteration. Up-left is better; later iterations should dominate."
+        )
+        .datasource(DATASOURCE)
+        .span(12)
+        .height(10)
+        .with_target(_query(f"kwarp_eval_front_kl{{{SEL}}}", "", "KL", instant=True, table=True))
+        .with_target(_query(f"kwarp_eval_front_reward{{{SEL}}}", "", "REWARD", instant=True, table=True))
+        .with_transformation(dm.DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(
+            dm.DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": {"Time": True},
+                    "renameByName": {"Value #KL": "KL", "Value #REWARD": "reward"},
+                },
+            )
+        )
+        .with_transformation(
+            dm.DataTransformerConfig(
+                id_val="convertFieldType",
+                options={
+                    "conversions": [
+                        {"targetField": "iteration", "destinationType": "number"},
+                        {"targetField": "eta", "destinationType": "number"},
+                    ]
+                },
+            )
+        )
+        .show(xm.ScatterShow.POINTS)
+        .label(cm.VisibilityMode.AUTO)
+        .series_mapping(xm.SeriesMapping.MANUAL)
+        .dims(xychart.XYDimensionConfig().frame(0).x("KL"))
+        .series(
+            [
+                xychart.ScatterSeriesConfig()
+                .name("front")
+                .x("KL")
+                .y("reward")
+                .show(xm.ScatterShow.POINTS)
+                .point_size(common_b.ScaleDimensionConfig().fixed(8).min(4).max(16))
+                .point_color(common_b.ColorDimensionConfig().field("iteration").fixed("blue"))
+            ]
+        )
+        .legend(_legend())
+        .tooltip(common_b.VizTooltipOptions().mode(cm.TooltipDisplayMode.SINGLE))
+        .color_scheme(dash.FieldColor().mode(dm.FieldColorModeId.CONTINUOUS_BL_YL_RD))
+    )
+
+
+def _timeline_panel() -> statetimeline.Panel:
+    return (
+        statetimeline.Panel()
+        .title("Iteration and phase")
+        .description("The run's WARP iteration (0-based) and phase over time.")
+        .datasource(DATASOURCE)
+        .span(12)
+        .height(10)
+        .with_target(_query(f"max by (namespace, run) (kwarp_run_iteration{{{SEL}}})", "iteration", "ITERATION"))
+        .with_target(_query(phase_code_expr(), "phase", "PHASE"))
+        .override_by_query("PHASE", [dm.DynamicConfigValue(id_val="mappings", value=_phase_mappings())])
+        .show_value(cm.VisibilityMode.AUTO)
+        .merge_values(True)
+        .fill_opacity(70)
+        .line_width(0)
+        .row_height(0.8)
+        .legend(_legend())
+        .color_scheme(dash.FieldColor().mode(dm.FieldColorModeId.PALETTE_CLASSIC))
+    )
+
+
+def _rate(metric: str, by: str, selector: str = "") -> str:
+    return f"sum by ({by}) (rate({metric}{{{selector}}}[$__rate_interval]))"
+
+
+def _quantile(q: float, histogram: str, by: str = "le", selector: str = "") -> str:
+    return f"histogram_quantile({q}, {_rate(f'{histogram}_bucket', by, selector)})"
+
+
+def build() -> dm.Dashboard:
+    training = [
+        _series(
+            "Reward", "Mean reward of each member's step completions.", "none",
+            _query(f"kwarp_trainer_reward{{{SEL}}}", MEMBER_LEGEND),
+        ),
+        _series(
+            "KL to anchor", "Sequence KL of each member to its anchor (the EMA in WARP), in nats.", "none",
+            _query(f"kwarp_trainer_kl_anchor{{{SEL}}}", MEMBER_LEGEND),
+        ),
+        _series(
+            "KL to init", "Sequence KL of each member to the iteration's initial policy θ_init, in nats.", "none",
+            _query(f"kwarp_trainer_kl_init{{{SEL}}}", MEMBER_LEGEND),
+        ),
+        _series(
+            "Completion length", "Mean completion length in tokens.", "none",
+            _query(f"kwarp_trainer_completion_tokens{{{SEL}}}", MEMBER_LEGEND),
+        ),
+        _series(
+            "Entropy", "Mean per-token entropy of each member's policy on its samples, in nats.", "none",
+            _query(f"kwarp_trainer_entropy{{{SEL}}}", MEMBER_LEGEND),
+        ),
+        (
+            bargauge.Panel()
+            .title("Member progress")
+            .description("Completed steps over the steps T of each member.")
+            .datasource(DATASOURCE)
+            .span(8)
+            .height(8)
+            .unit("percentunit")
+            .min(0)
+            .max(1)
+            .with_target(
+                _query(
+                    f"max by (iteration, member) (kwarp_trainer_step{{{SEL}}})"
+                    f" / max by (iteration, member) (kwarp_trainer_steps_target{{{SEL}}})",
+                    MEMBER_LEGEND,
+                )
+            )
+            .display_mode(cm.BarGaugeDisplayMode.GRADIENT)
+            .orientation(cm.VizOrientation.HORIZONTAL)
+            .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        ),
+    ]
+    iterations = [
+        _front_panel(),
+        _timeline_panel(),
+        _series(
+            "SLERP angle between task vectors",
+            "Median and mean angle (degrees) between the members' task vectors over the SLERP groups of "
+            "each iteration's merge; near 90° the members found nearly orthogonal updates.",
+            "degree",
+            _query(
+                f"histogram_quantile(0.5, sum by (le, iteration) (kwarp_merger_slerp_angle_degrees_bucket{{{SEL}}}))",
+                "i{{iteration}} median", "MEDIAN",
+            ),
+            _query(
+                f"sum by (iteration) (kwarp_merger_slerp_angle_degrees_sum{{{SEL}}})"
+                f" / sum by (iteration) (kwarp_merger_slerp_angle_degrees_count{{{SEL}}})",
+                "i{{iteration}} mean", "MEAN",
+            ),
+            span=12,
+        ),
+        _series(
+            "Merge throughput",
+            "Bytes read and written per second by each iteration's merge: over the whole merge once it "
+            "finished, and live while it streams.",
+            "binBps",
+            _query(
+                f"sum by (iteration) (kwarp_merger_processed_bytes_total{{{SEL}}})"
+                f" / sum by (iteration) (kwarp_merger_duration_seconds{{{SEL}}})",
+                "i{{iteration}} whole merge", "WHOLE",
+            ),
+            _query(_rate("kwarp_merger_processed_bytes_total", "iteration", SEL), "i{{iteration}} live", "LIVE"),
+            span=12,
+        ),
+    ]
+    performance = [
+        _series(
+            "Step time",
+            "Wall time of one training step over the run's members (from the step duration histogram).",
+            "s",
+            _query(_quantile(0.5, "kwarp_trainer_step_duration_seconds", "le", SEL), "p50", "P50"),
+            _query(_quantile(0.9, "kwarp_trainer_step_duration_seconds", "le", SEL), "p90", "P90"),
+            _query(
+                f"sum(rate(kwarp_trainer_step_duration_seconds_sum{{{SEL}}}[$__rate_interval]))"
+                f" / sum(rate(kwarp_trainer_step_duration_seconds_count{{{SEL}}}[$__rate_interval]))",
+                "mean", "MEAN",
+            ),
+            span=12,
+        ),
+        _series(
+            "Tokens per second",
+            "Generated tokens per second of each member's last step.",
+            "none",
+            _query(f"kwarp_trainer_tokens_per_second{{{SEL}}}", MEMBER_LEGEND),
+            span=12,
+        ),
+    ]
+    operator = [
+        (
+            bargauge.Panel()
+            .title("Runs by phase")
+            .description("WarpRuns of the namespace in each phase, as the operator last reconciled them.")
+            .datasource(DATASOURCE)
+            .span(6)
+            .height(8)
+            .unit("none")
+            .min(0)
+            .with_target(_query('sum by (phase) (kwarp_operator_runs{namespace="$namespace"})', "{{phase}}"))
+            .display_mode(cm.BarGaugeDisplayMode.BASIC)
+            .orientation(cm.VizOrientation.HORIZONTAL)
+            .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        ),
+        _series(
+            "Reconcile latency",
+            "Time of one reconcile of a WarpRun (all runs).",
+            "s",
+            _query(_quantile(0.5, "kwarp_operator_reconcile_duration_seconds"), "p50", "P50"),
+            _query(_quantile(0.99, "kwarp_operator_reconcile_duration_seconds"), "p99", "P99"),
+            span=6,
+        ),
+        _series(
+            "Reconcile errors",
+            "Reconciles that raised, per second, by reason. Anything above zero needs a look at the operator log.",
+            "ops",
+            _query(_rate("kwarp_operator_reconcile_errors_total", "reason"), "{{reason}}"),
+            span=6,
+        ),
+        _series(
+            "Jobs, failures and retries",
+            "Jobs the operator created, Job attempts seen failed, and retries started, per second, by task kind.",
+            "ops",
+            _query(_rate("kwarp_operator_jobs_created_total", "kind"), "created {{kind}}", "CREATED"),
+            _query(_rate("kwarp_operator_job_failures_total", "kind, reason"), "failed {{kind}}: {{reason}}", "FAILED"),
+            _query(_rate("kwarp_operator_retries_total", "kind"), "retry {{kind}}", "RETRIES"),
+            span=6,
+        ),
+    ]
+
+    builder = (
+        dash.Dashboard(TITLE)
+        .uid(UID)
+        .description("Training, merging, evaluation and operator metrics of kwarp WarpRuns (WARP alignment).")
+        .tags(["kwarp", "warp"])
+        .editable()
+        .tooltip(dm.DashboardCursorSync.CROSSHAIR)
+        .time("now-6h", "now")
+        .refresh("30s")
+        .timezone("browser")
+        .annotation(
+            dash.AnnotationQuery()
+            .name("Iteration starts")
+            .datasource(DATASOURCE)
+            .enable(True)
+            .icon_color("rgba(255, 152, 48, 1)")
+            .expr(
+                f"max by (namespace, run) (kwarp_run_iteration{{{SEL}}})"
+                f" > max by (namespace, run) (kwarp_run_iteration{{{SEL}}} offset 1m)"
+            )
+        )
+        .with_variable(
+            dash.DatasourceVariable("datasource").label("Data source").type("prometheus")
+        )
+        .with_variable(
+            dash.QueryVariable("namespace")
+            .label("Namespace")
+            .datasource(DATASOURCE)
+            .query("label_values(kwarp_trainer_step, namespace)")
+            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        )
+        .with_variable(
+            dash.QueryVariable("run")
+            .label("Run")
+            .datasource(DATASOURCE)
+            .query('label_values(kwarp_trainer_step{namespace="$namespace"}, run)')
+            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(dm.VariableSort.ALPHABETICAL_ASC)
+        )
+    )
+    # Stable ids (Grafana keys panel links and saved views on them), in layout order.
+    panel_id = 0
+    for title, group in (
+        ("Training", training),
+        ("WARP iterations", iterations),
+        ("Performance", performance),
+        ("Operator", operator),
+    ):
+        panel_id += 1
+        builder = builder.with_row(dash.Row(title).id(panel_id))
+        for panel in group:
+            panel_id += 1
+            builder = builder.with_panel(panel.id(panel_id))
+    return builder.build()
+
+
+def to_json(board: dm.Dashboard) -> dict[str, Any]:
+    """The dashboard as plain JSON data (what Grafana imports)."""
+    return json.loads(json.dumps(board, cls=JSONEncoder))
+
+
+def render() -> str:
+    """The dashboard file's exact text: charts/kwarp/files/dashboard.json must equal this."""
+    return json.dumps(to_json(build()), indent=2, ensure_ascii=False) + "\n"
+
+
+# --------------------------------------------------------------------------- reading the JSON back
+
+
+@dataclass(frozen=True)
+class PanelQuery:
+    panel: str  # panel title
+    panel_type: str
+    ref_id: str
+    expr: str
+    legend: str
+    instant: bool
+
+
+def panels(doc: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """Every non-row panel, including those nested in collapsed rows."""
+    for p in doc.get("panels", []):
+        if p.get("type") == "row":
+            yield from p.get("panels", [])
+        else:
+            yield p
+
+
+def panel_queries(doc: Mapping[str, Any]) -> list[PanelQuery]:
+    return [
+        PanelQuery(
+            p.get("title", ""), p.get("type", ""), t.get("refId", ""), t["expr"], t.get("legendFormat", ""),
+            bool(t.get("instant")) and not t.get("range"),
+        )
+        for p in panels(doc)
+        for t in p.get("targets", [])
+        if t.get("expr")
+    ]
+
+
+_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
+
+
+def substitute(expr: str, variables: Mapping[str, str]) -> str:
+    """Replace Grafana variables ($name, ${name}, ${name:fmt}, [[name]]) as Grafana would; an unknown one
+    raises KeyError, so a query cannot silently keep a `$` that Prometheus would reject."""
+    return _VARIABLE.sub(lambda m: variables[next(g for g in m.groups() if g)], expr)
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
+                       "group_right", "inf", "nan", "atan2"})
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression reads: identifiers that are neither functions, keywords, label
+    names (in matchers or grouping clauses) nor durations."""
+    text = _STRING.sub('""', expr)
+    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", " ", text)  # range selectors
+    text = _GROUPING.sub(" ", text)
+    names = set()
+    for m in _IDENT.finditer(text):
+        word = m.group(0)
+        following = text[m.end() :].lstrip()
+        if following.startswith("(") or word.lower() in _KEYWORDS:
+            continue  # a function call or an operator keyword
+        if m.start() > 0 and (text[m.start() - 1].isdigit() or text[m.start() - 1] == "."):
+            continue  # the exponent or unit of a number (1e3, 5m)
+        names.add(word)
+    return names
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output", "-o", metavar="FILE", help="write the dashboard JSON to FILE instead of printing it"
+    )
+    parser.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    text = render()
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        print(text, end="")
+    return 0

@@ -1,0 +1,807 @@
+"""Metrics end to end, against real Prometheus and Pushgateway servers (Debian packages, see tests/prom.py).
+
+One simulated WarpRun ("demo", two iterations of two members) drives every component's real metric classes
+through the real export paths: trainers, merger and evaluation push with `telemetry.export` (configured from
+environment variables, as a Job is), the operator's metrics are served by its own /metrics endpoint, and an
+embedded runner's `EmbeddedMetrics` serves a second run ("local-demo"). Prometheus scrapes all three; then
+every query of every panel of the generated dashboard must return data, and the alert rules must load.
+The values themselves are synthetic: what is under test is the path from a component's metric objects to a
+dashboard query, not training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from kwarp import dashboard, telemetry
+from kwarp.errors import UserError
+from kwarp.metrics import (
+    CATALOGUE,
+    METRIC_GROUPS,
+    RUN_PHASES,
+    EvaluationMetrics,
+    MergerMetrics,
+    OperatorMetrics,
+    TrainerMetrics,
+    catalogue_by_series,
+    eta_label,
+    iteration_labels,
+    member_labels,
+)
+from tests.prom import (
+    Prometheus,
+    Pushgateway,
+    ScrapeJob,
+    Servers,
+    binary,
+    finite_values,
+    free_port,
+    http_get,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+ALERTS = ROOT / "charts" / "kwarp" / "files" / "alerts.yaml"
+
+NAMESPACE = "team-a"
+RUN = "demo"
+LOCAL_NAMESPACE = "local"
+LOCAL_RUN = "local-demo"
+ITERATIONS = 2
+MEMBERS = 2
+STEPS = 6
+ETAS = (0.0, 0.3, 1.0)
+PUSH_ENV = {"KWARP_PUSH_INTERVAL": "0.2"}
+STEP_SLEEP = 0.25  # > the push interval, several steps per 1 s scrape
+
+
+# --------------------------------------------------------------------------- synthetic task outputs
+
+
+def step_record(iteration: int, member: int, step: int) -> dict[str, Any]:
+    """A metrics.jsonl line (docs/internals.md) with plausible values: reward and KL grow with training."""
+    t = iteration * STEPS + step
+    wiggle = 0.03 * math.sin(1.7 * step + 2.0 * member)  # members differ, as their seeds make them
+    return {
+        "step": step, "reward": 0.2 + 0.6 * (1 - math.exp(-t / 15)) + wiggle, "reward_std": 0.1,
+        "kl_anchor": 0.5 + 0.1 * step + wiggle, "kl_init": 0.2 * step, "completion_tokens": 20.0 + step,
+        "entropy": 2.0 - 0.05 * step, "loss": -0.1, "grad_norm": 1.5, "lr": 1e-5,
+        "step_seconds": 0.2 + 0.01 * member, "tokens_per_second": 400.0 + 10 * member, "time": time.time(),
+    }
+
+
+def merge_summary(iteration: int, nbytes: int) -> dict[str, Any]:
+    return {
+        "iteration": iteration, "lambda": 0.5, "eta": 0.3, "granularity": "layer",
+        "groups": [{"name": f"layer.{g}", "angle_deg": 84.0 + g, "norms": [1.0, 1.1]} for g in range(4)],
+        "bytes": nbytes, "seconds": 1.0,
+    }
+
+
+def eval_doc(iteration: int) -> dict[str, Any]:
+    front = [
+        {"eta": eta, "reward": 0.3 + 0.4 * eta + 0.2 * iteration, "reward_stderr": 0.01,
+         "kl": 10.0 * eta * (1 + iteration), "kl_stderr": 0.5, "length": 20.0}
+        for eta in ETAS
+    ]
+    return {"iteration": iteration, "reference": "sft", "etas": list(ETAS), "front": front, "seconds": 2.5}
+
+
+# --------------------------------------------------------------------------- the simulated run
+
+
+def train_member(env: dict[str, str], iteration: int, member: int) -> None:
+    """What `kwarp train` does with its metrics: its own registry, exported for the life of the task."""
+    registry = CollectorRegistry()
+    metrics = TrainerMetrics.create(registry)
+    labels = member_labels(NAMESPACE, RUN, iteration, member)
+    with telemetry.export(
+        registry, component="trainer", namespace=NAMESPACE, run=RUN, iteration=iteration, member=member, environ=env
+    ):
+        metrics.start(labels, STEPS)
+        for step in range(1, STEPS + 1):
+            time.sleep(STEP_SLEEP)
+            metrics.record_step(labels, step_record(iteration, member, step))
+
+
+def merge(env: dict[str, str], iteration: int) -> None:
+    registry = CollectorRegistry()
+    metrics = MergerMetrics.create(registry)
+    labels = iteration_labels(NAMESPACE, RUN, iteration)
+    with telemetry.export(registry, component="merger", namespace=NAMESPACE, run=RUN, iteration=iteration, environ=env):
+        for _ in range(4):  # streaming shard by shard: bytes grow across scrapes
+            metrics.bytes_processed.labels(**labels).inc(1 << 20)
+            time.sleep(0.4)
+        metrics.record_merge(labels, merge_summary(iteration, 4 << 20), count_bytes=False)
+
+
+def evaluate(env: dict[str, str], iteration: int) -> None:
+    registry = CollectorRegistry()
+    metrics = EvaluationMetrics.create(registry)
+    with telemetry.export(registry, component="eval", namespace=NAMESPACE, run=RUN, iteration=iteration, environ=env):
+        time.sleep(1.2)  # sampling along the LiTI path: long enough for the phase to be scraped
+        metrics.record_eval(iteration_labels(NAMESPACE, RUN, iteration), eval_doc(iteration))
+
+
+def operate(metrics: OperatorMetrics, stop: threading.Event) -> None:
+    """The operator's reconcile timer: latencies all along, and one error, failure and retry per second."""
+    n = 0
+    while not stop.wait(0.1):
+        metrics.reconcile_seconds.observe(0.004 + 0.002 * (n % 5))
+        if n % 10 == 5:
+            metrics.reconcile_errors.labels(reason="ApiException").inc()
+            metrics.job_failures.labels(kind="train", reason="BackoffLimitExceeded").inc()
+            metrics.retries.labels(kind="train").inc()
+        n += 1
+
+
+def run_demo(env: dict[str, str], operator: OperatorMetrics, local: telemetry.EmbeddedMetrics) -> None:
+    """Two WARP iterations of the pushed run, and the embedded runner's run fed from the same task outputs."""
+    stop = threading.Event()
+    reconciler = threading.Thread(target=operate, args=(operator, stop), daemon=True)
+    reconciler.start()
+    try:
+        for i in range(ITERATIONS):
+            operator.observe_run(NAMESPACE, RUN, "Training", i)
+            local.set_phase("Training", i)
+            members = [threading.Thread(target=train_member, args=(env, i, m)) for m in range(MEMBERS)]
+            for m, t in enumerate(members):
+                operator.jobs_created.labels(kind="train").inc()
+                local.start_member(i, m, STEPS)
+                t.start()
+            for step in range(1, STEPS + 1):  # the runner reads the same records from its children
+                time.sleep(STEP_SLEEP)
+                for m in range(MEMBERS):
+                    local.record_step(i, m, {**step_record(i, m, step), "steps": STEPS})
+            for t in members:
+                t.join()
+            operator.observe_run(NAMESPACE, RUN, "Merging", i)
+            local.set_phase("Merging", i)
+            operator.jobs_created.labels(kind="merge").inc()
+            merge(env, i)
+            local.record_merge(i, merge_summary(i, 4 << 20))
+            operator.observe_run(NAMESPACE, RUN, "Evaluating", i)
+            local.set_phase("Evaluating", i)
+            operator.jobs_created.labels(kind="eval").inc()
+            evaluate(env, i)
+            local.record_eval(i, eval_doc(i))
+        operator.observe_run(NAMESPACE, RUN, "Succeeded", ITERATIONS - 1)
+        local.set_phase("Succeeded", ITERATIONS - 1)
+        time.sleep(1.5)  # keep the operator's counters moving for a scrape or two
+    finally:
+        stop.set()
+        reconciler.join()
+
+
+@dataclass
+class Stack:
+    prometheus: Prometheus
+    gateway: Pushgateway
+    operator_url: str
+    local_url: str
+    finished: float
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    from kwarp.operator.metrics import MetricsServer as OperatorEndpoint  # what `kwarp operator` serves
+
+    srv = Servers(tmp_path_factory.mktemp("observability"))
+    op_endpoint = OperatorEndpoint(0, host="127.0.0.1").start()
+    operator = op_endpoint.metrics
+    local = telemetry.EmbeddedMetrics(LOCAL_NAMESPACE, LOCAL_RUN)
+    local_server = telemetry.serve(local.registry, 0, host="127.0.0.1")
+    try:
+        gw = srv.pushgateway()
+        prom = srv.prometheus(
+            {
+                "pushgateway": ScrapeJob([gw.address], honor_labels=True),
+                "kwarp-operator": ScrapeJob([f"127.0.0.1:{op_endpoint.port}"]),
+                "kwarp-local": ScrapeJob([f"127.0.0.1:{local_server.port}"]),
+            },
+            rule_files=[str(ALERTS)],
+        )
+        # Scraping must run before the work does, or rate() would see only the final values.
+        prom.wait_for('count(up == 1) == 3', timeout=30)
+        run_demo({**PUSH_ENV, "KWARP_PUSHGATEWAY": gw.address}, operator, local)
+        prom.wait_for(f'kwarp_run_phase{{run="{RUN}", phase="Succeeded"}} == 1')
+        prom.wait_for(f'kwarp_run_phase{{run="{LOCAL_RUN}", phase="Succeeded"}} == 1')
+        prom.wait_for(
+            f'count(kwarp_eval_front_reward{{run="{RUN}"}})', lambda r: finite_values(r) == [ITERATIONS * len(ETAS)]
+        )
+        yield Stack(prom, gw, f"http://127.0.0.1:{op_endpoint.port}/metrics", local_server.url, time.time())
+    finally:
+        op_endpoint.stop()
+        local_server.close()
+        srv.stop()
+
+
+VARIABLES = {"datasource": "prometheus", "namespace": NAMESPACE, "run": RUN,
+             "__rate_interval": "1m", "__interval": "15s", "__range": "5m"}
+LOCAL_VARIABLES = {**VARIABLES, "namespace": LOCAL_NAMESPACE, "run": LOCAL_RUN}
+QUERIES = dashboard.panel_queries(json.loads(dashboard.render()))
+
+
+@pytest.mark.parametrize("q", QUERIES, ids=[f"{q.panel}/{q.ref_id}" for q in QUERIES])
+def test_every_dashboard_query_returns_data(stack: Stack, q: dashboard.PanelQuery) -> None:
+    expr = dashboard.substitute(q.expr, VARIABLES)
+    result = stack.prometheus.query(expr)
+    assert finite_values(result), f"{q.panel} ({q.ref_id}): `{expr}` returned no finite value: {result}"
+
+
+RUN_QUERIES = [q for q in QUERIES if "$run" in q.expr]
+
+
+@pytest.mark.parametrize("q", RUN_QUERIES, ids=[f"{q.panel}/{q.ref_id}" for q in RUN_QUERIES])
+def test_embedded_runner_feeds_every_run_panel(stack: Stack, q: dashboard.PanelQuery) -> None:
+    """`kwarp run --metrics-port` serves the same series: each run panel works on one machine too."""
+    expr = dashboard.substitute(q.expr, LOCAL_VARIABLES)
+    assert finite_values(stack.prometheus.query(expr)), f"{q.panel} ({q.ref_id}): `{expr}` returned nothing"
+
+
+def test_run_panels_see_only_their_run(stack: Stack) -> None:
+    """The run variable isolates runs: the pushed run's members never show the embedded run's series."""
+    for q in RUN_QUERIES:
+        for r in stack.prometheus.query(dashboard.substitute(q.expr, VARIABLES)):
+            assert r["metric"].get("run", RUN) == RUN
+
+
+def test_front_queries_join_point_by_point(stack: Stack) -> None:
+    """The xychart joins KL and reward rows on their labels: each (iteration, η) has exactly one of each."""
+    front = [q for q in QUERIES if q.panel_type == "xychart"]
+    assert {q.ref_id for q in front} == {"KL", "REWARD"}
+    keyed = {}
+    for q in front:
+        rows = stack.prometheus.query(dashboard.substitute(q.expr, VARIABLES))
+        keyed[q.ref_id] = {
+            tuple(sorted((k, v) for k, v in r["metric"].items() if k != "__name__")): float(r["value"][1]) for r in rows
+        }
+    assert keyed["KL"].keys() == keyed["REWARD"].keys()
+    points = {(dict(k)["iteration"], dict(k)["eta"]) for k in keyed["KL"]}
+    assert points == {(str(i), eta_label(e)) for i in range(ITERATIONS) for e in ETAS}
+    # Values arrive unchanged: iteration 1, η = 1 of eval_doc.
+    key = next(k for k in keyed["REWARD"] if dict(k)["iteration"] == "1" and dict(k)["eta"] == eta_label(1.0))
+    assert keyed["REWARD"][key] == pytest.approx(0.3 + 0.4 + 0.2)
+    assert keyed["KL"][key] == pytest.approx(20.0)
+
+
+def test_phase_timeline_decodes_the_phase(stack: Stack) -> None:
+    result = stack.prometheus.query(dashboard.substitute(dashboard.phase_code_expr(), VARIABLES))
+    assert [RUN_PHASES[int(float(r["value"][1])) - 1] for r in result] == ["Succeeded"]
+    history = stack.prometheus.query_range(
+        dashboard.substitute(dashboard.phase_code_expr(), VARIABLES), stack.finished - 60, stack.finished, 0.5
+    )
+    seen = [RUN_PHASES[int(float(v)) - 1] for _, v in history[0]["values"]]
+    # Phases in the order the run went through them, each run of repeats collapsed.
+    order = [p for n, p in enumerate(seen) if n == 0 or seen[n - 1] != p]
+    assert order[-1] == "Succeeded" and {"Training", "Merging", "Evaluating"} <= set(order)
+
+
+def test_step_counters_and_histograms_arrive_whole(stack: Stack) -> None:
+    prom = stack.prometheus
+    steps = prom.query(f'sum by (iteration, member) (kwarp_trainer_steps_total{{run="{RUN}"}})')
+    assert sorted(float(r["value"][1]) for r in steps) == [float(STEPS)] * ITERATIONS * MEMBERS
+    count = prom.query(f'sum(kwarp_trainer_step_duration_seconds_count{{run="{RUN}"}})')
+    assert finite_values(count) == [float(STEPS * ITERATIONS * MEMBERS)]
+    angles = prom.query(f'sum by (iteration) (kwarp_merger_slerp_angle_degrees_count{{run="{RUN}"}})')
+    assert sorted(finite_values(angles)) == [4.0, 4.0]
+    bytes_total = prom.query(f'sum by (iteration) (kwarp_merger_processed_bytes_total{{run="{RUN}"}})')
+    assert finite_values(bytes_total) == [float(4 << 20)] * ITERATIONS
+
+
+def test_every_catalogue_metric_reaches_prometheus(stack: Stack) -> None:
+    """Each family of the catalogue is exported by some component under its declared name and labels."""
+    stored = stack.prometheus.query('count by (__name__) ({__name__=~"kwarp_.+"})')
+    names = {r["metric"]["__name__"] for r in stored}
+    expected = set(catalogue_by_series())
+    assert expected <= names, f"never exported: {sorted(expected - names)}"
+    unknown = {n for n in names if not n.endswith("_created")} - expected
+    assert not unknown, f"exported but not in the catalogue: {sorted(unknown)}"
+    for d in CATALOGUE:
+        series = stack.prometheus.query(f"{d.series_names[0]}")
+        for s in series:
+            own = set(s["metric"]) - {"__name__", "job", "instance", "component", "le"}
+            assert own == set(d.labels), f"{d.name}: labels {sorted(own)}, declared {sorted(d.labels)}"
+
+
+def test_each_task_pushes_its_own_group(stack: Stack) -> None:
+    groups = [g["labels"] for g in stack.gateway.groups() if g["labels"].get("run") == RUN]
+    keys = sorted((g["component"], g["iteration"], g.get("member", "")) for g in groups)
+    expected = sorted(
+        [("trainer", str(i), str(m)) for i in range(ITERATIONS) for m in range(MEMBERS)]
+        + [(c, str(i), "") for i in range(ITERATIONS) for c in ("merger", "eval")]
+    )
+    assert keys == expected
+    assert all(g["job"] == telemetry.JOB and g["namespace"] == NAMESPACE for g in groups)
+
+
+def test_alert_rules_load_in_prometheus(stack: Stack) -> None:
+    groups = stack.prometheus.api("rules")["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    assert {g["name"] for g in groups} == {"kwarp"}
+    assert len(rules) >= 6
+    assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
+    # The rules evaluate on live data: the demo's Job failures fire, its healthy run raises nothing.
+    deadline = time.monotonic() + 15
+    while True:
+        alerts = stack.prometheus.api("alerts")["alerts"]
+        failures = [a for a in alerts if a["labels"]["alertname"] == "KwarpJobFailures" and a["state"] == "firing"]
+        if failures or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert [(a["labels"]["kind"], a["labels"]["reason"]) for a in failures] == [("train", "BackoffLimitExceeded")]
+    assert not [a for a in alerts if a["labels"].get("run") == RUN]
+
+
+def test_embedded_metrics_count_each_step_once() -> None:
+    local = telemetry.EmbeddedMetrics("ns", "r")
+    record = step_record(0, 0, 1)
+    assert local.record_step(0, 0, record)
+    assert not local.record_step(0, 0, record)  # the same progress line again
+    assert not local.record_step(0, 0, {"phase": "loading"})  # not a step record
+    assert local.record_step(0, 0, {**step_record(0, 0, 2), "steps": 9})
+    labels = member_labels("ns", "r", 0, 0)
+    assert local.registry.get_sample_value("kwarp_trainer_steps_total", labels) == 2
+    assert local.registry.get_sample_value("kwarp_trainer_steps_target", labels) == 9
+    assert local.registry.get_sample_value("kwarp_trainer_step", labels) == 2
+
+
+# --------------------------------------------------------------------------- telemetry against a real gateway
+
+
+@pytest.fixture
+def pushgateway(tmp_path: Path) -> Iterator[Pushgateway]:
+    gw = Pushgateway.start(tmp_path)
+    yield gw
+    gw.stop()
+
+
+def _gateway_value(gw: Pushgateway, name: str, labels: dict[str, str]) -> float | None:
+    for family in text_string_to_metric_families(gw.exposition()):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return None
+
+
+def test_pusher_pushes_periodically(pushgateway: Pushgateway) -> None:
+    registry = CollectorRegistry()
+    metrics = TrainerMetrics.create(registry)
+    labels = member_labels("ns", "r", 0, 1)
+    key = telemetry.grouping_key("trainer", "ns", "r", 0, 1)
+    with telemetry.Pusher(pushgateway.address, registry, key, interval=0.1) as pusher:
+        for step in (1, 2, 3):  # each value reaches the gateway while the pusher runs
+            metrics.step.labels(**labels).set(step)
+            deadline = time.monotonic() + 10
+            while _gateway_value(pushgateway, "kwarp_trainer_step", labels) != step and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _gateway_value(pushgateway, "kwarp_trainer_step", labels) == step
+    assert pusher.failures == 0 and pusher.pushes >= 3
+
+
+def test_pusher_pushes_the_final_state_at_stop(pushgateway: Pushgateway) -> None:
+    registry = CollectorRegistry()
+    metrics = TrainerMetrics.create(registry)
+    labels = member_labels("ns", "r", 0, 1)
+    pusher = telemetry.Pusher(
+        pushgateway.address, registry, telemetry.grouping_key("trainer", "ns", "r", 0, 1), interval=3600
+    ).start()
+    metrics.step.labels(**labels).set(7)
+    time.sleep(0.2)
+    assert _gateway_value(pushgateway, "kwarp_trainer_step", labels) is None  # the first push is an hour away
+    assert pusher.stop()
+    assert _gateway_value(pushgateway, "kwarp_trainer_step", labels) == 7
+    assert pusher.pushes == 1
+
+
+def test_pusher_survives_a_gateway_that_is_down() -> None:
+    registry = CollectorRegistry()
+    TrainerMetrics.create(registry).step.labels(**member_labels("ns", "r", 0, 0)).set(3)
+    pusher = telemetry.Pusher(f"127.0.0.1:{free_port()}", registry, {"run": "r"}, interval=0.05, timeout=1)
+    with pusher:
+        time.sleep(0.3)
+    assert pusher.pushes == 0 and pusher.failures >= 2  # kept trying, never raised
+
+
+def test_delete_run_groups_removes_only_that_run(pushgateway: Pushgateway) -> None:
+    registry = CollectorRegistry()
+    metrics = TrainerMetrics.create(registry)
+    for ns, run, m in (("a", "one", 0), ("a", "one", 1), ("a", "two", 0), ("b", "one", 0)):
+        metrics.step.labels(**member_labels(ns, run, 0, m)).set(1)
+        telemetry.Pusher(pushgateway.address, registry, telemetry.grouping_key("trainer", ns, run, 0, m)).push()
+    telemetry.Pusher(pushgateway.address, registry, telemetry.grouping_key("merger", "a", "one", 0)).push()
+    assert len(pushgateway.groups()) == 5
+
+    assert telemetry.delete_run_groups(pushgateway.address, "one", namespace="a") == 3
+    left = sorted((g["labels"]["namespace"], g["labels"]["run"]) for g in pushgateway.groups())
+    assert left == [("a", "two"), ("b", "one")]
+    assert telemetry.delete_run_groups(f"http://{pushgateway.address}/", "one", namespace="a") == 0
+
+
+def test_export_is_configured_from_the_environment(pushgateway: Pushgateway) -> None:
+    registry = CollectorRegistry()
+    metrics = MergerMetrics.create(registry)
+    labels = iteration_labels("ns", "r", 2)
+    env = {"KWARP_METRICS_PORT": "0", "KWARP_PUSHGATEWAY": pushgateway.address, "KWARP_PUSH_INTERVAL": "30"}
+    with telemetry.export(registry, component="merger", namespace="ns", run="r", iteration=2, environ=env) as ex:
+        metrics.bytes_processed.labels(**labels).inc(4096)
+        assert ex.server is not None
+        scraped = http_get(ex.server.url).decode()
+        assert 'kwarp_merger_processed_bytes_total{iteration="2",namespace="ns",run="r"} 4096.0' in scraped
+        assert _gateway_value(pushgateway, "kwarp_merger_processed_bytes_total", labels) is None  # 30 s away
+    # Leaving the block pushed the final state and closed the endpoint.
+    assert _gateway_value(pushgateway, "kwarp_merger_processed_bytes_total", labels) == 4096
+    with pytest.raises(OSError):
+        urllib.request.urlopen(ex.server.url, timeout=1)
+
+    quiet = telemetry.export(registry, component="merger", namespace="ns", run="r", environ={})
+    with quiet:
+        assert quiet.server is None and quiet.pusher is None
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"KWARP_METRICS_PORT": "ninety"}, "KWARP_METRICS_PORT"),
+        ({"KWARP_METRICS_PORT": "70000"}, "KWARP_METRICS_PORT"),
+        ({"KWARP_PUSH_INTERVAL": "0"}, "KWARP_PUSH_INTERVAL"),
+        ({"KWARP_PUSH_INTERVAL": "soon"}, "KWARP_PUSH_INTERVAL"),
+    ],
+)
+def test_bad_environment_names_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        telemetry.TelemetryConfig.from_env(env)
+
+
+def test_serve_exposes_catalogue_names() -> None:
+    registry = CollectorRegistry()
+    operator = OperatorMetrics.create(registry)
+    operator.observe_run("ns", "r", "Training", 0)
+    operator.reconcile_errors.labels(reason="Conflict").inc()
+    server = telemetry.serve(registry, 0, host="127.0.0.1")
+    try:
+        families = {f.name: f for f in text_string_to_metric_families(http_get(server.url).decode())}
+    finally:
+        server.close()
+    by_series = catalogue_by_series()
+    for family in families.values():
+        for s in family.samples:
+            if not s.name.endswith("_created"):
+                assert s.name in by_series, s.name
+    runs = {s.labels["phase"]: s.value for s in families["kwarp_operator_runs"].samples}
+    assert runs == {p: (1.0 if p == "Training" else 0.0) for p in RUN_PHASES}
+    operator.forget_run("ns", "r")
+    assert registry.get_sample_value("kwarp_run_phase", {"namespace": "ns", "run": "r", "phase": "Training"}) is None
+    assert registry.get_sample_value("kwarp_operator_runs", {"namespace": "ns", "phase": "Training"}) == 0
+
+
+# --------------------------------------------------------------------------- alert rules
+
+
+def test_alert_rules_pass_promtool_check() -> None:
+    out = subprocess.run([binary("promtool"), "check", "rules", str(ALERTS)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
+    inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return {"series": f"{name}{{{inner}}}", "values": values}
+
+
+RUN_L = {"namespace": "ns", "run": "r"}
+MEMBER_L = {**RUN_L, "iteration": "1", "member": "0"}
+
+
+def _phase(phase: str, values: str) -> dict[str, str]:
+    return _series("kwarp_run_phase", {**RUN_L, "phase": phase}, values)
+
+
+ALERT_CASES: list[dict[str, Any]] = [
+    {   # stalled: in Training, the last step at t=0 (1 min), no step since; fires 10 min after 600 s without one
+        "interval": "1m",
+        "input_series": [
+            _series("kwarp_trainer_last_step_timestamp_seconds", MEMBER_L, "60x40"),
+            _phase("Training", "1x40"),
+        ],
+        "alert_rule_test": [
+            {"eval_time": "15m", "alertname": "KwarpRunStalled", "exp_alerts": []},  # 14 min quiet: still pending
+            {
+                "eval_time": "22m", "alertname": "KwarpRunStalled",
+                "exp_alerts": [{
+                    "exp_labels": {**RUN_L, "severity": "warning"},
+                    "exp_annotations": {
+                        "summary": "WarpRun ns/r makes no training progress",
+                        "description": "The run is in phase Training but its last training step ended 21m 0s ago. "
+                        "Look at its trainer pods: kubectl -n ns get pods -l kwarp.dev/run=r",
+                    },
+                }],
+            },
+        ],
+    },
+    {   # the same silence while Merging is not a stall
+        "interval": "1m",
+        "input_series": [
+            _series("kwarp_trainer_last_step_timestamp_seconds", MEMBER_L, "60x40"),
+            _phase("Training", "0x40"),
+            _phase("Merging", "1x40"),
+        ],
+        "alert_rule_test": [{"eval_time": "30m", "alertname": "KwarpRunStalled", "exp_alerts": []}],
+    },
+    {   # a member that keeps stepping is not stalled, however long the run trains
+        "interval": "1m",
+        "input_series": [
+            _series("kwarp_trainer_last_step_timestamp_seconds", MEMBER_L, "0+60x40"),
+            _phase("Training", "1x40"),
+        ],
+        "alert_rule_test": [{"eval_time": "35m", "alertname": "KwarpRunStalled", "exp_alerts": []}],
+    },
+    {   # KL to anchor high on an active member
+        "interval": "1m",
+        "input_series": [
+            _series("kwarp_trainer_kl_anchor", MEMBER_L, "60x30"),
+            _series("kwarp_trainer_last_step_timestamp_seconds", MEMBER_L, "0+60x30"),
+        ],
+        "alert_rule_test": [{
+            "eval_time": "15m", "alertname": "KwarpMemberKLHigh",
+            "exp_alerts": [{
+                "exp_labels": {**MEMBER_L, "severity": "warning"},
+                "exp_annotations": {
+                    "summary": "KL to anchor of r iteration 1 member 0 is 60.0 nats",
+                    "description": "Member 0 of iteration 1 of WarpRun ns/r has kept a KL to its anchor above 50 nats "
+                    "for 10 minutes. Consider a larger spec.warp.beta or a smaller spec.training.learningRate; "
+                    "compare its reward curve for signs of reward hacking.",
+                },
+            }],
+        }],
+    },
+    {   # a finished member's last KL, kept by the Pushgateway, does not alert forever
+        "interval": "1m",
+        "input_series": [
+            _series("kwarp_trainer_kl_anchor", MEMBER_L, "60x30"),
+            _series("kwarp_trainer_last_step_timestamp_seconds", MEMBER_L, "0x30"),
+        ],
+        "alert_rule_test": [{"eval_time": "25m", "alertname": "KwarpMemberKLHigh", "exp_alerts": []}],
+    },
+    {   # KL rising 3 nats a minute (0.05 nats/s) from 12 nats
+        "interval": "1m",
+        "input_series": [
+            _series("kwarp_trainer_kl_anchor", MEMBER_L, "12+3x30"),
+            _series("kwarp_trainer_last_step_timestamp_seconds", MEMBER_L, "0+60x30"),
+        ],
+        "alert_rule_test": [
+            {"eval_time": "20m", "alertname": "KwarpMemberKLHigh", "exp_alerts": []},
+            {
+                "eval_time": "20m", "alertname": "KwarpMemberKLRising",
+                "exp_alerts": [{
+                    "exp_labels": {**MEMBER_L, "severity": "warning"},
+                    "exp_annotations": {
+                        "summary": "KL to anchor of r iteration 1 member 0 is rising fast",
+                        "description": "The KL of member 0 (iteration 1, WarpRun ns/r) to its anchor grows by 0.050 "
+                        "nats/s. Watch its reward and KL panels; stop or suspend the run (spec.suspend: true) if it "
+                        "diverges.",
+                    },
+                }],
+            },
+        ],
+    },
+    {   # reconcile errors that keep coming; then the failed run and a failed Job
+        "interval": "1m",
+        "input_series": [
+            _series("kwarp_operator_reconcile_errors_total", {"reason": "ApiException"}, "0+6x30"),
+            _series("kwarp_operator_job_failures_total", {"kind": "train", "reason": "OOMKilled"}, "_x5 1x25"),
+            _phase("Failed", "0x5 1x25"),
+        ],
+        "alert_rule_test": [
+            {
+                "eval_time": "15m", "alertname": "KwarpOperatorReconcileErrors",
+                "exp_alerts": [{
+                    "exp_labels": {"reason": "ApiException", "severity": "warning"},
+                    "exp_annotations": {
+                        "summary": "kwarp operator reconciles keep failing (ApiException)",
+                        "description": "Reconciles of WarpRuns have been raising ApiException for 10 minutes "
+                        "(0.100 per second). Read the operator's log and the events of the affected WarpRuns.",
+                    },
+                }],
+            },
+            {
+                "eval_time": "7m", "alertname": "KwarpJobFailures",  # its first failure creates the series at 1
+                "exp_alerts": [{
+                    "exp_labels": {"kind": "train", "reason": "OOMKilled", "severity": "info"},
+                    "exp_annotations": {
+                        "summary": "kwarp train Jobs failed (OOMKilled)",
+                        "description": "1 train Job attempt(s) failed with OOMKilled in the last 15 minutes. The "
+                        "operator retries up to spec.failurePolicy.maxRetries times.",
+                    },
+                }],
+            },
+            {"eval_time": "28m", "alertname": "KwarpJobFailures", "exp_alerts": []},  # no failure for 15 min
+            {
+                "eval_time": "7m", "alertname": "KwarpRunFailed",
+                "exp_alerts": [{
+                    "exp_labels": {**RUN_L, "severity": "warning"},
+                    "exp_annotations": {
+                        "summary": "WarpRun ns/r failed",
+                        "description": "The run spent its retries. Its status says why: kubectl -n ns get warprun r "
+                        "-o jsonpath='{.status.conditions}'",
+                    },
+                }],
+            },
+        ],
+    },
+    {   # Training for 30 min and no trainer ever reported
+        "interval": "1m",
+        "input_series": [_phase("Training", "1x40")],
+        "alert_rule_test": [
+            {"eval_time": "20m", "alertname": "KwarpRunWithoutTrainerMetrics", "exp_alerts": []},
+            {
+                "eval_time": "35m", "alertname": "KwarpRunWithoutTrainerMetrics",
+                "exp_alerts": [{
+                    "exp_labels": {**RUN_L, "severity": "info"},
+                    "exp_annotations": {
+                        "summary": "WarpRun ns/r trains without trainer metrics",
+                        "description": "The run has been in phase Training for 30 minutes and no trainer has pushed "
+                        "a step. Check that its trainer pods run and reach the Pushgateway (KWARP_PUSHGATEWAY on the "
+                        "Jobs).",
+                    },
+                }],
+            },
+        ],
+    },
+]
+
+
+def test_alert_rules_fire_when_they_should_and_only_then(tmp_path: Path) -> None:
+    """`promtool test rules`: synthetic series in, expected alerts (labels and rendered annotations) out."""
+    spec = {"rule_files": [str(ALERTS)], "evaluation_interval": "1m", "tests": ALERT_CASES}
+    test_file = tmp_path / "alerts_test.yaml"
+    test_file.write_text(json.dumps(spec, indent=2))  # JSON is YAML
+    out = subprocess.run([binary("promtool"), "test", "rules", str(test_file)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    tested = {t["alertname"] for case in ALERT_CASES for t in case["alert_rule_test"]}
+    assert tested == {r["alert"] for r in _rules()}, "every rule needs a case"
+
+
+def _rules() -> list[dict[str, Any]]:
+    import yaml
+
+    return [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
+
+
+def test_alert_rules_query_only_catalogue_metrics() -> None:
+    known = set(catalogue_by_series())
+    for rule in _rules():
+        assert dashboard.metric_names(rule["expr"]) <= known, rule["alert"]
+        assert rule["labels"]["severity"] in {"info", "warning", "critical"}
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+
+
+def test_catalogue_metric_names_follow_prometheus_conventions() -> None:
+    for d in CATALOGUE:
+        assert d.name.startswith("kwarp_")
+        assert (d.kind == "counter") == d.name.endswith("_total")
+        assert (d.help[0].isupper() or d.help[0].isdigit()) and not d.help.endswith(".")
+        if "seconds" in d.name or "duration" in d.name:
+            assert "_seconds" in d.name, d.name
+        assert not {"step", "pod", "prompt"} & set(d.labels), f"{d.name}: high-cardinality label"
+
+
+def test_render_script_draws_every_main_panel_from_prometheus(stack: Stack, tmp_path: Path) -> None:
+    """scripts/render_dashboard.py (what produced docs/img/dashboard.png) finds data for each panel it draws."""
+    import sys
+
+    out = tmp_path / "dashboard.png"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "render_dashboard.py"), "--prometheus", stack.prometheus.url,
+         "--namespace", NAMESPACE, "--run", RUN, "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    counts = dict(line.rsplit(maxsplit=1) for line in proc.stdout.splitlines() if not line.startswith("wrote"))
+    assert int(counts["KL-reward front per iteration"]) == ITERATIONS * len(ETAS)
+    assert int(counts["Reward"]) == ITERATIONS * MEMBERS
+    assert out.read_bytes().startswith(b"\x89PNG") and out.stat().st_size > 20_000
+
+
+# --------------------------------------------------------------------------- the real trainer
+
+
+TRAINER_REWARD = '''
+def vowels(prompts, completions):
+    return [sum(ch in "aeiou" for ch in c) / max(len(c), 1) for c in completions]
+'''
+
+
+def test_real_trainer_feeds_the_training_panels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kwarp train`'s own loop on a tiny random GPT-2 pushes through a real Pushgateway; Prometheus scrapes it
+    and every dashboard query over trainer metrics answers for that run, with the values of metrics.jsonl."""
+    import shutil
+
+    import torch
+    from kwarp.trainer.train import train
+
+    from kwarp.spec import parse
+    from tests.models import tiny_gpt2
+
+    torch.set_num_threads(1)
+    (tmp_path / "kwarp_obs_rewards.py").write_text(TRAINER_REWARD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("hello", "the cat", "once upon", "go")))
+    base = tiny_gpt2(tmp_path / "sft")
+    shutil.copytree(base, tmp_path / "store" / "r" / "base")
+    steps = 5
+    run = parse({
+        "apiVersion": "kwarp.dev/v1alpha1", "kind": "WarpRun", "metadata": {"name": "r"},
+        "spec": {
+            "policy": {"location": str(base), "dtype": "float32"},
+            "reward": {"callable": "kwarp_obs_rewards:vowels"},
+            "data": {"train": str(prompts), "eval": str(prompts)},
+            "warp": {"iterations": 1, "policies": 1, "steps": steps},
+            "training": {"batchSize": 2, "samplesPerPrompt": 2, "maxNewTokens": 6, "warmupSteps": 1,
+                         "learningRate": 1e-3, "checkpointInterval": 10},
+            "storage": {"url": str(tmp_path / "store")},
+        },
+    })  # fmt: skip
+    srv = Servers(tmp_path)
+    try:
+        gw = srv.pushgateway()
+        prom = srv.prometheus({"pushgateway": ScrapeJob([gw.address], honor_labels=True)})
+        prom.wait_for("count(up == 1) == 1")
+        monkeypatch.setenv("KWARP_PUSHGATEWAY", gw.address)
+        monkeypatch.setenv("KWARP_PUSH_INTERVAL", "0.2")
+        monkeypatch.setenv("KWARP_NAMESPACE", "team-b")
+        # Slow the steps to a few scrapes each, so rate() sees the counters grow as it would in a real run.
+        assert train(run, 0, 0, device="cpu", on_step=lambda record: time.sleep(0.6))
+        prom.wait_for('kwarp_trainer_step{namespace="team-b", run="r"}', lambda r: finite_values(r) == [steps])
+
+        variables = {**VARIABLES, "namespace": "team-b", "run": "r"}
+        trainer_queries = [q for q in QUERIES if all(n.startswith("kwarp_trainer_") for n in
+                                                     dashboard.metric_names(q.expr))]
+        assert {q.panel for q in trainer_queries} >= {"Reward", "KL to anchor", "KL to init", "Step time",
+                                                      "Tokens per second", "Member progress"}
+        for q in trainer_queries:
+            expr = dashboard.substitute(q.expr, variables)
+            assert finite_values(prom.query(expr)), f"{q.panel} ({q.ref_id}): `{expr}` returned nothing"
+
+        log = [json.loads(line) for line in
+               (tmp_path / "store" / "r" / "iter-0" / "member-0" / "metrics.jsonl").read_text().splitlines()]
+        reward = finite_values(prom.query('kwarp_trainer_reward{namespace="team-b", run="r"}'))
+        assert reward == [pytest.approx(log[-1]["reward"])]
+    finally:
+        srv.stop()
+
+
+def test_phases_and_task_kinds_match_the_plan() -> None:
+    """The metric label values come from the plan's own vocabularies."""
+    from typing import get_args
+
+    from kwarp import plan
+    from kwarp.metrics import TASK_KINDS
+
+    assert set(RUN_PHASES) == set(get_args(plan.Phase))
+    assert set(TASK_KINDS) == set(get_args(plan.TaskKind))
+
+
+@pytest.mark.parametrize("group", METRIC_GROUPS, ids=lambda g: g.__name__)
+def test_each_metric_field_is_declared_once(group: type) -> None:
+    """DEFS and the dataclass fields name the same metrics, and create() fills each with its declaration."""
+    metric_fields = {f.name for f in dataclasses.fields(group) if f.type in ("Gauge", "Counter", "Histogram")}
+    assert metric_fields == set(group.DEFS)
+    built = group.create(CollectorRegistry())
+    for name, d in group.DEFS.items():
+        metric = getattr(built, name)
+        assert type(metric).__name__.lower() == d.kind
+        assert [m.name for m in metric.describe()] == [d.name.removesuffix("_total")]
