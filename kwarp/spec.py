@@ -207,6 +207,15 @@ class EvaluationSpec(_Model):
     max_new_tokens: int | None = Field(None, ge=1, description="Default: spec.training.maxNewTokens")
     temperature: float | None = Field(None, gt=0.0, description="Default: spec.training.temperature")
     batch_size: int = Field(32, ge=1, description="Prompts per generation batch")
+    every: int = Field(
+        0,
+        ge=0,
+        description="Trainers also evaluate reward and KL to the SFT policy on eval prompts every N steps "
+        "(the training trajectories in the KL-reward plane); 0 turns it off",
+    )
+    trajectory_prompts: int | None = Field(
+        None, ge=1, description="Eval prompts used by those trajectory evaluations (default: evaluation.prompts)"
+    )
 
     @field_validator("etas")
     @classmethod

@@ -1,0 +1,1021 @@
+"""The s3:// store: checkpoints in MinIO (or any S3 endpoint), with parallel transfers and retries.
+
+Settings. The spec comes first and the environment fills in, except KWARP_S3_SECURE, which overrides
+(the CLI has no spec). Credentials come only from the environment: in the cluster the operator mounts
+the Kubernetes Secret named by spec.storage.secretName as environment variables.
+
+    endpoint     spec.storage.endpoint, else KWARP_S3_ENDPOINT       host:port (an http:// or https://
+                                                                     prefix also sets TLS)
+    TLS          KWARP_S3_SECURE=0/1, else spec.storage.secure      default on
+    region       spec.storage.region, else AWS_REGION / AWS_DEFAULT_REGION (else asked from the server)
+    credentials  AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN), or
+                 MINIO_ACCESS_KEY + MINIO_SECRET_KEY, or MINIO_ROOT_USER + MINIO_ROOT_PASSWORD
+    CA bundle    SSL_CERT_FILE (a private CA for MinIO), else certifi's
+    transfers    KWARP_S3_PART_SIZE (bytes or 64Mi; default 64Mi), KWARP_S3_CONCURRENCY (default 8)
+    retries      KWARP_S3_MAX_ATTEMPTS (6), KWARP_S3_RETRY_DEADLINE_S (300, per operation),
+                 KWARP_S3_CONNECT_TIMEOUT_S (10), KWARP_S3_READ_TIMEOUT_S (120)
+
+Consistency. S3 has no rename, so a checkpoint is published by writing MANIFEST.json last: it is
+visible (`has_checkpoint`) only once its manifest exists and every listed object exists with the
+listed size. Overwriting deletes the old manifest first, so a half-overwritten checkpoint is never
+visible. Deleting a prefix deletes manifests first for the same reason. A single object (put_bytes)
+is atomic in S3 itself.
+
+Transfers. Files above the part size go up as parallel multipart uploads (minio's put_object with
+num_parallel_uploads), smaller files several at a time; downloads are parallel ranged GETs written
+into a preallocated file. sha256 is computed while streaming in both directions, so verifying costs
+no second read. Memory in flight is about 2 x concurrency x part size (1 GiB at the defaults).
+Incomplete multipart uploads left by a killed process are invisible garbage: give the bucket an
+AbortIncompleteMultipartUpload lifecycle rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import logging
+import os
+import random
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.deleteobjects import DeleteObject
+from minio.error import InvalidResponseError, S3Error, ServerError
+
+from kwarp.checkpoints import MANIFEST, CheckpointError, FileEntry, Manifest
+from kwarp.store.base import Store, StoreError
+from kwarp.store.cache import CheckpointCache
+
+if TYPE_CHECKING:
+    from kwarp.spec import StorageSpec
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Progress = Callable[[int], None]
+"""Called with a number of bytes moved (negative when a failed attempt's bytes are taken back)."""
+
+MiB = 1 << 20
+MIN_PART_SIZE = 5 * MiB  # S3's smallest multipart part (the last part excepted)
+MAX_PART_SIZE = 5 << 30
+_CHUNK = 1 * MiB
+
+# -------------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff and jitter, per operation (one object, one range)."""
+
+    max_attempts: int = 6
+    base_delay_s: float = 0.5
+    max_delay_s: float = 20.0
+    deadline_s: float = 300.0
+
+
+def backoff_delay(policy: RetryPolicy, retry: int, rand: float) -> float:
+    """Seconds to wait before retry number `retry` (0-based), given `rand` uniform in [0, 1).
+
+    "Equal jitter": half the exponential step is fixed, half is random. The fixed half makes the
+    wait grow for sure; the random half spreads clients that failed together (a MinIO restart)
+    so that they do not come back in lockstep.
+    """
+    step = min(policy.max_delay_s, policy.base_delay_s * (2**retry))
+    return step / 2 + rand * step / 2
+
+
+@dataclass(frozen=True)
+class S3Config:
+    endpoint: str
+    """host[:port], no scheme."""
+    secure: bool = True
+    region: str | None = None
+    part_size: int = 64 * MiB
+    concurrency: int = 8
+    retry: RetryPolicy = RetryPolicy()
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
+            raise StoreError(
+                f"S3 part size {self.part_size} is out of range: KWARP_S3_PART_SIZE must be between 5Mi and 5Gi"
+            )
+        if self.concurrency < 1:
+            raise StoreError(f"KWARP_S3_CONCURRENCY must be at least 1, got {self.concurrency}")
+        if self.retry.max_attempts < 1:
+            raise StoreError(f"KWARP_S3_MAX_ATTEMPTS must be at least 1, got {self.retry.max_attempts}")
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(|k|ki|kib|kb|m|mi|mib|mb|g|gi|gib|gb)\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "k": 10**3, "kb": 10**3, "ki": 1 << 10, "kib": 1 << 10,
+    "m": 10**6, "mb": 10**6, "mi": 1 << 20, "mib": 1 << 20,
+    "g": 10**9, "gb": 10**9, "gi": 1 << 30, "gib": 1 << 30,
+}  # fmt: skip
+
+
+def parse_size(text: str, name: str = "size") -> int:
+    """Bytes from '67108864', '64Mi', '64MiB' or '64M' (Kubernetes style: M is 10^6, Mi is 2^20)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise StoreError(f"{name}: '{text}' is not a size; write bytes or a number with Ki/Mi/Gi (e.g. 64Mi)")
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def split_endpoint(endpoint: str) -> tuple[str, bool | None]:
+    """('host:port', TLS implied by a scheme or None) from 'host:port' or 'http(s)://host:port'."""
+    secure: bool | None = None
+    text = endpoint.strip()
+    for scheme, tls in (("https://", True), ("http://", False)):
+        if text.lower().startswith(scheme):
+            text, secure = text[len(scheme) :], tls
+    text = text.rstrip("/")
+    if not text or "/" in text:
+        raise StoreError(
+            f"S3 endpoint '{endpoint}' must be host[:port] (no path): fix spec.storage.endpoint / KWARP_S3_ENDPOINT"
+        )
+    return text, secure
+
+
+def _env_bool(value: str, name: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise StoreError(f"{name} must be 0 or 1, got '{value}'")
+
+
+def _env_number(env: Mapping[str, str], name: str, default: float, kind: type = float) -> Any:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return kind(raw)
+    except ValueError:
+        raise StoreError(f"{name} must be a number, got '{raw}'") from None
+
+
+def resolve_config(storage: StorageSpec | None, env: Mapping[str, str]) -> S3Config:
+    """The S3 settings of a store: spec.storage first, the environment where the spec is silent."""
+    raw_endpoint = (storage.endpoint if storage is not None else None) or env.get("KWARP_S3_ENDPOINT")
+    if not raw_endpoint:
+        raise StoreError(
+            "an s3:// store needs an endpoint: set spec.storage.endpoint or KWARP_S3_ENDPOINT "
+            "(host:port of MinIO; s3.amazonaws.com for AWS S3)"
+        )
+    endpoint, scheme_secure = split_endpoint(raw_endpoint)
+    secure = storage.secure if storage is not None else True
+    if scheme_secure is not None:
+        secure = scheme_secure
+    if env.get("KWARP_S3_SECURE", "").strip():
+        secure = _env_bool(env["KWARP_S3_SECURE"], "KWARP_S3_SECURE")
+    region = (
+        (storage.region if storage is not None else None)
+        or env.get("AWS_REGION")
+        or env.get("AWS_DEFAULT_REGION")
+    )
+    part_size = (
+        parse_size(env["KWARP_S3_PART_SIZE"], "KWARP_S3_PART_SIZE")
+        if env.get("KWARP_S3_PART_SIZE")
+        else 64 * MiB
+    )
+    default = RetryPolicy()
+    retry = RetryPolicy(
+        max_attempts=_env_number(env, "KWARP_S3_MAX_ATTEMPTS", default.max_attempts, int),
+        base_delay_s=default.base_delay_s,
+        max_delay_s=default.max_delay_s,
+        deadline_s=_env_number(env, "KWARP_S3_RETRY_DEADLINE_S", default.deadline_s),
+    )
+    return S3Config(
+        endpoint=endpoint,
+        secure=secure,
+        region=region or None,
+        part_size=part_size,
+        concurrency=_env_number(env, "KWARP_S3_CONCURRENCY", 8, int),
+        retry=retry,
+        connect_timeout_s=_env_number(env, "KWARP_S3_CONNECT_TIMEOUT_S", 10.0),
+        read_timeout_s=_env_number(env, "KWARP_S3_READ_TIMEOUT_S", 120.0),
+    )
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key: str
+    secret_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    source: str = ""
+    """The environment variables they came from (named in error messages, never the values)."""
+
+
+_CREDENTIAL_VARS = (
+    ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+    ("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"),
+    ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"),
+)
+
+
+def credentials_from_env(env: Mapping[str, str]) -> Credentials | None:
+    """The first complete pair of credential variables, or None (anonymous access)."""
+    for key_var, secret_var in _CREDENTIAL_VARS:
+        key, secret = env.get(key_var), env.get(secret_var)
+        if key and secret:
+            token = env.get("AWS_SESSION_TOKEN") if key_var.startswith("AWS_") else None
+            return Credentials(key, secret, token or None, source=f"{key_var}/{secret_var}")
+        if key or secret:
+            missing = secret_var if key else key_var
+            raise StoreError(f"{key_var if key else secret_var} is set but {missing} is not: set both")
+    return None
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """(bucket, prefix) of s3://bucket/prefix."""
+    if not url.startswith("s3://"):
+        raise StoreError(f"'{url}' is not an s3:// URL")
+    bucket, _, prefix = url[len("s3://") :].partition("/")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
+        raise StoreError(f"'{bucket}' in {url} is not a valid bucket name (3-63 of a-z, 0-9, '.', '-')")
+    return bucket, _clean_key(prefix, allow_root=True)
+
+
+def _clean_key(key: str, *, allow_root: bool = False) -> str:
+    stripped = key.strip("/")
+    if not stripped and allow_root:
+        return ""
+    parts = stripped.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise StoreError(f"invalid store key '{key}'")
+    return "/".join(parts)
+
+
+def upload_streams(n_large_files: int, concurrency: int) -> tuple[int, int]:
+    """(large files uploaded at once, parallel parts per file), about `concurrency` parts in flight.
+
+    Two files at a time keep the link busy while one of them reads its next part from disk or
+    completes its multipart upload; one file gets every stream when it is alone.
+    """
+    files = max(1, min(n_large_files, 2 if concurrency >= 4 else 1))
+    return files, max(1, concurrency // files)
+
+
+# -------------------------------------------------------------------------------- errors
+
+# S3 error codes that a later attempt can cure: the server is busy, restarting or briefly short of quorum.
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestTimeout",
+        "OperationAborted",
+        "XMinioServerNotInitialized",
+        "XMinioReadQuorum",
+        "XMinioWriteQuorum",
+    }
+)
+CREDENTIAL_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+        "InvalidClientTokenId",
+        "AllAccessDisabled",
+    }
+)
+
+
+class _ShortRead(ConnectionError):
+    """The connection ended before the requested bytes arrived."""
+
+
+class _Cancelled(Exception):
+    """Another transfer of the same checkpoint failed: stop this one."""
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    reason = getattr(err, "reason", None)  # urllib3's MaxRetryError wraps the real error
+    return reason if isinstance(reason, BaseException) else err
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether another attempt may succeed: network faults, timeouts, 5xx and 503 SlowDown."""
+    err = _root_cause(err)
+    if isinstance(err, S3Error):
+        status = getattr(err.response, "status", 0) or 0
+        return err.code in TRANSIENT_CODES or status >= 500
+    if isinstance(err, ServerError):
+        return err.status_code >= 500 or err.status_code == 429
+    if isinstance(err, InvalidResponseError):
+        status = getattr(err, "_code", 0) or 0  # a proxy or load balancer answering 502/503 with HTML
+        return isinstance(status, int) and (status >= 500 or status == 429)
+    if isinstance(err, urllib3.exceptions.SSLError):
+        return False  # TLS against a plain HTTP port, or an untrusted certificate: retrying cannot help
+    return isinstance(
+        err,
+        urllib3.exceptions.HTTPError
+        | ConnectionError
+        | TimeoutError
+        | socket.timeout
+        | http.client.HTTPException,
+    )
+
+
+def _describe(err: BaseException) -> str:
+    err = _root_cause(err)
+    if isinstance(err, S3Error):
+        return f"{err.code}: {err.message}"
+    text = str(err)
+    # urllib3 messages repeat the connection object's repr; the class name and the tail say enough.
+    text = re.sub(r"<urllib3\.[^>]*>:?\s*", "", text)
+    return f"{type(err).__name__}: {text}"[:300]
+
+
+# -------------------------------------------------------------------------------- transfer helpers
+
+
+@dataclass
+class TransferStats:
+    """Counters of one store (tests and benchmarks read them; logs summarise them)."""
+
+    retries: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, *, retries: int = 0, up: int = 0, down: int = 0) -> None:
+        with self._lock:
+            self.retries += retries
+            self.bytes_up += up
+            self.bytes_down += down
+
+
+class _HashingReader:
+    """A file wrapper that hashes what minio reads from it (parts are read in order) and can be cancelled."""
+
+    def __init__(self, f: io.BufferedReader, stop: threading.Event, progress: Progress | None):
+        self._f = f
+        self._stop = stop
+        self._progress = progress
+        self.sha256 = hashlib.sha256()
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self._stop.is_set():
+            raise _Cancelled()
+        data = self._f.read(size)
+        self.sha256.update(data)
+        self.count += len(data)
+        if self._progress and data:
+            self._progress(len(data))
+        return data
+
+
+class _OrderedHash:
+    """sha256 of a file whose ranges arrive out of order: each range is hashed as soon as its turn comes."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._next = 0
+        self._pending: dict[int, bytes | bytearray] = {}
+        self._lock = threading.Lock()
+
+    def add(self, index: int, data: bytes | bytearray) -> int:
+        """Take range `index`; return how many ranges were hashed now (their buffers are released)."""
+        with self._lock:
+            self._pending[index] = data
+            done = 0
+            while self._next in self._pending:
+                self._sha.update(self._pending.pop(self._next))
+                self._next += 1
+                done += 1
+            return done
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+@dataclass
+class _Download:
+    entry: FileEntry
+    object_name: str
+    fd: int | None
+    ranges: list[tuple[int, int]]
+    sha: _OrderedHash = field(default_factory=_OrderedHash)
+
+
+def split_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
+    """[(offset, length)] covering `size` bytes in parts of `part_size` (none for an empty file)."""
+    return [(off, min(part_size, size - off)) for off in range(0, size, part_size)]
+
+
+def _local_files(folder: Path) -> list[str]:
+    """Relative '/'-separated names of every file of a checkpoint folder but its manifest."""
+    names = []
+    for root, _dirs, files in os.walk(folder):
+        for f in files:
+            rel = os.path.relpath(os.path.join(root, f), folder).replace(os.sep, "/")
+            if rel != MANIFEST:
+                names.append(rel)
+    return sorted(names)
+
+
+# -------------------------------------------------------------------------------- the store
+
+
+class S3Store(Store):
+    """Checkpoints and small objects under s3://bucket/prefix, by the storage layout."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        config: S3Config,
+        credentials: Credentials | None = None,
+        cache: CheckpointCache | None = None,
+    ):
+        self.bucket = bucket
+        self.prefix = _clean_key(prefix, allow_root=True)
+        self.config = config
+        self.credentials = credentials
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.stats = TransferStats()
+        self._cache = cache
+        self._rng = random.Random()
+        self._client = Minio(
+            config.endpoint,
+            access_key=credentials.access_key if credentials else None,
+            secret_key=credentials.secret_key if credentials else None,
+            session_token=credentials.session_token if credentials else None,
+            secure=config.secure,
+            region=config.region,
+            http_client=self._http_pool(config),
+        )
+
+    @classmethod
+    def from_url(
+        cls, url: str, storage: StorageSpec | None = None, *, env: Mapping[str, str] | None = None
+    ) -> S3Store:
+        env = os.environ if env is None else env
+        bucket, prefix = parse_s3_url(url)
+        return cls(bucket, prefix, config=resolve_config(storage, env), credentials=credentials_from_env(env))
+
+    @staticmethod
+    def _http_pool(config: S3Config) -> urllib3.PoolManager:
+        # urllib3 retries nothing: one retry loop (ours) owns attempts, backoff and the deadline, so that
+        # attempts do not multiply (urllib3's 5 x ours) and every retry is logged with its cause.
+        return urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s),
+            retries=False,
+            # Enough connections for every worker thread: parts of two files plus small files.
+            maxsize=2 * config.concurrency + 4,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        )
+
+    @property
+    def cache(self) -> CheckpointCache:
+        if self._cache is None:
+            self._cache = CheckpointCache.from_env()
+        return self._cache
+
+    def describe(self) -> str:
+        scheme = "https" if self.config.secure else "http"
+        return f"{self.url} at {scheme}://{self.config.endpoint}"
+
+    # ---------------------------------------------------------------- names
+
+    def _object(self, key: str) -> str:
+        key = _clean_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _key(self, object_name: str) -> str:
+        return object_name[len(self.prefix) + 1 :] if self.prefix else object_name
+
+    def object_url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._object(key)}"
+
+    # ---------------------------------------------------------------- retries and error translation
+
+    def _retrying(self, what: str, op: Callable[[], T]) -> T:
+        policy = self.config.retry
+        start = time.monotonic()
+        for attempt in range(1, policy.max_attempts + 1):
+            try:
+                return op()
+            except _Cancelled:
+                raise
+            except Exception as err:
+                if not is_transient(err):
+                    raise self._permanent(err, what) from err
+                elapsed = time.monotonic() - start
+                delay = backoff_delay(policy, attempt - 1, self._rng.random())
+                if attempt == policy.max_attempts or elapsed + delay > policy.deadline_s:
+                    raise self._exhausted(err, what, attempt, elapsed) from err
+                log.warning(
+                    "%s: %s; retry %d/%d in %.2fs",
+                    what,
+                    _describe(err),
+                    attempt,
+                    policy.max_attempts - 1,
+                    delay,
+                )
+                self.stats.add(retries=1)
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _permanent(self, err: Exception, what: str) -> Exception:
+        cause = _root_cause(err)
+        if isinstance(cause, S3Error):
+            if cause.code == "NoSuchBucket":
+                return StoreError(
+                    f"bucket '{self.bucket}' does not exist at {self.config.endpoint}: "
+                    "create it or fix spec.storage.url"
+                )
+            if cause.code in CREDENTIAL_CODES:
+                if self.credentials is None:
+                    found = "no credentials are set in the environment"
+                else:
+                    found = f"credentials from {self.credentials.source or 'the caller'}"
+                return StoreError(
+                    f"{what}: S3 refused the request ({cause.code}: {cause.message}; {found}): check the "
+                    "credentials in the Secret named by spec.storage.secretName or "
+                    f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, and that they may read and write bucket '{self.bucket}'"
+                )
+            return StoreError(f"{what}: {_describe(cause)}")
+        if isinstance(cause, urllib3.exceptions.SSLError):
+            return StoreError(
+                f"cannot talk TLS to S3 endpoint {self.config.endpoint} ({_describe(cause)}): check "
+                "spec.storage.secure / KWARP_S3_SECURE, and SSL_CERT_FILE for a private CA"
+            )
+        if isinstance(cause, InvalidResponseError | ServerError):
+            return StoreError(
+                f"{what}: {self.config.endpoint} did not answer like S3 ({_describe(cause)}): check "
+                "spec.storage.endpoint / KWARP_S3_ENDPOINT and spec.storage.secure"
+            )
+        return err  # our own errors (CheckpointError, local OSError) pass through unchanged
+
+    def _exhausted(self, err: Exception, what: str, attempts: int, elapsed: float) -> StoreError:
+        cause = _root_cause(err)
+        tried = f"after {attempts} attempt{'s' if attempts > 1 else ''} over {elapsed:.1f}s"
+        if isinstance(cause, S3Error | ServerError | InvalidResponseError):
+            return StoreError(
+                f"{what}: S3 endpoint {self.config.endpoint} kept failing {tried}: {_describe(cause)}"
+            )
+        return StoreError(
+            f"cannot reach S3 endpoint {self.config.endpoint} {tried} ({what}: {_describe(cause)}): "
+            "check spec.storage.endpoint / KWARP_S3_ENDPOINT and spec.storage.secure"
+        )
+
+    # ---------------------------------------------------------------- listing
+
+    def _list_objects(self, object_prefix: str) -> dict[str, int]:
+        """{object name: size} of every object whose name starts with object_prefix (one paginated list)."""
+
+        def op() -> dict[str, int]:
+            found = self._client.list_objects(self.bucket, prefix=object_prefix or None, recursive=True)
+            return {o.object_name: int(o.size or 0) for o in found if o.object_name is not None}
+
+        return self._retrying(f"LIST s3://{self.bucket}/{object_prefix}", op)
+
+    def _under(self, key: str) -> dict[str, int]:
+        """{store key: size} of the object `key` and everything below `key/` (path semantics, as a folder)."""
+        key = _clean_key(key, allow_root=True)
+        if not key:
+            objects = self._list_objects(f"{self.prefix}/" if self.prefix else "")
+            return {self._key(name): size for name, size in objects.items()}
+        obj = self._object(key)
+        # Prefix without the slash: one call also finds the object named exactly `key`; drop siblings
+        # such as iter-10/ when listing iter-1.
+        objects = self._list_objects(obj)
+        return {
+            self._key(name): size
+            for name, size in objects.items()
+            if name == obj or name.startswith(obj + "/")
+        }
+
+    def _folder(self, key: str) -> dict[str, int]:
+        """{name relative to the checkpoint: size} of the objects below `key/`."""
+        key = _clean_key(key)
+        objects = self._list_objects(self._object(key) + "/")
+        cut = len(self._object(key)) + 1
+        return {name[cut:]: size for name, size in objects.items()}
+
+    # ---------------------------------------------------------------- small objects
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        obj = self._object(key)
+
+        def op() -> None:
+            # One PUT (multipart only above the part size): S3 makes it visible whole or not at all.
+            self._client.put_object(
+                self.bucket,
+                obj,
+                io.BytesIO(data),
+                len(data),
+                part_size=self.config.part_size,
+                num_parallel_uploads=1,
+            )
+
+        self._retrying(f"PUT {self.object_url(key)}", op)
+        self.stats.add(up=len(data))
+
+    def get_bytes(self, key: str) -> bytes | None:
+        obj = self._object(key)
+
+        def op() -> bytes | None:
+            try:
+                response = self._client.get_object(self.bucket, obj)
+            except S3Error as err:
+                if err.code == "NoSuchKey":
+                    return None
+                raise
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+        data = self._retrying(f"GET {self.object_url(key)}", op)
+        if data is not None:
+            self.stats.add(down=len(data))
+        return data
+
+    def exists(self, key: str) -> bool:
+        """True for an object named `key` and for a folder holding objects below `key/` (as FileStore)."""
+        obj = self._object(key)
+
+        def op() -> bool:
+            # Names come sorted: `obj` itself, then siblings such as obj.json, then the folder obj/.
+            for item in self._client.list_objects(self.bucket, prefix=obj, recursive=False):
+                name = item.object_name or ""
+                if name in (obj, obj + "/"):
+                    return True
+                if name > obj + "/":
+                    return False
+            return False
+
+        return self._retrying(f"LIST {self.object_url(key)}", op)
+
+    def list(self, prefix: str = "") -> list[str]:
+        return sorted(self._under(prefix))
+
+    def list_sizes(self, prefix: str = "") -> dict[str, int]:
+        """{key: bytes} of the objects `list(prefix)` returns, from the same single listing."""
+        return dict(sorted(self._under(prefix).items()))
+
+    def delete_prefix(self, prefix: str) -> int:
+        names = sorted(self._under(_clean_key(prefix)))
+        # Manifests go first: a crash mid-delete must not leave a checkpoint that looks whole.
+        manifests = {n for n in names if n == MANIFEST or n.endswith("/" + MANIFEST)}
+        self._remove([self._object(n) for n in sorted(manifests)])
+        self._remove([self._object(n) for n in names if n not in manifests])
+        return len(names)
+
+    def _remove(self, object_names: Iterable[str]) -> None:
+        names = list(object_names)
+        if not names:
+            return
+
+        def op() -> None:
+            errors = list(self._client.remove_objects(self.bucket, (DeleteObject(n) for n in names)))
+            if errors:
+                first = errors[0]
+                raise StoreError(
+                    f"DELETE s3://{self.bucket}/{first.name}: {first.code}: {first.message} "
+                    f"({len(errors)} object(s) not deleted)"
+                )
+
+        self._retrying(f"DELETE {len(names)} object(s) in s3://{self.bucket}", op)
+
+    # ---------------------------------------------------------------- checkpoints: reading
+
+    def read_manifest(self, key: str) -> Manifest | None:
+        data = self.get_bytes(f"{_clean_key(key)}/{MANIFEST}")
+        if data is None:
+            return None
+        try:
+            return Manifest.from_json(data)
+        except CheckpointError as err:
+            log.warning("%s: %s; treating the checkpoint as absent", self.object_url(key), err)
+            return None
+
+    def _require_manifest(self, key: str) -> Manifest:
+        manifest = self.read_manifest(key)
+        if manifest is None:
+            raise CheckpointError(
+                f"{self.object_url(key)}: no {MANIFEST}; the checkpoint is absent or was never completed"
+            )
+        return manifest
+
+    def has_checkpoint(self, key: str) -> bool:
+        present = self._folder(key)
+        if MANIFEST not in present:
+            return False
+        manifest = self.read_manifest(key)
+        return manifest is not None and all(present.get(e.name) == e.size for e in manifest.files)
+
+    def open_checkpoint(
+        self, key: str, *, verify_hashes: bool = True, progress: Progress | None = None
+    ) -> Path:
+        """The checkpoint as a local folder in the digest-keyed cache.
+
+        A download always checks sha256 while streaming. On a cache hit, verify_hashes re-hashes the
+        local copy (as FileStore does in place); pass False to trust the sizes of a verified entry.
+        """
+        manifest = self._require_manifest(key)
+        return self.cache.open(
+            manifest,
+            lambda staging: self.download_checkpoint(key, staging, manifest=manifest, progress=progress),
+            verify_hashes=verify_hashes,
+            source=self.object_url(key),
+        )
+
+    def download_checkpoint(
+        self, key: str, dest: Path, *, manifest: Manifest | None = None, progress: Progress | None = None
+    ) -> Manifest:
+        """Download a checkpoint into the folder `dest`, verifying every file; its MANIFEST.json last."""
+        manifest = manifest or self._require_manifest(key)
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        self._check_presence(key, manifest)
+        downloads = []
+        try:
+            for e in manifest.files:
+                path = dest / e.name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                # Preallocate: ranges land at their offsets, and a full disk fails now, not midway.
+                os.ftruncate(fd, e.size)
+                downloads.append(self._plan_download(key, e, fd))
+            self._fetch(downloads, progress)
+            for d in downloads:
+                os.fsync(d.fd)  # type: ignore[arg-type]
+        finally:
+            for d in downloads:
+                os.close(d.fd)  # type: ignore[arg-type]
+        self._check_hashes(key, manifest, downloads)
+        tmp = dest / f".{MANIFEST}.tmp"
+        tmp.write_text(manifest.to_json())
+        os.replace(tmp, dest / MANIFEST)
+        return manifest
+
+    def verify_checkpoint(self, key: str, *, progress: Progress | None = None) -> Manifest:
+        """Re-hash every object of the checkpoint against its manifest, streaming (nothing is stored)."""
+        manifest = self._require_manifest(key)
+        self._check_presence(key, manifest)
+        downloads = [self._plan_download(key, e, None) for e in manifest.files]
+        self._fetch(downloads, progress)
+        self._check_hashes(key, manifest, downloads)
+        return manifest
+
+    def _plan_download(self, key: str, entry: FileEntry, fd: int | None) -> _Download:
+        return _Download(
+            entry, self._object(f"{key}/{entry.name}"), fd, split_ranges(entry.size, self.config.part_size)
+        )
+
+    def _check_presence(self, key: str, manifest: Manifest) -> None:
+        present = self._folder(key)
+        for e in manifest.files:
+            url = self.object_url(f"{key}/{e.name}")
+            if e.name not in present:
+                raise CheckpointError(f"{url} is listed in {MANIFEST} but missing from the bucket")
+            if present[e.name] != e.size:
+                raise CheckpointError(f"{url} has {present[e.name]} bytes, {MANIFEST} says {e.size}")
+
+    def _check_hashes(self, key: str, manifest: Manifest, downloads: list[_Download]) -> None:
+        for d in downloads:
+            got = d.sha.hexdigest()
+            if got == d.entry.sha256:
+                continue
+            if self.read_manifest(key) != manifest:
+                raise CheckpointError(
+                    f"{self.object_url(key)} was overwritten while it was being read; open it again"
+                )
+            raise CheckpointError(
+                f"s3://{self.bucket}/{d.object_name} does not match its sha256 in {MANIFEST} "
+                f"(got {got[:16]}..., expected {d.entry.sha256[:16]}...): the object is corrupted; "
+                "re-upload the checkpoint"
+            )
+
+    def _fetch(self, downloads: list[_Download], progress: Progress | None) -> None:
+        """Ranged GETs of every file on one pool; each range retried on its own; hashed in file order."""
+        workers = self.config.concurrency
+        # At most this many ranges are held in memory: running, or done and waiting for an earlier range.
+        window = threading.BoundedSemaphore(2 * workers)
+        failed = threading.Event()
+        tasks = [
+            (d, i, off, length)
+            for d in sorted(downloads, key=lambda d: -d.entry.size)
+            for i, (off, length) in enumerate(d.ranges)
+        ]
+
+        def fetch(d: _Download, index: int, offset: int, length: int) -> None:
+            if failed.is_set():
+                return
+            what = f"GET s3://{self.bucket}/{d.object_name} [{offset}, {offset + length})"
+            data = self._retrying(what, lambda: self._get_range(d.object_name, offset, length))
+            if d.fd is not None:
+                view = memoryview(data)
+                written = 0
+                while written < length:
+                    written += os.pwrite(d.fd, view[written:], offset + written)
+            self.stats.add(down=length)
+            for _ in range(d.sha.add(index, data)):
+                window.release()
+            if progress:
+                progress(length)
+
+        def note_failure(future: Future[None]) -> None:
+            if future.exception() is not None:
+                failed.set()
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="kwarp-s3-get") as pool:
+            futures = []
+            for task in tasks:
+                while not window.acquire(timeout=0.2):
+                    if failed.is_set():
+                        break
+                if failed.is_set():
+                    break
+                future = pool.submit(fetch, *task)
+                future.add_done_callback(note_failure)
+                futures.append(future)
+            wait(futures, return_when=FIRST_EXCEPTION)
+            failed_futures = [f for f in futures if f.done() and f.exception() is not None]
+            if failed_futures:
+                failed.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise failed_futures[0].exception()  # type: ignore[misc]
+
+    def _get_range(self, object_name: str, offset: int, length: int) -> bytearray:
+        response = self._client.get_object(self.bucket, object_name, offset=offset, length=length)
+        try:
+            buf = bytearray(length)
+            view = memoryview(buf)
+            pos = 0
+            while pos < length:
+                n = response.readinto(view[pos:])
+                if not n:
+                    raise _ShortRead(f"connection ended after {pos} of {length} bytes")
+                pos += n
+            return buf
+        finally:
+            response.close()
+            response.release_conn()
+
+    # ---------------------------------------------------------------- checkpoints: writing
+
+    def put_checkpoint(self, local_dir: Path, key: str, *, progress: Progress | None = None) -> Manifest:
+        """Upload a local checkpoint folder: old manifest removed first, files in parallel, manifest last.
+
+        With a MANIFEST.json in the folder, its files are uploaded and their sha256 (computed while
+        uploading) must match it, or nothing is published; without one, the manifest is built from
+        the hashes computed during the upload.
+        """
+        local_dir = Path(local_dir)
+        key = _clean_key(key)
+        if not local_dir.is_dir():
+            raise CheckpointError(f"{local_dir} is not a folder")
+        local = (
+            Manifest.from_json((local_dir / MANIFEST).read_bytes())
+            if (local_dir / MANIFEST).is_file()
+            else None
+        )
+        names = [e.name for e in local.files] if local else _local_files(local_dir)
+        sizes = {}
+        for name in names:
+            try:
+                sizes[name] = (local_dir / name).stat().st_size
+            except FileNotFoundError:
+                raise CheckpointError(f"{local_dir}: '{name}' listed in {MANIFEST} is missing") from None
+        if local:
+            for e in local.files:
+                if sizes[e.name] != e.size:
+                    raise CheckpointError(
+                        f"{local_dir}: '{e.name}' has {sizes[e.name]} bytes, {MANIFEST} says {e.size}"
+                    )
+
+        # 1. Hide the old checkpoint, if any, before touching its files.
+        self._remove([self._object(f"{key}/{MANIFEST}")])
+        # 2. Files of an older checkpoint that the new one does not have would linger forever.
+        stale = [n for n in self._folder(key) if n not in sizes and n != MANIFEST]
+        self._remove([self._object(f"{key}/{n}") for n in stale])
+        # 3. Every file, hashed while it streams.
+        started = time.monotonic()
+        hashes = self._upload_files(local_dir, key, sizes, progress)
+        if local:
+            for e in local.files:
+                if hashes[e.name] != e.sha256:
+                    raise CheckpointError(
+                        f"{local_dir / e.name} does not match its sha256 in {MANIFEST} (corrupted); "
+                        f"nothing was published at {self.object_url(key)}"
+                    )
+            manifest = local
+        else:
+            manifest = Manifest(files=tuple(FileEntry(n, sizes[n], hashes[n]) for n in names), meta={})
+        # 4. The manifest, last: from now on the checkpoint exists.
+        self.put_bytes(f"{key}/{MANIFEST}", manifest.to_json().encode())
+        seconds = time.monotonic() - started
+        log.info(
+            "uploaded %s: %d files, %.1f MB in %.1fs (%.0f MB/s)",
+            self.object_url(key), len(names), manifest.total_bytes / 1e6, seconds,
+            manifest.total_bytes / 1e6 / max(seconds, 1e-9),
+        )  # fmt: skip
+        return manifest
+
+    def _upload_files(
+        self, local_dir: Path, key: str, sizes: dict[str, int], progress: Progress | None
+    ) -> dict[str, str]:
+        part = self.config.part_size
+        small = [n for n in sizes if sizes[n] <= part]
+        large = sorted((n for n in sizes if sizes[n] > part), key=lambda n: -sizes[n])
+        files_at_once, parts_per_file = upload_streams(len(large), self.config.concurrency)
+        stop = threading.Event()
+        hashes: dict[str, str] = {}
+        # Small files first, many at a time (one PUT each); then the shards, a few at a time, each
+        # with its parts in parallel.
+        for names, workers, parallel in (
+            (small, min(self.config.concurrency, max(1, len(small))), 1),
+            (large, files_at_once, parts_per_file),
+        ):
+            if not names:
+                continue
+            with ThreadPoolExecutor(workers, thread_name_prefix="kwarp-s3-put") as pool:
+                futures = {
+                    pool.submit(
+                        self._upload_file, local_dir / n, f"{key}/{n}", sizes[n], parallel, stop, progress
+                    ): n
+                    for n in names
+                }
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                errors = [f.exception() for f in done if f.exception() is not None]
+                if errors:
+                    stop.set()
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise errors[0]  # type: ignore[misc]
+                hashes.update({futures[f]: f.result() for f in futures})
+        return hashes
+
+    def _upload_file(
+        self, path: Path, key: str, size: int, parallel: int, stop: threading.Event, progress: Progress | None
+    ) -> str:
+        obj = self._object(key)
+
+        def op() -> str:
+            with open(path, "rb") as f:
+                reader = _HashingReader(f, stop, progress)
+                try:
+                    self._client.put_object(
+                        self.bucket,
+                        obj,
+                        reader,
+                        size,
+                        part_size=self.config.part_size,
+                        num_parallel_uploads=parallel,
+                    )
+                except BaseException:
+                    if progress and reader.count:
+                        progress(-reader.count)  # this attempt's bytes are sent again by the next
+                    raise
+                if reader.count != size:
+                    raise CheckpointError(
+                        f"{path} changed size while it was uploaded ({reader.count} != {size} bytes)"
+                    )
+                return reader.sha256.hexdigest()
+
+        digest = self._retrying(f"PUT {self.object_url(key)}", op)
+        self.stats.add(up=size)
+        return digest
+
+
+__all__ = [
+    "Credentials",
+    "RetryPolicy",
+    "S3Config",
+    "S3Store",
+    "backoff_delay",
+    "credentials_from_env",
+    "is_transient",
+    "parse_s3_url",
+    "parse_size",
+    "resolve_config",
+    "split_endpoint",
+    "split_ranges",
+    "upload_streams",
+]

@@ -1,0 +1,733 @@
+"""The s3:// store against a real S3 server over HTTP on loopback (moto), talked to with the minio client.
+
+Network faults are real: a TCP proxy in front of the server resets connections, cuts an upload
+midway, or answers 503 SlowDown. Multipart transfers really happen (5 MiB parts, 11 MiB shards).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import urllib3
+from minio.error import S3Error, ServerError
+
+from kwarp.checkpoints import (
+    MANIFEST,
+    CheckpointError,
+    Manifest,
+    build_manifest,
+    read_manifest,
+    write_manifest,
+)
+from kwarp.cli import main as kwarp_main
+from kwarp.spec import StorageSpec
+from kwarp.store import open_store
+from kwarp.store.base import StoreError
+from kwarp.store.cache import CheckpointCache, eviction_order
+from kwarp.store.cli import checkpoint_folders, checkpoint_rows, layout_role
+from kwarp.store.s3 import (
+    Credentials,
+    RetryPolicy,
+    S3Config,
+    S3Store,
+    backoff_delay,
+    credentials_from_env,
+    is_transient,
+    parse_s3_url,
+    parse_size,
+    resolve_config,
+    split_ranges,
+    upload_streams,
+)
+
+from .s3server import ACCESS_KEY, SECRET_KEY, FaultyProxy, S3Server, s3_server
+
+MiB = 1 << 20
+PART = 5 * MiB
+FAST_RETRY = RetryPolicy(max_attempts=3, base_delay_s=0.02, max_delay_s=0.2, deadline_s=30)
+
+s3 = pytest.fixture(scope="module")(s3_server)
+
+
+@pytest.fixture
+def bucket(s3: S3Server) -> str:
+    return s3.create_bucket()
+
+
+@pytest.fixture
+def proxy(s3: S3Server):
+    with FaultyProxy(s3.port) as p:
+        yield p
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+def make_store(
+    endpoint: str,
+    bucket: str,
+    cache_dir: Path,
+    *,
+    prefix: str = "runs",
+    credentials: Credentials | None = None,
+    retry: RetryPolicy = FAST_RETRY,
+    max_cache_bytes: int | None = None,
+) -> S3Store:
+    config = S3Config(
+        endpoint=endpoint, secure=False, region="us-east-1", part_size=PART, concurrency=4, retry=retry
+    )
+    return S3Store(
+        bucket,
+        prefix,
+        config=config,
+        credentials=credentials or Credentials(ACCESS_KEY, SECRET_KEY, source="test"),
+        cache=CheckpointCache(cache_dir, max_cache_bytes),
+    )
+
+
+def make_checkpoint(folder: Path, *, shards: int = 2, shard_bytes: int = 11 * MiB, seed: int = 0) -> Path:
+    """A HF-shaped folder: sharded weights (multipart-sized), index, config and a nested tokenizer file."""
+    rng = __import__("random").Random(seed)
+    folder.mkdir(parents=True)
+    for k in range(shards):
+        (folder / f"model-{k + 1:05d}-of-{shards:05d}.safetensors").write_bytes(rng.randbytes(shard_bytes))
+    (folder / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    (folder / "config.json").write_text(f'{{"seed": {seed}}}')
+    (folder / "tokenizer").mkdir()
+    (folder / "tokenizer" / "vocab.txt").write_text("a\nb\n")
+    (folder / "empty.txt").write_bytes(b"")
+    return folder
+
+
+def same_files(a: Path, b: Path) -> bool:
+    names = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file() and p.name != MANIFEST)
+    other = sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return names == other and all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+
+
+# ------------------------------------------------------------------------------------ pure parts
+
+
+@pytest.mark.parametrize("retry", range(6))
+def test_backoff_grows_exponentially_with_bounded_jitter(retry: int) -> None:
+    policy = RetryPolicy(max_attempts=10, base_delay_s=0.5, max_delay_s=4.0)
+    step = min(4.0, 0.5 * 2**retry)
+    low, high = backoff_delay(policy, retry, 0.0), backoff_delay(policy, retry, 0.999999)
+    assert low == pytest.approx(step / 2)
+    assert high == pytest.approx(step, rel=1e-5)
+    assert backoff_delay(policy, retry + 1, 0.0) >= low  # the floor never shrinks
+
+
+def _s3_error(code: str, status: int) -> S3Error:
+    response = urllib3.HTTPResponse(body=b"", status=status)
+    return S3Error(response, code, "message", "/bucket/key", "req", "host")
+
+
+@pytest.mark.parametrize(
+    ("err", "transient"),
+    [
+        (_s3_error("SlowDown", 503), True),
+        (_s3_error("InternalError", 500), True),
+        (_s3_error("RequestTimeout", 400), True),
+        (_s3_error("NoSuchBucket", 404), False),
+        (_s3_error("AccessDenied", 403), False),
+        (_s3_error("InvalidAccessKeyId", 403), False),
+        (ServerError("bad gateway", 502), True),
+        (ServerError("not found", 404), False),
+        (urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset")), True),
+        (urllib3.exceptions.NewConnectionError(None, "Connection refused"), True),  # type: ignore[arg-type]
+        (urllib3.exceptions.ReadTimeoutError(None, "/", "read timed out"), True),  # type: ignore[arg-type]
+        (urllib3.exceptions.SSLError("wrong version number"), False),
+        (ConnectionRefusedError(111, "refused"), True),
+        (TimeoutError(), True),
+        (OSError(28, "No space left on device"), False),
+        (CheckpointError("corrupted"), False),
+    ],
+)
+def test_transient_errors_are_told_from_permanent_ones(err: BaseException, transient: bool) -> None:
+    assert is_transient(err) is transient
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("67108864", 64 * MiB), ("64Mi", 64 * MiB), ("64MiB", 64 * MiB), ("64M", 64_000_000), ("1Gi", 1 << 30)],
+)
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_parse_size_rejects_garbage() -> None:
+    with pytest.raises(StoreError, match="KWARP_S3_PART_SIZE"):
+        parse_size("lots", "KWARP_S3_PART_SIZE")
+
+
+@pytest.mark.parametrize(
+    ("spec", "env", "endpoint", "secure"),
+    [
+        (StorageSpec(url="s3://b/p", endpoint="minio:9000"), {}, "minio:9000", True),
+        (StorageSpec(url="s3://b/p", endpoint="minio:9000", secure=False), {}, "minio:9000", False),
+        (StorageSpec(url="s3://b/p"), {"KWARP_S3_ENDPOINT": "http://minio:9000"}, "minio:9000", False),
+        (StorageSpec(url="s3://b/p", endpoint="https://m:443"), {}, "m:443", True),
+        (StorageSpec(url="s3://b/p", endpoint="m:9000"), {"KWARP_S3_SECURE": "0"}, "m:9000", False),
+        (None, {"KWARP_S3_ENDPOINT": "m:9000", "KWARP_S3_SECURE": "1"}, "m:9000", True),
+        (StorageSpec(url="s3://b/p", endpoint="spec:1"), {"KWARP_S3_ENDPOINT": "env:2"}, "spec:1", True),
+    ],
+)
+def test_resolve_config_spec_first_env_fills_in(
+    spec: StorageSpec | None, env: dict[str, str], endpoint: str, secure: bool
+) -> None:
+    config = resolve_config(spec, env)
+    assert (config.endpoint, config.secure) == (endpoint, secure)
+
+
+def test_resolve_config_transfer_and_retry_settings_from_env() -> None:
+    env = {
+        "KWARP_S3_ENDPOINT": "m:9000",
+        "KWARP_S3_PART_SIZE": "16Mi",
+        "KWARP_S3_CONCURRENCY": "3",
+        "KWARP_S3_MAX_ATTEMPTS": "2",
+        "AWS_REGION": "eu-west-1",
+    }
+    config = resolve_config(None, env)
+    assert (config.part_size, config.concurrency, config.retry.max_attempts, config.region) == (
+        16 * MiB,
+        3,
+        2,
+        "eu-west-1",
+    )
+    with pytest.raises(StoreError, match="KWARP_S3_PART_SIZE must be between 5Mi and 5Gi"):
+        resolve_config(None, {**env, "KWARP_S3_PART_SIZE": "1Mi"})
+    with pytest.raises(StoreError, match="spec.storage.endpoint or KWARP_S3_ENDPOINT"):
+        resolve_config(None, {})
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"AWS_ACCESS_KEY_ID": "ak", "AWS_SECRET_ACCESS_KEY": "s3cr3t-a", "AWS_SESSION_TOKEN": "tok"},
+            ("ak", "s3cr3t-a", "tok"),
+        ),
+        ({"MINIO_ACCESS_KEY": "mk", "MINIO_SECRET_KEY": "s3cr3t-m"}, ("mk", "s3cr3t-m", None)),
+        ({"MINIO_ROOT_USER": "root", "MINIO_ROOT_PASSWORD": "s3cr3t-r"}, ("root", "s3cr3t-r", None)),
+        (
+            {"AWS_ACCESS_KEY_ID": "ak", "AWS_SECRET_ACCESS_KEY": "s3cr3t-a", "MINIO_ROOT_USER": "root"},
+            ("ak", "s3cr3t-a", None),
+        ),
+        ({}, None),
+    ],
+)
+def test_credentials_come_from_the_environment(env: dict[str, str], expected: tuple | None) -> None:
+    creds = credentials_from_env(env)
+    got = None if creds is None else (creds.access_key, creds.secret_key, creds.session_token)
+    assert got == expected
+    if creds is not None:
+        assert creds.secret_key not in repr(creds)
+        assert creds.session_token is None or creds.session_token not in repr(creds)
+
+
+def test_half_set_credentials_name_the_missing_variable() -> None:
+    with pytest.raises(StoreError, match="AWS_SECRET_ACCESS_KEY"):
+        credentials_from_env({"AWS_ACCESS_KEY_ID": "a"})
+
+
+def test_urls_ranges_and_stream_plan() -> None:
+    assert parse_s3_url("s3://my-bucket/a/b/") == ("my-bucket", "a/b")
+    assert parse_s3_url("s3://my-bucket") == ("my-bucket", "")
+    with pytest.raises(StoreError, match="bucket name"):
+        parse_s3_url("s3://My_Bucket/x")
+    assert split_ranges(12, 5) == [(0, 5), (5, 5), (10, 2)]
+    assert split_ranges(0, 5) == []
+    assert upload_streams(0, 8) == (1, 8)
+    assert upload_streams(1, 8) == (1, 8)
+    assert upload_streams(5, 8) == (2, 4)
+    assert upload_streams(5, 2) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("folder", "role"),
+    [
+        ("run/base", "base (θ_sft)"),
+        ("run/iter-2/init", "iter 2 init"),
+        ("run/iter-0/slerp", "iter 0 slerp"),
+        ("run/iter-0/member-1/final", "iter 0 member 1 final"),
+        ("run/iter-0/member-1/state", "iter 0 member 1 state"),
+        ("base", "base (θ_sft)"),
+        ("run/iter-0/member-1", None),
+        ("run/iter-0", None),
+    ],
+)
+def test_layout_roles(folder: str, role: str | None) -> None:
+    assert layout_role(folder) == role
+
+
+def test_checkpoint_rows_tell_complete_incomplete_and_broken() -> None:
+    m = Manifest.from_json(
+        '{"files": [{"name": "w.safetensors", "size": 10, "sha256": "x"}, {"name": "c.json", "size": 2, "sha256": "y"}]}'
+    )
+    keys = {
+        "r/base/MANIFEST.json": 100,
+        "r/base/w.safetensors": 10,
+        "r/base/c.json": 2,
+        "r/iter-0/member-0/final/w.safetensors": 10,  # upload interrupted: no manifest
+        "r/iter-0/member-0/metrics.jsonl": 5,  # not a checkpoint
+        "r/iter-0/merge.json": 5,
+        "r/iter-1/init/MANIFEST.json": 100,
+        "r/iter-1/init/w.safetensors": 9,  # wrong size, c.json missing
+        "models/sft/MANIFEST.json": 100,  # outside the layout, but a checkpoint
+        "models/sft/w.safetensors": 10,
+        "models/sft/c.json": 2,
+    }
+    assert set(checkpoint_folders(sorted(keys))) == {
+        "r/base",
+        "r/iter-0/member-0/final",
+        "r/iter-1/init",
+        "models/sft",
+    }
+    manifests = {"r/base": m, "r/iter-1/init": m, "models/sft": m}
+    rows = {r.key: r for r in checkpoint_rows(keys, manifests)}
+    assert {k: r.state for k, r in rows.items()} == {
+        "r/base": "complete",
+        "r/iter-0/member-0/final": "incomplete",
+        "r/iter-1/init": "broken",
+        "models/sft": "complete",
+    }
+    assert rows["r/iter-1/init"].detail == "c.json missing, w.safetensors wrong size"
+    assert (rows["r/base"].role, rows["r/base"].bytes, rows["models/sft"].role) == ("base (θ_sft)", 12, "")
+
+
+# ------------------------------------------------------------------------------------ against the server
+
+
+def test_multi_shard_round_trip_uses_multipart_and_parallel_ranges(
+    s3: S3Server, bucket: str, cache_dir: Path, tmp_path: Path
+) -> None:
+    src = make_checkpoint(tmp_path / "src", shards=3)
+    store = make_store(s3.endpoint, bucket, cache_dir)
+    assert not store.has_checkpoint("run/base")
+
+    manifest = store.put_checkpoint(src, "run/base")
+
+    assert store.has_checkpoint("run/base")
+    assert store.read_manifest("run/base") == manifest == build_manifest(src)
+    # The shards went up as multipart uploads: S3 gives such objects an ETag ending in -<parts>.
+    stat = s3.client().stat_object(bucket, "runs/run/base/model-00001-of-00003.safetensors")
+    assert stat.etag.endswith("-3")
+    folder = store.open_checkpoint("run/base")
+    assert same_files(src, folder)
+    assert read_manifest(folder) == manifest
+    assert folder == cache_dir / "checkpoints" / manifest.digest
+    assert store.verify_checkpoint("run/base") == manifest
+
+
+def test_every_store_method(s3: S3Server, bucket: str, cache_dir: Path) -> None:
+    store = make_store(s3.endpoint, bucket, cache_dir)
+    assert store.get_bytes("run/iter-1/eval.json") is None
+    assert store.get_json("run/iter-1/eval.json") is None
+    store.put_json("run/iter-1/eval.json", {"front": [1, 2]})
+    store.put_bytes("run/iter-10/merge.json", b"{}")
+    store.put_bytes("run/iter-1/member-0/metrics.jsonl", b'{"step": 1}\n')
+    store.put_bytes("run/iter-1/member-0/metrics.jsonl", b'{"step": 2}\n')  # replaced whole
+    with store.write_checkpoint("run/iter-1/slerp", meta={"iteration": 1}) as out:
+        (out / "model.safetensors").write_bytes(b"w" * 1000)
+
+    assert store.get_json("run/iter-1/eval.json") == {"front": [1, 2]}
+    assert store.get_bytes("run/iter-1/member-0/metrics.jsonl") == b'{"step": 2}\n'
+    assert store.exists("run/iter-1/eval.json")
+    assert store.exists("run/iter-1")  # a folder, as for FileStore
+    assert not store.exists("run/iter-1/eval")
+    assert not store.exists("run/iter-2")
+    assert store.list("run/iter-1") == [
+        "run/iter-1/eval.json",
+        "run/iter-1/member-0/metrics.jsonl",
+        "run/iter-1/slerp/MANIFEST.json",
+        "run/iter-1/slerp/model.safetensors",
+    ]  # not run/iter-10: a prefix is a path
+    assert store.list("run/iter-1/eval.json") == ["run/iter-1/eval.json"]
+    assert store.has_checkpoint("run/iter-1/slerp")
+    assert store.read_manifest("run/iter-1/slerp").meta == {"iteration": 1}  # type: ignore[union-attr]
+    assert len(store.list()) == 5
+
+    assert store.delete_prefix("run/iter-1") == 4
+    assert store.delete_prefix("run/iter-1") == 0  # idempotent
+    assert store.list() == ["run/iter-10/merge.json"]
+    with pytest.raises(StoreError, match="invalid store key"):
+        store.put_bytes("run/../escape", b"")
+
+
+def test_open_store_with_the_run_storage_spec(
+    s3: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KWARP_S3_ENDPOINT", raising=False)
+    monkeypatch.delenv("KWARP_S3_SECURE", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    storage = StorageSpec(
+        url=f"s3://{bucket}/team/runs", endpoint=s3.endpoint, secure=False, region="us-east-1"
+    )
+    store = open_store(storage.url, storage)
+    assert isinstance(store, S3Store)
+    store.put_json("demo/iter-0/eval.json", {"ok": True})
+    assert s3.client().stat_object(bucket, "team/runs/demo/iter-0/eval.json").size > 0
+    assert store.describe() == f"s3://{bucket}/team/runs at http://{s3.endpoint}"
+
+
+def test_overwrite_interrupted_midway_hides_the_checkpoint_and_a_retry_completes_it(
+    s3: S3Server, bucket: str, proxy: FaultyProxy, cache_dir: Path, tmp_path: Path
+) -> None:
+    old = make_checkpoint(tmp_path / "old", seed=1)
+    new = make_checkpoint(tmp_path / "new", seed=2)
+    store = make_store(proxy.endpoint, bucket, cache_dir)
+    store.put_checkpoint(old, "run/iter-0/member-0/final")
+
+    proxy.cut_after(8 * MiB)  # the network fails in the middle of the first shard's parts
+    with pytest.raises(StoreError, match=r"cannot reach S3 endpoint 127\.0\.0\.1:\d+ after 3 attempts"):
+        store.put_checkpoint(new, "run/iter-0/member-0/final")
+    assert proxy.down
+
+    proxy.heal()
+    # Neither the old checkpoint (its manifest went first) nor the half-written new one is visible.
+    assert not store.has_checkpoint("run/iter-0/member-0/final")
+    assert store.read_manifest("run/iter-0/member-0/final") is None
+    with pytest.raises(CheckpointError, match="no MANIFEST.json"):
+        store.open_checkpoint("run/iter-0/member-0/final")
+
+    manifest = store.put_checkpoint(new, "run/iter-0/member-0/final")
+    assert store.has_checkpoint("run/iter-0/member-0/final")
+    assert manifest == build_manifest(new)
+    assert same_files(new, store.open_checkpoint("run/iter-0/member-0/final"))
+
+
+def test_files_of_an_older_checkpoint_do_not_linger(
+    s3: S3Server, bucket: str, cache_dir: Path, tmp_path: Path
+) -> None:
+    store = make_store(s3.endpoint, bucket, cache_dir)
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "model.safetensors").write_bytes(b"1" * 100)
+    (a / "optimizer.safetensors").write_bytes(b"2" * 100)
+    store.put_checkpoint(a, "run/iter-0/member-0/state")
+    (a / "optimizer.safetensors").unlink()
+    store.put_checkpoint(a, "run/iter-0/member-0/state")
+    assert store.list("run/iter-0/member-0/state") == [
+        "run/iter-0/member-0/state/MANIFEST.json",
+        "run/iter-0/member-0/state/model.safetensors",
+    ]
+
+
+def test_corrupted_object_is_detected_on_download_naming_the_object(
+    s3: S3Server, bucket: str, cache_dir: Path, tmp_path: Path
+) -> None:
+    src = make_checkpoint(tmp_path / "src")
+    store = make_store(s3.endpoint, bucket, cache_dir)
+    store.put_checkpoint(src, "run/base")
+    shard = "runs/run/base/model-00002-of-00002.safetensors"
+    data = bytearray((src / "model-00002-of-00002.safetensors").read_bytes())
+    data[7 * MiB] ^= 0xFF  # one flipped byte, in the second range: same size, so the listing cannot tell
+    s3.client().put_object(bucket, shard, io.BytesIO(bytes(data)), len(data))
+
+    assert store.has_checkpoint("run/base")
+    with pytest.raises(CheckpointError, match=f"s3://{bucket}/{shard} does not match its sha256"):
+        store.open_checkpoint("run/base")
+    with pytest.raises(CheckpointError, match=f"s3://{bucket}/{shard} does not match its sha256"):
+        store.verify_checkpoint("run/base")
+    # Nothing half-verified stays in the cache.
+    assert [p.name for p in (cache_dir / "checkpoints").iterdir()] == [".locks"]
+
+    s3.client().remove_object(bucket, "runs/run/base/config.json")
+    assert not store.has_checkpoint("run/base")
+    with pytest.raises(CheckpointError, match=f"s3://{bucket}/runs/run/base/config.json is listed in"):
+        store.open_checkpoint("run/base")
+
+
+def test_a_local_folder_that_contradicts_its_manifest_is_not_published(
+    s3: S3Server, bucket: str, cache_dir: Path, tmp_path: Path
+) -> None:
+    src = make_checkpoint(tmp_path / "src", shards=1, shard_bytes=1000)
+    write_manifest(src)
+    (src / "config.json").write_text('{"seed": 9}')  # same size, other bytes
+    store = make_store(s3.endpoint, bucket, cache_dir)
+    with pytest.raises(CheckpointError, match="config.json does not match its sha256"):
+        store.put_checkpoint(src, "run/base")
+    assert not store.has_checkpoint("run/base")
+
+
+@pytest.mark.parametrize("case", ["unknown key", "wrong secret", "no permission"])
+def test_wrong_credentials_fail_fast_with_what_to_check(
+    s3: S3Server, bucket: str, cache_dir: Path, case: str
+) -> None:
+    boto3 = pytest.importorskip("boto3")  # IAM users for moto's authentication (test-only, comes with moto)
+    with s3.authentication(unauthenticated_requests=2):
+        iam = boto3.client(
+            "iam",
+            endpoint_url=f"http://{s3.endpoint}",
+            region_name="us-east-1",
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+        )
+        iam.create_user(UserName=f"kwarp-{case.replace(' ', '-')}")
+        key = iam.create_access_key(UserName=f"kwarp-{case.replace(' ', '-')}")["AccessKey"]
+        creds, code = {
+            "unknown key": (
+                Credentials("AKIAKWARPUNKNOWN0000", "x", source="AWS_ACCESS_KEY_ID"),
+                "InvalidAccessKeyId",
+            ),
+            "wrong secret": (Credentials(key["AccessKeyId"], "not-the-secret"), "SignatureDoesNotMatch"),
+            "no permission": (Credentials(key["AccessKeyId"], key["SecretAccessKey"]), "AccessDenied"),
+        }[case]
+        store = make_store(s3.endpoint, bucket, cache_dir, credentials=creds)
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=code) as err:
+            store.has_checkpoint("run/base")
+        assert time.monotonic() - started < 2
+    assert "spec.storage.secretName or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY" in str(err.value)
+    assert store.stats.retries == 0
+
+
+def test_missing_bucket_fails_fast_with_what_to_do(s3: S3Server, cache_dir: Path) -> None:
+    store = make_store(s3.endpoint, "kwarp-no-such-bucket", cache_dir)
+    expected = (
+        rf"bucket 'kwarp-no-such-bucket' does not exist at {s3.endpoint}: create it or fix spec.storage.url"
+    )
+    for op in (
+        lambda: store.has_checkpoint("run/base"),
+        lambda: store.get_json("run/iter-0/eval.json"),
+        lambda: store.put_bytes("x", b"1"),
+        lambda: store.exists("x"),
+    ):
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=expected):
+            op()
+        assert time.monotonic() - started < 2
+    assert store.stats.retries == 0
+
+
+def test_unreachable_endpoint_is_retried_then_named(cache_dir: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = make_store(f"127.0.0.1:{port}", "kwarp-any", cache_dir)
+    with pytest.raises(StoreError) as err:
+        store.get_bytes("run/iter-0/eval.json")
+    message = str(err.value)
+    assert f"cannot reach S3 endpoint 127.0.0.1:{port} after 3 attempts" in message
+    assert "check spec.storage.endpoint / KWARP_S3_ENDPOINT and spec.storage.secure" in message
+    assert store.stats.retries == 2
+
+
+def test_reset_connections_are_retried_with_backoff(
+    s3: S3Server, bucket: str, proxy: FaultyProxy, cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make_store(proxy.endpoint, bucket, cache_dir)
+    proxy.drop_next(2)
+    with caplog.at_level(logging.WARNING, logger="kwarp.store.s3"):
+        store.put_json("run/iter-0/eval.json", {"front": []})
+    assert proxy.dropped == 2
+    assert store.stats.retries == 2
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == 2
+    assert "retry 1/2" in retries[0] and "retry 2/2" in retries[1]
+    assert "Connection" in retries[0]
+    assert store.get_json("run/iter-0/eval.json") == {"front": []}
+
+
+def test_slow_down_503_is_retried(
+    s3: S3Server, bucket: str, proxy: FaultyProxy, cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = (
+        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+        b"<Message>Please reduce your request rate.</Message></Error>"
+    )
+    proxy.respond_next(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n"
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    store = make_store(proxy.endpoint, bucket, cache_dir)
+    with caplog.at_level(logging.WARNING, logger="kwarp.store.s3"):
+        assert store.get_bytes("run/iter-0/eval.json") is None
+    assert store.stats.retries == 1
+    assert any("SlowDown" in r.getMessage() for r in caplog.records)
+
+
+def test_second_open_is_a_cache_hit_without_transfer(
+    s3: S3Server, bucket: str, proxy: FaultyProxy, cache_dir: Path, tmp_path: Path
+) -> None:
+    src = make_checkpoint(tmp_path / "src")
+    make_store(s3.endpoint, bucket, cache_dir).put_checkpoint(src, "run/base")
+    total = build_manifest(src).total_bytes
+
+    first = make_store(proxy.endpoint, bucket, cache_dir).open_checkpoint("run/base")
+    assert proxy.bytes_down > total
+    proxy.reset_counters()
+    # Another process of the node (a fresh store and cache object on the same folder).
+    second = make_store(proxy.endpoint, bucket, cache_dir).open_checkpoint("run/base", verify_hashes=True)
+    assert second == first
+    assert proxy.bytes_down < 8192  # the manifest, nothing else
+    assert same_files(src, second)
+
+
+def test_concurrent_opens_share_one_download(
+    s3: S3Server, bucket: str, proxy: FaultyProxy, cache_dir: Path, tmp_path: Path
+) -> None:
+    src = make_checkpoint(tmp_path / "src")
+    make_store(s3.endpoint, bucket, cache_dir).put_checkpoint(src, "run/base")
+    total = build_manifest(src).total_bytes
+    results: list[Path] = []
+    errors: list[BaseException] = []
+
+    def open_it() -> None:
+        try:
+            results.append(make_store(proxy.endpoint, bucket, cache_dir).open_checkpoint("run/base"))
+        except BaseException as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=open_it) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    assert len(set(results)) == 1 and len(results) == 3
+    assert total < proxy.bytes_down < 1.5 * total  # downloaded once, not three times
+    assert same_files(src, results[0])
+    assert not list((cache_dir / "checkpoints").glob(".*staging*"))
+
+
+def _fill_with(payload: bytes):
+    def fill(folder: Path) -> None:
+        (folder / "model.safetensors").write_bytes(payload)
+        write_manifest(folder)
+
+    return fill
+
+
+def _manifest_of(payload: bytes, tmp: Path) -> Manifest:
+    tmp.mkdir()
+    (tmp / "model.safetensors").write_bytes(payload)
+    return build_manifest(tmp)
+
+
+def test_cache_evicts_least_recently_used_but_never_an_entry_in_use(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    payloads = {name: bytes([k]) * 1000 for k, name in enumerate("ABCD")}
+    manifests = {name: _manifest_of(p, tmp_path / f"m{name}") for name, p in payloads.items()}
+
+    user = CheckpointCache(root, max_bytes=2500)  # room for two entries
+    for name in "AB":
+        user.open(manifests[name], _fill_with(payloads[name]))
+        time.sleep(0.02)  # distinct last-use times
+    user.release(manifests["A"].digest)  # B stays in use by `user`
+
+    other = CheckpointCache(root, max_bytes=2500)
+    other.open(manifests["C"], _fill_with(payloads["C"]))
+    assert sorted(other.entries()) == sorted([manifests["B"].digest, manifests["C"].digest])  # A was LRU
+
+    other.close()
+    time.sleep(0.02)
+    third = CheckpointCache(root, max_bytes=1500)  # room for one: B is in use, so C goes
+    d = third.open(manifests["D"], _fill_with(payloads["D"]))
+    assert sorted(third.entries()) == sorted([manifests["B"].digest, manifests["D"].digest])
+    assert (d / "model.safetensors").read_bytes() == payloads["D"]
+
+    user.close()
+    third.open(manifests["A"], _fill_with(payloads["A"]))  # B is free now, the LRU one, and D is held
+    assert sorted(third.entries()) == sorted([manifests["D"].digest, manifests["A"].digest])
+
+
+def test_eviction_order_is_lru_within_budget() -> None:
+    entries = {"a": (1.0, 100), "b": (3.0, 100), "c": (2.0, 100), "d": (4.0, 100)}
+    assert eviction_order(entries, 250, keep=set()) == ["a", "c"]
+    assert eviction_order(entries, 250, keep={"a"}) == ["c", "b"]
+    assert eviction_order(entries, 1000, keep=set()) == []
+
+
+def test_cache_refills_an_entry_damaged_on_disk(tmp_path: Path) -> None:
+    payload = b"x" * 1000
+    manifest = _manifest_of(payload, tmp_path / "m")
+    cache = CheckpointCache(tmp_path / "cache")
+    folder = cache.open(manifest, _fill_with(payload))
+    (folder / "model.safetensors").write_bytes(b"y" * 1000)  # bit rot, same size
+    calls = []
+
+    def fill(f: Path) -> None:
+        calls.append(f)
+        _fill_with(payload)(f)
+
+    assert cache.open(manifest, fill, verify_hashes=False) == folder and not calls  # sizes look fine
+    assert cache.open(manifest, fill, verify_hashes=True) == folder and len(calls) == 1
+    assert (folder / "model.safetensors").read_bytes() == payload
+
+
+# ------------------------------------------------------------------------------------ the CLI
+
+
+@pytest.fixture
+def cli_env(s3: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("KWARP_S3_PART_SIZE", "5Mi")
+    monkeypatch.setenv("KWARP_S3_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("KWARP_CACHE", str(tmp_path / "cli-cache"))
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+def test_cli_cp_ls_verify_round_trip(
+    s3: S3Server, bucket: str, cli_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from kwarp.checkpoints import ShardWriter, iter_tensors
+
+    torch.manual_seed(0)
+    src = tmp_path / "sft"
+    writer = ShardWriter(src, max_shard_bytes=6 * MiB)
+    for k in range(4):
+        writer.add(f"layers.{k}.weight", torch.randn(768, 1024))  # 3 MiB each: two 6 MiB shards
+    writer.close()
+    (src / "config.json").write_text('{"model_type": "gpt2"}')
+    assert not (src / MANIFEST).exists()  # a plain folder: cp computes the manifest
+
+    assert kwarp_main(["store", "cp", str(src), f"s3://{bucket}/runs/demo/base"]) == 0
+    assert "computing one" in capsys.readouterr().out
+    assert kwarp_main(["store", "ls", f"s3://{bucket}/runs"]) == 0
+    out = capsys.readouterr().out
+    assert "demo/base/model-00001-of-00002.safetensors" in out and "demo/base/MANIFEST.json" in out
+    s3.client().put_object(bucket, "runs/demo/iter-0/member-0/final/model.safetensors", io.BytesIO(b"x"), 1)
+    assert kwarp_main(["store", "ls", f"s3://{bucket}/runs", "--checkpoints"]) == 0
+    out = capsys.readouterr().out
+    assert "demo/base" in out and "base (θ_sft)" in out and "complete" in out
+    assert "iter 0 member 0 final" in out and "incomplete" in out
+    assert kwarp_main(["store", "verify", f"s3://{bucket}/runs/demo/base"]) == 0
+    assert "match their sha256" in capsys.readouterr().out
+
+    back = tmp_path / "back" / "base"
+    assert kwarp_main(["store", "cp", f"s3://{bucket}/runs/demo/base", str(back)]) == 0
+    assert same_files(src, back)
+    assert kwarp_main(["store", "verify", f"file://{back}"]) == 0
+    assert dict(iter_tensors(back)).keys() == dict(iter_tensors(src)).keys()
+    assert all(torch.equal(t, dict(iter_tensors(src))[n]) for n, t in iter_tensors(back))
+    capsys.readouterr()
+
+    # s3 -> s3, then a corrupted object makes `verify` fail with exit code 2, naming the object.
+    assert kwarp_main(["store", "cp", f"s3://{bucket}/runs/demo/base", f"s3://{bucket}/archive/base"]) == 0
+    shard = "archive/base/model-00002-of-00002.safetensors"
+    size = s3.client().stat_object(bucket, shard).size
+    s3.client().put_object(bucket, shard, io.BytesIO(os.urandom(size)), size)
+    capsys.readouterr()
+    assert kwarp_main(["store", "verify", f"s3://{bucket}/archive/base"]) == 2
+    assert f"s3://{bucket}/{shard} does not match its sha256" in capsys.readouterr().err
+
+
+def test_cli_missing_bucket_is_a_user_error(cli_env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert kwarp_main(["store", "ls", "s3://kwarp-no-such-bucket/runs", "--checkpoints"]) == 2
+    assert "bucket 'kwarp-no-such-bucket' does not exist" in capsys.readouterr().err
