@@ -50,7 +50,13 @@ peers:
 	  else echo "prometheus/prometheus-pushgateway missing and cannot apt-get: their tests will be skipped"; fi; \
 	fi
 
-test: venv-test peers
+# checkov (the chart's static security scan) lives in its own venv: it pins old boto3/packaging.
+$(VENV)-checkov/.installed:
+	$(PYTHON) -m venv $(VENV)-checkov
+	$(VENV)-checkov/bin/pip install -q checkov==3.3.30
+	touch $@
+
+test: venv-test peers $(VENV)-checkov/.installed
 	$(VENV)/bin/ruff check kwarp operator trainer merger tests benchmarks
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
 

@@ -18,11 +18,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+if TYPE_CHECKING:
+    import torch
+
+# torch and safetensors are imported where tensors are touched, not at module import: the operator
+# and the store CLIs only hash files and read manifests, and start in a fraction of the time.
 
 MANIFEST = "MANIFEST.json"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -226,6 +228,8 @@ def shard_map(folder: Path) -> dict[str, list[str]]:
     files = sorted(p.name for p in folder.glob("*.safetensors"))
     out = {}
     for f in files:
+        from safetensors import safe_open
+
         with safe_open(folder / f, framework="pt") as sf:
             out[f] = list(sf.keys())
     return out
@@ -244,6 +248,8 @@ def iter_tensors(folder: Path, names: list[str] | None = None) -> Iterator[tuple
         todo = [n for n in shard_names if wanted is None or n in wanted]
         if not todo:
             continue
+        from safetensors import safe_open
+
         with safe_open(folder / shard, framework="pt") as sf:
             for n in todo:
                 yield n, sf.get_tensor(n)
@@ -264,6 +270,8 @@ class TensorReader:
         shard = self.index[name]
         handle = self._handles.get(shard)
         if handle is None:
+            from safetensors import safe_open
+
             handle = safe_open(self.folder / shard, framework="pt")
             self._handles[shard] = handle
         return handle.get_tensor(name)
@@ -307,6 +315,8 @@ class ShardWriter:
         if not self._pending:
             return
         tmp_name = f"shard-{len(self._shards):05d}.tmp.safetensors"
+        from safetensors.torch import save_file
+
         save_file(self._pending, str(self.folder / tmp_name), metadata=self.metadata)
         self._shards.append((tmp_name, list(self._pending)))
         self._pending = {}
