@@ -58,8 +58,8 @@ class MergeMethod(Protocol):
 
     name: str
 
-    def combine(self, gram: Sequence[Sequence[float]], lam: float) -> Combination:
-        """Weights of the M task vectors whose Gram matrix is `gram` (M×M), with λ as in step_lambdas."""
+    def combine(self, gram: Sequence[Sequence[float]], lam: float | None) -> Combination:
+        """Weights of the M task vectors whose Gram matrix is `gram` (M×M); λ (None: 1/M) as in step_lambdas."""
         ...
 
 
@@ -103,7 +103,7 @@ def iterate(gram: Sequence[Sequence[float]], lam: float | None, rule: PairRule) 
         return Combination(weights=(1.0,), steps=())
     w = [1.0] + [0.0] * (m - 1)
     steps = []
-    for k, lam_k in zip(range(1, m), step_lambdas(m, lam)):
+    for k, lam_k in zip(range(1, m), step_lambdas(m, lam), strict=True):
         # The running merge is Σ_j w_j δ_j (j < k); its inner products follow from the Gram matrix.
         aa = math.fsum(w[i] * w[j] * g[i][j] for i in range(k) for j in range(k))
         ab = math.fsum(w[j] * g[j][k] for j in range(k))

@@ -27,7 +27,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-
 from kwarp.merger.combination import Combination, PairWeights, cosine, iterate
 
 # mergekit's DOT_THRESHOLD: above it the vectors count as colinear (Ω < 1.81° or Ω > 178.19°).
@@ -73,6 +72,6 @@ def slerp(
     deltas = [m.detach().to(torch.float64) - base for m in members]
     weights = Slerp().combine(gram(deltas).tolist(), lam).weights
     out = base.clone()
-    for w, d in zip(weights, deltas):
+    for w, d in zip(weights, deltas, strict=True):
         out += w * d
     return out.to(init.dtype)

@@ -1,0 +1,272 @@
+"""Benchmark the streaming merge against a plain safetensors copy of the same inputs, in one run.
+
+    python benchmarks/merge.py [--size-gb 1.0] [--shards 4] [--members 2 4] [--out DIR] [--keep]
+
+Builds a synthetic bf16 checkpoint of about --size-gb (Llama-like names: `model.layers.<i>.*`, an
+embedding and a head) in --shards shards, plus members (θ_init + a small random task vector). Then,
+for each M, it runs in child processes:
+
+- copy:  every input checkpoint (θ_init and the M members) loaded shard by shard with
+         safetensors and saved again: the I/O floor of anything that reads and writes them;
+- merge: `kwarp merge` in folder mode (SLERP, layer granularity, manifest included);
+- idle:  the interpreter with torch and kwarp imported (the memory every child starts with).
+
+Each child's wall time and peak RSS (os.wait4's ru_maxrss: that child only) are measured from the
+parent. Figures: effective throughput (input + output bytes per second), the merge/copy time ratio,
+and peak RSS over idle. The files are written first and the page cache is warm for both (the inputs
+fit in memory here); a sync separates the measurements. Speed is printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GB = 1e9
+VOCAB = 32000
+FFN_RATIO = 2.75  # Llama's intermediate/hidden
+
+
+# ------------------------------------------------------------------ synthetic checkpoints
+
+
+def shapes(size_gb: float, layers: int) -> dict[str, tuple[int, ...]]:
+    """Llama-like tensor shapes totalling about size_gb in bf16: solve the hidden size for `layers` blocks."""
+    params = size_gb * GB / 2
+    per_block_sq = 4 + 3 * FFN_RATIO  # q, k, v, o (h²) and gate, up, down (h·ffn)
+    a, b = layers * per_block_sq, 2 * VOCAB
+    hidden = (-b + math.sqrt(b * b + 4 * a * params)) / (2 * a)
+    h = max(64, int(round(hidden / 64)) * 64)
+    ffn = int(round(h * FFN_RATIO / 64)) * 64
+    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (VOCAB, h)}
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            out[f"{p}.self_attn.{proj}.weight"] = (h, h)
+        out[f"{p}.mlp.gate_proj.weight"] = (ffn, h)
+        out[f"{p}.mlp.up_proj.weight"] = (ffn, h)
+        out[f"{p}.mlp.down_proj.weight"] = (h, ffn)
+        out[f"{p}.input_layernorm.weight"] = (h,)
+        out[f"{p}.post_attention_layernorm.weight"] = (h,)
+    out["model.norm.weight"] = (h,)
+    out["lm_head.weight"] = (VOCAB, h)
+    return out
+
+
+def build(root: Path, size_gb: float, shards: int, members: int, layers: int) -> tuple[Path, list[Path]]:
+    import torch
+
+    from kwarp.checkpoints import ShardWriter
+
+    spec = shapes(size_gb, layers)
+    total = sum(math.prod(s) * 2 for s in spec.values())
+    folders = [root / "init"] + [root / f"member-{m}" for m in range(members)]
+    writers = [ShardWriter(f, max_shard_bytes=math.ceil(total / shards)) for f in folders]
+    gen = torch.Generator().manual_seed(0)
+    for name, shape in spec.items():
+        init = torch.randn(shape, generator=gen) * 0.02
+        if name.endswith("norm.weight"):
+            init += 1.0
+        writers[0].add(name, init.to(torch.bfloat16))
+        for w in writers[1:]:
+            w.add(name, (init + 1e-3 * torch.randn(shape, generator=gen)).to(torch.bfloat16))
+    config = {"model_type": "llama", "hidden_size": spec["model.norm.weight"][0], "num_hidden_layers": layers,
+              "vocab_size": VOCAB, "torch_dtype": "bfloat16"}
+    for f, w in zip(folders, writers, strict=True):
+        w.close()
+        (f / "config.json").write_text(json.dumps(config))
+    return folders[0], folders[1:]
+
+
+# ------------------------------------------------------------------ child processes
+
+
+def child(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Runs in the child process; returns figures measured from inside."""
+    result = _child(kind, params)
+    result["vm_hwm"] = _vm_hwm()
+    return result
+
+
+def _vm_hwm() -> int:
+    """Peak RSS of this process's memory map since exec (bytes), a cross-check of the parent's ru_maxrss."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _child(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    started = time.perf_counter()
+    if kind == "build":
+        init, members = build(Path(params["root"]), params["size_gb"], params["shards"], params["members"],
+                              params["layers"])
+        return {"init": str(init), "members": [str(m) for m in members]}
+    if kind == "idle":
+        import kwarp.merger.streaming  # noqa: F401
+        import torch  # noqa: F401
+
+        return {}
+    if kind == "copy":
+        from safetensors.torch import load_file, save_file
+
+        imported = time.perf_counter()
+        written = 0
+        for k, src in enumerate(params["inputs"]):
+            dst = Path(params["out"]) / f"copy-{k}"
+            dst.mkdir(parents=True)
+            for shard in sorted(Path(src).glob("*.safetensors")):
+                save_file(load_file(shard), dst / shard.name)
+                written += (dst / shard.name).stat().st_size
+        return {"seconds": time.perf_counter() - imported, "import_seconds": imported - started,
+                "bytes_written": written}
+    if kind == "merge":
+        from kwarp.merger.cli import configure_threads, merge_folders
+
+        threads = configure_threads(params["threads"])
+        imported = time.perf_counter()
+        report = merge_folders(Path(params["init"]), [Path(m) for m in params["members"]], Path(params["out"]),
+                               granularity=params["granularity"], threads=threads)
+        doc = report.to_json()
+        return {"seconds": time.perf_counter() - imported, "import_seconds": imported - started,
+                "threads": threads, "engine_seconds": doc["seconds"],
+                "bytes_written": doc["bytes_written"], "input_bytes": doc["input_bytes"],
+                "bytes_read": doc["bytes_read"], "angle_deg": doc["summary"]["angle_deg"]}
+    raise ValueError(kind)
+
+
+@dataclass
+class Measured:
+    wall: float
+    peak_rss: int  # bytes
+    inner: dict[str, Any]
+
+
+def measure(kind: str, params: dict[str, Any]) -> Measured:
+    os.sync()  # earlier writes must not be flushed on this measurement's time
+    with tempfile.TemporaryFile("w+") as result:
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, __file__, "--child", kind, json.dumps(params)], stdout=result)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"benchmark child '{kind}' failed with exit code {proc.returncode}")
+        result.seek(0)
+        inner = json.loads(result.read().strip().splitlines()[-1])
+    return Measured(wall, usage.ru_maxrss * 1024, inner)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-gb", type=float, default=1.0, help="size of one checkpoint (bf16), default 1.0")
+    parser.add_argument("--shards", type=int, default=4, help="shards per input checkpoint, default 4")
+    parser.add_argument("--members", type=int, nargs="+", default=[2, 4], help="values of M, default 2 4")
+    parser.add_argument("--layers", type=int, default=8, help="transformer blocks, default 8")
+    parser.add_argument("--granularity", default="layer", choices=["layer", "tensor", "model"])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="worker threads of the merge (kwarp merge --threads; default as there)")
+    parser.add_argument("--repeat", type=int, default=1, help="measure each case N times, keep the fastest")
+    parser.add_argument("--out", type=Path, help="working folder (default: a temporary one)")
+    parser.add_argument("--keep", action="store_true", help="keep the checkpoints and outputs")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, params = args.child
+        print(json.dumps(child(kind, json.loads(params))))
+        return 0
+
+    root = args.out or Path(tempfile.mkdtemp(prefix="kwarp-bench-merge-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        return run(root, args)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print(f"kept {root}")
+
+
+def run(root: Path, args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    built = measure("build", {"root": str(root / "inputs"), "size_gb": args.size_gb, "shards": args.shards,
+                              "members": max(args.members), "layers": args.layers}).inner
+    init, members = Path(built["init"]), [Path(m) for m in built["members"]]
+    size = folder_bytes(init)
+    print(f"built θ_init + {len(members)} members of {size / GB:.2f} GB ({len(list(init.glob('*.safetensors')))} "
+          f"shards, bf16) in {time.perf_counter() - started:.0f} s under {root}; merge threads "
+          f"{args.threads or 'default'}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f}")
+    idle = measure("idle", {})
+    print(f"idle child (python + torch + kwarp.merger): peak RSS {idle.peak_rss / 2**20:.0f} MiB\n")
+    rows = []
+    for m in args.members:
+        inputs = [str(init), *map(str, members[:m])]
+        best: dict[str, Measured] = {}
+        for _ in range(args.repeat):
+            for kind in ("copy", "merge"):
+                out = root / f"out-{kind}-{m}"
+                params = {"inputs": inputs, "out": str(out)} if kind == "copy" else {
+                    "init": inputs[0], "members": inputs[1:], "out": str(out), "granularity": args.granularity,
+                    "threads": args.threads}
+                result = measure(kind, params)
+                shutil.rmtree(out, ignore_errors=True)
+                if kind not in best or result.wall < best[kind].wall:
+                    best[kind] = result
+        copy, merge = best["copy"], best["merge"]
+        in_bytes = (m + 1) * size
+        rows.append({
+            "M": m,
+            "input_GB": in_bytes / GB,
+            "copy_s": copy.wall,
+            "copy_GBps": (in_bytes + copy.inner["bytes_written"]) / copy.inner["seconds"] / GB,
+            "merge_s": merge.wall,
+            "merge_threads": merge.inner["threads"],
+            "merge_engine_s": merge.inner["engine_seconds"],
+            "merge_work_s": merge.inner["seconds"],
+            "copy_work_s": copy.inner["seconds"],
+            "work_ratio": merge.inner["seconds"] / copy.inner["seconds"],
+            "merge_GBps": (in_bytes + merge.inner["bytes_written"]) / merge.inner["seconds"] / GB,
+            "time_ratio": merge.wall / copy.wall,
+            "copy_rss_MiB": copy.peak_rss / 2**20,
+            "merge_rss_MiB": merge.peak_rss / 2**20,
+            "merge_rss_extra_MiB": (merge.peak_rss - idle.peak_rss) / 2**20,
+            "merge_vm_hwm_MiB": merge.inner["vm_hwm"] / 2**20,
+            "copy_rss_extra_MiB": (copy.peak_rss - idle.peak_rss) / 2**20,
+            "angle_mean_deg": (merge.inner["angle_deg"] or {}).get("mean"),
+        })
+    header = (f"{'M':>2} {'inputs GB':>9} {'copy s':>7} {'copy GB/s':>9} {'merge s':>7} {'engine s':>8} "
+              f"{'merge GB/s':>10} {'merge/copy':>10} {'RSS copy':>9} {'RSS merge':>9} {'merge extra':>11}")
+    print(header)
+    for r in rows:
+        print(f"{r['M']:>2} {r['input_GB']:>9.2f} {r['copy_work_s']:>7.2f} {r['copy_GBps']:>9.2f} "
+              f"{r['merge_work_s']:>7.2f} {r['merge_engine_s']:>8.2f} {r['merge_GBps']:>10.2f} {r['work_ratio']:>9.2f}x "
+              f"{r['copy_rss_MiB']:>6.0f}MiB {r['merge_rss_MiB']:>6.0f}MiB {r['merge_rss_extra_MiB']:>8.0f}MiB")
+    print("\ncopy s / merge s: the work in the child after its imports (merge: `merge_folders`, manifest included; "
+          "engine: without the manifest's hashing); GB/s = (input + output bytes) / those seconds; RSS: the "
+          "child's peak, 'extra' over an idle child with torch and kwarp imported "
+          f"({idle.peak_rss / 2**20:.0f} MiB). Wall-clock ratios including interpreter start: "
+          + ", ".join(f"M={r['M']} {r['time_ratio']:.2f}x" for r in rows))
+    print(json.dumps({"size_bytes": size, "idle_rss_MiB": idle.peak_rss / 2**20, "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,547 @@
+"""The streaming merge engine: M + 1 checkpoints in, one or more checkpoints out, never a whole model in memory.
+
+For each group (a transformer block, a tensor, or the model):
+
+1. pass 1 accumulates the Gram matrix of the members' task vectors, tensor by tensor and chunk by
+   chunk (float32 partial products over CHUNK_ELEMENTS, summed in float64);
+2. the merge method turns the Gram matrix into weights w_m (pure, see combination.py);
+3. pass 2 computes θ_merged = (1 − Σw)·θ_init + Σ w_m·θ_m chunk by chunk in float32 (float64 for
+   float64 checkpoints), rounds it once to the input dtype, and hands it, and any LiTI interpolation of it,
+   to one ShardWriter per output.
+
+Writing the merge as a weighted sum of the checkpoints (not θ_init + Σ w δ) keeps the endpoints
+exact: at λ = 0 or 1 a single term with weight 1 remains and the member is copied bit for bit.
+
+Tensors come from memory-mapped safetensors (zero-copy views, through kwarp.checkpoints.TensorReader).
+A mapped view keeps every page it touched resident until it is dropped, so each tensor is walked in
+windows of WINDOW_BYTES and re-fetched per window, and the shard handles are closed after each: mapped
+pages never exceed one window per input, however large the tensor (a 128k-vocabulary embedding is
+1 GB in bf16). A ShardWriter holds a shard's tensors until it writes the file, so peak memory is about
+
+    outputs · (max_shard_bytes + largest tensor) + (M + 1) · WINDOW_BYTES + threads · a few MiB of scratch
+
+independent of the model's size. Windows are shared out between worker threads in whole chunks, each
+thread running single-threaded torch operations (torch releases the GIL inside them). Tensors that are not floating point (integer buffers, masks) are
+copied from θ_init and left out of the angles.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from kwarp.merger.combination import Combination, MergeMethod, step_lambdas
+from kwarp.merger.groups import Granularity, group_names
+from kwarp.merger.liti import check_eta, liti_into
+from kwarp.merger.methods import get_method
+from kwarp.merger.report import GroupReport, IOStats, MergeReport
+from safetensors import safe_open
+
+from kwarp.checkpoints import (
+    CheckpointError,
+    ShardWriter,
+    TensorReader,
+    copy_non_weight_files,
+    shard_map,
+)
+
+# 256 Ki elements: the float32 scratch of one chunk (1 MiB per buffer) stays in cache, and the
+# per-chunk Python overhead is negligible next to the arithmetic (of 256 Ki, 1 Mi and 4 Mi elements,
+# the fastest on a 2-core VM).
+CHUNK_ELEMENTS = 1 << 18
+# Inputs are mapped in windows of this size (per input); see the module docstring.
+WINDOW_BYTES = 16 << 20
+# Outputs are written in shards of this size; a pending shard is the largest term of peak memory
+# (the ShardWriter keeps a shard's tensors until it writes the file).
+DEFAULT_MAX_SHARD_BYTES = 256 << 20
+
+_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+
+Progress = Callable[[int, int], None]  # (bytes just processed, total bytes of work)
+
+
+@dataclass(frozen=True)
+class Output:
+    """One checkpoint the engine writes: LiTI at η (1 = the merge itself, 0 = θ_init) into `folder`.
+
+    The engine writes the weights and copies config and tokenizer from θ_init; the caller writes the
+    manifest (kwarp.checkpoints.staging + write_manifest, or Store.write_checkpoint).
+    """
+
+    folder: Path
+    eta: float = 1.0
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str  # safetensors dtype tag: BF16, F32, I64, ...
+    shape: tuple[int, ...]
+    merged: str = ""  # dtype tag of the merge: the widest float dtype of θ_init and the members
+
+    @property
+    def mergeable(self) -> bool:
+        return self.dtype in _DTYPES
+
+    @property
+    def merged_dtype(self) -> torch.dtype:
+        return _DTYPES[self.merged or self.dtype]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def describe(folder: Path) -> dict[str, TensorInfo]:
+    """Name -> dtype and shape of every tensor, from the safetensors headers (no data is read)."""
+    out: dict[str, TensorInfo] = {}
+    for shard, names in shard_map(folder).items():
+        with safe_open(Path(folder) / shard, framework="pt") as f:
+            for name in names:
+                s = f.get_slice(name)
+                out[name] = TensorInfo(s.get_dtype(), tuple(s.get_shape()))
+    return out
+
+
+def check_compatible(init: Path, members: Sequence[Path]) -> dict[str, TensorInfo]:
+    """The tensors of θ_init, with the dtype of their merge; CheckpointError if a member does not match.
+
+    Names and shapes must be θ_init's. Floating-point dtypes may differ: the trainer saves members in
+    float32 (a task vector at learning rate 1e-6 rounds away in bf16) while θ_sft is often bf16, and
+    the merge is then written in the wider dtype. Other dtypes must be θ_init's.
+    """
+    if not members:
+        raise CheckpointError("a merge needs at least one member checkpoint")
+    reference = describe(init)
+    widest = {name: _DTYPES[i.dtype] for name, i in reference.items() if i.mergeable}
+    for member in members:
+        info = describe(member)
+        missing = sorted(set(reference) - set(info))
+        extra = sorted(set(info) - set(reference))
+        problems = []
+        if missing:
+            problems.append(f"missing {len(missing)} tensor(s) of θ_init, e.g. {', '.join(missing[:3])}")
+        if extra:
+            problems.append(f"has {len(extra)} tensor(s) θ_init lacks, e.g. {', '.join(extra[:3])}")
+        for name in sorted(set(reference) & set(info)):
+            ref, got = reference[name], info[name]
+            if ref.shape != got.shape:
+                problems.append(f"'{name}' has shape {list(got.shape)}, θ_init has {list(ref.shape)}")
+            elif ref.dtype != got.dtype and not (ref.mergeable and got.mergeable):
+                problems.append(f"'{name}' is {got.dtype}, θ_init has {ref.dtype}")
+            elif name in widest:
+                widest[name] = torch.promote_types(widest[name], _DTYPES[got.dtype])
+            if len(problems) >= 5:
+                break
+        if problems:
+            raise CheckpointError(
+                f"{member} does not match θ_init {init}: " + "; ".join(problems)
+                + ". Members must be fine-tuned from this θ_init (same architecture and tensors)."
+            )
+    tags = {dtype: tag for tag, dtype in _DTYPES.items()}
+    return {name: replace(i, merged=tags[widest[name]] if name in widest else i.dtype) for name, i in reference.items()}
+
+
+class _Scratch:
+    """Reusable float buffers of one chunk, per compute dtype (float32, or float64 for float64 checkpoints)."""
+
+    def __init__(self, members: int, chunk: int):
+        self.members = members
+        self.chunk = chunk
+        self._buffers: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def get(self, compute: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(base [chunk], deltas [members·chunk], work [chunk])."""
+        if compute not in self._buffers:
+            self._buffers[compute] = (
+                torch.empty(self.chunk, dtype=compute),
+                torch.empty(self.members * self.chunk, dtype=compute),
+                torch.empty(self.chunk, dtype=compute),
+            )
+        return self._buffers[compute]
+
+
+T = TypeVar("T")
+
+
+class _Workers:
+    """Shares each window out between threads, in whole chunks; each thread has its own scratch.
+
+    torch releases the GIL inside an operation, so threads that each run single-threaded operations
+    on their own slice proceed in parallel, without the barrier waits of torch's intra-op pool.
+    """
+
+    def __init__(self, threads: int, members: int, chunk: int):
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self.chunk = chunk
+        self.scratches = [_Scratch(members, chunk) for _ in range(threads)]
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="kwarp-merge") if threads > 1 else None
+
+    def run(self, n: int, fn: Callable[[int, int, _Scratch], T]) -> list[T]:
+        """fn(start, end, scratch) over [0, n) split into contiguous parts, results in order."""
+        chunks = (n + self.chunk - 1) // self.chunk
+        parts = min(len(self.scratches), chunks)
+        if self._pool is None or parts <= 1:
+            return [fn(0, n, self.scratches[0])]
+        per = (chunks + parts - 1) // parts * self.chunk
+        bounds = [(s, min(n, s + per)) for s in range(0, n, per)]
+        futures = [self._pool.submit(fn, s, e, sc) for (s, e), sc in zip(bounds, self.scratches, strict=False)]
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+
+def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, size):
+        yield start, min(n, start + size)
+
+
+def chunk_grams(views: Sequence[torch.Tensor], scratch: _Scratch) -> torch.Tensor:
+    """Gram matrices of the task vectors views[1:] − views[0] (flat, one dtype), one per chunk: [chunks, M, M].
+
+    Each chunk's products are accumulated by the BLAS in float32 over at most `scratch.chunk`
+    elements; the caller sums the chunks in float64, in order, so the result does not depend on how
+    the chunks were shared out between threads.
+    """
+    base, deltas, _ = scratch.get(_compute_dtype(*(v.dtype for v in views)))
+    m = len(views) - 1
+    n = views[0].numel()
+    out = torch.empty((n + scratch.chunk - 1) // scratch.chunk, m, m, dtype=base.dtype)
+    for c, (s, e) in enumerate(_chunks(n, scratch.chunk)):
+        k = e - s
+        b = base[:k]
+        b.copy_(views[0][s:e])
+        d = deltas[: m * k].view(m, k)
+        for i in range(m):
+            d[i].copy_(views[i + 1][s:e])
+            d[i].sub_(b)
+        torch.mm(d, d.t(), out=out[c])
+    return out
+
+
+def gram_of(views: Sequence[torch.Tensor], scratch: _Scratch) -> torch.Tensor:
+    """Gram matrix (float64, M×M, symmetric) of the task vectors views[1:] − views[0]."""
+    acc = chunk_grams(views, scratch).to(torch.float64).sum(0)
+    return (acc + acc.t()) / 2  # the two triangles' float32 products may differ in the last bit
+
+
+def combine_into(
+    out: torch.Tensor, views: Sequence[torch.Tensor | None], combination: Combination, scratch: _Scratch
+) -> None:
+    """out ← (1 − Σw)·views[0] + Σ w_m·views[m+1], chunk by chunk, rounded once into out's dtype.
+
+    A view whose weight is zero is never read and may be None.
+    """
+    weights = (combination.init_weight, *combination.weights)
+    terms = []
+    for w, v in zip(weights, views, strict=True):
+        if w != 0.0:
+            if v is None:
+                raise ValueError("combine_into: an input with a non-zero weight was not fetched")
+            terms.append((w, v))
+    if not terms:
+        out.zero_()
+        return
+    _, _, work = scratch.get(_compute_dtype(out.dtype))
+    for s, e in _chunks(out.numel(), scratch.chunk):
+        acc = work[: e - s]
+        w0, v0 = terms[0]
+        acc.copy_(v0[s:e])
+        if w0 != 1.0:
+            acc.mul_(w0)
+        for w, v in terms[1:]:
+            acc.add_(v[s:e], alpha=w)  # mixed dtypes promote in place: no float copy of the input
+        out[s:e].copy_(acc)
+
+
+def liti_chunks(out: torch.Tensor, init: torch.Tensor, merged: torch.Tensor, eta: float, scratch: _Scratch) -> None:
+    """out ← (1 − η)·init + η·merged for flat tensors, chunk by chunk (0 < η < 1)."""
+    _, _, work = scratch.get(_compute_dtype(out.dtype))
+    for s, e in _chunks(out.numel(), scratch.chunk):
+        liti_into(out[s:e], init[s:e], merged[s:e], eta, work[: e - s])
+
+
+# The pieces of a window that one worker computes: [s, e) of flat views.
+Litis = Sequence[tuple[torch.Tensor, float]]  # (output window, η) for 0 < η < 1
+
+
+def _gram_part(views: Sequence[torch.Tensor], s: int, e: int, scratch: _Scratch) -> torch.Tensor:
+    return chunk_grams([v[s:e] for v in views], scratch)
+
+
+def _merge_part(
+    out: torch.Tensor, terms: Sequence[torch.Tensor | None], combination: Combination, litis: Litis,
+    s: int, e: int, scratch: _Scratch,
+) -> None:
+    combine_into(out[s:e], [t[s:e] if t is not None else None for t in terms], combination, scratch)
+    init = terms[0]
+    assert init is not None  # θ_init is always fetched
+    for lit, eta in litis:
+        liti_chunks(lit[s:e], init[s:e], out[s:e], eta, scratch)
+
+
+def _liti_part(init: torch.Tensor, merged: torch.Tensor, litis: Litis, s: int, e: int, scratch: _Scratch) -> None:
+    for lit, eta in litis:
+        liti_chunks(lit[s:e], init[s:e], merged[s:e], eta, scratch)
+
+
+class _Inputs:
+    """The input checkpoints, read one tensor at a time as memory-mapped views."""
+
+    def __init__(self, folders: Sequence[Path], window_bytes: int = WINDOW_BYTES):
+        self.readers = [TensorReader(Path(f)) for f in folders]
+        self.window_bytes = window_bytes
+        self.bytes_read = 0
+
+    @contextmanager
+    def whole(self, name: str, which: Sequence[int]) -> Iterator[list[torch.Tensor]]:
+        """Tensors `name` of the chosen inputs, whole (for copies); shard handles close on exit."""
+        try:
+            tensors = [self.readers[i].get(name) for i in which]
+            self.bytes_read += sum(t.numel() * t.element_size() for t in tensors)
+            yield tensors
+        finally:
+            self._close()
+
+    def windows(self, name: str, which: Sequence[int] | None = None) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
+        """(start, end, flat views [start:end] of tensor `name` of the chosen inputs), window by window."""
+        idx = list(range(len(self.readers)) if which is None else which)
+        start = 0
+        while True:
+            try:
+                flats = [self.readers[i].get(name).reshape(-1) for i in idx]
+                numel = flats[0].numel()
+                end = min(numel, start + max(1, self.window_bytes // flats[0].element_size()))
+                views = [f[start:end] for f in flats]
+                del flats
+                self.bytes_read += sum(v.numel() * v.element_size() for v in views)
+                yield start, end, views
+                del views
+            finally:
+                # Dropping the views and the handles unmaps the window: its pages leave the process.
+                self._close()
+            start = end
+            if start >= numel:
+                return
+
+    def _close(self) -> None:
+        for r in self.readers:
+            r.close()
+
+
+_CONFIG_DTYPE_KEYS = ("dtype", "torch_dtype")  # transformers 5 writes `dtype`, earlier versions `torch_dtype`
+
+
+def _copy_non_weight_files(init: Path, out: Output, infos: dict[str, TensorInfo]) -> None:
+    """Config and tokenizer from θ_init; the config's dtype follows the weights when the merge widened them."""
+    copy_non_weight_files(init, out.folder)
+    merged = {infos[n].merged_dtype for n in infos if infos[n].mergeable}
+    original = {_DTYPES[infos[n].dtype] for n in infos if infos[n].mergeable}
+    config = Path(out.folder) / "config.json"
+    if out.eta == 0.0 or len(merged) != 1 or merged == original or not config.is_file():
+        return
+    doc = json.loads(config.read_text())
+    name = str(next(iter(merged))).removeprefix("torch.")
+    if any(k in doc for k in _CONFIG_DTYPE_KEYS):
+        config.write_text(json.dumps({k: name if k in _CONFIG_DTYPE_KEYS else v for k, v in doc.items()}, indent=2) + "\n")
+
+
+def _weight_bytes(folder: Path) -> int:
+    """Size of a checkpoint's safetensors files (tensor data plus their small headers)."""
+    return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+
+
+def merge_checkpoints(
+    init: Path,
+    members: Sequence[Path],
+    outputs: Sequence[Output] = (),
+    *,
+    method: str | MergeMethod = "slerp",
+    lam: float | None = None,
+    granularity: Granularity = "layer",
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    chunk_elements: int = CHUNK_ELEMENTS,
+    window_bytes: int = WINDOW_BYTES,
+    threads: int = 1,
+    progress: Progress | None = None,
+) -> MergeReport:
+    """Merge the members' task vectors relative to θ_init group by group and write `outputs`.
+
+    With no outputs only the report is computed (one pass over the inputs). The result does not
+    depend on `threads` (chunks are shared out whole and summed in order).
+    """
+    started = time.perf_counter()
+    merge_method = get_method(method) if isinstance(method, str) else method
+    for out in outputs:
+        check_eta(out.eta)
+    init, members = Path(init), [Path(m) for m in members]
+    infos = check_compatible(init, members)
+    groups = group_names(infos, granularity)
+    m = len(members)
+    lambdas = tuple(step_lambdas(m, lam))
+
+    def nbytes(name: str) -> int:  # of θ_init's tensor: a measure of work for the progress bar
+        info = infos[name]
+        return info.numel * _element_size(info.dtype)
+
+    float_bytes = sum(nbytes(n) for n in infos if infos[n].mergeable)
+    total_work = (m + 1) * float_bytes + (sum(nbytes(n) for n in infos) if outputs else 0)
+
+    inputs = _Inputs([init, *members], window_bytes)
+    workers = _Workers(threads, m, chunk_elements)
+    writers = [ShardWriter(o.folder, max_shard_bytes=max_shard_bytes) for o in outputs]
+    reports = []
+    try:
+        for group, names in groups.items():
+            gram = torch.zeros(m, m, dtype=torch.float64)
+            float_names = [n for n in names if infos[n].mergeable]
+            for name in float_names:
+                for _, _, views in inputs.windows(name):
+                    parts = workers.run(views[0].numel(), partial(_gram_part, views))
+                    gram += torch.cat(parts).to(torch.float64).sum(0)
+                if progress:
+                    progress((m + 1) * nbytes(name), total_work)
+            gram = (gram + gram.t()) / 2  # the two triangles' float32 products may differ in the last bit
+            _check_finite(gram, group, members)
+            combination = merge_method.combine(gram.tolist(), lam)
+            for name in names if outputs else ():
+                _write_tensor(name, infos[name], inputs, combination, outputs, writers, workers)
+                if progress:
+                    progress(nbytes(name), total_work)
+            if float_names:  # a group of integer buffers only is copied and has no angle to report
+                params = sum(infos[n].numel for n in float_names)
+                reports.append(GroupReport.from_gram(group, len(float_names), params, gram.tolist(), combination))
+    finally:
+        workers.close()
+
+    for writer, out in zip(writers, outputs, strict=True):
+        writer.close()
+        _copy_non_weight_files(init, out, infos)
+    io = IOStats(
+        input_bytes=sum(_weight_bytes(f) for f in (init, *members)),
+        bytes_read=inputs.bytes_read,
+        bytes_written=sum(_weight_bytes(o.folder) for o in outputs),
+        seconds=time.perf_counter() - started,
+    )
+    return MergeReport(
+        method=merge_method.name,
+        granularity=granularity,
+        members=m,
+        step_lambdas=lambdas,
+        groups=tuple(reports),
+        io=io,
+        outputs=tuple({"eta": o.eta, "location": str(o.folder)} for o in outputs),
+        inputs={"init": str(init), "members": [str(p) for p in members]},
+    )
+
+
+def _write_tensor(
+    name: str,
+    info: TensorInfo,
+    inputs: _Inputs,
+    combination: Combination,
+    outputs: Sequence[Output],
+    writers: Sequence[ShardWriter],
+    workers: _Workers,
+) -> None:
+    if info.mergeable and any(o.eta > 0.0 for o in outputs):
+        # Only inputs with a non-zero weight are read (and θ_init): λ = 0 or 1 reads one member.
+        weights = (combination.init_weight, *combination.weights)
+        used = sorted({0} | {i for i, w in enumerate(weights) if w != 0.0})
+        merged = torch.empty(info.shape, dtype=info.merged_dtype)
+        interpolated = {k: torch.empty_like(merged) for k, o in enumerate(outputs) if 0.0 < o.eta < 1.0}
+        for start, end, views in inputs.windows(name, used):
+            by_index = dict(zip(used, views, strict=True))
+            terms = [by_index.get(i) for i in range(len(weights))]
+            litis = [(t.view(-1)[start:end], outputs[k].eta) for k, t in interpolated.items()]
+            workers.run(end - start, partial(_merge_part, merged.view(-1)[start:end], terms, combination, litis))
+        for k, (out, writer) in enumerate(zip(outputs, writers, strict=True)):
+            if out.eta == 1.0:
+                writer.add(name, merged)
+            elif k in interpolated:
+                writer.add(name, interpolated[k])
+    # θ_init's own tensor, unchanged: η = 0 outputs and non-float tensors are copies, not computations.
+    copies = [w for o, w in zip(outputs, writers, strict=True) if o.eta == 0.0 or not info.mergeable]
+    if copies:
+        with inputs.whole(name, [0]) as (init,):
+            for writer in copies:
+                writer.add(name, init)
+
+
+_ELEMENT_SIZES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
+
+
+def _element_size(dtype_tag: str) -> int:
+    return _ELEMENT_SIZES.get(dtype_tag, 1)  # BOOL, I8, U8 and the float8 formats
+
+
+def _check_finite(gram: torch.Tensor, group: str, members: Sequence[Path]) -> None:
+    if torch.isfinite(gram).all():
+        return
+    bad = [str(members[i]) for i in range(gram.shape[0]) if not torch.isfinite(gram[i, i])]
+    raise CheckpointError(
+        f"the task vector of {', '.join(bad) or 'a member'} is not finite (NaN or inf) in '{group}': "
+        "the run diverged; retrain that member or merge without it"
+    )
+
+
+def interpolate_checkpoints(
+    init: Path,
+    merged: Path,
+    outputs: Sequence[Output],
+    *,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    threads: int = 1,
+) -> IOStats:
+    """LiTI between θ_init and a stored merge, tensor by tensor (the merge is not recomputed)."""
+    started = time.perf_counter()
+    for out in outputs:
+        check_eta(out.eta)
+    init, merged = Path(init), Path(merged)
+    infos = check_compatible(init, [merged])
+    inputs = _Inputs([init, merged])
+    workers = _Workers(threads, 1, CHUNK_ELEMENTS)
+    writers = [ShardWriter(o.folder, max_shard_bytes=max_shard_bytes) for o in outputs]
+    try:
+        for name, info in infos.items():
+            interpolated = {
+                k: torch.empty(info.shape, dtype=info.merged_dtype)
+                for k, o in enumerate(outputs) if 0.0 < o.eta < 1.0 and info.mergeable
+            }
+            for start, end, (a, b) in inputs.windows(name) if interpolated else ():
+                litis = [(t.view(-1)[start:end], outputs[k].eta) for k, t in interpolated.items()]
+                workers.run(end - start, partial(_liti_part, a, b, litis))
+            with inputs.whole(name, [0, 1]) as (a, b):
+                for k, (out, writer) in enumerate(zip(outputs, writers, strict=True)):
+                    if k in interpolated:
+                        writer.add(name, interpolated[k])
+                    else:
+                        writer.add(name, a if out.eta == 0.0 or not info.mergeable else b)
+    finally:
+        workers.close()
+    for writer, out in zip(writers, outputs, strict=True):
+        writer.close()
+        _copy_non_weight_files(init, out, infos)
+    return IOStats(
+        input_bytes=_weight_bytes(init) + _weight_bytes(merged),
+        bytes_read=inputs.bytes_read,
+        bytes_written=sum(_weight_bytes(o.folder) for o in outputs),
+        seconds=time.perf_counter() - started,
+    )
