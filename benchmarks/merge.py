@@ -113,8 +113,9 @@ def _child(kind: str, params: dict[str, Any]) -> dict[str, Any]:
                               params["layers"])
         return {"init": str(init), "members": [str(m) for m in members]}
     if kind == "idle":
-        import kwarp.merger.streaming  # noqa: F401
         import torch  # noqa: F401
+
+        import kwarp.merger.streaming  # noqa: F401
 
         return {}
     if kind == "copy":

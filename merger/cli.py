@@ -30,17 +30,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kwarp.errors import UserError
 from kwarp.merger.groups import GRANULARITIES, Granularity
 from kwarp.merger.methods import METHODS
 from kwarp.merger.streaming import DEFAULT_MAX_SHARD_BYTES
 
-from kwarp.errors import UserError
-
 if TYPE_CHECKING:
-    from kwarp.merger.report import MergeReport
-    from kwarp.merger.streaming import Progress
     from rich.console import Console
 
+    from kwarp.merger.report import MergeReport
+    from kwarp.merger.streaming import Progress
     from kwarp.spec import WarpRun
 
 _SUMMARY_ROWS = 40
@@ -142,10 +141,9 @@ def merge_folders(
     console: Console | None = None,
 ) -> MergeReport:
     """Merge checkpoint folders into `out` (a complete checkpoint, manifest last)."""
+    from kwarp.checkpoints import MANIFEST, staging, verify, write_manifest
     from kwarp.merger.liti import check_eta
     from kwarp.merger.streaming import Output, merge_checkpoints
-
-    from kwarp.checkpoints import MANIFEST, staging, verify, write_manifest
 
     _check_settings(lam, eta, granularity)
     check_eta(eta)
@@ -198,7 +196,6 @@ def merge_iteration(run: WarpRun, iteration: int, *, console: Console | None = N
                     max_shard_bytes: int | None = None, threads: int = 1) -> MergeReport | None:
     """Write slerp(I), then init(I+1) unless I is last, then merge.json; skip what is already complete."""
     from kwarp.merger.streaming import Output, interpolate_checkpoints, merge_checkpoints
-
     from kwarp.store import layout, open_store
 
     spec, name = run.spec, run.name

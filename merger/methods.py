@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from kwarp.errors import UserError
 from kwarp.merger.combination import MergeMethod
 from kwarp.merger.linear import Linear
 from kwarp.merger.slerp import Slerp
-
-from kwarp.errors import UserError
 
 METHODS: dict[str, MergeMethod] = {
     "slerp": Slerp(),

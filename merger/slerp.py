@@ -27,6 +27,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+
 from kwarp.merger.combination import Combination, PairWeights, cosine, iterate
 
 # mergekit's DOT_THRESHOLD: above it the vectors count as colinear (Ω < 1.81° or Ω > 178.19°).

@@ -38,11 +38,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-from kwarp.merger.combination import Combination, MergeMethod, step_lambdas
-from kwarp.merger.groups import Granularity, group_names
-from kwarp.merger.liti import check_eta, liti_into
-from kwarp.merger.methods import get_method
-from kwarp.merger.report import GroupReport, IOStats, MergeReport
 from safetensors import safe_open
 
 from kwarp.checkpoints import (
@@ -52,6 +47,11 @@ from kwarp.checkpoints import (
     copy_non_weight_files,
     shard_map,
 )
+from kwarp.merger.combination import Combination, MergeMethod, step_lambdas
+from kwarp.merger.groups import Granularity, group_names
+from kwarp.merger.liti import check_eta, liti_into
+from kwarp.merger.methods import get_method
+from kwarp.merger.report import GroupReport, IOStats, MergeReport
 
 # 256 Ki elements: the float32 scratch of one chunk (1 MiB per buffer) stays in cache, and the
 # per-chunk Python overhead is negligible next to the arithmetic (of 256 Ki, 1 Mi and 4 Mi elements,

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from kwarp.merger.cli import merge_folders, parse_size, run_task
-from kwarp.merger.groups import block_prefix, group_names
-from kwarp.merger.report import MergeReport
-from kwarp.merger.streaming import Output, merge_checkpoints
 from safetensors.torch import save_file
 
 from kwarp.checkpoints import MANIFEST, CheckpointError, read_manifest, verify, write_manifest
 from kwarp.cli import main as kwarp
+from kwarp.merger.cli import merge_folders, parse_size, run_task
+from kwarp.merger.groups import block_prefix, group_names
+from kwarp.merger.report import MergeReport
+from kwarp.merger.streaming import Output, merge_checkpoints
 from kwarp.spec import parse
 from kwarp.store import FileStore, layout
 

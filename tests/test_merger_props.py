@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+
 from kwarp.merger.combination import Combination, step_lambdas
 from kwarp.merger.linear import Linear
 from kwarp.merger.liti import liti

@@ -730,9 +730,9 @@ def test_real_trainer_feeds_the_training_panels(tmp_path: Path, monkeypatch: pyt
     import shutil
 
     import torch
-    from kwarp.trainer.train import train
 
     from kwarp.spec import parse
+    from kwarp.trainer.train import train
     from tests.models import tiny_gpt2
 
     torch.set_num_threads(1)
