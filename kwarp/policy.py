@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-import torch.nn.functional as F
 
 from kwarp import locations
 from kwarp.checkpoints import CheckpointError, TensorReader, refuse_pickles
@@ -305,8 +304,10 @@ def load_reward(
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=spec.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    # Classifiers read the last non-pad token: right padding keeps it in place for every row.
+    # Classifiers read the last non-pad token: right padding keeps it in place for every row, and
+    # over-long texts lose their beginning, never the completion being judged.
     tokenizer.padding_side = "right"
+    tokenizer.truncation_side = "left"
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     n_labels = int(getattr(model.config, "num_labels", 1))
@@ -373,7 +374,7 @@ def completion_mask(completion_ids: torch.Tensor, eos: Sequence[int]) -> torch.T
 
 
 @contextmanager
-def _plain_sampling(model: Any, eos: list[int], pad_id: int) -> Iterator[Any]:
+def _plain_sampling(model: Any, eos: list[int], pad_id: int, temperature: float, max_new_tokens: int) -> Iterator[Any]:
     """Generation settings for plain ancestral sampling, whatever the checkpoint's generation_config says.
 
     transformers fills every unset generation field from `model.generation_config` and then from
@@ -388,6 +389,8 @@ def _plain_sampling(model: Any, eos: list[int], pad_id: int) -> Iterator[Any]:
     try:
         yield GenerationConfig(
             do_sample=True,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
             num_beams=1,
             top_k=0,
             top_p=1.0,
@@ -398,7 +401,6 @@ def _plain_sampling(model: Any, eos: list[int], pad_id: int) -> Iterator[Any]:
             encoder_repetition_penalty=1.0,
             no_repeat_ngram_size=0,
             min_length=0,
-            min_new_tokens=0,
             renormalize_logits=False,
             remove_invalid_values=False,
             use_cache=True,
@@ -441,14 +443,8 @@ def sample(
     prompt_ids = enc["input_ids"].repeat_interleave(samples_per_prompt, dim=0)
     prompt_mask = enc["attention_mask"].repeat_interleave(samples_per_prompt, dim=0)
     eos = eos_ids(model, tokenizer)
-    with _plain_sampling(model, eos, int(tokenizer.pad_token_id)) as config:
-        out = model.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            generation_config=config,
-            temperature=temperature,
-            max_new_tokens=max_new_tokens,
-        )
+    with _plain_sampling(model, eos, int(tokenizer.pad_token_id), temperature, max_new_tokens) as config:
+        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
     completion_ids = out[:, prompt_ids.shape[1] :]
     return Samples(prompt_ids, prompt_mask, completion_ids, completion_mask(completion_ids, eos))
 
@@ -517,15 +513,19 @@ def sequence_logprobs(
     logits = out.logits[:, -(width + 1) : -1].float()
     if temperature != 1.0:
         logits = logits / temperature
-    logp_all = F.log_softmax(logits, dim=-1)
+    # log π(y_t) = logit(y_t) − logsumexp(logits): unlike log_softmax, no second N·C·V tensor is written.
+    log_normaliser = torch.logsumexp(logits, dim=-1)
     targets = input_ids[:, -width:]
-    token_logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    token_logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_normaliser
     mask = completion_mask.to(token_logp.dtype)
     tokens = completion_mask.sum(dim=1)
     entropy = None
     if with_entropy:
         with torch.no_grad():
-            token_entropy = -(logp_all.exp() * logp_all).sum(dim=-1)
+            # H = logsumexp(z) − Σ softmax(z)·z
+            probs = torch.softmax(logits, dim=-1)
+            token_entropy = log_normaliser - (probs * logits).sum(dim=-1)
+            del probs
             entropy = (token_entropy * mask).sum(dim=1) / tokens.clamp(min=1)
     return SequenceLogProbs(logprob=(token_logp * mask).sum(dim=1), entropy=entropy, tokens=tokens)
 

@@ -99,3 +99,12 @@ def batch_indices(n_prompts: int, batch_size: int, step: int, seed: int) -> list
         assert order is not None
         out.append(int(order[offset]))
     return out
+
+
+def step_seed(seed: int, step: int, process: int) -> int:
+    """The torch seed of (member seed, 0-based step, process index). Re-seeding every step from it
+    makes the sampling noise of a step a function of saved progress, so a resumed run draws exactly
+    the completions the uninterrupted run drew, and each process of a multi-GPU run draws its own.
+    """
+    digest = hashlib.sha256(f"kwarp-step:{seed}:{step}:{process}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # torch seeds must fit in a signed 64-bit int

@@ -1,0 +1,187 @@
+"""Time one WARP training step, split into its phases, on any Hugging Face causal LM.
+
+    python benchmarks/train_step.py --model DIR [--reward module:fn | DIR] [--prompts FILE]
+    python benchmarks/train_step.py --random-model-params 100e6 --device cuda     # no model needed
+
+It runs the trainer's own `training_step` (EMA anchor, KL to init, leave-one-out) on B prompts ×
+k samples and prints, per step, the seconds spent in generation, scoring (reward), reference
+log-probs (anchor and θ_init), the policy's forward/backward/Adam step and the EMA update, each
+also as a share of the step; generated tokens per second; the peak GPU memory on CUDA. The last
+line is the mean milliseconds per step.
+
+Default: the demo task's SFT policy, reward model and training prompts when the task is built
+(`kwarp task build`); otherwise give --model or --random-model-params.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from kwarp.policy import load_reward, read_prompts
+from kwarp.spec import RewardSpec, parse
+from kwarp.trainer.train import StepConfig, load_models, make_accelerator, training_step
+
+# (n_layer, n_embd, n_head) of the random GPT-2 models, smallest first.
+GPT2_LADDER = [(2, 64, 2), (4, 128, 4), (6, 256, 4), (8, 512, 8), (12, 768, 12), (24, 1024, 16), (24, 1536, 16),
+               (32, 2560, 20)]
+PHASES = ("generate", "score", "reference", "train", "ema")
+
+
+def vowel_fraction(prompts: list[str], completions: list[str]) -> list[float]:
+    """A cheap stand-in reward (so the timing shows the policy's cost, not a reward model's)."""
+    return [sum(ch in "aeiou" for ch in c) / max(len(c), 1) for c in completions]
+
+
+def gpt2_params(n_layer: int, n_embd: int, vocab: int, positions: int) -> int:
+    return (vocab + positions) * n_embd + n_layer * (12 * n_embd * n_embd + 13 * n_embd) + 2 * n_embd
+
+
+def random_model(folder: Path, params: float, arch: str, vocab: int, positions: int) -> Path:
+    """A randomly initialised GPT-2 or Llama of about `params` parameters, with a character tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
+
+    n_layer, n_embd, n_head = min(GPT2_LADDER, key=lambda c: abs(gpt2_params(c[0], c[1], vocab, positions) - params))
+    special = {"<unk>": 0, "<pad>": 1, "<s>": 2, "</s>": 3}
+    chars = {chr(c): len(special) + i for i, c in enumerate(range(32, 127))}
+    core = Tokenizer(models.WordLevel({**special, **chars}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+    torch.manual_seed(0)
+    ids = {"bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 1}
+    if arch == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, vocab_size=vocab,
+                                           n_positions=positions, **ids))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=n_layer, hidden_size=n_embd,
+                                             intermediate_size=int(8 * n_embd / 3) // 64 * 64 or 64,
+                                             num_attention_heads=n_head, num_key_value_heads=max(1, n_head // 4),
+                                             vocab_size=vocab, max_position_embeddings=positions, **ids))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def demo_task() -> Path | None:
+    """The built demo task's folder (policy/, reward/, data/), if `kwarp task build` has run."""
+    from kwarp import tasks
+
+    return tasks.task_dir() if tasks.is_built() else None
+
+
+def synthetic_prompts(n: int) -> list[str]:
+    topics = ["the new phone", "this film", "the hotel", "a coffee maker", "the last album", "our trip"]
+    return [f"Review {i}: {topics[i % len(topics)]} was" for i in range(n)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, help="HF causal-LM folder (safetensors)")
+    p.add_argument("--random-model-params", type=float, help="build a random model of about N parameters instead")
+    p.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2", help="architecture of the random model")
+    p.add_argument("--vocab", type=int, default=32000, help="vocabulary of the random model")
+    p.add_argument(
+        "--reward", help="callable module:function or reward model folder (default: the demo task's reward "
+        "model with the demo policy, else a vowel-counting callable)"
+    )
+    p.add_argument("--prompts", type=Path, help="JSONL prompts (field 'prompt'); default: synthetic")
+    p.add_argument("--batch", type=int, default=32, help="prompts per step")
+    p.add_argument("--samples", type=int, default=4, help="completions per prompt")
+    p.add_argument("--micro-batch", type=int, help="prompts per forward/backward (default: the whole batch)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--steps", type=int, default=5, help="timed steps (after one untimed warm-up step)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--anchor", default="ema", choices=["ema", "sft", "none"])
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    tmp = tempfile.TemporaryDirectory(prefix="kwarp-bench-")
+    reward_default = "__main__:vowel_fraction"
+    if args.random_model_params:
+        model_dir = random_model(Path(tmp.name) / "model", args.random_model_params, args.arch, args.vocab, 512)
+    elif args.model is not None:
+        model_dir = args.model
+    else:
+        task = demo_task()
+        if task is None:
+            p.error("give --model DIR or --random-model-params N (or build the demo task: kwarp task build)")
+        model_dir, reward_default = task / "policy", str(task / "reward")
+        args.prompts = args.prompts or task / "data" / "train.jsonl"
+    args.reward = args.reward or reward_default
+    is_callable = ":" in args.reward and not Path(args.reward).exists()
+    reward_spec = {"callable": args.reward} if is_callable else {"location": args.reward}
+    doc = {
+        "apiVersion": "kwarp.dev/v1alpha1",
+        "kind": "WarpRun",
+        "metadata": {"name": "bench"},
+        "spec": {
+            "policy": {"location": str(model_dir), "dtype": args.dtype},
+            "reward": reward_spec,
+            "data": {"train": str(args.prompts or model_dir), "eval": str(args.prompts or model_dir)},
+            "warp": {"anchor": args.anchor},
+            "training": {
+                "batchSize": args.batch, "samplesPerPrompt": args.samples, "maxNewTokens": args.max_new_tokens,
+                "microBatchSize": args.micro_batch, "learningRate": 1e-6, "warmupSteps": 0,
+            },
+            "storage": {"url": tmp.name},
+        },
+    }
+    spec = parse(doc).spec
+    accelerator = make_accelerator(args.dtype, args.device)
+    device = accelerator.device
+    models = load_models(model_dir, spec, device, kl_to_init=True)
+    optimizer = torch.optim.Adam(models.params, lr=1e-6)
+    models.policy, optimizer = accelerator.prepare(models.bare, optimizer)
+    reward = load_reward(RewardSpec(**reward_spec), device)
+    prompts = read_prompts(args.prompts, "prompt") if args.prompts else synthetic_prompts(args.batch)
+    cfg = StepConfig.from_spec(spec, args.batch)
+    n_params = sum(p.numel() for p in models.params)
+    print(
+        f"model {model_dir.name if not args.random_model_params else args.arch} {n_params / 1e6:.2f}M params, "
+        f"{args.batch} prompts x {args.samples} samples, {args.max_new_tokens} new tokens, "
+        f"device {device}, compute {accelerator.mixed_precision}, anchor {args.anchor}"
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    records = []
+    for step in range(args.steps + 1):
+        torch.manual_seed(step)
+        batch = [prompts[(step * args.batch + i) % len(prompts)] for i in range(args.batch)]
+        record = training_step(models, reward, optimizer, accelerator, batch, step, cfg)
+        if step == 0:
+            continue  # warm-up: kernels, caches, allocator
+        records.append(record)
+        split = " ".join(f"{ph} {record['timing'][ph]:.3f}s" for ph in PHASES)
+        print(f"step {step}: {record['step_seconds']:.3f}s ({split}), {record['tokens_per_second']:.0f} tok/s, "
+              f"{record['completion_tokens']:.1f} tokens/completion")
+
+    mean_step = statistics.mean(r["step_seconds"] for r in records)
+    summary = {ph: statistics.mean(r["timing"][ph] for r in records) for ph in PHASES}
+    print("mean per step: " + ", ".join(f"{ph} {s * 1e3:.1f} ms ({100 * s / mean_step:.0f}%)" for ph, s in summary.items()))
+    print(f"generated tokens/s: {statistics.mean(r['tokens_per_second'] for r in records):.0f}")
+    if device.type == "cuda":
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
+    print(f"ms_per_step {mean_step * 1e3:.1f}")
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,309 @@
+"""Reward and KL to θ_sft of policies, and the Pareto front of an iteration (`kwarp eval`).
+
+A point is measured on the first N evaluation prompts with samples y ~ π(·|x) at the training
+temperature:
+
+    reward = mean r(x, y)                      KL = mean [log π(y|x) − log π_sft(y|x)]
+
+each with its standard error (std / √n). Every point uses the same seed, so all of them see the
+same prompts and common random numbers, which makes differences between points less noisy than
+the points themselves. The KL is the Monte-Carlo estimate of KL(π ‖ π_sft) at sequence level.
+
+Task mode, `kwarp eval --iteration I [--spec FILE]`: walks the LiTI path
+θ_η = (1 − η)·θ_sft + η·θ_slerp,I over spec.evaluation.etas (one model whose parameters are
+overwritten per η), then each member's final policy, θ_init(I) and θ_init(I+1) when it exists,
+and writes <run>/iter-I/eval.json last (its existence marks the task done).
+
+Tool mode, `kwarp eval --model DIR --sft DIR --reward R --prompts FILE`: one point, printed as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kwarp.policy import (
+    Reward,
+    batched_logprobs,
+    copy_weights_,
+    decode_completions,
+    default_device,
+    load_causal_lm,
+    load_reward,
+    load_tokenizer,
+    mean_and_stderr,
+    read_prompts,
+    resolve_dtype,
+    sample,
+    unique_parameters,
+)
+
+POINT_FIELDS = ("reward", "reward_stderr", "kl", "kl_stderr", "length")
+
+
+@torch.no_grad()
+def evaluate_policy(
+    model: Any,
+    tokenizer: Any,
+    sft_model: Any,
+    reward: Reward,
+    prompts: list[str],
+    *,
+    samples: int = 1,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int = 0,
+    batch_size: int = 32,
+    max_prompt_tokens: int | None = None,
+) -> dict[str, float]:
+    """{reward, reward_stderr, kl, kl_stderr, length} of `model` on `prompts`, KL to `sft_model`.
+
+    The global RNG is forked: evaluating inside a training loop leaves the trainer's RNG untouched.
+    """
+    device = next(model.parameters()).device
+    rewards, kls, lengths = [], [], []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start : start + batch_size]
+            drawn = sample(
+                model,
+                tokenizer,
+                batch,
+                samples_per_prompt=samples,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                max_prompt_tokens=max_prompt_tokens,
+            )
+            texts = decode_completions(tokenizer, drawn)
+            rewards.append(reward.score([p for p in batch for _ in range(samples)], texts))
+            rows = drawn.completion_ids.shape[0]
+            logp = batched_logprobs(model, drawn, temperature=temperature, micro_batch=rows).logprob
+            logp_sft = batched_logprobs(sft_model, drawn, temperature=temperature, micro_batch=rows).logprob
+            kls.append((logp - logp_sft).float().cpu())
+            lengths.append(drawn.lengths.float().cpu())
+    reward_mean, reward_se = mean_and_stderr(torch.cat(rewards))
+    kl_mean, kl_se = mean_and_stderr(torch.cat(kls))
+    return {
+        "reward": reward_mean,
+        "reward_stderr": reward_se,
+        "kl": kl_mean,
+        "kl_stderr": kl_se,
+        "length": float(torch.cat(lengths).mean()),
+    }
+
+
+@torch.no_grad()
+def interpolate_(model: torch.nn.Module, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], eta: float) -> None:
+    """Set every parameter to (1 − η)·start + η·end, computed in float32 (η = 0 and η = 1 are exact)."""
+    params = dict(model.named_parameters())
+    for name in unique_parameters(model):
+        params[name].copy_(torch.lerp(start[name].float(), end[name].float(), eta))
+
+
+# ------------------------------------------------------------------------------------ task mode
+
+
+def eval_settings(spec: Any) -> dict[str, Any]:
+    ev, tr = spec.evaluation, spec.training
+    return {
+        "samples": ev.samples_per_prompt,
+        "max_new_tokens": ev.max_new_tokens or tr.max_new_tokens,
+        "temperature": ev.temperature or tr.temperature,
+        # One fixed seed for the whole front: common random numbers across its points.
+        "seed": tr.seed,
+        "batch_size": ev.batch_size,
+        "max_prompt_tokens": tr.max_prompt_tokens,
+    }
+
+
+def evaluate_iteration(run: Any, iteration: int, *, device: str | torch.device | None = None) -> dict[str, Any] | None:
+    """Write eval.json of one iteration (the LiTI front, members, init, next init); None if it exists."""
+    from prometheus_client import CollectorRegistry
+
+    from kwarp import telemetry
+    from kwarp.metrics import EvaluationMetrics, iteration_labels
+    from kwarp.store import layout, open_store
+
+    spec, name = run.spec, run.name
+    store = open_store(spec.storage.url, spec.storage)
+    out_key = layout.eval_json(name, iteration)
+    if store.exists(out_key):
+        print(f"kwarp eval: {out_key} exists; nothing to do")
+        return None
+    t0 = time.perf_counter()
+    device = torch.device(device) if device is not None else default_device()
+    dtype = resolve_dtype(spec.policy.dtype, device)
+    trust = spec.policy.trust_remote_code
+    sft_dir = store.open_checkpoint(layout.base(name))
+    slerp_dir = store.open_checkpoint(layout.slerp(name, iteration))
+    tokenizer = load_tokenizer(sft_dir, trust)
+    sft = load_causal_lm(sft_dir, dtype, trust, device)
+    work = load_causal_lm(sft_dir, dtype, trust, device)
+    reward = load_reward(spec.reward, device, storage=spec.storage, batch_size=spec.evaluation.batch_size)
+    prompts = read_prompts(
+        spec.data.eval, spec.data.prompt_field, storage=spec.storage, limit=spec.evaluation.prompts,
+        spec_field="spec.data.eval",
+    )
+    settings = eval_settings(spec)
+
+    def measure(what: str) -> dict[str, float]:
+        started = time.perf_counter()
+        point = evaluate_policy(work, tokenizer, sft, reward, prompts, **settings)
+        print(
+            f"kwarp eval: {what}: reward {point['reward']:.4f} ± {point['reward_stderr']:.4f}, "
+            f"KL {point['kl']:.4f} ± {point['kl_stderr']:.4f} ({time.perf_counter() - started:.1f}s)",
+            flush=True,
+        )
+        return point
+
+    registry = CollectorRegistry()
+    metrics = EvaluationMetrics.create(registry)
+    namespace = telemetry.task_namespace()
+    labels = iteration_labels(namespace, name, iteration)
+    with telemetry.export(registry, component="eval", namespace=namespace, run=name, iteration=iteration):
+        sft_params = {n: p.detach() for n, p in sft.named_parameters()}
+        slerp_params = _load_params(work, slerp_dir, device)
+        front = []
+        for eta in spec.evaluation.etas:
+            interpolate_(work, sft_params, slerp_params, eta)
+            point = measure(f"η={eta:g}")
+            front.append({"eta": eta, **point})
+            metrics.record_point(labels, eta, point["reward"], point["kl"])
+        del slerp_params
+
+        members = []
+        for m in range(spec.warp.policies):
+            copy_weights_(work, store.open_checkpoint(layout.member_final(name, iteration, m)))
+            members.append({"member": m, **measure(f"member {m}")})
+
+        # Iteration 0 starts from θ_sft itself: its init point is the η = 0 point of the front.
+        if iteration == 0 and front[0]["eta"] == 0.0:
+            init_point = {k: front[0][k] for k in POINT_FIELDS}
+        else:
+            if iteration == 0:
+                interpolate_(work, sft_params, sft_params, 0.0)
+            else:
+                copy_weights_(work, store.open_checkpoint(layout.init(name, iteration)))
+            init_point = measure("init")
+        next_init = None
+        if iteration + 1 < spec.warp.iterations and store.has_checkpoint(layout.init(name, iteration + 1)):
+            copy_weights_(work, store.open_checkpoint(layout.init(name, iteration + 1)))
+            next_init = measure("next init")
+
+        seconds = time.perf_counter() - t0
+        metrics.duration.labels(**labels).set(seconds)
+    result = {
+        "iteration": iteration,
+        "reference": "sft",
+        "etas": list(spec.evaluation.etas),
+        "front": front,
+        "members": members,
+        "init": init_point,
+        "next_init": next_init,
+        "prompts": len(prompts),
+        "samples": settings["samples"],
+        "temperature": settings["temperature"],
+        "max_new_tokens": settings["max_new_tokens"],
+        "seed": settings["seed"],
+        "seconds": seconds,
+    }
+    store.put_json(out_key, result)  # last: its existence marks the evaluation done
+    return result
+
+
+def _load_params(model: torch.nn.Module, folder: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors for each of the model's parameters, on the device."""
+    from kwarp.checkpoints import CheckpointError, TensorReader
+
+    out = {}
+    with TensorReader(folder) as reader:
+        present = set(reader.names())
+        for canonical, names in unique_parameters(model).items():
+            stored = next((n for n in names if n in present), None)
+            if stored is None:
+                raise CheckpointError(f"{folder}: parameter '{canonical}' is missing")
+            out[canonical] = reader.get(stored).to(device)
+    return out
+
+
+# ------------------------------------------------------------------------------------ tool mode
+
+
+def evaluate_folder(args: argparse.Namespace) -> dict[str, float]:
+    from kwarp.spec import RewardSpec
+
+    device = torch.device(args.device) if args.device else default_device()
+    dtype = resolve_dtype(args.dtype, device)
+    model_dir, sft_dir = Path(args.model), Path(args.sft)
+    tokenizer = load_tokenizer(model_dir, args.trust_remote_code, field="--model")
+    model = load_causal_lm(model_dir, dtype, args.trust_remote_code, device, field="--model")
+    sft = load_causal_lm(sft_dir, dtype, args.trust_remote_code, device, field="--sft")
+    is_callable = ":" in args.reward and not Path(args.reward).exists()
+    reward_spec = RewardSpec(**({"callable": args.reward} if is_callable else {"location": args.reward}))
+    reward = load_reward(reward_spec, device, batch_size=args.batch_size)
+    prompts = read_prompts(args.prompts, args.prompt_field, limit=args.num_prompts, spec_field="--prompts")
+    return evaluate_policy(
+        model,
+        tokenizer,
+        sft,
+        reward,
+        prompts,
+        samples=args.samples,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_prompt_tokens=args.max_prompt_tokens,
+    )
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    task = parser.add_argument_group("task mode (the front of an iteration, from the WarpRun)")
+    task.add_argument("--iteration", type=int, help="0-based iteration whose eval.json to write")
+    task.add_argument("--spec", help="WarpRun file (default: $KWARP_SPEC)")
+    tool = parser.add_argument_group("tool mode (one checkpoint, printed as JSON)")
+    tool.add_argument("--model", help="policy folder to evaluate")
+    tool.add_argument("--sft", help="reference folder for the KL (θ_sft)")
+    tool.add_argument("--reward", help="reward model folder or callable module:function")
+    tool.add_argument("--prompts", help="JSONL file of prompts")
+    tool.add_argument("--prompt-field", default="prompt")
+    tool.add_argument("--num-prompts", type=int, default=256)
+    tool.add_argument("--samples", type=int, default=1)
+    tool.add_argument("--max-new-tokens", type=int, default=64)
+    tool.add_argument("--max-prompt-tokens", type=int, default=256)
+    tool.add_argument("--temperature", type=float, default=0.9)
+    tool.add_argument("--seed", type=int, default=0)
+    tool.add_argument("--batch-size", type=int, default=32)
+    tool.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    tool.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from kwarp.errors import UserError
+
+    hf_logging.disable_progress_bar()
+    if args.model is not None:
+        missing = [flag for flag, v in (("--sft", args.sft), ("--reward", args.reward), ("--prompts", args.prompts)) if not v]
+        if missing:
+            raise UserError(f"tool mode needs {', '.join(missing)} with --model")
+        print(json.dumps(evaluate_folder(args), sort_keys=True))
+        return 0
+    if args.iteration is None:
+        raise UserError("give --iteration I (task mode) or --model DIR --sft DIR --reward R --prompts FILE (tool mode)")
+    from kwarp.spec import from_cli
+
+    run = from_cli(args.spec)
+    if not 0 <= args.iteration < run.spec.warp.iterations:
+        raise UserError(f"--iteration {args.iteration} is outside 0..{run.spec.warp.iterations - 1}")
+    evaluate_iteration(run, args.iteration, device=args.device)
+    return 0

@@ -1,0 +1,284 @@
+"""The trainer end to end on a tiny random GPT-2 with a callable reward, in a file:// store."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from kwarp.checkpoints import MANIFEST, verify
+from kwarp.cli import main as kwarp_main
+from kwarp.policy import load_causal_lm
+from kwarp.spec import WarpRun, parse
+from kwarp.store import layout, open_store
+from kwarp.trainer.state import STATE_JSON
+from kwarp.trainer.train import PROGRESS_PREFIX, train
+from tests.models import load_state, tiny_gpt2
+
+REWARD_MODULE = '''
+def vowels(prompts, completions):
+    """Fraction of vowels in the completion: about 5% for a random character model."""
+    return [sum(ch in "aeiou" for ch in c) / max(len(c), 1) for c in completions]
+'''
+PROMPTS = ["hello", "the cat", "a b c", "xyz", "once upon", "data", "go", "ok", "why not", "sun"]
+LOG_FIELDS = {
+    "step", "reward", "reward_std", "kl_anchor", "kl_init", "completion_tokens", "entropy", "loss",
+    "grad_norm", "lr", "step_seconds", "tokens_per_second", "time", "timing",
+}
+
+
+@pytest.fixture(autouse=True)
+def _threads() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def make_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., WarpRun]:
+    """make_run(store_name, **overrides) -> a WarpRun over a tiny GPT-2 base in tmp_path/<store_name>."""
+    (tmp_path / "kwarp_train_rewards.py").write_text(REWARD_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    base = tiny_gpt2(tmp_path / "sft")
+
+    def make(store: str = "store", *, warp: dict[str, Any] | None = None, training: dict[str, Any] | None = None,
+             write: bool = False) -> WarpRun:
+        root = tmp_path / store
+        if not (root / "r" / "base").exists():
+            shutil.copytree(base, root / "r" / "base")
+        doc = {
+            "apiVersion": "kwarp.dev/v1alpha1",
+            "kind": "WarpRun",
+            "metadata": {"name": "r"},
+            "spec": {
+                "policy": {"location": str(base), "dtype": "float32"},
+                "reward": {"callable": "kwarp_train_rewards:vowels"},
+                "data": {"train": str(data), "eval": str(data)},
+                "warp": {"iterations": 1, "policies": 1, "steps": 6, "beta": 0.05, "emaRate": 0.1, **(warp or {})},
+                "training": {
+                    "batchSize": 4, "samplesPerPrompt": 2, "microBatchSize": 2, "learningRate": 1e-2,
+                    "warmupSteps": 2, "maxNewTokens": 8, "checkpointInterval": 2, "temperature": 1.0,
+                    "seed": 1, **(training or {}),
+                },
+                "evaluation": {"prompts": 4, "batchSize": 4},
+                "storage": {"url": str(root)},
+            },
+        }
+        if write:
+            (tmp_path / f"{store}.json").write_text(json.dumps(doc))
+        return parse(doc)
+
+    return make
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    return load_state(folder)
+
+
+def _log(store_root: Path) -> list[dict[str, Any]]:
+    text = (store_root / "r" / "iter-0" / "member-0" / "metrics.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_train_writes_final_ema_state_and_log_then_is_a_no_op(make_run, tmp_path: Path) -> None:
+    run = make_run()
+    records: list[dict[str, Any]] = []
+    assert train(run, 0, 0, device="cpu", on_step=records.append) is True
+    root = tmp_path / "store"
+    store = open_store(str(root))
+    member = root / "r" / "iter-0" / "member-0"
+    for key in (layout.member_final("r", 0, 0), layout.member_ema("r", 0, 0), layout.member_state("r", 0, 0)):
+        assert store.has_checkpoint(key), key
+        store.verify_checkpoint(key)
+    assert (member / "final" / "model.safetensors").is_file() and (member / "final" / "tokenizer.json").is_file()
+    state = json.loads((member / "state" / STATE_JSON).read_text())
+    assert state["step"] == 4 and state["steps"] == 6  # the last interval before T; final marks the end
+
+    base, final, ema = _tensors(root / "r" / "base"), _tensors(member / "final"), _tensors(member / "ema")
+    assert set(final) == set(base) and all(t.dtype == torch.float32 for t in final.values())
+    moved = [n for n in base if not torch.equal(base[n], final[n])]
+    assert len(moved) == len(base)  # every parameter was trained
+    # The EMA trails the policy: it left θ_init, but by less than the policy did.
+    dist = lambda a, b: sum(float((a[n] - b[n]).double().norm() ** 2) for n in base) ** 0.5  # noqa: E731
+    assert 0 < dist(ema, base) < dist(final, base)
+    assert load_causal_lm(member / "final", "float32").config.n_layer == 2  # a loadable HF checkpoint
+
+    log = _log(root)
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6] == [r["step"] for r in records]
+    assert all(set(r) == LOG_FIELDS for r in log)
+    assert set(log[0]["timing"]) == {"generate", "score", "reference", "train", "ema"}
+    assert log[0]["kl_anchor"] == pytest.approx(0.0, abs=1e-6)  # θ = θ_ema = θ_init at the first step
+    assert log[-1]["kl_anchor"] > 0 and log[-1]["kl_init"] > 0
+    assert log[0]["lr"] == pytest.approx(5e-3) and log[-1]["lr"] == pytest.approx(1e-2)  # warm-up of 2 steps
+
+    # Re-running a finished member does nothing.
+    manifest = (member / "final" / MANIFEST).read_bytes()
+    assert train(run, 0, 0, device="cpu") is False
+    assert (member / "final" / MANIFEST).read_bytes() == manifest
+
+
+def test_resume_after_a_crash_is_bit_exact(make_run, tmp_path: Path) -> None:
+    train(make_run("straight"), 0, 0, device="cpu")
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash_at_step_3(record: dict[str, Any]) -> None:
+        if record["step"] == 3:  # the state on disk is from step 2: step 3 must be redone identically
+            raise Crash
+
+    crashed = make_run("crashed")
+    with pytest.raises(Crash):
+        train(crashed, 0, 0, device="cpu", on_step=crash_at_step_3)
+    store = open_store(str(tmp_path / "crashed"))
+    assert not store.has_checkpoint(layout.member_final("r", 0, 0))
+    assert json.loads((tmp_path / "crashed/r/iter-0/member-0/state" / STATE_JSON).read_text())["step"] == 2
+    train(crashed, 0, 0, device="cpu")
+
+    for kind in ("final", "ema"):
+        a = _tensors(tmp_path / "straight/r/iter-0/member-0" / kind)
+        b = _tensors(tmp_path / "crashed/r/iter-0/member-0" / kind)
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a), kind
+    strip = lambda log: [{k: v for k, v in r.items() if k not in ("time", "step_seconds", "tokens_per_second", "timing")} for r in log]  # noqa: E731
+    assert strip(_log(tmp_path / "straight")) == strip(_log(tmp_path / "crashed"))
+
+
+@pytest.mark.parametrize("anchor", ["sft", "none"])
+def test_other_anchors(make_run, tmp_path: Path, anchor: str) -> None:
+    train(make_run(warp={"anchor": anchor, "steps": 3}), 0, 0, device="cpu")
+    log = _log(tmp_path / "store")
+    if anchor == "sft":  # the anchor is θ_init: both KLs are the same estimate
+        assert all(r["kl_anchor"] == r["kl_init"] for r in log) and log[-1]["kl_init"] > 0
+    else:
+        assert all(r["kl_anchor"] is None for r in log) and log[-1]["kl_init"] > 0
+
+
+def test_reward_rises_on_the_toy_task(make_run, tmp_path: Path) -> None:
+    run = make_run(
+        warp={"steps": 40, "beta": 0.02},
+        training={"batchSize": 8, "samplesPerPrompt": 4, "microBatchSize": 8, "learningRate": 2e-2,
+                  "checkpointInterval": 100, "maxNewTokens": 12},
+    )
+    train(run, 0, 0, device="cpu", eval_every=20, eval_prompts=8)
+    log = _log(tmp_path / "store")
+    first = sum(r["reward"] for r in log[:5]) / 5
+    last = sum(r["reward"] for r in log[-5:]) / 5
+    assert last > first + 0.1, (first, last)
+    evals = [r["eval"] for r in log if "eval" in r]
+    assert [r["step"] for r in log if "eval" in r] == [20, 40]
+    assert all(set(e) == {"reward", "reward_stderr", "kl_sft", "kl_sft_stderr", "length"} for e in evals)
+    assert evals[-1]["kl_sft"] > 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def pushgateway(tmp_path: Path) -> Iterator[str]:
+    binary = shutil.which("prometheus-pushgateway")
+    if binary is None:
+        pytest.skip("prometheus-pushgateway is not installed")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],  # memory only: nothing leaks
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("prometheus-pushgateway did not become ready")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_metrics_are_served_and_pushed(make_run, monkeypatch: pytest.MonkeyPatch, pushgateway: str) -> None:
+    port = _free_port()
+    monkeypatch.setenv("KWARP_METRICS_PORT", str(port))
+    monkeypatch.setenv("KWARP_PUSHGATEWAY", pushgateway)
+    monkeypatch.setenv("KWARP_NAMESPACE", "team-a")
+    scraped: list[str] = []
+
+    def scrape(record: dict[str, Any]) -> None:
+        scraped.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+
+    train(make_run(warp={"steps": 2}), 0, 0, device="cpu", on_step=scrape)
+    labels = 'iteration="0",member="0",namespace="team-a",run="r"'
+    assert f"kwarp_trainer_step{{{labels}}} 2.0" in scraped[-1]
+    assert f"kwarp_trainer_reward{{{labels}}}" in scraped[-1]
+    pushed = urllib.request.urlopen(f"http://{pushgateway}/metrics", timeout=5).read().decode()
+    step_lines = [ln for ln in pushed.splitlines() if ln.startswith("kwarp_trainer_step{")]
+    assert step_lines and all('job="kwarp"' in ln and 'component="trainer"' in ln and 'member="0"' in ln for ln in step_lines)
+    assert step_lines[0].endswith(" 2")
+
+
+def test_cli_validates_member_and_runs(make_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(write=True)
+    spec = str(tmp_path / "store.json")
+    assert kwarp_main(["train", "--iteration", "0", "--member", "1", "--spec", spec]) == 2
+    assert "outside 0..0" in capsys.readouterr().err
+    assert kwarp_main(["train", "--iteration", "0", "--member", "0", "--spec", spec, "--steps", "2", "--device", "cpu"]) == 0
+    progress = [json.loads(ln[len(PROGRESS_PREFIX):]) for ln in capsys.readouterr().out.splitlines()
+                if ln.startswith(PROGRESS_PREFIX)]
+    assert [p["step"] for p in progress] == [1, 2] and all(p["steps"] == 2 for p in progress)
+    assert open_store(str(tmp_path / "store")).has_checkpoint(layout.member_final("r", 0, 0))
+
+
+def test_sigkill_never_exposes_a_partial_checkpoint_and_the_run_resumes(make_run, tmp_path: Path) -> None:
+    """SIGKILL a trainer that saves its state every step, at a moment unrelated to its saves."""
+    run = make_run(warp={"steps": 400}, training={"checkpointInterval": 1}, write=True)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "kwarp.cli", "train", "--iteration", "0", "--member", "0",
+           "--spec", str(tmp_path / "store.json"), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(PROGRESS_PREFIX) and json.loads(line[len(PROGRESS_PREFIX):])["step"] >= 5:
+                break
+        time.sleep(0.037)  # land somewhere inside a later step or save
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    root = tmp_path / "store"
+    store = open_store(str(root))
+    member = "r/iter-0/member-0"
+    listed = store.list(member)
+    assert not store.has_checkpoint(layout.member_final("r", 0, 0))
+    assert all(not part.startswith(".") for key in listed for part in key.split("/"))  # staging stays hidden
+    folders = {key.rsplit("/", 1)[0] for key in listed if key != layout.member_log("r", 0, 0)}
+    assert folders == {layout.member_state("r", 0, 0)}
+    verify(root / layout.member_state("r", 0, 0), hashes=True)  # the one visible checkpoint is complete
+    saved = json.loads((root / layout.member_state("r", 0, 0) / STATE_JSON).read_text())["step"]
+    assert saved >= 4  # the progress line of step 5 precedes its save
+
+    # The same member, restarted with a shorter T, resumes from the saved step and finishes.
+    records: list[dict[str, Any]] = []
+    train(run, 0, 0, device="cpu", steps=saved + 2, on_step=records.append)
+    assert [r["step"] for r in records] == [saved + 1, saved + 2]
+    assert [r["step"] for r in _log(root)] == list(range(1, saved + 3))
+    assert store.has_checkpoint(layout.member_final("r", 0, 0))

@@ -1,0 +1,56 @@
+"""What a member publishes: metrics.jsonl and Hugging Face checkpoints (final, ema)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from kwarp.checkpoints import PICKLE_SUFFIXES
+from kwarp.policy import unique_parameters
+from kwarp.store import Store
+
+
+class MetricsLog:
+    """metrics.jsonl: lines kept in memory, uploaded whole with each checkpoint and at the end."""
+
+    def __init__(self, store: Store, key: str):
+        self.store, self.key = store, key
+        self.lines: list[str] = []
+
+    def resume(self, step: int) -> None:
+        """Keep the lines of the steps the resumed state already holds (a later upload may exist)."""
+        data = self.store.get_bytes(self.key) or b""
+        self.lines = [ln for ln in data.decode().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.lines.append(json.dumps(record, sort_keys=True))
+
+    def upload(self) -> None:
+        self.store.put_bytes(self.key, ("\n".join(self.lines) + "\n").encode() if self.lines else b"")
+
+
+def publish_model(
+    store: Store,
+    key: str,
+    model: Any,
+    tokenizer: Any,
+    names: Sequence[str],
+    tensors: Sequence[torch.Tensor],
+    meta: dict[str, Any],
+) -> None:
+    """`tensors` (named `names`) as a Hugging Face checkpoint of `model`'s architecture, in float32,
+    with config and tokenizer, published atomically."""
+    state = {n: t.detach().float().cpu() for n, t in zip(names, tensors, strict=True)}
+    aliases = {n for group in unique_parameters(model).values() for n in group}
+    for name, buffer in model.state_dict().items():  # persistent buffers, if the model has any
+        if name not in aliases:
+            state[name] = buffer.detach().cpu()
+    with store.write_checkpoint(key, meta) as folder:
+        model.save_pretrained(folder, state_dict=state)
+        tokenizer.save_pretrained(folder)
+        for path in folder.iterdir():
+            if path.suffix in PICKLE_SUFFIXES:
+                path.unlink()

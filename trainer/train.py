@@ -1,0 +1,459 @@
+"""One WARP member: REINFORCE with an EMA anchor (docs/method.md, stage 1).
+
+    kwarp train --iteration I --member M [--spec warprun.yaml]
+    accelerate launch --multi_gpu --num_processes G -m kwarp.cli train --iteration I --member M
+    torchrun --nproc_per_node G -m kwarp.cli train --iteration I --member M      (the same, G processes)
+
+θ and θ_ema start at θ_init = <run>/iter-I/init (iteration 0: <run>/base). For t = 0 … T−1:
+
+  1. prompts  B prompts at positions t·B … t·B+B−1 of the member's prompt stream: one seeded
+              permutation of the training set per epoch (the member's seed is all that differs
+              between the members of an iteration)
+  2. sample   k completions per prompt from π_θ at temperature τ (KV cache), cut after the first EOS
+  3. score    r(x, y) from the reward; log π_anchor(y|x) and log π_init(y|x) without gradient
+  4. step     per micro-batch: log π_θ(y|x) with gradient; the shaped reward
+              r_β = r − β·(log π_θ − log π_anchor) as a constant; A = r_β minus the mean of the other
+              k−1 samples of the same prompt (leave-one-out; or A = r_β with baseline none);
+              loss = −mean(A · log π_θ). Clip the gradient norm, Adam (β1 0.9, β2 0.999, ε 1e-8, no
+              weight decay) with a linear warm-up, then a constant learning rate
+  5. EMA      θ_ema ← (1 − μ)·θ_ema + μ·θ in float32; with anchor = ema it is the next step's anchor
+  6. record   one JSON line (metrics.jsonl, Prometheus, a KWARP_PROGRESS line on stdout); every
+              checkpointInterval steps the resumable state is saved
+At the end θ_ema is published to member-M/ema, then θ to member-M/final, which marks the member done.
+
+Precision: θ is kept in float32 (Adam's updates at lr 1e-6 would vanish in bf16 weights, as the
+EMA's would); spec.policy.dtype is the compute dtype (autocast). Final and EMA are saved in
+float32 so the task vectors the merger takes are not rounded away. π means softmax(logits / τ),
+the distribution that was sampled (see kwarp.policy). Dropout is off throughout.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from prometheus_client import CollectorRegistry
+
+from kwarp import telemetry
+from kwarp.errors import UserError
+from kwarp.evaluate import eval_settings, evaluate_policy
+from kwarp.metrics import TrainerMetrics, member_labels
+from kwarp.policy import (
+    Reward,
+    Samples,
+    batched_logprobs,
+    decode_completions,
+    load_causal_lm,
+    load_reward,
+    load_tokenizer,
+    read_prompts,
+    resolve_dtype,
+    sample,
+    sequence_logprobs,
+    unique_parameters,
+)
+from kwarp.spec import WarpRun, WarpRunSpec, member_seed
+from kwarp.store import Store, layout, open_store
+
+from .outputs import MetricsLog, publish_model
+from .reinforce import (
+    advantages,
+    batch_indices,
+    ema_update_,
+    reinforce_loss,
+    shaped_reward,
+    step_seed,
+    warmup_lr,
+)
+from .state import Progress, load_state, save_state
+
+PROGRESS_PREFIX = "KWARP_PROGRESS "
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    samples_per_prompt: int
+    micro_batch_prompts: int
+    max_new_tokens: int
+    max_prompt_tokens: int
+    temperature: float
+    beta: float
+    baseline: str
+    ema_rate: float
+    learning_rate: float
+    warmup_steps: int
+    max_grad_norm: float | None
+
+    @classmethod
+    def from_spec(cls, spec: WarpRunSpec, prompts_per_process: int) -> StepConfig:
+        tr = spec.training
+        return cls(
+            samples_per_prompt=tr.samples_per_prompt,
+            micro_batch_prompts=min(tr.micro_batch_size or prompts_per_process, prompts_per_process),
+            max_new_tokens=tr.max_new_tokens,
+            max_prompt_tokens=tr.max_prompt_tokens,
+            temperature=tr.temperature,
+            beta=spec.warp.beta,
+            baseline=tr.baseline,
+            ema_rate=spec.warp.ema_rate,
+            learning_rate=tr.learning_rate,
+            warmup_steps=tr.warmup_steps,
+            max_grad_norm=tr.max_grad_norm,
+        )
+
+
+@dataclass
+class Models:
+    """The weights one member holds. `names[j]` names `params[j]` and `ema[j]` (tied weights once)."""
+
+    policy: Any  # what forward/backward runs through: DDP-wrapped under several processes
+    bare: Any  # the policy model itself, for generation and saving
+    tokenizer: Any
+    names: list[str]
+    params: list[torch.Tensor]
+    ema: list[torch.Tensor]  # float32; the anchor model's own parameters when anchor = ema
+    anchor: Any | None  # computes log π_anchor; None for anchor "none"
+    init: Any | None  # θ_init, frozen, for the KL to init; the anchor itself when anchor = sft
+
+
+def load_models(init_dir: Path, spec: WarpRunSpec, device: torch.device, *, kl_to_init: bool) -> Models:
+    compute = resolve_dtype(spec.policy.dtype, device)
+    trust = spec.policy.trust_remote_code
+    tokenizer = load_tokenizer(init_dir, trust)
+    policy = load_causal_lm(init_dir, torch.float32, trust, device)
+    names = list(unique_parameters(policy))
+    named = dict(policy.named_parameters())
+    params = [named[n] for n in names]
+
+    def frozen() -> Any:
+        return load_causal_lm(init_dir, compute, trust, device).requires_grad_(False)
+
+    anchor: Any | None = None
+    if spec.warp.anchor == "ema":
+        # The anchor model's float32 weights ARE the EMA: no copy per step, and it runs under autocast.
+        anchor = copy.deepcopy(policy).requires_grad_(False)
+        anchor_named = dict(anchor.named_parameters())
+        ema = [anchor_named[n] for n in names]
+    else:
+        ema = [p.detach().clone() for p in params]
+        if spec.warp.anchor == "sft":
+            anchor = frozen()
+    init = None
+    if kl_to_init:
+        init = anchor if spec.warp.anchor == "sft" else frozen()
+    return Models(policy, policy, tokenizer, names, params, ema, anchor, init)
+
+
+# ---------------------------------------------------------------------------------------- a step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PhaseTimer:
+    """Wall time per phase of a step (device work is waited for, so the split is honest)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        _sync(self.device)
+        start = time.perf_counter()
+        yield
+        _sync(self.device)
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
+def training_step(
+    models: Models,
+    reward: Reward,
+    optimizer: torch.optim.Optimizer,
+    accelerator: Any,
+    prompts: list[str],
+    step: int,
+    cfg: StepConfig,
+) -> dict[str, Any]:
+    """One REINFORCE step on this process's prompts; returns the step's metrics (all processes)."""
+    device = accelerator.device
+    k = cfg.samples_per_prompt
+    timer = PhaseTimer(device)
+    t0 = time.perf_counter()
+
+    with timer("generate"), accelerator.autocast():
+        samples: Samples = sample(
+            models.bare,
+            models.tokenizer,
+            prompts,
+            samples_per_prompt=k,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            max_prompt_tokens=cfg.max_prompt_tokens,
+        )
+    n = samples.completion_ids.shape[0]
+    rows = cfg.micro_batch_prompts * k
+
+    with timer("score"):
+        texts = decode_completions(models.tokenizer, samples)
+        rewards = reward.score([p for p in prompts for _ in range(k)], texts).to(device)
+
+    with timer("reference"), accelerator.autocast():
+        logp_anchor = logp_init = None
+        if models.anchor is not None:
+            logp_anchor = batched_logprobs(models.anchor, samples, temperature=cfg.temperature, micro_batch=rows).logprob
+        if models.init is models.anchor:
+            logp_init = logp_anchor
+        elif models.init is not None:
+            logp_init = batched_logprobs(models.init, samples, temperature=cfg.temperature, micro_batch=rows).logprob
+
+    with timer("train"):
+        logps, entropies, loss_total = [], [], 0.0
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            chunk = samples.rows(start, stop)
+            # Gradients are all-reduced once, on the last micro-batch.
+            sync = nullcontext() if stop == n else accelerator.no_sync(models.policy)
+            with sync:
+                with accelerator.autocast():
+                    out = sequence_logprobs(
+                        models.policy,
+                        chunk.input_ids,
+                        chunk.attention_mask,
+                        chunk.completion_mask,
+                        temperature=cfg.temperature,
+                        with_entropy=True,
+                    )
+                anchor_chunk = logp_anchor[start:stop] if logp_anchor is not None else None
+                r_beta = shaped_reward(rewards[start:stop], out.logprob.detach(), anchor_chunk, cfg.beta)
+                loss = reinforce_loss(out.logprob, advantages(r_beta, k, cfg.baseline), normaliser=n)
+                accelerator.backward(loss)
+            logps.append(out.logprob.detach())
+            entropies.append(out.entropy)
+            loss_total += float(loss.detach())
+        grad_norm = accelerator.clip_grad_norm_(models.params, cfg.max_grad_norm or float("inf"))
+        lr = warmup_lr(step, cfg.learning_rate, cfg.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    with timer("ema"):
+        ema_update_(models.ema, models.params, cfg.ema_rate)
+
+    logp = torch.cat(logps).float()
+    entropy = torch.cat(entropies).float()  # type: ignore[arg-type]
+    zero = torch.zeros((), device=device)
+    sums = torch.stack(
+        [
+            rewards.sum(),
+            (rewards**2).sum(),
+            torch.tensor(float(n), device=device),
+            (logp - logp_anchor.float()).sum() if logp_anchor is not None else zero,
+            (logp - logp_init.float()).sum() if logp_init is not None else zero,
+            samples.lengths.sum().float(),
+            entropy.sum(),
+            torch.tensor(loss_total, device=device),
+        ]
+    )
+    sums = accelerator.reduce(sums, reduction="sum").cpu().double()
+    total = float(sums[2])
+    mean_reward = float(sums[0]) / total
+    seconds = time.perf_counter() - t0
+    return {
+        "reward": mean_reward,
+        "reward_std": max(float(sums[1]) / total - mean_reward**2, 0.0) ** 0.5,
+        "kl_anchor": float(sums[3]) / total if logp_anchor is not None else None,
+        "kl_init": float(sums[4]) / total if logp_init is not None else None,
+        "completion_tokens": float(sums[5]) / total,
+        "entropy": float(sums[6]) / total,
+        "loss": float(sums[7]) / accelerator.num_processes,
+        "grad_norm": float(grad_norm),
+        "lr": lr,
+        "step_seconds": seconds,
+        "tokens_per_second": float(sums[5]) / seconds,
+        "timing": timer.seconds,
+    }
+
+
+# ------------------------------------------------------------------------------ outputs of a run
+
+
+def progress_line(record: dict[str, Any], steps: int) -> str:
+    """What the embedded runner parses (live display, metrics): the prefix, then the step record and T."""
+    return PROGRESS_PREFIX + json.dumps({"steps": steps, **record})
+
+
+def make_accelerator(dtype: str, device: str | None) -> Any:
+    from accelerate import Accelerator
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available; use --device cpu")
+    compute = resolve_dtype(dtype, device)
+    precision = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}[compute]
+    return Accelerator(cpu=device == "cpu", mixed_precision=precision)
+
+
+# ------------------------------------------------------------------------------------------ a run
+
+
+def train(
+    run: WarpRun,
+    iteration: int,
+    member: int,
+    *,
+    steps: int | None = None,
+    device: str | None = None,
+    eval_every: int | None = None,
+    eval_prompts: int | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> bool:
+    """Train member `member` of iteration `iteration`; False if its final checkpoint already existed."""
+    spec, name = run.spec, run.name
+    store = open_store(spec.storage.url, spec.storage)
+    final_key = layout.member_final(name, iteration, member)
+    if store.has_checkpoint(final_key):
+        print(f"kwarp train: {final_key} is complete; nothing to do", flush=True)
+        return False
+    T = steps if steps is not None else spec.warp.steps_for(iteration)
+    accelerator = make_accelerator(spec.policy.dtype, device)
+    main, world = accelerator.is_main_process, accelerator.num_processes
+    if spec.training.batch_size % world:
+        raise UserError(f"spec.training.batchSize ({spec.training.batch_size}) must divide by the {world} processes")
+    per_process = spec.training.batch_size // world
+    cfg = StepConfig.from_spec(spec, per_process)
+    seed = member_seed(spec, iteration, member)
+
+    init_dir = store.open_checkpoint(layout.init(name, iteration))
+    models = load_models(init_dir, spec, accelerator.device, kl_to_init=spec.training.kl_to_init)
+    optimizer = torch.optim.Adam(models.params, lr=cfg.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS)
+    reward = load_reward(spec.reward, accelerator.device, storage=spec.storage)
+    prompts = read_prompts(spec.data.train, spec.data.prompt_field, storage=spec.storage, spec_field="spec.data.train")
+
+    state_key = layout.member_state(name, iteration, member)
+    log = MetricsLog(store, layout.member_log(name, iteration, member))
+    start = 0
+    if store.has_checkpoint(state_key):
+        saved = load_state(
+            store.open_checkpoint(state_key), names=models.names, policy=models.params, ema=models.ema, optimizer=optimizer
+        )
+        start = min(saved.step, T)
+        log.resume(start)
+        if main:
+            print(f"kwarp train: resuming {name} i{iteration} m{member} at step {start}/{T}", flush=True)
+            if saved.world_size != world:
+                # Prompt order is global, but each process's share and sampling seed depend on the count.
+                print(
+                    f"kwarp train: warning: the state was saved by {saved.world_size} process(es), this run has "
+                    f"{world}; training continues correctly but will not repeat the interrupted run's samples",
+                    flush=True,
+                )
+    models.policy, optimizer = accelerator.prepare(models.bare, optimizer)
+    if main:
+        print(
+            f"kwarp train: {name} i{iteration} m{member}: steps {start}..{T}, {spec.training.batch_size} prompts x "
+            f"{cfg.samples_per_prompt} samples, anchor {spec.warp.anchor}, {world} process(es) on "
+            f"{accelerator.device.type}, compute {accelerator.mixed_precision}, seed {seed}",
+            flush=True,
+        )
+
+    registry = CollectorRegistry()
+    metrics = TrainerMetrics.create(registry)
+    namespace = telemetry.task_namespace()
+    labels = member_labels(namespace, name, iteration, member)
+    metrics.start(labels, T, start)
+    exporting = (
+        telemetry.export(registry, component="trainer", namespace=namespace, run=name, iteration=iteration, member=member)
+        if main
+        else nullcontext()
+    )
+    evaluate = _evaluator(run, iteration, models, reward, store, accelerator, eval_prompts) if eval_every else None
+
+    def save(step: int) -> None:
+        if main:
+            log.upload()
+            progress = Progress(step, T, step * spec.training.batch_size, seed, world, iteration, member)
+            with store.write_checkpoint(state_key, {"step": step}) as folder:
+                save_state(folder, progress, names=models.names, policy=models.params, ema=models.ema, optimizer=optimizer)
+        accelerator.wait_for_everyone()
+
+    with exporting:
+        for step in range(start, T):
+            torch.manual_seed(step_seed(seed, step, accelerator.process_index))
+            indices = batch_indices(len(prompts), spec.training.batch_size, step, seed)
+            mine = indices[accelerator.process_index * per_process : (accelerator.process_index + 1) * per_process]
+            record = training_step(models, reward, optimizer, accelerator, [prompts[i] for i in mine], step, cfg)
+            record = {"step": step + 1, **record, "time": time.time()}
+            if evaluate is not None and ((step + 1) % eval_every == 0 or step + 1 == T):
+                record["eval"] = evaluate()
+            if main:
+                log.append(record)
+                metrics.record_step(labels, record)
+                print(progress_line(record, T), flush=True)
+            if (step + 1) % spec.training.checkpoint_interval == 0 and step + 1 < T:
+                save(step + 1)
+            if on_step is not None:
+                on_step(record)
+
+        if main:
+            log.upload()
+            meta = {"run": name, "iteration": iteration, "member": member, "steps": T, "seed": seed}
+            # EMA first: `final` marks the member done, so everything else must exist before it.
+            ema_key = layout.member_ema(name, iteration, member)
+            publish_model(store, ema_key, models.bare, models.tokenizer, models.names, models.ema, {**meta, "kind": "ema"})
+            publish_model(store, final_key, models.bare, models.tokenizer, models.names, models.params, {**meta, "kind": "final"})
+            print(f"kwarp train: {name} i{iteration} m{member} done: {final_key}", flush=True)
+        accelerator.wait_for_everyone()
+    return True
+
+
+def _evaluator(
+    run: WarpRun, iteration: int, models: Models, reward: Reward, store: Store, accelerator: Any, n_prompts: int | None
+) -> Callable[[], dict[str, float] | None]:
+    """Reward and KL to θ_sft of the current policy on the eval prompts (the main process measures)."""
+    spec = run.spec
+    frozen_init = models.init if models.init is not None else models.anchor if spec.warp.anchor == "sft" else None
+    if iteration == 0 and frozen_init is not None:
+        sft = frozen_init  # iteration 0 starts from θ_sft itself
+    else:
+        compute = resolve_dtype(spec.policy.dtype, accelerator.device)
+        sft_dir = store.open_checkpoint(layout.base(run.name))
+        sft = load_causal_lm(sft_dir, compute, spec.policy.trust_remote_code, accelerator.device).requires_grad_(False)
+    prompts = read_prompts(
+        spec.data.eval,
+        spec.data.prompt_field,
+        storage=spec.storage,
+        limit=n_prompts or spec.evaluation.prompts,
+        spec_field="spec.data.eval",
+    )
+    settings = eval_settings(spec)
+
+    def evaluate() -> dict[str, float] | None:
+        point = None
+        if accelerator.is_main_process:
+            with accelerator.autocast():
+                p = evaluate_policy(models.bare, models.tokenizer, sft, reward, prompts, **settings)
+            point = {
+                "reward": p["reward"],
+                "reward_stderr": p["reward_stderr"],
+                "kl_sft": p["kl"],
+                "kl_sft_stderr": p["kl_stderr"],
+                "length": p["length"],
+            }
+        accelerator.wait_for_everyone()
+        return point
+
+    return evaluate
