@@ -311,6 +311,7 @@ class LocalExecutor:
         self.procs[task] = proc
         self.started_this_session.add(task)
         self.timeline.append({"task": task.id, "attempt": attempt, "start": proc.started, "end": None, "status": "running"})
+        self._save_timeline()  # kept current: a killed runner leaves an accurate record
 
     def reap(self) -> None:
         for task, proc in list(self.procs.items()):
@@ -328,6 +329,7 @@ class LocalExecutor:
             if entry is not None:
                 entry.update(end=end, status="succeeded" if done else "failed", exit_code=rc)
             if done:
+                self._save_timeline()
                 self.durations.setdefault(task.kind, []).append(end - proc.started)
                 if not self.live or not self.console.is_terminal:
                     self.console.print(f"  done   {task.id} in {end - proc.started:.1f}s")

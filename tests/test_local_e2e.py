@@ -1,0 +1,104 @@
+"""`kwarp run` end to end on the demo task (tiny settings): killed mid-run, run again, completes.
+
+Checks the embedded executor's promises: a second run continues from what is complete and redoes
+nothing (finished members keep their exact checkpoints; no new attempt of a finished task), no
+half-written checkpoint is ever visible, and the report holds a front for every iteration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from kwarp.checkpoints import MANIFEST
+from kwarp.observe import completed_tasks
+from kwarp.plan import all_tasks
+from kwarp.spec import load
+from kwarp.store import FileStore, layout
+from tests.tinytask import tiny_document
+
+
+def _kwarp(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kwarp", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen[str]) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"runner exited early ({proc.returncode}):\n{proc.stdout.read() if proc.stdout else ''}")
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for the run to reach the kill point")
+
+
+def test_run_killed_and_resumed(tiny_task: Path, tmp_path: Path) -> None:
+    store_root = tmp_path / "store"
+    doc_path = tmp_path / "warprun.yaml"
+    doc_path.write_text(yaml.safe_dump(tiny_document(tiny_task, str(store_root), name="resume")))
+    run = load(doc_path)
+    store = FileStore(store_root)
+    env = {**os.environ, "KWARP_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+
+    # 1. Start, and kill the runner (SIGKILL: no clean-up) once iteration 0 is merged and
+    #    iteration 1's members have saved a resumable state.
+    first = _kwarp("run", str(doc_path), "--plain", "--parallel", "2", "--no-report", env=env)
+    _wait_for(
+        lambda: store.has_checkpoint(layout.init("resume", 1))
+        and store.has_checkpoint(layout.member_state("resume", 1, 0)),
+        timeout=600,
+        proc=first,
+    )
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    time.sleep(1.0)  # children die with the runner (PR_SET_PDEATHSIG)
+
+    done_before = completed_tasks(store, run.spec, "resume")
+    assert {t.id for t in done_before} >= {"prepare", "i0-m0", "i0-m1", "i0-merge"}
+    assert len(done_before) < len(all_tasks(run.spec))
+    # Nothing half-written is visible: every listed checkpoint folder has a verifying manifest.
+    for key in store.list("resume/"):
+        if key.endswith(MANIFEST):
+            store.verify_checkpoint(key.rsplit("/", 1)[0])
+    finals_before = {
+        m: store.read_manifest(layout.member_final("resume", 0, m)).digest for m in range(2)
+    }
+    slerp_before = store.read_manifest(layout.slerp("resume", 0)).digest
+    attempts_before = json.loads((store_root / layout.runner_json("resume")).read_text())["tasks"]
+
+    # 2. The same command again: it completes.
+    second = subprocess.run(
+        [sys.executable, "-m", "kwarp", "run", str(doc_path), "--plain", "--parallel", "2"],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert completed_tasks(store, run.spec, "resume") == frozenset(all_tasks(run.spec))
+
+    # 3. Nothing complete was redone.
+    assert {m: store.read_manifest(layout.member_final("resume", 0, m)).digest for m in range(2)} == finals_before
+    assert store.read_manifest(layout.slerp("resume", 0)).digest == slerp_before
+    timeline = json.loads((store_root / layout.runner_json("resume")).read_text())["tasks"]
+    new_attempts = timeline[len(attempts_before):]
+    assert not {e["task"] for e in new_attempts} & {t.id for t in done_before}
+    # The interrupted members resumed from their saved state rather than starting over.
+    log = (store_root / "resume" / "logs" / "i1-m0.log").read_text()
+    assert "resum" in log.lower()
+
+    # 4. The report: a front for every iteration, figures, and the trajectories.
+    report = store_root / "resume" / "report"
+    summary = json.loads((report / "summary.json").read_text())
+    assert [it["iteration"] for it in summary["iterations"]] == [0, 1]
+    for it in summary["iterations"]:
+        assert len(it["front"]) == 3 and all(p["kl"] is not None for p in it["front"])
+    assert (report / "report.html").stat().st_size > 10_000
+    assert (report / "pareto.png").is_file()
