@@ -9,6 +9,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from kwarp.spec import WarpRunSpec
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid")
@@ -48,6 +50,11 @@ class IterationFront(_Model):
     points: list[ParetoPoint] = Field(default_factory=list)
 
 
+class TaskFailures(_Model):
+    count: int = Field(description="Failed attempts of the task")
+    reason: str = Field("", description="Why the latest attempt failed")
+
+
 class WarpRunStatus(_Model):
     phase: str | None = Field(None, description="Pending, Training, Merging, Evaluating, Succeeded, Failed, Suspended")
     iteration: int | None = None
@@ -61,3 +68,12 @@ class WarpRunStatus(_Model):
     observed_generation: int | None = None
     start_time: str | None = None
     completion_time: str | None = None
+    failures: dict[str, TaskFailures] = Field(
+        default_factory=dict,
+        description="Failed attempts per task id (i0-m1, i0-merge, ...); kept when the Jobs are gone",
+    )
+    accepted_spec: WarpRunSpec | None = Field(
+        None,
+        description="The spec the operator executes: the first valid spec, plus later changes to safe fields "
+        "(suspend, failurePolicy, cleanup, resources)",
+    )

@@ -1,0 +1,281 @@
+"""Benchmark the operator against the API server emulator: how fast it reacts, how many reconciles it does.
+
+    python benchmarks/operator.py [--runs 100] [--iterations 2] [--members 2] [--out FILE]
+
+The API server (tests/kube.py's emulator) runs in a child process, as a real one would; the operator
+(kopf, `kwarp.operator.app.serve`) and the test Job controller run in this process. Every Job is
+"run" by the controller at once: it writes the task's outputs into a file:// store (tiny checkpoints
+with manifests, eval.json) and marks the Job Complete through its status subresource. The operator's
+resync timer is set far out, so all progress is driven by watch events.
+
+Two scenarios, measured in the same invocation:
+
+- baseline: 1 WarpRun in flight;
+- load:     --runs WarpRuns created at once.
+
+Figures (printed, never asserted):
+
+- reaction latency: from a Job's completion (its status patch acknowledged) to the creation of the
+  Job it unblocked (first seen on a watch of Jobs), p50 / p99 / max, over every dependency edge
+  (members -> merge, merge -> eval and next members); for scale, the API floor: create a Job ->
+  ADDED on the same watch;
+- reconcile rate: reconciles per second while the runs are in flight, and the mean and p99 reconcile
+  duration (from the operator's own histogram, scraped from /metrics); reconciles per created Job;
+- wall time until every run Succeeded.
+
+The machine is shared by the API server, the operator, the Job controller and the store (a local
+folder): figures are a lower bound for an operator with an API server and MinIO of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import re
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import kubernetes  # noqa: E402
+
+from kwarp.crd import crd  # noqa: E402
+from kwarp.operator.jobs import LABEL_RUN, WorkerSettings  # noqa: E402
+from kwarp.plan import Task, dependencies  # noqa: E402
+from kwarp.spec import parse  # noqa: E402
+from tests.kube import Cluster, RunningOperator, StatusJobRunner, wait_for  # noqa: E402
+from tests.test_operator import options, warprun, write_outputs  # noqa: E402
+
+NS = "default"
+
+
+# ------------------------------------------------------------------ the API server, in a child process
+
+
+def serve_api(workdir: str, ready: Any, stop: Any) -> None:
+    sys.path.insert(0, str(ROOT))
+    with Cluster(Path(workdir), crds=[crd()]):
+        ready.set()
+        stop.wait()
+
+
+# ------------------------------------------------------------------ observation
+
+
+class JobClock:
+    """When each Job was first seen (watch ADDED) and when the controller completed it."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+        self.added: dict[str, float] = {}
+        self.completed: dict[str, float] = {}
+        self.specs: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> JobClock:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _watch(self) -> None:
+        batch = kubernetes.client.BatchV1Api(self.cluster.client())
+        rv = self.cluster.raw("GET", f"/apis/batch/v1/namespaces/{NS}/jobs")["metadata"]["resourceVersion"]
+        while not self._stop.is_set():
+            for event in kubernetes.watch.Watch().stream(batch.list_namespaced_job, NS, resource_version=rv,
+                                                         timeout_seconds=1):  # fmt: skip
+                job = event["raw_object"]
+                rv = job["metadata"]["resourceVersion"]
+                name = job["metadata"]["name"]
+                if event["type"] == "ADDED" and name not in self.added:
+                    self.added[name] = time.monotonic()
+
+
+class TimedRunner(StatusJobRunner):
+    def __init__(self, cluster: Cluster, clock: JobClock):
+        super().__init__(cluster, outcome=self._work)
+        self.clock = clock
+
+    def _work(self, job: dict[str, Any]) -> None:
+        if LABEL_RUN not in job["metadata"].get("labels", {}):
+            return None  # the API floor's bare Jobs: nothing to do
+        write_outputs(job)
+        name = job["metadata"]["name"]
+        self.succeed(name)
+        self.clock.completed[name] = time.monotonic()
+        return None
+
+
+def reaction_latencies(clock: JobClock, runs: list[str], spec_doc: dict[str, Any]) -> list[float]:
+    """For every Job but `prepare`: its creation minus the completion of the last Job it waited for."""
+    spec = parse(spec_doc).spec
+    out = []
+    for run in runs:
+        for name, added in clock.added.items():
+            if not name.startswith(f"{run}-"):
+                continue
+            task = Task.parse_id(re.sub(r"-r\d+$", "", name[len(run) + 1 :]))
+            deps = [d.job_name(run) for d in dependencies(spec, task)]
+            if deps and all(d in clock.completed for d in deps):
+                out.append(added - max(clock.completed[d] for d in deps))
+    return out
+
+
+def api_floor(cluster: Cluster, clock: JobClock, n: int = 50) -> list[float]:
+    """Create bare Jobs and time their ADDED events on the same watch: what the API itself costs."""
+    batch = kubernetes.client.BatchV1Api(cluster.client())
+    out = []
+    for i in range(n):
+        name = f"floor-{i}"
+        manifest = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "labels": {"bench": "floor"}},
+                    "spec": {"template": {"spec": {"restartPolicy": "Never",
+                                                   "containers": [{"name": "c", "image": "none"}]}}}}  # fmt: skip
+        t0 = time.monotonic()
+        batch.create_namespaced_job(NS, manifest)
+        wait_for(lambda n=name: n in clock.added, 10, interval=0.001, message=name)
+        out.append(clock.added[name] - t0)
+    return out
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("kwarp_operator_reconcile_duration_seconds"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+def histogram_quantile(before: dict[str, float], after: dict[str, float], q: float) -> float | None:
+    """The upper bound of the bucket holding quantile q of the reconciles between two scrapes."""
+    buckets = []
+    for key, value in after.items():
+        if "_bucket{" in key:
+            le = key.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), value - before.get(key, 0.0)))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0
+    for le, count in buckets:
+        if total and count >= q * total:
+            return le
+    return None
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
+
+
+# ------------------------------------------------------------------ one scenario
+
+
+def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: int, prefix: str,
+             iterations: int, members: int) -> dict[str, Any]:  # fmt: skip
+    spec_patch = {"warp": {"iterations": iterations, "policies": members, "steps": 3}}
+    runs = [f"{prefix}-{i:03d}" for i in range(n_runs)]
+    custom = kubernetes.client.CustomObjectsApi(cluster.client())
+    before = scrape(port)
+    t0 = time.monotonic()
+    for run in runs:
+        custom.create_namespaced_custom_object("kwarp.dev", "v1alpha1", NS, "warpruns", warprun(store, run, **spec_patch))
+
+    def all_succeeded() -> bool:
+        items = cluster.raw("GET", f"/apis/kwarp.dev/v1alpha1/namespaces/{NS}/warpruns")["items"]
+        phases = [(i.get("status") or {}).get("phase") for i in items if i["metadata"]["name"] in runs]
+        return len(phases) == n_runs and all(p == "Succeeded" for p in phases)
+
+    wait_for(all_succeeded, 60 + 5 * n_runs, interval=0.2, message=f"{n_runs} runs Succeeded")
+    wall = time.monotonic() - t0
+    after = scrape(port)
+    count = after["kwarp_operator_reconcile_duration_seconds_count"] - before.get("kwarp_operator_reconcile_duration_seconds_count", 0)
+    total = after["kwarp_operator_reconcile_duration_seconds_sum"] - before.get("kwarp_operator_reconcile_duration_seconds_sum", 0)
+    jobs = sum(1 for name in clock.added if any(name.startswith(f"{r}-") for r in runs))
+    latencies = reaction_latencies(clock, runs, warprun(store, runs[0], **spec_patch))
+    return {
+        "runs": n_runs,
+        "jobs": jobs,
+        "wall_s": round(wall, 2),
+        "jobs_per_s": round(jobs / wall, 1),
+        "reconciles": int(count),
+        "reconciles_per_s": round(count / wall, 1),
+        "reconciles_per_job": round(count / jobs, 2),
+        "reconcile_mean_ms": round(1000 * total / count, 1),
+        "reconcile_p99_bucket_ms": (q * 1000 if (q := histogram_quantile(before, after, 0.99)) is not None else None),
+        "reaction_p50_ms": round(1000 * statistics.median(latencies), 1),
+        "reaction_p99_ms": round(1000 * pct(latencies, 0.99), 1),
+        "reaction_max_ms": round(1000 * max(latencies), 1),
+        "edges": len(latencies),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--members", type=int, default=2)
+    parser.add_argument("--out", help="also write the figures as JSON here")
+    args = parser.parse_args()
+
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)
+    workdir = Path(tempfile.mkdtemp(prefix="kwarp-bench-operator-"))
+    store = workdir / "store"
+    store.mkdir()
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    server = ctx.Process(target=serve_api, args=(str(workdir / "api"), ready, stop), daemon=True)
+    server.start()
+    try:
+        if not ready.wait(60):
+            raise SystemExit("the API server did not start")
+        cluster = Cluster(workdir / "api")  # the client side only: the child process serves it
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        opts = options(metrics_port=port, bind_address="127.0.0.1", worker=WorkerSettings(image="kwarp-worker:bench"))
+        with JobClock(cluster) as clock, TimedRunner(cluster, clock) as runner, RunningOperator(cluster, opts):
+            floor = api_floor(cluster, clock)
+            baseline = scenario(cluster, store, port, clock, 1, "solo", args.iterations, args.members)
+            load = scenario(cluster, store, port, clock, args.runs, "load", args.iterations, args.members)
+            if runner.errors:
+                raise SystemExit(f"the Job controller failed: {runner.errors[:3]}")
+    finally:
+        stop.set()
+        server.join(10)
+
+    figures = {
+        "machine": {"cpus": os.cpu_count()},
+        "api_floor_create_to_watch_ms": {"p50": round(1000 * statistics.median(floor), 2),
+                                         "p99": round(1000 * pct(floor, 0.99), 2)},  # fmt: skip
+        "baseline_1_run": baseline,
+        f"load_{args.runs}_runs": load,
+        "ratios_load_over_baseline": {
+            "reaction_p50": round(load["reaction_p50_ms"] / baseline["reaction_p50_ms"], 2),
+            "reaction_p99": round(load["reaction_p99_ms"] / baseline["reaction_p99_ms"], 2),
+            "reconcile_mean": round(load["reconcile_mean_ms"] / baseline["reconcile_mean_ms"], 2),
+            "reconciles_per_s": round(load["reconciles_per_s"] / baseline["reconciles_per_s"], 2),
+        },
+    }
+    print(json.dumps(figures, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

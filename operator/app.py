@@ -1,0 +1,168 @@
+"""Wiring of the operator: settings, the Kubernetes client, the reconciler, the handlers, the endpoints.
+
+`serve(options)` runs until stopped, in the current event loop: `kwarp operator` runs it in the main
+thread (SIGTERM/SIGINT stop it); tests run it in a thread and stop it with `stop_flag`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+import kubernetes
+
+from kwarp import __version__
+from kwarp.errors import UserError
+from kwarp.spec import API_GROUP, PodResources
+
+from . import handlers
+from .jobs import WorkerSettings
+from .kube import Kube
+from .metrics import MetricsServer
+from .reconcile import Reconciler, StoreOpener
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WORKER_IMAGE = f"kwarp-worker:{__version__}"
+ROLES = ("trainer", "merger", "evaluation")
+# Operator environment that every task container receives as well: the store's endpoint and TLS
+# setting and where to push metrics are the same for the operator and its workers.
+FORWARDED_ENV = ("KWARP_S3_ENDPOINT", "KWARP_S3_SECURE", "AWS_REGION", "AWS_DEFAULT_REGION",
+                 "KWARP_PUSHGATEWAY", "KWARP_PUSH_INTERVAL")  # fmt: skip
+
+
+@dataclass
+class OperatorOptions:
+    namespaces: list[str] = field(default_factory=list)  # empty: all namespaces
+    metrics_port: int | None = 8080  # None: no /metrics endpoint
+    liveness_port: int | None = 8081  # None: no liveness endpoint
+    bind_address: str = "0.0.0.0"
+    peering: str | None = None
+    standalone: bool | None = None  # None: kopf decides (peering if its CRDs exist)
+    priority: int | None = None
+    resync_seconds: float = 60.0
+    worker: WorkerSettings = field(default_factory=lambda: WorkerSettings(image=DEFAULT_WORKER_IMAGE))
+    storage_secret: str | None = None
+    max_workers: int = 8  # threads running handlers (reconciles of different runs run in parallel)
+
+
+def worker_defaults(raw: str | None) -> dict[str, PodResources]:
+    """KWARP_WORKER_DEFAULTS: JSON {role: spec.resources.<role>-shaped settings}, roles trainer/merger/evaluation."""
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as err:
+        raise UserError(f"KWARP_WORKER_DEFAULTS is not JSON: {err}") from None
+    if not isinstance(data, dict) or set(data) - set(ROLES):
+        raise UserError(f"KWARP_WORKER_DEFAULTS must map some of {', '.join(ROLES)} to pod settings, got {raw!r}")
+    try:
+        return {r: PodResources.model_validate(v) for r, v in data.items()}
+    except ValueError as err:
+        raise UserError(f"KWARP_WORKER_DEFAULTS: {err}") from None
+
+
+def forwarded_env(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: env[k] for k in FORWARDED_ENV if env.get(k)}
+
+
+def kopf_settings(options: OperatorOptions) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    # kopf's bookkeeping under kwarp's own prefix, in annotations (the status schema is kwarp's).
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    # Log lines do not become Events below WARNING: the reconciler posts the Events users need.
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = options.max_workers
+    # Only the operator's Jobs are watched (filtered by the API server, not in the operator).
+    settings.watching.label_selectors["batch", "jobs"] = handlers.LABEL_RUN
+    # Reconnect watches now and then, as real API servers drop long ones anyway.
+    settings.watching.server_timeout = 600
+    return settings
+
+
+def kube_configuration() -> kubernetes.client.Configuration:
+    """In-cluster service account, else $KUBECONFIG (read now, not when the client library was imported)."""
+    cfg = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=cfg)
+    except kubernetes.config.ConfigException:
+        path = os.environ.get("KUBECONFIG") or "~/.kube/config"
+        try:
+            kubernetes.config.load_kube_config(config_file=path, client_configuration=cfg)
+        except (kubernetes.config.ConfigException, OSError) as err:
+            raise UserError(
+                f"no Kubernetes credentials: not in a cluster and no usable kubeconfig at {path} ({err})"
+            ) from None
+    return cfg
+
+
+def build(options: OperatorOptions, *, configuration: Callable[[], kubernetes.client.Configuration] = kube_configuration,
+          metrics: MetricsServer | None = None,
+          env: Mapping[str, str] | None = None) -> tuple[kopf.OperatorRegistry, Reconciler]:  # fmt: skip
+    kube = Kube(kubernetes.client.ApiClient(configuration()))
+    reconciler = Reconciler(
+        kube,
+        options.worker,
+        stores=StoreOpener(kube, env, default_secret=options.storage_secret),
+        metrics=metrics.metrics if metrics else None,
+        events=post_event,
+    )
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, reconciler, configuration, resync_seconds=options.resync_seconds)
+    return registry, reconciler
+
+
+def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    kopf.event(dict(body), type=type_, reason=reason, message=message)
+
+
+async def serve(options: OperatorOptions, *, stop_flag: threading.Event | asyncio.Event | None = None,
+                ready_flag: threading.Event | asyncio.Event | None = None,
+                configuration: Callable[[], kubernetes.client.Configuration] = kube_configuration) -> None:  # fmt: skip
+    metrics = MetricsServer(options.metrics_port, options.bind_address).start() if options.metrics_port is not None else None
+    try:
+        registry, _ = build(options, configuration=configuration, metrics=metrics)
+        liveness = (
+            f"http://{options.bind_address}:{options.liveness_port}/healthz" if options.liveness_port is not None else None
+        )
+        log.info(
+            "kwarp operator %s: %s, worker image %s%s", __version__,
+            f"namespaces {', '.join(options.namespaces)}" if options.namespaces else "all namespaces",
+            options.worker.image, f", metrics on :{metrics.port}" if metrics else "",
+        )  # fmt: skip
+        await kopf.operator(
+            registry=registry,
+            settings=kopf_settings(options),
+            clusterwide=not options.namespaces,
+            namespaces=options.namespaces,
+            standalone=options.standalone,
+            peering_name=options.peering,
+            priority=options.priority,
+            liveness_endpoint=liveness,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    finally:
+        if metrics is not None:
+            metrics.stop()
+
+
+def env_int(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"{name} must be an integer, got {value!r}") from None

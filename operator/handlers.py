@@ -1,0 +1,94 @@
+"""The kopf handlers: thin triggers of the one reconcile, plus the delete-time cleanup and a probe.
+
+    WarpRun created / resumed / spec or labels changed  -> reconcile the run
+    a Job labelled kwarp.dev/run changed (any event)     -> reconcile the run that owns it
+    every `resync` seconds, per WarpRun (timer)          -> reconcile the run (safety net)
+    WarpRun deleted (finalizer kwarp.dev/finalizer)      -> cleanup: Delete removes <run>/ from the store
+
+The Job handler is `on.event`: kopf keeps no state for such handlers, so it never writes annotations
+or finalizers to the Jobs (the integration tests check it). Handlers are registered on a registry the
+caller owns, so that tests can start several operators in one process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kopf
+import kubernetes
+
+from kwarp.spec import API_GROUP, API_VERSION, KIND, PLURAL
+
+from .jobs import LABEL_RUN
+from .reconcile import CleanupPending, Reconciler
+
+RUNS = (API_GROUP, API_VERSION, PLURAL)
+
+
+def owning_run(body: Mapping[str, Any]) -> str | None:
+    """The WarpRun that controls a Job (its controller owner reference), else its run label."""
+    meta = body.get("metadata", {})
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{API_GROUP}/"):
+            return ref.get("name")
+    return (meta.get("labels") or {}).get(LABEL_RUN)
+
+
+def connection_info(cfg: kubernetes.client.Configuration) -> kopf.ConnectionInfo:
+    """kopf's credentials from a kubernetes client configuration (the one the reconciler uses too)."""
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization") or ""
+    parts = header.split(" ", 1)
+    scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0] or None)
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        username=cfg.username or None,
+        password=cfg.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+    )
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    reconciler: Reconciler,
+    configuration: Callable[[], kubernetes.client.Configuration],
+    *,
+    resync_seconds: float = 60.0,
+) -> None:
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # Called again whenever the API answers 401: a fresh configuration re-reads a rotated token.
+        return connection_info(configuration())
+
+    @kopf.on.resume(*RUNS, registry=registry, backoff=10)
+    @kopf.on.create(*RUNS, registry=registry, backoff=10)
+    @kopf.on.update(*RUNS, registry=registry, backoff=10)
+    def run_changed(name: str, namespace: str, **_: Any) -> None:
+        reconciler.request(namespace, name)
+
+    @kopf.on.event("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)
+    def job_changed(body: Mapping[str, Any], namespace: str, **_: Any) -> None:
+        run = owning_run(body)
+        if run:
+            reconciler.request(namespace, run)
+
+    @kopf.timer(*RUNS, interval=resync_seconds, initial_delay=resync_seconds, registry=registry)
+    def resync(name: str, namespace: str, **_: Any) -> None:
+        reconciler.request(namespace, name)
+
+    @kopf.on.delete(*RUNS, registry=registry, backoff=2)
+    def run_deleted(name: str, namespace: str, body: Mapping[str, Any], **_: Any) -> None:
+        try:
+            reconciler.cleanup(namespace, name, body)
+        except CleanupPending as pending:
+            raise kopf.TemporaryError(str(pending), delay=2) from None
+
+    @kopf.on.probe(id="reconciles", registry=registry)
+    def reconciles(**_: Any) -> dict[str, float]:
+        return {"seconds_since_last_reconcile": round(time.monotonic() - reconciler.last_success, 1)}

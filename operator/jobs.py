@@ -1,0 +1,254 @@
+"""Job manifests for the tasks of a WarpRun: pure functions from (run, task, attempt, settings) to plain dicts.
+
+One Job per task attempt, named `task.job_name(run, attempt)` so that creating it twice is a no-op
+(409 AlreadyExists). The Job is owned by the WarpRun (controller owner reference), so deleting the run
+garbage-collects its Jobs and their pods. The container runs the task command `kwarp <task argv>`
+(the image's entrypoint is kwarp; with more than one GPU per trainer, `accelerate launch -m kwarp`)
+and reads the WarpRun from $KWARP_SPEC.
+
+Pods run as a non-root user with a read-only root file system; everything a task writes locally
+(the S3 checkpoint cache, HOME, TMPDIR) lives on a scratch emptyDir mounted at /scratch, and GPU
+pods get a memory-backed /dev/shm (NCCL and data loaders need more than the runtime's 64 MiB).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kwarp.plan import Task
+from kwarp.spec import API_GROUP, API_VERSION, KIND, SPEC_ENV, PodResources, WarpRun, WarpRunSpec
+
+# Labels on every Job and pod. The run label is how the operator finds a run's Jobs.
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_RUN = f"{API_GROUP}/run"
+LABEL_TASK = f"{API_GROUP}/task"
+LABEL_ITERATION = f"{API_GROUP}/iteration"
+LABEL_MEMBER = f"{API_GROUP}/member"
+LABEL_ATTEMPT = f"{API_GROUP}/attempt"
+APP_NAME = "kwarp"
+MANAGED_BY = "kwarp-operator"
+
+COMPONENTS = {"prepare": "prepare", "train": "trainer", "merge": "merger", "eval": "evaluation"}
+
+SCRATCH = "/scratch"
+METRICS_PORT_NAME = "metrics"
+RUN_AS_USER = 1000
+# S3 credentials a worker reads from the run's Secret (the names the AWS SDKs and kwarp's S3 store read).
+SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Operator-wide settings of the Jobs it creates (flags / env of `kwarp operator`)."""
+
+    image: str
+    service_account: str | None = None  # spec.resources.<role>.serviceAccountName wins
+    ttl_seconds_after_finished: int | None = None
+    metrics_port: int = 9400
+    storage_secret: str | None = None  # used when spec.storage.secretName is unset
+    image_pull_policy: str | None = None
+    # Per role (trainer, merger, evaluation): pod settings for the fields a WarpRun leaves out.
+    defaults: Mapping[str, PodResources] = field(default_factory=dict)
+    # Environment every task container gets (the S3 settings the operator itself was given).
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def role(task: Task) -> str:
+    """The spec.resources entry of a task: merge and prepare run with the merger's (CPU) settings."""
+    return {"train": "trainer", "eval": "evaluation"}.get(task.kind, "merger")
+
+
+# Pod settings the operator's per-role defaults may fill. Not `gpus`: the CRD's schema defaults give every
+# run an explicit GPU count per role (trainer and evaluation 1, merger 0), so a run never leaves it out.
+DEFAULTABLE = ("image", "cpu", "memory", "node_selector", "tolerations", "priority_class_name", "service_account_name")
+
+
+def with_defaults(res: PodResources, default: PodResources | None) -> PodResources:
+    """A WarpRun's pod settings over the operator's defaults: a field the run leaves empty (null, {} or [])
+    takes the default. Emptiness, not presence, decides: the API server materialises the schema's
+    defaults, so every field of a stored WarpRun is present."""
+    if default is None:
+        return res
+    fill = {name: getattr(default, name) for name in DEFAULTABLE
+            if getattr(res, name) in (None, {}, []) and getattr(default, name) not in (None, {}, [])}  # fmt: skip
+    return res.model_copy(update=fill) if fill else res
+
+
+def resources_for(spec: WarpRunSpec, task: Task, defaults: Mapping[str, PodResources] | None = None) -> PodResources:
+    name = role(task)
+    return with_defaults(getattr(spec.resources, name), (defaults or {}).get(name))
+
+
+def job_labels(run: str, task: Task, attempt: int) -> dict[str, str]:
+    labels = {
+        LABEL_NAME: APP_NAME,
+        LABEL_COMPONENT: COMPONENTS[task.kind],
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_RUN: run,
+        LABEL_TASK: task.id,
+        LABEL_ATTEMPT: str(attempt),
+    }
+    if task.iteration >= 0:
+        labels[LABEL_ITERATION] = str(task.iteration)
+    if task.member >= 0:
+        labels[LABEL_MEMBER] = str(task.member)
+    return labels
+
+
+def owner_reference(run: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "name": run,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def command(task: Task, gpus: int) -> tuple[list[str], list[str]]:
+    """(command, args) of the task container."""
+    if task.kind == "train" and gpus > 1:
+        # One process per GPU; `-m kwarp` runs kwarp/__main__.py, i.e. the same CLI as the entrypoint.
+        return ["accelerate"], [
+            "launch", "--multi_gpu", "--num_processes", str(gpus), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--module", "kwarp", *task.argv(),
+        ]  # fmt: skip
+    return ["kwarp"], task.argv()
+
+
+def _quantities(r: PodResources) -> dict[str, Any]:
+    q: dict[str, str] = {}
+    if r.cpu:
+        q["cpu"] = r.cpu
+    if r.memory:
+        q["memory"] = r.memory
+    if r.gpus:
+        q["nvidia.com/gpu"] = str(r.gpus)
+    # requests == limits: a training pod should neither be throttled nor be the first one evicted.
+    return {"requests": q, "limits": dict(q)} if q else {}
+
+
+def _env(run: WarpRun, worker: WorkerSettings) -> list[dict[str, Any]]:
+    storage = run.spec.storage
+    env: list[dict[str, Any]] = [
+        {"name": SPEC_ENV, "value": json.dumps(run.to_document(), sort_keys=True, separators=(",", ":"))},
+        {"name": "KWARP_NAMESPACE", "value": run.metadata.namespace or "default"},
+        {"name": "KWARP_METRICS_PORT", "value": str(worker.metrics_port)},
+        {"name": "HOME", "value": SCRATCH},
+        {"name": "TMPDIR", "value": SCRATCH},
+        {"name": "KWARP_CACHE", "value": f"{SCRATCH}/cache"},
+        {"name": "HF_HOME", "value": f"{SCRATCH}/huggingface"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    forwarded = dict(worker.env)
+    if storage.endpoint:
+        forwarded["KWARP_S3_ENDPOINT"] = storage.endpoint
+    env += [{"name": k, "value": v} for k, v in sorted(forwarded.items()) if k not in {e["name"] for e in env}]
+    secret = storage.secret_name or worker.storage_secret
+    if secret:
+        # Explicit keys rather than envFrom: the pod gets the two credentials, not whatever else the Secret holds.
+        env += [
+            {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}} for key in SECRET_KEYS
+        ]
+    return env
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def job_manifest(run: WarpRun, uid: str, task: Task, attempt: int, worker: WorkerSettings) -> dict[str, Any]:
+    """The Job of one task attempt. `run` is the spec to execute (the accepted one), `uid` the WarpRun's."""
+    name = task.job_name(run.name, attempt)
+    namespace = run.metadata.namespace or "default"
+    res = resources_for(run.spec, task, worker.defaults)
+    labels = job_labels(run.name, task, attempt)
+    cmd, args = command(task, res.gpus)
+    component = COMPONENTS[task.kind]
+
+    mounts = [{"name": "scratch", "mountPath": SCRATCH}]
+    volumes: list[dict[str, Any]] = [{"name": "scratch", "emptyDir": {}}]
+    if res.gpus > 0:
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+
+    container: dict[str, Any] = {
+        "name": component,
+        "image": res.image or worker.image,
+        "command": cmd,
+        "args": args,
+        "env": _env(run, worker),
+        "ports": [{"name": METRICS_PORT_NAME, "containerPort": worker.metrics_port, "protocol": "TCP"}],
+        "volumeMounts": mounts,
+        "securityContext": _container_security(),
+        # The last log lines land in the pod status when a task fails: the operator quotes them.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if worker.image_pull_policy:
+        container["imagePullPolicy"] = worker.image_pull_policy
+    quantities = _quantities(res)
+    if quantities:
+        container["resources"] = quantities
+
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "enableServiceLinks": False,
+        # Tasks talk to the store, never to the Kubernetes API.
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    service_account = res.service_account_name or worker.service_account
+    if service_account:
+        pod["serviceAccountName"] = service_account
+    if res.priority_class_name:
+        pod["priorityClassName"] = res.priority_class_name
+    if res.node_selector:
+        pod["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in res.tolerations]
+
+    job_spec: dict[str, Any] = {
+        # Retries are the plan's: a failed attempt is a failed Job, and the next attempt is a new Job
+        # (<name>-r<n>) that the operator counts against failurePolicy.maxRetries. Retrying pods inside
+        # one Job would hide failures from the plan and reuse a name the operator already decided on.
+        "backoffLimit": 0,
+        # ... except that an evicted or preempted pod is not the task's fault: the Job replaces the pod
+        # and the trainer resumes from its saved state.
+        "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]},
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+    }
+    if worker.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = worker.ttl_seconds_after_finished
+
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(run.name, uid)],
+        },
+        "spec": job_spec,
+    }

@@ -1,0 +1,169 @@
+"""From the Jobs of a run (plain dicts from the API) to what the plan needs: `TaskJobs` per task. Pure.
+
+A Job is one attempt of one task (labels kwarp.dev/task and kwarp.dev/attempt). Its state comes from
+its conditions (Complete / Failed, FailureTarget as soon as the controller decided) and `spec.suspend`.
+A Job that completed while the store lacks its task's outputs counts as a failed attempt: otherwise
+the plan would want to start an attempt whose Job already exists, and the run would stall.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kwarp.plan import Task, TaskJobs
+
+from .jobs import LABEL_ATTEMPT, LABEL_TASK
+
+JobState = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
+ACTIVE_STATES = ("Pending", "Running", "Suspended")
+OUTPUTS_MISSING = "OutputsMissing"
+_MESSAGE_LIMIT = 600
+
+
+@dataclass(frozen=True)
+class JobView:
+    name: str
+    uid: str
+    task: Task
+    attempt: int
+    state: JobState
+    start_time: str | None = None
+    completion_time: str | None = None
+    failure_reason: str | None = None  # short, for metrics: BackoffLimitExceeded, DeadlineExceeded, ...
+    failure: str | None = None  # for people: reason and message of the Job's condition
+
+
+@dataclass(frozen=True)
+class Failures:
+    """Failed attempts of a task as recorded in the status: Jobs can be gone (TTL, manual deletion)."""
+
+    count: int
+    reason: str = ""
+
+
+def _true(conditions: Iterable[Mapping[str, Any]], *types: str) -> Mapping[str, Any] | None:
+    return next((c for c in conditions if c.get("type") in types and c.get("status") == "True"), None)
+
+
+def owned_by(job: Mapping[str, Any], uid: str) -> bool:
+    """A run's Jobs carry its uid: a Job left by an earlier run of the same name is not one of them."""
+    refs = job.get("metadata", {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
+def view(job: Mapping[str, Any]) -> JobView | None:
+    """The attempt a Job stands for, or None if it is not a kwarp task Job."""
+    meta = job.get("metadata", {})
+    labels = meta.get("labels") or {}
+    try:
+        task = Task.parse_id(labels[LABEL_TASK])
+        attempt = int(labels.get(LABEL_ATTEMPT, "0"))
+    except (KeyError, ValueError):
+        return None
+    status = job.get("status") or {}
+    conditions = status.get("conditions") or []
+    state: JobState
+    failure_reason = failure = None
+    if _true(conditions, "Complete"):
+        state = "Succeeded"
+    elif (c := _true(conditions, "Failed", "FailureTarget")) is not None:
+        state = "Failed"
+        failure_reason = c.get("reason") or "Failed"
+        failure = f"{c.get('reason') or 'Failed'}: {c.get('message') or 'no message'}"
+    elif (job.get("spec") or {}).get("suspend"):
+        state = "Suspended"
+    elif status.get("active") or status.get("ready"):
+        state = "Running"
+    else:
+        state = "Pending"
+    return JobView(
+        name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        task=task,
+        attempt=attempt,
+        state=state,
+        start_time=status.get("startTime"),
+        completion_time=status.get("completionTime"),
+        failure_reason=failure_reason,
+        failure=failure,
+    )
+
+
+def pod_failure(pod: Mapping[str, Any]) -> str | None:
+    """What a failed pod's container said: exit code, reason and the last line of its message."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        if terminated and terminated.get("exitCode", 0) != 0:
+            text = f"container {cs.get('name')} exited with code {terminated.get('exitCode')}"
+            if terminated.get("reason"):
+                text += f" ({terminated['reason']})"
+            lines = [ln for ln in (terminated.get("message") or "").strip().splitlines() if ln.strip()]
+            if lines:
+                text += f": {lines[-1].strip()}"
+            return text
+    return None
+
+
+def failure_message(job: JobView, pod_detail: str | None) -> str:
+    text = f"Job {job.name} {job.failure or 'failed'}"
+    if pod_detail:
+        text += f"; {pod_detail}"
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 1] + "…"
+
+
+def by_task(views: Iterable[JobView]) -> dict[Task, list[JobView]]:
+    """Attempts per task, oldest first."""
+    out: dict[Task, list[JobView]] = {}
+    for v in sorted(views, key=lambda v: (v.task, v.attempt)):
+        out.setdefault(v.task, []).append(v)
+    return out
+
+
+def attempt_failed(job: JobView, done: frozenset[Task]) -> bool:
+    return job.state == "Failed" or (job.state == "Succeeded" and job.task not in done)
+
+
+def task_jobs(
+    attempts: Mapping[Task, list[JobView]],
+    done: frozenset[Task],
+    *,
+    messages: Mapping[str, str] | None = None,
+    recorded: Mapping[Task, Failures] | None = None,
+) -> dict[Task, TaskJobs]:
+    """The plan's view of each task's Jobs. `messages` maps a failed Job's name to its failure text
+    (with the pod's details); `recorded` are failure counts kept in the status (they only grow)."""
+    messages = messages or {}
+    recorded = recorded or {}
+    out: dict[Task, TaskJobs] = {}
+    for task in set(attempts) | set(recorded):
+        jobs = attempts.get(task, [])
+        active = next((j for j in reversed(jobs) if j.state in ACTIVE_STATES), None)
+        failed = [j for j in jobs if attempt_failed(j, done)]
+        last = None
+        if failed:
+            j = failed[-1]
+            last = messages.get(j.name) or (
+                f"Job {j.name} completed, but the task's outputs are not complete in the store"
+                if j.state == "Succeeded"
+                else failure_message(j, None)
+            )
+        rec = recorded.get(task)
+        count = len(failed)
+        if rec is not None and rec.count > count:
+            count, last = rec.count, last or rec.reason
+        out[task] = TaskJobs(
+            active=active is not None,
+            suspended=active is not None and active.state == "Suspended",
+            failures=count,
+            last_failure=last,
+        )
+    return out
+
+
+def failure_reason_code(job: JobView, done: frozenset[Task]) -> str:
+    """Low-cardinality reason of a failed attempt, for the failures metric."""
+    if job.state == "Succeeded" and job.task not in done:
+        return OUTPUTS_MISSING
+    return job.failure_reason or "Failed"

@@ -1,0 +1,479 @@
+"""One level-triggered reconcile of a WarpRun: observe, plan, act, report.
+
+    read the WarpRun ─ validate the spec ─ settle which spec runs (accepted + safe changes)
+    observe: the store (completed tasks, fronts) and the run's Jobs (attempts, failures)
+    plan(spec, observed) -> actions                          (kwarp.plan, pure)
+    act: create Jobs (409 = already there), suspend / resume Jobs
+    build the status (operator.status, pure); patch it only if it changed; post Events
+
+Every handler (WarpRun create/resume/update, a Job event, the timer) calls `reconcile(ns, name)`;
+whatever triggered it, the same inputs give the same actions, so a replayed event or a restarted
+operator never starts a task twice: Job names are deterministic and creating an existing one is a
+no-op. Calls for one run never overlap (`KeyedSerializer`); a call that arrives while one runs is
+folded into one more pass after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from kwarp.metrics import OperatorMetrics
+from kwarp.plan import Action, Observed, Resume, Start, Succeed, Suspend, Task, plan
+from kwarp.spec import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    SAFE_TO_CHANGE,
+    SpecError,
+    WarpRun,
+    WarpRunSpec,
+    changed_fields,
+    parse,
+)
+from kwarp.status import WarpRunStatus
+from kwarp.store import Store, StoreError, layout, open_store
+
+from . import conditions as C
+from .jobs import COMPONENTS, SECRET_KEYS, WorkerSettings, job_manifest
+from .kube import ApiException, Kube
+from .observe import (
+    JobView,
+    by_task,
+    failure_message,
+    failure_reason_code,
+    owned_by,
+    pod_failure,
+    task_jobs,
+    view,
+)
+from .results import RunResults
+from .status import (
+    Observation,
+    SpecCheck,
+    build_status,
+    invalid_status,
+    previous_status,
+    recorded_failures,
+    status_patch,
+)
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[Mapping[str, Any], str, str, str], None]
+"""(WarpRun body, type Normal|Warning, reason, message) -> post a Kubernetes Event about the run."""
+
+
+def now_rfc3339() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# ------------------------------------------------------------------ which spec runs
+
+
+def cluster_problems(spec: WarpRunSpec) -> list[str]:
+    """What cannot work in a cluster although the spec validates: relative local paths mean nothing
+    in a pod (the CLI resolves them against the document's folder; an operator has no such folder)."""
+    locations = {
+        "spec.storage.url": spec.storage.url,
+        "spec.policy.location": spec.policy.location,
+        "spec.data.train": spec.data.train,
+        "spec.data.eval": spec.data.eval,
+    }
+    if spec.reward.location is not None:
+        locations["spec.reward.location"] = spec.reward.location
+    problems = []
+    for name, value in locations.items():
+        if "://" not in value and not Path(value).is_absolute():
+            problems.append(
+                f"  - {name}: '{value}' is a relative path, which means nothing in a pod; "
+                "use s3://bucket/key (or an absolute path that every pod mounts)"
+            )
+    return problems
+
+
+def effective_spec(body: Mapping[str, Any], accepted: WarpRunSpec | None) -> tuple[WarpRunSpec | None, SpecCheck]:
+    """The spec to execute, and what is wrong with the document.
+
+    The first valid spec is accepted. Later, changes to SAFE_TO_CHANGE fields are taken (they alter how
+    or whether work proceeds, not its results: suspend, failurePolicy, cleanup, resources); a change to
+    any other field is refused and the run goes on with its accepted spec. An invalid edit of a running
+    run likewise leaves it running on the accepted spec.
+    """
+    meta = body.get("metadata", {})
+    source = f"WarpRun {meta.get('namespace', '')}/{meta.get('name', '')}"
+    try:
+        run = parse(body, source=source)
+    except SpecError as err:
+        return accepted, SpecCheck(invalid=str(err))
+    problems = cluster_problems(run.spec)
+    if problems:
+        n = len(problems)
+        return accepted, SpecCheck(invalid="\n".join([f"{source}: invalid WarpRun ({n} problem{'s' * (n > 1)})", *problems]))
+    if accepted is None:
+        return run.spec, SpecCheck()
+    refused = changed_fields(accepted, run.spec)
+    if refused:
+        safe = {name: getattr(run.spec, name) for name in SAFE_TO_CHANGE}
+        return accepted.model_copy(update=safe), SpecCheck(refused=tuple(refused))
+    return run.spec, SpecCheck()
+
+
+def run_document(name: str, namespace: str, spec: WarpRunSpec) -> WarpRun:
+    """The WarpRun the tasks receive: the effective spec, with nothing of the API object's metadata."""
+    return WarpRun.model_validate(
+        {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND,
+         "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------ stores
+
+
+class StoreOpener:
+    """Opens a run's store, with the credentials of the Secret its spec names (read through the API and
+    kept for `secret_ttl` seconds). Stores are reused, so their connection pools are too.
+
+    Without `get` on Secrets (a deliberately narrower RBAC), the operator's own environment is used.
+    """
+
+    def __init__(self, kube: Kube, env: Mapping[str, str] | None = None, *, default_secret: str | None = None,
+                 secret_ttl: float = 60.0):  # fmt: skip
+        self.kube = kube
+        self.env = dict(os.environ if env is None else env)
+        self.default_secret = default_secret
+        self.secret_ttl = secret_ttl
+        self._secrets: dict[tuple[str, str], tuple[float, dict[str, str] | None]] = {}
+        self._stores: dict[Any, Store] = {}
+        self._lock = threading.Lock()
+
+    def _secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        key = (namespace, name)
+        with self._lock:
+            cached = self._secrets.get(key)
+        if cached is not None and time.monotonic() - cached[0] < self.secret_ttl:
+            return cached[1]
+        try:
+            data = self.kube.read_secret(namespace, name)
+        except ApiException as err:
+            if err.status != 403:
+                raise
+            log.warning("no permission to read Secret %s/%s: using the operator's own S3 credentials", namespace, name)
+            data = {}
+        if data is None:
+            raise StoreError(
+                f"spec.storage.secretName: Secret '{name}' does not exist in namespace '{namespace}'; "
+                f"create it with keys {' and '.join(SECRET_KEYS)}"
+            )
+        with self._lock:
+            self._secrets[key] = (time.monotonic(), data)
+        return data
+
+    def open(self, namespace: str, spec: WarpRunSpec) -> Store:
+        storage = spec.storage
+        if not storage.is_s3:
+            key: Any = ("file", storage.url)
+            with self._lock:
+                if key not in self._stores:
+                    self._stores[key] = open_store(storage.url, storage)
+                return self._stores[key]
+        from kwarp.store.s3 import S3Store
+
+        env = dict(self.env)
+        secret = storage.secret_name or self.default_secret
+        if secret:
+            data = self._secret(namespace, secret) or {}
+            env.update({k: data[k] for k in SECRET_KEYS if k in data})
+        key = ("s3", storage.model_dump_json(), tuple(env.get(k) for k in SECRET_KEYS))
+        with self._lock:
+            if key not in self._stores:
+                self._stores[key] = S3Store.from_url(storage.url, storage, env=env)
+            return self._stores[key]
+
+
+def store_url(spec: WarpRunSpec) -> str:
+    url = spec.storage.url
+    return url if "://" in url else f"file://{url}"
+
+
+# ------------------------------------------------------------------ serialisation per run
+
+
+class KeyedSerializer:
+    """Runs `fn` for a key with no two runs of the same key at once. A call that arrives while the key
+    is busy returns at once and makes the running call go round once more: any number of events
+    during a reconcile cost one more reconcile, not one each, and no handler thread waits on a lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy: dict[Any, bool] = {}  # key -> another pass requested
+
+    def run(self, key: Any, fn: Callable[[], Any]) -> bool:
+        """True if this call ran fn (at least once), False if it was folded into a running call."""
+        with self._lock:
+            if key in self._busy:
+                self._busy[key] = True
+                return False
+            self._busy[key] = False
+        try:
+            while True:
+                fn()
+                with self._lock:
+                    if not self._busy[key]:
+                        return True
+                    self._busy[key] = False
+        finally:
+            with self._lock:
+                self._busy.pop(key, None)
+
+
+# ------------------------------------------------------------------ the reconciler
+
+
+@dataclass
+class Outcome:
+    """What one reconcile did (for logs, tests and the benchmark)."""
+
+    phase: str | None = None
+    actions: list[Action] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    suspended: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    status_patched: bool = False
+
+
+class CleanupPending(Exception):
+    """The run's Jobs are still stopping: the store is cleaned up once they are gone (retry soon)."""
+
+
+class Clock(Protocol):
+    def __call__(self) -> str: ...
+
+
+def _no_events(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    return None
+
+
+class Reconciler:
+    def __init__(
+        self,
+        kube: Kube,
+        worker: WorkerSettings,
+        *,
+        stores: StoreOpener | None = None,
+        metrics: OperatorMetrics | None = None,
+        events: EventSink = _no_events,
+        clock: Clock = now_rfc3339,
+    ):
+        self.kube = kube
+        self.worker = worker
+        self.stores = stores or StoreOpener(kube)
+        self.metrics = metrics
+        self.events = events
+        self.clock = clock
+        self.results = RunResults()
+        self.serializer = KeyedSerializer()
+        self.last_success = time.monotonic()
+        self._pod_details: dict[str, str | None] = {}  # failed Job uid -> what its pod said
+        self._counted_failures: set[str] = set()  # Job uids already counted in the failures metric
+        self._lock = threading.Lock()
+
+    # -- entry points
+    def request(self, namespace: str, name: str) -> bool:
+        """Reconcile now, or fold into the reconcile of this run already running. Thread-safe."""
+        return self.serializer.run((namespace, name), lambda: self.reconcile(namespace, name))
+
+    def reconcile(self, namespace: str, name: str) -> Outcome | None:
+        start = time.perf_counter()
+        try:
+            outcome = self._reconcile(namespace, name)
+        except Exception as err:
+            if self.metrics is not None:
+                self.metrics.reconcile_errors.labels(reason=type(err).__name__).inc()
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.reconcile_seconds.observe(time.perf_counter() - start)
+        self.last_success = time.monotonic()
+        return outcome
+
+    def cleanup(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        """On deletion. With `cleanup: Delete`, stop the run's Jobs first (so that nothing writes any more),
+        then delete <run>/ from the store. Raises CleanupPending while Jobs remain. With Retain (the
+        default) nothing is removed here: garbage collection deletes the Jobs once the WarpRun is gone."""
+        meta = body.get("metadata", {})
+        uid = meta.get("uid")
+        previous = previous_status(body.get("status"))
+        spec, _ = effective_spec(body, previous.accepted_spec)
+        if spec is not None and spec.cleanup == "Delete" and uid:
+            jobs = [j for j in self.kube.list_jobs(namespace, name) if owned_by(j, uid)]
+            for job in jobs:
+                if not job["metadata"].get("deletionTimestamp"):
+                    self.kube.delete_job(namespace, job["metadata"]["name"])
+            if jobs:
+                raise CleanupPending(f"cleanup: Delete waits for {len(jobs)} Job(s) of {name} to stop")
+            store = self.stores.open(namespace, spec)
+            removed = store.delete_prefix(layout.run_prefix(name))
+            self.events(body, "Normal", "CheckpointsDeleted",
+                        f"cleanup: Delete removed {removed} objects under {store_url(spec).rstrip('/')}/{name}/")
+        self.forget(namespace, name, uid)
+
+    def forget(self, namespace: str, name: str, uid: str | None) -> None:
+        """Drop what is kept about a deleted run."""
+        if uid:
+            self.results.forget(uid)
+        if self.metrics is not None:
+            self.metrics.forget_run(namespace, name)
+
+    # -- one pass
+    def _reconcile(self, namespace: str, name: str) -> Outcome | None:
+        body = self.kube.get_run(namespace, name)
+        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+            return None  # gone, or going: the delete handler owns it now
+        meta = body["metadata"]
+        uid, generation = meta["uid"], meta.get("generation")
+        raw_status = body.get("status") or {}
+        previous = previous_status(raw_status)
+        now = self.clock()
+
+        spec, check = effective_spec(body, previous.accepted_spec)
+        if spec is None:
+            status = invalid_status(previous, check, now=now, generation=generation)
+            return self._report(body, raw_status, previous, status, Outcome())
+
+        # Jobs before the store: a task writes its outputs before its Job completes, so a Job seen
+        # Complete here has its outputs visible below. (The other order would see a Job that completed
+        # after the store was read as "Complete, outputs missing", a failed attempt.)
+        views = [v for j in self.kube.list_jobs(namespace, name) if owned_by(j, uid) and (v := view(j)) is not None]
+        try:
+            store = self.stores.open(namespace, spec)
+            key = (uid, spec.storage.url)
+            done = self.results.completed(key, store, spec, name)
+        except StoreError as err:
+            status = previous.model_copy(update={
+                "conditions": C.set_condition(previous.conditions, C.STORE_UNAVAILABLE, True, C.STORE_ERROR,
+                                              str(err), now=now, generation=generation),
+                "observed_generation": generation,
+            })  # fmt: skip
+            return self._report(body, raw_status, previous, status, Outcome())
+
+        attempts = by_task(views)
+        recorded = recorded_failures(previous)
+        messages = self._failure_messages(namespace, views)
+        jobs = task_jobs(attempts, done, messages=messages, recorded=recorded)
+        self._count_failures(views, done)
+
+        actions = plan(spec, Observed(done=done, jobs=jobs, succeeded=previous.phase == "Succeeded"))
+        outcome = Outcome(actions=list(actions))
+        run = run_document(name, namespace, spec)
+        for action in actions:
+            self._act(body, run, uid, attempts, action, outcome)
+
+        if outcome.created:  # the Jobs just created, as the next observation will see them
+            new = [JobView(name=a.task.job_name(name, a.attempt), uid="", task=a.task, attempt=a.attempt,
+                           state="Pending") for a in actions if isinstance(a, Start)]  # fmt: skip
+            attempts = by_task([*views, *new])
+            jobs = task_jobs(attempts, done, messages=messages, recorded=recorded)
+
+        fronts = self.results.fronts(key, store, name, done)
+        active = {t for t, j in jobs.items() if j.active}
+        members = self.results.members(key, store, spec, name, done, fronts, active)
+        obs = Observation(done=done, attempts=attempts, jobs=jobs, fronts=fronts, members=members)
+        status = build_status(
+            run=name, spec=spec, generation=generation, previous=previous, check=check, obs=obs,
+            actions=actions, store_url=store_url(spec), now=now,
+        )  # fmt: skip
+        status = status.model_copy(update={"conditions": C.clear_condition(
+            status.conditions, C.STORE_UNAVAILABLE, C.STORE_REACHABLE, "", now=now, generation=generation)})
+        return self._report(body, raw_status, previous, status, outcome)
+
+    def _act(self, body: Mapping[str, Any], run: WarpRun, uid: str, attempts: Mapping[Task, list[JobView]],
+             action: Action, outcome: Outcome) -> None:  # fmt: skip
+        namespace = run.metadata.namespace or "default"
+        if isinstance(action, Start):
+            manifest = job_manifest(run, uid, action.task, action.attempt, self.worker)
+            job = manifest["metadata"]["name"]
+            if not self.kube.create_job(namespace, manifest):
+                return  # created by an earlier pass whose Job this listing did not show yet
+            outcome.created.append(job)
+            kind = action.task.kind
+            if self.metrics is not None:
+                self.metrics.jobs_created.labels(kind=kind).inc()
+                if action.attempt > 0:
+                    self.metrics.retries.labels(kind=kind).inc()
+            retry = f", retry {action.attempt} of {run.spec.failure_policy.max_retries}" if action.attempt else ""
+            self.events(body, "Normal", "JobCreated", f"created Job {job} ({COMPONENTS[kind]} {action.task.id}{retry})")
+        elif isinstance(action, Suspend | Resume):
+            suspend = isinstance(action, Suspend)
+            for attempt in attempts.get(action.task, []):
+                if attempt.state in ("Pending", "Running") if suspend else attempt.state == "Suspended":
+                    self.kube.set_job_suspended(namespace, attempt.name, suspend)
+                    (outcome.suspended if suspend else outcome.resumed).append(attempt.name)
+        elif isinstance(action, Succeed):
+            pass  # the status records it
+        # Fail: the status records it; other tasks' Jobs keep running (raising maxRetries resumes the run).
+
+    def _failure_messages(self, namespace: str, views: list[JobView]) -> dict[str, str]:
+        """Failure text of each failed Job, with what its pod's container said (asked once per Job)."""
+        out = {}
+        for v in views:
+            if v.state != "Failed":
+                continue
+            with self._lock:
+                known = v.uid in self._pod_details
+                detail = self._pod_details.get(v.uid)
+            if not known:
+                detail = next((d for p in self.kube.job_pods(namespace, v.name) if (d := pod_failure(p))), None)
+                with self._lock:
+                    self._pod_details[v.uid] = detail
+            out[v.name] = failure_message(v, detail)
+        return out
+
+    def _count_failures(self, views: list[JobView], done: frozenset[Task]) -> None:
+        if self.metrics is None:
+            return
+        for v in views:
+            if v.state == "Failed" or (v.state == "Succeeded" and v.task not in done):
+                with self._lock:
+                    if v.uid in self._counted_failures:
+                        continue
+                    self._counted_failures.add(v.uid)
+                self.metrics.job_failures.labels(kind=v.task.kind, reason=failure_reason_code(v, done)).inc()
+
+    def _report(self, body: Mapping[str, Any], raw_status: Mapping[str, Any], previous: WarpRunStatus,
+                status: WarpRunStatus, outcome: Outcome) -> Outcome:  # fmt: skip
+        """Patch the status if it changed; post an Event for a new phase and for each new problem."""
+        meta = body["metadata"]
+        namespace, name = meta.get("namespace", "default"), meta["name"]
+        patch = status_patch(raw_status, status)
+        if patch is not None:
+            self.kube.patch_run_status(namespace, name, patch)
+            outcome.status_patched = True
+        outcome.phase = status.phase
+        if status.phase is not None and status.phase != previous.phase:
+            failed = status.phase == "Failed"
+            why = C.find(status.conditions, (C.FAILED if C.is_true(status.conditions, C.FAILED) else C.INVALID)
+                         if failed else C.READY)  # fmt: skip
+            message = f"{previous.phase or 'new'} -> {status.phase}" + (f": {why.message}" if why else "")
+            self.events(body, "Warning" if failed else "Normal", status.phase, message[:1000])
+        for type_, reason in PROBLEM_EVENTS:
+            cond = C.find(status.conditions, type_)
+            if cond is not None and cond.status == C.TRUE and not C.is_true(previous.conditions, type_):
+                self.events(body, "Warning", reason, cond.message[:1000])
+        if self.metrics is not None and status.phase is not None:
+            self.metrics.observe_run(namespace, name, status.phase, status.iteration)
+        return outcome
+
+
+# Conditions that, when they start to hold, are also posted as Warning Events (reason = the Event's).
+PROBLEM_EVENTS = (
+    (C.SPEC_CHANGE_REFUSED, "SpecChangeRefused"),
+    (C.INVALID, "InvalidSpec"),
+    (C.STORE_UNAVAILABLE, "StoreUnavailable"),
+)

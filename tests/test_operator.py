@@ -1,0 +1,564 @@
+"""The operator against an API server: kopf runs in-process, talking HTTP to tests/kube.py's emulator.
+
+A test-side Job controller (StatusJobRunner) stands in for the cluster: the tests do each Job's work
+by writing the task's outputs into a file:// store (tiny safetensors checkpoints with manifests,
+eval.json fronts), then mark the Job complete or failed through its status subresource. Unless a
+test says otherwise the operator's resync timer is set far out, so every step here is driven by
+watch events alone.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+import torch
+import yaml
+
+from kwarp.checkpoints import save_state_dict
+from kwarp.crd import crd
+from kwarp.operator import conditions as C
+from kwarp.operator.app import OperatorOptions
+from kwarp.operator.jobs import LABEL_RUN, LABEL_TASK, WorkerSettings
+from kwarp.plan import Task, checkpoint_outputs, file_outputs
+from kwarp.spec import SPEC_ENV, WarpRun, parse
+from kwarp.store import layout
+
+from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for, wait_value
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = "kwarp-worker:test"
+NS = "default"
+GROUP, VERSION, PLURAL = "kwarp.dev", "v1alpha1", "warpruns"
+
+
+# ------------------------------------------------------------------ what a task would have written
+
+
+def job_run(job: dict[str, Any]) -> tuple[WarpRun, Task]:
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    spec_json = next(e["value"] for e in container["env"] if e["name"] == SPEC_ENV)
+    return parse(json.loads(spec_json)), Task.parse_id(job["metadata"]["labels"][LABEL_TASK])
+
+
+def write_outputs(job: dict[str, Any]) -> None:
+    """Publish what the Job's task publishes, as the task would (checkpoints verified by their manifest)."""
+    run, task = job_run(job)
+    root = Path(run.spec.storage.url)
+    for key in checkpoint_outputs(run.spec, run.name, task):
+        save_state_dict({"weight": torch.full((4,), float(task.iteration))}, root / key, meta={"task": task.id})
+    if task.kind == "train":
+        log = root / layout.member_log(run.name, task.iteration, task.member)
+        log.write_text(json.dumps({"step": 1, "reward": 0.1, "eval": {"reward": 0.5 + task.member / 10, "kl_sft": 2.0}}) + "\n")
+    for key in file_outputs(run.spec, run.name, task):
+        path = root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if task.kind == "eval":
+            i = task.iteration
+            front = [{"eta": eta, "reward": round(0.2 + i * 0.1 + eta, 4), "kl": round(5 * eta * (i + 1), 4),
+                      "reward_stderr": 0.01, "kl_stderr": 0.1, "length": 10} for eta in run.spec.evaluation.etas]  # fmt: skip
+            members = [{"member": m, "reward": 0.6 + m / 100, "reward_stderr": 0.01, "kl": 3.0 + m, "kl_stderr": 0.1}
+                       for m in range(run.spec.warp.policies)]  # fmt: skip
+            path.write_text(json.dumps({"iteration": i, "reference": "sft", "etas": run.spec.evaluation.etas,
+                                        "front": front, "members": members}))  # fmt: skip
+        else:
+            path.write_text(json.dumps({"iteration": task.iteration, "groups": [], "seconds": 0.1}))
+
+
+def completes(job: dict[str, Any]) -> tuple[bool, str]:
+    write_outputs(job)
+    return True, ""
+
+
+# ------------------------------------------------------------------ fixtures and helpers
+
+
+def warprun(store: Path, name: str = "demo", **spec: Any) -> dict[str, Any]:
+    body = {
+        "policy": {"location": "/models/sft"},
+        "reward": {"callable": "kwarp.tasks.sentiment:reward"},
+        "data": {"train": "/data/train.jsonl", "eval": "/data/eval.jsonl"},
+        "storage": {"url": str(store)},
+        "warp": {"iterations": 2, "policies": 2, "steps": 3},
+        "evaluation": {"etas": [0.0, 0.3, 1.0]},
+        "failurePolicy": {"maxRetries": 1},
+    }
+    body.update(spec)
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "WarpRun", "metadata": {"name": name}, "spec": body}
+
+
+class Api:
+    """The calls a user (kubectl) would make, through the kubernetes client."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+        client = cluster.client()
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.batch = kubernetes.client.BatchV1Api(client)
+        self.core = kubernetes.client.CoreV1Api(client)
+
+    def create(self, doc: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, doc)
+
+    def get(self, name: str = "demo") -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+        except kubernetes.client.ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def status(self, name: str = "demo") -> dict[str, Any]:
+        return (self.get(name) or {}).get("status") or {}
+
+    def patch_spec(self, patch: dict[str, Any], name: str = "demo") -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name, {"spec": patch},
+                                                   _content_type="application/merge-patch+json")  # fmt: skip
+
+    def delete(self, name: str = "demo") -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+
+    def jobs(self, run: str = "demo") -> dict[str, dict[str, Any]]:
+        items = self.cluster.raw("GET", f"/apis/batch/v1/namespaces/{NS}/jobs", query=[("labelSelector", f"{LABEL_RUN}={run}")])
+        return {j["metadata"]["name"]: j for j in items["items"]}
+
+    def events(self) -> list[tuple[str, str, str]]:
+        items = self.cluster.raw("GET", f"/api/v1/namespaces/{NS}/events")["items"]
+        return [(e.get("type"), e.get("reason"), e.get("message")) for e in items]
+
+    def condition(self, type_: str, name: str = "demo") -> dict[str, Any] | None:
+        return next((c for c in self.status(name).get("conditions", []) if c["type"] == type_), None)
+
+
+def options(**overrides: Any) -> OperatorOptions:
+    base: dict[str, Any] = dict(namespaces=[NS], metrics_port=None, liveness_port=None, standalone=True,
+                                resync_seconds=600, worker=WorkerSettings(image=IMAGE))  # fmt: skip
+    base.update(overrides)
+    return OperatorOptions(**base)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with Cluster(tmp_path, crds=[crd()]) as c:
+        yield c
+
+
+@pytest.fixture
+def api(cluster: Cluster) -> Api:
+    return Api(cluster)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    path = tmp_path / "store"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def runner(cluster: Cluster) -> Iterator[StatusJobRunner]:
+    with StatusJobRunner(cluster) as r:
+        yield r
+    assert not r.errors, r.errors
+
+
+@pytest.fixture
+def operator(cluster: Cluster) -> Iterator[RunningOperator]:
+    with RunningOperator(cluster, options()) as op:
+        yield op
+
+
+def jobs_named(api: Api, *names: str) -> dict[str, dict[str, Any]]:
+    return wait_value(api.jobs, lambda jobs: set(names) <= set(jobs), 20,
+                      message=lambda: f"Jobs {names}; have {sorted(api.jobs())}")
+
+
+def finish(api: Api, runner: StatusJobRunner, *names: str) -> None:
+    jobs = jobs_named(api, *names)
+    wait_for(lambda: set(names) <= set(runner.running()), 10, message=f"{names} running")
+    for name in names:
+        write_outputs(jobs[name])
+        runner.succeed(name)
+
+
+def phase_is(api: Api, phase: str, name: str = "demo") -> dict[str, Any]:
+    return wait_value(lambda: api.status(name), lambda st: st.get("phase") == phase, 20,
+                      message=lambda: f"phase {phase}; status {json.dumps(api.status(name))[:1500]}")
+
+
+# ------------------------------------------------------------------ the API server the operator meets
+
+
+def test_the_emulator_behaves_like_an_api_server(api: Api) -> None:
+    """What the operator relies on: server-side fields, 409, the status subresource, quiet no-op patches,
+    label selectors, garbage collection and the Jobs' REST default of orphaning their pods."""
+    merge = "application/merge-patch+json"
+    run = api.create({"apiVersion": f"{GROUP}/{VERSION}", "kind": "WarpRun", "metadata": {"name": "x"},
+                      "spec": {"suspend": False}, "status": {"phase": "Made up"}})  # fmt: skip
+    meta = run["metadata"]
+    assert meta["uid"] and meta["creationTimestamp"] and meta["generation"] == 1 and "status" not in run
+    assert run["spec"]["cleanup"] == "Retain"  # the CRD schema's default, filled in by the server
+    with pytest.raises(kubernetes.client.ApiException) as conflict:
+        api.create({"apiVersion": f"{GROUP}/{VERSION}", "kind": "WarpRun", "metadata": {"name": "x"}, "spec": {}})
+    assert conflict.value.status == 409 and json.loads(conflict.value.body)["reason"] == "AlreadyExists"
+
+    patched = api.custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, NS, PLURAL, "x", {"status": {"phase": "Training"}, "spec": {"suspend": True}}, _content_type=merge)
+    assert patched["status"]["phase"] == "Training" and patched["spec"]["suspend"] is False
+    assert patched["metadata"]["generation"] == 1 and int(patched["metadata"]["resourceVersion"]) > int(meta["resourceVersion"])
+    again = api.custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, NS, PLURAL, "x", {"status": {"phase": "Training"}}, _content_type=merge)
+    assert again["metadata"]["resourceVersion"] == patched["metadata"]["resourceVersion"]  # no-op: no new version
+    spec_patch = api.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, "x", {"spec": {"suspend": True}, "status": {"phase": "Lost"}}, _content_type=merge)
+    assert spec_patch["metadata"]["generation"] == 2 and spec_patch["status"]["phase"] == "Training"
+
+    def job(name: str, labels: dict[str, str], owner: dict[str, Any] | None) -> dict[str, Any]:
+        return {"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": name, "labels": labels, **({"ownerReferences": [owner]} if owner else {})},
+                "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}}}  # fmt: skip
+
+    owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "WarpRun", "name": "x", "uid": meta["uid"],
+             "controller": True, "blockOwnerDeletion": True}  # fmt: skip
+    api.batch.create_namespaced_job(NS, job("x-a", {LABEL_RUN: "x"}, owner))
+    made = api.batch.create_namespaced_job(NS, job("other", {LABEL_RUN: "y"}, None))
+    assert sorted(api.jobs("x")) == ["x-a"]
+    pod_owner = {"apiVersion": "batch/v1", "kind": "Job", "name": "other", "uid": made.metadata.uid, "controller": True}
+    api.core.create_namespaced_pod(NS, {"apiVersion": "v1", "kind": "Pod",
+                                        "metadata": {"name": "other-pod", "ownerReferences": [pod_owner]},
+                                        "spec": {"containers": [{"name": "c", "image": "i"}]}})  # fmt: skip
+
+    api.batch.delete_namespaced_job("other", NS)  # no propagationPolicy: Jobs orphan their pods
+    orphan = api.core.read_namespaced_pod("other-pod", NS)
+    assert orphan.metadata.owner_references is None
+
+    api.delete("x")  # Background: its Job goes with it
+    assert api.get("x") is None and api.jobs("x") == {}
+
+
+# ------------------------------------------------------------------ the lifecycle
+
+
+def test_a_run_goes_through_prepare_members_merge_eval_to_succeeded(
+    api: Api, runner: StatusJobRunner, operator: RunningOperator, store: Path
+) -> None:
+    created = api.create(warprun(store))
+    uid = created["metadata"]["uid"]
+
+    prepare = jobs_named(api, "demo-prepare")["demo-prepare"]
+    run, task = job_run(prepare)
+    assert task == Task.prepare() and run.name == "demo" and run.spec.warp.iterations == 2
+    assert prepare["metadata"]["ownerReferences"] == [{"apiVersion": "kwarp.dev/v1alpha1", "kind": "WarpRun",
+                                                       "name": "demo", "uid": uid, "controller": True,
+                                                       "blockOwnerDeletion": True}]  # fmt: skip
+    container = prepare["spec"]["template"]["spec"]["containers"][0]
+    assert (container["image"], container["command"], container["args"]) == (IMAGE, ["kwarp"], ["prepare"])
+    assert phase_is(api, "Pending")["membersDone"] == "0/2"
+
+    finish(api, runner, "demo-prepare")
+    members = jobs_named(api, "demo-i0-m0", "demo-i0-m1")
+    assert members["demo-i0-m0"]["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "train", "--iteration", "0", "--member", "0"]
+    assert phase_is(api, "Training")["iteration"] == 0
+
+    finish(api, runner, "demo-i0-m0")
+    wait_for(lambda: api.status().get("membersDone") == "1/2", 10, message="one member done")
+    assert "demo-i0-merge" not in api.jobs()  # the merge waits for every member
+
+    finish(api, runner, "demo-i0-m1")
+    jobs_named(api, "demo-i0-merge")
+    assert phase_is(api, "Merging")["membersDone"] == "2/2"
+
+    finish(api, runner, "demo-i0-merge")
+    # Evaluation of iteration 0 runs beside the training of iteration 1.
+    jobs_named(api, "demo-i0-eval", "demo-i1-m0", "demo-i1-m1")
+    finish(api, runner, "demo-i0-eval")
+    st = wait_value(api.status, lambda s: s.get("pareto"), 10, message="the first front")
+    assert (st["reward"], st["kl"]) == (0.5, 1.5)  # iteration 0's front at η = litiEta = 0.3
+
+    finish(api, runner, "demo-i1-m0", "demo-i1-m1")
+    finish(api, runner, "demo-i1-merge")
+    finish(api, runner, "demo-i1-eval")
+    st = phase_is(api, "Succeeded")
+
+    assert (st["iteration"], st["membersDone"], st["observedGeneration"]) == (2, "2/2", 1)
+    assert (st["reward"], st["kl"]) == (0.6, 3.0)  # iteration 1's front at η = 0.3
+    assert [[(p["eta"], p["reward"], p["kl"]) for p in f["points"]] for f in st["pareto"]] == [
+        [(0.0, 0.2, 0.0), (0.3, 0.5, 1.5), (1.0, 1.2, 5.0)],
+        [(0.0, 0.3, 0.0), (0.3, 0.6, 3.0), (1.0, 1.3, 10.0)],
+    ]
+    assert st["checkpoints"] == {
+        "base": f"file://{store}/demo/base",
+        "iter-0/slerp": f"file://{store}/demo/iter-0/slerp",
+        "iter-1/init": f"file://{store}/demo/iter-1/init",
+        "iter-1/slerp": f"file://{store}/demo/iter-1/slerp",
+        "final": f"file://{store}/demo/iter-1/slerp",
+    }
+    m = {(x["iteration"], x["member"]): x for x in st["members"]}
+    assert set(m) == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    assert (m[1, 1]["job"], m[1, 1]["state"], m[1, 1]["attempts"], m[1, 1]["reward"], m[1, 1]["kl"]) == (
+        "demo-i1-m1", "Succeeded", 1, 0.61, 4.0)  # from eval.json's members
+    assert m[0, 0]["startTime"] and m[0, 0]["completionTime"]
+    assert st["startTime"] <= st["completionTime"]
+    ready = api.condition(C.READY)
+    assert ready is not None and (ready["status"], ready["reason"]) == ("True", "Succeeded")
+
+    # One Job per task, created in dependency order, and none of them touched by kopf's bookkeeping.
+    jobs = api.jobs()
+    assert sorted(jobs) == sorted(f"demo-{t}" for t in ["prepare", "i0-m0", "i0-m1", "i0-merge", "i0-eval",
+                                                        "i1-m0", "i1-m1", "i1-merge", "i1-eval"])  # fmt: skip
+    assert runner.started.index("demo-i0-merge") > max(runner.started.index(n) for n in ("demo-i0-m0", "demo-i0-m1"))
+    for job in jobs.values():
+        assert not job["metadata"].get("finalizers"), job["metadata"]
+        assert not any(k.startswith(("kopf.", "kwarp.dev/")) for k in job["metadata"].get("annotations", {}))
+
+    # The typed client deserializes the Jobs (owner references carry the run's uid).
+    typed = api.batch.list_namespaced_job(NS, label_selector=f"{LABEL_RUN}=demo")
+    assert {j.metadata.owner_references[0].uid for j in typed.items} == {uid}
+
+    events = api.events()
+    assert sum(1 for _, reason, _ in events if reason == "JobCreated") == 9
+    assert ("Normal", "Succeeded") in {(t, r) for t, r, _ in events}
+
+    # Level-triggered but quiet: a reconcile that finds nothing new writes nothing (the status the API
+    # server stored, with its schema defaults filled in, reads back as unchanged).
+    rv = api.get()["metadata"]["resourceVersion"]  # type: ignore[index]
+    api.batch.patch_namespaced_job("demo-i1-eval", NS, {"metadata": {"labels": {"touched": "yes"}}},
+                                   _content_type="application/merge-patch+json")  # fmt: skip
+    time.sleep(1.0)  # the Job event's reconcile
+    assert api.get()["metadata"]["resourceVersion"] == rv  # type: ignore[index]
+
+
+def test_a_failed_member_is_retried_then_fails_the_run_with_the_reason(
+    api: Api, runner: StatusJobRunner, operator: RunningOperator, store: Path
+) -> None:
+    api.create(warprun(store))
+    finish(api, runner, "demo-prepare")
+    jobs_named(api, "demo-i0-m0", "demo-i0-m1")
+    wait_for(lambda: "demo-i0-m1" in runner.running(), 10, message="i0-m1 running")
+    runner.fail("demo-i0-m1", exit_code=137, message="Killed\nCUDA out of memory. Tried to allocate 2.00 GiB")
+
+    retry = jobs_named(api, "demo-i0-m1-r1")["demo-i0-m1-r1"]
+    assert retry["metadata"]["labels"]["kwarp.dev/attempt"] == "1"
+    wait_for(lambda: "demo-i0-m1-r1" in runner.running(), 10, message="the retry running")
+    member = wait_for(lambda: next((m for m in api.status().get("members", []) if m["member"] == 1
+                                    and m.get("job") == "demo-i0-m1-r1"), None), 10, message="retry in status")  # fmt: skip
+    assert member["attempts"] == 2
+
+    runner.fail("demo-i0-m1-r1", exit_code=137, message="CUDA out of memory. Tried to allocate 2.00 GiB")
+    st = phase_is(api, "Failed")
+    failed = api.condition(C.FAILED)
+    assert failed is not None and failed["status"] == "True" and failed["reason"] == C.TASK_FAILED
+    assert failed["message"].startswith("i0-m1 failed 2 times (failurePolicy.maxRetries=1): Job demo-i0-m1-r1 ")
+    assert "BackoffLimitExceeded" in failed["message"]
+    assert "container trainer exited with code 137 (Error): CUDA out of memory" in failed["message"]
+    assert st["failures"]["i0-m1"]["count"] == 2
+    assert any(t == "Warning" and r == "Failed" for t, r, _ in api.events())
+    assert "demo-i0-m1-r2" not in api.jobs()
+
+    # Retries are a safe field: allowing one more resumes the run where it stopped.
+    api.patch_spec({"failurePolicy": {"maxRetries": 2}})
+    jobs_named(api, "demo-i0-m1-r2")
+    phase_is(api, "Training")
+    assert api.condition(C.FAILED)["status"] == "False"  # type: ignore[index]
+
+
+def test_suspend_holds_running_jobs_and_resume_releases_them(
+    api: Api, runner: StatusJobRunner, operator: RunningOperator, store: Path
+) -> None:
+    api.create(warprun(store))
+    finish(api, runner, "demo-prepare")
+    jobs_named(api, "demo-i0-m0", "demo-i0-m1")
+
+    api.patch_spec({"suspend": True})
+    wait_for(lambda: all(j["spec"].get("suspend") for n, j in api.jobs().items() if "-i0-m" in n), 10,
+             message="member Jobs suspended")  # fmt: skip
+    phase_is(api, "Suspended")
+    assert api.condition(C.SUSPENDED)["status"] == "True"  # type: ignore[index]
+    wait_for(lambda: not runner.running(), 10, message="the runner stopped the pods")
+
+    api.patch_spec({"suspend": False})
+    wait_for(lambda: not any(j["spec"].get("suspend") for j in api.jobs().values()), 10, message="Jobs resumed")
+    phase_is(api, "Training")
+    assert api.condition(C.SUSPENDED)["status"] == "False"  # type: ignore[index]
+    finish(api, runner, "demo-i0-m0", "demo-i0-m1")
+    jobs_named(api, "demo-i0-merge")
+
+
+def test_a_restarted_operator_creates_no_duplicate_jobs(
+    cluster: Cluster, api: Api, runner: StatusJobRunner, store: Path
+) -> None:
+    with RunningOperator(cluster, options()):
+        api.create(warprun(store))
+        finish(api, runner, "demo-prepare")
+        jobs_named(api, "demo-i0-m0", "demo-i0-m1")
+        phase_is(api, "Training")
+
+    # While no operator runs, one member finishes.
+    finish(api, runner, "demo-i0-m0")
+    before = {n: j["metadata"]["uid"] for n, j in api.jobs().items()}
+
+    with RunningOperator(cluster, options()):
+        wait_for(lambda: api.status().get("membersDone") == "1/2", 20, message="the restarted operator caught up")
+        assert {n: j["metadata"]["uid"] for n, j in api.jobs().items()} == before  # same Jobs, nothing new
+        finish(api, runner, "demo-i0-m1")
+        jobs_named(api, "demo-i0-merge")
+
+    # A third start with everything replayed (initial listing = an event for every Job): still one each.
+    with RunningOperator(cluster, options()):
+        finish(api, runner, "demo-i0-merge")
+        jobs_named(api, "demo-i0-eval", "demo-i1-m0", "demo-i1-m1")
+    assert sorted(runner.started) == sorted(set(runner.started))
+    assert sorted(api.jobs()) == sorted(["demo-prepare", "demo-i0-m0", "demo-i0-m1", "demo-i0-merge",
+                                         "demo-i0-eval", "demo-i1-m0", "demo-i1-m1"])  # fmt: skip
+
+
+def test_delete_with_cleanup_delete_removes_jobs_pods_and_checkpoints(
+    api: Api, runner: StatusJobRunner, operator: RunningOperator, store: Path
+) -> None:
+    api.create(warprun(store, cleanup="Delete"))
+    finish(api, runner, "demo-prepare")
+    jobs_named(api, "demo-i0-m0", "demo-i0-m1")
+    wait_for(lambda: len(runner.running()) == 2, 10, message="members running")
+    assert (store / "demo" / "base" / "MANIFEST.json").is_file()
+    assert api.get()["metadata"]["finalizers"] == ["kwarp.dev/finalizer"]  # type: ignore[index]
+
+    api.delete()
+    wait_for(lambda: api.get() is None, 20, message="the WarpRun gone")
+    assert api.jobs() == {}
+    pods = api.cluster.raw("GET", f"/api/v1/namespaces/{NS}/pods")["items"]
+    assert pods == []  # Foreground deletion took the pods first
+    assert not (store / "demo").exists() and store.exists()
+    assert any(r == "CheckpointsDeleted" for _, r, _ in api.events())
+
+
+def test_delete_with_retain_keeps_checkpoints_and_collects_jobs(
+    api: Api, runner: StatusJobRunner, operator: RunningOperator, store: Path
+) -> None:
+    api.create(warprun(store))
+    finish(api, runner, "demo-prepare")
+    jobs_named(api, "demo-i0-m0", "demo-i0-m1")
+
+    api.delete()
+    wait_for(lambda: api.get() is None and not api.jobs(), 20, message="the WarpRun and its Jobs gone")
+    assert (store / "demo" / "base" / "MANIFEST.json").is_file()
+
+
+def test_an_invalid_spec_gets_a_condition_naming_the_field_and_no_jobs(
+    api: Api, runner: StatusJobRunner, operator: RunningOperator, store: Path
+) -> None:
+    # What the CRD schema cannot express (the API server prunes unknown fields and rejects bad types):
+    # rules across fields, and locations that mean nothing in a pod.
+    doc = warprun(store, training={"batchSize": 6, "microBatchSize": 4})
+    doc["spec"]["data"]["train"] = "data/train.jsonl"
+    api.create(doc)
+    phase_is(api, "Failed")
+    invalid = api.condition(C.INVALID)
+    assert invalid is not None and (invalid["status"], invalid["reason"]) == ("True", C.INVALID_SPEC)
+    assert "spec.training.microBatchSize (4) must divide spec.training.batchSize (6)" in invalid["message"]
+    assert api.jobs() == {}
+    assert any(t == "Warning" and r == "InvalidSpec" for t, r, _ in api.events())
+
+    api.patch_spec({"training": {"microBatchSize": 2}})
+    relative = wait_value(lambda: api.condition(C.INVALID), lambda c: "spec.data.train" in c["message"], 10,
+                          message="the next problem named")
+    assert relative["message"].endswith("use s3://bucket/key (or an absolute path that every pod mounts)")
+    assert api.jobs() == {}
+
+    # Fixed: accepted, and the run starts.
+    api.patch_spec({"data": {"train": "/data/train.jsonl"}})
+    jobs_named(api, "demo-prepare")
+    assert api.condition(C.INVALID)["status"] == "False"  # type: ignore[index]
+
+
+def test_an_unsafe_spec_change_is_refused_and_the_run_goes_on(
+    api: Api, runner: StatusJobRunner, operator: RunningOperator, store: Path
+) -> None:
+    api.create(warprun(store))
+    finish(api, runner, "demo-prepare")
+    jobs_named(api, "demo-i0-m0", "demo-i0-m1")
+
+    api.patch_spec({"warp": {"iterations": 3, "policies": 2, "steps": 3}, "training": {"learningRate": 0.1}})
+    refused = wait_value(lambda: api.condition(C.SPEC_CHANGE_REFUSED), lambda c: c and c["status"] == "True", 10,
+                         message="SpecChangeRefused")
+    assert refused["message"].startswith("spec.warp, spec.training changed")
+    assert api.status()["acceptedSpec"]["warp"]["iterations"] == 2
+    assert api.get()["metadata"]["generation"] == 2  # type: ignore[index]
+    assert api.status()["observedGeneration"] == 2
+
+    finish(api, runner, "demo-i0-m0", "demo-i0-m1")
+    finish(api, runner, "demo-i0-merge")
+    merged = jobs_named(api, "demo-i1-m0")["demo-i1-m0"]
+    assert job_run(merged)[0].spec.warp.iterations == 2  # new Jobs get the accepted spec
+
+    api.patch_spec({"warp": {"iterations": 2, "policies": 2, "steps": 3}, "training": {"learningRate": None}})
+    wait_for(lambda: api.condition(C.SPEC_CHANGE_REFUSED)["status"] == "False", 10,  # type: ignore[index]
+             message="the refusal lifted once reverted")
+
+
+def test_auto_completing_runs_succeed_in_parallel(cluster: Cluster, api: Api, store: Path) -> None:
+    with StatusJobRunner(cluster, completes) as runner, RunningOperator(cluster, options()):
+        for name in ("run-a", "run-b", "run-c"):
+            api.create(warprun(store, name=name))
+        for name in ("run-a", "run-b", "run-c"):
+            phase_is(api, "Succeeded", name)
+            assert len(api.jobs(name)) == 9
+    assert not runner.errors
+
+
+def test_metrics_and_liveness_endpoints(cluster: Cluster, api: Api, store: Path) -> None:
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    opts = options(metrics_port=ports[0], liveness_port=ports[1], bind_address="127.0.0.1")
+    with StatusJobRunner(cluster, completes), RunningOperator(cluster, opts):
+        api.create(warprun(store))
+        phase_is(api, "Succeeded")
+
+        def scrape() -> str:
+            return urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/metrics", timeout=5).read().decode()
+
+        text = wait_value(scrape, lambda t: 'kwarp_run_phase{namespace="default",phase="Succeeded",run="demo"} 1.0' in t,
+                          10, message="the run's phase in /metrics")
+        assert 'kwarp_operator_jobs_created_total{kind="train"} 4.0' in text
+        assert 'kwarp_operator_jobs_created_total{kind="prepare"} 1.0' in text
+        assert 'kwarp_operator_runs{namespace="default",phase="Succeeded"} 1.0' in text
+        assert "kwarp_operator_reconcile_duration_seconds_count" in text
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{ports[1]}/healthz", timeout=5).read())
+        assert "seconds_since_last_reconcile" in health["reconciles"]
+
+
+def test_the_timer_reconciles_when_an_event_is_missed(cluster: Cluster, api: Api, store: Path) -> None:
+    """The Job watch is the fast path; the resync timer is the safety net (here: a Job stays Pending)."""
+    with StatusJobRunner(cluster) as runner, RunningOperator(cluster, options(resync_seconds=1)):
+        api.create(warprun(store))
+        job = jobs_named(api, "demo-prepare")["demo-prepare"]
+        wait_for(lambda: "demo-prepare" in runner.running(), 10, message="prepare running")
+        # The outputs appear in the store without any change to a Job or the WarpRun: only the timer can see it.
+        write_outputs(job)
+        wait_for(lambda: api.status().get("phase") == "Training", 10, message="the timer's reconcile")
+
+
+def test_peering_with_the_shipped_crds(tmp_path: Path, store: Path) -> None:
+    peering_crds = [d for d in yaml.safe_load_all((ROOT / "operator" / "peering_crds.yaml").read_text()) if d]
+    chart_copy = ROOT / "charts" / "kwarp" / "crds" / "kopf-peering.yaml"
+    assert [d for d in yaml.safe_load_all(chart_copy.read_text()) if d] == peering_crds
+
+    with Cluster(tmp_path, crds=[crd(), *peering_crds]) as cluster:
+        cluster.raw("POST", f"/apis/kopf.dev/v1/namespaces/{NS}/kopfpeerings",
+                    {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "kwarp"}})  # fmt: skip
+        api = Api(cluster)
+        with StatusJobRunner(cluster, completes), RunningOperator(cluster, options(standalone=None, peering="kwarp")):
+            api.create(warprun(store))
+            phase_is(api, "Succeeded")
+            peering = cluster.raw("GET", f"/apis/kopf.dev/v1/namespaces/{NS}/kopfpeerings/kwarp")
+            assert len(peering.get("status") or {}) == 1  # this operator's keep-alive

@@ -1,0 +1,141 @@
+"""End to end: a WarpRun (I = 2, M = 2) goes from `kubectl apply` to Succeeded through real task processes.
+
+    API server   tests/kube.py's emulator, over HTTP
+    operator     kwarp.operator, kopf in-process
+    kubelet      ProcessJobRunner: runs each Job's container command (`kwarp prepare|train|merge|eval`)
+                 as a local process with the Job's environment, S3 credentials read from the Secret
+    store        a moto S3 server on loopback: inputs, checkpoints and fronts all live in one bucket
+
+Inputs: a tiny random GPT-2 (tests/models.py) as θ_sft, the sentiment task's scoring function as the
+reward, a handful of prompts; two REINFORCE steps per member. Nothing here is faked: every checkpoint
+in the bucket was written by a task process, and the status is what the operator read back from it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kwarp.crd import crd
+from kwarp.operator import conditions as C
+from kwarp.operator.jobs import WorkerSettings
+from kwarp.spec import StorageSpec
+from kwarp.store import layout
+from kwarp.store.s3 import S3Store
+
+from .kube import Cluster, ProcessJobRunner, RunningOperator, wait_value
+from .models import tiny_gpt2
+from .s3server import ACCESS_KEY, SECRET_KEY, S3Server
+from .test_operator import NS, Api, options
+
+PROMPTS = ["The film was", "I thought the movie", "This restaurant is", "The service here",
+           "My new phone is", "The book felt", "Our hotel room", "The concert was"]  # fmt: skip
+ETAS = [0.0, 0.5, 1.0]
+RUN = "e2e"
+
+
+@pytest.fixture
+def s3() -> Iterator[S3Server]:
+    with S3Server() as server:
+        yield server
+
+
+def upload_inputs(s3: S3Server, bucket: str, storage: StorageSpec, tmp_path: Path) -> None:
+    store = S3Store.from_url(f"s3://{bucket}", storage, env=s3.env())
+    store.put_checkpoint(tiny_gpt2(tmp_path / "sft"), "inputs/sft")
+    lines = "".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS)
+    store.put_bytes("inputs/train.jsonl", (lines * 2).encode())
+    store.put_bytes("inputs/eval.jsonl", lines.encode())
+
+
+def warprun(bucket: str, storage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "kwarp.dev/v1alpha1",
+        "kind": "WarpRun",
+        "metadata": {"name": RUN},
+        "spec": {
+            "policy": {"location": f"s3://{bucket}/inputs/sft", "dtype": "float32"},
+            "reward": {"callable": "kwarp.tasks.sentiment:true_score"},
+            "data": {"train": f"s3://{bucket}/inputs/train.jsonl", "eval": f"s3://{bucket}/inputs/eval.jsonl"},
+            "warp": {"iterations": 2, "policies": 2, "steps": 2, "litiEta": 0.5},
+            "training": {"batchSize": 4, "samplesPerPrompt": 2, "learningRate": 1e-3, "warmupSteps": 0,
+                         "maxPromptTokens": 16, "maxNewTokens": 6, "checkpointInterval": 1},  # fmt: skip
+            "evaluation": {"etas": ETAS, "prompts": 4, "batchSize": 4},
+            "storage": storage,
+            "resources": {"trainer": {"gpus": 0}, "evaluation": {"gpus": 0}},
+            "failurePolicy": {"maxRetries": 0},
+        },
+    }
+
+
+def test_a_warprun_reaches_succeeded_with_its_checkpoints_in_the_bucket(
+    tmp_path: Path, s3: S3Server
+) -> None:
+    bucket = s3.create_bucket()
+    storage_doc = {"url": f"s3://{bucket}/runs", "endpoint": s3.endpoint, "secure": False, "secretName": "kwarp-s3"}
+    storage = StorageSpec.model_validate(storage_doc)
+    upload_inputs(s3, bucket, storage, tmp_path)
+
+    with Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
+        api = Api(cluster)
+        api.core.create_namespaced_secret(NS, {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kwarp-s3"},
+            "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(ACCESS_KEY.encode()).decode(),
+                     "AWS_SECRET_ACCESS_KEY": base64.b64encode(SECRET_KEY.encode()).decode()},
+        })  # fmt: skip
+        opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"))
+        with ProcessJobRunner(cluster, tmp_path / "pods", parallel=2) as runner, RunningOperator(cluster, opts):
+            api.create(warprun(bucket, storage_doc))
+            try:
+                st = phase_is_within(api, "Succeeded", 300)
+            except AssertionError:
+                failing = {n: runner.log_tail(n) for n in runner.logs}
+                raise AssertionError(f"status: {json.dumps(api.status(RUN))[:3000]}\nlogs: {failing}") from None
+            assert not runner.errors, runner.errors
+
+        jobs = api.jobs(RUN)
+        assert len(jobs) == 9
+        assert all(any(c["type"] == "Complete" and c["status"] == "True" for c in j["status"]["conditions"])
+                   for j in jobs.values())  # fmt: skip
+
+    # The status: a Pareto front per iteration, read from the eval.json the evaluation tasks wrote.
+    store = S3Store.from_url(f"s3://{bucket}/runs", storage, env=s3.env())
+    fronts = [store.get_json(layout.eval_json(RUN, i)) for i in range(2)]
+    assert [f["iteration"] for f in st["pareto"]] == [0, 1]
+    for front, report in zip(st["pareto"], fronts, strict=True):
+        assert [p["eta"] for p in front["points"]] == ETAS
+        assert [(p["reward"], p["kl"]) for p in front["points"]] == [(p["reward"], p["kl"]) for p in report["front"]]
+        assert all(math.isfinite(p["reward"]) and math.isfinite(p["kl"]) for p in front["points"])
+    at_eta = next(p for p in fronts[1]["front"] if p["eta"] == 0.5)
+    assert (st["reward"], st["kl"]) == (at_eta["reward"], at_eta["kl"])
+    assert st["pareto"][0]["points"][0]["kl"] == 0.0  # η = 0 is θ_sft itself
+    assert sorted((m["iteration"], m["member"], m["state"]) for m in st["members"]) == [
+        (0, 0, "Succeeded"), (0, 1, "Succeeded"), (1, 0, "Succeeded"), (1, 1, "Succeeded")]
+    assert all(m["reward"] is not None and m["kl"] is not None for m in st["members"])
+    assert st["checkpoints"]["final"] == f"s3://{bucket}/runs/e2e/iter-1/slerp"
+    assert next(c for c in st["conditions"] if c["type"] == C.READY)["status"] == "True"
+
+    # The checkpoints: in the bucket, complete, and their bytes match their manifests.
+    keys = [layout.base(RUN), layout.init(RUN, 1), layout.slerp(RUN, 0), layout.slerp(RUN, 1)]
+    keys += [layout.member_final(RUN, i, m) for i in range(2) for m in range(2)]
+    for key in keys:
+        assert store.has_checkpoint(key), key
+    manifest = store.verify_checkpoint(layout.slerp(RUN, 1))
+    assert any(f.name.endswith(".safetensors") for f in manifest.files)
+    objects = {o.object_name for o in s3.client().list_objects(bucket, prefix="runs/e2e/", recursive=True)}
+    assert f"runs/{layout.member_final('e2e', 1, 1)}/MANIFEST.json" in objects
+
+
+def phase_is_within(api: Api, phase: str, timeout: float) -> dict[str, Any]:
+    def failed(st: dict[str, Any]) -> bool:
+        if st.get("phase") == "Failed":
+            raise AssertionError(f"the run failed: {json.dumps(st.get('conditions'))}")
+        return st.get("phase") == phase
+
+    return wait_value(lambda: api.status(RUN), failed, timeout, message=f"phase {phase}")

@@ -1,0 +1,294 @@
+"""Job manifests, table-driven: whole-dict comparisons of what the builder renders for each role and option."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from kwarp.operator.jobs import WorkerSettings, job_manifest, with_defaults
+from kwarp.plan import Task
+from kwarp.spec import PodResources, WarpRun, parse
+
+from .test_spec import doc
+
+UID = "0b6f8d2e-5c43-4e57-a3a4-3f0a3c1d2e11"
+IMAGE = "registry.example/kwarp-worker:1.0"
+
+
+def run(**patches: object) -> WarpRun:
+    base = {"metadata": {"name": "gemma-warp", "namespace": "team-a"}}
+    return parse({**doc(**patches), **base})
+
+
+def spec_json(r: WarpRun) -> str:
+    return json.dumps(r.to_document(), sort_keys=True, separators=(",", ":"))
+
+
+SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def expected(
+    r: WarpRun,
+    *,
+    name: str,
+    component: str,
+    task_labels: dict[str, str],
+    command: list[str],
+    args: list[str],
+    resources: dict[str, Any] | None,
+    gpu_volumes: bool,
+    secret: str | None = "kwarp-s3",
+    endpoint: str | None = "minio.minio:9000",
+    attempt: int = 0,
+) -> dict[str, Any]:
+    """The manifest written out by hand: what a reviewer expects a task's Job to be."""
+    labels = {
+        "app.kubernetes.io/name": "kwarp",
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": "kwarp-operator",
+        "kwarp.dev/run": "gemma-warp",
+        **task_labels,
+        "kwarp.dev/attempt": str(attempt),
+    }
+    env = [
+        {"name": "KWARP_SPEC", "value": spec_json(r)},
+        {"name": "KWARP_NAMESPACE", "value": "team-a"},
+        {"name": "KWARP_METRICS_PORT", "value": "9400"},
+        {"name": "HOME", "value": "/scratch"},
+        {"name": "TMPDIR", "value": "/scratch"},
+        {"name": "KWARP_CACHE", "value": "/scratch/cache"},
+        {"name": "HF_HOME", "value": "/scratch/huggingface"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if endpoint:
+        env.append({"name": "KWARP_S3_ENDPOINT", "value": endpoint})
+    if secret:
+        env += [
+            {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": secret, "key": "AWS_ACCESS_KEY_ID"}}},
+            {"name": "AWS_SECRET_ACCESS_KEY",
+             "valueFrom": {"secretKeyRef": {"name": secret, "key": "AWS_SECRET_ACCESS_KEY"}}},
+        ]  # fmt: skip
+    container: dict[str, Any] = {
+        "name": component,
+        "image": IMAGE,
+        "command": command,
+        "args": args,
+        "env": env,
+        "ports": [{"name": "metrics", "containerPort": 9400, "protocol": "TCP"}],
+        "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]
+        + ([{"name": "dshm", "mountPath": "/dev/shm"}] if gpu_volumes else []),
+        "securityContext": SECURITY,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if resources is not None:
+        container["resources"] = resources
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": "team-a",
+            "labels": labels,
+            "ownerReferences": [
+                {"apiVersion": "kwarp.dev/v1alpha1", "kind": "WarpRun", "name": "gemma-warp", "uid": UID,
+                 "controller": True, "blockOwnerDeletion": True}
+            ],  # fmt: skip
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "enableServiceLinks": False,
+                    "automountServiceAccountToken": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 1000,
+                        "runAsGroup": 1000,
+                        "fsGroup": 1000,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": [{"name": "scratch", "emptyDir": {}}]
+                    + ([{"name": "dshm", "emptyDir": {"medium": "Memory"}}] if gpu_volumes else []),
+                },
+            },
+        },
+    }
+
+
+def gpus(n: int, cpu: str | None = None, memory: str | None = None) -> dict[str, Any] | None:
+    q: dict[str, str] = {}
+    if cpu:
+        q["cpu"] = cpu
+    if memory:
+        q["memory"] = memory
+    if n:
+        q["nvidia.com/gpu"] = str(n)
+    return {"requests": q, "limits": dict(q)} if q else None
+
+
+TRAIN_ARGS = ["train", "--iteration", "1", "--member", "0"]
+MEMBER_LABELS = {"kwarp.dev/task": "i1-m0", "kwarp.dev/iteration": "1", "kwarp.dev/member": "0"}
+
+CASES = [
+    pytest.param(
+        {"spec.resources": {"trainer": {"gpus": 0, "cpu": "4", "memory": "16Gi"}}},
+        Task.train(1, 0), 0,
+        dict(name="gemma-warp-i1-m0", component="trainer", task_labels=MEMBER_LABELS, command=["kwarp"],
+             args=TRAIN_ARGS, resources=gpus(0, "4", "16Gi"), gpu_volumes=False),
+        id="trainer-0-gpus",
+    ),
+    pytest.param(
+        {}, Task.train(1, 0), 0,
+        dict(name="gemma-warp-i1-m0", component="trainer", task_labels=MEMBER_LABELS, command=["kwarp"],
+             args=TRAIN_ARGS, resources=gpus(1), gpu_volumes=True),
+        id="trainer-1-gpu",
+    ),
+    pytest.param(
+        {"spec.resources": {"trainer": {"gpus": 4, "cpu": "32", "memory": "256Gi"}}},
+        Task.train(1, 0), 2,
+        dict(name="gemma-warp-i1-m0-r2", component="trainer", task_labels=MEMBER_LABELS, command=["accelerate"],
+             args=["launch", "--multi_gpu", "--num_processes", "4", "--num_machines", "1", "--mixed_precision", "no",
+                   "--dynamo_backend", "no", "--module", "kwarp", *TRAIN_ARGS],
+             resources=gpus(4, "32", "256Gi"), gpu_volumes=True, attempt=2),
+        id="trainer-4-gpus-retry",
+    ),
+    pytest.param(
+        {}, Task.merge(0), 0,
+        dict(name="gemma-warp-i0-merge", component="merger",
+             task_labels={"kwarp.dev/task": "i0-merge", "kwarp.dev/iteration": "0"}, command=["kwarp"],
+             args=["merge", "--iteration", "0"], resources=None, gpu_volumes=False),
+        id="merger",
+    ),
+    pytest.param(
+        {}, Task.eval(2), 1,
+        dict(name="gemma-warp-i2-eval-r1", component="evaluation",
+             task_labels={"kwarp.dev/task": "i2-eval", "kwarp.dev/iteration": "2"}, command=["kwarp"],
+             args=["eval", "--iteration", "2"], resources=gpus(1), gpu_volumes=True, attempt=1),
+        id="evaluation",
+    ),
+    pytest.param(
+        {}, Task.prepare(), 0,
+        dict(name="gemma-warp-prepare", component="prepare", task_labels={"kwarp.dev/task": "prepare"},
+             command=["kwarp"], args=["prepare"], resources=None, gpu_volumes=False),
+        id="prepare-uses-merger-resources",
+    ),
+    pytest.param(
+        {"spec.storage": {"url": "s3://kwarp/runs"}}, Task.merge(0), 0,
+        dict(name="gemma-warp-i0-merge", component="merger",
+             task_labels={"kwarp.dev/task": "i0-merge", "kwarp.dev/iteration": "0"}, command=["kwarp"],
+             args=["merge", "--iteration", "0"], resources=None, gpu_volumes=False, secret=None, endpoint=None),
+        id="without-secret-or-endpoint",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("patches", "task", "attempt", "want"), CASES)
+def test_manifest(patches: dict, task: Task, attempt: int, want: dict) -> None:
+    r = run(**patches)
+    assert job_manifest(r, UID, task, attempt, WorkerSettings(image=IMAGE)) == expected(r, **want)
+
+
+def test_scheduling_fields_and_operator_settings() -> None:
+    r = run(**{"spec.resources": {"trainer": {
+        "gpus": 1,
+        "nodeSelector": {"nvidia.com/gpu.product": "H100"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "priorityClassName": "training",
+        "serviceAccountName": "trainer-sa",
+        "image": "registry.example/custom:2",
+    }}})  # fmt: skip
+    worker = WorkerSettings(
+        image=IMAGE,
+        service_account="kwarp-worker",
+        ttl_seconds_after_finished=3600,
+        image_pull_policy="IfNotPresent",
+        env={"KWARP_S3_SECURE": "0", "KWARP_S3_ENDPOINT": "ignored-when-the-spec-has-one:9000"},
+    )
+    got = job_manifest(r, UID, Task.train(1, 0), 0, worker)
+
+    want = expected(r, name="gemma-warp-i1-m0", component="trainer", task_labels=MEMBER_LABELS,
+                    command=["kwarp"], args=TRAIN_ARGS, resources=gpus(1), gpu_volumes=True)  # fmt: skip
+    want["spec"]["ttlSecondsAfterFinished"] = 3600
+    pod = want["spec"]["template"]["spec"]
+    pod["serviceAccountName"] = "trainer-sa"  # the run's service account wins over the operator's
+    pod["priorityClassName"] = "training"
+    pod["nodeSelector"] = {"nvidia.com/gpu.product": "H100"}
+    pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    container = pod["containers"][0]
+    container["image"] = "registry.example/custom:2"
+    container["imagePullPolicy"] = "IfNotPresent"
+    env = container["env"]
+    at = next(i for i, e in enumerate(env) if e["name"] == "KWARP_S3_ENDPOINT")
+    env[at:at + 1] = [{"name": "KWARP_S3_ENDPOINT", "value": "minio.minio:9000"}, {"name": "KWARP_S3_SECURE", "value": "0"}]
+    assert got == want
+
+
+def test_operator_defaults_fill_only_what_the_run_leaves_empty() -> None:
+    defaults = {
+        "trainer": PodResources.model_validate({
+            "gpus": 8, "memory": "64Gi", "priorityClassName": "gpu-batch",
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        }),
+        "merger": PodResources.model_validate({"cpu": "2", "memory": "8Gi"}),
+    }  # fmt: skip
+    worker = WorkerSettings(image=IMAGE, storage_secret="cluster-s3", defaults=defaults)
+    r = run(**{"spec.resources": {"trainer": {"gpus": 2, "memory": "128Gi"}}, "spec.storage": {"url": "s3://kwarp/runs"}})
+
+    trainer = job_manifest(r, UID, Task.train(0, 1), 0, worker)["spec"]["template"]["spec"]
+    # The run's GPU count and memory win; the toleration and priority class come from the defaults.
+    assert trainer["containers"][0]["resources"] == gpus(2, memory="128Gi")
+    assert trainer["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert trainer["priorityClassName"] == "gpu-batch"
+
+    merger = job_manifest(r, UID, Task.merge(0), 0, worker)["spec"]["template"]["spec"]["containers"][0]
+    assert merger["resources"] == gpus(0, "2", "8Gi")
+    # The run names no Secret: the operator's default one provides the credentials.
+    assert {"name": "AWS_ACCESS_KEY_ID",
+            "valueFrom": {"secretKeyRef": {"name": "cluster-s3", "key": "AWS_ACCESS_KEY_ID"}}} in merger["env"]
+
+
+def test_with_defaults_keeps_what_the_run_set_and_never_the_gpu_count() -> None:
+    run_res = PodResources.model_validate({"gpus": 0, "cpu": "1", "tolerations": []})
+    default = PodResources.model_validate({"gpus": 2, "cpu": "8", "memory": "4Gi",
+                                           "tolerations": [{"key": "k", "operator": "Exists"}]})  # fmt: skip
+    merged = with_defaults(run_res, default)
+    assert (merged.gpus, merged.cpu, merged.memory) == (0, "1", "4Gi")
+    assert [t.key for t in merged.tolerations] == ["k"]
+    assert with_defaults(run_res, None) is run_res
+
+
+def test_spec_env_is_the_run_document_without_api_metadata() -> None:
+    r = run()
+    manifest = job_manifest(r, UID, Task.prepare(), 0, WorkerSettings(image=IMAGE))
+    env = {e["name"]: e.get("value") for e in manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert parse(json.loads(env["KWARP_SPEC"])) == r
+
+
+def test_names_fit_kubernetes_limits_for_the_longest_run_name() -> None:
+    r = run()
+    long = r.model_copy(update={"metadata": r.metadata.model_copy(update={"name": "a" * 40})})
+    manifest = job_manifest(long, UID, Task.train(99, 63), 100, WorkerSettings(image=IMAGE))
+    assert len(manifest["metadata"]["name"]) <= 63  # it becomes a pod label value (job-name)
+    assert all(len(v) <= 63 for v in manifest["metadata"]["labels"].values())
+
+
+def test_builder_is_pure() -> None:
+    r = run()
+    before = copy.deepcopy(r.to_document())
+    a = job_manifest(r, UID, Task.train(0, 0), 0, WorkerSettings(image=IMAGE))
+    b = job_manifest(r, UID, Task.train(0, 0), 0, WorkerSettings(image=IMAGE))
+    assert a == b and a is not b and r.to_document() == before
