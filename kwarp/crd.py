@@ -63,7 +63,14 @@ def _structural(node: Any) -> Any:
                 return kept | {"x-kubernetes-preserve-unknown-fields": True}
     out: dict[str, Any] = {}
     for k, v in node.items():
-        if k == "properties":
+        if k == "default":
+            # A null default says nothing; nulls inside an object default would be written into
+            # every stored object by the API server.
+            v = _drop_nulls(v)
+            if v is None:
+                continue
+            out[k] = v
+        elif k == "properties":
             out[k] = {name: _structural(p) for name, p in v.items()}
         elif k in ("items", "additionalProperties") and isinstance(v, dict):
             out[k] = _structural(v)
@@ -74,6 +81,14 @@ def _structural(node: Any) -> Any:
     if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
         out["x-kubernetes-preserve-unknown-fields"] = True
     return out
+
+
+def _drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
 
 
 def openapi_schema(model: type) -> dict[str, Any]:

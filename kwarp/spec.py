@@ -275,7 +275,13 @@ class Toleration(_Model):
 
 class PodResources(_Model):
     image: str | None = Field(None, description="Container image; default: the operator's configured worker image")
-    gpus: int = Field(0, ge=0, le=16, description="nvidia.com/gpu per pod (trainer: >1 runs accelerate launch)")
+    gpus: int | None = Field(
+        None,
+        ge=0,
+        le=16,
+        description="nvidia.com/gpu per pod; unset = the role's default (trainer 1, evaluation 1, merger 0); "
+        "a trainer with more than 1 runs under accelerate launch, one process per GPU",
+    )
     cpu: str | None = Field(None, description="CPU request and limit, e.g. '8'")
     memory: str | None = Field(None, description="Memory request and limit, e.g. '64Gi'")
     node_selector: dict[str, str] = Field(default_factory=dict)
@@ -293,10 +299,23 @@ class PodResources(_Model):
         return v
 
 
+ROLE_GPUS = {"trainer": 1, "merger": 0, "evaluation": 1}
+
+
 class ResourcesSpec(_Model):
-    trainer: PodResources = PodResources(gpus=1)
-    merger: PodResources = PodResources(gpus=0)
-    evaluation: PodResources = PodResources(gpus=1)
+    trainer: PodResources = PodResources()
+    merger: PodResources = PodResources()
+    evaluation: PodResources = PodResources()
+
+    @model_validator(mode="after")
+    def _role_gpus(self) -> ResourcesSpec:
+        # A role's GPU count has no schema default, so `trainer: {cpu: "8"}` keeps the trainer's GPU
+        # (a default of 0 in the CRD would be filled in by the API server and silently drop it).
+        for role, gpus in ROLE_GPUS.items():
+            res: PodResources = getattr(self, role)
+            if res.gpus is None:
+                object.__setattr__(self, role, res.model_copy(update={"gpus": gpus}))
+        return self
 
 
 class FailurePolicy(_Model):
