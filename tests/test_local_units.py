@@ -8,7 +8,14 @@ import pytest
 from rich.console import Console
 
 from kwarp.errors import UserError
-from kwarp.local import LocalExecutor, default_parallel, disk_needed, failure_reason, threads_per_task, with_store
+from kwarp.local import (
+    LocalExecutor,
+    default_parallel,
+    disk_needed,
+    failure_reason,
+    threads_per_task,
+    with_store,
+)
 from kwarp.spec import parse
 from kwarp.store import FileStore
 

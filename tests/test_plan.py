@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from kwarp.plan import Fail, Observed, Resume, Start, Succeed, Suspend, Task, TaskJobs, all_tasks, plan, progress
+from kwarp.plan import (
+    Fail,
+    Observed,
+    Resume,
+    Start,
+    Succeed,
+    Suspend,
+    Task,
+    TaskJobs,
+    all_tasks,
+    plan,
+    progress,
+)
 from kwarp.spec import WarpRunSpec, parse
 
 from .test_spec import doc
