@@ -39,8 +39,14 @@ P_EXCLAIM = 0.15
 CHOICE_TEMPERATURE = 0.35
 # Verbs live in the first person; films are told in the past, products in the present.
 _VERBS = (
-    ("love", "loved"), ("adore", "adored"), ("like", "liked"), ("enjoy", "enjoyed"),
-    ("appreciate", "appreciated"), ("hate", "hated"), ("dislike", "disliked"), ("regret", "regretted"),
+    ("love", "loved"),
+    ("adore", "adored"),
+    ("like", "liked"),
+    ("enjoy", "enjoyed"),
+    ("appreciate", "appreciated"),
+    ("hate", "hated"),
+    ("dislike", "disliked"),
+    ("regret", "regretted"),
 )
 _TENSE = {"product": 0, "film": 1}
 _VERB_INTENSIFIERS = ("really", "absolutely", "truly", "genuinely")
@@ -87,7 +93,9 @@ class ReviewGrammar:
             d: sorted({**self.lex.adjectives["general"], **self.lex.adjectives[d]}.items()) for d in DOMAINS
         }
         self.nouns = {d: sorted({**self.lex.nouns["general"], **self.lex.nouns[d]}.items()) for d in DOMAINS}
-        self.verbs = {d: [(forms[_TENSE[d]], self.lex.verbs[forms[_TENSE[d]]]) for forms in _VERBS] for d in DOMAINS}
+        self.verbs = {
+            d: [(forms[_TENSE[d]], self.lex.verbs[forms[_TENSE[d]]]) for forms in _VERBS] for d in DOMAINS
+        }
         self._base = {past: base for base, past in _VERBS}
         self.intensifiers = sorted(self.lex.intensifiers.items())
 
@@ -157,7 +165,9 @@ class ReviewGrammar:
             return f"{_article(words)} {words} {thing}"
         return words
 
-    def _predicate(self, rng: random.Random, domain: str, thing: str | None, target: float, used: set[str]) -> str:
+    def _predicate(
+        self, rng: random.Random, domain: str, thing: str | None, target: float, used: set[str]
+    ) -> str:
         """Copula and adjective phrase; `thing` is None when the subject is an aspect, not the thing itself."""
         negated = rng.random() < P_NEGATED
         copula = rng.choice(self.data["copulas"][domain])
@@ -208,7 +218,9 @@ class ReviewGrammar:
             return "I would recommend it" if target >= 0 else "I would not recommend it"
         if "{verb}" in template:
             return self._verb_clause(rng, opening.domain, target, used)
-        return template.replace("{adjp}", self.adjective_phrase(rng, opening.domain, opening.thing, target, used))
+        return template.replace(
+            "{adjp}", self.adjective_phrase(rng, opening.domain, opening.thing, target, used)
+        )
 
     # ---------------------------------------------------------------- whole reviews
 
@@ -232,7 +244,9 @@ class ReviewGrammar:
             text += " " + self.closing(rng, opening, target(), used) + "."
         return text
 
-    def review(self, rng: random.Random, mood: float, spread: float, opening: Opening | None = None) -> Review:
+    def review(
+        self, rng: random.Random, mood: float, spread: float, opening: Opening | None = None
+    ) -> Review:
         opening = opening or self.opening(rng)
         return Review(opening, self.continuation(rng, opening, mood, spread))
 

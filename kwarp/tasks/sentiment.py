@@ -15,8 +15,9 @@ in the manner of rule-based analysers such as VADER:
 Degenerate text is penalised, which the learned reward model never saw in its training pairs and
 so cannot know: each repeated sentiment word or immediately repeated word costs 0.5, each
 sentiment word glued to another ("excellent amazing") costs 0.5, a text whose words are less than
-half distinct loses up to 2, a completion of fewer than three words loses 1, and a text that does
-not end with a full stop or an exclamation mark loses 0.5.
+half distinct loses up to 2, a completion of fewer than two words loses 1, and a text that does
+not end with a full stop or an exclamation mark loses 0.5. The total penalty is capped at 3, so
+gold scores lie in [-4, 1].
 
 This module is pure Python (no torch) so that `true_score` is cheap to import as a
 `reward.callable` and in reports.
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from itertools import pairwise
 from typing import Any
 
 NEGATION_FACTOR = -0.6
@@ -45,9 +47,10 @@ REPEAT_PENALTY = 0.5
 SALAD_PENALTY = 0.5
 DIVERSITY_FLOOR = 0.5
 DIVERSITY_SLOPE = 4.0
-MIN_COMPLETION_WORDS = 3
+MIN_COMPLETION_WORDS = 2
 SHORT_PENALTY = 1.0
 UNFINISHED_PENALTY = 0.5
+PENALTY_CAP = 3.0
 
 _TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?|[.!?,;:]")
 _SENTENCE_END = frozenset(".!?")
@@ -116,7 +119,7 @@ class Judgement:
 
     @property
     def penalty(self) -> float:
-        return self.repetition + self.salad + self.diversity + self.short + self.unfinished
+        return min(PENALTY_CAP, self.repetition + self.salad + self.diversity + self.short + self.unfinished)
 
     @property
     def score(self) -> float:
@@ -165,10 +168,12 @@ def judge(text: str, completion: str | None = None) -> Judgement:
     words = [t for t in tokens if t not in _PUNCT]
     counts = Counter(w for w in words if w in lex.scores or w in lex.intensifiers)
     repeats = sum(c - 1 for c in counts.values())
-    repeats += sum(1 for a, b in zip(tokens, tokens[1:]) if a == b and a not in _PUNCT)
-    glued = sum(1 for a, b in zip(tokens, tokens[1:]) if a in lex.scores and b in lex.scores)
+    repeats += sum(1 for a, b in pairwise(tokens) if a == b and a not in _PUNCT)
+    glued = sum(1 for a, b in pairwise(tokens) if a in lex.scores and b in lex.scores)
     distinct = len(set(words)) / len(words) if words else 0.0
-    completion_words = len([t for t in tokenize(completion) if t not in _PUNCT]) if completion is not None else len(words)
+    completion_words = (
+        len([t for t in tokenize(completion) if t not in _PUNCT]) if completion is not None else len(words)
+    )
     return Judgement(
         raw=raw,
         sentiment=sentiment,
@@ -198,4 +203,4 @@ def true_score(prompts: Sequence[str], completions: Sequence[str]) -> list[float
     """
     if len(prompts) != len(completions):
         raise ValueError(f"true_score: {len(prompts)} prompts but {len(completions)} completions")
-    return [judge(join(p, c), c).score for p, c in zip(prompts, completions)]
+    return [judge(join(p, c), c).score for p, c in zip(prompts, completions, strict=True)]
