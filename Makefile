@@ -3,7 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip
+# -P (Python 3.11+): never put the current folder on sys.path. The repository root holds a folder
+# named operator/ (kwarp.operator), which would otherwise shadow the standard library's operator.
+PIP := $(PY) -P -m pip
 KWARP := $(VENV)/bin/kwarp
 # The CPU build of torch (on this project's machines it lies on disk). Pass TORCH_SPEC='torch==X --index-url ...'
 # for a CUDA build. It is installed before the project, so the project's range `torch>=2.4` is already met.
@@ -21,7 +23,7 @@ help:
 	@echo "make bench      the benchmarks (merge, store, train step, operator)"
 
 $(VENV)/.torch:
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -P -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
 	touch $@
@@ -52,7 +54,7 @@ peers:
 
 # checkov (the chart's static security scan) lives in its own venv: it pins old boto3/packaging.
 $(VENV)-checkov/.installed:
-	$(PYTHON) -m venv $(VENV)-checkov
+	$(PYTHON) -P -m venv $(VENV)-checkov
 	$(VENV)-checkov/bin/pip install -q checkov==3.3.30
 	touch $@
 

@@ -59,7 +59,7 @@ def free_port() -> int:
 def start_moto(port: int, tmpdir: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "TMPDIR": str(tmpdir)}  # where moto spills object bytes
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-P", "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,

@@ -297,7 +297,7 @@ class LocalExecutor:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {attempt}: kwarp {' '.join(task.argv())}\n")
         log.flush()
         popen = subprocess.Popen(
-            [self.python, "-m", "kwarp", *task.argv()],
+            [self.python, "-P", "-m", "kwarp", *task.argv()],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

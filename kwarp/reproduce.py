@@ -317,7 +317,7 @@ class Reproduction:
         log = self.out / "logs" / f"{self.counter:03d}-{args[0]}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as f:
-            p = subprocess.Popen([sys.executable, "-m", "kwarp", *args], stdout=f, stderr=subprocess.STDOUT, env=env)
+            p = subprocess.Popen([sys.executable, "-P", "-m", "kwarp", *args], stdout=f, stderr=subprocess.STDOUT, env=env)
         self.logs[p.pid] = log
         return p
 

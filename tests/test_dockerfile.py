@@ -339,7 +339,7 @@ def test_builder_context_builds_the_wheel_the_targets_install(stages: dict[str, 
                     shutil.copy2(f, target)
     wheels = tmp_path / "wheels"
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-cache-dir",
+        [sys.executable, "-P", "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-cache-dir",
          "--wheel-dir", str(wheels), str(context)],
         capture_output=True, text=True, timeout=300, check=False,
     )

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_import_contracts_hold(tmp_path: Path) -> None:
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+        [sys.executable, "-P", "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
          "--target", str(target), str(ROOT)],
         check=True,
         capture_output=True,
@@ -37,9 +37,13 @@ def test_import_contracts_hold(tmp_path: Path) -> None:
 
 
 def test_operator_folder_does_not_shadow_stdlib() -> None:
-    """`operator/` is mapped to kwarp.operator; `import operator` must stay the standard library's."""
+    """`operator/` is mapped to kwarp.operator; `import operator` must stay the standard library's.
+
+    Run from the repository root with -P (as the Makefile, the runner and the tests do): without it,
+    `python -m`/`-c` put the current folder first on sys.path, where operator/ would shadow the stdlib.
+    """
     out = subprocess.run(
-        [sys.executable, "-c", "import operator, kwarp.operator as k; print(hasattr(operator, 'itemgetter'), k.__name__)"],
+        [sys.executable, "-P", "-c", "import operator, kwarp.operator as k; print(hasattr(operator, 'itemgetter'), k.__name__)"],
         cwd=ROOT,
         capture_output=True,
         text=True,

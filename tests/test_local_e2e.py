@@ -27,7 +27,7 @@ from tests.tinytask import tiny_document
 
 def _kwarp(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "kwarp", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        [sys.executable, "-P", "-m", "kwarp", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
 
 
@@ -78,7 +78,7 @@ def test_run_killed_and_resumed(tiny_task: Path, tmp_path: Path) -> None:
 
     # 2. The same command again: it completes.
     second = subprocess.run(
-        [sys.executable, "-m", "kwarp", "run", str(doc_path), "--plain", "--parallel", "2"],
+        [sys.executable, "-P", "-m", "kwarp", "run", str(doc_path), "--plain", "--parallel", "2"],
         capture_output=True, text=True, env=env, timeout=900,
     )
     assert second.returncode == 0, second.stdout + second.stderr

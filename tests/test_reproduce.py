@@ -82,7 +82,7 @@ def test_summarize() -> None:
 def test_quick_reproduction_is_consistent(tmp_path: Path) -> None:
     out = tmp_path / "repro"
     env = {**os.environ, "KWARP_CACHE": os.environ.get("KWARP_CACHE", str(Path.home() / ".cache" / "kwarp"))}
-    subprocess.run([sys.executable, "-m", "kwarp", "reproduce", "--quick", "--out", str(out)], check=True, env=env,
+    subprocess.run([sys.executable, "-P", "-m", "kwarp", "reproduce", "--quick", "--out", str(out)], check=True, env=env,
                    timeout=3600)
     stored = json.loads((out / "claims.json").read_text())
     assert [f["id"] for f in stored["findings"]] == ["anchor", "merge", "liti", "iterate"]

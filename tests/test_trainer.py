@@ -250,7 +250,7 @@ def test_sigkill_never_exposes_a_partial_checkpoint_and_the_run_resumes(make_run
     """SIGKILL a trainer that saves its state every step, at a moment unrelated to its saves."""
     run = make_run(warp={"steps": 400}, training={"checkpointInterval": 1}, write=True)
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "kwarp.cli", "train", "--iteration", "0", "--member", "0",
+    cmd = [sys.executable, "-P", "-m", "kwarp.cli", "train", "--iteration", "0", "--member", "0",
            "--spec", str(tmp_path / "store.json"), "--device", "cpu"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
     try:

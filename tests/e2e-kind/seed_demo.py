@@ -34,7 +34,7 @@ def locations(run: WarpRun) -> dict[str, str | None]:
 
 
 def main(cluster_doc: str) -> int:
-    kwarp = [sys.executable, "-m", "kwarp"]
+    kwarp = [sys.executable, "-P", "-m", "kwarp"]
     subprocess.run([*kwarp, "task", "build"], check=True)
     task_dir = Path(subprocess.run([*kwarp, "task", "path"], check=True, capture_output=True, text=True).stdout.strip())
     local, cluster = load(task_dir / "warprun.yaml"), load(cluster_doc)
