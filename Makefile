@@ -54,6 +54,7 @@ peers:
 
 # checkov (the chart's static security scan) lives in its own venv: it pins old boto3/packaging.
 $(VENV)-checkov/.installed:
+	rm -rf $(VENV)-checkov
 	$(PYTHON) -P -m venv $(VENV)-checkov
 	$(VENV)-checkov/bin/pip install -q checkov==3.3.30
 	touch $@
