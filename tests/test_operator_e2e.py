@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,10 +100,20 @@ def test_a_warprun_reaches_succeeded_with_its_checkpoints_in_the_bucket(
                 raise AssertionError(f"status: {json.dumps(api.status(RUN))[:3000]}\nlogs: {failing}") from None
             assert not runner.errors, runner.errors
 
-        jobs = api.jobs(RUN)
+            # The store can show the last task done a moment before the runner writes its Job's
+            # status back (as with a real kubelet): wait for every Job to report Complete.
+            def complete(j: dict) -> bool:
+                return any(c["type"] == "Complete" and c["status"] == "True"
+                           for c in (j.get("status") or {}).get("conditions") or [])  # fmt: skip
+
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                jobs = api.jobs(RUN)
+                if len(jobs) == 9 and all(complete(j) for j in jobs.values()):
+                    break
+                time.sleep(0.5)
         assert len(jobs) == 9
-        assert all(any(c["type"] == "Complete" and c["status"] == "True" for c in j["status"]["conditions"])
-                   for j in jobs.values())  # fmt: skip
+        assert all(complete(j) for j in jobs.values()), {n: j.get("status") for n, j in jobs.items()}
 
     # The status: a Pareto front per iteration, read from the eval.json the evaluation tasks wrote.
     store = S3Store.from_url(f"s3://{bucket}/runs", storage, env=s3.env())
