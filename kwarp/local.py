@@ -44,6 +44,7 @@ from kwarp.store import FileStore, Store, layout, open_store
 
 PROGRESS_PREFIX = "KWARP_PROGRESS "
 _POLL_SECONDS = 0.5
+METRICS_LINGER_SECONDS = 5.0
 
 
 def default_parallel(members: int, cores: int | None = None) -> int:
@@ -268,6 +269,10 @@ class LocalExecutor:
                     return 1
                 if isinstance(action, Succeed):
                     show(observed)
+                    self.export_metrics(observed)
+                    if self.metrics is not None:
+                        # Let Prometheus scrape the last evaluation before the endpoint goes away.
+                        time.sleep(METRICS_LINGER_SECONDS)
                     return 0
                 if isinstance(action, Start) and action.task not in self.procs and len(self.procs) < self.parallel:
                     self.start(action.task, action.attempt)
