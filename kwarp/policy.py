@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ import torch
 from kwarp import locations
 from kwarp.checkpoints import CheckpointError, TensorReader, refuse_pickles
 from kwarp.errors import UserError
+from kwarp.prompts import read_prompts  # noqa: F401 - re-exported: trainer and evaluate import it from here
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -170,44 +170,6 @@ def copy_weights_(model: torch.nn.Module, folder: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------- prompts
-
-
-def read_prompts(
-    location: str | Path,
-    field: str = "prompt",
-    *,
-    storage: StorageSpec | None = None,
-    limit: int | None = None,
-    spec_field: str = "spec.data",
-) -> list[str]:
-    """Prompts of a JSONL file (one object per line); a bad line is a UserError naming file and line."""
-    path = location if isinstance(location, Path) else locations.fetch(location, spec_field, storage)
-    if not Path(path).is_file():
-        raise UserError(f"{spec_field}: {path} does not exist or is not a file; give a JSONL file of prompts")
-    prompts: list[str] = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError as err:
-                    raise UserError(f"{spec_field}: {path} line {lineno} is not valid JSON ({err})") from None
-                value = obj.get(field) if isinstance(obj, dict) else None
-                if not isinstance(value, str) or not value.strip():
-                    raise UserError(
-                        f"{spec_field}: {path} line {lineno} has no non-empty string field '{field}' "
-                        "(set spec.data.promptField if the prompts use another key)"
-                    )
-                prompts.append(value)
-                if limit is not None and len(prompts) >= limit:
-                    break
-    except UnicodeDecodeError as err:
-        raise UserError(f"{spec_field}: {path} is not UTF-8 text ({err})") from None
-    if not prompts:
-        raise UserError(f"{spec_field}: {path} holds no prompts")
-    return prompts
 
 
 # --------------------------------------------------------------------------------------- reward

@@ -18,32 +18,14 @@ from pathlib import Path
 from kwarp import locations
 from kwarp.checkpoints import MANIFEST, PICKLE_SUFFIXES, CheckpointError, refuse_pickles
 from kwarp.errors import UserError
+from kwarp.prompts import read_prompts
 from kwarp.spec import DataSpec, RewardSpec, WarpRun, from_cli
 from kwarp.store import Store, layout, open_store
 
 
 def check_prompts(path: Path, field: str, spec_field: str, need: int = 1) -> int:
     """Count valid prompts in a JSONL file; raise a UserError naming the file and line of a bad one."""
-    n = 0
-    try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError as err:
-                    raise UserError(f"{spec_field}: {path} line {lineno} is not JSON ({err})") from None
-                if not isinstance(obj, dict) or not isinstance(obj.get(field), str) or not obj[field].strip():
-                    raise UserError(
-                        f"{spec_field}: {path} line {lineno} has no non-empty string field '{field}' "
-                        "(set spec.data.promptField if the prompts use another key)"
-                    )
-                n += 1
-    except UnicodeDecodeError as err:
-        raise UserError(f"{spec_field}: {path} is not UTF-8 text ({err})") from None
-    except IsADirectoryError:
-        raise UserError(f"{spec_field}: {path} is a folder; give a JSONL file") from None
+    n = len(read_prompts(path, field, spec_field=spec_field))
     if n < need:
         raise UserError(f"{spec_field}: {path} holds {n} prompts, at least {need} are needed")
     return n
