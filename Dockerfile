@@ -14,7 +14,7 @@
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 ARG KWARP_VERSION=0.1.0
 ARG TORCH_VERSION=2.13.0
-# The operator only needs torch because kwarp.checkpoints imports it: the CPU build is enough.
+# The operator only needs torch because kwarp.core.checkpoints imports it: the CPU build is enough.
 ARG OPERATOR_TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # PyPI's Linux torch wheels are CUDA builds that bring the CUDA runtime as pip packages: only the
 # NVIDIA driver comes from the node.

@@ -49,10 +49,10 @@ sys.path.insert(0, str(ROOT))
 
 import kubernetes  # noqa: E402
 
-from kwarp.crd import crd  # noqa: E402
+from kwarp.core.crd import crd  # noqa: E402
+from kwarp.core.plan import Task, dependencies  # noqa: E402
+from kwarp.core.spec import parse  # noqa: E402
 from kwarp.operator.jobs import LABEL_RUN, WorkerSettings  # noqa: E402
-from kwarp.plan import Task, dependencies  # noqa: E402
-from kwarp.spec import parse  # noqa: E402
 from tests.kube import Cluster, RunningOperator, StatusJobRunner, wait_for  # noqa: E402
 from tests.test_operator import options, warprun, write_outputs  # noqa: E402
 

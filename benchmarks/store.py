@@ -43,7 +43,7 @@ from minio import Minio
 from rich.console import Console
 from rich.table import Table
 
-from kwarp.checkpoints import MANIFEST
+from kwarp.core.checkpoints import MANIFEST
 from kwarp.store.s3 import Credentials, RetryPolicy, S3Config, S3Store, parse_size
 
 ACCESS, SECRET = "bench-access", "bench-secret"

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
+from kwarp.core.spec import RewardSpec, parse
 from kwarp.policy import load_reward, read_prompts
-from kwarp.spec import RewardSpec, parse
 from kwarp.trainer.train import StepConfig, load_models, make_accelerator, training_step
 
 # (n_layer, n_embd, n_head) of the random GPT-2 models, smallest first.

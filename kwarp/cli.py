@@ -15,19 +15,19 @@ from kwarp import __version__
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("kwarp.local", "run a WarpRun end to end on this machine (embedded mode)"),
-    "report": ("kwarp.report", "write the HTML report, figures and summary.json of a run"),
-    "validate": ("kwarp.cli_spec", "check a WarpRun document and print the resolved spec"),
-    "crd": ("kwarp.cli_spec", "print the WarpRun CustomResourceDefinition (generated from the spec)"),
-    "prepare": ("kwarp.prepare", "task: copy the SFT policy into the run's store (checks model, reward, data)"),
+    "run": ("kwarp.run.runner", "run a WarpRun end to end on this machine (embedded mode)"),
+    "report": ("kwarp.run.report", "write the HTML report, figures and summary.json of a run"),
+    "validate": ("kwarp.core.cli_spec", "check a WarpRun document and print the resolved spec"),
+    "crd": ("kwarp.core.cli_spec", "print the WarpRun CustomResourceDefinition (generated from the spec)"),
+    "prepare": ("kwarp.run.prepare", "task: copy the SFT policy into the run's store (checks model, reward, data)"),
     "train": ("kwarp.trainer.cli", "task: train one WARP member (REINFORCE with the EMA anchor)"),
     "merge": ("kwarp.merger.cli", "task or tool: SLERP the members' task vectors, then LiTI"),
-    "eval": ("kwarp.evaluate", "task or tool: reward and KL along the LiTI path (the Pareto front)"),
+    "eval": ("kwarp.run.evaluate", "task or tool: reward and KL along the LiTI path (the Pareto front)"),
     "task": ("kwarp.tasks.cli", "the bundled demo task: build it, show where it is"),
     "store": ("kwarp.store.cli", "list, verify and copy checkpoints between file:// and s3:// stores"),
     "operator": ("kwarp.operator.cli", "run the Kubernetes operator (kopf)"),
-    "dashboard": ("kwarp.dashboard", "print the Grafana dashboard JSON"),
-    "reproduce": ("kwarp.reproduce", "re-run the paper's four findings on the demo task"),
+    "dashboard": ("kwarp.observability.dashboard", "print the Grafana dashboard JSON"),
+    "reproduce": ("kwarp.run.reproduce", "re-run the paper's four findings on the demo task"),
 }
 
 
@@ -53,9 +53,9 @@ def build_parser(name: str) -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from kwarp.checkpoints import CheckpointError
-    from kwarp.errors import UserError
-    from kwarp.spec import SpecError
+    from kwarp.core.checkpoints import CheckpointError
+    from kwarp.core.errors import UserError
+    from kwarp.core.spec import SpecError
     from kwarp.store.base import StoreError
 
     return (SpecError, CheckpointError, StoreError, UserError)

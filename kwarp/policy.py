@@ -29,15 +29,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from kwarp import locations
-from kwarp.checkpoints import CheckpointError, TensorReader, refuse_pickles
-from kwarp.errors import UserError
-from kwarp.prompts import read_prompts  # noqa: F401 - re-exported: trainer and evaluate import it from here
+from kwarp.core import locations
+from kwarp.core.checkpoints import CheckpointError, TensorReader, refuse_pickles
+from kwarp.core.errors import UserError
+from kwarp.core.prompts import read_prompts  # noqa: F401 - re-exported: trainer and evaluate import it from here
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from kwarp.spec import RewardSpec, StorageSpec
+    from kwarp.core.spec import RewardSpec, StorageSpec
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

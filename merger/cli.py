@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kwarp.errors import UserError
+from kwarp.core.errors import UserError
 from kwarp.merger.groups import GRANULARITIES, Granularity
 from kwarp.merger.methods import METHODS
 from kwarp.merger.streaming import DEFAULT_MAX_SHARD_BYTES
@@ -38,9 +38,9 @@ from kwarp.merger.streaming import DEFAULT_MAX_SHARD_BYTES
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from kwarp.core.spec import WarpRun
     from kwarp.merger.report import MergeReport
     from kwarp.merger.streaming import Progress
-    from kwarp.spec import WarpRun
 
 _SUMMARY_ROWS = 40
 _FOLDER_FLAGS = ("init", "member", "out", "lam", "eta", "granularity", "method", "report")
@@ -106,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
                 f"--iteration runs a WarpRun's merge, whose settings come from the spec; drop "
                 f"{', '.join('--' + f.replace('lam', 'lambda') for f in folder_flags)}"
             )
-        from kwarp.spec import from_cli
+        from kwarp.core.spec import from_cli
 
         run_task(from_cli(args.spec), args.iteration, console=console, max_shard_bytes=max_shard, threads=threads)
         return 0
@@ -141,7 +141,7 @@ def merge_folders(
     console: Console | None = None,
 ) -> MergeReport:
     """Merge checkpoint folders into `out` (a complete checkpoint, manifest last)."""
-    from kwarp.checkpoints import MANIFEST, staging, verify, write_manifest
+    from kwarp.core.checkpoints import MANIFEST, staging, verify, write_manifest
     from kwarp.merger.liti import check_eta
     from kwarp.merger.streaming import Output, merge_checkpoints
 
@@ -172,13 +172,13 @@ def run_task(run: WarpRun, iteration: int, *, console: Console | None = None,
              max_shard_bytes: int | None = None, threads: int = 1) -> MergeReport | None:
     """The merge task of iteration `iteration`; None when everything was already done.
 
-    Metrics live on a registry of this task, served/pushed as the environment asks (kwarp.telemetry)
+    Metrics live on a registry of this task, served/pushed as the environment asks (kwarp.observability.telemetry)
     for the duration of the merge and pushed once more at the end, after merge.json is recorded.
     """
     from prometheus_client import CollectorRegistry
 
-    from kwarp import telemetry
-    from kwarp.metrics import MergerMetrics, iteration_labels
+    from kwarp.observability import telemetry
+    from kwarp.observability.metrics import MergerMetrics, iteration_labels
 
     namespace = telemetry.task_namespace()
     registry = CollectorRegistry()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kwarp.errors import UserError
+from kwarp.core.errors import UserError
 from kwarp.merger.combination import MergeMethod
 from kwarp.merger.linear import Linear
 from kwarp.merger.slerp import Slerp

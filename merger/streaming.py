@@ -12,7 +12,7 @@ For each group (a transformer block, a tensor, or the model):
 Writing the merge as a weighted sum of the checkpoints (not θ_init + Σ w δ) keeps the endpoints
 exact: at λ = 0 or 1 a single term with weight 1 remains and the member is copied bit for bit.
 
-Tensors come from memory-mapped safetensors (zero-copy views, through kwarp.checkpoints.TensorReader).
+Tensors come from memory-mapped safetensors (zero-copy views, through kwarp.core.checkpoints.TensorReader).
 A mapped view keeps every page it touched resident until it is dropped, so each tensor is walked in
 windows of WINDOW_BYTES and re-fetched per window, and the shard handles are closed after each: mapped
 pages never exceed one window per input, however large the tensor (a 128k-vocabulary embedding is
@@ -40,7 +40,7 @@ from typing import TypeVar
 import torch
 from safetensors import safe_open
 
-from kwarp.checkpoints import (
+from kwarp.core.checkpoints import (
     CheckpointError,
     ShardWriter,
     TensorReader,
@@ -73,7 +73,7 @@ class Output:
     """One checkpoint the engine writes: LiTI at η (1 = the merge itself, 0 = θ_init) into `folder`.
 
     The engine writes the weights and copies config and tokenizer from θ_init; the caller writes the
-    manifest (kwarp.checkpoints.staging + write_manifest, or Store.write_checkpoint).
+    manifest (kwarp.core.checkpoints.staging + write_manifest, or Store.write_checkpoint).
     """
 
     folder: Path

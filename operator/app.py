@@ -19,8 +19,8 @@ import kopf
 import kubernetes
 
 from kwarp import __version__
-from kwarp.errors import UserError
-from kwarp.spec import API_GROUP, PodResources
+from kwarp.core.errors import UserError
+from kwarp.core.spec import API_GROUP, PodResources
 
 from . import handlers
 from .jobs import WorkerSettings

@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Mapping
 
-from kwarp.errors import UserError
+from kwarp.core.errors import UserError
 
 from .app import DEFAULT_WORKER_IMAGE, OperatorOptions, env_int, forwarded_env, serve, worker_defaults
 from .jobs import WorkerSettings

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kwarp.status import Condition
+from kwarp.core.status import Condition
 
 # Types
 READY = "Ready"

@@ -19,7 +19,7 @@ from typing import Any
 import kopf
 import kubernetes
 
-from kwarp.spec import API_GROUP, API_VERSION, KIND, PLURAL
+from kwarp.core.spec import API_GROUP, API_VERSION, KIND, PLURAL
 
 from .jobs import LABEL_RUN
 from .reconcile import CleanupPending, Reconciler

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kwarp.plan import Task
-from kwarp.spec import API_GROUP, API_VERSION, KIND, SPEC_ENV, PodResources, WarpRun, WarpRunSpec
+from kwarp.core.plan import Task
+from kwarp.core.spec import API_GROUP, API_VERSION, KIND, SPEC_ENV, PodResources, WarpRun, WarpRunSpec
 
 # Labels on every Job and pod. The run label is how the operator finds a run's Jobs.
 LABEL_NAME = "app.kubernetes.io/name"

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import kubernetes
 
-from kwarp.spec import API_GROUP, API_VERSION, PLURAL
+from kwarp.core.spec import API_GROUP, API_VERSION, PLURAL
 
 from .jobs import LABEL_RUN
 

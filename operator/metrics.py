@@ -1,4 +1,4 @@
-"""The operator's /metrics endpoint: OperatorMetrics (kwarp.metrics) on a registry of its own.
+"""The operator's /metrics endpoint: OperatorMetrics (kwarp.observability.metrics) on a registry of its own.
 
 Runs by phase, each run's phase and iteration, reconcile durations and errors, Jobs created, failed
 attempts and retries by task kind. The liveness endpoint is kopf's (`--liveness-port`), not this one.
@@ -11,7 +11,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from kwarp.metrics import OperatorMetrics
+from kwarp.observability.metrics import OperatorMetrics
 
 
 class MetricsServer:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kwarp.plan import Task, TaskJobs
+from kwarp.core.plan import Task, TaskJobs
 
 from .jobs import LABEL_ATTEMPT, LABEL_TASK
 

@@ -2,7 +2,7 @@
 
     read the WarpRun ─ validate the spec ─ settle which spec runs (accepted + safe changes)
     observe: the store (completed tasks, fronts) and the run's Jobs (attempts, failures)
-    plan(spec, observed) -> actions                          (kwarp.plan, pure)
+    plan(spec, observed) -> actions                          (kwarp.core.plan, pure)
     act: create Jobs (409 = already there), suspend / resume Jobs
     build the status (operator.status, pure); patch it only if it changed; post Events
 
@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from kwarp.metrics import OperatorMetrics
-from kwarp.plan import Action, Observed, Resume, Start, Succeed, Suspend, Task, plan
-from kwarp.spec import (
+from kwarp.core.plan import Action, Observed, Resume, Start, Succeed, Suspend, Task, plan
+from kwarp.core.spec import (
     API_GROUP,
     API_VERSION,
     KIND,
@@ -37,7 +36,8 @@ from kwarp.spec import (
     changed_fields,
     parse,
 )
-from kwarp.status import WarpRunStatus
+from kwarp.core.status import WarpRunStatus
+from kwarp.observability.metrics import OperatorMetrics
 from kwarp.store import Store, StoreError, layout, open_store
 
 from . import conditions as C

@@ -14,9 +14,9 @@ import threading
 from collections.abc import Collection
 from typing import Any
 
-from kwarp.observe import task_done
-from kwarp.plan import Task, all_tasks, dependencies
-from kwarp.spec import WarpRunSpec
+from kwarp.core.observe import task_done
+from kwarp.core.plan import Task, all_tasks, dependencies
+from kwarp.core.spec import WarpRunSpec
 from kwarp.store import Store, layout
 
 from .status import MemberResult, eval_members

@@ -14,9 +14,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kwarp.plan import Action, Fail, Observed, Progress, Task, TaskJobs, progress
-from kwarp.spec import WarpRunSpec
-from kwarp.status import Condition, IterationFront, MemberStatus, ParetoPoint, TaskFailures, WarpRunStatus
+from kwarp.core.plan import Action, Fail, Observed, Progress, Task, TaskJobs, progress
+from kwarp.core.spec import WarpRunSpec
+from kwarp.core.status import (
+    Condition,
+    IterationFront,
+    MemberStatus,
+    ParetoPoint,
+    TaskFailures,
+    WarpRunStatus,
+)
 from kwarp.store import layout
 
 from . import conditions as C

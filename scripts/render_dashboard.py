@@ -3,7 +3,7 @@
 
     python scripts/render_dashboard.py --prometheus http://127.0.0.1:9090 --run demo --out docs/img/dashboard.png
 
-The queries are the dashboard's own (kwarp.dashboard, the same JSON the chart ships), with the variables
+The queries are the dashboard's own (kwarp.observability.dashboard, the same JSON the chart ships), with the variables
 substituted as Grafana would, so the picture shows what the Grafana panels show, without a Grafana. The time
 range defaults to the span in which the run has trainer data (--start/--end override it, as Unix seconds).
 Exit code 1 when a drawn panel got no data: the picture would silently lie.
@@ -28,8 +28,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from kwarp import dashboard  # noqa: E402
-from kwarp.metrics import RUN_PHASES  # noqa: E402
+from kwarp.observability import dashboard  # noqa: E402
+from kwarp.observability.metrics import RUN_PHASES  # noqa: E402
 
 # (panel title, y label); drawn left to right, top to bottom after the front and the timeline.
 SERIES_PANELS = (

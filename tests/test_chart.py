@@ -509,7 +509,7 @@ def test_worker_service_account_in_extra_namespaces(chart: Any) -> None:
 
 
 def test_warprun_crd_is_the_generated_one(chart: Any) -> None:
-    from kwarp.cli_spec import render_crd_yaml
+    from kwarp.core.cli_spec import render_crd_yaml
 
     assert (CHART / "crds" / "warprun.yaml").read_text() == render_crd_yaml()
     loaded = {d["metadata"]["name"] for c in chart.crds for d in yaml.safe_load_all(c["data"]) if d}
@@ -621,8 +621,8 @@ def worker_pod_templates() -> list[dict[str, Any]]:
         from kwarp.operator.jobs import WorkerSettings, job_manifest
     except ModuleNotFoundError as err:
         pytest.skip(f"kwarp.operator.jobs is not written yet ({err})")
-    from kwarp.plan import Task
-    from kwarp.spec import parse
+    from kwarp.core.plan import Task
+    from kwarp.core.spec import parse
 
     run = parse({
         "apiVersion": "kwarp.dev/v1alpha1", "kind": "WarpRun", "metadata": {"name": "demo", "namespace": "team-a"},
@@ -747,7 +747,7 @@ def test_rendered_manifests_pass_checkov(chart: Any, tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("warprun*.yaml")), ids=lambda p: p.name)
 def test_example_warprun_is_valid_and_uses_the_example_minio(path: Path) -> None:
     """Each example WarpRun validates, and stores where examples/values-minio.yaml points the operator."""
-    from kwarp.spec import load
+    from kwarp.core.spec import load
 
     run = load(path)
     minio = example_values(EXAMPLES / "values-minio.yaml")["s3"]
@@ -778,7 +778,7 @@ def test_cluster_demo_is_the_demo_tasks_own_run() -> None:
         from kwarp.tasks.document import warprun
     except ModuleNotFoundError as err:
         pytest.skip(f"kwarp.tasks.document is not written yet ({err})")
-    from kwarp.spec import load, parse
+    from kwarp.core.spec import load, parse
 
     cluster = load(EXAMPLES / "warprun-demo.yaml")
     local = parse(warprun(policy="sft", reward="rm", train="train.jsonl", eval="eval.jsonl", storage="runs"))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from kwarp.checkpoints import (
+from kwarp.core.checkpoints import (
     MANIFEST,
     CheckpointError,
     Manifest,

@@ -7,8 +7,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from kwarp.crd import crd
-from kwarp.spec import parse
+from kwarp.core.crd import crd
+from kwarp.core.spec import parse
 
 from .test_spec import MINIMAL, doc
 

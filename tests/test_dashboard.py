@@ -16,9 +16,9 @@ from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models import bargauge, prometheus, statetimeline, timeseries, xychart
 from grafana_foundation_sdk.models import dashboard as dm
 
-from kwarp import dashboard
 from kwarp.cli import main
-from kwarp.metrics import RUN_PHASES, catalogue_by_series
+from kwarp.observability import dashboard
+from kwarp.observability.metrics import RUN_PHASES, catalogue_by_series
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "charts" / "kwarp" / "files" / "dashboard.json"
@@ -99,7 +99,7 @@ def test_every_queried_metric_is_in_the_catalogue() -> None:
     for expr in _all_expressions():
         names = dashboard.metric_names(expr)
         assert names, expr
-        assert names <= known, f"{expr}: {sorted(names - known)} not in kwarp.metrics.CATALOGUE"
+        assert names <= known, f"{expr}: {sorted(names - known)} not in kwarp.observability.metrics.CATALOGUE"
         used |= names
     # The dashboard shows every component: trainer, merger, evaluation, run state, operator.
     assert {n.split("_")[1] for n in used} == {"trainer", "merger", "eval", "run", "operator"}
@@ -183,7 +183,7 @@ def test_substitute_replaces_every_variable_form() -> None:
 
 
 def test_the_observability_doc_lists_the_catalogue() -> None:
-    from kwarp.metrics import CATALOGUE
+    from kwarp.observability.metrics import CATALOGUE
 
     doc = (ROOT / "docs" / "observability.md").read_text()
     rows = dict(re.findall(r"^\| `(kwarp_\w+)` \| (\w+) \|", doc, flags=re.MULTILINE))

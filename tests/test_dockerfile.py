@@ -259,7 +259,7 @@ def test_build_context_sends_the_sources_and_nothing_else(stages: dict[str, Stag
         for src in sources:
             assert (ROOT / src).exists(), f"COPY {src}: missing from the repository"
             assert not dockerignored(src.rstrip("/"), patterns), f"COPY {src} is excluded by .dockerignore"
-    for path in ("kwarp/spec.py", "operator/jobs.py", "trainer/__init__.py", "merger/__init__.py"):
+    for path in ("kwarp/core/spec.py", "operator/jobs.py", "trainer/__init__.py", "merger/__init__.py"):
         assert not dockerignored(path, patterns), path
     for path in (".venv/bin/python", ".git/config", ".venv-checkov/bin/checkov", "runs/x/MANIFEST.json",
                  "demo/run/base/model.safetensors", "tests/test_spec.py", "kwarp/__pycache__/spec.cpython-311.pyc",
@@ -272,7 +272,7 @@ def test_build_context_sends_the_sources_and_nothing_else(stages: dict[str, Stag
 
 def job_commands() -> list[tuple[str, list[str], list[str]]]:
     """(case, command, args) of every Job container the operator builds: each task kind, 0, 1 and 4 GPUs."""
-    from kwarp.plan import Task
+    from kwarp.core.plan import Task
 
     tasks = [Task.prepare(), Task.train(0, 0), Task.train(2, 1), Task.merge(0), Task.eval(1)]
     try:

@@ -1,4 +1,4 @@
-"""The shared policy helpers (kwarp.policy) and the evaluation (kwarp.evaluate) on tiny random models."""
+"""The shared policy helpers (kwarp.policy) and the evaluation (kwarp.run.evaluate) on tiny random models."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from kwarp.checkpoints import CheckpointError, save_pretrained
 from kwarp.cli import main as kwarp_main
-from kwarp.errors import UserError
-from kwarp.evaluate import evaluate_iteration, evaluate_policy, interpolate_
+from kwarp.core.checkpoints import CheckpointError, save_pretrained
+from kwarp.core.errors import UserError
+from kwarp.core.spec import RewardSpec, parse
 from kwarp.policy import (
     completion_mask,
     copy_weights_,
@@ -23,7 +23,7 @@ from kwarp.policy import (
     sample,
     sequence_logprobs,
 )
-from kwarp.spec import RewardSpec, parse
+from kwarp.run.evaluate import evaluate_iteration, evaluate_policy, interpolate_
 from kwarp.store import layout, open_store
 from tests.models import load_state, perturbed, tiny_gpt2, tiny_llama, tiny_tokenizer
 

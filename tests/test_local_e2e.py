@@ -17,10 +17,10 @@ from pathlib import Path
 
 import yaml
 
-from kwarp.checkpoints import MANIFEST
-from kwarp.observe import completed_tasks
-from kwarp.plan import all_tasks
-from kwarp.spec import load
+from kwarp.core.checkpoints import MANIFEST
+from kwarp.core.observe import completed_tasks
+from kwarp.core.plan import all_tasks
+from kwarp.core.spec import load
 from kwarp.store import FileStore, layout
 from tests.tinytask import tiny_document
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from kwarp.errors import UserError
-from kwarp.local import (
+from kwarp.core.errors import UserError
+from kwarp.core.spec import parse
+from kwarp.run.runner import (
     LocalExecutor,
     default_parallel,
     disk_needed,
@@ -16,7 +17,6 @@ from kwarp.local import (
     threads_per_task,
     with_store,
 )
-from kwarp.spec import parse
 from kwarp.store import FileStore
 
 from .test_spec import doc

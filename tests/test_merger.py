@@ -19,13 +19,13 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from kwarp.checkpoints import MANIFEST, CheckpointError, read_manifest, verify, write_manifest
 from kwarp.cli import main as kwarp
+from kwarp.core.checkpoints import MANIFEST, CheckpointError, read_manifest, verify, write_manifest
+from kwarp.core.spec import parse
 from kwarp.merger.cli import merge_folders, parse_size, run_task
 from kwarp.merger.groups import block_prefix, group_names
 from kwarp.merger.report import MergeReport
 from kwarp.merger.streaming import Output, merge_checkpoints
-from kwarp.spec import parse
 from kwarp.store import FileStore, layout
 
 from .models import load_state, perturbed, tiny_gpt2, tiny_llama, variant, with_task_vector

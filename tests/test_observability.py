@@ -27,9 +27,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from kwarp import dashboard, telemetry
-from kwarp.errors import UserError
-from kwarp.metrics import (
+from kwarp.core.errors import UserError
+from kwarp.observability import dashboard, telemetry
+from kwarp.observability.metrics import (
     CATALOGUE,
     METRIC_GROUPS,
     RUN_PHASES,
@@ -731,7 +731,7 @@ def test_real_trainer_feeds_the_training_panels(tmp_path: Path, monkeypatch: pyt
 
     import torch
 
-    from kwarp.spec import parse
+    from kwarp.core.spec import parse
     from kwarp.trainer.train import train
     from tests.models import tiny_gpt2
 
@@ -788,8 +788,8 @@ def test_phases_and_task_kinds_match_the_plan() -> None:
     """The metric label values come from the plan's own vocabularies."""
     from typing import get_args
 
-    from kwarp import plan
-    from kwarp.metrics import TASK_KINDS
+    from kwarp.core import plan
+    from kwarp.observability.metrics import TASK_KINDS
 
     assert set(RUN_PHASES) == set(get_args(plan.Phase))
     assert set(TASK_KINDS) == set(get_args(plan.TaskKind))

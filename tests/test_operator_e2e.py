@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from kwarp.crd import crd
+from kwarp.core.crd import crd
+from kwarp.core.spec import StorageSpec
 from kwarp.operator import conditions as C
 from kwarp.operator.jobs import WorkerSettings
-from kwarp.spec import StorageSpec
 from kwarp.store import layout
 from kwarp.store.s3 import S3Store
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from kwarp.core.plan import Task
+from kwarp.core.spec import PodResources, WarpRun, parse
 from kwarp.operator.jobs import WorkerSettings, job_manifest, with_defaults
-from kwarp.plan import Task
-from kwarp.spec import PodResources, WarpRun, parse
 
 from .test_spec import doc
 

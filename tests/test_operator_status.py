@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 
-from kwarp.crd import crd
+from kwarp.core.crd import crd
+from kwarp.core.plan import Fail, Start, Succeed, Task, TaskJobs, all_tasks
+from kwarp.core.spec import WarpRunSpec, parse
+from kwarp.core.status import Condition, ParetoPoint, WarpRunStatus
 from kwarp.operator import conditions as C
 from kwarp.operator.observe import Failures, JobView, by_task, pod_failure, task_jobs, view
 from kwarp.operator.reconcile import KeyedSerializer, cluster_problems, effective_spec
@@ -26,9 +29,6 @@ from kwarp.operator.status import (
     status_document,
     status_patch,
 )
-from kwarp.plan import Fail, Start, Succeed, Task, TaskJobs, all_tasks
-from kwarp.spec import WarpRunSpec, parse
-from kwarp.status import Condition, ParetoPoint, WarpRunStatus
 
 from .kube import apply_schema
 from .test_spec import doc

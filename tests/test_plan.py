@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kwarp.plan import (
+from kwarp.core.plan import (
     Fail,
     Observed,
     Resume,
@@ -17,7 +17,7 @@ from kwarp.plan import (
     plan,
     progress,
 )
-from kwarp.spec import WarpRunSpec, parse
+from kwarp.core.spec import WarpRunSpec, parse
 
 from .test_spec import doc
 

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import yaml
 
-from kwarp import report
 from kwarp.cli import main as kwarp_main
-from kwarp.report import Point, hypervolume, reward_at_kl, smooth
-from kwarp.spec import WarpRun, parse
+from kwarp.core.spec import WarpRun, parse
+from kwarp.run import figures, report, rundata
+from kwarp.run.figures import smooth
+from kwarp.run.rundata import Point, hypervolume, reward_at_kl
 from kwarp.store import FileStore, layout
 
 RUN = "demo"
@@ -217,16 +218,16 @@ def test_hypervolume_is_the_dominated_staircase_area() -> None:
 
 
 def test_reference_kl_is_the_first_fronts_point_at_liti_eta() -> None:
-    def run(front: list[Point], next_init: Point | None, eta: float = 0.3) -> report.RunData:
-        it = report.IterationData(0, [], front=front, next_init=next_init)
-        return report.RunData(RUN, [it, report.IterationData(1, [])], liti_eta=eta, document=None)
+    def run(front: list[Point], next_init: Point | None, eta: float = 0.3) -> rundata.RunData:
+        it = rundata.IterationData(0, [], front=front, next_init=next_init)
+        return rundata.RunData(RUN, [it, rundata.IterationData(1, [])], liti_eta=eta, document=None)
 
     grid = [Point(0.0, 0.0, eta=0.0), Point(1.0, 2.0, eta=0.3), Point(2.0, 5.0, eta=1.0)]
-    assert report.reference_kl(run(grid, Point(9.0, 9.0))) == 2.0  # on the grid: the front's own point
+    assert rundata.reference_kl(run(grid, Point(9.0, 9.0))) == 2.0  # on the grid: the front's own point
     off_grid = [Point(0.0, 0.0, eta=0.0), Point(1.0, 4.0, eta=0.5), Point(2.0, 5.0, eta=1.0)]
-    assert report.reference_kl(run(off_grid, Point(0.8, 2.5))) == 2.5  # iteration 0's next_init
-    assert report.reference_kl(run(off_grid, None)) == pytest.approx(0.6 * 4.0)  # linear in η
-    assert report.reference_kl(report.RunData(RUN, [report.IterationData(0, [])], 0.3, None)) is None
+    assert rundata.reference_kl(run(off_grid, Point(0.8, 2.5))) == 2.5  # iteration 0's next_init
+    assert rundata.reference_kl(run(off_grid, None)) == pytest.approx(0.6 * 4.0)  # linear in η
+    assert rundata.reference_kl(rundata.RunData(RUN, [rundata.IterationData(0, [])], 0.3, None)) is None
 
 
 def test_smooth_keeps_length_constants_and_lines() -> None:
@@ -240,7 +241,7 @@ def test_smooth_keeps_length_constants_and_lines() -> None:
 
 
 def test_parse_metrics_skips_a_torn_line_and_keeps_the_latest_record_of_a_step() -> None:
-    rows = report.parse_metrics(b'{"step": 1, "reward": 0.1}\n{"step": 2, "reward": 0.2}\n'
+    rows = rundata.parse_metrics(b'{"step": 1, "reward": 0.1}\n{"step": 2, "reward": 0.2}\n'
                                 b'{"step": 2, "reward": 0.25}\n{"step": 3, "rew')
     assert [(r["step"], r["reward"]) for r in rows] == [(1, 0.1), (2, 0.25)]
 
@@ -261,10 +262,10 @@ def test_write_report_on_a_fabricated_run(fabricated: Fabricated, tmp_path: Path
     out = tmp_path / "out"
     path = report.write_report(fabricated.store, RUN, fabricated.spec, out)
     assert path == out / "report.html"
-    for name in ("report.html", "summary.json", *report.FIGURES):
+    for name in ("report.html", "summary.json", *figures.FIGURES):
         assert (out / name).stat().st_size > 0, name
     w, h = _png_size((out / "pareto.png").read_bytes())
-    assert (w, h) == (round(9.5 * report.DPI), round(6.6 * report.DPI))
+    assert (w, h) == (round(9.5 * figures.DPI), round(6.6 * figures.DPI))
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["run"] == RUN
@@ -318,7 +319,7 @@ def test_write_report_on_a_fabricated_run(fabricated: Fabricated, tmp_path: Path
 
     # out_dir is not the store's report folder: the store gets a copy too
     stored = fabricated.store.list(layout.report_prefix(RUN))
-    assert sorted(k.rsplit("/", 1)[1] for k in stored) == sorted(["report.html", "summary.json", *report.FIGURES])
+    assert sorted(k.rsplit("/", 1)[1] for k in stored) == sorted(["report.html", "summary.json", *figures.FIGURES])
 
 
 def test_default_out_dir_is_the_file_stores_report_folder(fabricated: Fabricated) -> None:
@@ -343,7 +344,7 @@ def test_missing_pieces_show_what_exists(tmp_path: Path) -> None:
     assert head["best_reward_at_kl"] == head["best_reward_at_kl_first"]
     assert head["wall_seconds"] is None  # no runner.json
     # training time falls back to the log: first step's start to last step's end
-    rows = report.parse_metrics(fab.store.get_bytes(layout.member_log(RUN, 0, 0)))
+    rows = rundata.parse_metrics(fab.store.get_bytes(layout.member_log(RUN, 0, 0)))
     expected = rows[-1]["time"] - rows[0]["time"] + rows[0]["step_seconds"]
     assert its[0]["members"][0]["train"]["seconds"] == pytest.approx(expected)
     text = path.read_text()
@@ -357,19 +358,19 @@ def test_an_empty_run_still_gets_a_report(tmp_path: Path) -> None:
     summary = json.loads((path.parent / "summary.json").read_text())
     assert [it["status"] for it in summary["iterations"]] == ["pending"] * 3
     assert summary["headline"]["reference_kl"] is None and summary["headline"]["hypervolume"] is None
-    for name in report.FIGURES:
+    for name in figures.FIGURES:
         _png_size((path.parent / name).read_bytes())
 
 
 def test_trajectory_falls_back_to_training_batches_without_eval_entries(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "store")
     store.put_bytes(layout.member_log(RUN, 0, 0), _metrics(0, 0, 40, 0.0, 6.0, 1.2, with_eval=False))
-    data = report.load_run(store, RUN)
+    data = rundata.load_run(store, RUN)
     assert data.iterations[0].members[0].eval_trajectory() == []
-    with_batches = report.pareto_figure(data)
+    with_batches = figures.pareto_figure(data)
     store.delete_prefix(layout.member_log(RUN, 0, 0))
     store.put_bytes(layout.member_log(RUN, 0, 0), b'{"step": 1}\n')
-    assert report.pareto_figure(report.load_run(store, RUN)) != with_batches
+    assert figures.pareto_figure(rundata.load_run(store, RUN)) != with_batches
 
 
 # ------------------------------------------------------------------ the CLI

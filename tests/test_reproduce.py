@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kwarp.report import Point
-from kwarp.reproduce import (
+from kwarp.run.reproduce import (
     QUICK,
     anchor_gap,
     best_within,
@@ -24,6 +23,7 @@ from kwarp.reproduce import (
     summarize,
     trajectory,
 )
+from kwarp.run.rundata import Point
 
 
 def P(kl: float, r: float) -> Point:

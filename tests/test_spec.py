@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kwarp.spec import SpecError, WarpRun, changed_fields, from_cli, load, member_seed, parse
+from kwarp.core.spec import SpecError, WarpRun, changed_fields, from_cli, load, member_seed, parse
 
 MINIMAL = {
     "apiVersion": "kwarp.dev/v1alpha1",

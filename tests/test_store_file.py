@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from kwarp.checkpoints import MANIFEST, CheckpointError, write_manifest
+from kwarp.core.checkpoints import MANIFEST, CheckpointError, write_manifest
 from kwarp.store import FileStore, StoreError, layout, open_store
 
 

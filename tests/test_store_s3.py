@@ -18,7 +18,8 @@ import pytest
 import urllib3
 from minio.error import S3Error, ServerError
 
-from kwarp.checkpoints import (
+from kwarp.cli import main as kwarp_main
+from kwarp.core.checkpoints import (
     MANIFEST,
     CheckpointError,
     Manifest,
@@ -26,8 +27,7 @@ from kwarp.checkpoints import (
     read_manifest,
     write_manifest,
 )
-from kwarp.cli import main as kwarp_main
-from kwarp.spec import StorageSpec
+from kwarp.core.spec import StorageSpec
 from kwarp.store import open_store
 from kwarp.store.base import StoreError
 from kwarp.store.cache import CheckpointCache, eviction_order
@@ -686,7 +686,7 @@ def test_cli_cp_ls_verify_round_trip(
 ) -> None:
     import torch
 
-    from kwarp.checkpoints import ShardWriter, iter_tensors
+    from kwarp.core.checkpoints import ShardWriter, iter_tensors
 
     torch.manual_seed(0)
     src = tmp_path / "sft"

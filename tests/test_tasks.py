@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kwarp.checkpoints import verify
-from kwarp.errors import UserError
-from kwarp.spec import load
+from kwarp.core.checkpoints import verify
+from kwarp.core.errors import UserError
+from kwarp.core.spec import load
 from kwarp.tasks import sentiment
 from kwarp.tasks.builder import BuildConfig, ModelSizes, build, demo_document, fingerprint, is_built, task_dir
 from kwarp.tasks.corpus import CorpusSizes, make_corpus
@@ -220,7 +220,7 @@ def test_warprun_document_validates(task: Path) -> None:
     assert spec.resources.trainer.gpus == 0 and spec.resources.evaluation.gpus == 0
     assert spec.training.max_new_tokens == TINY.max_new_tokens and spec.warp.policies == 2
     assert spec.training.samples_per_prompt >= 2 and spec.training.baseline == "leave-one-out"
-    from kwarp.spec import parse
+    from kwarp.core.spec import parse
 
     doc = parse(demo_document(store_url="s3://bucket/runs", folder=task))
     assert doc.spec.storage.url == "s3://bucket/runs" and doc.spec.policy.location == str(task / "policy")

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import torch
 
-from kwarp.checkpoints import MANIFEST, verify
 from kwarp.cli import main as kwarp_main
+from kwarp.core.checkpoints import MANIFEST, verify
+from kwarp.core.spec import WarpRun, parse
 from kwarp.policy import load_causal_lm
-from kwarp.spec import WarpRun, parse
 from kwarp.store import layout, open_store
 from kwarp.trainer.state import STATE_JSON
 from kwarp.trainer.train import PROGRESS_PREFIX, train

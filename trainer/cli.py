@@ -19,8 +19,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
-    from kwarp.errors import UserError
-    from kwarp.spec import from_cli
+    from kwarp.core.errors import UserError
+    from kwarp.core.spec import from_cli
 
     from .train import train
 

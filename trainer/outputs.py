@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from kwarp.checkpoints import PICKLE_SUFFIXES
+from kwarp.core.checkpoints import PICKLE_SUFFIXES
 from kwarp.policy import unique_parameters
 from kwarp.store import Store
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from kwarp.checkpoints import CheckpointError
+from kwarp.core.checkpoints import CheckpointError
 
 STATE_FORMAT = 1
 STATE_JSON = "trainer_state.json"

@@ -41,10 +41,10 @@ from typing import Any
 import torch
 from prometheus_client import CollectorRegistry
 
-from kwarp import telemetry
-from kwarp.errors import UserError
-from kwarp.evaluate import eval_settings, evaluate_policy
-from kwarp.metrics import TrainerMetrics, member_labels
+from kwarp.core.errors import UserError
+from kwarp.core.spec import WarpRun, WarpRunSpec, member_seed
+from kwarp.observability import telemetry
+from kwarp.observability.metrics import TrainerMetrics, member_labels
 from kwarp.policy import (
     Reward,
     Samples,
@@ -59,7 +59,7 @@ from kwarp.policy import (
     sequence_logprobs,
     unique_parameters,
 )
-from kwarp.spec import WarpRun, WarpRunSpec, member_seed
+from kwarp.run.evaluate import eval_settings, evaluate_policy
 from kwarp.store import Store, layout, open_store
 
 from .outputs import MetricsLog, publish_model

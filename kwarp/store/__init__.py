@@ -10,7 +10,7 @@ from kwarp.store.base import Store, StoreError
 from kwarp.store.local import FileStore
 
 if TYPE_CHECKING:
-    from kwarp.spec import StorageSpec
+    from kwarp.core.spec import StorageSpec
 
 
 def open_store(url: str, storage: StorageSpec | None = None) -> Store:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kwarp.checkpoints import Manifest
+from kwarp.core.checkpoints import Manifest
 
 
 class StoreError(RuntimeError):
@@ -46,7 +46,7 @@ class Store(ABC):
         """Yield a local folder to fill; on success the folder is published at `key`."""
         import tempfile
 
-        from kwarp.checkpoints import write_manifest
+        from kwarp.core.checkpoints import write_manifest
 
         with tempfile.TemporaryDirectory(prefix="kwarp-ckpt-") as tmp:
             yield Path(tmp)

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from kwarp.checkpoints import MANIFEST, CheckpointError, Manifest, verify
+from kwarp.core.checkpoints import MANIFEST, CheckpointError, Manifest, verify
 from kwarp.store.base import StoreError
 
 DEFAULT_MAX_GB = 100.0

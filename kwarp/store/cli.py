@@ -29,7 +29,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from kwarp.checkpoints import MANIFEST, CheckpointError, Manifest, staging
+from kwarp.core.checkpoints import MANIFEST, CheckpointError, Manifest, staging
 from kwarp.store import open_store
 from kwarp.store.base import Store, StoreError
 from kwarp.store.local import FileStore

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kwarp.checkpoints import (
+from kwarp.core.checkpoints import (
     MANIFEST,
     CheckpointError,
     Manifest,

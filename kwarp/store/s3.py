@@ -32,20 +32,17 @@ AbortIncompleteMultipartUpload lifecycle rule.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import io
 import logging
 import os
 import random
-import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import certifi
 import urllib3
@@ -53,12 +50,34 @@ from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-from kwarp.checkpoints import MANIFEST, CheckpointError, FileEntry, Manifest
+from kwarp.core.checkpoints import MANIFEST, CheckpointError, FileEntry, Manifest
 from kwarp.store.base import Store, StoreError
 from kwarp.store.cache import CheckpointCache
+from kwarp.store.s3_config import (  # noqa: F401  (re-exported: the store's public settings API)
+    CREDENTIAL_CODES,
+    MAX_PART_SIZE,
+    MIN_PART_SIZE,
+    Cancelled,
+    Credentials,
+    MiB,
+    RetryPolicy,
+    S3Config,
+    ShortRead,
+    backoff_delay,
+    clean_key,
+    credentials_from_env,
+    describe_error,
+    is_transient,
+    parse_s3_url,
+    parse_size,
+    resolve_config,
+    root_cause,
+    split_endpoint,
+    upload_streams,
+)
 
 if TYPE_CHECKING:
-    from kwarp.spec import StorageSpec
+    from kwarp.core.spec import StorageSpec
 
 log = logging.getLogger(__name__)
 
@@ -66,284 +85,7 @@ T = TypeVar("T")
 Progress = Callable[[int], None]
 """Called with a number of bytes moved (negative when a failed attempt's bytes are taken back)."""
 
-MiB = 1 << 20
-MIN_PART_SIZE = 5 * MiB  # S3's smallest multipart part (the last part excepted)
-MAX_PART_SIZE = 5 << 30
 _CHUNK = 1 * MiB
-
-# -------------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded retries with exponential backoff and jitter, per operation (one object, one range)."""
-
-    max_attempts: int = 6
-    base_delay_s: float = 0.5
-    max_delay_s: float = 20.0
-    deadline_s: float = 300.0
-
-
-def backoff_delay(policy: RetryPolicy, retry: int, rand: float) -> float:
-    """Seconds to wait before retry number `retry` (0-based), given `rand` uniform in [0, 1).
-
-    "Equal jitter": half the exponential step is fixed, half is random. The fixed half makes the
-    wait grow for sure; the random half spreads clients that failed together (a MinIO restart)
-    so that they do not come back in lockstep.
-    """
-    step = min(policy.max_delay_s, policy.base_delay_s * (2**retry))
-    return step / 2 + rand * step / 2
-
-
-@dataclass(frozen=True)
-class S3Config:
-    endpoint: str
-    """host[:port], no scheme."""
-    secure: bool = True
-    region: str | None = None
-    part_size: int = 64 * MiB
-    concurrency: int = 8
-    retry: RetryPolicy = RetryPolicy()
-    connect_timeout_s: float = 10.0
-    read_timeout_s: float = 120.0
-
-    def __post_init__(self) -> None:
-        if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
-            raise StoreError(
-                f"S3 part size {self.part_size} is out of range: KWARP_S3_PART_SIZE must be between 5Mi and 5Gi"
-            )
-        if self.concurrency < 1:
-            raise StoreError(f"KWARP_S3_CONCURRENCY must be at least 1, got {self.concurrency}")
-        if self.retry.max_attempts < 1:
-            raise StoreError(f"KWARP_S3_MAX_ATTEMPTS must be at least 1, got {self.retry.max_attempts}")
-
-
-_SIZE = re.compile(r"^\s*(\d+)\s*(|k|ki|kib|kb|m|mi|mib|mb|g|gi|gib|gb)\s*$", re.IGNORECASE)
-_UNITS = {
-    "": 1,
-    "k": 10**3, "kb": 10**3, "ki": 1 << 10, "kib": 1 << 10,
-    "m": 10**6, "mb": 10**6, "mi": 1 << 20, "mib": 1 << 20,
-    "g": 10**9, "gb": 10**9, "gi": 1 << 30, "gib": 1 << 30,
-}  # fmt: skip
-
-
-def parse_size(text: str, name: str = "size") -> int:
-    """Bytes from '67108864', '64Mi', '64MiB' or '64M' (Kubernetes style: M is 10^6, Mi is 2^20)."""
-    m = _SIZE.match(text)
-    if not m:
-        raise StoreError(f"{name}: '{text}' is not a size; write bytes or a number with Ki/Mi/Gi (e.g. 64Mi)")
-    return int(m.group(1)) * _UNITS[m.group(2).lower()]
-
-
-def split_endpoint(endpoint: str) -> tuple[str, bool | None]:
-    """('host:port', TLS implied by a scheme or None) from 'host:port' or 'http(s)://host:port'."""
-    secure: bool | None = None
-    text = endpoint.strip()
-    for scheme, tls in (("https://", True), ("http://", False)):
-        if text.lower().startswith(scheme):
-            text, secure = text[len(scheme) :], tls
-    text = text.rstrip("/")
-    if not text or "/" in text:
-        raise StoreError(
-            f"S3 endpoint '{endpoint}' must be host[:port] (no path): fix spec.storage.endpoint / KWARP_S3_ENDPOINT"
-        )
-    return text, secure
-
-
-def _env_bool(value: str, name: str) -> bool:
-    v = value.strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise StoreError(f"{name} must be 0 or 1, got '{value}'")
-
-
-def _env_number(env: Mapping[str, str], name: str, default: float, kind: type = float) -> Any:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return kind(raw)
-    except ValueError:
-        raise StoreError(f"{name} must be a number, got '{raw}'") from None
-
-
-def resolve_config(storage: StorageSpec | None, env: Mapping[str, str]) -> S3Config:
-    """The S3 settings of a store: spec.storage first, the environment where the spec is silent."""
-    raw_endpoint = (storage.endpoint if storage is not None else None) or env.get("KWARP_S3_ENDPOINT")
-    if not raw_endpoint:
-        raise StoreError(
-            "an s3:// store needs an endpoint: set spec.storage.endpoint or KWARP_S3_ENDPOINT "
-            "(host:port of MinIO; s3.amazonaws.com for AWS S3)"
-        )
-    endpoint, scheme_secure = split_endpoint(raw_endpoint)
-    secure = storage.secure if storage is not None else True
-    if scheme_secure is not None:
-        secure = scheme_secure
-    if env.get("KWARP_S3_SECURE", "").strip():
-        secure = _env_bool(env["KWARP_S3_SECURE"], "KWARP_S3_SECURE")
-    region = (
-        (storage.region if storage is not None else None)
-        or env.get("AWS_REGION")
-        or env.get("AWS_DEFAULT_REGION")
-    )
-    part_size = (
-        parse_size(env["KWARP_S3_PART_SIZE"], "KWARP_S3_PART_SIZE")
-        if env.get("KWARP_S3_PART_SIZE")
-        else 64 * MiB
-    )
-    default = RetryPolicy()
-    retry = RetryPolicy(
-        max_attempts=_env_number(env, "KWARP_S3_MAX_ATTEMPTS", default.max_attempts, int),
-        base_delay_s=default.base_delay_s,
-        max_delay_s=default.max_delay_s,
-        deadline_s=_env_number(env, "KWARP_S3_RETRY_DEADLINE_S", default.deadline_s),
-    )
-    return S3Config(
-        endpoint=endpoint,
-        secure=secure,
-        region=region or None,
-        part_size=part_size,
-        concurrency=_env_number(env, "KWARP_S3_CONCURRENCY", 8, int),
-        retry=retry,
-        connect_timeout_s=_env_number(env, "KWARP_S3_CONNECT_TIMEOUT_S", 10.0),
-        read_timeout_s=_env_number(env, "KWARP_S3_READ_TIMEOUT_S", 120.0),
-    )
-
-
-@dataclass(frozen=True)
-class Credentials:
-    access_key: str
-    secret_key: str = field(repr=False)
-    session_token: str | None = field(default=None, repr=False)
-    source: str = ""
-    """The environment variables they came from (named in error messages, never the values)."""
-
-
-_CREDENTIAL_VARS = (
-    ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
-    ("MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"),
-    ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"),
-)
-
-
-def credentials_from_env(env: Mapping[str, str]) -> Credentials | None:
-    """The first complete pair of credential variables, or None (anonymous access)."""
-    for key_var, secret_var in _CREDENTIAL_VARS:
-        key, secret = env.get(key_var), env.get(secret_var)
-        if key and secret:
-            token = env.get("AWS_SESSION_TOKEN") if key_var.startswith("AWS_") else None
-            return Credentials(key, secret, token or None, source=f"{key_var}/{secret_var}")
-        if key or secret:
-            missing = secret_var if key else key_var
-            raise StoreError(f"{key_var if key else secret_var} is set but {missing} is not: set both")
-    return None
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """(bucket, prefix) of s3://bucket/prefix."""
-    if not url.startswith("s3://"):
-        raise StoreError(f"'{url}' is not an s3:// URL")
-    bucket, _, prefix = url[len("s3://") :].partition("/")
-    if not re.fullmatch(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]", bucket):
-        raise StoreError(f"'{bucket}' in {url} is not a valid bucket name (3-63 of a-z, 0-9, '.', '-')")
-    return bucket, _clean_key(prefix, allow_root=True)
-
-
-def _clean_key(key: str, *, allow_root: bool = False) -> str:
-    stripped = key.strip("/")
-    if not stripped and allow_root:
-        return ""
-    parts = stripped.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise StoreError(f"invalid store key '{key}'")
-    return "/".join(parts)
-
-
-def upload_streams(n_large_files: int, concurrency: int) -> tuple[int, int]:
-    """(large files uploaded at once, parallel parts per file), about `concurrency` parts in flight.
-
-    Two files at a time keep the link busy while one of them reads its next part from disk or
-    completes its multipart upload; one file gets every stream when it is alone.
-    """
-    files = max(1, min(n_large_files, 2 if concurrency >= 4 else 1))
-    return files, max(1, concurrency // files)
-
-
-# -------------------------------------------------------------------------------- errors
-
-# S3 error codes that a later attempt can cure: the server is busy, restarting or briefly short of quorum.
-TRANSIENT_CODES = frozenset(
-    {
-        "SlowDown",
-        "ServiceUnavailable",
-        "InternalError",
-        "RequestTimeout",
-        "OperationAborted",
-        "XMinioServerNotInitialized",
-        "XMinioReadQuorum",
-        "XMinioWriteQuorum",
-    }
-)
-CREDENTIAL_CODES = frozenset(
-    {
-        "AccessDenied",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "InvalidToken",
-        "ExpiredToken",
-        "InvalidClientTokenId",
-        "AllAccessDisabled",
-    }
-)
-
-
-class _ShortRead(ConnectionError):
-    """The connection ended before the requested bytes arrived."""
-
-
-class _Cancelled(Exception):
-    """Another transfer of the same checkpoint failed: stop this one."""
-
-
-def _root_cause(err: BaseException) -> BaseException:
-    reason = getattr(err, "reason", None)  # urllib3's MaxRetryError wraps the real error
-    return reason if isinstance(reason, BaseException) else err
-
-
-def is_transient(err: BaseException) -> bool:
-    """Whether another attempt may succeed: network faults, timeouts, 5xx and 503 SlowDown."""
-    err = _root_cause(err)
-    if isinstance(err, S3Error):
-        status = getattr(err.response, "status", 0) or 0
-        return err.code in TRANSIENT_CODES or status >= 500
-    if isinstance(err, ServerError):
-        return err.status_code >= 500 or err.status_code == 429
-    if isinstance(err, InvalidResponseError):
-        status = getattr(err, "_code", 0) or 0  # a proxy or load balancer answering 502/503 with HTML
-        return isinstance(status, int) and (status >= 500 or status == 429)
-    if isinstance(err, urllib3.exceptions.SSLError):
-        return False  # TLS against a plain HTTP port, or an untrusted certificate: retrying cannot help
-    return isinstance(
-        err,
-        urllib3.exceptions.HTTPError
-        | ConnectionError
-        | TimeoutError
-        | socket.timeout
-        | http.client.HTTPException,
-    )
-
-
-def _describe(err: BaseException) -> str:
-    err = _root_cause(err)
-    if isinstance(err, S3Error):
-        return f"{err.code}: {err.message}"
-    text = str(err)
-    # urllib3 messages repeat the connection object's repr; the class name and the tail say enough.
-    text = re.sub(r"<urllib3\.[^>]*>:?\s*", "", text)
-    return f"{type(err).__name__}: {text}"[:300]
-
 
 # -------------------------------------------------------------------------------- transfer helpers
 
@@ -376,7 +118,7 @@ class _HashingReader:
 
     def read(self, size: int = -1) -> bytes:
         if self._stop.is_set():
-            raise _Cancelled()
+            raise Cancelled()
         data = self._f.read(size)
         self.sha256.update(data)
         self.count += len(data)
@@ -450,7 +192,7 @@ class S3Store(Store):
         cache: CheckpointCache | None = None,
     ):
         self.bucket = bucket
-        self.prefix = _clean_key(prefix, allow_root=True)
+        self.prefix = clean_key(prefix, allow_root=True)
         self.config = config
         self.credentials = credentials
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
@@ -501,7 +243,7 @@ class S3Store(Store):
     # ---------------------------------------------------------------- names
 
     def _object(self, key: str) -> str:
-        key = _clean_key(key)
+        key = clean_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _key(self, object_name: str) -> str:
@@ -518,7 +260,7 @@ class S3Store(Store):
         for attempt in range(1, policy.max_attempts + 1):
             try:
                 return op()
-            except _Cancelled:
+            except Cancelled:
                 raise
             except Exception as err:
                 if not is_transient(err):
@@ -530,7 +272,7 @@ class S3Store(Store):
                 log.warning(
                     "%s: %s; retry %d/%d in %.2fs",
                     what,
-                    _describe(err),
+                    describe_error(err),
                     attempt,
                     policy.max_attempts - 1,
                     delay,
@@ -540,7 +282,7 @@ class S3Store(Store):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _permanent(self, err: Exception, what: str) -> Exception:
-        cause = _root_cause(err)
+        cause = root_cause(err)
         if isinstance(cause, S3Error):
             if cause.code == "NoSuchBucket":
                 return StoreError(
@@ -557,28 +299,28 @@ class S3Store(Store):
                     "credentials in the Secret named by spec.storage.secretName or "
                     f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, and that they may read and write bucket '{self.bucket}'"
                 )
-            return StoreError(f"{what}: {_describe(cause)}")
+            return StoreError(f"{what}: {describe_error(cause)}")
         if isinstance(cause, urllib3.exceptions.SSLError):
             return StoreError(
-                f"cannot talk TLS to S3 endpoint {self.config.endpoint} ({_describe(cause)}): check "
+                f"cannot talk TLS to S3 endpoint {self.config.endpoint} ({describe_error(cause)}): check "
                 "spec.storage.secure / KWARP_S3_SECURE, and SSL_CERT_FILE for a private CA"
             )
         if isinstance(cause, InvalidResponseError | ServerError):
             return StoreError(
-                f"{what}: {self.config.endpoint} did not answer like S3 ({_describe(cause)}): check "
+                f"{what}: {self.config.endpoint} did not answer like S3 ({describe_error(cause)}): check "
                 "spec.storage.endpoint / KWARP_S3_ENDPOINT and spec.storage.secure"
             )
         return err  # our own errors (CheckpointError, local OSError) pass through unchanged
 
     def _exhausted(self, err: Exception, what: str, attempts: int, elapsed: float) -> StoreError:
-        cause = _root_cause(err)
+        cause = root_cause(err)
         tried = f"after {attempts} attempt{'s' if attempts > 1 else ''} over {elapsed:.1f}s"
         if isinstance(cause, S3Error | ServerError | InvalidResponseError):
             return StoreError(
-                f"{what}: S3 endpoint {self.config.endpoint} kept failing {tried}: {_describe(cause)}"
+                f"{what}: S3 endpoint {self.config.endpoint} kept failing {tried}: {describe_error(cause)}"
             )
         return StoreError(
-            f"cannot reach S3 endpoint {self.config.endpoint} {tried} ({what}: {_describe(cause)}): "
+            f"cannot reach S3 endpoint {self.config.endpoint} {tried} ({what}: {describe_error(cause)}): "
             "check spec.storage.endpoint / KWARP_S3_ENDPOINT and spec.storage.secure"
         )
 
@@ -595,7 +337,7 @@ class S3Store(Store):
 
     def _under(self, key: str) -> dict[str, int]:
         """{store key: size} of the object `key` and everything below `key/` (path semantics, as a folder)."""
-        key = _clean_key(key, allow_root=True)
+        key = clean_key(key, allow_root=True)
         if not key:
             objects = self._list_objects(f"{self.prefix}/" if self.prefix else "")
             return {self._key(name): size for name, size in objects.items()}
@@ -611,7 +353,7 @@ class S3Store(Store):
 
     def _folder(self, key: str) -> dict[str, int]:
         """{name relative to the checkpoint: size} of the objects below `key/`."""
-        key = _clean_key(key)
+        key = clean_key(key)
         objects = self._list_objects(self._object(key) + "/")
         cut = len(self._object(key)) + 1
         return {name[cut:]: size for name, size in objects.items()}
@@ -680,7 +422,7 @@ class S3Store(Store):
         return dict(sorted(self._under(prefix).items()))
 
     def delete_prefix(self, prefix: str) -> int:
-        names = sorted(self._under(_clean_key(prefix)))
+        names = sorted(self._under(clean_key(prefix)))
         # Manifests go first: a crash mid-delete must not leave a checkpoint that looks whole.
         manifests = {n for n in names if n == MANIFEST or n.endswith("/" + MANIFEST)}
         self._remove([self._object(n) for n in sorted(manifests)])
@@ -706,7 +448,7 @@ class S3Store(Store):
     # ---------------------------------------------------------------- checkpoints: reading
 
     def read_manifest(self, key: str) -> Manifest | None:
-        data = self.get_bytes(f"{_clean_key(key)}/{MANIFEST}")
+        data = self.get_bytes(f"{clean_key(key)}/{MANIFEST}")
         if data is None:
             return None
         try:
@@ -872,7 +614,7 @@ class S3Store(Store):
             while pos < length:
                 n = response.readinto(view[pos:])
                 if not n:
-                    raise _ShortRead(f"connection ended after {pos} of {length} bytes")
+                    raise ShortRead(f"connection ended after {pos} of {length} bytes")
                 pos += n
             return buf
         finally:
@@ -889,7 +631,7 @@ class S3Store(Store):
         the hashes computed during the upload.
         """
         local_dir = Path(local_dir)
-        key = _clean_key(key)
+        key = clean_key(key)
         if not local_dir.is_dir():
             raise CheckpointError(f"{local_dir} is not a folder")
         local = (

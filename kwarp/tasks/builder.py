@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from kwarp.errors import UserError
+from kwarp.core.errors import UserError
 from kwarp.tasks.corpus import CorpusSizes
 from kwarp.tasks.document import HEADER, RUNS_FOLDER, warprun
 
@@ -117,7 +117,7 @@ def _manifest_meta(folder: Path) -> dict[str, Any] | None:
 
 def is_built(folder: Path | None = None, seed: int = 0, config: BuildConfig | None = None) -> bool:
     """True when `folder` (default: task_dir) holds a complete task made by this code and configuration."""
-    from kwarp.checkpoints import is_complete
+    from kwarp.core.checkpoints import is_complete
 
     folder = Path(folder) if folder is not None else task_dir(seed, config)
     meta = _manifest_meta(folder)
@@ -171,7 +171,7 @@ def build(
             f"{folder} exists and is not a kwarp demo task folder; choose an empty or new --out folder"
         )
 
-    from kwarp.checkpoints import staging
+    from kwarp.core.checkpoints import staging
 
     with _keep_runs(folder), staging(folder) as tmp:
         _build_into(tmp, seed, config, progress)
@@ -243,7 +243,7 @@ def _build_into(tmp: Path, seed: int, config: BuildConfig, show: bool) -> None:
     import torch
     from transformers import GPT2LMHeadModel
 
-    from kwarp.checkpoints import save_pretrained, write_manifest
+    from kwarp.core.checkpoints import save_pretrained, write_manifest
     from kwarp.tasks import training
     from kwarp.tasks.corpus import make_corpus
     from kwarp.tasks.progress import BuildProgress

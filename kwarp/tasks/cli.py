@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from kwarp.errors import UserError
+from kwarp.core.errors import UserError
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +70,7 @@ def _show(args: argparse.Namespace) -> int:
     from rich.table import Table
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from kwarp.checkpoints import verify
+    from kwarp.core.checkpoints import verify
     from kwarp.tasks.builder import read_figures, task_dir
     from kwarp.tasks.sentiment import join, judge
     from kwarp.tasks.training import reward_scores, sample

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from minio import Minio
 
-from kwarp.spec import WarpRun, load
+from kwarp.core.spec import WarpRun, load
 from kwarp.store import open_store
 
 

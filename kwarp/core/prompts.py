@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kwarp import locations
-from kwarp.errors import UserError
+from kwarp.core import locations
+from kwarp.core.errors import UserError
 
 if TYPE_CHECKING:
-    from kwarp.spec import StorageSpec
+    from kwarp.core.spec import StorageSpec
 
 
 def read_prompts(

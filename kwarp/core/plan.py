@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from kwarp.spec import WarpRunSpec
+from kwarp.core.spec import WarpRunSpec
 from kwarp.store import layout
 
 TaskKind = Literal["prepare", "train", "merge", "eval"]

@@ -5,7 +5,7 @@
 Rows: training (reward and KL per member), WARP iterations (the KL-reward front, iteration and phase,
 SLERP angles, merge throughput), performance (step time, tokens/s) and the operator (runs by phase,
 reconcile latency, errors, jobs). Every query selects one run with the `namespace` and `run` variables and
-uses only metrics of kwarp.metrics.CATALOGUE (tests/test_dashboard.py checks both, and
+uses only metrics of kwarp.observability.metrics.CATALOGUE (tests/test_dashboard.py checks both, and
 tests/test_observability.py runs each query against a real Prometheus).
 
 The helpers at the end (`panel_queries`, `substitute`, `metric_names`) read the generated JSON back: the
@@ -30,7 +30,7 @@ from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import xychart as xm
 
-from kwarp.metrics import RUN_PHASES
+from kwarp.observability.metrics import RUN_PHASES
 
 UID = "kwarp-runs"
 TITLE = "kwarp: WARP runs"

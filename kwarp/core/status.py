@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from kwarp.spec import WarpRunSpec
+from kwarp.core.spec import WarpRunSpec
 
 
 class _Model(BaseModel):

@@ -30,8 +30,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, delete_from_gateway, push_to_gateway, start_http_server
 
-from kwarp.errors import UserError
-from kwarp.metrics import (
+from kwarp.core.errors import UserError
+from kwarp.observability.metrics import (
     EvaluationMetrics,
     MergerMetrics,
     RunMetrics,

@@ -36,11 +36,11 @@ RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # buckets there.
 ANGLE_BUCKETS = (10, 30, 45, 60, 75, 80, 85, 88, 90, 92, 95, 100, 120, 150, 180)
 
-# Task kinds of kwarp.plan.TaskKind: the operator's per-kind counters start at 0 for each, so that rate()
+# Task kinds of kwarp.core.plan.TaskKind: the operator's per-kind counters start at 0 for each, so that rate()
 # and increase() see a kind's first Job.
 TASK_KINDS = ("prepare", "train", "merge", "eval")
 
-# The phases a WarpRun reports (kwarp.status.WarpRunStatus.phase), in the order of their dashboard codes.
+# The phases a WarpRun reports (kwarp.core.status.WarpRunStatus.phase), in the order of their dashboard codes.
 RUN_PHASES = ("Pending", "Training", "Merging", "Evaluating", "Succeeded", "Failed", "Suspended")
 
 Kind = Literal["gauge", "counter", "histogram"]

@@ -25,7 +25,7 @@ the pure functions below, whose criteria were fixed before any run (never tuned 
 3. liti     the LiTI front of iteration 1 lies above the members' training trajectories: the mean
             over trajectory points inside the front's KL range of (front reward at that KL − the
             point's reward) > 0 on average.
-4. iterate  each iteration moves the front up: the hypervolume (report.hypervolume: area dominated
+4. iterate  each iteration moves the front up: the hypervolume (rundata.hypervolume: area dominated
             by the front above the SFT reward, up to the largest KL of the seed's fronts) of the
             last iteration's front exceeds the first's, on average.
 
@@ -49,9 +49,9 @@ from typing import Any
 
 from rich.console import Console
 
-from kwarp.errors import UserError
-from kwarp.report import Point, hypervolume, parse_metrics, reward_at_kl
-from kwarp.spec import parse
+from kwarp.core.errors import UserError
+from kwarp.core.spec import parse
+from kwarp.run.rundata import Point, hypervolume, parse_metrics, reward_at_kl
 from kwarp.store import FileStore, layout
 
 SFT_BETAS = (0.0, 0.01, 0.1)
@@ -327,7 +327,7 @@ class Reproduction:
                 raise UserError(f"reproduce: {what} failed (exit {p.returncode}); see the logs in {self.out / 'logs'}")
 
     def warp(self, doc: dict[str, Any]) -> None:
-        from kwarp.local import LocalExecutor
+        from kwarp.run.runner import LocalExecutor
 
         run = parse(doc)
         executor = LocalExecutor(run, self.store, parallel=self.parallel, console=self.console, live=False)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from kwarp.plan import Task, all_tasks, checkpoint_outputs, file_outputs
-from kwarp.spec import WarpRunSpec
+from kwarp.core.plan import Task, all_tasks, checkpoint_outputs, file_outputs
+from kwarp.core.spec import WarpRunSpec
 from kwarp.store import Store
 
 

@@ -126,8 +126,8 @@ def evaluate_iteration(run: Any, iteration: int, *, device: str | torch.device |
     """Write eval.json of one iteration (the LiTI front, members, init, next init); None if it exists."""
     from prometheus_client import CollectorRegistry
 
-    from kwarp import telemetry
-    from kwarp.metrics import EvaluationMetrics, iteration_labels
+    from kwarp.observability import telemetry
+    from kwarp.observability.metrics import EvaluationMetrics, iteration_labels
     from kwarp.store import layout, open_store
 
     spec, name = run.spec, run.name
@@ -219,7 +219,7 @@ def evaluate_iteration(run: Any, iteration: int, *, device: str | torch.device |
 
 def _load_params(model: torch.nn.Module, folder: Path, device: torch.device) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors for each of the model's parameters, on the device."""
-    from kwarp.checkpoints import CheckpointError, TensorReader
+    from kwarp.core.checkpoints import CheckpointError, TensorReader
 
     out = {}
     with TensorReader(folder) as reader:
@@ -236,7 +236,7 @@ def _load_params(model: torch.nn.Module, folder: Path, device: torch.device) -> 
 
 
 def evaluate_folder(args: argparse.Namespace) -> dict[str, float]:
-    from kwarp.spec import RewardSpec
+    from kwarp.core.spec import RewardSpec
 
     device = torch.device(args.device) if args.device else default_device()
     dtype = resolve_dtype(args.dtype, device)
@@ -289,7 +289,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
-    from kwarp.errors import UserError
+    from kwarp.core.errors import UserError
 
     hf_logging.disable_progress_bar()
     if args.model is not None:
@@ -300,7 +300,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.iteration is None:
         raise UserError("give --iteration I (task mode) or --model DIR --sft DIR --reward R --prompts FILE (tool mode)")
-    from kwarp.spec import from_cli
+    from kwarp.core.spec import from_cli
 
     run = from_cli(args.spec)
     if not 0 <= args.iteration < run.spec.warp.iterations:

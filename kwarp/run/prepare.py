@@ -15,11 +15,11 @@ import shutil
 import time
 from pathlib import Path
 
-from kwarp import locations
-from kwarp.checkpoints import MANIFEST, PICKLE_SUFFIXES, CheckpointError, refuse_pickles
-from kwarp.errors import UserError
-from kwarp.prompts import read_prompts
-from kwarp.spec import DataSpec, RewardSpec, WarpRun, from_cli
+from kwarp.core import locations
+from kwarp.core.checkpoints import MANIFEST, PICKLE_SUFFIXES, CheckpointError, refuse_pickles
+from kwarp.core.errors import UserError
+from kwarp.core.prompts import read_prompts
+from kwarp.core.spec import DataSpec, RewardSpec, WarpRun, from_cli
 from kwarp.store import Store, layout, open_store
 
 

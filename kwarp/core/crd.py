@@ -9,8 +9,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from kwarp.spec import API_GROUP, API_VERSION, KIND, PLURAL, WarpRunSpec
-from kwarp.status import WarpRunStatus
+from kwarp.core.spec import API_GROUP, API_VERSION, KIND, PLURAL, WarpRunSpec
+from kwarp.core.status import WarpRunStatus
 
 SHORT_NAMES = ["wr"]
 CATEGORIES = ["kwarp", "all-training"]

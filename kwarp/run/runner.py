@@ -3,7 +3,7 @@
 The loop is the operator's, with processes instead of Jobs:
 
     observe (store: what is complete; processes: what runs, what failed)
-      -> plan(spec, observed)                       (kwarp/plan.py, shared with the operator)
+      -> plan(spec, observed)                       (kwarp/core/plan.py, shared with the operator)
       -> act: start `python -m kwarp <task>` processes, up to --parallel at once
 
 Interrupted (Ctrl-C, a killed runner, a reboot), the same command continues from what is complete:
@@ -36,10 +36,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from kwarp.errors import UserError
-from kwarp.observe import completed_tasks
-from kwarp.plan import Fail, Observed, Start, Succeed, Task, TaskJobs, plan, progress
-from kwarp.spec import WarpRun, changed_fields, load, parse
+from kwarp.core.errors import UserError
+from kwarp.core.observe import completed_tasks
+from kwarp.core.plan import Fail, Observed, Start, Succeed, Task, TaskJobs, plan, progress
+from kwarp.core.spec import WarpRun, changed_fields, load, parse
 from kwarp.store import FileStore, Store, layout, open_store
 
 PROGRESS_PREFIX = "KWARP_PROGRESS "
@@ -163,7 +163,7 @@ class LocalExecutor:
         Children need no port or gateway: the runner feeds one registry from their progress lines
         and from the merge/evaluation files they leave in the store.
         """
-        from kwarp import telemetry
+        from kwarp.observability import telemetry
 
         self.metrics = telemetry.EmbeddedMetrics(os.environ.get("KWARP_NAMESPACE", "local"), self.name)
         self.metrics_server = telemetry.serve(self.metrics.registry, port, host=addr)
@@ -450,7 +450,7 @@ class LocalExecutor:
 
     def _visible_tasks(self, done: frozenset[Task]) -> list[Task]:
         """The current iteration's tasks plus whatever runs (e.g. the previous evaluation)."""
-        from kwarp.plan import all_tasks
+        from kwarp.core.plan import all_tasks
 
         tasks = all_tasks(self.spec)
         current = next((t.iteration for t in tasks if t.kind == "merge" and t not in done), self.spec.warp.iterations - 1)
@@ -491,7 +491,7 @@ def _fmt_seconds(s: float | None) -> str:
 def _default_log_dir(store: Store, run: str) -> Path:
     if isinstance(store, FileStore):
         return store.root / run / "logs"
-    from kwarp.locations import cache_root
+    from kwarp.core.locations import cache_root
 
     return cache_root() / "logs" / run
 
@@ -499,14 +499,14 @@ def _default_log_dir(store: Store, run: str) -> Path:
 def report_dir(store: Store, run: str) -> Path:
     if isinstance(store, FileStore):
         return store.root / run / "report"
-    from kwarp.locations import cache_root
+    from kwarp.core.locations import cache_root
 
     return cache_root() / "reports" / run
 
 
 def write_report(store: Store, run: WarpRun, console: Console) -> Path | None:
     try:
-        from kwarp.report import write_report as _write
+        from kwarp.run.report import write_report as _write
     except ImportError:  # pragma: no cover - the report module ships with kwarp
         return None
     out = _write(store, run.name, run.spec, report_dir(store, run.name))

@@ -15,10 +15,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kwarp.errors import UserError
+from kwarp.core.errors import UserError
 
 if TYPE_CHECKING:
-    from kwarp.spec import StorageSpec
+    from kwarp.core.spec import StorageSpec
 
 # What a model snapshot from the Hub may bring: weights in safetensors, configs, tokenizer files.
 HF_ALLOW_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.txt", "*.model", "*.tiktoken"]
@@ -50,7 +50,7 @@ def fetch(location: str, field: str, storage: StorageSpec | None = None, revisio
 
 
 def _fetch_s3(location: str, field: str, storage: StorageSpec | None) -> Path:
-    from kwarp.checkpoints import MANIFEST
+    from kwarp.core.checkpoints import MANIFEST
     from kwarp.store import open_store
 
     bucket, _, key = location[len("s3://") :].partition("/")

@@ -1,0 +1,1 @@
+"""Metrics: the catalogue, their export (a /metrics port, the Pushgateway) and the Grafana dashboard."""

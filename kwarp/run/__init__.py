@@ -1,0 +1,2 @@
+"""The embedded executor and what a run leaves: the runner, the prepare and eval tasks, the report and
+the reproduction of the paper's findings."""
