@@ -66,7 +66,7 @@ def shapes(size_gb: float, layers: int) -> dict[str, tuple[int, ...]]:
 def build(root: Path, size_gb: float, shards: int, members: int, layers: int) -> tuple[Path, list[Path]]:
     import torch
 
-    from kwarp.core.checkpoints import ShardWriter
+    from kwarp.core.weights import ShardWriter
 
     spec = shapes(size_gb, layers)
     total = sum(math.prod(s) * 2 for s in spec.values())

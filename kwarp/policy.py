@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from kwarp.core import locations
-from kwarp.core.checkpoints import CheckpointError, TensorReader, refuse_pickles
+from kwarp.core.checkpoints import CheckpointError, refuse_pickles
 from kwarp.core.errors import UserError
 from kwarp.core.prompts import read_prompts  # noqa: F401 - re-exported: trainer and evaluate import it from here
+from kwarp.core.weights import TensorReader
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

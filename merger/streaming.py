@@ -12,7 +12,7 @@ For each group (a transformer block, a tensor, or the model):
 Writing the merge as a weighted sum of the checkpoints (not θ_init + Σ w δ) keeps the endpoints
 exact: at λ = 0 or 1 a single term with weight 1 remains and the member is copied bit for bit.
 
-Tensors come from memory-mapped safetensors (zero-copy views, through kwarp.core.checkpoints.TensorReader).
+Tensors come from memory-mapped safetensors (zero-copy views, through kwarp.core.weights.TensorReader).
 A mapped view keeps every page it touched resident until it is dropped, so each tensor is walked in
 windows of WINDOW_BYTES and re-fetched per window, and the shard handles are closed after each: mapped
 pages never exceed one window per input, however large the tensor (a 128k-vocabulary embedding is
@@ -40,13 +40,8 @@ from typing import TypeVar
 import torch
 from safetensors import safe_open
 
-from kwarp.core.checkpoints import (
-    CheckpointError,
-    ShardWriter,
-    TensorReader,
-    copy_non_weight_files,
-    shard_map,
-)
+from kwarp.core.checkpoints import CheckpointError
+from kwarp.core.weights import ShardWriter, TensorReader, copy_non_weight_files, shard_map
 from kwarp.merger.combination import Combination, MergeMethod, step_lambdas
 from kwarp.merger.groups import Granularity, group_names
 from kwarp.merger.liti import check_eta, liti_into

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from kwarp.core.checkpoints import iter_tensors, save_pretrained, save_state_dict
+from kwarp.core.weights import iter_tensors, save_pretrained, save_state_dict
 
 _SPECIAL = ("<unk>", "<pad>", "<s>", "</s>")
 TOKENIZER_VOCAB = len(_SPECIAL) + (127 - 32)  # special tokens + printable ASCII

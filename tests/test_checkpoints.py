@@ -13,17 +13,13 @@ from kwarp.core.checkpoints import (
     MANIFEST,
     CheckpointError,
     Manifest,
-    ShardWriter,
-    TensorReader,
     is_complete,
-    iter_tensors,
     refuse_pickles,
-    save_state_dict,
-    shard_map,
     staging,
     verify,
     write_manifest,
 )
+from kwarp.core.weights import ShardWriter, TensorReader, iter_tensors, save_state_dict, shard_map
 
 
 def _state(n: int = 6, size: int = 64) -> dict[str, torch.Tensor]:

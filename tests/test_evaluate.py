@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from kwarp.cli import main as kwarp_main
-from kwarp.core.checkpoints import CheckpointError, save_pretrained
+from kwarp.core.checkpoints import CheckpointError
 from kwarp.core.errors import UserError
 from kwarp.core.spec import RewardSpec, parse
+from kwarp.core.weights import save_pretrained
 from kwarp.policy import (
     completion_mask,
     copy_weights_,

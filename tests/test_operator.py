@@ -22,10 +22,10 @@ import pytest
 import torch
 import yaml
 
-from kwarp.core.checkpoints import save_state_dict
 from kwarp.core.crd import crd
 from kwarp.core.plan import Task, checkpoint_outputs, file_outputs
 from kwarp.core.spec import SPEC_ENV, WarpRun, parse
+from kwarp.core.weights import save_state_dict
 from kwarp.operator import conditions as C
 from kwarp.operator.app import OperatorOptions
 from kwarp.operator.jobs import LABEL_RUN, LABEL_TASK, WorkerSettings

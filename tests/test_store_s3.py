@@ -686,7 +686,7 @@ def test_cli_cp_ls_verify_round_trip(
 ) -> None:
     import torch
 
-    from kwarp.core.checkpoints import ShardWriter, iter_tensors
+    from kwarp.core.weights import ShardWriter, iter_tensors
 
     torch.manual_seed(0)
     src = tmp_path / "sft"

@@ -219,7 +219,8 @@ def evaluate_iteration(run: Any, iteration: int, *, device: str | torch.device |
 
 def _load_params(model: torch.nn.Module, folder: Path, device: torch.device) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors for each of the model's parameters, on the device."""
-    from kwarp.core.checkpoints import CheckpointError, TensorReader
+    from kwarp.core.checkpoints import CheckpointError
+    from kwarp.core.weights import TensorReader
 
     out = {}
     with TensorReader(folder) as reader:

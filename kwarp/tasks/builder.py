@@ -243,7 +243,8 @@ def _build_into(tmp: Path, seed: int, config: BuildConfig, show: bool) -> None:
     import torch
     from transformers import GPT2LMHeadModel
 
-    from kwarp.core.checkpoints import save_pretrained, write_manifest
+    from kwarp.core.checkpoints import write_manifest
+    from kwarp.core.weights import save_pretrained
     from kwarp.tasks import training
     from kwarp.tasks.corpus import make_corpus
     from kwarp.tasks.progress import BuildProgress
