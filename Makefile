@@ -7,13 +7,20 @@ PY := $(VENV)/bin/python
 # named operator/ (kwarp.operator), which would otherwise shadow the standard library's operator.
 PIP := $(PY) -P -m pip
 KWARP := $(VENV)/bin/kwarp
-# The CPU build of torch (on this project's machines it lies on disk). Pass TORCH_SPEC='torch==X --index-url ...'
-# for a CUDA build. It is installed before the project, so the project's range `torch>=2.4` is already met.
-TORCH_SPEC ?= torch==2.13.0
+# Every install goes through a lock (requirements/*.txt, `make lock`), so the demo, CI and both images run
+# the same versions and none of them moves when PyPI does. pyproject.toml keeps ranges.
+LOCK_DEV := requirements/dev.txt
+LOCK_CHECKOV := requirements/checkov.txt
+PIP_VERSION := 26.3
+UV_VERSION := 0.13.9
+# torch is installed first, at the locked version (requirements/torch.in): the CPU build by default (on this
+# project's machines it lies on disk). For a CUDA build pass e.g.
+#   TORCH_SPEC='torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cu130'
+TORCH_SPEC ?= torch==$(shell sed -n 's/^torch==//p' requirements/torch.in)
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: help venv venv-test demo test test-slow test-all lint bench peers clean
+.PHONY: help venv venv-test demo test test-slow test-all lint bench peers lock clean
 
 help:
 	@echo "make demo       create .venv, install kwarp, build the demo task, run an embedded WARP run, write its report"
@@ -21,19 +28,21 @@ help:
 	@echo "make test-slow  the long checks (reproduction --quick, long end-to-end runs)"
 	@echo "make lint       ruff and the import-layer contracts"
 	@echo "make bench      the benchmarks (merge, store, train step, operator)"
+	@echo "make lock       re-resolve requirements/*.txt from pyproject.toml (then commit them)"
 
-$(VENV)/.torch:
+$(VENV)/.torch: requirements/torch.in
 	$(PYTHON) -P -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q pip==$(PIP_VERSION)
+	$(PIP) install -q -c $(LOCK_DEV) $(TORCH_SPEC)
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.torch pyproject.toml
-	$(PIP) install -q -e .
+# The demo's environment has every subcommand (the `all` extra); the test one adds the test tools.
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml $(LOCK_DEV)
+	$(PIP) install -q -c $(LOCK_DEV) -e '.[all]'
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.torch pyproject.toml
-	$(PIP) install -q -e '.[test]'
+$(VENV)/.installed-test: $(VENV)/.torch pyproject.toml $(LOCK_DEV)
+	$(PIP) install -q -c $(LOCK_DEV) -e '.[all,test]'
 	touch $@ $(VENV)/.installed
 
 venv: $(VENV)/.installed
@@ -53,11 +62,25 @@ peers:
 	fi
 
 # checkov (the chart's static security scan) lives in its own venv: it pins old boto3/packaging.
-$(VENV)-checkov/.installed:
+$(VENV)-checkov/.installed: $(LOCK_CHECKOV)
 	rm -rf $(VENV)-checkov
 	$(PYTHON) -P -m venv $(VENV)-checkov
-	$(VENV)-checkov/bin/pip install -q checkov==3.3.30
+	$(VENV)-checkov/bin/pip install -q -r $(LOCK_CHECKOV)
 	touch $@
+
+# Re-resolve every lock from pyproject.toml's ranges (uv's resolver, universal: one file for every platform).
+# dev.txt (what `make demo` and `make test` install) is resolved first; the images' worker.txt and
+# operator.txt are resolved under it, so a package has the same version everywhere.
+UV := $(VENV)/bin/uv
+LOCK_FLAGS := --universal --python-version 3.11 --quiet --custom-compile-command 'make lock'
+$(UV): $(VENV)/.torch
+	$(PIP) install -q uv==$(UV_VERSION)
+
+lock: $(UV)
+	$(UV) pip compile pyproject.toml --extra all --extra test -c requirements/torch.in $(LOCK_FLAGS) -o $(LOCK_DEV)
+	$(UV) pip compile pyproject.toml --extra worker -c requirements/torch.in -c $(LOCK_DEV) $(LOCK_FLAGS) -o requirements/worker.txt
+	$(UV) pip compile pyproject.toml --extra operator -c $(LOCK_DEV) $(LOCK_FLAGS) -o requirements/operator.txt
+	$(UV) pip compile requirements/checkov.in $(LOCK_FLAGS) -o $(LOCK_CHECKOV)
 
 test: venv-test peers $(VENV)-checkov/.installed
 	$(VENV)/bin/ruff check kwarp operator trainer merger tests benchmarks

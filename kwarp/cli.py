@@ -52,6 +52,19 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     return parser
 
 
+# Third-party modules that come with an extra of kwarp: a subcommand that needs one says which to install.
+EXTRAS: dict[str, str] = {
+    **dict.fromkeys(("torch", "transformers", "accelerate", "safetensors", "tokenizers", "numpy", "matplotlib"), "worker"),
+    **dict.fromkeys(("kopf", "kubernetes"), "operator"),
+    "grafana_foundation_sdk": "dashboard",
+}
+
+
+def missing_extra(err: ModuleNotFoundError) -> str | None:
+    """The extra of kwarp that provides the missing module, if it is one of kwarp's optional dependencies."""
+    return EXTRAS.get((err.name or "").split(".")[0])
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from kwarp.core.checkpoints import CheckpointError
     from kwarp.core.errors import UserError
@@ -72,10 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"kwarp: unknown command '{name}'; run `kwarp --help` for the list", file=sys.stderr)
         return 2
-    parser = build_parser(name)
-    args = parser.parse_args(rest)
     try:
+        parser = build_parser(name)
+        args = parser.parse_args(rest)
         return int(args.func(args) or 0)
+    except ModuleNotFoundError as err:
+        extra = missing_extra(err)
+        if extra is None:
+            raise
+        print(f"kwarp {name}: needs {err.name}, which comes with kwarp's '{extra}' extra: "
+              f"pip install 'kwarp[{extra}]' (or 'kwarp[all]')", file=sys.stderr)  # fmt: skip
+        return 2
     except _user_errors() as err:
         print(f"kwarp {name}: error: {err}", file=sys.stderr)
         return 2

