@@ -8,6 +8,8 @@
         with FaultyProxy(s3.port) as proxy:      # 127.0.0.1:proxy.port forwards to the server
             proxy.drop_next(2)                   # reset the next two connections on accept
             proxy.cut_after(10 << 20)            # reset everything once 10 MB went upstream, until heal()
+            hold = proxy.hold(rb"PUT /bucket/run/x/MANIFEST\.json")  # stop a request when its head passes
+            hold.reached.wait(10); ...; hold.release()  # forward it then, or hold.release(forward=False)
 
 moto keeps every bucket of the process in one global backend, so tests share a server and isolate
 themselves by bucket name. moto accepts any credentials unless IAM authentication is enabled
@@ -17,13 +19,15 @@ themselves by bucket name. moto accepts any credentials unless IAM authenticatio
 from __future__ import annotations
 
 import json
+import re
 import socket
 import struct
 import threading
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from minio import Minio
 from moto.server import ThreadedMotoServer
@@ -100,6 +104,27 @@ def s3_server() -> Iterator[S3Server]:
         yield server
 
 
+@dataclass
+class Hold:
+    """A request stopped in the proxy: its bytes wait there until `release`.
+
+    `reached` is set when a request matching the pattern arrived (and `when()` said yes); `matched` holds
+    the bytes that matched. `release(forward=True)` lets the held connection go on; `forward=False` resets
+    it instead, so that the request never reaches the server (as when the client dies mid-request).
+    """
+
+    pattern: re.Pattern[bytes]
+    when: Callable[[bytes], bool] | None = None
+    reached: threading.Event = field(default_factory=threading.Event)
+    matched: bytes = b""
+    _go: threading.Event = field(default_factory=threading.Event)
+    _forward: bool = True
+
+    def release(self, forward: bool = True) -> None:
+        self._forward = forward
+        self._go.set()
+
+
 class FaultyProxy:
     """A TCP proxy on 127.0.0.1 in front of a server: counts bytes and connections, breaks them on demand.
 
@@ -118,6 +143,7 @@ class FaultyProxy:
         self._cut_after: int | None = None
         self._down = False
         self._closing = False
+        self._holds: list[Hold] = []
         self.connections = 0
         self.dropped = 0
         self.bytes_up = 0
@@ -151,6 +177,14 @@ class FaultyProxy:
         """Once this many more bytes went upstream, reset every connection and refuse new ones until heal()."""
         with self._lock:
             self._cut_after = self.bytes_up + upstream_bytes
+
+    def hold(self, pattern: bytes, when: Callable[[bytes], bool] | None = None) -> Hold:
+        """Stop the first request whose bytes match `pattern` (a regex over what the client sends, e.g. a
+        request line) and for which `when(matched bytes)` holds, until the returned Hold is released."""
+        held = Hold(re.compile(pattern), when)
+        with self._lock:
+            self._holds.append(held)
+        return held
 
     def heal(self) -> None:
         with self._lock:
@@ -233,12 +267,42 @@ class FaultyProxy:
         finally:
             client.close()
 
+    def _held(self, tail: bytes, data: bytes) -> Hold | None:
+        """The armed hold that `data` (after `tail`, the end of the previous chunk) triggers, if any."""
+        window = tail + data
+        with self._lock:
+            holds = list(self._holds)
+        for held in holds:
+            for m in held.pattern.finditer(window):
+                if m.end() <= len(tail):
+                    continue  # matched already in the previous chunk
+                if held.when is not None and not held.when(m.group(0)):
+                    continue
+                with self._lock:
+                    if held not in self._holds:
+                        continue  # another connection took it
+                    self._holds.remove(held)
+                held.matched = m.group(0)
+                return held
+        return None
+
     def _pipe(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
+        tail = b""
         try:
             while True:
                 data = src.recv(1 << 16)
                 if not data:
                     break
+                if upstream and self._holds:
+                    held = self._held(tail, data)
+                    tail = (tail + data)[-512:]
+                    if held is not None:
+                        held.reached.set()
+                        held._go.wait()
+                        if not held._forward:
+                            self._reset(src)
+                            self._reset(dst)
+                            return
                 with self._lock:
                     if upstream:
                         self.bytes_up += len(data)
@@ -284,4 +348,4 @@ class FaultyProxy:
             self._thread.join(timeout=5)
 
 
-__all__ = ["ACCESS_KEY", "SECRET_KEY", "FaultyProxy", "S3Server", "s3_server"]
+__all__ = ["ACCESS_KEY", "SECRET_KEY", "FaultyProxy", "Hold", "S3Server", "s3_server"]

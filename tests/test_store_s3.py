@@ -177,7 +177,14 @@ def test_parse_size_rejects_garbage() -> None:
         (StorageSpec(url="s3://b/p", endpoint="minio:9000", secure=False), {}, "minio:9000", False),
         (StorageSpec(url="s3://b/p"), {"KWARP_S3_ENDPOINT": "http://minio:9000"}, "minio:9000", False),
         (StorageSpec(url="s3://b/p", endpoint="https://m:443"), {}, "m:443", True),
-        (StorageSpec(url="s3://b/p", endpoint="m:9000"), {"KWARP_S3_SECURE": "0"}, "m:9000", False),
+        (None, {"KWARP_S3_ENDPOINT": "m:9000", "KWARP_S3_SECURE": "0"}, "m:9000", False),
+        (StorageSpec(url="s3://b/p"), {"KWARP_S3_ENDPOINT": "m:9000", "KWARP_S3_SECURE": "0"}, "m:9000", False),
+        # Issue 14, defect 5: the operator-wide KWARP_S3_SECURE goes with its KWARP_S3_ENDPOINT. A run that
+        # names its own endpoint decides TLS itself (its scheme, else spec.storage.secure): never downgraded.
+        (StorageSpec(url="s3://b/p", endpoint="https://s3.example:443"), {"KWARP_S3_SECURE": "false"}, "s3.example:443", True),
+        (StorageSpec(url="s3://b/p", endpoint="m:9000"), {"KWARP_S3_SECURE": "0"}, "m:9000", True),
+        (StorageSpec(url="s3://b/p", endpoint="m:9000", secure=False), {"KWARP_S3_SECURE": "1"}, "m:9000", False),
+        (None, {"KWARP_S3_ENDPOINT": "https://m:9000", "KWARP_S3_SECURE": "0"}, "m:9000", True),
         (None, {"KWARP_S3_ENDPOINT": "m:9000", "KWARP_S3_SECURE": "1"}, "m:9000", True),
         (StorageSpec(url="s3://b/p", endpoint="spec:1"), {"KWARP_S3_ENDPOINT": "env:2"}, "spec:1", True),
     ],
@@ -381,30 +388,84 @@ def test_open_store_with_the_run_storage_spec(
     assert store.describe() == f"s3://{bucket}/team/runs at http://{s3.endpoint}"
 
 
-def test_overwrite_interrupted_midway_hides_the_checkpoint_and_a_retry_completes_it(
+def test_an_interrupted_overwrite_keeps_the_previous_checkpoint(
     s3: S3Server, bucket: str, proxy: FaultyProxy, cache_dir: Path, tmp_path: Path
 ) -> None:
+    """Issue 14, defect 3: an overwrite cut midway (preemption, eviction, S3 outage) must leave the
+    previous checkpoint whole, so that a trainer resumes from its last state instead of step 0."""
     old = make_checkpoint(tmp_path / "old", seed=1)
     new = make_checkpoint(tmp_path / "new", seed=2)
     store = make_store(proxy.endpoint, bucket, cache_dir)
-    store.put_checkpoint(old, "run/iter-0/member-0/final")
+    key = "run/iter-0/member-0/state"
+    before = store.put_checkpoint(old, key)
 
     proxy.cut_after(8 * MiB)  # the network fails in the middle of the first shard's parts
     with pytest.raises(StoreError, match=r"cannot reach S3 endpoint 127\.0\.0\.1:\d+ after 3 attempts"):
-        store.put_checkpoint(new, "run/iter-0/member-0/final")
+        store.put_checkpoint(new, key)
     assert proxy.down
-
     proxy.heal()
-    # Neither the old checkpoint (its manifest went first) nor the half-written new one is visible.
-    assert not store.has_checkpoint("run/iter-0/member-0/final")
-    assert store.read_manifest("run/iter-0/member-0/final") is None
-    with pytest.raises(CheckpointError, match="no MANIFEST.json"):
-        store.open_checkpoint("run/iter-0/member-0/final")
 
-    manifest = store.put_checkpoint(new, "run/iter-0/member-0/final")
-    assert store.has_checkpoint("run/iter-0/member-0/final")
+    # The previous checkpoint is still there, whole: visible, verified, and readable.
+    assert store.has_checkpoint(key)
+    assert store.read_manifest(key) == before
+    assert store.verify_checkpoint(key) == before
+    assert same_files(old, store.open_checkpoint(key))
+
+    manifest = store.put_checkpoint(new, key)
+    assert store.has_checkpoint(key)
     assert manifest == build_manifest(new)
-    assert same_files(new, store.open_checkpoint("run/iter-0/member-0/final"))
+    assert same_files(new, store.open_checkpoint(key))
+
+
+def test_an_object_replaced_in_place_makes_the_checkpoint_incomplete(
+    s3: S3Server, bucket: str, cache_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 14, defect 4: the manifest records what identifies each object (its ETag), so a file
+    replaced by another writer with the same size is caught by the cheap check, not only by a reader."""
+    src = make_checkpoint(tmp_path / "src", shards=1, shard_bytes=1000)
+    store = make_store(s3.endpoint, bucket, cache_dir)
+    store.put_checkpoint(src, "run/base")
+    assert store.has_checkpoint("run/base")
+    shard = next(o.object_name for o in s3.client().list_objects(bucket, "runs/run/base/", recursive=True)
+                 if o.object_name.endswith("model-00001-of-00001.safetensors"))  # fmt: skip
+    s3.client().put_object(bucket, shard, io.BytesIO(b"x" * 1000), 1000)  # same size, other bytes
+
+    assert not store.has_checkpoint("run/base")
+
+
+def test_two_writers_on_one_key_leave_one_whole_checkpoint(
+    s3: S3Server, bucket: str, proxy: FaultyProxy, cache_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 14, defect 4: writer A publishes last, but writer B uploaded its files while A was finishing
+    (same-named runs, a Job recreated during its old pod's grace period, two `kwarp run` on one store).
+    Whatever wins, the visible checkpoint is one writer's, whole: never A's manifest over B's bytes."""
+    a_dir = make_checkpoint(tmp_path / "a", shards=1, shard_bytes=1000, seed=1)
+    b_dir = make_checkpoint(tmp_path / "b", shards=1, shard_bytes=1000, seed=2)
+    a = make_store(proxy.endpoint, bucket, cache_dir / "a")
+    b = make_store(s3.endpoint, bucket, cache_dir / "b")
+    held = proxy.hold(rb"PUT /" + bucket.encode() + rb"/runs/run/base/MANIFEST\.json")
+    done: list[BaseException | None] = []
+
+    def publish_a() -> None:
+        try:
+            a.put_checkpoint(a_dir, "run/base")
+            done.append(None)
+        except BaseException as err:  # reported below
+            done.append(err)
+
+    writer = threading.Thread(target=publish_a)
+    writer.start()
+    assert held.reached.wait(30), "writer A never sent its manifest"
+    b.put_checkpoint(b_dir, "run/base")  # B, start to end, while A's manifest is on its way
+    held.release()
+    writer.join(30)
+    assert done and done[0] is None, done
+
+    assert b.has_checkpoint("run/base")
+    manifest = b.verify_checkpoint("run/base")  # what is visible is whole
+    winner = a_dir if manifest == build_manifest(a_dir) else b_dir
+    assert manifest == build_manifest(winner)
+    assert same_files(winner, b.open_checkpoint("run/base"))
 
 
 def test_files_of_an_older_checkpoint_do_not_linger(
