@@ -7,6 +7,7 @@ midway, or answers 503 SlowDown. Multipart transfers really happen (5 MiB parts,
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import socket
@@ -106,6 +107,12 @@ def make_checkpoint(folder: Path, *, shards: int = 2, shard_bytes: int = 11 * Mi
     (folder / "tokenizer" / "vocab.txt").write_text("a\nb\n")
     (folder / "empty.txt").write_bytes(b"")
     return folder
+
+
+def stored_object(s3: S3Server, bucket: str, key: str, name: str) -> str:
+    """The object name under which the current version of checkpoint `key` keeps file `name`."""
+    manifest = json.loads(s3.client().get_object(bucket, f"{key}/{MANIFEST}").read())
+    return f"{key}/" + next(f["object"] for f in manifest["files"] if f["name"] == name)
 
 
 def same_files(a: Path, b: Path) -> bool:
@@ -326,9 +333,14 @@ def test_multi_shard_round_trip_uses_multipart_and_parallel_ranges(
 
     assert store.has_checkpoint("run/base")
     assert store.read_manifest("run/base") == manifest == build_manifest(src)
-    # The shards went up as multipart uploads: S3 gives such objects an ETag ending in -<parts>.
-    stat = s3.client().stat_object(bucket, "runs/run/base/model-00001-of-00003.safetensors")
+    # The shards went up as multipart uploads: S3 gives such objects an ETag ending in -<parts>; the
+    # pointer records each object's ETag.
+    shard = stored_object(s3, bucket, "runs/run/base", "model-00001-of-00003.safetensors")
+    assert shard.startswith("runs/run/base/.v/g0000000001-")
+    stat = s3.client().stat_object(bucket, shard)
     assert stat.etag.endswith("-3")
+    pointer = json.loads(s3.client().get_object(bucket, "runs/run/base/MANIFEST.json").read())
+    assert next(f["etag"] for f in pointer["files"] if f["name"] == "model-00001-of-00003.safetensors") == stat.etag
     folder = store.open_checkpoint("run/base")
     assert same_files(src, folder)
     assert read_manifest(folder) == manifest
@@ -353,12 +365,15 @@ def test_every_store_method(s3: S3Server, bucket: str, cache_dir: Path) -> None:
     assert store.exists("run/iter-1")  # a folder, as for FileStore
     assert not store.exists("run/iter-1/eval")
     assert not store.exists("run/iter-2")
+    version = store.read_manifest("run/iter-1/slerp").placement.version  # type: ignore[union-attr]
     assert store.list("run/iter-1") == [
         "run/iter-1/eval.json",
         "run/iter-1/member-0/metrics.jsonl",
+        f"run/iter-1/slerp/.v/{version}/model.safetensors",
         "run/iter-1/slerp/MANIFEST.json",
-        "run/iter-1/slerp/model.safetensors",
     ]  # not run/iter-10: a prefix is a path
+    assert store.folders("run") == ["iter-1", "iter-10"]
+    assert store.folders("run/iter-1/slerp") == []  # versions are the store's own
     assert store.list("run/iter-1/eval.json") == ["run/iter-1/eval.json"]
     assert store.has_checkpoint("run/iter-1/slerp")
     assert store.read_manifest("run/iter-1/slerp").meta == {"iteration": 1}  # type: ignore[union-attr]
@@ -468,7 +483,7 @@ def test_two_writers_on_one_key_leave_one_whole_checkpoint(
     assert same_files(winner, b.open_checkpoint("run/base"))
 
 
-def test_files_of_an_older_checkpoint_do_not_linger(
+def test_superseded_versions_are_collected(
     s3: S3Server, bucket: str, cache_dir: Path, tmp_path: Path
 ) -> None:
     store = make_store(s3.endpoint, bucket, cache_dir)
@@ -476,13 +491,34 @@ def test_files_of_an_older_checkpoint_do_not_linger(
     a.mkdir()
     (a / "model.safetensors").write_bytes(b"1" * 100)
     (a / "optimizer.safetensors").write_bytes(b"2" * 100)
-    store.put_checkpoint(a, "run/iter-0/member-0/state")
+    key = "run/iter-0/member-0/state"
+    store.put_checkpoint(a, key)
     (a / "optimizer.safetensors").unlink()
-    store.put_checkpoint(a, "run/iter-0/member-0/state")
-    assert store.list("run/iter-0/member-0/state") == [
-        "run/iter-0/member-0/state/MANIFEST.json",
-        "run/iter-0/member-0/state/model.safetensors",
-    ]
+    store.put_checkpoint(a, key)
+    version = store.read_manifest(key).placement.version  # type: ignore[union-attr]
+    assert store.list(key) == [f"{key}/.v/{version}/model.safetensors", f"{key}/MANIFEST.json"]
+
+
+def test_a_checkpoint_of_the_older_layout_is_read_and_replaced(
+    s3: S3Server, bucket: str, cache_dir: Path, tmp_path: Path
+) -> None:
+    """Buckets written before versioned publishing keep working: files at <key>/<name>, a plain manifest."""
+    old = make_checkpoint(tmp_path / "old", shards=1, shard_bytes=1000, seed=1)
+    manifest = write_manifest(old)
+    client = s3.client()
+    for p in sorted(old.rglob("*")):
+        if p.is_file():
+            client.fput_object(bucket, f"runs/run/base/{p.relative_to(old).as_posix()}", str(p))
+    store = make_store(s3.endpoint, bucket, cache_dir)
+    assert store.has_checkpoint("run/base")
+    assert store.read_manifest("run/base") == manifest
+    assert same_files(old, store.open_checkpoint("run/base"))
+
+    new = make_checkpoint(tmp_path / "new", shards=1, shard_bytes=1000, seed=2)
+    store.put_checkpoint(new, "run/base")
+    version = store.read_manifest("run/base").placement.version  # type: ignore[union-attr]
+    assert all(k.startswith(f"run/base/.v/{version}/") or k == "run/base/MANIFEST.json" for k in store.list("run/base"))
+    assert same_files(new, store.open_checkpoint("run/base"))
 
 
 def test_corrupted_object_is_detected_on_download_naming_the_object(
@@ -491,12 +527,12 @@ def test_corrupted_object_is_detected_on_download_naming_the_object(
     src = make_checkpoint(tmp_path / "src")
     store = make_store(s3.endpoint, bucket, cache_dir)
     store.put_checkpoint(src, "run/base")
-    shard = "runs/run/base/model-00002-of-00002.safetensors"
+    shard = stored_object(s3, bucket, "runs/run/base", "model-00002-of-00002.safetensors")
     data = bytearray((src / "model-00002-of-00002.safetensors").read_bytes())
-    data[7 * MiB] ^= 0xFF  # one flipped byte, in the second range: same size, so the listing cannot tell
+    data[7 * MiB] ^= 0xFF  # one flipped byte, in the second range: same size, another ETag
     s3.client().put_object(bucket, shard, io.BytesIO(bytes(data)), len(data))
 
-    assert store.has_checkpoint("run/base")
+    assert not store.has_checkpoint("run/base")  # the cheap check sees the ETag; readers re-hash anyway
     with pytest.raises(CheckpointError, match=f"s3://{bucket}/{shard} does not match its sha256"):
         store.open_checkpoint("run/base")
     with pytest.raises(CheckpointError, match=f"s3://{bucket}/{shard} does not match its sha256"):
@@ -504,9 +540,10 @@ def test_corrupted_object_is_detected_on_download_naming_the_object(
     # Nothing half-verified stays in the cache.
     assert [p.name for p in (cache_dir / "checkpoints").iterdir()] == [".locks"]
 
-    s3.client().remove_object(bucket, "runs/run/base/config.json")
+    config = stored_object(s3, bucket, "runs/run/base", "config.json")
+    s3.client().remove_object(bucket, config)
     assert not store.has_checkpoint("run/base")
-    with pytest.raises(CheckpointError, match=f"s3://{bucket}/runs/run/base/config.json is listed in"):
+    with pytest.raises(CheckpointError, match=f"s3://{bucket}/{config} is listed in"):
         store.open_checkpoint("run/base")
 
 
@@ -762,7 +799,8 @@ def test_cli_cp_ls_verify_round_trip(
     assert "computing one" in capsys.readouterr().out
     assert kwarp_main(["store", "ls", f"s3://{bucket}/runs"]) == 0
     out = capsys.readouterr().out
-    assert "demo/base/model-00001-of-00002.safetensors" in out and "demo/base/MANIFEST.json" in out
+    assert "model-00001-of-00002.safetensors" in out and "demo/base/MANIFEST.json" in out
+    assert "demo/base/.v/g0000000001-" in out  # the objects as stored: the current version's
     s3.client().put_object(bucket, "runs/demo/iter-0/member-0/final/model.safetensors", io.BytesIO(b"x"), 1)
     assert kwarp_main(["store", "ls", f"s3://{bucket}/runs", "--checkpoints"]) == 0
     out = capsys.readouterr().out
@@ -781,7 +819,7 @@ def test_cli_cp_ls_verify_round_trip(
 
     # s3 -> s3, then a corrupted object makes `verify` fail with exit code 2, naming the object.
     assert kwarp_main(["store", "cp", f"s3://{bucket}/runs/demo/base", f"s3://{bucket}/archive/base"]) == 0
-    shard = "archive/base/model-00002-of-00002.safetensors"
+    shard = stored_object(s3, bucket, "archive/base", "model-00002-of-00002.safetensors")
     size = s3.client().stat_object(bucket, shard).size
     s3.client().put_object(bucket, shard, io.BytesIO(os.urandom(size)), size)
     capsys.readouterr()

@@ -43,6 +43,28 @@ class FileEntry:
     name: str
     size: int
     sha256: str
+    # Where a store keeps the file (relative to the checkpoint's key) and the object's ETag there: set in the
+    # pointer an s3:// store publishes (kwarp.store.versions), absent in a local folder's manifest. They say
+    # where the bytes are, not what they are: equality and the digest ignore them.
+    object: str | None = field(default=None, compare=False)
+    etag: str | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "size": self.size, "sha256": self.sha256}
+        if self.object is not None:
+            out["object"] = self.object
+        if self.etag is not None:
+            out["etag"] = self.etag
+        return out
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which published version of a checkpoint a store's pointer names (kwarp.store.versions)."""
+
+    version: str
+    generation: int
+    writer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,25 +72,33 @@ class Manifest:
     files: tuple[FileEntry, ...]
     meta: dict[str, Any] = field(default_factory=dict)
     version: int = MANIFEST_VERSION
+    placement: Placement | None = field(default=None, compare=False)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "version": self.version,
-                "files": [e.__dict__ for e in self.files],
-                "meta": self.meta,
-            },
-            indent=1,
-            sort_keys=True,
-        )
+        doc: dict[str, Any] = {"version": self.version, "files": [e.to_dict() for e in self.files], "meta": self.meta}
+        if self.placement is not None:
+            doc["placement"] = {k: v for k, v in self.placement.__dict__.items() if v is not None}
+        return json.dumps(doc, indent=1, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
         try:
             raw = json.loads(text)
-            files = tuple(FileEntry(str(f["name"]), int(f["size"]), str(f["sha256"])) for f in raw["files"])
-            return cls(files=files, meta=dict(raw.get("meta", {})), version=int(raw.get("version", 1)))
-        except (ValueError, KeyError, TypeError) as err:
+            files = tuple(
+                FileEntry(str(f["name"]), int(f["size"]), str(f["sha256"]),
+                          object=str(f["object"]) if f.get("object") else None,
+                          etag=str(f["etag"]) if f.get("etag") else None)
+                for f in raw["files"]
+            )  # fmt: skip
+            where = raw.get("placement")
+            placement = (
+                Placement(str(where["version"]), int(where.get("generation") or 0), where.get("writer"))
+                if isinstance(where, dict) and where.get("version")
+                else None
+            )
+            return cls(files=files, meta=dict(raw.get("meta", {})), version=int(raw.get("version", 1)),
+                       placement=placement)  # fmt: skip
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise CheckpointError(f"malformed {MANIFEST}: {err}") from None
 
     @property

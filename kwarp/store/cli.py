@@ -29,11 +29,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from kwarp.core.checkpoints import MANIFEST, CheckpointError, Manifest, staging
+from kwarp.core.checkpoints import MANIFEST, CheckpointError, Manifest
 from kwarp.store import open_store
 from kwarp.store.base import Store, StoreError
 from kwarp.store.local import FileStore
 from kwarp.store.s3 import S3Store, parse_s3_url
+from kwarp.store.versions import object_of
 
 # A checkpoint folder of the storage layout (kwarp/store/layout.py), after an optional run prefix.
 _LAYOUT = re.compile(
@@ -83,7 +84,8 @@ class CheckpointRow:
 
 
 def checkpoint_rows(keys: dict[str, int], manifests: dict[str, Manifest | None]) -> list[CheckpointRow]:
-    """The state of each checkpoint from one listing ({key: size}) and its manifest (None if absent)."""
+    """The state of each checkpoint from one listing ({key: size}, checkpoint versions included) and its
+    manifest (None if absent). A file is found where the manifest says the store put it (object_of)."""
     rows = []
     for folder, role in sorted(checkpoint_folders(sorted(keys)).items()):
         present = {k[len(folder) + 1 :]: size for k, size in keys.items() if k.startswith(folder + "/")}
@@ -96,8 +98,8 @@ def checkpoint_rows(keys: dict[str, int], manifests: dict[str, Manifest | None])
                 )
             )
             continue
-        missing = [e.name for e in manifest.files if e.name not in present]
-        wrong = [e.name for e in manifest.files if e.name in present and present[e.name] != e.size]
+        missing = [e.name for e in manifest.files if object_of(e) not in present]
+        wrong = [e.name for e in manifest.files if object_of(e) in present and present[object_of(e)] != e.size]
         if missing or wrong:
             detail = ", ".join([*(f"{n} missing" for n in missing), *(f"{n} wrong size" for n in wrong)])
             rows.append(
@@ -250,10 +252,10 @@ def cmd_cp(args: argparse.Namespace) -> int:
             )
         manifest = manifest_or_none
         if isinstance(dst, FileStore):
-            # Straight into a staging sibling of the destination, renamed into place once verified.
+            # Straight into a new version of the destination, published once verified.
             with (
                 _progress(console, f"downloading {src_key}", manifest.total_bytes) as advance,
-                staging(dst.path(dst_key)) as tmp,
+                dst.new_version(dst_key) as tmp,
             ):
                 src.download_checkpoint(src_key, tmp, manifest=manifest, progress=advance)
         else:

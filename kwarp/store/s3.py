@@ -1,12 +1,13 @@
 """The s3:// store: checkpoints in MinIO (or any S3 endpoint), with parallel transfers and retries.
 
-Settings. The spec comes first and the environment fills in, except KWARP_S3_SECURE, which overrides
-(the CLI has no spec). Credentials come only from the environment: in the cluster the operator mounts
-the Kubernetes Secret named by spec.storage.secretName as environment variables.
+Settings. The spec comes first and the environment fills in. Credentials come only from the
+environment: in the cluster the operator mounts the Kubernetes Secret named by spec.storage.secretName
+as environment variables.
 
     endpoint     spec.storage.endpoint, else KWARP_S3_ENDPOINT       host:port (an http:// or https://
                                                                      prefix also sets TLS)
-    TLS          KWARP_S3_SECURE=0/1, else spec.storage.secure      default on
+    TLS          the endpoint's scheme; else, for the spec's endpoint, spec.storage.secure; for
+                 KWARP_S3_ENDPOINT, KWARP_S3_SECURE=0/1 (else spec.storage.secure)   default on
     region       spec.storage.region, else AWS_REGION / AWS_DEFAULT_REGION (else asked from the server)
     credentials  AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN), or
                  MINIO_ACCESS_KEY + MINIO_SECRET_KEY, or MINIO_ROOT_USER + MINIO_ROOT_PASSWORD
@@ -15,11 +16,13 @@ the Kubernetes Secret named by spec.storage.secretName as environment variables.
     retries      KWARP_S3_MAX_ATTEMPTS (6), KWARP_S3_RETRY_DEADLINE_S (300, per operation),
                  KWARP_S3_CONNECT_TIMEOUT_S (10), KWARP_S3_READ_TIMEOUT_S (120)
 
-Consistency. S3 has no rename, so a checkpoint is published by writing MANIFEST.json last: it is
-visible (`has_checkpoint`) only once its manifest exists and every listed object exists with the
-listed size. Overwriting deletes the old manifest first, so a half-overwritten checkpoint is never
-visible. Deleting a prefix deletes manifests first for the same reason. A single object (put_bytes)
-is atomic in S3 itself.
+Consistency. S3 has no rename: a checkpoint is a set of immutable versions (<key>/.v/<version>/) and
+one pointer, <key>/MANIFEST.json, swapped last with a conditional PUT (kwarp.store.s3_publish). It is
+visible (`has_checkpoint`) once the pointer exists and every object it names exists with the recorded
+size and ETag. An overwrite never touches the current version before the new one is complete, and a
+stale writer cannot move the pointer back (fencing). Deleting a prefix deletes manifests first, so
+a crash mid-delete never leaves a checkpoint that looks whole. A single object (put_bytes) is atomic
+in S3 itself.
 
 Transfers. Files above the part size go up as parallel multipart uploads (minio's put_object with
 num_parallel_uploads), smaller files several at a time; downloads are parallel ranged GETs written
@@ -51,7 +54,7 @@ from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from kwarp.core.checkpoints import MANIFEST, CheckpointError, FileEntry, Manifest
-from kwarp.store.base import Store, StoreError
+from kwarp.store.base import StoreError
 from kwarp.store.cache import CheckpointCache
 from kwarp.store.s3_config import (  # noqa: F401  (re-exported: the store's public settings API)
     CREDENTIAL_CODES,
@@ -75,15 +78,16 @@ from kwarp.store.s3_config import (  # noqa: F401  (re-exported: the store's pub
     split_endpoint,
     upload_streams,
 )
+from kwarp.store.s3_publish import Progress, S3Publishing
+from kwarp.store.versions import object_of
 
 if TYPE_CHECKING:
     from kwarp.core.spec import StorageSpec
+    from kwarp.store.fencing import Fence
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Progress = Callable[[int], None]
-"""Called with a number of bytes moved (negative when a failed attempt's bytes are taken back)."""
 
 _CHUNK = 1 * MiB
 
@@ -104,27 +108,6 @@ class TransferStats:
             self.retries += retries
             self.bytes_up += up
             self.bytes_down += down
-
-
-class _HashingReader:
-    """A file wrapper that hashes what minio reads from it (parts are read in order) and can be cancelled."""
-
-    def __init__(self, f: io.BufferedReader, stop: threading.Event, progress: Progress | None):
-        self._f = f
-        self._stop = stop
-        self._progress = progress
-        self.sha256 = hashlib.sha256()
-        self.count = 0
-
-    def read(self, size: int = -1) -> bytes:
-        if self._stop.is_set():
-            raise Cancelled()
-        data = self._f.read(size)
-        self.sha256.update(data)
-        self.count += len(data)
-        if self._progress and data:
-            self._progress(len(data))
-        return data
 
 
 class _OrderedHash:
@@ -165,21 +148,10 @@ def split_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
     return [(off, min(part_size, size - off)) for off in range(0, size, part_size)]
 
 
-def _local_files(folder: Path) -> list[str]:
-    """Relative '/'-separated names of every file of a checkpoint folder but its manifest."""
-    names = []
-    for root, _dirs, files in os.walk(folder):
-        for f in files:
-            rel = os.path.relpath(os.path.join(root, f), folder).replace(os.sep, "/")
-            if rel != MANIFEST:
-                names.append(rel)
-    return sorted(names)
-
-
 # -------------------------------------------------------------------------------- the store
 
 
-class S3Store(Store):
+class S3Store(S3Publishing):
     """Checkpoints and small objects under s3://bucket/prefix, by the storage layout."""
 
     def __init__(
@@ -360,8 +332,9 @@ class S3Store(Store):
 
     # ---------------------------------------------------------------- small objects
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, *, fence: Fence | None = None) -> None:
         obj = self._object(key)
+        self.check_fence(fence, f"writing {self.object_url(key)}")
 
         def op() -> None:
             # One PUT (multipart only above the part size): S3 makes it visible whole or not at all.
@@ -415,7 +388,22 @@ class S3Store(Store):
         return self._retrying(f"LIST {self.object_url(key)}", op)
 
     def list(self, prefix: str = "") -> list[str]:
+        """Every object under prefix, the versions of checkpoints included (<key>/.v/<version>/...)."""
         return sorted(self._under(prefix))
+
+    def folders(self, prefix: str) -> list[str]:
+        base = clean_key(prefix, allow_root=True)
+        obj = (self._object(base) + "/") if base else (f"{self.prefix}/" if self.prefix else "")
+
+        def op() -> list[str]:
+            found = self._client.list_objects(self.bucket, prefix=obj or None, recursive=False)
+            return sorted(
+                name[len(obj) :].rstrip("/")
+                for item in found
+                if (name := item.object_name or "").endswith("/") and not name[len(obj) :].startswith(".")
+            )
+
+        return self._retrying(f"LIST s3://{self.bucket}/{obj}", op)
 
     def list_sizes(self, prefix: str = "") -> dict[str, int]:
         """{key: bytes} of the objects `list(prefix)` returns, from the same single listing."""
@@ -447,16 +435,6 @@ class S3Store(Store):
 
     # ---------------------------------------------------------------- checkpoints: reading
 
-    def read_manifest(self, key: str) -> Manifest | None:
-        data = self.get_bytes(f"{clean_key(key)}/{MANIFEST}")
-        if data is None:
-            return None
-        try:
-            return Manifest.from_json(data)
-        except CheckpointError as err:
-            log.warning("%s: %s; treating the checkpoint as absent", self.object_url(key), err)
-            return None
-
     def _require_manifest(self, key: str) -> Manifest:
         manifest = self.read_manifest(key)
         if manifest is None:
@@ -464,13 +442,6 @@ class S3Store(Store):
                 f"{self.object_url(key)}: no {MANIFEST}; the checkpoint is absent or was never completed"
             )
         return manifest
-
-    def has_checkpoint(self, key: str) -> bool:
-        present = self._folder(key)
-        if MANIFEST not in present:
-            return False
-        manifest = self.read_manifest(key)
-        return manifest is not None and all(present.get(e.name) == e.size for e in manifest.files)
 
     def open_checkpoint(
         self, key: str, *, verify_hashes: bool = True, progress: Progress | None = None
@@ -528,17 +499,18 @@ class S3Store(Store):
 
     def _plan_download(self, key: str, entry: FileEntry, fd: int | None) -> _Download:
         return _Download(
-            entry, self._object(f"{key}/{entry.name}"), fd, split_ranges(entry.size, self.config.part_size)
+            entry, self._object(f"{key}/{object_of(entry)}"), fd, split_ranges(entry.size, self.config.part_size)
         )
 
     def _check_presence(self, key: str, manifest: Manifest) -> None:
-        present = self._folder(key)
+        present = self._present(key, manifest)
         for e in manifest.files:
-            url = self.object_url(f"{key}/{e.name}")
-            if e.name not in present:
+            url = self.object_url(f"{key}/{object_of(e)}")
+            found = present.get(object_of(e))
+            if found is None:
                 raise CheckpointError(f"{url} is listed in {MANIFEST} but missing from the bucket")
-            if present[e.name] != e.size:
-                raise CheckpointError(f"{url} has {present[e.name]} bytes, {MANIFEST} says {e.size}")
+            if found[0] != e.size:
+                raise CheckpointError(f"{url} has {found[0]} bytes, {MANIFEST} says {e.size}")
 
     def _check_hashes(self, key: str, manifest: Manifest, downloads: list[_Download]) -> None:
         for d in downloads:
@@ -620,130 +592,6 @@ class S3Store(Store):
         finally:
             response.close()
             response.release_conn()
-
-    # ---------------------------------------------------------------- checkpoints: writing
-
-    def put_checkpoint(self, local_dir: Path, key: str, *, progress: Progress | None = None) -> Manifest:
-        """Upload a local checkpoint folder: old manifest removed first, files in parallel, manifest last.
-
-        With a MANIFEST.json in the folder, its files are uploaded and their sha256 (computed while
-        uploading) must match it, or nothing is published; without one, the manifest is built from
-        the hashes computed during the upload.
-        """
-        local_dir = Path(local_dir)
-        key = clean_key(key)
-        if not local_dir.is_dir():
-            raise CheckpointError(f"{local_dir} is not a folder")
-        local = (
-            Manifest.from_json((local_dir / MANIFEST).read_bytes())
-            if (local_dir / MANIFEST).is_file()
-            else None
-        )
-        names = [e.name for e in local.files] if local else _local_files(local_dir)
-        sizes = {}
-        for name in names:
-            try:
-                sizes[name] = (local_dir / name).stat().st_size
-            except FileNotFoundError:
-                raise CheckpointError(f"{local_dir}: '{name}' listed in {MANIFEST} is missing") from None
-        if local:
-            for e in local.files:
-                if sizes[e.name] != e.size:
-                    raise CheckpointError(
-                        f"{local_dir}: '{e.name}' has {sizes[e.name]} bytes, {MANIFEST} says {e.size}"
-                    )
-
-        # 1. Hide the old checkpoint, if any, before touching its files.
-        self._remove([self._object(f"{key}/{MANIFEST}")])
-        # 2. Files of an older checkpoint that the new one does not have would linger forever.
-        stale = [n for n in self._folder(key) if n not in sizes and n != MANIFEST]
-        self._remove([self._object(f"{key}/{n}") for n in stale])
-        # 3. Every file, hashed while it streams.
-        started = time.monotonic()
-        hashes = self._upload_files(local_dir, key, sizes, progress)
-        if local:
-            for e in local.files:
-                if hashes[e.name] != e.sha256:
-                    raise CheckpointError(
-                        f"{local_dir / e.name} does not match its sha256 in {MANIFEST} (corrupted); "
-                        f"nothing was published at {self.object_url(key)}"
-                    )
-            manifest = local
-        else:
-            manifest = Manifest(files=tuple(FileEntry(n, sizes[n], hashes[n]) for n in names), meta={})
-        # 4. The manifest, last: from now on the checkpoint exists.
-        self.put_bytes(f"{key}/{MANIFEST}", manifest.to_json().encode())
-        seconds = time.monotonic() - started
-        log.info(
-            "uploaded %s: %d files, %.1f MB in %.1fs (%.0f MB/s)",
-            self.object_url(key), len(names), manifest.total_bytes / 1e6, seconds,
-            manifest.total_bytes / 1e6 / max(seconds, 1e-9),
-        )  # fmt: skip
-        return manifest
-
-    def _upload_files(
-        self, local_dir: Path, key: str, sizes: dict[str, int], progress: Progress | None
-    ) -> dict[str, str]:
-        part = self.config.part_size
-        small = [n for n in sizes if sizes[n] <= part]
-        large = sorted((n for n in sizes if sizes[n] > part), key=lambda n: -sizes[n])
-        files_at_once, parts_per_file = upload_streams(len(large), self.config.concurrency)
-        stop = threading.Event()
-        hashes: dict[str, str] = {}
-        # Small files first, many at a time (one PUT each); then the shards, a few at a time, each
-        # with its parts in parallel.
-        for names, workers, parallel in (
-            (small, min(self.config.concurrency, max(1, len(small))), 1),
-            (large, files_at_once, parts_per_file),
-        ):
-            if not names:
-                continue
-            with ThreadPoolExecutor(workers, thread_name_prefix="kwarp-s3-put") as pool:
-                futures = {
-                    pool.submit(
-                        self._upload_file, local_dir / n, f"{key}/{n}", sizes[n], parallel, stop, progress
-                    ): n
-                    for n in names
-                }
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                errors = [f.exception() for f in done if f.exception() is not None]
-                if errors:
-                    stop.set()
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise errors[0]  # type: ignore[misc]
-                hashes.update({futures[f]: f.result() for f in futures})
-        return hashes
-
-    def _upload_file(
-        self, path: Path, key: str, size: int, parallel: int, stop: threading.Event, progress: Progress | None
-    ) -> str:
-        obj = self._object(key)
-
-        def op() -> str:
-            with open(path, "rb") as f:
-                reader = _HashingReader(f, stop, progress)
-                try:
-                    self._client.put_object(
-                        self.bucket,
-                        obj,
-                        reader,
-                        size,
-                        part_size=self.config.part_size,
-                        num_parallel_uploads=parallel,
-                    )
-                except BaseException:
-                    if progress and reader.count:
-                        progress(-reader.count)  # this attempt's bytes are sent again by the next
-                    raise
-                if reader.count != size:
-                    raise CheckpointError(
-                        f"{path} changed size while it was uploaded ({reader.count} != {size} bytes)"
-                    )
-                return reader.sha256.hexdigest()
-
-        digest = self._retrying(f"PUT {self.object_url(key)}", op)
-        self.stats.add(up=size)
-        return digest
 
 
 __all__ = [

@@ -122,6 +122,23 @@ def _env_number(env: Mapping[str, str], name: str, default: float, kind: type = 
         raise StoreError(f"{name} must be a number, got '{raw}'") from None
 
 
+def tls_of(storage: StorageSpec | None, env: Mapping[str, str], scheme_secure: bool | None) -> bool:
+    """Whether to talk TLS to the endpoint in use.
+
+    An explicit scheme (http:// or https://) on that endpoint decides. Otherwise a run that names its own
+    endpoint decides with spec.storage.secure; the environment's KWARP_S3_SECURE (the operator-wide
+    default from the chart) goes with the environment's KWARP_S3_ENDPOINT only. So an operator default
+    of plain HTTP for the in-cluster MinIO never downgrades a run's own endpoint.
+    """
+    if scheme_secure is not None:
+        return scheme_secure
+    if storage is not None and storage.endpoint:
+        return storage.secure
+    if env.get("KWARP_S3_SECURE", "").strip():
+        return _env_bool(env["KWARP_S3_SECURE"], "KWARP_S3_SECURE")
+    return storage.secure if storage is not None else True
+
+
 def resolve_config(storage: StorageSpec | None, env: Mapping[str, str]) -> S3Config:
     """The S3 settings of a store: spec.storage first, the environment where the spec is silent."""
     raw_endpoint = (storage.endpoint if storage is not None else None) or env.get("KWARP_S3_ENDPOINT")
@@ -131,11 +148,7 @@ def resolve_config(storage: StorageSpec | None, env: Mapping[str, str]) -> S3Con
             "(host:port of MinIO; s3.amazonaws.com for AWS S3)"
         )
     endpoint, scheme_secure = split_endpoint(raw_endpoint)
-    secure = storage.secure if storage is not None else True
-    if scheme_secure is not None:
-        secure = scheme_secure
-    if env.get("KWARP_S3_SECURE", "").strip():
-        secure = _env_bool(env["KWARP_S3_SECURE"], "KWARP_S3_SECURE")
+    secure = tls_of(storage, env, scheme_secure)
     region = (
         (storage.region if storage is not None else None)
         or env.get("AWS_REGION")
