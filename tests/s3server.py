@@ -8,7 +8,7 @@
         with FaultyProxy(s3.port) as proxy:      # 127.0.0.1:proxy.port forwards to the server
             proxy.drop_next(2)                   # reset the next two connections on accept
             proxy.cut_after(10 << 20)            # reset everything once 10 MB went upstream, until heal()
-            hold = proxy.hold(rb"PUT /bucket/run/x/MANIFEST\.json")  # stop a request when its head passes
+            hold = proxy.hold(rb"PUT /bucket/run/x/MANIFEST[.]json")  # stop a request when its head passes
             hold.reached.wait(10); ...; hold.release()  # forward it then, or hold.release(forward=False)
 
 moto keeps every bucket of the process in one global backend, so tests share a server and isolate
