@@ -199,16 +199,16 @@ class CallableReward:
     name: str
 
     @classmethod
-    def from_name(cls, name: str) -> CallableReward:
+    def from_name(cls, name: str, field: str = "spec.reward.callable") -> CallableReward:
         module, _, attr = name.partition(":")
         try:
             fn = getattr(importlib.import_module(module), attr)
         except ImportError as err:
-            raise UserError(f"spec.reward.callable: cannot import module '{module}' ({err})") from None
+            raise UserError(f"{field}: cannot import module '{module}' ({err})") from None
         except AttributeError:
-            raise UserError(f"spec.reward.callable: module '{module}' has no attribute '{attr}'") from None
+            raise UserError(f"{field}: module '{module}' has no attribute '{attr}'") from None
         if not callable(fn):
-            raise UserError(f"spec.reward.callable: '{name}' is not callable")
+            raise UserError(f"{field}: '{name}' is not callable")
         return cls(fn=fn, name=name)
 
     def score(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
@@ -251,13 +251,17 @@ def load_reward(
     storage: StorageSpec | None = None,
     batch_size: int = 32,
 ) -> Reward:
-    """The reward a spec names: a classifier model (right-padded, pad = EOS if none) or a callable."""
+    """The reward a spec names: a classifier model (right-padded, pad = EOS if none) or a callable.
+
+    Messages name the spec's own path (spec.reward, or spec.evaluation.goldReward for a gold reward).
+    """
+    path = spec._path
     if spec.callable is not None:
-        return CallableReward.from_name(spec.callable)
+        return CallableReward.from_name(spec.callable, f"{path}.callable")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     assert spec.location is not None
-    folder = model_folder(spec.location, "spec.reward.location", storage=storage)
+    folder = model_folder(spec.location, f"{path}.location", storage=storage)
     model = AutoModelForSequenceClassification.from_pretrained(
         folder,
         dtype=resolve_dtype(spec.dtype, device),
@@ -275,7 +279,7 @@ def load_reward(
         model.config.pad_token_id = tokenizer.pad_token_id
     n_labels = int(getattr(model.config, "num_labels", 1))
     if spec.output_index >= n_labels:
-        raise UserError(f"spec.reward.outputIndex is {spec.output_index} but the reward model has {n_labels} outputs")
+        raise UserError(f"{path}.outputIndex is {spec.output_index} but the reward model has {n_labels} outputs")
     max_len = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     return ClassifierReward(
         model=model.to(device).eval(),

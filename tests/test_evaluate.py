@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from kwarp.policy import (
 )
 from kwarp.run.evaluate import evaluate_iteration, evaluate_policy, interpolate_
 from kwarp.store import layout, open_store
-from tests.models import load_state, perturbed, tiny_gpt2, tiny_llama, tiny_tokenizer
+from tests.models import load_state, perturbed, tiny_gpt2, tiny_llama, tiny_tokenizer, variant
 
 REWARD_MODULE = '''
 def vowels(prompts, completions):
@@ -308,7 +309,7 @@ def test_eval_task_writes_the_front_members_and_inits(tmp_path: Path, rewards_mo
     assert kwarp_main(["eval", "--iteration", "0", "--spec", str(spec_file), "--device", "cpu"]) == 0
     store = open_store(str(tmp_path / "store"))
     result = store.get_json(layout.eval_json("r", 0))
-    point_fields = {"reward", "reward_stderr", "kl", "kl_stderr", "length"}
+    point_fields = {"reward", "reward_stderr", "kl", "kl_stderr", "length", "per_prompt"}
     assert result["iteration"] == 0 and result["reference"] == "sft"
     assert result["etas"] == [0.0, 0.5, 1.0] and [p["eta"] for p in result["front"]] == [0.0, 0.5, 1.0]
     assert all(set(p) == point_fields | {"eta"} for p in result["front"])
@@ -333,5 +334,68 @@ def test_eval_tool_mode_prints_one_point(tmp_path: Path, rewards_module: str, ca
             "--prompts", str(prompts), "--max-new-tokens", "5", "--device", "cpu", "--dtype", "float32"]
     assert kwarp_main(argv) == 0
     point = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert point["kl"] == 0.0 and set(point) == {"reward", "reward_stderr", "kl", "kl_stderr", "length"}
+    assert point["kl"] == 0.0
+    assert set(point) == {"model", "reward", "reward_stderr", "kl", "kl_stderr", "length", "per_prompt"}
     assert kwarp_main(["eval", "--model", str(folder)]) == 2  # tool mode needs --sft, --reward, --prompts
+
+
+def test_eval_tool_mode_walks_each_models_liti_path_with_a_gold_reward(
+    tmp_path: Path, rewards_module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = tiny_gpt2(tmp_path / "base")
+    members = [perturbed(base, tmp_path / f"m{m}", seed=m, scale=1.0) for m in range(2)]
+    prompts = _jsonl(tmp_path / "p.jsonl", ["one", "two", "three"])
+    argv = ["eval", "--model", str(members[0]), "--model", str(members[1]), "--etas", "0.5,0,1", "--sft", str(base),
+            "--reward", f"{rewards_module}:vowels", "--gold", f"{rewards_module}:vowels", "--prompts", str(prompts),
+            "--samples", "2", "--max-new-tokens", "5", "--device", "cpu", "--dtype", "float32"]
+    assert kwarp_main(argv) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines() if x.startswith("{")]
+    assert [x["model"] for x in lines] == [str(m) for m in members]
+    for x in lines:
+        assert [p["eta"] for p in x["front"]] == [0.0, 0.5, 1.0]
+        assert x["front"][0]["kl"] == 0.0 and x["front"][2]["kl"] != 0.0
+        for p in x["front"]:  # the gold reward is scored on the very same completions
+            assert p["gold"] == p["reward"] and p["per_prompt"]["gold"] == p["per_prompt"]["reward"]
+    # η = 0 is θ_sft for both models: the same samples, the same values
+    assert lines[0]["front"][0]["per_prompt"] == lines[1]["front"][0]["per_prompt"]
+    with pytest.raises(SystemExit):
+        kwarp_main([*argv[:5], "--etas", "0.5,2", *argv[7:]])  # η outside [0, 1]
+
+
+def test_eval_task_reports_gold_and_per_prompt_values_at_every_point(tmp_path: Path, rewards_module: str) -> None:
+    spec_file, _ = _eval_store(tmp_path, rewards_module)
+    doc = json.loads(spec_file.read_text())
+    doc["spec"]["evaluation"]["goldReward"] = {"callable": f"{rewards_module}:vowels"}
+    spec_file.write_text(json.dumps(doc))
+    assert kwarp_main(["eval", "--iteration", "0", "--spec", str(spec_file), "--device", "cpu"]) == 0
+    result = open_store(str(tmp_path / "store")).get_json(layout.eval_json("r", 0))
+    points = [*result["front"], *result["members"], result["init"], result["next_init"]]
+    for p in points:
+        per = p["per_prompt"]
+        assert len(per["reward"]) == len(per["kl"]) == len(per["gold"]) == result["prompts"] == 4
+        # Each prompt's value is the mean of its samples: their mean is the point's mean.
+        assert sum(per["reward"]) / 4 == pytest.approx(p["reward"], abs=1e-4)
+        assert sum(per["kl"]) / 4 == pytest.approx(p["kl"], abs=1e-4)
+        assert p["gold"] == p["reward"] and p["gold_stderr"] == p["reward_stderr"]  # same callable, same completions
+
+
+def test_front_at_bf16_compute_keeps_the_float32_step_from_sft(tmp_path: Path, rewards_module: str) -> None:
+    """θ_η is held in float32 and run under autocast: a step from θ_sft smaller than bf16's resolution
+    still changes the policy (rounded to bf16 weights, θ_η would be θ_sft and its KL exactly 0)."""
+    spec_file, _ = _eval_store(tmp_path, rewards_module)
+    root = tmp_path / "store" / "r"
+    # θ_sft exactly representable in bf16; the SLERP θ_sft + 2^-12·|θ|, far below half a bf16 step (2^-9).
+    rounded = variant(tiny_gpt2(tmp_path / "raw"), tmp_path / "rounded", lambda n, t: t.bfloat16().float())
+    for key in ("base", "iter-0/slerp"):
+        shutil.rmtree(root / key)
+    variant(rounded, root / "base", lambda n, t: t)
+    variant(rounded, root / "iter-0" / "slerp", lambda n, t: t + t.abs() * 2.0**-12)
+    doc = json.loads(spec_file.read_text())
+    doc["spec"]["policy"]["dtype"] = "bfloat16"
+    doc["spec"]["policy"]["location"] = str(root / "base")
+    doc["spec"]["evaluation"]["etas"] = [0.0, 1.0]
+    spec_file.write_text(json.dumps(doc))
+    assert kwarp_main(["eval", "--iteration", "0", "--spec", str(spec_file), "--device", "cpu"]) == 0
+    at_sft, at_slerp = open_store(str(tmp_path / "store")).get_json(layout.eval_json("r", 0))["front"]
+    assert at_sft["kl"] == 0.0
+    assert at_slerp["kl"] != 0.0 and any(k != 0.0 for k in at_slerp["per_prompt"]["kl"])

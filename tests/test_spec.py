@@ -81,6 +81,9 @@ def test_lambda_defaults_to_one_over_m() -> None:
         ({"spec.policy": {}}, "spec.policy.location", "required"),
         ({"spec.reward": {"location": "a", "callable": "m:f"}}, "spec.reward", "exactly one"),
         ({"spec.reward": {"callable": "not a callable"}}, "spec.reward.callable", "package.module:function"),
+        ({"spec.evaluation.goldReward": {"callable": "nope"}}, "spec.evaluation.goldReward.callable", "module:function"),
+        ({"spec.evaluation.goldReward": {}}, "spec.evaluation.goldReward", "exactly one"),
+        ({"spec.evaluation.goldReward": {"location": "ftp://x/y"}}, "spec.evaluation.goldReward.location", "scheme"),
         ({"spec.storage": {"url": "s3:///nobucket"}}, "spec.storage.url", "bucket"),
         ({"spec.storage": {"url": "/tmp/x", "secretName": "s"}}, "spec.storage.endpoint and spec.storage.secretName", "s3://"),
         ({"spec.resources": {"trainer": {"memory": "lots"}}}, "spec.resources.*.memory", "quantity"),
@@ -106,10 +109,12 @@ def test_all_problems_reported_at_once() -> None:
 
 
 def test_load_resolves_relative_paths(tmp_path: Path) -> None:
-    d = doc(**{"spec.policy.location": "models/sft", "spec.data.train": "data/t.jsonl", "spec.storage": {"url": "runs"}})
+    d = doc(**{"spec.policy.location": "models/sft", "spec.data.train": "data/t.jsonl", "spec.storage": {"url": "runs"},
+               "spec.evaluation.goldReward": {"location": "models/judge"}})
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(d))
     run = load(tmp_path / "run.yaml")
     assert run.spec.policy.location == str(tmp_path / "models/sft")
+    assert run.spec.evaluation.gold_reward.location == str(tmp_path / "models/judge")
     assert run.spec.data.train == str(tmp_path / "data/t.jsonl")
     assert run.spec.data.eval == "s3://data/eval.jsonl"
     assert run.spec.storage.url == str(tmp_path / "runs")

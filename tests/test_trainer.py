@@ -20,7 +20,7 @@ import torch
 
 from kwarp.cli import main as kwarp_main
 from kwarp.core.checkpoints import MANIFEST, verify
-from kwarp.core.spec import WarpRun, parse
+from kwarp.core.spec import GoldRewardSpec, WarpRun, parse
 from kwarp.policy import load_causal_lm
 from kwarp.store import layout, open_store
 from kwarp.trainer.state import STATE_JSON
@@ -178,8 +178,25 @@ def test_reward_rises_on_the_toy_task(make_run, tmp_path: Path) -> None:
     assert last > first + 0.1, (first, last)
     evals = [r["eval"] for r in log if "eval" in r]
     assert [r["step"] for r in log if "eval" in r] == [20, 40]
-    assert all(set(e) == {"reward", "reward_stderr", "kl_sft", "kl_sft_stderr", "length"} for e in evals)
+    assert all(set(e) == {"reward", "reward_stderr", "kl_sft", "kl_sft_stderr", "length", "per_prompt"} for e in evals)
+    assert all(len(e["per_prompt"]["reward"]) == 8 for e in evals)
     assert evals[-1]["kl_sft"] > 0
+
+
+def test_trajectory_evaluations_carry_the_gold_reward(make_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A gold reward (here the training reward itself) is scored on the same completions at every trajectory
+    point; per-prompt values stay in metrics.jsonl, out of the progress lines."""
+    run = make_run(warp={"steps": 2})
+    gold = run.spec.reward.callable
+    spec = run.spec.model_copy(update={"evaluation": run.spec.evaluation.model_copy(
+        update={"gold_reward": GoldRewardSpec(callable=gold)})})
+    train(run.model_copy(update={"spec": spec}), 0, 0, device="cpu", eval_every=1, eval_prompts=4)
+    evals = [r["eval"] for r in _log(tmp_path / "store") if "eval" in r]
+    assert len(evals) == 2 and all(e["gold"] == e["reward"] and len(e["per_prompt"]["gold"]) == 4 for e in evals)
+    progress = [json.loads(line.split(" ", 1)[1]) for line in capsys.readouterr().out.splitlines()
+                if line.startswith("KWARP_PROGRESS ")]
+    assert [p["eval"]["gold"] for p in progress] == [e["gold"] for e in evals]
+    assert all("per_prompt" not in p["eval"] for p in progress)
 
 
 def _free_port() -> int:

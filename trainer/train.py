@@ -59,7 +59,7 @@ from kwarp.policy import (
     sequence_logprobs,
     unique_parameters,
 )
-from kwarp.run.evaluate import eval_settings, evaluate_policy
+from kwarp.run.evaluate import eval_settings, evaluate_policy, load_gold
 from kwarp.store import Store, layout, open_store
 
 from .outputs import MetricsLog, publish_model
@@ -291,7 +291,13 @@ def training_step(
 
 
 def progress_line(record: dict[str, Any], steps: int) -> str:
-    """What the embedded runner parses (live display, metrics): the prefix, then the step record and T."""
+    """What the embedded runner parses (live display, metrics): the prefix, then the step record and T.
+
+    An evaluation's per-prompt values stay in metrics.jsonl: they are bulky and no live view uses them.
+    """
+    ev = record.get("eval")
+    if isinstance(ev, dict) and "per_prompt" in ev:
+        record = {**record, "eval": {k: v for k, v in ev.items() if k != "per_prompt"}}
     return PROGRESS_PREFIX + json.dumps({"steps": steps, **record})
 
 
@@ -440,12 +446,13 @@ def _evaluator(
         spec_field="spec.data.eval",
     )
     settings = eval_settings(spec)
+    gold = load_gold(spec, accelerator.device) if accelerator.is_main_process else None
 
-    def evaluate() -> dict[str, float] | None:
+    def evaluate() -> dict[str, Any] | None:
         point = None
         if accelerator.is_main_process:
             with accelerator.autocast():
-                p = evaluate_policy(models.bare, models.tokenizer, sft, reward, prompts, **settings)
+                p = evaluate_policy(models.bare, models.tokenizer, sft, reward, prompts, gold=gold, **settings)
             point = {
                 "reward": p["reward"],
                 "reward_stderr": p["reward_stderr"],
@@ -453,6 +460,9 @@ def _evaluator(
                 "kl_sft_stderr": p["kl_stderr"],
                 "length": p["length"],
             }
+            if gold is not None:
+                point.update(gold=p["gold"], gold_stderr=p["gold_stderr"])
+            point["per_prompt"] = p["per_prompt"]  # paired comparisons between trajectories (metrics.jsonl only)
         accelerator.wait_for_everyone()
         return point
 

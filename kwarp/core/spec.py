@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -85,6 +85,9 @@ class PolicySpec(_Model):
 class RewardSpec(_Model):
     """Either a sequence-classification reward model or a Python callable `module:function`."""
 
+    # The document path used in messages; GoldRewardSpec, the same shape elsewhere, sets its own.
+    _path: ClassVar[str] = "spec.reward"
+
     location: str | None = Field(None, description="Reward model location (AutoModelForSequenceClassification)")
     callable: str | None = Field(
         None, description="Python reward function 'module:function' taking (prompts, completions) -> list[float]"
@@ -95,13 +98,26 @@ class RewardSpec(_Model):
 
     @model_validator(mode="after")
     def _one_source(self) -> RewardSpec:
+        path = self._path
         if (self.location is None) == (self.callable is None):
-            raise ValueError("spec.reward: give exactly one of 'location' (a model) or 'callable' (module:function)")
+            raise ValueError(f"{path}: give exactly one of 'location' (a model) or 'callable' (module:function)")
         if self.location is not None:
-            _check_location(self.location, "spec.reward.location")
+            _check_location(self.location, f"{path}.location")
         if self.callable is not None and not _CALLABLE.match(self.callable):
-            raise ValueError(f"spec.reward.callable must look like 'package.module:function', got '{self.callable}'")
+            raise ValueError(f"{path}.callable must look like 'package.module:function', got '{self.callable}'")
         return self
+
+
+class GoldRewardSpec(RewardSpec):
+    """A held-out judge, measured beside the trained-on reward at every evaluated point, never optimised.
+
+    The same two forms as spec.reward: a classifier folder (`location`) or `module:function`
+    (`callable`). The paper's motivation is reward hacking: a policy can raise the reward model's
+    score while a better judge's falls. With a gold reward every front point, member and training
+    trajectory shows both, so the KL at which they part is visible.
+    """
+
+    _path: ClassVar[str] = "spec.evaluation.goldReward"
 
 
 class DataSpec(_Model):
@@ -215,6 +231,11 @@ class EvaluationSpec(_Model):
     )
     trajectory_prompts: int | None = Field(
         None, ge=1, description="Eval prompts used by those trajectory evaluations (default: evaluation.prompts)"
+    )
+    gold_reward: GoldRewardSpec | None = Field(
+        None,
+        description="A held-out judge (model location or 'module:function') scored beside spec.reward at every "
+        "evaluated point (fronts, members, trajectories) and never trained on; shows where reward hacking starts",
     )
 
     @field_validator("etas")
@@ -431,7 +452,14 @@ def resolve_relative(run: WarpRun, base: Path) -> WarpRun:
         reward = reward.model_copy(update={"location": _resolve(reward.location, base)})
     data = s.data.model_copy(update={"train": _resolve(s.data.train, base), "eval": _resolve(s.data.eval, base)})
     storage = s.storage.model_copy(update={"url": _resolve(s.storage.url, base)})
-    spec = s.model_copy(update={"policy": policy, "reward": reward, "data": data, "storage": storage})
+    evaluation = s.evaluation
+    gold = evaluation.gold_reward
+    if gold is not None and gold.location is not None:
+        gold = gold.model_copy(update={"location": _resolve(gold.location, base)})
+        evaluation = evaluation.model_copy(update={"gold_reward": gold})
+    spec = s.model_copy(
+        update={"policy": policy, "reward": reward, "data": data, "storage": storage, "evaluation": evaluation}
+    )
     return run.model_copy(update={"spec": spec})
 
 

@@ -9,6 +9,16 @@ each with its standard error (std / √n). Every point uses the same seed, so al
 same prompts and common random numbers, which makes differences between points less noisy than
 the points themselves. The KL is the Monte-Carlo estimate of KL(π ‖ π_sft) at sequence level.
 
+With spec.evaluation.goldReward (a held-out judge, never trained on) every point also carries
+`gold` and `gold_stderr`, measured on the very same completions. Every point keeps its per-prompt
+means (`per_prompt`: reward, kl and gold, one value per prompt in prompt order, each the mean over
+that prompt's samples), so any two points can be compared paired, prompt by prompt, and
+bootstrapped over prompts (kwarp.run.stats).
+
+Precision: the policies on the front are held in float32 and run under autocast when the compute
+dtype is lower (bf16 on a GPU). At small η the step from θ_sft is below bf16's resolution for many
+weights: rounding θ_η to bf16 would evaluate θ_sft instead.
+
 Task mode, `kwarp eval --iteration I [--spec FILE]`: walks the LiTI path
 θ_η = (1 − η)·θ_sft + η·θ_slerp,I over spec.evaluation.etas (one model whose parameters are
 overwritten per η), then each member's final policy, θ_init(I) and θ_init(I+1) when it exists,
@@ -22,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +54,7 @@ from kwarp.policy import (
     unique_parameters,
 )
 
-POINT_FIELDS = ("reward", "reward_stderr", "kl", "kl_stderr", "length")
+POINT_FIELDS = ("reward", "reward_stderr", "kl", "kl_stderr", "gold", "gold_stderr", "length", "per_prompt")
 
 
 @torch.no_grad()
@@ -60,14 +71,20 @@ def evaluate_policy(
     seed: int = 0,
     batch_size: int = 32,
     max_prompt_tokens: int | None = None,
-) -> dict[str, float]:
-    """{reward, reward_stderr, kl, kl_stderr, length} of `model` on `prompts`, KL to `sft_model`.
+    gold: Reward | None = None,
+    compute_dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """{reward, reward_stderr, kl, kl_stderr, length[, gold, gold_stderr], per_prompt} of `model` on `prompts`.
 
-    The global RNG is forked: evaluating inside a training loop leaves the trainer's RNG untouched.
+    KL is to `sft_model`. `gold` is scored on the same completions. `compute_dtype` below float32
+    runs the models under autocast (their weights stay as loaded). The global RNG is forked:
+    evaluating inside a training loop leaves the trainer's RNG untouched.
     """
     device = next(model.parameters()).device
-    rewards, kls, lengths = [], [], []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
+    rewards, golds, kls, lengths = [], [], [], []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type), autocast(
+        device, compute_dtype
+    ):
         torch.manual_seed(seed)
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start : start + batch_size]
@@ -81,21 +98,39 @@ def evaluate_policy(
                 max_prompt_tokens=max_prompt_tokens,
             )
             texts = decode_completions(tokenizer, drawn)
-            rewards.append(reward.score([p for p in batch for _ in range(samples)], texts))
+            repeated = [p for p in batch for _ in range(samples)]
+            rewards.append(reward.score(repeated, texts))
+            if gold is not None:
+                golds.append(gold.score(repeated, texts))
             rows = drawn.completion_ids.shape[0]
             logp = batched_logprobs(model, drawn, temperature=temperature, micro_batch=rows).logprob
             logp_sft = batched_logprobs(sft_model, drawn, temperature=temperature, micro_batch=rows).logprob
             kls.append((logp - logp_sft).float().cpu())
             lengths.append(drawn.lengths.float().cpu())
-    reward_mean, reward_se = mean_and_stderr(torch.cat(rewards))
-    kl_mean, kl_se = mean_and_stderr(torch.cat(kls))
-    return {
-        "reward": reward_mean,
-        "reward_stderr": reward_se,
-        "kl": kl_mean,
-        "kl_stderr": kl_se,
-        "length": float(torch.cat(lengths).mean()),
-    }
+    values = {"reward": torch.cat(rewards), "kl": torch.cat(kls)}
+    if gold is not None:
+        values["gold"] = torch.cat(golds)
+    out: dict[str, Any] = {}
+    for key, v in values.items():
+        out[key], out[f"{key}_stderr"] = mean_and_stderr(v)
+    out["length"] = float(torch.cat(lengths).mean())
+    # Rows are prompt-major (k adjacent samples per prompt): one mean per prompt, in prompt order.
+    out["per_prompt"] = {key: per_prompt_means(v, samples) for key, v in values.items()}
+    return out
+
+
+def per_prompt_means(values: torch.Tensor, samples: int) -> list[float]:
+    """The mean of each prompt's `samples` adjacent values, rounded to 5 decimals (enough for any
+    difference of interest; keeps eval.json small)."""
+    means = values.double().reshape(-1, samples).mean(dim=1)
+    return [round(float(x), 5) for x in means]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """Autocast to `dtype` on the device when it is a lower precision; a no-op for float32 or None."""
+    if dtype is None or dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @torch.no_grad()
@@ -138,28 +173,26 @@ def evaluate_iteration(run: Any, iteration: int, *, device: str | torch.device |
         return None
     t0 = time.perf_counter()
     device = torch.device(device) if device is not None else default_device()
-    dtype = resolve_dtype(spec.policy.dtype, device)
+    compute = resolve_dtype(spec.policy.dtype, device)
     trust = spec.policy.trust_remote_code
     sft_dir = store.open_checkpoint(layout.base(name))
     slerp_dir = store.open_checkpoint(layout.slerp(name, iteration))
     tokenizer = load_tokenizer(sft_dir, trust)
-    sft = load_causal_lm(sft_dir, dtype, trust, device)
-    work = load_causal_lm(sft_dir, dtype, trust, device)
+    # float32 weights, compute under autocast: θ_η at small η must not round back to θ_sft.
+    sft = load_causal_lm(sft_dir, torch.float32, trust, device)
+    work = load_causal_lm(sft_dir, torch.float32, trust, device)
     reward = load_reward(spec.reward, device, storage=spec.storage, batch_size=spec.evaluation.batch_size)
+    gold = load_gold(spec, device)
     prompts = read_prompts(
         spec.data.eval, spec.data.prompt_field, storage=spec.storage, limit=spec.evaluation.prompts,
         spec_field="spec.data.eval",
     )
     settings = eval_settings(spec)
 
-    def measure(what: str) -> dict[str, float]:
+    def measure(what: str) -> dict[str, Any]:
         started = time.perf_counter()
-        point = evaluate_policy(work, tokenizer, sft, reward, prompts, **settings)
-        print(
-            f"kwarp eval: {what}: reward {point['reward']:.4f} ± {point['reward_stderr']:.4f}, "
-            f"KL {point['kl']:.4f} ± {point['kl_stderr']:.4f} ({time.perf_counter() - started:.1f}s)",
-            flush=True,
-        )
+        point = evaluate_policy(work, tokenizer, sft, reward, prompts, gold=gold, compute_dtype=compute, **settings)
+        print(f"kwarp eval: {what}: {describe(point)} ({time.perf_counter() - started:.1f}s)", flush=True)
         return point
 
     registry = CollectorRegistry()
@@ -184,7 +217,7 @@ def evaluate_iteration(run: Any, iteration: int, *, device: str | torch.device |
 
         # Iteration 0 starts from θ_sft itself: its init point is the η = 0 point of the front.
         if iteration == 0 and front[0]["eta"] == 0.0:
-            init_point = {k: front[0][k] for k in POINT_FIELDS}
+            init_point = {k: front[0][k] for k in POINT_FIELDS if k in front[0]}
         else:
             if iteration == 0:
                 interpolate_(work, sft_params, sft_params, 0.0)
@@ -217,6 +250,22 @@ def evaluate_iteration(run: Any, iteration: int, *, device: str | torch.device |
     return result
 
 
+def load_gold(spec: Any, device: str | torch.device) -> Reward | None:
+    """The spec's gold reward (spec.evaluation.goldReward), if any."""
+    gold = spec.evaluation.gold_reward
+    if gold is None:
+        return None
+    return load_reward(gold, device, storage=spec.storage, batch_size=spec.evaluation.batch_size)
+
+
+def describe(point: dict[str, Any]) -> str:
+    """One line: reward, gold (when measured) and KL with their standard errors."""
+    text = f"reward {point['reward']:.4f} ± {point['reward_stderr']:.4f}"
+    if point.get("gold") is not None:
+        text += f", gold {point['gold']:.4f} ± {point['gold_stderr']:.4f}"
+    return text + f", KL {point['kl']:.4f} ± {point['kl_stderr']:.4f}"
+
+
 def _load_params(model: torch.nn.Module, folder: Path, device: torch.device) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors for each of the model's parameters, on the device."""
     from kwarp.core.checkpoints import CheckpointError
@@ -236,32 +285,66 @@ def _load_params(model: torch.nn.Module, folder: Path, device: torch.device) -> 
 # ------------------------------------------------------------------------------------ tool mode
 
 
-def evaluate_folder(args: argparse.Namespace) -> dict[str, float]:
-    from kwarp.core.spec import RewardSpec
+def _reward_spec(value: str, gold: bool = False) -> Any:
+    """A reward given on the command line: a model folder, or module:function when no such folder exists."""
+    from kwarp.core.spec import GoldRewardSpec, RewardSpec
 
+    kind = GoldRewardSpec if gold else RewardSpec
+    is_callable = ":" in value and not Path(value).exists()
+    return kind(**({"callable": value} if is_callable else {"location": value}))
+
+
+def evaluate_folders(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Tool mode: each --model, or with --etas its LiTI path (1 − η)·θ_sft + η·θ_model, as JSON-able dicts.
+
+    All models and η share one loaded θ_sft, reward and gold, and the same seed and prompts, so
+    their points compare paired, like the points of one front.
+    """
     device = torch.device(args.device) if args.device else default_device()
-    dtype = resolve_dtype(args.dtype, device)
-    model_dir, sft_dir = Path(args.model), Path(args.sft)
-    tokenizer = load_tokenizer(model_dir, args.trust_remote_code, field="--model")
-    model = load_causal_lm(model_dir, dtype, args.trust_remote_code, device, field="--model")
-    sft = load_causal_lm(sft_dir, dtype, args.trust_remote_code, device, field="--sft")
-    is_callable = ":" in args.reward and not Path(args.reward).exists()
-    reward_spec = RewardSpec(**({"callable": args.reward} if is_callable else {"location": args.reward}))
-    reward = load_reward(reward_spec, device, batch_size=args.batch_size)
+    compute = resolve_dtype(args.dtype, device)
+    sft_dir = Path(args.sft)
+    tokenizer = load_tokenizer(sft_dir, args.trust_remote_code, field="--sft")
+    sft = load_causal_lm(sft_dir, torch.float32, args.trust_remote_code, device, field="--sft")
+    work = load_causal_lm(sft_dir, torch.float32, args.trust_remote_code, device, field="--sft")
+    reward = load_reward(_reward_spec(args.reward), device, batch_size=args.batch_size)
+    gold = load_reward(_reward_spec(args.gold, gold=True), device, batch_size=args.batch_size) if args.gold else None
     prompts = read_prompts(args.prompts, args.prompt_field, limit=args.num_prompts, spec_field="--prompts")
-    return evaluate_policy(
-        model,
-        tokenizer,
-        sft,
-        reward,
-        prompts,
-        samples=args.samples,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        max_prompt_tokens=args.max_prompt_tokens,
-    )
+    settings = {
+        "samples": args.samples,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "max_prompt_tokens": args.max_prompt_tokens,
+    }
+    sft_params = {n: p.detach().clone() for n, p in sft.named_parameters()}
+    out = []
+    for folder in args.model:
+        model_dir = Path(folder)
+        load_tokenizer(model_dir, args.trust_remote_code, field="--model")  # the same checks as a policy
+        if args.etas is None:
+            copy_weights_(work, model_dir)
+            out.append({"model": str(model_dir), **evaluate_policy(work, tokenizer, sft, reward, prompts, gold=gold,
+                                                                   compute_dtype=compute, **settings)})
+            continue
+        target = _load_params(work, model_dir, device)
+        front = []
+        for eta in args.etas:
+            interpolate_(work, sft_params, target, eta)
+            point = evaluate_policy(work, tokenizer, sft, reward, prompts, gold=gold, compute_dtype=compute, **settings)
+            front.append({"eta": eta, **point})
+        out.append({"model": str(model_dir), "front": front})
+    return out
+
+
+def _etas(value: str) -> list[float]:
+    try:
+        etas = sorted({float(x) for x in value.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--etas: give comma-separated numbers in [0, 1], got '{value}'") from None
+    if not etas or not all(0.0 <= e <= 1.0 for e in etas):
+        raise argparse.ArgumentTypeError(f"--etas: every η must lie in [0, 1], got '{value}'")
+    return etas
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -269,9 +352,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     task.add_argument("--iteration", type=int, help="0-based iteration whose eval.json to write")
     task.add_argument("--spec", help="WarpRun file (default: $KWARP_SPEC)")
     tool = parser.add_argument_group("tool mode (one checkpoint, printed as JSON)")
-    tool.add_argument("--model", help="policy folder to evaluate")
+    tool.add_argument("--model", action="append", help="policy folder to evaluate (repeat for several)")
+    tool.add_argument("--etas", type=_etas, help="evaluate each model's LiTI path from --sft at these η (e.g. 0.2,0.5,1)")
     tool.add_argument("--sft", help="reference folder for the KL (θ_sft)")
     tool.add_argument("--reward", help="reward model folder or callable module:function")
+    tool.add_argument("--gold", help="held-out judge scored beside the reward: model folder or module:function")
     tool.add_argument("--prompts", help="JSONL file of prompts")
     tool.add_argument("--prompt-field", default="prompt")
     tool.add_argument("--num-prompts", type=int, default=256)
@@ -297,7 +382,8 @@ def main(args: argparse.Namespace) -> int:
         missing = [flag for flag, v in (("--sft", args.sft), ("--reward", args.reward), ("--prompts", args.prompts)) if not v]
         if missing:
             raise UserError(f"tool mode needs {', '.join(missing)} with --model")
-        print(json.dumps(evaluate_folder(args), sort_keys=True))
+        for result in evaluate_folders(args):  # one JSON line per model
+            print(json.dumps(result, sort_keys=True), flush=True)
         return 0
     if args.iteration is None:
         raise UserError("give --iteration I (task mode) or --model DIR --sft DIR --reward R --prompts FILE (tool mode)")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kwarp.run.rundata import RunData
+from kwarp.run.rundata import Point, RunData
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -71,9 +71,25 @@ def _empty(ax: Axes, message: str) -> None:
     ax.set_yticks([])
 
 
-def pareto_figure(data: RunData) -> bytes:
-    """The KL–reward plane of the run (the picture of the paper's Figure 1(b))."""
+def has_gold(data: RunData) -> bool:
+    """Whether the run measured a gold reward (spec.evaluation.goldReward) at its evaluated points."""
+    return any(p.gold is not None for it in data.iterations for p in it.front)
+
+
+def pareto_figure(data: RunData, score: str = "reward") -> bytes:
+    """The KL–reward plane of the run (the picture of the paper's Figure 1(b)).
+
+    score "gold" draws the same policies scored by the run's gold reward (a held-out judge that
+    was never trained on): where the reward model's front keeps rising and the gold's turns down,
+    the policy is exploiting the reward model.
+    """
     from matplotlib.lines import Line2D
+
+    def y(p: Point) -> float | None:
+        return p.gold if score == "gold" else p.reward
+
+    def yerr(p: Point) -> float:
+        return (p.gold_stderr if score == "gold" else p.reward_stderr) or 0.0
 
     fig = _figure(9.5, 6.6)
     ax = fig.add_subplot()
@@ -85,11 +101,12 @@ def pareto_figure(data: RunData) -> bytes:
     for it, color in zip(data.iterations, colors, strict=True):
         for member in it.members:
             traj = member.eval_trajectory()
+            traj = [(s, p) for s, p in traj if y(p) is not None]
             if traj:
-                ks, rs = [p.kl for _, p in traj], [p.reward for _, p in traj]
+                ks, rs = [p.kl for _, p in traj], [y(p) for _, p in traj]
                 ax.plot(ks, rs, ls=":", lw=1.2, marker=".", ms=3, color=color, alpha=0.7, zorder=2)
                 shown.add("eval trajectory")
-            elif it.iteration == 0:
+            elif it.iteration == 0 and score == "reward":
                 # No held-out evaluation logged: at iteration 0 θ_init = θ_sft, so the training
                 # batches' KL to init is a KL to SFT (noisier, on training prompts).
                 steps, kls = member.series("kl_init")
@@ -98,52 +115,54 @@ def pareto_figure(data: RunData) -> bytes:
                     w = smoothing_window(kls.size)
                     ax.plot(smooth(kls, w), smooth(rewards, w), ls="--", lw=1.0, color=color, alpha=0.6, zorder=2)
                     shown.add("batch trajectory")
-        if it.front:
+        front = [p for p in it.front if y(p) is not None]
+        if front:
             shown.add("front")
-            ks = [p.kl for p in it.front]
-            rs = [p.reward for p in it.front]
+            ks = [p.kl for p in front]
+            rs = [y(p) for p in front]
             ax.errorbar(
                 ks, rs,
-                xerr=[p.kl_stderr or 0.0 for p in it.front],
-                yerr=[p.reward_stderr or 0.0 for p in it.front],
+                xerr=[p.kl_stderr or 0.0 for p in front],
+                yerr=[yerr(p) for p in front],
                 fmt="-o", color=color, lw=2.2, ms=5, capsize=2.5, elinewidth=1, zorder=4,
             )
             if it.iteration == last_front:
-                for p in it.front:
+                for p in front:
                     if p.eta is not None and p.eta > 0:
                         # Above-left of the point: the better side, left empty by the points below the front.
                         ax.annotate(
-                            f"η={p.eta:g}", (p.kl, p.reward), textcoords="offset points", xytext=(-5, 5),
+                            f"η={p.eta:g}", (p.kl, y(p)), textcoords="offset points", xytext=(-5, 5),
                             ha="right", va="bottom", fontsize=8, color="0.25", zorder=7,
                         )
         for member in it.members:
-            if member.final is not None:
-                ax.scatter(member.final.kl, member.final.reward, marker="^", s=70, color=color,
+            if member.final is not None and y(member.final) is not None:
+                ax.scatter(member.final.kl, y(member.final), marker="^", s=70, color=color,
                            edgecolors="black", linewidths=0.8, zorder=5)
                 shown.add("member")
-        if it.slerp is not None:
-            ax.scatter(it.slerp.kl, it.slerp.reward, marker="*", s=260, color=color,
+        if it.slerp is not None and y(it.slerp) is not None:
+            ax.scatter(it.slerp.kl, y(it.slerp), marker="*", s=260, color=color,
                        edgecolors="black", linewidths=0.8, zorder=6)
             shown.add("slerp")
-        if it.next_init is not None:
-            ax.scatter(it.next_init.kl, it.next_init.reward, marker="D", s=60, facecolors="white",
+        if it.next_init is not None and y(it.next_init) is not None:
+            ax.scatter(it.next_init.kl, y(it.next_init), marker="D", s=60, facecolors="white",
                        edgecolors=[color], linewidths=2.0, zorder=6)
             shown.add("next init")
 
     sft = data.sft
-    if sft is not None:
-        ax.scatter(sft.kl, sft.reward, marker="s", s=80, color="black", zorder=7)
-        ax.annotate("SFT (η=0)", (sft.kl, sft.reward), textcoords="offset points", xytext=(8, -4),
+    if sft is not None and y(sft) is not None:
+        ax.scatter(sft.kl, y(sft), marker="s", s=80, color="black", zorder=7)
+        ax.annotate("SFT (η=0)", (sft.kl, y(sft)), textcoords="offset points", xytext=(8, -4),
                     fontsize=9, zorder=7)
         shown.add("sft")
 
-    ax.set_title(f"WARP run '{data.run}': reward vs KL to the SFT policy, per iteration", fontsize=12)
+    what = "gold reward (held-out judge)" if score == "gold" else "reward"
+    ax.set_title(f"WARP run '{data.run}': {what} vs KL to the SFT policy, per iteration", fontsize=12)
     if not shown:
         _empty(ax, "nothing evaluated yet: fronts appear once an iteration's evaluation has run")
         return _png(fig)
 
     ax.set_xlabel("KL to the SFT policy (nats)")
-    ax.set_ylabel("reward (reward model score)")
+    ax.set_ylabel("gold reward (never trained on)" if score == "gold" else "reward (reward model score)")
     ax.grid(True, alpha=0.3)
     ax.text(0.015, 0.975, "better ↖", transform=ax.transAxes, ha="left", va="top", fontsize=10, color="0.35")
 

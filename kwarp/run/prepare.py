@@ -43,24 +43,26 @@ def check_data(run: WarpRun) -> dict[str, int]:
 
 
 def check_reward(reward: RewardSpec, storage: object) -> str:
+    """Fail before training when a reward (spec.reward, or the gold reward) cannot load; messages name its field."""
+    path = reward._path
     if reward.callable is not None:
         module, _, fn = reward.callable.partition(":")
         try:
             mod = importlib.import_module(module)
         except ImportError as err:
-            raise UserError(f"spec.reward.callable: cannot import module '{module}' ({err})") from None
+            raise UserError(f"{path}.callable: cannot import module '{module}' ({err})") from None
         if not callable(getattr(mod, fn, None)):
-            raise UserError(f"spec.reward.callable: module '{module}' has no function '{fn}'")
+            raise UserError(f"{path}.callable: module '{module}' has no function '{fn}'")
         return reward.callable
     assert reward.location is not None
-    path = locations.fetch(reward.location, "spec.reward.location", storage)  # type: ignore[arg-type]
+    path_dir = locations.fetch(reward.location, f"{path}.location", storage)  # type: ignore[arg-type]
     try:
-        refuse_pickles(path)
+        refuse_pickles(path_dir)
     except CheckpointError as err:
-        raise UserError(f"spec.reward.location: {err}") from None
-    if not (path / "config.json").is_file():
-        raise UserError(f"spec.reward.location: {path} has no config.json; give a Hugging Face model folder")
-    return str(path)
+        raise UserError(f"{path}.location: {err}") from None
+    if not (path_dir / "config.json").is_file():
+        raise UserError(f"{path}.location: {path_dir} has no config.json; give a Hugging Face model folder")
+    return str(path_dir)
 
 
 def copy_policy(run: WarpRun, store: Store) -> bool:
@@ -91,8 +93,13 @@ def prepare(run: WarpRun, store: Store | None = None) -> dict[str, object]:
     store = store or open_store(run.spec.storage.url, run.spec.storage)
     counts = check_data(run)
     reward = check_reward(run.spec.reward, run.spec.storage)
+    gold = run.spec.evaluation.gold_reward
+    gold_source = check_reward(gold, run.spec.storage) if gold is not None else None
     copied = copy_policy(run, store)
-    return {"prompts": counts, "reward": reward, "base": layout.base(run.name), "copied": copied}
+    info: dict[str, object] = {"prompts": counts, "reward": reward, "base": layout.base(run.name), "copied": copied}
+    if gold_source is not None:
+        info["gold_reward"] = gold_source
+    return info
 
 
 def register(parser: argparse.ArgumentParser) -> None:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from kwarp.core.errors import UserError
-from kwarp.run.figures import angles_figure, curves_figure, pareto_figure
+from kwarp.run.figures import angles_figure, curves_figure, has_gold, pareto_figure
 from kwarp.run.rundata import (
     IterationData,
     MemberData,
@@ -216,6 +216,7 @@ def _iteration_html(it: IterationData, summary: dict[str, Any], eta: float) -> s
             f"<td>member {m.member}{'' if m.done else ' (training)'}</td>"
             f"<td>{_pm(m.final.reward, m.final.reward_stderr) if m.final else '–'}</td>"
             f"<td>{_pm(m.final.kl, m.final.kl_stderr) if m.final else '–'}</td>"
+            f"<td>{_pm(m.final.gold, m.final.gold_stderr) if m.final else '–'}</td>"
             f"<td>{_fmt(train['reward_last'])}</td><td>{_fmt(train['kl_anchor_last'])}</td>"
             f"<td>{train['steps']}{f' / {it.target_steps}' if it.target_steps else ''}</td>"
             f"<td>{format_seconds(train['seconds'])}{attempts}</td>"
@@ -226,9 +227,9 @@ def _iteration_html(it: IterationData, summary: dict[str, Any], eta: float) -> s
                      ("this iteration's θ_init", it.init)):
         if p is not None:
             rows.append(f"<tr><td>{e(label)}</td><td>{_pm(p.reward, p.reward_stderr)}</td>"
-                        f"<td>{_pm(p.kl, p.kl_stderr)}</td><td colspan=5></td></tr>")
+                        f"<td>{_pm(p.kl, p.kl_stderr)}</td><td>{_pm(p.gold, p.gold_stderr)}</td><td colspan=5></td></tr>")
     parts.append(
-        "<table><tr><th>policy</th><th>eval reward</th><th>eval KL to SFT (nats)</th>"
+        "<table><tr><th>policy</th><th>eval reward</th><th>eval KL to SFT (nats)</th><th>eval gold reward</th>"
         "<th>train reward (last 10%)</th><th>KL to anchor (last 10%)</th><th>steps</th><th>training time</th>"
         "<th>tokens/s</th></tr>" + "".join(rows) + "</table>"
     )
@@ -236,8 +237,12 @@ def _iteration_html(it: IterationData, summary: dict[str, Any], eta: float) -> s
         head = "".join(f"<th>η={p.eta:g}</th>" if p.eta is not None else "<th>?</th>" for p in it.front)
         rew = "".join(f"<td>{_pm(p.reward, p.reward_stderr)}</td>" for p in it.front)
         kl = "".join(f"<td>{_pm(p.kl, p.kl_stderr)}</td>" for p in it.front)
+        gold = ""
+        if any(p.gold is not None for p in it.front):
+            cells = "".join(f"<td>{_pm(p.gold, p.gold_stderr)}</td>" for p in it.front)
+            gold = f"<tr><td>gold reward</td>{cells}</tr>"
         parts.append(f"<table><tr><th>LiTI front</th>{head}</tr><tr><td>reward</td>{rew}</tr>"
-                     f"<tr><td>KL to SFT (nats)</td>{kl}</tr></table>")
+                     f"<tr><td>KL to SFT (nats)</td>{kl}</tr>{gold}</table>")
     else:
         parts.append('<p class="missing">front not evaluated yet</p>')
     merge_t = it.timings.get(f"i{it.iteration}-merge")
@@ -276,6 +281,16 @@ def render_html(data: RunData, summary: dict[str, Any], figures: Mapping[str, by
         _iteration_html(it, s, eta) for it, s in zip(data.iterations, summary["iterations"], strict=True)
     ) or '<p class="missing">no iteration has started</p>'
     generated = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime())
+    gold = (
+        f"""<h2>Gold reward</h2>
+<figure>{_img("gold.png", figures["gold.png"], "the fronts scored by the gold reward")}
+<figcaption class=caption>The same policies scored by the run's gold reward (<code>evaluation.goldReward</code>),
+a held-out judge the policies were never trained on, on the same completions. Where the reward model's front
+keeps rising while the gold front flattens or falls, the policy has started to exploit the reward
+model.</figcaption></figure>"""
+        if "gold.png" in figures
+        else ""
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -299,6 +314,7 @@ that the front's points dominate (less KL and more reward), above the SFT policy
 and the merged policy (η = 1), measured on held-out prompts; up and to the left is better (more reward for less
 drift from the SFT policy). Bars are ± one standard error.</figcaption></figure>
 
+{gold}
 <h2>Iterations</h2>
 {iterations}
 
@@ -348,6 +364,8 @@ def write_report(
         "curves.png": curves_figure(data),
         "angles.png": angles_figure(data),
     }
+    if has_gold(data):
+        figures["gold.png"] = pareto_figure(data, score="gold")
     files: dict[str, bytes] = dict(figures)
     files["summary.json"] = json.dumps(summary, indent=1, allow_nan=False).encode()
     files["report.html"] = render_html(data, summary, figures).encode()

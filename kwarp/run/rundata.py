@@ -35,13 +35,16 @@ PAPER_ETA = 0.3  # the paper's LiTI η, used only when neither the spec nor merg
 
 @dataclass(frozen=True)
 class Point:
-    """A policy measured on the eval prompts: mean reward and KL to θ_sft, with standard errors."""
+    """A policy measured on the eval prompts: mean reward and KL to θ_sft, with standard errors, and
+    the gold reward when the run has one."""
 
     reward: float
     kl: float
     reward_stderr: float | None = None
     kl_stderr: float | None = None
     eta: float | None = None
+    gold: float | None = None  # the held-out judge on the same completions (spec.evaluation.goldReward)
+    gold_stderr: float | None = None
 
     @classmethod
     def from_json(cls, raw: Any) -> Point | None:
@@ -55,8 +58,10 @@ class Point:
             reward=reward,
             kl=kl,
             reward_stderr=as_number(raw.get("reward_stderr")),
-            kl_stderr=as_number(raw.get("kl_stderr")),
+            kl_stderr=as_number(raw.get("kl_stderr", raw.get("kl_sft_stderr"))),
             eta=as_number(raw.get("eta")),
+            gold=as_number(raw.get("gold")),
+            gold_stderr=as_number(raw.get("gold_stderr")),
         )
 
     def to_json(self) -> dict[str, float | None]:
@@ -64,6 +69,8 @@ class Point:
         if self.eta is not None:
             out["eta"] = self.eta
         out.update(reward=self.reward, reward_stderr=self.reward_stderr, kl=self.kl, kl_stderr=self.kl_stderr)
+        if self.gold is not None:
+            out.update(gold=self.gold, gold_stderr=self.gold_stderr)
         return out
 
 
