@@ -292,3 +292,35 @@ def test_rebuild_keeps_runs(task: Path) -> None:
     assert json.loads((task / "MANIFEST.json").read_text()) != before
     assert is_built(task, SEED, TINY)
     assert not list(task.parent.glob(".*")), "no staging or set-aside folder is left behind"
+
+
+def test_task_sizes() -> None:
+    """medium: a 20-60M-parameter policy trained on a GPU, longer reviews; tiny: the smoke-test size."""
+    from transformers import GPT2Config
+
+    from kwarp.tasks.builder import SIZES, config_for
+
+    medium = SIZES["medium"]
+    m = medium.model
+    config = GPT2Config(vocab_size=medium.vocab_size, n_positions=m.n_positions, n_embd=m.n_embd, n_layer=m.n_layer,
+                        n_head=m.n_head, tie_word_embeddings=True)
+    # GPT-2 parameters: embeddings (tied head) + 12·d² + 13·d per block + final norm.
+    d = config.n_embd
+    params = config.vocab_size * d + config.n_positions * d + config.n_layer * (12 * d * d + 13 * d) + 2 * d
+    assert 20e6 <= params <= 60e6 and medium.device == "cuda"
+    assert SIZES["small"] == BuildConfig() and SIZES["tiny"].model.n_layer == 1
+    assert task_dir(config=medium, size="medium").name.startswith("sentiment-medium-v1-")
+    with pytest.raises(UserError, match="unknown task size 'huge'"):
+        config_for("huge")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="GPU"):
+            build(size="medium")
+
+
+def test_longer_reviews_with_extra_clauses() -> None:
+    import random
+
+    short, long = ReviewGrammar(), ReviewGrammar(extra_clauses=2)
+    n_short = sum(short.review(random.Random(i), 0.0, 1.0).text.count(",") for i in range(300))
+    n_long = sum(long.review(random.Random(i), 0.0, 1.0).text.count(",") for i in range(300))
+    assert n_long > n_short * 1.2

@@ -77,9 +77,58 @@ class BuildConfig:
     max_new_tokens: int = 24
     eval_samples: int = 200  # SFT samples scored by the reward model and the gold rule for build.json
     threads: int = 2
+    extra_clauses: int = 0  # the grammar's longest review: 2 + extra_clauses clauses (grammar.ReviewGrammar)
+    device: str = "cpu"  # where the two models train ("cuda" for the medium task)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # The device decides where the models train, not what they are: the fingerprint leaves it out.
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "device"}
+
+
+# The task sizes `kwarp task build --size` knows. small: the demo, built on a CPU in one or two minutes.
+# medium: the GPU reproduction's task: a 27M-parameter policy (8 layers of 512), a 4096-token vocabulary,
+# reviews of up to four clauses, ten times the texts; trained from scratch on a GPU in a few minutes.
+# tiny: a smoke-test size (one layer of 48, built in seconds), for tests and for trying a pipeline end to end.
+SIZES: dict[str, BuildConfig] = {
+    "tiny": BuildConfig(
+        sizes=CorpusSizes(sft_texts=1200, rm_train_pairs=1500, rm_eval_pairs=100, train_prompts=60, eval_prompts=24),
+        model=ModelSizes(n_layer=1, n_embd=48, n_head=2, n_positions=64),
+        vocab_size=600,
+        sft_steps=60,
+        sft_batch_size=32,
+        sft_lr=5e-3,
+        rm_steps=120,
+        rm_batch_size=32,
+        rm_lr=3e-3,
+        max_new_tokens=12,
+        eval_samples=16,
+    ),
+    "small": BuildConfig(),
+    "medium": BuildConfig(
+        sizes=CorpusSizes(sft_texts=200_000, rm_train_pairs=100_000, rm_eval_pairs=5_000, train_prompts=8_000,
+                          eval_prompts=2_000),
+        model=ModelSizes(n_layer=8, n_embd=512, n_head=8, n_positions=128),
+        vocab_size=4096,
+        sft_steps=3000,
+        sft_batch_size=128,
+        sft_lr=6e-4,
+        rm_steps=2000,
+        rm_batch_size=64,
+        rm_lr=2e-4,
+        max_new_tokens=40,
+        eval_samples=1000,
+        threads=8,
+        extra_clauses=2,
+        device="cuda",
+    ),
+}
+
+
+def config_for(size: str) -> BuildConfig:
+    try:
+        return SIZES[size]
+    except KeyError:
+        raise UserError(f"unknown task size '{size}'; use one of {', '.join(SIZES)}") from None
 
 
 def cache_root() -> Path:
@@ -88,7 +137,7 @@ def cache_root() -> Path:
 
 
 def fingerprint(seed: int = 0, config: BuildConfig | None = None) -> str:
-    config = config or BuildConfig()
+    config = config or SIZES["small"]
     h = hashlib.sha256()
     h.update(
         json.dumps(
@@ -103,9 +152,11 @@ def fingerprint(seed: int = 0, config: BuildConfig | None = None) -> str:
     return h.hexdigest()
 
 
-def task_dir(seed: int = 0, config: BuildConfig | None = None) -> Path:
+def task_dir(seed: int = 0, config: BuildConfig | None = None, size: str = "small") -> Path:
     """Where `build(seed, config=config)` puts the task (it may not be built yet)."""
-    return cache_root() / "tasks" / f"{TASK}-{VERSION}-{fingerprint(seed, config)[:12]}"
+    config = config or config_for(size)
+    label = "" if config == SIZES["small"] else f"-{size}" if size != "small" else "-custom"
+    return cache_root() / "tasks" / f"{TASK}{label}-{VERSION}-{fingerprint(seed, config)[:12]}"
 
 
 def _manifest_meta(folder: Path) -> dict[str, Any] | None:
@@ -115,11 +166,12 @@ def _manifest_meta(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def is_built(folder: Path | None = None, seed: int = 0, config: BuildConfig | None = None) -> bool:
+def is_built(folder: Path | None = None, seed: int = 0, config: BuildConfig | None = None, size: str = "small") -> bool:
     """True when `folder` (default: task_dir) holds a complete task made by this code and configuration."""
     from kwarp.core.checkpoints import is_complete
 
-    folder = Path(folder) if folder is not None else task_dir(seed, config)
+    config = config or config_for(size)
+    folder = Path(folder) if folder is not None else task_dir(seed, config, size)
     meta = _manifest_meta(folder)
     if meta is None or meta.get("fingerprint") != fingerprint(seed, config):
         return False
@@ -155,14 +207,21 @@ def build(
     out: str | Path | None = None,
     progress: bool = True,
     config: BuildConfig | None = None,
+    size: str = "small",
 ) -> Path:
     """Build the task (or find it built) and return its folder.
 
-    `out` builds into that folder instead of the cache. An existing folder is replaced only if it
-    is an older build of this task; its runs/ folder is carried over to the new build.
+    `size` picks a preset (SIZES) unless `config` is given. `out` builds into that folder instead of
+    the cache. An existing folder is replaced only if it is an older build of this task; its runs/
+    folder is carried over to the new build.
     """
-    config = config or BuildConfig()
-    folder = Path(out).expanduser().resolve() if out is not None else task_dir(seed, config)
+    config = config or config_for(size)
+    if config.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"the {size} task trains its models on a GPU and none is available here")
+    folder = Path(out).expanduser().resolve() if out is not None else task_dir(seed, config, size)
     if not force and is_built(folder, seed, config):
         return folder
     occupied = folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
@@ -256,7 +315,7 @@ def _build_into(tmp: Path, seed: int, config: BuildConfig, show: bool) -> None:
     with _torch_threads(config.threads), _quiet_transformers(), BuildProgress(show) as bar:
         t = time.perf_counter()
         with bar.stage("corpus"):
-            corpus = make_corpus(seed, config.sizes)
+            corpus = make_corpus(seed, config.sizes, extra_clauses=config.extra_clauses)
             _write_jsonl(tmp / "data" / "train.jsonl", [{"prompt": p} for p in corpus.train_prompts])
             _write_jsonl(tmp / "data" / "eval.jsonl", [{"prompt": p} for p in corpus.eval_prompts])
             _write_jsonl(tmp / "data" / "sft.jsonl", [{"text": s} for s in corpus.sft_texts])
@@ -278,6 +337,7 @@ def _build_into(tmp: Path, seed: int, config: BuildConfig, show: bool) -> None:
         torch.manual_seed(seed)
         policy = GPT2LMHeadModel(training.policy_config(tokenizer, **dataclasses.asdict(config.model)))
         policy.generation_config = training.generation_config(tokenizer, config.max_new_tokens)
+        policy.to(config.device)
         with bar.stage("sft", total=config.sft_steps) as on_step:
             sft_losses = training.train_sft(
                 policy,
@@ -292,7 +352,7 @@ def _build_into(tmp: Path, seed: int, config: BuildConfig, show: bool) -> None:
         seconds["sft"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        rm = training.reward_model_from(policy, seed)
+        rm = training.reward_model_from(policy, seed).to(config.device)
         with bar.stage("reward", total=config.rm_steps) as on_step:
             rm_losses = training.train_reward_model(
                 rm,
@@ -335,6 +395,7 @@ def _build_into(tmp: Path, seed: int, config: BuildConfig, show: bool) -> None:
 
         t = time.perf_counter()
         with bar.stage("save"):
+            policy, rm = policy.cpu(), rm.cpu()
             meta = {"task": TASK, "seed": seed}
             save_pretrained(policy, tmp / "policy", tokenizer=tokenizer, meta={**meta, "role": "policy"})
             tokenizer.padding_side = (

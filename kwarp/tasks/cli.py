@@ -22,10 +22,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--force", action="store_true", help="rebuild even if a complete build exists")
     build.add_argument("--out", type=Path, default=None, help="build into this folder instead of the cache")
     build.add_argument("--seed", type=int, default=0, help="seed of the texts and of the training runs")
+    build.add_argument("--size", choices=("tiny", "small", "medium"), default="small",
+                       help="small: the CPU demo (0.7M-parameter policy); medium: the GPU reproduction's task "
+                       "(27M parameters, trained on a GPU); tiny: a smoke test built in seconds")
     build.set_defaults(func=_build)
 
     path = sub.add_parser("path", help="print the task folder (exit status 1 when it is not built yet)")
     path.add_argument("--seed", type=int, default=0)
+    path.add_argument("--size", choices=("tiny", "small", "medium"), default="small")
     path.set_defaults(func=_path)
 
     show = sub.add_parser("show", help="sample the SFT policy and print reward-model and gold scores")
@@ -39,7 +43,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def _build(args: argparse.Namespace) -> int:
     from kwarp.tasks.builder import build, read_figures
 
-    folder = build(seed=args.seed, force=args.force, out=args.out, progress=sys.stderr.isatty())
+    folder = build(seed=args.seed, force=args.force, out=args.out, progress=sys.stderr.isatty(), size=args.size)
     figures = read_figures(folder)
     rm, samples = figures["reward_model"], figures["sft_samples"]
     print(
@@ -56,9 +60,9 @@ def _build(args: argparse.Namespace) -> int:
 def _path(args: argparse.Namespace) -> int:
     from kwarp.tasks.builder import is_built, task_dir
 
-    folder = task_dir(args.seed)
+    folder = task_dir(args.seed, size=args.size)
     print(folder)
-    if not is_built(folder, args.seed):
+    if not is_built(folder, args.seed, size=args.size):
         print("not built yet: run `kwarp task build`", file=sys.stderr)
         return 1
     return 0

@@ -86,7 +86,10 @@ def grammar_data() -> dict[str, Any]:
 class ReviewGrammar:
     """Samples openings and continuations; pure apart from the random generator it is given."""
 
-    def __init__(self, data: dict[str, Any] | None = None, lex: Lexicon | None = None):
+    def __init__(self, data: dict[str, Any] | None = None, lex: Lexicon | None = None, extra_clauses: int = 0):
+        """`extra_clauses`: after the optional second clause, up to this many more, each with the same
+        probability (longer reviews for the medium task; 0 keeps the small task's grammar)."""
+        self.extra_clauses = extra_clauses
         self.data = data if data is not None else grammar_data()
         self.lex = lex if lex is not None else lexicon()
         self.adjectives = {
@@ -239,6 +242,11 @@ class ReviewGrammar:
         if rng.random() < P_SECOND_CLAUSE:
             connective = rng.choice(self.data["connectives"])
             text += f", {connective} " + self.clause(rng, opening, target(), used)
+            for _ in range(self.extra_clauses):
+                if rng.random() >= P_SECOND_CLAUSE:
+                    break
+                connective = rng.choice(self.data["connectives"])
+                text += f", {connective} " + self.clause(rng, opening, target(), used)
         text += "!" if rng.random() < P_EXCLAIM else "."
         if rng.random() < P_CLOSING:
             text += " " + self.closing(rng, opening, target(), used) + "."

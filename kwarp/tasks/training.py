@@ -151,6 +151,7 @@ def train_sft(
     for step in range(steps):
         idx = next(batches)
         ids, mask = _right_pad(_drop_bos([data[i] for i in idx], gen), tokenizer.pad_token_id)
+        ids, mask = ids.to(_device(model)), mask.to(_device(model))
         labels = ids.masked_fill(mask == 0, -100)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)
@@ -175,9 +176,13 @@ def reward_model_from(policy: GPT2LMHeadModel, seed: int) -> GPT2ForSequenceClas
     return rm
 
 
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _rewards(rm: GPT2ForSequenceClassification, seqs: list[list[int]], pad: int) -> torch.Tensor:
     ids, mask = _right_pad(seqs, pad)
-    return rm(input_ids=ids, attention_mask=mask).logits[:, 0]
+    return rm(input_ids=ids.to(_device(rm)), attention_mask=mask.to(_device(rm))).logits[:, 0].float()
 
 
 def train_reward_model(
@@ -229,7 +234,7 @@ def reward_scores(
         _rewards(rm, seqs[i : i + batch_size], tokenizer.pad_token_id)
         for i in range(0, len(seqs), batch_size)
     ]
-    return torch.cat(out) if out else torch.empty(0)
+    return torch.cat(out).cpu() if out else torch.empty(0)
 
 
 @torch.no_grad()
@@ -257,7 +262,7 @@ def sample(
     for i in range(0, len(prompts), batch_size):
         batch = tokenizer(
             list(prompts[i : i + batch_size]), return_tensors="pt", padding=True, padding_side="left"
-        )
+        ).to(_device(policy))
         gen = policy.generate(**batch, max_new_tokens=max_new_tokens, temperature=temperature, do_sample=True)
-        out += tokenizer.batch_decode(gen[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        out += tokenizer.batch_decode(gen[:, batch["input_ids"].shape[1] :].cpu(), skip_special_tokens=True)
     return out
