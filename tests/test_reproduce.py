@@ -1,8 +1,9 @@
-"""`kwarp reproduce`: the claim functions against hand-computed values, and (slow) a --quick run
-whose claims.json is recomputed from the stored evaluation files."""
+"""`kwarp reproduce`: the run documents and job graph (fast), and (slow) a quick run on the tiny task whose
+claims.json is recomputed from the stored evaluation files."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -11,91 +12,97 @@ from pathlib import Path
 
 import pytest
 
+from kwarp.core.spec import parse
+from kwarp.run import claims as C
 from kwarp.run.reproduce import (
+    CPU,
+    FRONT_ETAS,
+    GPU,
     QUICK,
-    anchor_gap,
-    best_within,
-    claims,
-    iteration_gain,
-    liti_gap,
+    Reproduction,
+    compute_claims,
+    documents,
     load_inputs,
-    merge_gap,
-    summarize,
-    trajectory,
+    scale_from,
 )
-from kwarp.run.rundata import Point
+from kwarp.tasks.document import warprun
 
 
-def P(kl: float, r: float) -> Point:
-    return Point(reward=r, kl=kl)
+def base_doc(tmp_path: Path) -> dict:
+    return warprun(policy=str(tmp_path / "policy"), reward=str(tmp_path / "reward"), train=str(tmp_path / "t.jsonl"),
+                   eval=str(tmp_path / "e.jsonl"), storage=str(tmp_path / "runs"))
 
 
-def test_trajectory_reads_eval_entries() -> None:
-    rows = [{"step": 1}, {"step": 2, "eval": {"reward": 0.5, "kl_sft": 0.1}}, {"step": 3, "eval": {"reward": 0.7, "kl": 0.3}}]
-    assert trajectory(rows) == [P(0.1, 0.5), P(0.3, 0.7)]
+def test_documents_of_a_seed(tmp_path: Path) -> None:
+    docs = documents(base_doc(tmp_path), CPU, 1, str(tmp_path / "store"))
+    assert sorted(docs) == sorted(["warp-s1", "warp4-s1", *(f"sft-{C.beta_label(b)}-s1" for b in C.SFT_BETAS)])
+    runs = {name: parse(doc).spec for name, doc in docs.items()}  # every document is a valid WarpRun
+    warp, large = runs["warp-s1"], runs["warp4-s1"]
+    assert (warp.warp.iterations, warp.warp.policies, warp.warp.anchor) == (CPU.iterations, 2, "ema")
+    assert warp.evaluation.etas == list(FRONT_ETAS) and len(FRONT_ETAS) == 11
+    assert (large.warp.iterations, large.warp.policies) == (1, 4)
+    for spec in runs.values():
+        # One seed's runs share prompts, samples and the sampling seed: every comparison is paired.
+        assert spec.training.seed == 100_000 and spec.warp.steps == CPU.steps
+        assert (spec.evaluation.prompts, spec.evaluation.samples_per_prompt) == (CPU.eval_prompts, CPU.eval_samples)
+        assert spec.evaluation.gold_reward is not None and spec.evaluation.gold_reward.callable.endswith(":true_score")
+        # The task's own settings (batch, learning rate, μ) are kept.
+        assert spec.training.batch_size == base_doc(tmp_path)["spec"]["training"]["batchSize"]
+        assert spec.warp.ema_rate == base_doc(tmp_path)["spec"]["warp"]["emaRate"]
+    assert {runs[f"sft-{C.beta_label(b)}-s1"].warp.beta for b in C.SFT_BETAS} == set(C.SFT_BETAS)
+    assert all(runs[f"sft-{C.beta_label(b)}-s1"].warp.anchor == "sft" for b in C.SFT_BETAS)
 
 
-def test_best_within_a_kl_budget() -> None:
-    pts = [P(0.1, 1.0), P(0.5, 2.0), P(1.0, 3.0)]
-    assert best_within(pts, 0.6) == 2.0 and best_within(pts, 0.05) is None and best_within(pts, 5) == 3.0
+def test_gpu_scale_keeps_the_papers_ema_rate() -> None:
+    assert GPU.overrides["warp"]["emaRate"] == 0.01 and GPU.steps * 0.01 >= 10  # μT ≥ 10
+    assert GPU.task_size == "medium" and GPU.device == "cuda"
 
 
-def test_anchor_gap() -> None:
-    sft = [P(0.2, 0.5), P(0.8, 1.0)]  # budget K = 0.8, its best within K = 1.0
-    ema = [[P(0.3, 1.2), P(0.9, 2.0)], [P(0.4, 1.4)]]  # bests within 0.8: 1.2 and 1.4
-    got = anchor_gap(ema, sft)
-    assert got["kl_budget"] == 0.8 and got["ema_best"] == [1.2, 1.4]
-    assert got["value"] == pytest.approx(1.3 - 1.0)
+def test_job_graph(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    repro = Reproduction(tmp_path / "out", QUICK, Console(quiet=True))
+    jobs = {j.name: j for j in repro.jobs(base_doc(tmp_path))}
+    assert jobs["train warp-s0 m0"].args[:5] == ["train", "--iteration", "0", "--member", "0"]
+    assert "--eval-every" in jobs["train warp-s0 m0"].args and "--eval-every" in jobs["train sft-b300-s1"].args
+    assert "--eval-every" not in jobs["train warp4-s0 m2"].args  # its trajectories are not used
+    # The M = 4 run waits for the M = 2 run's members (it takes them) and trains only members 2-3.
+    assert set(jobs["run warp4-s0"].after) == {"train warp-s0 m0", "train warp-s0 m1", "train warp4-s0 m2",
+                                               "train warp4-s0 m3"}
+    assert "train warp4-s0 m0" not in jobs
+    names = set(jobs)
+    assert all(a in names for j in jobs.values() for a in j.after)  # no dangling dependency
+    assert not any(j.done() for j in jobs.values() if j.done is not None)  # nothing exists yet
 
 
-def test_merge_gap() -> None:
-    got = merge_gap([P(1, 1.0), P(1, 1.5)], slerp=P(1.4, 1.8), linear=P(1.0, 1.6))
-    assert got["slerp_minus_best_member"] == pytest.approx(0.3)
-    assert got["slerp_minus_linear"] == pytest.approx(0.2)
-    assert got["value"] == pytest.approx(0.2)
-    assert got["slerp_kl_minus_linear_kl"] == pytest.approx(0.4)
-
-
-def test_liti_gap_uses_points_inside_the_front() -> None:
-    front = [P(0.0, 0.0), P(1.0, 2.0)]  # reward 2·KL on [0, 1]
-    got = liti_gap(front, [[P(0.5, 0.5), P(2.0, 9.0)], [P(0.25, 1.0)]])
-    assert got["points"] == 2  # the point at KL 2 lies outside the front's range
-    assert got["value"] == pytest.approx(((1.0 - 0.5) + (0.5 - 1.0)) / 2)
-
-
-def test_iteration_gain() -> None:
-    first = [P(0.0, 0.0), P(1.0, 1.0)]
-    last = [P(0.0, 0.0), P(0.5, 1.0), P(1.0, 2.0)]
-    got = iteration_gain([first, last])
-    assert got["kl_ceiling"] == 1.0 and got["sft_reward"] == 0.0
-    assert got["hypervolume"][1] > got["hypervolume"][0]
-    assert got["value"] == pytest.approx(got["hypervolume"][1] - got["hypervolume"][0])
-
-
-def test_summarize() -> None:
-    s = summarize([1.0, 3.0, None])
-    assert s["mean"] == 2.0 and s["min"] == 1.0 and s["per_seed"] == [1.0, 3.0, None]
-    assert summarize([None])["mean"] is None
+def test_scale_overrides() -> None:
+    ns = argparse.Namespace(scale="gpu", quick=False, seeds=1, steps=2, parallel=None, device="cpu", task_size="tiny")
+    s = scale_from(ns)
+    assert (s.name, s.seeds, s.steps, s.device, s.task_size) == ("gpu", 1, 2, "cpu", "tiny")
 
 
 @pytest.mark.slow
 def test_quick_reproduction_is_consistent(tmp_path: Path) -> None:
+    """The whole path at a tiny size (the GPU scale's code path too: --device cpu --task-size tiny)."""
     out = tmp_path / "repro"
-    env = {**os.environ, "KWARP_CACHE": os.environ.get("KWARP_CACHE", str(Path.home() / ".cache" / "kwarp"))}
-    subprocess.run([sys.executable, "-P", "-m", "kwarp", "reproduce", "--quick", "--out", str(out)], check=True, env=env,
-                   timeout=3600)
+    env = {**os.environ, "KWARP_CACHE": str(tmp_path / "cache")}
+    subprocess.run([sys.executable, "-P", "-m", "kwarp", "reproduce", "--scale", "quick", "--task-size", "tiny",
+                    "--steps", "6", "--out", str(out)], check=True, env=env, timeout=3600)
     stored = json.loads((out / "claims.json").read_text())
     assert [f["id"] for f in stored["findings"]] == ["anchor", "merge", "liti", "iterate"]
     for f in stored["findings"]:
-        assert isinstance(f["holds"], bool) and f["criterion"] and f["statement"]
+        assert f["verdict"] in ("holds", "fails", "unresolved") and f["criteria"]
+        for c in f["criteria"]:
+            assert len(c["per_seed"]) == QUICK.seeds and "lower_95" in c
     # Recompute every claim from the stored evaluation files: the same numbers and verdicts.
-    again = json.loads(json.dumps(claims(load_inputs(out, QUICK), QUICK), default=lambda o: o.__dict__))
-    assert again["findings"] == stored["findings"]
-    # And one by hand, straight from eval.json: finding 2 for M = 2, seed 0.
+    scale = scale_from(argparse.Namespace(scale="quick", quick=False, seeds=None, steps=6, parallel=None, device=None,
+                                          task_size="tiny"))
+    again = compute_claims(load_inputs(out, scale), scale)
+    assert json.loads(json.dumps(again["findings"])) == stored["findings"]
+    # And one by hand, straight from eval.json: SLERP minus the mean member (M = 2), seed 0.
     ev = json.loads((out / "store" / "warp-s0" / "iter-0" / "eval.json").read_text())
     slerp = max(ev["front"], key=lambda p: p["eta"])["reward"]
-    linear = json.loads((out / "linear" / "s0-m2.json").read_text())["reward"]
-    best = max(m["reward"] for m in ev["members"])
-    merge = next(f for f in stored["findings"] if f["id"] == "merge")
-    assert merge["measured"]["M=2"][0]["value"] == pytest.approx(min(slerp - best, slerp - linear))
-    assert (out / "figure.png").stat().st_size > 20_000 and (out / "README.md").is_file()
+    mean_member = sum(m["reward"] for m in ev["members"]) / 2
+    crit = next(c for f in stored["findings"] for c in f["criteria"] if c["id"] == "2a M=2")
+    assert crit["per_seed"][0] == pytest.approx(slerp - mean_member, abs=1e-4)
+    assert "gold" in crit and (out / "figure.png").stat().st_size > 20_000 and (out / "README.md").is_file()
