@@ -30,7 +30,10 @@ TOP = ("kwarp/", "operator/", "trainer/", "merger/", "charts/", "tests/", "docs/
        "scripts/", "requirements/", ".ci/", ".github/")  # fmt: skip
 TOP_FILES = ("Dockerfile", "Makefile", "pyproject.toml", "README.md", ".dockerignore")
 # Fields that exclude each other: examples/warprun.yaml shows one, another example the other.
-ALTERNATIVES = {"spec.reward.callable": "spec.reward.location"}
+ALTERNATIVES = {
+    "spec.reward.callable": "spec.reward.location",
+    "spec.evaluation.goldReward.callable": "spec.evaluation.goldReward.location",
+}
 
 
 def generic(path: str) -> str:
