@@ -106,3 +106,19 @@ def test_quick_reproduction_is_consistent(tmp_path: Path) -> None:
     crit = next(c for f in stored["findings"] for c in f["criteria"] if c["id"] == "2a M=2")
     assert crit["per_seed"][0] == pytest.approx(slerp - mean_member, abs=1e-4)
     assert "gold" in crit and (out / "figure.png").stat().st_size > 20_000 and (out / "README.md").is_file()
+
+
+@pytest.mark.slow
+def test_gpu_scale_path_on_a_cpu_at_the_tiny_size(tmp_path: Path) -> None:
+    """`--scale gpu` (its overrides: μ = 0.01, batch 32, trajectories every 200 steps, parallel members)
+    run end to end on a CPU with the tiny task and 2 steps: the path works where no GPU is at hand."""
+    out = tmp_path / "repro"
+    env = {**os.environ, "KWARP_CACHE": str(tmp_path / "cache")}
+    subprocess.run([sys.executable, "-P", "-m", "kwarp", "reproduce", "--scale", "gpu", "--device", "cpu",
+                    "--task-size", "tiny", "--steps", "2", "--seeds", "1", "--parallel", "2", "--out", str(out)],
+                   check=True, env=env, timeout=3600)
+    stored = json.loads((out / "claims.json").read_text())
+    assert stored["scale"]["name"] == "gpu" and stored["scale"]["device"] == "cpu"
+    doc = json.loads((out / "docs" / "warp-s0.json").read_text())
+    assert doc["spec"]["warp"]["emaRate"] == 0.01 and doc["spec"]["training"]["batchSize"] == 32
+    assert [f["id"] for f in stored["findings"]] == ["anchor", "merge", "liti", "iterate"]
