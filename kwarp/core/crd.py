@@ -1,7 +1,16 @@
 """The CustomResourceDefinition of WarpRun, generated from the pydantic models (never hand-copied).
 
-Kubernetes wants a *structural* OpenAPI v3 schema: every node typed, no $ref, no anyOf of different
-types, `nullable` instead of a null type. This module turns pydantic's JSON schema into that.
+Kubernetes wants a *structural* OpenAPI v3 schema in its own dialect (apiextensions.k8s.io/v1
+JSONSchemaProps, OpenAPI 3.0), which pydantic's draft-2020 JSON schema is not. This module translates:
+
+- every node typed, no `$ref`, no `anyOf` of different types, `nullable` instead of a null type;
+- exclusive bounds are booleans beside `minimum`/`maximum` (a number does not even decode);
+- no `additionalProperties` beside `properties`: the API server forbids it and prunes unknown fields of
+  a structural schema instead (`kwarp validate` and the API server's field validation report them);
+- no `uniqueItems: true` (quadratic, forbidden): a set of scalars becomes `x-kubernetes-list-type: set`;
+- defaults without nulls, so that every default is pruned and validates against its own schema.
+
+tests/apiextensions.py holds the CRD to the API server's static and structural rules.
 """
 
 from __future__ import annotations
@@ -53,7 +62,10 @@ def _structural(node: Any) -> Any:
             nullable = len(variants) < len(options)
             if len(variants) == 1:
                 merged = {**_structural(variants[0]), **node}
-                if nullable:
+                # The API server checks `enum` even on a null (kube-openapi matches no enum value to null),
+                # so a nullable enum would refuse null. Without `nullable`, a null is pruned before
+                # validation and the field is absent, which the model reads as None: the same meaning.
+                if nullable and "enum" not in merged:
                     merged["nullable"] = True
                 node = merged
             else:
@@ -76,11 +88,46 @@ def _structural(node: Any) -> Any:
             out[k] = _structural(v)
         elif k == "enum":
             out[k] = [e for e in v if e is not None]
+        elif k in ("exclusiveMinimum", "exclusiveMaximum"):
+            _exclusive_bound(out, k, v)
+        elif k == "additionalProperties" and v is False:
+            continue  # forbidden beside properties; unknown fields are pruned (and reported) instead
+        elif k == "uniqueItems":
+            if v:
+                out["x-kubernetes-list-type"] = "set"
+        elif k in ("minimum", "maximum"):
+            _inclusive_bound(out, k, v)
         else:
             out[k] = v
     if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
         out["x-kubernetes-preserve-unknown-fields"] = True
     return out
+
+
+def _inclusive_bound(out: dict[str, Any], key: str, value: Any) -> None:
+    exclusive = "exclusiveMinimum" if key == "minimum" else "exclusiveMaximum"
+    current = out.get(key)
+    if current is not None and out.get(exclusive):
+        looser = value <= current if key == "minimum" else value >= current
+        if looser:
+            return  # the exclusive bound already written is at least as strict
+        out.pop(exclusive)
+    out[key] = value
+
+
+def _exclusive_bound(out: dict[str, Any], key: str, value: Any) -> None:
+    """draft-2020 `exclusiveMinimum: x` -> OpenAPI 3.0 `minimum: x, exclusiveMinimum: true`.
+
+    With both an inclusive and an exclusive bound, the stricter one wins."""
+    if isinstance(value, bool):
+        out[key] = value
+        return
+    bound = "minimum" if key == "exclusiveMinimum" else "maximum"
+    current = out.get(bound)
+    stricter = current is None or (value >= current if bound == "minimum" else value <= current)
+    if stricter:
+        out[bound] = value
+        out[key] = True
 
 
 def _drop_nulls(value: Any) -> Any:
