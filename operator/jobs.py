@@ -234,8 +234,10 @@ def job_manifest(run: WarpRun, uid: str, task: Task, attempt: int, worker: Worke
         # one Job would hide failures from the plan and reuse a name the operator already decided on.
         "backoffLimit": 0,
         # ... except that an evicted or preempted pod is not the task's fault: the Job replaces the pod
-        # and the trainer resumes from its saved state.
-        "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]},
+        # and the trainer resumes from its saved state. `status` is required by the API server before 1.34
+        # (podFailurePolicy itself is beta and on by default from 1.26, GA in 1.31).
+        "podFailurePolicy": {"rules": [{"action": "Ignore",
+                                        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
     }
     if worker.ttl_seconds_after_finished is not None:
