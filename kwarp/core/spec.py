@@ -1,8 +1,11 @@
 """The WarpRun document: one typed model shared by the CRD, the operator, the local runner and every CLI.
 
-Field names are camelCase in YAML (Kubernetes style) and snake_case in Python. Every model is
-frozen and forbids unknown fields, so a typo in a document is an error that names the field
-rather than a silently ignored setting. Defaults are the paper's settings (docs/method.md);
+Field names are camelCase in YAML (Kubernetes style) and snake_case in Python. A document is read
+by its camelCase names only (`parse`): those are the names the CRD declares, and the API server
+prunes any other spelling, so `learning_rate` in a document is an unknown field here too rather than
+a setting that works with `kwarp run` and silently vanishes on a cluster. Python code may still
+construct models by field name. Every model is frozen and forbids unknown fields, so a typo in a
+document is an error that names the field rather than a silently ignored setting. Defaults are the paper's settings (docs/method.md);
 the demo document overrides them for a CPU.
 """
 
@@ -395,13 +398,26 @@ class WarpRun(_Model):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"status"})
 
 
+def _yaml_names() -> dict[str, str]:
+    """Python field name -> document name, for every field whose two spellings differ (lambda_ -> lambda)."""
+    out: dict[str, str] = {}
+    for model in _Model.__subclasses__():
+        for name, info in model.model_fields.items():
+            if info.alias and info.alias != name:
+                out[name] = info.alias
+    return out
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid WarpRun ({err.error_count()} problem{'s' if err.error_count() > 1 else ''})"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; fields are camelCase)"
+            name = str(e["loc"][-1]) if e["loc"] else ""
+            camel = _yaml_names().get(name, to_camel(name))
+            hint = f"did you mean '{camel}'? " if camel != name else "check the spelling; "
+            msg = f"unknown field ({hint}fields are camelCase)"
         elif e["type"] == "missing":
             msg = "required field is missing"
         elif e["type"] == "literal_error":
@@ -415,7 +431,8 @@ def parse(data: Mapping[str, Any], source: str = "WarpRun") -> WarpRun:
     if not isinstance(data, Mapping):
         raise SpecError(f"{source}: a WarpRun document must be a mapping, got {type(data).__name__}")
     try:
-        return WarpRun.model_validate(dict(data))
+        # by_name=False: only the CRD's spelling, whatever the models' populate_by_name allows in Python.
+        return WarpRun.model_validate(dict(data), by_alias=True, by_name=False)
     except ValidationError as err:
         raise SpecError(_format_errors(err, source)) from None
 
