@@ -142,6 +142,15 @@ def default(value: Any, schema: Schema | None) -> None:
             default(value[i], items)
 
 
+def stored_form(value: Any, schema: Schema) -> Any:
+    """A copy of `value` as the API server keeps it: pruned, nulls dropped, defaults filled (not validated)."""
+    out = copy.deepcopy(value)
+    prune(out, schema)
+    prune_nulls(out, schema)
+    default(out, schema)
+    return out
+
+
 # ------------------------------------------------------------------------------------ validation
 
 

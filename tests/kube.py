@@ -6,8 +6,13 @@ operator is tested against Kubernetes semantics rather than the emulator's short
 
 - `metadata.uid`, an increasing `resourceVersion`, `creationTimestamp`, `generation` (bumped when
   anything but metadata and status changes), `generateName`;
-- custom resources get their CRD's structural-schema treatment: unknown fields pruned, defaults filled in
-  (so an operator sees, and must cope with, every default materialised in spec and status);
+- admission as a real server does it (tests/kube_admission.py), on create and on every update: built-in
+  kinds against Kubernetes' strict OpenAPI schemas at the chart's floor version plus the metadata rules;
+  CRDs against the apiextensions rules (a created CRD is then served, with its printer columns);
+  custom resources through their CRD's structural schema: unknown fields pruned (refused under
+  fieldValidation=Strict, a Warning header under Warn), nulls dropped, defaults filled in (so an operator
+  sees, and must cope with, every default materialised in spec and status), then validated;
+- the Table format for `kubectl get` and the OpenAPI v3 documents kubectl reads before it applies;
 - create of an existing name -> 409 AlreadyExists; patch or delete of a missing one -> 404 NotFound;
 - the `/status` subresource: a status patch changes only `.status`, a main-resource patch never does;
 - JSON merge patches (RFC 7386) and JSON patches (a failed `test` op -> 422, as kopf expects);
@@ -63,6 +68,9 @@ import yaml
 from kmock._internal import k8s_dicts
 from kmock._internal.enums import action as Action
 from kmock._internal.references import resource as Resource
+
+from tests import kube_admission
+from tests.kube_admission import Refused
 
 Obj = dict[str, Any]
 Key = tuple[Resource, str | None, str]
@@ -159,30 +167,6 @@ def field_selector_matches(selector: str | None, obj: Obj) -> bool:
     return True
 
 
-def apply_schema(value: Any, schema: Mapping[str, Any]) -> Any:
-    """What the API server does to a custom resource with a structural schema: prune fields the schema
-    does not declare, fill in `default`s of absent fields (nested objects included)."""
-    if schema.get("x-kubernetes-preserve-unknown-fields"):
-        return value
-    if isinstance(value, Mapping):
-        props = schema.get("properties")
-        extra = schema.get("additionalProperties")
-        if props is not None:
-            out = {k: v for k, v in value.items() if k in props}
-            for key, sub in props.items():
-                if key not in out and "default" in sub:
-                    out[key] = copy.deepcopy(sub["default"])
-                if out.get(key) is not None:
-                    out[key] = apply_schema(out[key], sub)
-            return out
-        if isinstance(extra, Mapping):
-            return {k: apply_schema(v, extra) for k, v in value.items()}
-        return dict(value)
-    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
-        return [apply_schema(v, schema["items"]) for v in value]
-    return value
-
-
 def _owner_uids(obj: Obj) -> set[str]:
     return {ref["uid"] for ref in obj.get("metadata", {}).get("ownerReferences", []) or [] if ref.get("uid")}
 
@@ -213,6 +197,7 @@ class ApiServer(kmock.KubernetesEmulator):
     _journal: dict[Resource, collections.deque[tuple[int, Obj]]] = attrs.field(factory=dict, init=False)
     _journal_floor: dict[Resource, int] = attrs.field(factory=dict, init=False)
     _schemas: dict[Resource, Obj] = attrs.field(factory=dict, init=False)
+    _columns: dict[Resource, list[Obj]] = attrs.field(factory=dict, init=False)
 
     # ------------------------------------------------------------------ declarations
 
@@ -243,6 +228,7 @@ class ApiServer(kmock.KubernetesEmulator):
             resource = f"{spec['group']}/{version['name']}/{names['plural']}"
             if "schema" in version:
                 self._schemas[Resource(resource)] = version["schema"]["openAPIV3Schema"]
+            self._columns[Resource(resource)] = list(version.get("additionalPrinterColumns") or [])
             self.declare(
                 resource,
                 names["kind"],
@@ -254,11 +240,12 @@ class ApiServer(kmock.KubernetesEmulator):
 
     def declare_builtins(self) -> None:
         self.declare(JOBS, "Job", subresources=("status",))
-        self.declare(PODS, "Pod", subresources=("status",))
+        self.declare(PODS, "Pod", subresources=("status",), shortnames=("po",))
         self.declare(SECRETS, "Secret")
-        self.declare(EVENTS, "Event")
-        self.declare(NAMESPACES, "Namespace", namespaced=False, subresources=("status",))
-        self.declare(CRDS, "CustomResourceDefinition", namespaced=False, subresources=("status",))
+        self.declare(EVENTS, "Event", shortnames=("ev",))
+        self.declare(NAMESPACES, "Namespace", namespaced=False, subresources=("status",), shortnames=("ns",))
+        self.declare(CRDS, "CustomResourceDefinition", namespaced=False, subresources=("status",),
+                     shortnames=("crd", "crds"))
 
     def _info(self, res: Resource) -> kmock.ResourceInfo | None:
         for declared in self.resources:
@@ -266,12 +253,24 @@ class ApiServer(kmock.KubernetesEmulator):
                 return self.resources[declared]  # type: ignore[return-value]
         return None
 
-    def _structural(self, res: Resource, obj: Obj) -> Obj:
+    def _admit(self, res: Resource, obj: Obj, request: kmock.Request) -> tuple[Obj, list[str]]:
+        """The object as stored and the response's warnings, or Refused (see tests/kube_admission.py)."""
+        info = self._info(res)
+        kind = info.kind if info is not None and info.kind else str(res.plural)
+        namespaced = bool(info.namespaced) if info is not None else True
+        group = res.group or ""
+        if res == CRDS:
+            return kube_admission.admit_crd(obj), []
         schema = next((s for r, s in self._schemas.items() if r == res), None)
-        if schema is None:
-            return obj
-        body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
-        return {**{k: obj[k] for k in ("apiVersion", "kind", "metadata") if k in obj}, **apply_schema(body, schema)}
+        if schema is not None:
+            mode = kube_admission.field_validation(request.params)
+            return kube_admission.admit_custom(obj, schema, kind=kind, group=group, namespaced=namespaced, mode=mode)
+        kube_admission.admit_builtin(obj, kind=kind, group=group, namespaced=namespaced)
+        return obj, []
+
+    def _served(self) -> list[tuple[str, str, str, str, bool]]:
+        return [(r.group or "", str(r.version), str(r.plural), i.kind or "", bool(i.namespaced))
+                for r, i in self.resources.items() if r.plural and r.version]
 
     def _has_status(self, res: Resource) -> bool:
         info = self._info(res)
@@ -325,6 +324,13 @@ class ApiServer(kmock.KubernetesEmulator):
     # ------------------------------------------------------------------ writes
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if raw_request.path.startswith("/openapi/v3"):
+            gv = raw_request.path.removeprefix("/openapi/v3").strip("/")
+            if not gv:
+                return aiohttp.web.json_response(kube_admission.openapi_index(self._served()))
+            parts = gv.split("/")
+            group, version = ("", parts[1]) if parts[0] == "api" else (parts[1], parts[2])
+            return aiohttp.web.json_response(kube_admission.openapi_group_version(self._served(), group, version))
         m = _NAMESPACE_PATH.match(raw_request.path)
         if m is None:
             return await super().__call__(raw_request)
@@ -369,17 +375,35 @@ class ApiServer(kmock.KubernetesEmulator):
         if act == Action.WATCH:
             return await self._stream(request)
         if act == Action.LIST:
-            return aiohttp.web.json_response(await self._serve_list(request))
+            listing = await self._serve_list(request)
+            if self._wants_table(request):
+                listing = kube_admission.table(listing["items"], self._columns.get(res), listing["metadata"]["resourceVersion"])
+            return aiohttp.web.json_response(listing)
         if act == Action.FETCH:
-            return aiohttp.web.json_response(await self._serve_fetch(request))
+            obj = await self._serve_fetch(request)
+            if self._wants_table(request):
+                obj = kube_admission.table([obj], self._columns.get(res), obj["metadata"]["resourceVersion"])
+            return aiohttp.web.json_response(obj)
+        warnings: list[str] = []
         async with self._lock:
-            if act == Action.CREATE:
-                body, code = await self._create(request), 201
-            elif act == Action.UPDATE:
-                body, code = await self._patch(request), 200
-            else:
-                body, code = await self._delete_request(request), 200
-        return aiohttp.web.json_response(body, status=code)
+            try:
+                if act == Action.CREATE:
+                    (body, warnings), code = await self._create(request), 201
+                elif act == Action.UPDATE:
+                    (body, warnings), code = await self._patch(request), 200
+                else:
+                    body, code = await self._delete_request(request), 200
+            except Refused as err:
+                obj = request.data if isinstance(request.data, Mapping) else {}
+                info = self._info(res)
+                raise kmock.KubernetesError(status=err.code, reason=err.reason, message=err.message,
+                                            details=err.details(obj, res.group or "", info.kind if info else "")) from None
+        return aiohttp.web.json_response(body, status=code, headers=kube_admission.warning_header(warnings))
+
+    @staticmethod
+    def _wants_table(request: kmock.Request) -> bool:
+        accept = next((v for k, v in request.headers.items() if k.lower() == "accept"), "")
+        return kube_admission.wants_table(accept)
 
     async def _stream(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         """A watch: one JSON event per line, as long as the client listens (or timeoutSeconds)."""
@@ -387,8 +411,13 @@ class ApiServer(kmock.KubernetesEmulator):
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request._raw_request)
         try:
+            table = self._wants_table(request)
             async for event in self._serve_watch(request):
                 if event != b"":
+                    if table and event["type"] != "ERROR":
+                        obj = event["object"]
+                        rv = obj["metadata"]["resourceVersion"]
+                        event = {**event, "object": kube_admission.table([obj], self._columns.get(request.resource), rv)}
                     await response.write(json.dumps(event).encode() + b"\n")
             await response.write_eof()
         except (ConnectionError, asyncio.CancelledError):
@@ -400,7 +429,7 @@ class ApiServer(kmock.KubernetesEmulator):
         """'jobs.batch', 'warpruns.kwarp.dev', 'pods': how the API server names a resource in messages."""
         return f"{res.plural}.{res.group}" if res.group else str(res.plural)
 
-    async def _create(self, request: kmock.Request) -> Obj:
+    async def _create(self, request: kmock.Request) -> tuple[Obj, list[str]]:
         res = request.resource
         data = request.data
         if not isinstance(data, Mapping):
@@ -438,10 +467,12 @@ class ApiServer(kmock.KubernetesEmulator):
             meta["namespace"] = ns
         for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(field, None)
-        obj = self._structural(res, obj)
+        obj, warnings = self._admit(res, obj, request)
         self._store(key, obj)
+        if res == CRDS:
+            self.declare_crd(obj)
         await self._emit(res, "ADDED", obj)
-        return obj
+        return obj, warnings
 
     def _apply(self, request: kmock.Request, current: Obj) -> Obj:
         ctype = next((v for k, v in request.headers.items() if k.lower() == "content-type"), "")
@@ -463,7 +494,7 @@ class ApiServer(kmock.KubernetesEmulator):
             return merge_patch(current, data)
         raise _status_error(415, "UnsupportedMediaType", f"unsupported patch content type {ctype!r}")
 
-    async def _patch(self, request: kmock.Request) -> Obj:
+    async def _patch(self, request: kmock.Request) -> tuple[Obj, list[str]]:
         res, ns, name = request.resource, request.namespace, request.name
         key: Key = (res, ns, name)
         current = self._live(key)
@@ -498,9 +529,15 @@ class ApiServer(kmock.KubernetesEmulator):
                 else:
                     meta.pop(field, None)
             new["apiVersion"], new["kind"] = current.get("apiVersion"), current.get("kind")
-        new = self._structural(res, new)
+        warnings: list[str] = []
+        if res == CRDS and request.subresource == "status":
+            pass  # the CRD's own status is the server's; nothing to admit
+        else:
+            new, warnings = self._admit(res, new, request)
+            if res == CRDS:
+                new["status"] = current.get("status", new.get("status"))
         if new == current:
-            return current  # a no-op patch: no new version, no event
+            return current, warnings  # a no-op patch: no new version, no event
         body_of = lambda o: {k: v for k, v in o.items() if k not in ("metadata", "status")}  # noqa: E731
         if body_of(new) != body_of(current):
             new["metadata"]["generation"] = int(current["metadata"].get("generation", 1)) + 1
@@ -512,7 +549,9 @@ class ApiServer(kmock.KubernetesEmulator):
         else:
             await self._emit(res, "MODIFIED", new)
             await self._release_foreground_owners(new)
-        return new
+        if res == CRDS:
+            self.declare_crd(new)
+        return new, warnings
 
     async def _delete_request(self, request: kmock.Request) -> Obj:
         res, ns, name = request.resource, request.namespace, request.name

@@ -200,13 +200,13 @@ def test_the_emulator_behaves_like_an_api_server(api: Api) -> None:
     """What the operator relies on: server-side fields, 409, the status subresource, quiet no-op patches,
     label selectors, garbage collection and the Jobs' REST default of orphaning their pods."""
     merge = "application/merge-patch+json"
-    run = api.create({"apiVersion": f"{GROUP}/{VERSION}", "kind": "WarpRun", "metadata": {"name": "x"},
-                      "spec": {"suspend": False}, "status": {"phase": "Made up"}})  # fmt: skip
+    body = warprun(Path("/runs"), name="x")
+    run = api.create({**body, "status": {"phase": "Made up"}})
     meta = run["metadata"]
     assert meta["uid"] and meta["creationTimestamp"] and meta["generation"] == 1 and "status" not in run
     assert run["spec"]["cleanup"] == "Retain"  # the CRD schema's default, filled in by the server
     with pytest.raises(kubernetes.client.ApiException) as conflict:
-        api.create({"apiVersion": f"{GROUP}/{VERSION}", "kind": "WarpRun", "metadata": {"name": "x"}, "spec": {}})
+        api.create(body)
     assert conflict.value.status == 409 and json.loads(conflict.value.body)["reason"] == "AlreadyExists"
 
     patched = api.custom.patch_namespaced_custom_object_status(
