@@ -38,7 +38,9 @@ finish() {
 trap finish EXIT
 
 step "kind cluster $CLUSTER"
-kind get clusters 2>/dev/null | grep -qx "$CLUSTER" || kind create cluster --name "$CLUSTER" --wait 120s
+# KIND_NODE_IMAGE picks the Kubernetes version, e.g. kindest/node:v1.26.15 for the chart's floor.
+kind get clusters 2>/dev/null | grep -qx "$CLUSTER" || \
+  kind create cluster --name "$CLUSTER" --wait 120s ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"}
 
 step "images kwarp-operator:$TAG and kwarp-worker:$TAG (CPU torch: kind has no GPU)"
 docker build --target operator -t "kwarp-operator:$TAG" .
