@@ -69,6 +69,12 @@ class Kubectl:
             raise AssertionError(f"kubectl {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
         return done
 
+    def watch(self, *args: str) -> subprocess.Popen[str]:
+        """`kubectl get <args> -w` in the background (Table events from a watch)."""
+        assert KUBECTL is not None
+        return subprocess.Popen([KUBECTL, "get", *args, "-w"], env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
     def table(self, *args: str) -> list[dict[str, str]]:
         """`kubectl get ...` as rows keyed by the column headers."""
         lines = [line for line in self("get", *args).stdout.splitlines() if line.strip()]
@@ -84,7 +90,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
 
 
-def test_a_user_drives_a_run_with_kubectl(cluster: Cluster, tmp_path: Path) -> None:
+def test_a_user_drives_a_run_with_kubectl(cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     kubectl = Kubectl(cluster, tmp_path / "home")
     store = tmp_path / "store"
     store.mkdir()
@@ -102,6 +108,8 @@ def test_a_user_drives_a_run_with_kubectl(cluster: Cluster, tmp_path: Path) -> N
 
     with StatusJobRunner(cluster) as runner, RunningOperator(cluster, options()):
         assert f"warprun.kwarp.dev/{RUN} created" in kubectl("apply", "-k", str(overlay)).stdout
+        watch = kubectl.watch("wr")  # what a user leaves open in another terminal
+        request.addfinalizer(lambda: watch.poll() is None and watch.kill())
 
         def row() -> dict[str, str]:
             rows = kubectl.table("wr")
@@ -131,6 +139,12 @@ def test_a_user_drives_a_run_with_kubectl(cluster: Cluster, tmp_path: Path) -> N
         assert f'warprun.kwarp.dev "{RUN}" deleted' in kubectl("delete", "wr", RUN, "--timeout=60s").stdout
         assert "No resources found" in kubectl("get", "wr").stderr
         wait_for(lambda: not kubectl.table("jobs"), 30, message="the run's Jobs collected")
+
+    watch.terminate()
+    seen, _ = watch.communicate(timeout=30)
+    phases = [line.split()[1] for line in seen.splitlines()[1:] if line.startswith(RUN) and len(line.split()) > 2]
+    assert {"Training", "Suspended"} <= set(phases), seen
+    assert seen.splitlines()[0].split()[:4] == ["NAME", "PHASE", "ITERATION", "MEMBERS"], seen
 
 
 def test_kubectl_refuses_a_misspelt_field_and_the_server_names_it(cluster: Cluster, tmp_path: Path) -> None:
