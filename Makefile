@@ -27,7 +27,7 @@ help:
 	@echo "make test       install test needs (Python extras, Prometheus), run the suite (slow checks skipped)"
 	@echo "make test-slow  the long checks (reproduction --quick, long end-to-end runs)"
 	@echo "make lint       ruff and the import-layer contracts"
-	@echo "make bench      the benchmarks (merge, store, train step, operator)"
+	@echo "make bench      the benchmarks (merge, store, train step, operator, admission checks)"
 	@echo "make lock       re-resolve requirements/*.txt from pyproject.toml (then commit them)"
 
 $(VENV)/.torch: requirements/torch.in
@@ -60,6 +60,10 @@ peers:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-pushgateway >/dev/null; \
 	  else echo "prometheus/prometheus-pushgateway missing and cannot apt-get: their tests will be skipped"; fi; \
 	fi
+	@# kubectl (tests/test_kubectl.py) comes with this project's machine image: Debian package `kubectl`
+	@# of the Google Cloud SDK (1.32). Debian's own kubernetes-client (1.20) predates server-side field
+	@# validation and kustomize patches, so it is not installed in its place.
+	@command -v kubectl >/dev/null || echo "kubectl missing: tests/test_kubectl.py will be skipped (set KWARP_KUBECTL to a kubectl >= 1.27)"
 
 # checkov (the chart's static security scan) lives in its own venv: it pins old boto3/packaging.
 $(VENV)-checkov/.installed: $(LOCK_CHECKOV)
@@ -100,6 +104,7 @@ bench: venv-test
 	$(PY) benchmarks/store.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/operator.py
+	$(PY) benchmarks/admission.py
 
 clean:
 	rm -rf $(DEMO_DIR) build dist *.egg-info .pytest_cache .ruff_cache
