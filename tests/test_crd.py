@@ -197,3 +197,19 @@ def test_snake_case_is_pruned_by_the_api_server_and_refused_by_strict_validation
     assert stored["spec"]["training"]["learningRate"] == 1e-6  # what the cluster would have trained with
     with pytest.raises(SpecError, match="did you mean 'learningRate'"):
         parse(document)
+
+
+@pytest.mark.parametrize("patch", [
+    {"spec.warp.iterations": "3"},
+    {"spec.suspend": "yes"},
+    {"spec.training.learningRate": "1e-5"},
+    {"spec.storage.secure": 0},
+    {"spec.policy.location": 7},
+    {"spec.evaluation.etas": "0.5"},
+])
+def test_values_of_the_wrong_type_are_refused_by_both(patch: dict) -> None:
+    """No coercion on either side: what the API server refuses for its type, `kwarp validate` refuses too."""
+    with pytest.raises(customresource.InvalidError, match="in body must be of type"):
+        customresource.admit(doc(**patch), _schema())
+    with pytest.raises(SpecError):
+        parse(doc(**patch))

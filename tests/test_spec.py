@@ -170,3 +170,15 @@ def test_changed_fields() -> None:
 
 def test_warprun_schema_is_the_same_model() -> None:
     assert WarpRun.model_fields["spec"].annotation.__name__ == "WarpRunSpec"  # type: ignore[union-attr]
+
+
+def test_yaml_numbers_read_as_kubectl_reads_them(tmp_path: Path) -> None:
+    """`learningRate: 1e-5` is a number for kubectl (and so for the API server); the strict parse needs it
+    to be one here too, though PyYAML alone reads it as a string."""
+    text = yaml.safe_dump(MINIMAL) + ""
+    text = text.replace("  policy:", "  training:\n    learningRate: 1e-5\n    temperature: 7E-1\n  policy:", 1)
+    (tmp_path / "run.yaml").write_text(text)
+    training = load(tmp_path / "run.yaml").spec.training
+    assert (training.learning_rate, training.temperature, training.batch_size) == (1e-5, 0.7, 128)
+    with pytest.raises(SpecError, match="spec.training.batchSize"):
+        parse(doc(**{"spec.training.batchSize": "128"}))

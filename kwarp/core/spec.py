@@ -432,9 +432,22 @@ def parse(data: Mapping[str, Any], source: str = "WarpRun") -> WarpRun:
         raise SpecError(f"{source}: a WarpRun document must be a mapping, got {type(data).__name__}")
     try:
         # by_name=False: only the CRD's spelling, whatever the models' populate_by_name allows in Python.
-        return WarpRun.model_validate(dict(data), by_alias=True, by_name=False)
+        # strict: no coercion the API server would refuse ("3" for an integer, "yes" for a boolean).
+        return WarpRun.model_validate(dict(data), by_alias=True, by_name=False, strict=True)
     except ValidationError as err:
         raise SpecError(_format_errors(err, source)) from None
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as kubectl reads it: `1e-5` is a number (PyYAML's YAML 1.1 float needs a dot, so it would be a
+    string, which the strict parse then refuses while `kubectl apply` sends a number)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)$"),
+    list("-+.0123456789"),
+)
 
 
 def load(path: str | Path) -> WarpRun:
@@ -445,7 +458,7 @@ def load(path: str | Path) -> WarpRun:
     except OSError as err:
         raise SpecError(f"{path}: cannot read the WarpRun document ({err.strerror})") from None
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML: {err}") from None
     runs = [d for d in docs if isinstance(d, Mapping) and d.get("kind") == KIND]
