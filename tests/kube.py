@@ -11,7 +11,9 @@ operator is tested against Kubernetes semantics rather than the emulator's short
   CRDs against the apiextensions rules (a created CRD is then served, with its printer columns);
   custom resources through their CRD's structural schema: unknown fields pruned (refused under
   fieldValidation=Strict, a Warning header under Warn), nulls dropped, defaults filled in (so an operator
-  sees, and must cope with, every default materialised in spec and status), then validated;
+  sees, and must cope with, every default materialised in spec and status), then validated. A kind
+  added with `declare(...)` (a Service, say) is validated like the others with no more code: a test that
+  sends an invalid object gets the 422 a cluster would answer;
 - the Table format for `kubectl get` and the OpenAPI v3 documents kubectl reads before it applies;
 - create of an existing name -> 409 AlreadyExists; patch or delete of a missing one -> 404 NotFound;
 - the `/status` subresource: a status patch changes only `.status`, a main-resource patch never does;
@@ -246,6 +248,15 @@ class ApiServer(kmock.KubernetesEmulator):
         self.declare(NAMESPACES, "Namespace", namespaced=False, subresources=("status",), shortnames=("ns",))
         self.declare(CRDS, "CustomResourceDefinition", namespaced=False, subresources=("status",),
                      shortnames=("crd", "crds"))
+
+    async def _serve_version(self, request: Any) -> Any:
+        """kmock's APIResourceList, less what a real server never lists on a subresource: short names and
+        categories (kubectl would otherwise warn that `wr` may also mean warpruns/status)."""
+        listing = await super()._serve_version(request)
+        for entry in listing.get("resources", []):
+            if "/" in entry["name"]:
+                entry["shortNames"], entry["categories"] = [], []
+        return listing
 
     def _info(self, res: Resource) -> kmock.ResourceInfo | None:
         for declared in self.resources:

@@ -73,7 +73,7 @@ class Kubectl:
         """`kubectl get <args> -w` in the background (Table events from a watch)."""
         assert KUBECTL is not None
         return subprocess.Popen([KUBECTL, "get", *args, "-w"], env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+                                stderr=subprocess.PIPE, text=True)
 
     def table(self, *args: str) -> list[dict[str, str]]:
         """`kubectl get ...` as rows keyed by the column headers."""
@@ -141,7 +141,8 @@ def test_a_user_drives_a_run_with_kubectl(cluster: Cluster, tmp_path: Path, requ
         wait_for(lambda: not kubectl.table("jobs"), 30, message="the run's Jobs collected")
 
     watch.terminate()
-    seen, _ = watch.communicate(timeout=30)
+    seen, complaints = watch.communicate(timeout=30)
+    assert "Warning" not in complaints, complaints
     phases = [line.split()[1] for line in seen.splitlines()[1:] if line.startswith(RUN) and len(line.split()) > 2]
     assert {"Training", "Suspended"} <= set(phases), seen
     assert seen.splitlines()[0].split()[:4] == ["NAME", "PHASE", "ITERATION", "MEMBERS"], seen
