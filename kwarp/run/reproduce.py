@@ -279,7 +279,7 @@ class Reproduction:
             warp_members = tuple(f"train {warp} m{m}" for m in range(2))
             large_members = tuple(f"train {large} m{m}" for m in range(2, C.MEMBERS_LARGE))
             for name, doc, after in ((warp, docs[warp], warp_members), (large, docs[large], warp_members + large_members)):
-                out.append(Job(f"run {name}", ["run", self._doc_file(doc), "--parallel", "1", "--plain", "--no-report"],
+                out.append(Job(f"run {name}", ["run", self._doc_file(doc), "--parallel", "1", "--threads", "1", "--plain", "--no-report"],
                                None, after=after, done=self._has_json(layout.eval_json(name, doc["spec"]["warp"]["iterations"] - 1)),
                                before=(lambda w=warp, lg=large: self.seed_large(w, lg)) if name == large else None))
             out += self.extra_jobs(k, docs[warp], warp_members + large_members)

@@ -132,13 +132,16 @@ class LocalExecutor:
         live: bool = True,
         python: str = sys.executable,
         extra_env: dict[str, str] | None = None,
+        threads: int | None = None,
     ):
         self.run = run
         self.spec = run.spec
         self.name = run.name
         self.store = store
         self.parallel = parallel or default_parallel(self.spec.warp.policies)
-        self.threads = threads_per_task(self.parallel)
+        # Torch threads per task: the cores split between the tasks that run at once, unless the
+        # caller shares the machine with other work (kwarp reproduce runs several runs side by side).
+        self.threads = threads or threads_per_task(self.parallel)
         self.console = console or Console()
         self.live = live
         self.python = python
@@ -531,6 +534,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="WarpRun YAML document")
     parser.add_argument("--store", help="checkpoint root (path, file:// or s3://); default: spec.storage.url")
     parser.add_argument("--parallel", type=int, help="tasks run at once (default: from the CPU cores and M)")
+    parser.add_argument("--threads", type=int, help="torch threads per task (default: the cores divided by --parallel)")
     parser.add_argument("--no-report", action="store_true", help="skip the report at the end")
     parser.add_argument("--plain", action="store_true", help="plain log lines instead of the live display")
     parser.add_argument("--metrics-port", type=int, help="serve the run's metrics for Prometheus on this port")
@@ -543,7 +547,10 @@ def _main(args: argparse.Namespace) -> int:
     store = open_store(run.spec.storage.url, run.spec.storage)
     if args.parallel is not None and args.parallel < 1:
         raise UserError("--parallel must be at least 1")
-    executor = LocalExecutor(run, store, parallel=args.parallel, console=console, live=not args.plain)
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be at least 1")
+    executor = LocalExecutor(run, store, parallel=args.parallel, console=console, live=not args.plain,
+                             threads=args.threads)
     if args.metrics_port:
         executor.serve_metrics(args.metrics_port)
     rc = executor.execute()
