@@ -3,7 +3,7 @@
 One Job per task attempt, named `task.job_name(run, attempt)` so that creating it twice is a no-op
 (409 AlreadyExists). The Job is owned by the WarpRun (controller owner reference), so deleting the run
 garbage-collects its Jobs and their pods. The container runs the task command `kwarp <task argv>`
-(the image's entrypoint is kwarp; with more than one GPU per trainer, `accelerate launch -m kwarp`)
+(the image's entrypoint is kwarp; with more than one GPU per trainer, `torchrun --module kwarp`)
 and reads the WarpRun from $KWARP_SPEC.
 
 Pods run as a non-root user with a read-only root file system; everything a task writes locally
@@ -114,10 +114,11 @@ def owner_reference(run: str, uid: str) -> dict[str, Any]:
 def command(task: Task, gpus: int) -> tuple[list[str], list[str]]:
     """(command, args) of the task container."""
     if task.kind == "train" and gpus > 1:
-        # One process per GPU; `-m kwarp` runs kwarp/__main__.py, i.e. the same CLI as the entrypoint.
-        return ["accelerate"], [
-            "launch", "--multi_gpu", "--num_processes", str(gpus), "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--module", "kwarp", *task.argv(),
+        # One process per GPU, started by torchrun (it ships with torch; `-m kwarp` runs kwarp/__main__.py,
+        # the same CLI as the entrypoint). Not `accelerate launch`: its --cpu path (simple_launcher) starts
+        # ONE process whatever --num_processes says, so a multi-process member could not run on a CPU.
+        return ["torchrun"], [
+            "--standalone", "--nnodes", "1", "--nproc-per-node", str(gpus), "--module", "kwarp", *task.argv(),
         ]  # fmt: skip
     return ["kwarp"], task.argv()
 

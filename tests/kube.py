@@ -1079,7 +1079,7 @@ class ProcessJobRunner(JobRunner):
     the folder (so HOME=/scratch works). `secretKeyRef` env is read from the Secret, like a kubelet.
     Each pod has its own network namespace in a cluster: here the ports a container declares are
     remapped to free local ports (an env value naming a declared port is rewritten to match).
-    The container command `kwarp` (and `accelerate`) resolves to this interpreter's environment.
+    The container command `kwarp` (and `torchrun`) resolves to this interpreter's environment.
     At most `parallel` processes run at once: further Jobs wait, as on a full node.
     """
 
@@ -1134,7 +1134,7 @@ class ProcessJobRunner(JobRunner):
                 env[item["name"]] = base64.b64decode(secret.data[ref["key"]]).decode()
         bindir = Path(sys.executable).parent
         argv = [*container.get("command", []), *container.get("args", [])]
-        if argv and argv[0] in ("kwarp", "accelerate"):
+        if argv and argv[0] in ("kwarp", "torchrun"):
             argv[0] = str(bindir / argv[0])
         log = self.workdir / f"{name}.log"
         self.logs[name] = log

@@ -288,14 +288,16 @@ def test_job_command_exists_in_the_worker_image(stages: dict[str, Stage], comman
     if command == entrypoint(stages, "worker"):
         kwarp_argv = args
     else:
-        # `accelerate launch ... --module kwarp <argv>`: accelerate's console script comes with the pinned
-        # accelerate package, and -m kwarp runs the same CLI as the entrypoint.
-        assert command == ["accelerate"], command
-        assert re.search(r"^accelerate==", (ROOT / "requirements" / "worker.txt").read_text(), re.M)
-        assert args[0] == "launch" and "--module" in args
+        # `torchrun ... --module kwarp <argv>`: torchrun's console script comes with the pinned torch,
+        # and -m kwarp runs the same CLI as the entrypoint.
+        assert command == ["torchrun"], command
+        assert re.search(r"^torch==", (ROOT / "requirements" / "worker.txt").read_text(), re.M)
         i = args.index("--module")
         assert args[i + 1] == "kwarp"
         assert (ROOT / "kwarp" / "__main__.py").is_file()
+        run = pytest.importorskip("torch.distributed.run")
+        launch = run.get_args_parser().parse_args(args[: i + 2])  # every option is one torchrun knows
+        assert launch.module and launch.training_script == "kwarp"
         kwarp_argv = args[i + 2 :]
     name, rest = kwarp_argv[0], kwarp_argv[1:]
     assert name in COMMANDS, f"`kwarp {name}` is not a registered subcommand"

@@ -161,9 +161,8 @@ CASES = [
     pytest.param(
         {"spec.resources": {"trainer": {"gpus": 4, "cpu": "32", "memory": "256Gi"}}},
         Task.train(1, 0), 2,
-        dict(name="gemma-warp-i1-m0-r2", component="trainer", task_labels=MEMBER_LABELS, command=["accelerate"],
-             args=["launch", "--multi_gpu", "--num_processes", "4", "--num_machines", "1", "--mixed_precision", "no",
-                   "--dynamo_backend", "no", "--module", "kwarp", *TRAIN_ARGS],
+        dict(name="gemma-warp-i1-m0-r2", component="trainer", task_labels=MEMBER_LABELS, command=["torchrun"],
+             args=["--standalone", "--nnodes", "1", "--nproc-per-node", "4", "--module", "kwarp", *TRAIN_ARGS],
              resources=gpus(4, "32", "256Gi"), gpu_volumes=True, attempt=2),
         id="trainer-4-gpus-retry",
     ),

@@ -1,8 +1,8 @@
 """One WARP member: REINFORCE with an EMA anchor (docs/method.md, stage 1).
 
     kwarp train --iteration I --member M [--spec warprun.yaml]
-    accelerate launch --multi_gpu --num_processes G -m kwarp.cli train --iteration I --member M
-    torchrun --nproc_per_node G -m kwarp.cli train --iteration I --member M      (the same, G processes)
+    torchrun --standalone --nproc-per-node G --module kwarp train --iteration I --member M   (G processes;
+        on a CPU they talk over gloo, so a multi-process member runs and is tested without a GPU)
 
 θ and θ_ema start at θ_init = <run>/iter-I/init (iteration 0: <run>/base). For t = 0 … T−1:
 

@@ -304,7 +304,7 @@ class PodResources(_Model):
         ge=0,
         le=16,
         description="nvidia.com/gpu per pod; unset = the role's default (trainer 1, evaluation 1, merger 0); "
-        "a trainer with more than 1 runs under accelerate launch, one process per GPU",
+        "a trainer with more than 1 runs under torchrun, one process per GPU",
     )
     cpu: str | None = Field(None, description="CPU request and limit, e.g. '8'")
     memory: str | None = Field(None, description="Memory request and limit, e.g. '64Gi'")
