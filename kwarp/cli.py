@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("kwarp.trainer.cli", "task: train one WARP member (REINFORCE with the EMA anchor)"),
     "merge": ("kwarp.merger.cli", "task or tool: SLERP the members' task vectors, then LiTI"),
     "eval": ("kwarp.run.evaluate", "task or tool: reward and KL along the LiTI path (the Pareto front)"),
+    "export": ("kwarp.merger.export", "the deliverable: the policy on the final front within a KL budget, measured, with a model card"),
     "task": ("kwarp.tasks.cli", "the bundled demo task: build it, show where it is"),
     "store": ("kwarp.store.cli", "list, verify and copy checkpoints between file:// and s3:// stores"),
     "operator": ("kwarp.operator.cli", "run the Kubernetes operator (kopf)"),

@@ -250,6 +250,30 @@ def evaluate_iteration(run: Any, iteration: int, *, device: str | torch.device |
     return result
 
 
+def evaluate_checkpoint(run: Any, folder: Path, *, device: str | torch.device | None = None) -> dict[str, Any]:
+    """One point for a policy folder, measured exactly as the run's fronts are: the same prompts,
+    seed, samples, temperature, reward, gold reward and θ_sft (the run's base), so it compares paired
+    with every point of eval.json (`kwarp export` confirms its chosen policy with it)."""
+    from kwarp.store import layout, open_store
+
+    spec = run.spec
+    store = open_store(spec.storage.url, spec.storage)
+    device = torch.device(device) if device is not None else default_device()
+    trust = spec.policy.trust_remote_code
+    sft_dir = store.open_checkpoint(layout.base(run.name))
+    tokenizer = load_tokenizer(sft_dir, trust)
+    sft = load_causal_lm(sft_dir, torch.float32, trust, device)
+    # Loaded in float32 like the front's policies: what the folder stores, without a second rounding.
+    policy = load_causal_lm(folder, torch.float32, trust, device, field="the exported policy")
+    reward = load_reward(spec.reward, device, storage=spec.storage, batch_size=spec.evaluation.batch_size)
+    prompts = read_prompts(
+        spec.data.eval, spec.data.prompt_field, storage=spec.storage, limit=spec.evaluation.prompts,
+        spec_field="spec.data.eval",
+    )
+    return evaluate_policy(policy, tokenizer, sft, reward, prompts, gold=load_gold(spec, device),
+                           compute_dtype=resolve_dtype(spec.policy.dtype, device), **eval_settings(spec))
+
+
 def load_gold(spec: Any, device: str | torch.device) -> Reward | None:
     """The spec's gold reward (spec.evaluation.goldReward), if any."""
     gold = spec.evaluation.gold_reward

@@ -1,0 +1,200 @@
+"""`kwarp export`: the deliverable of a run — one policy on its final front, chosen for the drift one accepts.
+
+    kwarp export RUN_OR_FILE --kl-budget K | --eta E --out DIR|s3://bucket/key
+
+RUN_OR_FILE is a WarpRun document, or a run in a store (`<root>/<run>`, a folder or an s3:// URL:
+the document the run recorded there, `<run>/warprun.json`, is read).
+
+1. Choose η on the final front (the last iteration's eval.json): with --kl-budget the most reward
+   whose KL stays within K, interpolating between evaluated η (kwarp.core.front, pure); with --eta
+   that η.
+2. Write θ = (1 − η)·θ_sft + η·θ_slerp (LiTI between the run's base and the last SLERP, streamed
+   tensor by tensor by the merger) as a Hugging Face folder: safetensors, config, tokenizer.
+3. Evaluate the written weights with the run's evaluation settings (same prompts, seed, reward,
+   gold reward as the front), so the KL and reward it claims are measured, not interpolated.
+4. Add README.md (the model card), kwarp-export.json (the same numbers as data) and the manifest,
+   then publish: a local folder is replaced atomically, an s3:// key is published as a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from kwarp.core.errors import UserError
+from kwarp.core.front import Choice, FrontError, at_eta, points_of, table, within_budget
+from kwarp.core.spec import WarpRun, load, parse
+from kwarp.store import Store, layout, open_store
+
+RECORD = "kwarp-export.json"
+CARD = "README.md"
+
+
+# ------------------------------------------------------------------ which run
+
+
+def resolve_run(source: str) -> WarpRun:
+    """A WarpRun document, or the run a store holds at `<root>/<run>` (its recorded warprun.json)."""
+    path = Path(source)
+    if "://" not in source and path.is_file():
+        return load(path)
+    root, _, name = source.rstrip("/").rpartition("/")
+    if not name:
+        raise UserError(f"{source}: give a WarpRun file or a run's location in its store (<root>/<run>)")
+    store = open_store(root or ".")
+    raw = store.get_json(layout.spec_json(name))
+    if raw is None:
+        raise UserError(
+            f"{source}: neither a WarpRun file nor a run in a store (no {layout.spec_json(name)} in {store.describe()})"
+        )
+    run = parse(raw, source=f"{store.describe()}/{layout.spec_json(name)}")
+    # The store is where the run was found (it may have moved since it was recorded).
+    storage = run.spec.storage.model_copy(update={"url": store.url})
+    return run.model_copy(update={"spec": run.spec.model_copy(update={"storage": storage})})
+
+
+def final_front(run: WarpRun, store: Store) -> tuple[int, dict[str, Any]]:
+    """(last iteration, its eval.json); a UserError naming the missing step when it is not there."""
+    last = run.spec.warp.iterations - 1
+    key = layout.eval_json(run.name, last)
+    evaluation = store.get_json(key)
+    if evaluation is None:
+        raise UserError(
+            f"run '{run.name}' has no final front yet ({store.describe()}/{key}): finish the run "
+            f"(kwarp run), or evaluate it (kwarp eval --iteration {last})"
+        )
+    for key in (layout.base(run.name), layout.slerp(run.name, last)):
+        if not store.has_checkpoint(key):
+            raise UserError(f"run '{run.name}': checkpoint {store.describe()}/{key} is missing or incomplete")
+    return last, evaluation
+
+
+def choose(evaluation: dict[str, Any], *, kl_budget: float | None, eta: float | None) -> Choice:
+    try:
+        points = points_of(evaluation)
+        return within_budget(points, kl_budget) if kl_budget is not None else at_eta(points, float(eta or 0.0))
+    except FrontError as err:
+        raise UserError(str(err)) from None
+
+
+# ------------------------------------------------------------------ the export
+
+
+def export_policy(
+    run: WarpRun,
+    out: str,
+    *,
+    kl_budget: float | None = None,
+    eta: float | None = None,
+    device: str | None = None,
+    threads: int = 1,
+    say: Any = print,
+) -> dict[str, Any]:
+    """Choose, write, measure, describe and publish the policy; return its export record."""
+    from kwarp.core.checkpoints import write_manifest
+    from kwarp.merger.streaming import Output, interpolate_checkpoints
+    from kwarp.run.card import model_card
+    from kwarp.run.evaluate import describe, evaluate_checkpoint
+
+    if (kl_budget is None) == (eta is None):
+        raise UserError("give exactly one of --kl-budget K or --eta E")
+    started = time.perf_counter()
+    spec, name = run.spec, run.name
+    store = open_store(spec.storage.url, spec.storage)
+    iteration, evaluation = final_front(run, store)
+    choice = choose(evaluation, kl_budget=kl_budget, eta=eta)
+    predicted = {"reward": choice.reward, "kl": choice.kl, "gold": choice.gold}
+    say(f"kwarp export: {choice.rule}: η = {choice.eta:.4g} "
+        + (f"(front predicts reward {choice.reward:.4f}, KL {choice.kl:.4f})" if choice.reward is not None and choice.kl
+           is not None else "(outside the evaluated η)"))  # fmt: skip
+    base_key, slerp_key = layout.base(name), layout.slerp(name, iteration)
+    with tempfile.TemporaryDirectory(prefix="kwarp-export-") as tmp:
+        folder = Path(tmp) / "policy"
+        folder.mkdir()
+        interpolate_checkpoints(store.open_checkpoint(base_key), store.open_checkpoint(slerp_key),
+                                [Output(folder, choice.eta)], threads=threads)  # fmt: skip
+        measured = evaluate_checkpoint(run, folder, device=device)
+        say(f"kwarp export: measured {describe(measured)}")
+        record = {
+            "run": name,
+            "iteration": iteration,
+            "store": store.describe(),
+            "location": out,
+            "request": {"kl_budget": kl_budget} if kl_budget is not None else {"eta": eta},
+            "rule": choice.rule,
+            "eta": choice.eta,
+            "between": list(choice.between),
+            "predicted": predicted,
+            "measured": {k: v for k, v in measured.items() if k != "per_prompt"},
+            "within_budget": within(measured, kl_budget),
+            "front": table(points_of(evaluation)),
+            "evaluation": {k: evaluation.get(k) for k in ("prompts", "samples", "temperature", "max_new_tokens", "seed")},
+            "source": {"sft": f"{store.url.rstrip('/')}/{base_key}", "slerp": f"{store.url.rstrip('/')}/{slerp_key}"},
+            "created": time.time(),
+        }
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        (folder / CARD).write_text(model_card(record))
+        (folder / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        write_manifest(folder, {"kind": "export", "run": name, "iteration": iteration, "eta": choice.eta})
+        publish(folder, out, run)
+    say(f"kwarp export: wrote {out}")
+    return record
+
+
+def within(measured: dict[str, Any], kl_budget: float | None) -> bool | None:
+    """Whether the measured KL keeps the budget, allowing one standard error of the estimate."""
+    if kl_budget is None:
+        return None
+    return bool(measured["kl"] <= kl_budget + (measured.get("kl_stderr") or 0.0))
+
+
+def publish(folder: Path, out: str, run: WarpRun) -> None:
+    """A local folder is replaced atomically (as `kwarp merge --out` does); an s3:// location is a checkpoint
+    published at its key, with the run's S3 settings (endpoint, TLS, region; credentials from the environment)."""
+    from kwarp.core.checkpoints import staging
+
+    if out.startswith("s3://"):
+        root, _, key = out.rstrip("/").rpartition("/")
+        if not key or root == "s3:/":
+            raise UserError(f"--out {out}: give s3://bucket/key (a key under the bucket)")
+        storage = run.spec.storage if run.spec.storage.is_s3 else None
+        open_store(root, storage).put_checkpoint(folder, key)
+        return
+    if "://" in out and not out.startswith("file://"):
+        raise UserError(f"--out {out}: give a folder or an s3://bucket/key")
+    dest = Path(out.removeprefix("file://"))
+    with staging(dest) as tmp:
+        for item in folder.iterdir():
+            item.rename(tmp / item.name)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN_OR_FILE",
+                        help="a WarpRun document, or a run in its store: <root>/<run> (folder or s3:// URL)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--kl-budget", type=float, help="the most reward whose KL to θ_sft is at most this")
+    which.add_argument("--eta", type=float, help="this η on the final front instead")
+    parser.add_argument("--out", required=True, help="where to write the policy: a folder or s3://bucket/key")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="of the confirming evaluation (default: cuda if available)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it is a folder that exists")
+    parser.add_argument("--threads", type=int, default=1, help="worker threads of the LiTI arithmetic")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    run = resolve_run(args.run)
+    dest = Path(args.out.removeprefix("file://"))
+    if "://" not in args.out.removeprefix("file://") and dest.exists() and any(dest.iterdir()) and not args.overwrite:
+        raise UserError(f"{args.out} exists and is not empty; pass --overwrite to replace it")
+    export_policy(run, args.out, kl_budget=args.kl_budget, eta=args.eta, device=args.device, threads=args.threads)
+    return 0
