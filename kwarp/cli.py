@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("kwarp.run.report", "write the HTML report, figures and summary.json of a run"),
     "validate": ("kwarp.core.cli_spec", "check a WarpRun document and print the resolved spec"),
     "crd": ("kwarp.core.cli_spec", "print the WarpRun CustomResourceDefinition (generated from the spec)"),
+    "plan-resources": ("kwarp.core.cli_memory", "bytes per GPU of a member's trainer, piece by piece, for ddp and fsdp"),
     "prepare": ("kwarp.run.prepare", "task: copy the SFT policy into the run's store (checks model, reward, data)"),
     "train": ("kwarp.trainer.cli", "task: train one WARP member (REINFORCE with the EMA anchor)"),
     "merge": ("kwarp.merger.cli", "task or tool: SLERP the members' task vectors, then LiTI"),
