@@ -182,11 +182,11 @@ class Reward(Protocol):
         ...
 
 
-def _as_rewards(values: Any, n: int, source: str) -> torch.Tensor:
+def _as_rewards(values: Any, n: int, source: str, allow_nonfinite: bool = False) -> torch.Tensor:
     rewards = torch.as_tensor(values, dtype=torch.float32).detach().cpu().reshape(-1)
     if rewards.numel() != n:
         raise UserError(f"reward {source} returned {rewards.numel()} values for {n} completions")
-    if not torch.isfinite(rewards).all():
+    if not allow_nonfinite and not torch.isfinite(rewards).all():
         raise UserError(f"reward {source} returned a non-finite value (nan or inf)")
     return rewards
 
@@ -197,6 +197,8 @@ class CallableReward:
 
     fn: Callable[[list[str], list[str]], Any]
     name: str
+    # The trainer takes nan/inf through (its non-finite guard skips the step); evaluation refuses them.
+    allow_nonfinite: bool = False
 
     @classmethod
     def from_name(cls, name: str, field: str = "spec.reward.callable") -> CallableReward:
@@ -213,7 +215,8 @@ class CallableReward:
 
     def score(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
         with torch.no_grad():
-            return _as_rewards(self.fn(list(prompts), list(completions)), len(completions), f"'{self.name}'")
+            values = self.fn(list(prompts), list(completions))
+            return _as_rewards(values, len(completions), f"'{self.name}'", self.allow_nonfinite)
 
 
 @dataclass
@@ -225,6 +228,7 @@ class ClassifierReward:
     output_index: int = 0
     batch_size: int = 32
     max_length: int | None = None
+    allow_nonfinite: bool = False
 
     @torch.no_grad()
     def score(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
@@ -241,7 +245,7 @@ class ClassifierReward:
             ).to(device)
             logits = self.model(**enc).logits
             out.append(logits[:, self.output_index].float().cpu())
-        return _as_rewards(torch.cat(out), len(texts), "model")
+        return _as_rewards(torch.cat(out), len(texts), "model", self.allow_nonfinite)
 
 
 def load_reward(
@@ -250,14 +254,18 @@ def load_reward(
     *,
     storage: StorageSpec | None = None,
     batch_size: int = 32,
+    allow_nonfinite: bool = False,
 ) -> Reward:
     """The reward a spec names: a classifier model (right-padded, pad = EOS if none) or a callable.
 
     Messages name the spec's own path (spec.reward, or spec.evaluation.goldReward for a gold reward).
+    A non-finite reward is an error unless `allow_nonfinite` (the trainer's guard skips such a step).
     """
     path = spec._path
     if spec.callable is not None:
-        return CallableReward.from_name(spec.callable, f"{path}.callable")
+        reward = CallableReward.from_name(spec.callable, f"{path}.callable")
+        reward.allow_nonfinite = allow_nonfinite
+        return reward
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     assert spec.location is not None
@@ -287,6 +295,7 @@ def load_reward(
         output_index=spec.output_index,
         batch_size=batch_size,
         max_length=max_len,
+        allow_nonfinite=allow_nonfinite,
     )
 
 

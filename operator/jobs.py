@@ -65,7 +65,11 @@ def role(task: Task) -> str:
 
 # Pod settings the operator's per-role defaults may fill. Not `gpus`: the CRD's schema defaults give every
 # run an explicit GPU count per role (trainer and evaluation 1, merger 0), so a run never leaves it out.
-DEFAULTABLE = ("image", "cpu", "memory", "node_selector", "tolerations", "priority_class_name", "service_account_name")
+DEFAULTABLE = ("image", "cpu", "memory", "node_selector", "tolerations", "priority_class_name", "service_account_name",
+               "termination_grace_period_seconds")  # fmt: skip
+# A trainer's SIGTERM handler saves its state at the end of the current step (trainer/signals.py): the
+# Kubernetes default of 30 s is short for a step plus an upload of a large model's state.
+ROLE_GRACE_SECONDS = {"trainer": 120}
 
 
 def with_defaults(res: PodResources, default: PodResources | None) -> PodResources:
@@ -228,6 +232,11 @@ def job_manifest(run: WarpRun, uid: str, task: Task, attempt: int, worker: Worke
         pod["nodeSelector"] = dict(res.node_selector)
     if res.tolerations:
         pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in res.tolerations]
+    grace = res.termination_grace_period_seconds
+    if grace is None:
+        grace = ROLE_GRACE_SECONDS.get(role(task))
+    if grace is not None:
+        pod["terminationGracePeriodSeconds"] = grace
 
     job_spec: dict[str, Any] = {
         # Retries are the plan's: a failed attempt is a failed Job, and the next attempt is a new Job

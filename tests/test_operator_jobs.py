@@ -50,8 +50,12 @@ def expected(
     secret: str | None = "kwarp-s3",
     endpoint: str | None = "minio.minio:9000",
     attempt: int = 0,
+    grace: int | None = None,
 ) -> dict[str, Any]:
-    """The manifest written out by hand: what a reviewer expects a task's Job to be."""
+    """The manifest written out by hand: what a reviewer expects a task's Job to be. A trainer's pod gets
+    120 s between SIGTERM and SIGKILL unless `grace` says otherwise (it saves its state in them)."""
+    if grace is None and component == "trainer":
+        grace = 120
     labels = {
         "app.kubernetes.io/name": "kwarp",
         "app.kubernetes.io/component": component,
@@ -124,6 +128,7 @@ def expected(
                     "containers": [container],
                     "volumes": [{"name": "scratch", "emptyDir": {}}]
                     + ([{"name": "dshm", "emptyDir": {"medium": "Memory"}}] if gpu_volumes else []),
+                    **({"terminationGracePeriodSeconds": grace} if grace is not None else {}),
                 },
             },
         },
@@ -200,6 +205,24 @@ CASES = [
 def test_manifest(patches: dict, task: Task, attempt: int, want: dict) -> None:
     r = run(**patches)
     assert job_manifest(r, UID, task, attempt, WorkerSettings(image=IMAGE)) == expected(r, **want)
+
+
+def test_termination_grace_period_from_the_spec_or_the_operator_or_the_role() -> None:
+    """A trainer saves its state between SIGTERM and SIGKILL: the grace period is the run's, else the
+    operator's default for the role, else 120 s for a trainer and Kubernetes' own for the others."""
+    def grace(r: WarpRun, task: Task, worker: WorkerSettings) -> int | None:
+        return job_manifest(r, UID, task, 0, worker)["spec"]["template"]["spec"].get("terminationGracePeriodSeconds")
+
+    plain = WorkerSettings(image=IMAGE)
+    r = run(**{"spec.resources": {"trainer": {"terminationGracePeriodSeconds": 600},
+                                  "merger": {"terminationGracePeriodSeconds": 0}}})
+    assert grace(r, Task.train(0, 0), plain) == 600
+    assert grace(r, Task.merge(0), plain) == 0
+    assert grace(run(), Task.train(0, 0), plain) == 120 and grace(run(), Task.eval(0), plain) is None
+    defaults = WorkerSettings(image=IMAGE, defaults={"trainer": PodResources(termination_grace_period_seconds=240),
+                                                     "evaluation": PodResources(termination_grace_period_seconds=45)})
+    assert grace(run(), Task.train(0, 0), defaults) == 240 and grace(run(), Task.eval(0), defaults) == 45
+    assert grace(r, Task.train(0, 0), defaults) == 600
 
 
 def test_scheduling_fields_and_operator_settings() -> None:

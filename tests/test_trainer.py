@@ -31,6 +31,22 @@ REWARD_MODULE = '''
 def vowels(prompts, completions):
     """Fraction of vowels in the completion: about 5% for a random character model."""
     return [sum(ch in "aeiou" for ch in c) / max(len(c), 1) for c in completions]
+
+
+CALLS = [0]  # calls of nan_on_calls_2_and_3 (a test resets it)
+
+
+def nan_on_calls_2_and_3(prompts, completions):
+    """vowels, except nan for one completion on the 2nd and 3rd calls (steps 2 and 3 of a run)."""
+    CALLS[0] += 1
+    values = vowels(prompts, completions)
+    if CALLS[0] in (2, 3):
+        values[1] = float("nan")
+    return values
+
+
+def always_nan(prompts, completions):
+    return [float("nan")] * len(completions)
 '''
 PROMPTS = ["hello", "the cat", "a b c", "xyz", "once upon", "data", "go", "ok", "why not", "sun"]
 LOG_FIELDS = {
@@ -299,3 +315,136 @@ def test_sigkill_never_exposes_a_partial_checkpoint_and_the_run_resumes(make_run
     assert [r["step"] for r in records] == [saved + 1, saved + 2]
     assert [r["step"] for r in _log(root)] == list(range(1, saved + 3))
     assert store.has_checkpoint(layout.member_final("r", 0, 0))
+
+
+# ------------------------------------------------------------------------------ the non-finite guard
+
+
+def _optimizer_steps(state_folder: Path) -> set[float]:
+    from safetensors.torch import load_file
+
+    saved = load_file(state_folder / "optimizer.safetensors")
+    return {float(t) for k, t in saved.items() if k.endswith("/step")}
+
+
+def test_a_nan_reward_skips_its_steps_counts_them_and_publishes_finite_weights(
+    make_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    run = make_run(training={"checkpointInterval": 2})
+    run = run.model_copy(update={"spec": run.spec.model_copy(update={
+        "reward": run.spec.reward.model_copy(update={"callable": "kwarp_train_rewards:nan_on_calls_2_and_3"})})})
+    importlib.import_module("kwarp_train_rewards").CALLS[0] = 0
+    port = _free_port()
+    monkeypatch.setenv("KWARP_METRICS_PORT", str(port))
+    scraped: list[str] = []
+
+    def scrape(record: dict[str, Any]) -> None:
+        scraped.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+
+    assert train(run, 0, 0, device="cpu", on_step=scrape) is True
+    root = tmp_path / "store"
+    log = _log(root)
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert [r.get("nonfinite", False) for r in log] == [False, True, True, False, False, False]
+    assert all(r["reward"] is None and r["loss"] is None for r in log[1:3])  # nan is written as null
+    labels = 'iteration="0",member="0",namespace="default",run="r"'
+    assert f"kwarp_trainer_nonfinite_steps_total{{{labels}}} 2.0" in scraped[-1]
+    assert f"kwarp_trainer_nonfinite_steps_total{{{labels}}} 0.0" in scraped[0]
+
+    member = root / "r" / "iter-0" / "member-0"
+    # Skipped steps do not step Adam: the state after step 4 has seen two updates (steps 1 and 4).
+    assert _optimizer_steps(member / "state") == {2.0}
+    state = json.loads((member / "state" / STATE_JSON).read_text())
+    assert state["step"] == 4 and state["extra"] == {"nonfinite_streak": 0, "nonfinite_total": 2}
+    for kind in ("final", "ema"):
+        tensors = _tensors(member / kind)
+        assert all(bool(torch.isfinite(t).all()) for t in tensors.values()), kind
+
+
+def test_non_finite_steps_in_a_row_fail_the_member_and_publish_nothing_new(make_run, tmp_path: Path) -> None:
+    from kwarp.trainer.guards import NonFiniteError
+
+    run = make_run(training={"checkpointInterval": 2, "maxNonFiniteSteps": 3})
+    run = run.model_copy(update={"spec": run.spec.model_copy(update={
+        "reward": run.spec.reward.model_copy(update={"callable": "kwarp_train_rewards:always_nan"})})})
+    with pytest.raises(NonFiniteError, match=r"steps 1\.\.3: 3 steps in a row had a non-finite loss"):
+        train(run, 0, 0, device="cpu")
+    root = tmp_path / "store"
+    store = open_store(str(root))
+    assert not store.has_checkpoint(layout.member_final("r", 0, 0))
+    assert not store.has_checkpoint(layout.member_ema("r", 0, 0))
+    member = root / "r" / "iter-0" / "member-0"
+    state = json.loads((member / "state" / STATE_JSON).read_text())  # saved after step 2: still θ_init
+    assert state["step"] == 2 and state["extra"]["nonfinite_streak"] == 2
+    from safetensors.torch import load_file
+
+    base, saved = _tensors(root / "r" / "base"), load_file(member / "state" / "policy.safetensors")
+    assert saved.keys() <= base.keys() and all(torch.equal(base[n], saved[n]) for n in saved)
+    assert [r.get("nonfinite") for r in _log(root)] == [True, True, True]  # the log shows why
+
+    # A retry resumes with the streak it had: one more non-finite step fails it again, at step 3.
+    with pytest.raises(NonFiniteError, match=r"steps 1\.\.3"):
+        train(run, 0, 0, device="cpu")
+
+
+def test_non_finite_weights_are_never_published(make_run, tmp_path: Path) -> None:
+    """Skipping non-finite steps keeps nan out through the gradient, not by every route: here θ_init holds
+    an inf in a position embedding no prompt reaches, so every step is finite. The state is checked before
+    it is published, and the store keeps nothing non-finite."""
+    from kwarp.trainer.guards import NonFiniteError
+    from tests.models import variant
+
+    run = make_run(training={"checkpointInterval": 1})
+    base = tmp_path / "store" / "r" / "base"
+    shutil.rmtree(base)
+    variant(tmp_path / "sft", base, lambda n, t: t.index_fill(0, torch.tensor([63]), float("inf")) if n.endswith("wpe.weight") else t)
+    with pytest.raises(NonFiniteError, match=r"refusing to publish r/iter-0/member-0/state at step 1: .*wpe\.weight"):
+        train(run, 0, 0, device="cpu")
+    store = open_store(str(tmp_path / "store"))
+    assert not store.has_checkpoint(layout.member_state("r", 0, 0))
+    assert not store.has_checkpoint(layout.member_final("r", 0, 0))
+
+
+# ------------------------------------------------------------------------------------------ SIGTERM
+
+
+def test_sigterm_saves_the_state_and_the_next_run_resumes_exactly(make_run, tmp_path: Path) -> None:
+    """A pod's SIGTERM (eviction, preemption) mid-run: the trainer saves the step it is at, between two
+    checkpoint intervals, and exits 143; the next run continues bit for bit as an uninterrupted one."""
+    run = make_run(warp={"steps": 400}, training={"checkpointInterval": 1000}, write=True)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-P", "-m", "kwarp.cli", "train", "--iteration", "0", "--member", "0",
+           "--spec", str(tmp_path / "store.json"), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(PROGRESS_PREFIX) and json.loads(line[len(PROGRESS_PREFIX):])["step"] >= 3:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err
+
+    root = tmp_path / "store"
+    saved = json.loads((root / layout.member_state("r", 0, 0) / STATE_JSON).read_text())["step"]
+    assert 3 <= saved < 400  # no checkpointInterval was reached: this save is the SIGTERM's
+    assert f"state saved at step {saved}/400" in err
+    assert [r["step"] for r in _log(root)] == list(range(1, saved + 1))
+
+    records: list[dict[str, Any]] = []
+    train(run, 0, 0, device="cpu", steps=saved + 2, on_step=records.append)
+    assert [r["step"] for r in records] == [saved + 1, saved + 2]
+    train(make_run("straight", warp={"steps": 400}, training={"checkpointInterval": 1000}), 0, 0, device="cpu",
+          steps=saved + 2)
+    for kind in ("final", "ema"):
+        a = _tensors(tmp_path / "straight/r/iter-0/member-0" / kind)
+        b = _tensors(root / "r/iter-0/member-0" / kind)
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a), kind
+    strip = lambda log: [{k: v for k, v in r.items() if k not in ("time", "step_seconds", "tokens_per_second", "timing")} for r in log]  # noqa: E731
+    assert strip(_log(tmp_path / "straight")) == strip(_log(root))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,7 @@ def main(args: argparse.Namespace) -> int:
     from kwarp.core.errors import UserError
     from kwarp.core.spec import from_cli
 
+    from .signals import EXIT_CODE, Terminated
     from .train import train
 
     run = from_cli(args.spec)
@@ -33,14 +35,19 @@ def main(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
     hf_logging.disable_progress_bar()
-    train(
-        run,
-        args.iteration,
-        args.member,
-        steps=args.steps,
-        device=args.device,
-        # The spec's evaluation.every makes trajectories part of every run (the report plots them).
-        eval_every=args.eval_every or run.spec.evaluation.every or None,
-        eval_prompts=args.eval_prompts or run.spec.evaluation.trajectory_prompts,
-    )
+    try:
+        train(
+            run,
+            args.iteration,
+            args.member,
+            steps=args.steps,
+            device=args.device,
+            # The spec's evaluation.every makes trajectories part of every run (the report plots them).
+            eval_every=args.eval_every or run.spec.evaluation.every or None,
+            eval_prompts=args.eval_prompts or run.spec.evaluation.trajectory_prompts,
+        )
+    except Terminated as stopped:
+        # Not an error: the pod is going away (eviction, preemption, deletion) and the work is saved.
+        print(f"kwarp train: {stopped}", file=sys.stderr, flush=True)
+        return EXIT_CODE
     return 0

@@ -12,6 +12,8 @@ from kwarp.core.checkpoints import PICKLE_SUFFIXES
 from kwarp.policy import unique_parameters
 from kwarp.store import Store
 
+from .guards import finite_or_none
+
 
 class MetricsLog:
     """metrics.jsonl: lines kept in memory, uploaded whole with each checkpoint and at the end."""
@@ -26,7 +28,8 @@ class MetricsLog:
         self.lines = [ln for ln in data.decode().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
 
     def append(self, record: dict[str, Any]) -> None:
-        self.lines.append(json.dumps(record, sort_keys=True))
+        # allow_nan=False: a nan slipping through would make the file unreadable outside Python.
+        self.lines.append(json.dumps(finite_or_none(record), sort_keys=True, allow_nan=False))
 
     def upload(self) -> None:
         self.store.put_bytes(self.key, ("\n".join(self.lines) + "\n").encode() if self.lines else b"")

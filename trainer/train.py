@@ -15,11 +15,13 @@
               r_β = r − β·(log π_θ − log π_anchor) as a constant; A = r_β minus the mean of the other
               k−1 samples of the same prompt (leave-one-out; or A = r_β with baseline none);
               loss = −mean(A · log π_θ). Clip the gradient norm, Adam (β1 0.9, β2 0.999, ε 1e-8, no
-              weight decay) with a linear warm-up, then a constant learning rate
+              weight decay) with a linear warm-up, then a constant learning rate. A non-finite loss or
+              gradient skips the Adam step and the EMA (guards.py); maxNonFiniteSteps in a row fail
   5. EMA      θ_ema ← (1 − μ)·θ_ema + μ·θ in float32; with anchor = ema it is the next step's anchor
   6. record   one JSON line (metrics.jsonl, Prometheus, a KWARP_PROGRESS line on stdout); every
-              checkpointInterval steps the resumable state is saved
+              checkpointInterval steps, and after a SIGTERM (signals.py), the resumable state is saved
 At the end θ_ema is published to member-M/ema, then θ to member-M/final, which marks the member done.
+Nothing non-finite is ever published.
 
 Precision: θ is kept in float32 (Adam's updates at lr 1e-6 would vanish in bf16 weights, as the
 EMA's would); spec.policy.dtype is the compute dtype (autocast). Final and EMA are saved in
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -62,6 +65,14 @@ from kwarp.policy import (
 from kwarp.run.evaluate import eval_settings, evaluate_policy, load_gold
 from kwarp.store import Store, layout, open_store
 
+from .guards import (
+    NONFINITE_FIELD,
+    NonFiniteError,
+    NonFiniteGuard,
+    check_publishable,
+    finite_or_none,
+    optimizer_tensors_named,
+)
 from .outputs import MetricsLog, publish_model
 from .reinforce import (
     advantages,
@@ -72,6 +83,7 @@ from .reinforce import (
     step_seed,
     warmup_lr,
 )
+from .signals import StopRequest, Terminated
 from .state import Progress, load_state, save_state
 
 PROGRESS_PREFIX = "KWARP_PROGRESS "
@@ -244,13 +256,22 @@ def training_step(
             loss_total += float(loss.detach())
         grad_norm = accelerator.clip_grad_norm_(models.params, cfg.max_grad_norm or float("inf"))
         lr = warmup_lr(step, cfg.learning_rate, cfg.warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.step()
+        # The non-finite guard (trainer/guards.py): a nan/inf loss or gradient skips the update.
+        # Gradients are all-reduced, so the norm agrees across processes; the loss is local, so the
+        # processes agree on the verdict before any of them steps.
+        finite = bool(torch.isfinite(grad_norm)) and math.isfinite(loss_total)
+        if accelerator.num_processes > 1:
+            bad = accelerator.reduce(torch.tensor(float(not finite), device=device), reduction="sum")
+            finite = float(bad) == 0.0
+        if finite:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     with timer("ema"):
-        ema_update_(models.ema, models.params, cfg.ema_rate)
+        if finite:
+            ema_update_(models.ema, models.params, cfg.ema_rate)
 
     logp = torch.cat(logps).float()
     entropy = torch.cat(entropies).float()  # type: ignore[arg-type]
@@ -271,7 +292,7 @@ def training_step(
     total = float(sums[2])
     mean_reward = float(sums[0]) / total
     seconds = time.perf_counter() - t0
-    return {
+    record = {
         "reward": mean_reward,
         "reward_std": max(float(sums[1]) / total - mean_reward**2, 0.0) ** 0.5,
         "kl_anchor": float(sums[3]) / total if logp_anchor is not None else None,
@@ -285,6 +306,7 @@ def training_step(
         "tokens_per_second": float(sums[5]) / seconds,
         "timing": timer.seconds,
     }
+    return record if finite else {**finite_or_none(record), NONFINITE_FIELD: True}
 
 
 # ------------------------------------------------------------------------------ outputs of a run
@@ -298,7 +320,7 @@ def progress_line(record: dict[str, Any], steps: int) -> str:
     ev = record.get("eval")
     if isinstance(ev, dict) and "per_prompt" in ev:
         record = {**record, "eval": {k: v for k, v in ev.items() if k != "per_prompt"}}
-    return PROGRESS_PREFIX + json.dumps({"steps": steps, **record})
+    return PROGRESS_PREFIX + json.dumps({"steps": steps, **finite_or_none(record)})
 
 
 def make_accelerator(dtype: str, device: str | None) -> Any:
@@ -346,17 +368,19 @@ def train(
     init_dir = store.open_checkpoint(layout.init(name, iteration))
     models = load_models(init_dir, spec, accelerator.device, kl_to_init=spec.training.kl_to_init)
     optimizer = torch.optim.Adam(models.params, lr=cfg.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS)
-    reward = load_reward(spec.reward, accelerator.device, storage=spec.storage)
+    reward = load_reward(spec.reward, accelerator.device, storage=spec.storage, allow_nonfinite=True)
     prompts = read_prompts(spec.data.train, spec.data.prompt_field, storage=spec.storage, spec_field="spec.data.train")
 
     state_key = layout.member_state(name, iteration, member)
     log = MetricsLog(store, layout.member_log(name, iteration, member))
     start = 0
+    guard = NonFiniteGuard(spec.training.max_non_finite_steps)
     if store.has_checkpoint(state_key):
         saved = load_state(
             store.open_checkpoint(state_key), names=models.names, policy=models.params, ema=models.ema, optimizer=optimizer
         )
         start = min(saved.step, T)
+        guard.restore(saved.extra)
         log.resume(start)
         if main:
             print(f"kwarp train: resuming {name} i{iteration} m{member} at step {start}/{T}", flush=True)
@@ -389,14 +413,21 @@ def train(
     evaluate = _evaluator(run, iteration, models, reward, store, accelerator, eval_prompts) if eval_every else None
 
     def save(step: int) -> None:
+        # Every process holds the same weights, so all of them check (and fail) together.
+        check_publishable(f"{state_key} at step {step}", {
+            "policy": list(zip(models.names, models.params, strict=True)),
+            "ema": list(zip(models.names, models.ema, strict=True)),
+            "optimizer": optimizer_tensors_named(optimizer, models.names),
+        })  # fmt: skip
         if main:
             log.upload()
-            progress = Progress(step, T, step * spec.training.batch_size, seed, world, iteration, member)
+            progress = Progress(step, T, step * spec.training.batch_size, seed, world, iteration, member, guard.state())
             with store.write_checkpoint(state_key, {"step": step}) as folder:
                 save_state(folder, progress, names=models.names, policy=models.params, ema=models.ema, optimizer=optimizer)
         accelerator.wait_for_everyone()
 
-    with exporting:
+    stop = StopRequest()
+    with exporting, stop.installed():
         for step in range(start, T):
             torch.manual_seed(step_seed(seed, step, accelerator.process_index))
             indices = batch_indices(len(prompts), spec.training.batch_size, step, seed)
@@ -409,11 +440,28 @@ def train(
                 log.append(record)
                 metrics.record_step(labels, record)
                 print(progress_line(record, T), flush=True)
-            if (step + 1) % spec.training.checkpoint_interval == 0 and step + 1 < T:
+            try:
+                guard.observe(step, NONFINITE_FIELD not in record, record)
+            except NonFiniteError:
+                if main:
+                    log.upload()  # the skipped steps, for the report; a resume trims the log to its state
+                raise
+            saved_now = (step + 1) % spec.training.checkpoint_interval == 0 and step + 1 < T
+            if saved_now:
                 save(step + 1)
             if on_step is not None:
                 on_step(record)
+            # SIGTERM (trainer/signals.py): save at this step boundary and leave; at the last step the
+            # final checkpoint below is the save.
+            if step + 1 < T and stop.agreed(accelerator):
+                if not saved_now:
+                    save(step + 1)
+                if main:
+                    print(f"kwarp train: SIGTERM: {name} i{iteration} m{member} saved at step {step + 1}/{T}", flush=True)
+                raise Terminated(step + 1, T, saved=True)
 
+        for kind, tensors in (("ema", models.ema), ("final", models.params)):
+            check_publishable(f"{name} i{iteration} m{member} {kind}", {kind: list(zip(models.names, tensors, strict=True))})
         if main:
             log.upload()
             meta = {"run": name, "iteration": iteration, "member": member, "steps": T, "seed": seed}

@@ -201,6 +201,12 @@ class TrainingSpec(_Model):
     seed: int = Field(0, ge=0, description="Base seed; member m of iteration i uses a seed derived from it")
     checkpoint_interval: int = Field(100, ge=1, description="Save resumable state every N steps")
     kl_to_init: bool = Field(True, description="Also log KL to θ_init (needs a third copy of the weights)")
+    max_non_finite_steps: int = Field(
+        10,
+        ge=1,
+        description="A step whose loss or gradient is not finite (nan/inf) is skipped (no optimiser or EMA update); "
+        "this many skipped in a row fail the member",
+    )
 
     @model_validator(mode="after")
     def _micro(self) -> TrainingSpec:
@@ -312,6 +318,14 @@ class PodResources(_Model):
     tolerations: list[Toleration] = Field(default_factory=list)
     priority_class_name: str | None = None
     service_account_name: str | None = None
+    termination_grace_period_seconds: int | None = Field(
+        None,
+        ge=0,
+        le=86400,
+        description="Seconds a pod has between SIGTERM (eviction, preemption, deletion) and SIGKILL; a trainer saves "
+        "its state at the end of the step it is in, so give it one step plus one save. Unset: trainer 120, "
+        "others the Kubernetes default (30)",
+    )
 
     @field_validator("cpu", "memory")
     @classmethod

@@ -130,7 +130,12 @@ class TrainerMetrics:
         "step": MetricDef("kwarp_trainer_step", "gauge", "Last completed optimiser step", MEMBER_LABELS),
         "steps_target": MetricDef("kwarp_trainer_steps_target", "gauge", "Steps T this member runs", MEMBER_LABELS),
         "steps_total": MetricDef(
-            "kwarp_trainer_steps_total", "counter", "Optimiser steps completed by this process", MEMBER_LABELS
+            "kwarp_trainer_steps_total", "counter",
+            "Training steps completed by this process (skipped non-finite steps included)", MEMBER_LABELS,
+        ),
+        "nonfinite_steps": MetricDef(
+            "kwarp_trainer_nonfinite_steps_total", "counter",
+            "Steps skipped because their loss or gradient was not finite (no optimiser or EMA update)", MEMBER_LABELS,
         ),
         "step_seconds": MetricDef(
             "kwarp_trainer_step_duration_seconds", "histogram", "Wall time of one training step", MEMBER_LABELS,
@@ -155,6 +160,7 @@ class TrainerMetrics:
     step: Gauge
     steps_target: Gauge
     steps_total: Counter
+    nonfinite_steps: Counter
     step_seconds: Histogram
     tokens_per_second: Gauge
     last_step_timestamp: Gauge
@@ -169,6 +175,7 @@ class TrainerMetrics:
         self.step.labels(**labels).set(step)
         # Expose the counter and the histogram at 0 now, so rate() sees the first step.
         self.steps_total.labels(**labels)
+        self.nonfinite_steps.labels(**labels)
         self.step_seconds.labels(**labels)
 
     # metrics.jsonl key -> gauge field; keys absent or non-finite in a record leave the gauge as it was
@@ -192,6 +199,8 @@ class TrainerMetrics:
             if value is not None:
                 getattr(self, attr).labels(**labels).set(value)
         self.steps_total.labels(**labels).inc()
+        if record.get("nonfinite"):  # trainer/guards.py NONFINITE_FIELD: a skipped step
+            self.nonfinite_steps.labels(**labels).inc()
         seconds = _finite(record.get("step_seconds"))
         if seconds is not None and seconds >= 0:
             self.step_seconds.labels(**labels).observe(seconds)
