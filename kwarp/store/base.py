@@ -19,6 +19,10 @@ class StoreError(RuntimeError):
     """The store cannot be reached or refused an operation; the message says which setting to check."""
 
 
+class StoreUnreachable(StoreError):
+    """The store's endpoint did not answer (network fault, timeout, 5xx) within the bounded retries."""
+
+
 class WriteConflict(StoreError):
     """A compare-and-swap write found the object changed (or created) since it was read."""
 

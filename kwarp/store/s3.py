@@ -54,7 +54,7 @@ from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from kwarp.core.checkpoints import MANIFEST, CheckpointError, FileEntry, Manifest
-from kwarp.store.base import StoreError
+from kwarp.store.base import StoreError, StoreUnreachable
 from kwarp.store.cache import CheckpointCache
 from kwarp.store.s3_config import (  # noqa: F401  (re-exported: the store's public settings API)
     CREDENTIAL_CODES,
@@ -83,6 +83,7 @@ from kwarp.store.versions import object_of
 
 if TYPE_CHECKING:
     from kwarp.core.spec import StorageSpec
+    from kwarp.store.breaker import CircuitBreaker
     from kwarp.store.fencing import Fence
 
 log = logging.getLogger(__name__)
@@ -162,8 +163,10 @@ class S3Store(S3Publishing):
         config: S3Config,
         credentials: Credentials | None = None,
         cache: CheckpointCache | None = None,
+        breaker: CircuitBreaker | None = None,
     ):
         self.bucket = bucket
+        self.breaker = breaker  # the operator's: fail fast while the endpoint is known to be down
         self.prefix = clean_key(prefix, allow_root=True)
         self.config = config
         self.credentials = credentials
@@ -227,6 +230,11 @@ class S3Store(S3Publishing):
     # ---------------------------------------------------------------- retries and error translation
 
     def _retrying(self, what: str, op: Callable[[], T]) -> T:
+        if self.breaker is not None:
+            return self.breaker.call(what, lambda: self._attempts(what, op))
+        return self._attempts(what, op)
+
+    def _attempts(self, what: str, op: Callable[[], T]) -> T:
         policy = self.config.retry
         start = time.monotonic()
         for attempt in range(1, policy.max_attempts + 1):
@@ -284,14 +292,14 @@ class S3Store(S3Publishing):
             )
         return err  # our own errors (CheckpointError, local OSError) pass through unchanged
 
-    def _exhausted(self, err: Exception, what: str, attempts: int, elapsed: float) -> StoreError:
+    def _exhausted(self, err: Exception, what: str, attempts: int, elapsed: float) -> StoreUnreachable:
         cause = root_cause(err)
         tried = f"after {attempts} attempt{'s' if attempts > 1 else ''} over {elapsed:.1f}s"
         if isinstance(cause, S3Error | ServerError | InvalidResponseError):
-            return StoreError(
+            return StoreUnreachable(
                 f"{what}: S3 endpoint {self.config.endpoint} kept failing {tried}: {describe_error(cause)}"
             )
-        return StoreError(
+        return StoreUnreachable(
             f"cannot reach S3 endpoint {self.config.endpoint} {tried} ({what}: {describe_error(cause)}): "
             "check spec.storage.endpoint / KWARP_S3_ENDPOINT and spec.storage.secure"
         )
