@@ -105,6 +105,8 @@ bench: venv-test
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/operator.py
 	$(PY) benchmarks/admission.py
+	$(PY) benchmarks/store_outage.py --fault down
+	$(PY) benchmarks/store_outage.py --fault blackhole
 
 clean:
 	rm -rf $(DEMO_DIR) build dist *.egg-info .pytest_cache .ruff_cache

@@ -27,6 +27,7 @@ from .jobs import WorkerSettings
 from .kube import Kube
 from .metrics import MetricsServer
 from .reconcile import Reconciler, StoreOpener
+from .store_bounds import BREAKER_COOLDOWN_S, Breakers
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class OperatorOptions:
     worker: WorkerSettings = field(default_factory=lambda: WorkerSettings(image=DEFAULT_WORKER_IMAGE))
     storage_secret: str | None = None
     max_workers: int = 8  # threads running handlers (reconciles of different runs run in parallel)
+    cleanup_grace_seconds: float = 300.0  # cleanup: Delete waits this long for an unreachable store
+    store_retry_after_seconds: float = BREAKER_COOLDOWN_S  # an unreachable S3 endpoint is not asked again before
 
 
 def worker_defaults(raw: str | None) -> dict[str, PodResources]:
@@ -114,12 +117,14 @@ def build(options: OperatorOptions, *, configuration: Callable[[], kubernetes.cl
     reconciler = Reconciler(
         kube,
         options.worker,
-        stores=StoreOpener(kube, env, default_secret=options.storage_secret),
+        stores=StoreOpener(kube, env, default_secret=options.storage_secret,
+                           breakers=Breakers(cooldown_s=options.store_retry_after_seconds)),
         metrics=metrics.metrics if metrics else None,
         events=post_event,
     )
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, reconciler, configuration, resync_seconds=options.resync_seconds)
+    handlers.register(registry, reconciler, configuration, resync_seconds=options.resync_seconds,
+                      cleanup_grace_seconds=options.cleanup_grace_seconds)
     return registry, reconciler
 
 

@@ -56,6 +56,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "(env KWARP_STORAGE_SECRET)")
     parser.add_argument("--resync-seconds", type=float, default=None,
                         help="reconcile every run at least this often (env KWARP_RESYNC_SECONDS; default 60)")
+    parser.add_argument("--cleanup-grace-seconds", type=float, default=None,
+                        help="cleanup: Delete waits this long for an unreachable store, then keeps the run's data "
+                             "and lets the WarpRun go (env KWARP_CLEANUP_GRACE_SECONDS; default 300)")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     parser.set_defaults(func=_run)
 
@@ -64,8 +67,10 @@ def options_from(args: argparse.Namespace, env: Mapping[str, str]) -> OperatorOp
     ttl = args.job_ttl_seconds if args.job_ttl_seconds is not None else env_int(env, "KWARP_JOB_TTL_SECONDS")
     metrics_port = args.worker_metrics_port or env_int(env, "KWARP_WORKER_METRICS_PORT") or 9400
     resync = args.resync_seconds or float(env.get("KWARP_RESYNC_SECONDS") or 60)
-    if resync <= 0 or (ttl is not None and ttl < 0):
-        raise UserError("--resync-seconds must be positive and --job-ttl-seconds non-negative")
+    grace = args.cleanup_grace_seconds
+    grace = float(env.get("KWARP_CLEANUP_GRACE_SECONDS") or 300) if grace is None else grace
+    if resync <= 0 or (ttl is not None and ttl < 0) or grace < 0:
+        raise UserError("--resync-seconds must be positive, --job-ttl-seconds and --cleanup-grace-seconds non-negative")
     worker = WorkerSettings(
         image=args.worker_image or DEFAULT_WORKER_IMAGE,
         service_account=args.worker_service_account or None,
@@ -86,6 +91,7 @@ def options_from(args: argparse.Namespace, env: Mapping[str, str]) -> OperatorOp
         resync_seconds=resync,
         worker=worker,
         storage_secret=args.storage_secret or None,
+        cleanup_grace_seconds=grace,
     )
 
 

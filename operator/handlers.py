@@ -4,6 +4,8 @@
     a Job labelled kwarp.dev/run changed (any event)     -> reconcile the run that owns it
     every `resync` seconds, per WarpRun (timer)          -> reconcile the run (safety net)
     WarpRun deleted (finalizer kwarp.dev/finalizer)      -> cleanup: Delete removes <run>/ from the store
+                                                            (a store still down after the grace period:
+                                                            the data stays, an Event says where)
 
 The Job handler is `on.event`: kopf keeps no state for such handlers, so it never writes annotations
 or finalizers to the Jobs (the integration tests check it). Handlers are registered on a registry the
@@ -14,12 +16,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any
 
 import kopf
 import kubernetes
 
 from kwarp.core.spec import API_GROUP, API_VERSION, KIND, PLURAL
+from kwarp.store import StoreError
 
 from .jobs import LABEL_RUN
 from .reconcile import CleanupPending, Reconciler
@@ -60,6 +64,7 @@ def register(
     configuration: Callable[[], kubernetes.client.Configuration],
     *,
     resync_seconds: float = 60.0,
+    cleanup_grace_seconds: float = 300.0,
 ) -> None:
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -83,11 +88,17 @@ def register(
         reconciler.request(namespace, name)
 
     @kopf.on.delete(*RUNS, registry=registry, backoff=2)
-    def run_deleted(name: str, namespace: str, body: Mapping[str, Any], **_: Any) -> None:
+    def run_deleted(name: str, namespace: str, body: Mapping[str, Any], runtime: timedelta, **_: Any) -> None:
         try:
             reconciler.cleanup(namespace, name, body)
         except CleanupPending as pending:
             raise kopf.TemporaryError(str(pending), delay=2) from None
+        except StoreError as err:
+            # A store that stays down must not hold the WarpRun (and its namespace) forever: after the
+            # grace period the checkpoints are kept, an Event says where, and the deletion completes.
+            if runtime.total_seconds() < cleanup_grace_seconds:
+                raise kopf.TemporaryError(f"cleanup: Delete waits for the store: {err}", delay=5) from None
+            reconciler.abandon_cleanup(namespace, name, body, err)
 
     @kopf.on.probe(id="reconciles", registry=registry)
     def reconciles(**_: Any) -> dict[str, float]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from kwarp.core.plan import Action, Observed, Resume, Start, Succeed, Suspend, Task, plan
+from kwarp.core.plan import Action, Observed, Resume, Start, Succeed, Suspend, Task, plan, plan_without_store
 from kwarp.core.spec import (
     API_GROUP,
     API_VERSION,
@@ -62,7 +62,9 @@ from .status import (
     previous_status,
     recorded_failures,
     status_patch,
+    store_down_status,
 )
+from .store_bounds import Breakers, bounded
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +146,14 @@ class StoreOpener:
     """
 
     def __init__(self, kube: Kube, env: Mapping[str, str] | None = None, *, default_secret: str | None = None,
-                 secret_ttl: float = 60.0):  # fmt: skip
+                 secret_ttl: float = 60.0, breakers: Breakers | None = None):  # fmt: skip
         self.kube = kube
         self.env = dict(os.environ if env is None else env)
         self.default_secret = default_secret
         self.secret_ttl = secret_ttl
         self._secrets: dict[tuple[str, str], tuple[float, dict[str, str] | None]] = {}
         self._stores: dict[Any, Store] = {}
+        self.breakers = breakers or Breakers()
         self._lock = threading.Lock()
 
     def _secret(self, namespace: str, name: str) -> dict[str, str] | None:
@@ -184,6 +187,7 @@ class StoreOpener:
                     self._stores[key] = open_store(storage.url, storage)
                 return self._stores[key]
         from kwarp.store.s3 import S3Store
+        from kwarp.store.s3_config import credentials_from_env, parse_s3_url, resolve_config
 
         env = dict(self.env)
         secret = storage.secret_name or self.default_secret
@@ -193,7 +197,10 @@ class StoreOpener:
         key = ("s3", storage.model_dump_json(), tuple(env.get(k) for k in SECRET_KEYS))
         with self._lock:
             if key not in self._stores:
-                self._stores[key] = S3Store.from_url(storage.url, storage, env=env)
+                bucket, prefix = parse_s3_url(storage.url)
+                config = bounded(resolve_config(storage, env))  # seconds, not minutes: see store_bounds
+                self._stores[key] = S3Store(bucket, prefix, config=config, credentials=credentials_from_env(env),
+                                            breaker=self.breakers.of(config))  # fmt: skip
             return self._stores[key]
 
 
@@ -324,6 +331,16 @@ class Reconciler:
                         f"cleanup: Delete removed {removed} objects under {store_url(spec).rstrip('/')}/{name}/")
         self.forget(namespace, name, uid)
 
+    def abandon_cleanup(self, namespace: str, name: str, body: Mapping[str, Any], err: Exception) -> None:
+        """The store stayed unreachable through the cleanup grace period: keep the data, say where, let go."""
+        previous = previous_status(body.get("status"))
+        spec, _ = effective_spec(body, previous.accepted_spec)
+        where = f"{store_url(spec).rstrip('/')}/{name}/" if spec is not None else "the run's store"
+        self.events(body, "Warning", "CheckpointsRetained",
+                    f"cleanup: Delete could not reach the store ({err}); the run's data remains under {where}: "
+                    "delete it with your S3 client once the store is back"[:1000])  # fmt: skip
+        self.forget(namespace, name, body.get("metadata", {}).get("uid"))
+
     def forget(self, namespace: str, name: str, uid: str | None) -> None:
         """Drop what is kept about a deleted run."""
         if uid:
@@ -356,12 +373,18 @@ class Reconciler:
             key = (uid, spec.storage.url)
             done = self.results.completed(key, store, spec, name)
         except StoreError as err:
-            status = previous.model_copy(update={
-                "conditions": C.set_condition(previous.conditions, C.STORE_UNAVAILABLE, True, C.STORE_ERROR,
-                                              str(err), now=now, generation=generation),
-                "observed_generation": generation,
-            })  # fmt: skip
-            return self._report(body, raw_status, previous, status, Outcome())
+            # Suspend and resume act on the Jobs alone; nothing starts or fails until the store answers.
+            known = self.results.known((uid, spec.storage.url))
+            attempts = by_task(views)
+            jobs = task_jobs(attempts, known, recorded=recorded_failures(previous))
+            actions = plan_without_store(spec, Observed(done=known, jobs=jobs))
+            outcome = Outcome(actions=list(actions))
+            run = run_document(name, namespace, spec)
+            for action in actions:
+                self._act(body, run, uid, attempts, action, outcome)
+            status = store_down_status(spec=spec, generation=generation, previous=previous, check=check, jobs=jobs,
+                                       known_done=known, error=str(err), now=now)  # fmt: skip
+            return self._report(body, raw_status, previous, status, outcome)
 
         attempts = by_task(views)
         recorded = recorded_failures(previous)

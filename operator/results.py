@@ -37,6 +37,11 @@ class RunResults:
                 for key in [k for k in cache if k[0] == uid]:
                     del cache[key]
 
+    def known(self, key: CacheKey) -> frozenset[Task]:
+        """The tasks seen done before, without asking the store (for when it cannot be read)."""
+        with self._lock:
+            return frozenset(self._done.get(key, ()))
+
     def completed(self, key: CacheKey, store: Store, spec: WarpRunSpec, run: str) -> frozenset[Task]:
         with self._lock:
             known = set(self._done.get(key, ()))

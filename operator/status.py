@@ -232,6 +232,34 @@ def invalid_status(
     )
 
 
+def suspension_conditions(conds: Sequence[Condition], spec: WarpRunSpec, jobs: Mapping[Task, TaskJobs],
+                          done: frozenset[Task], *, now: str, generation: int | None) -> list[Condition]:  # fmt: skip
+    if spec.suspend:
+        active = sum(1 for t, j in jobs.items() if j.active and t not in done)
+        return C.set_condition(
+            conds, C.SUSPENDED, True, C.SUSPENDED_BY_USER,
+            f"spec.suspend is true: {active} Job(s) held, nothing new starts", now=now, generation=generation,
+        )  # fmt: skip
+    return C.clear_condition(conds, C.SUSPENDED, C.RESUMED, "spec.suspend is false", now=now, generation=generation)
+
+
+def store_down_status(*, spec: WarpRunSpec, generation: int | None, previous: WarpRunStatus, check: SpecCheck,
+                      jobs: Mapping[Task, TaskJobs], known_done: frozenset[Task], error: str,
+                      now: str) -> WarpRunStatus:  # fmt: skip
+    """The status while the store cannot be read: what the store showed before stays (fronts, members,
+    checkpoints); the StoreUnavailable condition says why; suspend and resume still show, as they still act."""
+    conds = spec_conditions(previous.conditions, check, now=now, generation=generation)
+    conds = suspension_conditions(conds, spec, jobs, known_done, now=now, generation=generation)
+    conds = C.set_condition(conds, C.STORE_UNAVAILABLE, True, C.STORE_ERROR, error, now=now, generation=generation)
+    phase = previous.phase
+    if phase not in ("Succeeded", "Failed"):
+        if spec.suspend:
+            phase = "Suspended"
+        elif phase in (None, "Suspended"):  # resumed: the phase of what was seen done before
+            phase = progress(spec, Observed(done=known_done, jobs=jobs)).phase
+    return previous.model_copy(update={"phase": phase, "conditions": conds, "observed_generation": generation})
+
+
 def build_status(
     *,
     run: str,
@@ -255,16 +283,7 @@ def build_status(
     latest = point_at(fronts[-1].points, spec.warp.liti_eta) if fronts else None
 
     conds = spec_conditions(previous.conditions, check, now=now, generation=generation)
-    if spec.suspend:
-        active = sum(1 for t, j in obs.jobs.items() if j.active and t not in obs.done)
-        conds = C.set_condition(
-            conds, C.SUSPENDED, True, C.SUSPENDED_BY_USER,
-            f"spec.suspend is true: {active} Job(s) held, nothing new starts", now=now, generation=generation,
-        )  # fmt: skip
-    else:
-        conds = C.clear_condition(
-            conds, C.SUSPENDED, C.RESUMED, "spec.suspend is false", now=now, generation=generation
-        )
+    conds = suspension_conditions(conds, spec, obs.jobs, obs.done, now=now, generation=generation)
     fail = next((a for a in actions if isinstance(a, Fail)), None)
     if fail is not None:
         conds = C.set_condition(conds, C.FAILED, True, C.TASK_FAILED, fail.reason, now=now, generation=generation)

@@ -8,6 +8,7 @@
         with FaultyProxy(s3.port) as proxy:      # 127.0.0.1:proxy.port forwards to the server
             proxy.drop_next(2)                   # reset the next two connections on accept
             proxy.cut_after(10 << 20)            # reset everything once 10 MB went upstream, until heal()
+            proxy.blackhole()                    # accept connections and never answer, until heal()
             hold = proxy.hold(rb"PUT /bucket/run/x/MANIFEST[.]json")  # stop a request when its head passes
             hold.reached.wait(10); ...; hold.release()  # forward it then, or hold.release(forward=False)
 
@@ -142,6 +143,8 @@ class FaultyProxy:
         self._respond: list[bytes] = []
         self._cut_after: int | None = None
         self._down = False
+        self._blackhole = False
+        self._silent: list[socket.socket] = []  # connections held unanswered while black-holed
         self._closing = False
         self._holds: list[Hold] = []
         self.connections = 0
@@ -186,10 +189,21 @@ class FaultyProxy:
             self._holds.append(held)
         return held
 
+    def blackhole(self) -> None:
+        """From now on accept every connection and never answer (a firewall that drops packets, a hung
+        server): the client waits for its own timeouts. Open connections are reset first. Until heal()."""
+        with self._lock:
+            self._blackhole = True
+        self._break_all()
+
     def heal(self) -> None:
         with self._lock:
             self._cut_after = None
             self._down = False
+            self._blackhole = False
+            silent, self._silent = self._silent, []
+        for sock in silent:
+            self._reset(sock)
 
     @property
     def down(self) -> bool:
@@ -231,6 +245,9 @@ class FaultyProxy:
                 respond = self._respond.pop(0) if (not drop and self._respond) else None
                 if drop:
                     self.dropped += 1
+                elif self._blackhole:
+                    self._silent.append(client)  # read by nobody, answered never
+                    continue
             if drop:
                 self._reset(client, wake=False)  # nobody reads it yet: a pure RST
                 continue
@@ -343,6 +360,7 @@ class FaultyProxy:
         except OSError:
             pass
         self._listener.close()
+        self.heal()
         self._break_all()
         if self._thread.is_alive():
             self._thread.join(timeout=5)

@@ -15,6 +15,7 @@ from kwarp.core.plan import (
     TaskJobs,
     all_tasks,
     plan,
+    plan_without_store,
     progress,
 )
 from kwarp.core.spec import WarpRunSpec, parse
@@ -115,6 +116,28 @@ def test_plan_suspended(name: str, observed: Observed, expected: list) -> None:
 def test_resume_after_suspend() -> None:
     obs = Observed(done=done_through(P), jobs={T(0, 0): TaskJobs(active=True, suspended=True)})
     assert plan(spec(), obs) == [Resume(T(0, 0)), Start(T(0, 1), 0)]
+
+
+BLIND_CASES = [
+    # (name, spec.suspend, observed, expected): only the Jobs are known, the store is not.
+    ("suspend holds every active Job, whatever the store would say", True,
+     Observed(done=done_through(P), jobs={T(0, 0): TaskJobs(active=True), T(0, 1): TaskJobs(active=True, suspended=True)}),
+     [Suspend(T(0, 0))]),
+    ("resume releases the suspended ones and starts nothing", False,
+     Observed(done=done_through(P), jobs={T(0, 0): TaskJobs(active=True, suspended=True), T(0, 1): TaskJobs()}),
+     [Resume(T(0, 0))]),
+    ("a run with nothing seen done and no Jobs: nothing at all (plan would start prepare)", False, Observed(), []),
+    ("failures exhausted: no Fail on a guess", False,
+     Observed(done=done_through(P), jobs={T(0, 0): TaskJobs(failures=5, last_failure="x"),
+                                          T(0, 1): TaskJobs(active=True, suspended=True)}),
+     [Resume(T(0, 1))]),
+    ("every task seen done: no Succeed either", False, Observed(done=ALL), []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "suspend", "observed", "expected"), BLIND_CASES, ids=[c[0] for c in BLIND_CASES])
+def test_plan_without_store(name: str, suspend: bool, observed: Observed, expected: list) -> None:
+    assert plan_without_store(spec(**{"spec.suspend": suspend}), observed) == expected
 
 
 def test_raising_retries_lets_a_failed_run_continue() -> None:

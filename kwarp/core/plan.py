@@ -213,6 +213,16 @@ def plan(spec: WarpRunSpec, observed: Observed) -> list[Action]:
     return actions
 
 
+def plan_without_store(spec: WarpRunSpec, observed: Observed) -> list[Action]:
+    """The actions that need nothing from the store, for when it cannot be read: hold the active Jobs
+    (spec.suspend) or release them. Nothing starts, succeeds or fails on a guess about finished work;
+    `observed.done` holds only what was seen done before (a task seen done stays done)."""
+    active = [t for t in all_tasks(spec) if t not in observed.done and _job(observed.jobs, t).active]
+    if spec.suspend:
+        return [Suspend(t) for t in active if not _job(observed.jobs, t).suspended]
+    return [Resume(t) for t in active if _job(observed.jobs, t).suspended]
+
+
 def _job(jobs: Mapping[Task, TaskJobs], t: Task) -> TaskJobs:
     return jobs.get(t, _NO_JOBS)
 
@@ -275,5 +285,6 @@ __all__ = [
     "dependencies",
     "file_outputs",
     "plan",
+    "plan_without_store",
     "progress",
 ]
