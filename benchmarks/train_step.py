@@ -16,15 +16,25 @@ Default: the demo task's SFT policy, reward model and training prompts when the 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from kwarp.core.spec import RewardSpec, parse
 from kwarp.policy import load_reward, read_prompts
-from kwarp.trainer.train import StepConfig, load_models, make_accelerator, training_step
+from kwarp.trainer.train import (
+    Models,
+    StepConfig,
+    load_models,
+    make_accelerator,
+    make_optimizer,
+    training_step,
+)
 
 # (n_layer, n_embd, n_head) of the random GPT-2 models, smallest first.
 GPT2_LADDER = [(2, 64, 2), (4, 128, 4), (6, 256, 4), (8, 512, 8), (12, 768, 12), (24, 1024, 16), (24, 1536, 16),
@@ -87,6 +97,34 @@ def synthetic_prompts(n: int) -> list[str]:
     return [f"Review {i}: {topics[i % len(topics)]} was" for i in range(n)]
 
 
+@dataclass
+class Variant:
+    """One way of running the step: its own copy of the models, optimizer and settings."""
+
+    name: str
+    cfg: StepConfig
+    models: Models
+    optimizer: torch.optim.Optimizer
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def variants(names: list[str], spec: Any, model_dir: Path, accelerator: Any, batch: int) -> list[Variant]:
+    """baseline: what the trainer did before issue 16 (transformers' generate, the entropy taken again in
+    the update, Adam's per-tensor loop); kwarp: the trainer as it is (spec.training.generation, fused Adam)."""
+    out = []
+    for name in names:
+        cfg = StepConfig.from_spec(spec, batch)
+        models = load_models(model_dir, spec, accelerator.device, kl_to_init=True)
+        if name == "baseline":
+            cfg = replace(cfg, generation="plain")
+            optimizer: torch.optim.Optimizer = torch.optim.Adam(models.params, lr=1e-6, foreach=False)
+        else:
+            optimizer = make_optimizer(models.params, 1e-6)
+        models.policy, optimizer = accelerator.prepare(models.bare, optimizer)
+        out.append(Variant(name, cfg, models, optimizer))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, help="HF causal-LM folder (safetensors)")
@@ -106,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--anchor", default="ema", choices=["ema", "sft", "none"])
+    p.add_argument("--generation", default="auto", choices=["auto", "plain", "compiled"],
+                   help="spec.training.generation of the kwarp variant")
+    p.add_argument("--variants", default="baseline,kwarp",
+                   help="comma-separated, run step by step in turn: baseline (the trainer before issue 16) and/or "
+                   "kwarp (as it is); ratios are against the first")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     args = p.parse_args(argv)
     if args.threads:
@@ -138,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             "training": {
                 "batchSize": args.batch, "samplesPerPrompt": args.samples, "maxNewTokens": args.max_new_tokens,
                 "microBatchSize": args.micro_batch, "learningRate": 1e-6, "warmupSteps": 0,
+                "generation": args.generation,
             },
             "storage": {"url": tmp.name},
         },
@@ -145,40 +189,54 @@ def main(argv: list[str] | None = None) -> int:
     spec = parse(doc).spec
     accelerator = make_accelerator(args.dtype, args.device)
     device = accelerator.device
-    models = load_models(model_dir, spec, device, kl_to_init=True)
-    optimizer = torch.optim.Adam(models.params, lr=1e-6)
-    models.policy, optimizer = accelerator.prepare(models.bare, optimizer)
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not names or set(names) - {"baseline", "kwarp"}:
+        p.error("--variants: a comma-separated list of baseline, kwarp")
+    runs = variants(names, spec, model_dir, accelerator, args.batch)
     reward = load_reward(RewardSpec(**reward_spec), device)
     prompts = read_prompts(args.prompts, "prompt") if args.prompts else synthetic_prompts(args.batch)
-    cfg = StepConfig.from_spec(spec, args.batch)
-    n_params = sum(p.numel() for p in models.params)
+    n_params = sum(p.numel() for p in runs[0].models.params)
     print(
         f"model {model_dir.name if not args.random_model_params else args.arch} {n_params / 1e6:.2f}M params, "
-        f"{args.batch} prompts x {args.samples} samples, {args.max_new_tokens} new tokens, "
-        f"device {device}, compute {accelerator.mixed_precision}, anchor {args.anchor}"
+        f"vocab {runs[0].models.bare.config.vocab_size}, {args.batch} prompts x {args.samples} samples, "
+        f"{args.max_new_tokens} new tokens, device {device}, compute {accelerator.mixed_precision}, anchor "
+        f"{args.anchor}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}"
     )
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-    records = []
+    peaks = {}
     for step in range(args.steps + 1):
-        torch.manual_seed(step)
-        batch = [prompts[(step * args.batch + i) % len(prompts)] for i in range(args.batch)]
-        record = training_step(models, reward, optimizer, accelerator, batch, step, cfg)
-        if step == 0:
-            continue  # warm-up: kernels, caches, allocator
-        records.append(record)
-        split = " ".join(f"{ph} {record['timing'][ph]:.3f}s" for ph in PHASES)
-        print(f"step {step}: {record['step_seconds']:.3f}s ({split}), {record['tokens_per_second']:.0f} tok/s, "
-              f"{record['completion_tokens']:.1f} tokens/completion")
+        # Variants take turns within a step (the order alternating), so load on a shared machine hits both alike.
+        for run in runs if step % 2 == 0 else runs[::-1]:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            torch.manual_seed(step)
+            batch = [prompts[(step * args.batch + i) % len(prompts)] for i in range(args.batch)]
+            record = training_step(run.models, reward, run.optimizer, accelerator, batch, step, run.cfg)
+            if device.type == "cuda":
+                peaks[run.name] = max(peaks.get(run.name, 0), torch.cuda.max_memory_allocated(device))
+            if step == 0:
+                continue  # warm-up: kernels, caches, allocator, compilation
+            run.records.append(record)
+            split = " ".join(f"{ph} {record['timing'][ph]:.3f}s" for ph in PHASES)
+            print(f"step {step} {run.name}: {record['step_seconds']:.3f}s ({split}), "
+                  f"{record['tokens_per_second']:.0f} tok/s, {record['completion_tokens']:.1f} tokens/completion")
 
-    mean_step = statistics.mean(r["step_seconds"] for r in records)
-    summary = {ph: statistics.mean(r["timing"][ph] for r in records) for ph in PHASES}
-    print("mean per step: " + ", ".join(f"{ph} {s * 1e3:.1f} ms ({100 * s / mean_step:.0f}%)" for ph, s in summary.items()))
-    print(f"generated tokens/s: {statistics.mean(r['tokens_per_second'] for r in records):.0f}")
-    if device.type == "cuda":
-        print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
-    print(f"ms_per_step {mean_step * 1e3:.1f}")
+    base = None
+    for run in runs:
+        mean_step = statistics.mean(r["step_seconds"] for r in run.records)
+        summary = {ph: statistics.mean(r["timing"][ph] for r in run.records) for ph in PHASES}
+        base = base or (run.name, mean_step, summary)
+        print(f"{run.name} mean per step: " + ", ".join(
+            f"{ph} {s * 1e3:.1f} ms ({100 * s / mean_step:.0f}%)" for ph, s in summary.items()))
+        gen_tps = statistics.mean(r["completion_tokens"] * args.batch * args.samples / r["timing"]["generate"]
+                                  for r in run.records)
+        print(f"{run.name} generated tokens/s (generation phase): {gen_tps:.0f}")
+        if run.name in peaks:
+            print(f"{run.name} peak GPU memory: {peaks[run.name] / 2**30:.2f} GiB")
+        print(f"{run.name} ms_per_step {mean_step * 1e3:.1f}")
+        if run is not runs[0]:
+            ratios = ", ".join(f"{ph} {summary[ph] / max(base[2][ph], 1e-9):.2f}x" for ph in PHASES)
+            print(f"{run.name} / {base[0]}: step {mean_step / base[1]:.2f}x ({ratios})")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
     tmp.cleanup()
     return 0
 

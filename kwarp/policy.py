@@ -310,6 +310,10 @@ class Samples:
     prompt_mask: torch.Tensor  # [N, P]
     completion_ids: torch.Tensor  # [N, C]
     completion_mask: torch.Tensor  # [N, C] 1 up to and including the first EOS
+    # What kwarp's decode loop computed while sampling (None from transformers' generate): per row,
+    # Σ log π(y_t) and the mean per-token entropy over the completion, float32, at the temperature.
+    logprob: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -330,6 +334,8 @@ class Samples:
             self.prompt_mask[start:stop],
             self.completion_ids[start:stop],
             self.completion_mask[start:stop],
+            None if self.logprob is None else self.logprob[start:stop],
+            None if self.entropy is None else self.entropy[start:stop],
         )
 
 
@@ -409,16 +415,43 @@ def sample(
     max_new_tokens: int,
     temperature: float,
     max_prompt_tokens: int | None = None,
+    generation: str = "plain",
 ) -> Samples:
     """Sample `samples_per_prompt` completions per prompt with the KV cache (rows prompt-major).
 
-    `model` must be the bare model (not a DDP wrapper). Randomness: torch's global RNG.
+    `generation` (auto, plain, compiled: kwarp.generation) picks the decode loop; every one draws
+    from the same distribution. `model` must be the bare model (not a DDP wrapper). Randomness:
+    torch's global RNG.
     """
+    from kwarp import generation as gen
+
     device = next(model.parameters()).device
     enc = encode_prompts(tokenizer, prompts, max_prompt_tokens, device)
     prompt_ids = enc["input_ids"].repeat_interleave(samples_per_prompt, dim=0)
     prompt_mask = enc["attention_mask"].repeat_interleave(samples_per_prompt, dim=0)
     eos = eos_ids(model, tokenizer)
+    path = gen.resolve(generation, device)
+    if path != "plain":
+        drawn = gen.decode(
+            model,
+            prompt_ids,
+            prompt_mask,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            eos=eos,
+            pad_id=int(tokenizer.pad_token_id),
+            compiled=path == "compiled",
+        )
+        cmask = completion_mask(drawn.completion_ids, eos)
+        weights = cmask.to(drawn.token_logprob.dtype)
+        return Samples(
+            prompt_ids,
+            prompt_mask,
+            drawn.completion_ids,
+            cmask,
+            logprob=(drawn.token_logprob * weights).sum(dim=1),
+            entropy=(drawn.token_entropy * weights).sum(dim=1) / cmask.sum(dim=1).clamp(min=1),
+        )
     with _plain_sampling(model, eos, int(tokenizer.pad_token_id), temperature, max_new_tokens) as config:
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
     completion_ids = out[:, prompt_ids.shape[1] :]

@@ -198,6 +198,12 @@ class TrainingSpec(_Model):
     max_prompt_tokens: int = Field(256, ge=1, description="Prompts are truncated to this many tokens (left)")
     max_new_tokens: int = Field(64, ge=1, description="Completion length cap")
     temperature: float = Field(0.9, gt=0.0, description="Sampling temperature")
+    generation: Literal["auto", "plain", "compiled"] = Field(
+        "auto",
+        description="How completions are drawn (always plain temperature sampling): plain = transformers' generate; "
+        "compiled = kwarp's decode loop with a static KV cache under torch.compile; auto = compiled on a GPU, "
+        "kwarp's decode loop without compilation on a CPU",
+    )
     seed: int = Field(0, ge=0, description="Base seed; member m of iteration i uses a seed derived from it")
     checkpoint_interval: int = Field(100, ge=1, description="Save resumable state every N steps")
     kl_to_init: bool = Field(True, description="Also log KL to θ_init (needs a third copy of the weights)")

@@ -1,0 +1,187 @@
+"""kwarp's own decode loop: transformers' ancestral sampling without `generate`'s per-token overhead.
+
+Three ways to draw completions (`spec.training.generation`):
+
+- `plain`    transformers' `generate` with a dynamic KV cache: the reference the other two are held to.
+- `compiled` this loop with a static KV cache (preallocated once per step) and the one-token decode
+             forward under `torch.compile`. Prompts are left-padded to a multiple of PROMPT_BUCKET
+             tokens, so the cache, the mask and every decode input keep one shape from step to step
+             and nothing recompiles after the first step of each prompt bucket.
+- `auto`     `compiled` on CUDA; on a CPU this loop with a dynamic cache and no compilation (it
+             measured fastest there: benchmarks/train_step.py, docs/performance.md).
+
+The distribution is exactly generate's: softmax(float32 logits / temperature) with nothing else
+applied, drawn with `torch.multinomial` from torch's global RNG, a finished row continuing with the
+pad token. Besides the tokens, the loop keeps what the sampler has already computed and the update
+would otherwise recompute: each drawn token's log-probability and the entropy of the distribution it
+was drawn from (the trainer logs the mean entropy; it no longer takes a second softmax over
+N·C·V logits in the update for it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+Generation = Literal["auto", "plain", "compiled"]
+GENERATIONS: tuple[str, ...] = ("auto", "plain", "compiled")
+PROMPT_BUCKET = 32
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What the decode loop drew. Row r of every tensor is row r of the prompts."""
+
+    prompt_ids: torch.Tensor  # [N, P] left-padded, as the caller gave them
+    prompt_mask: torch.Tensor  # [N, P]
+    completion_ids: torch.Tensor  # [N, C] pad after a row's first EOS
+    token_logprob: torch.Tensor  # [N, C] float32 log π(y_t | x, y_<t) of each drawn token
+    token_entropy: torch.Tensor  # [N, C] float32 entropy of the distribution y_t was drawn from
+
+
+def resolve(generation: str, device: torch.device) -> str:
+    """The decode path `generation` means on `device`: plain, compiled or eager."""
+    if generation not in GENERATIONS:
+        raise ValueError(f"unknown generation '{generation}'; use one of {', '.join(GENERATIONS)}")
+    if generation == "auto":
+        return "compiled" if device.type == "cuda" else "eager"
+    return generation
+
+
+def left_pad(ids: torch.Tensor, mask: torch.Tensor, width: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts left-padded to `width` columns (masked out: positions and outputs do not change)."""
+    extra = width - ids.shape[1]
+    if extra <= 0:
+        return ids, mask
+    return (
+        torch.cat([ids.new_full((ids.shape[0], extra), pad_id), ids], dim=1),
+        torch.cat([mask.new_zeros((mask.shape[0], extra)), mask], dim=1),
+    )
+
+
+def _draw(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One token per row from softmax(logits / T), as generate draws it; with its log-prob and the entropy."""
+    scores = logits.float()
+    if temperature != 1.0:
+        scores = scores / temperature
+    probs = torch.softmax(scores, dim=-1)
+    token = torch.multinomial(probs, num_samples=1).squeeze(1)
+    log_normaliser = torch.logsumexp(scores, dim=-1)
+    logprob = scores.gather(-1, token[:, None]).squeeze(1) - log_normaliser
+    entropy = log_normaliser - (probs * scores).sum(dim=-1)  # H = logsumexp(z) − Σ softmax(z)·z
+    return token, logprob, entropy
+
+
+class _DecodeStep:
+    """The one-token forward of the compiled path, compiled once per model, and its static caches.
+
+    A cache is kept per (rows, length) and reset, not reallocated, between calls: its tensors are
+    static addresses in the compiled graph, and new ones would recompile it.
+    """
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.caches: dict[tuple[int, int], Any] = {}
+        # dynamic=False: one graph per shape, and the shapes do not change between steps of a run.
+        self.forward = torch.compile(self._forward, dynamic=False)
+
+    def cache(self, rows: int, length: int) -> Any:
+        from transformers import StaticCache
+
+        cache = self.caches.get((rows, length))
+        if cache is None:
+            cache = self.caches[(rows, length)] = StaticCache(config=self.model.config, max_cache_len=length)
+        else:
+            cache.reset()
+        return cache
+
+    def _forward(self, token: torch.Tensor, position: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
+        out = self.model(input_ids=token, attention_mask=mask, position_ids=position, cache=cache, use_cache=True)
+        return out.logits[:, -1]
+
+
+_COMPILED: dict[int, _DecodeStep] = {}
+
+
+def _decode_step(model: Any) -> _DecodeStep:
+    step = _COMPILED.get(id(model))
+    if step is None or step.model is not model:
+        step = _COMPILED[id(model)] = _DecodeStep(model)
+    return step
+
+
+@torch.no_grad()
+def decode(
+    model: Any,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    eos: Sequence[int],
+    pad_id: int,
+    compiled: bool,
+) -> Decoded:
+    """Sample up to `max_new_tokens` tokens per row; stops early once every row has drawn an EOS."""
+    from transformers import DynamicCache
+
+    from kwarp.policy import position_ids
+
+    original_width = prompt_ids.shape[1]
+    if compiled:
+        width = -(-prompt_ids.shape[1] // PROMPT_BUCKET) * PROMPT_BUCKET
+        prompt_ids, prompt_mask = left_pad(prompt_ids, prompt_mask, width, pad_id)
+    n, p = prompt_ids.shape
+    device = prompt_ids.device
+    eos_t = torch.tensor(list(eos), device=device)
+    # The mask over prompt + completion, allocated once: generated columns are attended to once written,
+    # and a column not yet written lies in the future, which the causal mask already hides.
+    mask = torch.cat([prompt_mask, prompt_mask.new_ones((n, max_new_tokens))], dim=1)
+    step = _decode_step(model) if compiled else None
+    cache = step.cache(n, p + max_new_tokens) if step is not None else DynamicCache(config=model.config)
+    positions = position_ids(prompt_mask)
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=mask if step is not None else prompt_mask,
+        position_ids=positions,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    logits = out.logits[:, -1]
+    del out
+    position = positions[:, -1:] + 1
+    unfinished = torch.ones(n, dtype=torch.bool, device=device)
+    tokens, logprobs, entropies = [], [], []
+    for t in range(max_new_tokens):
+        token, logprob, entropy = _draw(logits, temperature)
+        token = torch.where(unfinished, token, torch.full_like(token, pad_id))
+        tokens.append(token)
+        logprobs.append(logprob)
+        entropies.append(entropy)
+        unfinished &= ~torch.isin(token, eos_t)
+        if t + 1 == max_new_tokens or not bool(unfinished.any()):
+            break
+        if step is not None:
+            logits = step.forward(token[:, None], position, mask, cache)
+        else:
+            out = model(
+                input_ids=token[:, None],
+                attention_mask=mask[:, : p + t + 1],
+                position_ids=position,
+                cache=cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1]
+        position = position + 1
+    # The bucket's extra columns are padding only: the caller gets its prompts back as it gave them.
+    return Decoded(
+        prompt_ids=prompt_ids[:, -original_width:],
+        prompt_mask=prompt_mask[:, -original_width:],
+        completion_ids=torch.stack(tokens, dim=1),
+        token_logprob=torch.stack(logprobs, dim=1),
+        token_entropy=torch.stack(entropies, dim=1),
+    )
