@@ -9,6 +9,8 @@
             proxy.drop_next(2)                   # reset the next two connections on accept
             proxy.cut_after(10 << 20)            # reset everything once 10 MB went upstream, until heal()
             proxy.blackhole()                    # accept connections and never answer, until heal()
+            proxy.reset_downstream_after(8 << 20)  # reset the one connection that carries the 8th MB down
+            proxy.ranges                         # [(first, last byte)] of every ranged request that passed
             hold = proxy.hold(rb"PUT /bucket/run/x/MANIFEST[.]json")  # stop a request when its head passes
             hold.reached.wait(10); ...; hold.release()  # forward it then, or hold.release(forward=False)
 
@@ -33,6 +35,8 @@ from dataclasses import dataclass, field
 from minio import Minio
 from moto.server import ThreadedMotoServer
 
+# The Range header of a request head (minio writes one per ranged GET).
+_RANGE = re.compile(rb"\r\n[Rr]ange: *bytes=(\d+)-(\d*)")
 ACCESS_KEY = "kwarp-test-access"
 SECRET_KEY = "kwarp-test-secret"
 
@@ -142,6 +146,7 @@ class FaultyProxy:
         self._drop = 0
         self._respond: list[bytes] = []
         self._cut_after: int | None = None
+        self._reset_down_at: int | None = None
         self._down = False
         self._blackhole = False
         self._silent: list[socket.socket] = []  # connections held unanswered while black-holed
@@ -151,6 +156,7 @@ class FaultyProxy:
         self.dropped = 0
         self.bytes_up = 0
         self.bytes_down = 0
+        self.ranges: list[tuple[int, int | None]] = []  # the Range header of every request, (first, last byte)
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
 
     @property
@@ -180,6 +186,11 @@ class FaultyProxy:
         """Once this many more bytes went upstream, reset every connection and refuse new ones until heal()."""
         with self._lock:
             self._cut_after = self.bytes_up + upstream_bytes
+
+    def reset_downstream_after(self, downstream_bytes: int) -> None:
+        """Once this many more bytes went downstream, reset the connection carrying them (once; others go on)."""
+        with self._lock:
+            self._reset_down_at = self.bytes_down + downstream_bytes
 
     def hold(self, pattern: bytes, when: Callable[[bytes], bool] | None = None) -> Hold:
         """Stop the first request whose bytes match `pattern` (a regex over what the client sends, e.g. a
@@ -212,6 +223,7 @@ class FaultyProxy:
     def reset_counters(self) -> None:
         with self._lock:
             self.connections = self.dropped = self.bytes_up = self.bytes_down = 0
+            self.ranges = []
 
     # ---------------------------------------------------------------- plumbing
 
@@ -320,14 +332,22 @@ class FaultyProxy:
                             self._reset(src)
                             self._reset(dst)
                             return
+                reset_this = False
                 with self._lock:
                     if upstream:
                         self.bytes_up += len(data)
+                        self.ranges += [(int(a), int(b) if b else None) for a, b in _RANGE.findall(data)]
                         if self._cut_after is not None and self.bytes_up >= self._cut_after:
                             self._down = True
                     else:
                         self.bytes_down += len(data)
+                        if self._reset_down_at is not None and self.bytes_down >= self._reset_down_at:
+                            self._reset_down_at, reset_this = None, True
                     down = self._down
+                if reset_this:
+                    self._reset(src)
+                    self._reset(dst)
+                    return
                 if down:
                     self._reset(src)
                     self._reset(dst)

@@ -10,9 +10,11 @@ import io
 import json
 import logging
 import os
+import random
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,7 @@ from kwarp.store.s3 import (
     split_ranges,
     upload_streams,
 )
+from kwarp.store.s3_download import plan_ranges
 
 from .s3server import ACCESS_KEY, SECRET_KEY, FaultyProxy, S3Server, s3_server
 
@@ -265,6 +268,34 @@ def test_urls_ranges_and_stream_plan() -> None:
     assert upload_streams(1, 8) == (1, 8)
     assert upload_streams(5, 8) == (2, 4)
     assert upload_streams(5, 2) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "streams", "expected"),
+    [
+        # Four equal shards, eight streams: two ranges each, eight GETs in all.
+        ([64 * MiB] * 4, 8, [[(0, 32 * MiB), (32 * MiB, 32 * MiB)]] * 4),
+        # One file: cut into as many ranges as streams.
+        ([40 * MiB], 4, [[(0, 10 * MiB), (10 * MiB, 10 * MiB), (20 * MiB, 10 * MiB), (30 * MiB, 10 * MiB)]]),
+        # Many files and few streams: one GET per file, none split.
+        ([9 * MiB, 9 * MiB, 9 * MiB], 2, [[(0, 9 * MiB)]] * 3),
+        # Small files are one GET each however many streams there are; empty files none.
+        ([100, 0, 3], 8, [[(0, 100)], [], [(0, 3)]]),
+        # A large file beside small ones takes the streams the small ones leave.
+        ([30 * MiB, 1000, 1000], 3, [[(0, 10 * MiB), (10 * MiB, 10 * MiB), (20 * MiB, 10 * MiB)], [(0, 1000)],
+                                      [(0, 1000)]]),
+        # Ranges never go below MIN_RANGE (8 MiB): a request costs the server more than it saves.
+        ([20 * MiB], 8, [[(0, 20 * MiB // 3 + 1), (20 * MiB // 3 + 1, 20 * MiB // 3 + 1),
+                          (2 * (20 * MiB // 3 + 1), 20 * MiB - 2 * (20 * MiB // 3 + 1))]]),
+    ],
+)
+def test_download_ranges_keep_about_streams_gets_in_flight(
+    sizes: list[int], streams: int, expected: list[list[tuple[int, int]]]
+) -> None:
+    assert plan_ranges(sizes, streams) == expected
+    for size, ranges in zip(sizes, plan_ranges(sizes, streams), strict=True):  # each file covered once, in order
+        assert sum(n for _, n in ranges) == size
+        assert all(a + n == b for (a, n), (b, _) in zip(ranges, ranges[1:], strict=False))
 
 
 @pytest.mark.parametrize(
@@ -636,6 +667,30 @@ def test_reset_connections_are_retried_with_backoff(
     assert "retry 1/2" in retries[0] and "retry 2/2" in retries[1]
     assert "Connection" in retries[0]
     assert store.get_json("run/iter-0/eval.json") == {"front": []}
+
+
+def test_a_download_reset_midway_resumes_where_it_broke_off(
+    s3: S3Server, bucket: str, proxy: FaultyProxy, cache_dir: Path, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.safetensors").write_bytes(random.Random(3).randbytes(40 * MiB))
+    make_store(s3.endpoint, bucket, cache_dir).put_checkpoint(src, "run/base")
+    store = make_store(proxy.endpoint, bucket, cache_dir)
+    store.config = replace(store.config, concurrency=1)  # one stream: one range, whatever the plan
+    proxy.reset_counters()
+    proxy.reset_downstream_after(37 * MiB)
+
+    folder = store.open_checkpoint("run/base")
+
+    assert same_files(src, folder)
+    assert store.stats.retries == 1
+    # The retry asked for the rest of the file from where the stream broke off: no byte was asked for twice.
+    ranges = [(first, last) for first, last in proxy.ranges if last is not None]
+    assert len(ranges) == 2
+    (first, last), (resumed, end) = ranges
+    assert (first, last, end) == (0, 40 * MiB - 1, 40 * MiB - 1)
+    assert 0 < resumed < 40 * MiB
 
 
 def test_slow_down_503_is_retried(

@@ -25,16 +25,17 @@ a crash mid-delete never leaves a checkpoint that looks whole. A single object (
 in S3 itself.
 
 Transfers. Files above the part size go up as parallel multipart uploads (minio's put_object with
-num_parallel_uploads), smaller files several at a time; downloads are parallel ranged GETs written
-into a preallocated file. sha256 is computed while streaming in both directions, so verifying costs
-no second read. Memory in flight is about 2 x concurrency x part size (1 GiB at the defaults).
+num_parallel_uploads), smaller files several at a time; memory in flight is about 2 x concurrency x
+part size (1 GiB at the defaults). Downloads (kwarp.store.s3_download) are about `concurrency` ranged
+GETs over all the files, each streamed through a 1 MiB buffer into its place in the file and resumed
+where it broke off; sha256 is computed in file order while streaming, or from the page cache for
+ranges that complete early, so verifying costs no second read from the server.
 Incomplete multipart uploads left by a killed process are invisible garbage: give the bucket an
 AbortIncompleteMultipartUpload lifecycle rule.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -42,7 +43,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -53,7 +53,7 @@ from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-from kwarp.core.checkpoints import MANIFEST, CheckpointError, FileEntry, Manifest
+from kwarp.core.checkpoints import MANIFEST, CheckpointError, Manifest
 from kwarp.store.base import StoreError, StoreUnreachable
 from kwarp.store.cache import CheckpointCache
 from kwarp.store.s3_config import (  # noqa: F401  (re-exported: the store's public settings API)
@@ -78,6 +78,7 @@ from kwarp.store.s3_config import (  # noqa: F401  (re-exported: the store's pub
     split_endpoint,
     upload_streams,
 )
+from kwarp.store.s3_download import FileDownload, RangeFetcher, plan_ranges, split_ranges
 from kwarp.store.s3_publish import Progress, S3Publishing
 from kwarp.store.versions import object_of
 
@@ -90,7 +91,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_CHUNK = 1 * MiB
 
 # -------------------------------------------------------------------------------- transfer helpers
 
@@ -109,44 +109,6 @@ class TransferStats:
             self.retries += retries
             self.bytes_up += up
             self.bytes_down += down
-
-
-class _OrderedHash:
-    """sha256 of a file whose ranges arrive out of order: each range is hashed as soon as its turn comes."""
-
-    def __init__(self) -> None:
-        self._sha = hashlib.sha256()
-        self._next = 0
-        self._pending: dict[int, bytes | bytearray] = {}
-        self._lock = threading.Lock()
-
-    def add(self, index: int, data: bytes | bytearray) -> int:
-        """Take range `index`; return how many ranges were hashed now (their buffers are released)."""
-        with self._lock:
-            self._pending[index] = data
-            done = 0
-            while self._next in self._pending:
-                self._sha.update(self._pending.pop(self._next))
-                self._next += 1
-                done += 1
-            return done
-
-    def hexdigest(self) -> str:
-        return self._sha.hexdigest()
-
-
-@dataclass
-class _Download:
-    entry: FileEntry
-    object_name: str
-    fd: int | None
-    ranges: list[tuple[int, int]]
-    sha: _OrderedHash = field(default_factory=_OrderedHash)
-
-
-def split_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
-    """[(offset, length)] covering `size` bytes in parts of `part_size` (none for an empty file)."""
-    return [(off, min(part_size, size - off)) for off in range(0, size, part_size)]
 
 
 # -------------------------------------------------------------------------------- the store
@@ -475,16 +437,17 @@ class S3Store(S3Publishing):
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         self._check_presence(key, manifest)
-        downloads = []
+        objects = [self._object(f"{key}/{object_of(e)}") for e in manifest.files]
+        plans = plan_ranges([e.size for e in manifest.files], self.config.concurrency)
+        downloads: list[FileDownload] = []
         try:
-            for e in manifest.files:
+            for e, obj, ranges in zip(manifest.files, objects, plans, strict=True):
                 path = dest / e.name
                 path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                # Preallocate: ranges land at their offsets, and a full disk fails now, not midway.
-                os.ftruncate(fd, e.size)
-                downloads.append(self._plan_download(key, e, fd))
-            self._fetch(downloads, progress)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)  # read too: later ranges are hashed from it
+                os.ftruncate(fd, e.size)  # ranges land at their offsets
+                downloads.append(FileDownload(e, obj, fd, ranges))
+            self._fetcher().fetch(downloads, progress)
             for d in downloads:
                 os.fsync(d.fd)  # type: ignore[arg-type]
         finally:
@@ -500,15 +463,18 @@ class S3Store(S3Publishing):
         """Re-hash every object of the checkpoint against its manifest, streaming (nothing is stored)."""
         manifest = self._require_manifest(key)
         self._check_presence(key, manifest)
-        downloads = [self._plan_download(key, e, None) for e in manifest.files]
-        self._fetch(downloads, progress)
+        # Nothing is stored, so nothing can be hashed back: one GET per file, hashed as it streams.
+        downloads = [
+            FileDownload(e, self._object(f"{key}/{object_of(e)}"), None, split_ranges(e.size, max(e.size, 1)))
+            for e in manifest.files
+        ]
+        self._fetcher().fetch(downloads, progress)
         self._check_hashes(key, manifest, downloads)
         return manifest
 
-    def _plan_download(self, key: str, entry: FileEntry, fd: int | None) -> _Download:
-        return _Download(
-            entry, self._object(f"{key}/{object_of(entry)}"), fd, split_ranges(entry.size, self.config.part_size)
-        )
+    def _fetcher(self) -> RangeFetcher:
+        return RangeFetcher(self._client, self.bucket, self._retrying, self.config.concurrency,
+                            on_bytes=lambda n: self.stats.add(down=n))
 
     def _check_presence(self, key: str, manifest: Manifest) -> None:
         present = self._present(key, manifest)
@@ -520,9 +486,9 @@ class S3Store(S3Publishing):
             if found[0] != e.size:
                 raise CheckpointError(f"{url} has {found[0]} bytes, {MANIFEST} says {e.size}")
 
-    def _check_hashes(self, key: str, manifest: Manifest, downloads: list[_Download]) -> None:
+    def _check_hashes(self, key: str, manifest: Manifest, downloads: list[FileDownload]) -> None:
         for d in downloads:
-            got = d.sha.hexdigest()
+            got = d.hexdigest()
             if got == d.entry.sha256:
                 continue
             if self.read_manifest(key) != manifest:
@@ -534,72 +500,6 @@ class S3Store(S3Publishing):
                 f"(got {got[:16]}..., expected {d.entry.sha256[:16]}...): the object is corrupted; "
                 "re-upload the checkpoint"
             )
-
-    def _fetch(self, downloads: list[_Download], progress: Progress | None) -> None:
-        """Ranged GETs of every file on one pool; each range retried on its own; hashed in file order."""
-        workers = self.config.concurrency
-        # At most this many ranges are held in memory: running, or done and waiting for an earlier range.
-        window = threading.BoundedSemaphore(2 * workers)
-        failed = threading.Event()
-        tasks = [
-            (d, i, off, length)
-            for d in sorted(downloads, key=lambda d: -d.entry.size)
-            for i, (off, length) in enumerate(d.ranges)
-        ]
-
-        def fetch(d: _Download, index: int, offset: int, length: int) -> None:
-            if failed.is_set():
-                return
-            what = f"GET s3://{self.bucket}/{d.object_name} [{offset}, {offset + length})"
-            data = self._retrying(what, lambda: self._get_range(d.object_name, offset, length))
-            if d.fd is not None:
-                view = memoryview(data)
-                written = 0
-                while written < length:
-                    written += os.pwrite(d.fd, view[written:], offset + written)
-            self.stats.add(down=length)
-            for _ in range(d.sha.add(index, data)):
-                window.release()
-            if progress:
-                progress(length)
-
-        def note_failure(future: Future[None]) -> None:
-            if future.exception() is not None:
-                failed.set()
-
-        with ThreadPoolExecutor(workers, thread_name_prefix="kwarp-s3-get") as pool:
-            futures = []
-            for task in tasks:
-                while not window.acquire(timeout=0.2):
-                    if failed.is_set():
-                        break
-                if failed.is_set():
-                    break
-                future = pool.submit(fetch, *task)
-                future.add_done_callback(note_failure)
-                futures.append(future)
-            wait(futures, return_when=FIRST_EXCEPTION)
-            failed_futures = [f for f in futures if f.done() and f.exception() is not None]
-            if failed_futures:
-                failed.set()
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise failed_futures[0].exception()  # type: ignore[misc]
-
-    def _get_range(self, object_name: str, offset: int, length: int) -> bytearray:
-        response = self._client.get_object(self.bucket, object_name, offset=offset, length=length)
-        try:
-            buf = bytearray(length)
-            view = memoryview(buf)
-            pos = 0
-            while pos < length:
-                n = response.readinto(view[pos:])
-                if not n:
-                    raise ShortRead(f"connection ended after {pos} of {length} bytes")
-                pos += n
-            return buf
-        finally:
-            response.close()
-            response.release_conn()
 
 
 __all__ = [
