@@ -18,6 +18,7 @@ UV_VERSION := 0.13.9
 #   TORCH_SPEC='torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cu130'
 TORCH_SPEC ?= torch==$(shell sed -n 's/^torch==//p' requirements/torch.in)
 DEMO_DIR ?= demo
+S3RVER_DIR := tests/peers/s3rver
 PYTEST_ARGS ?=
 
 .PHONY: help venv venv-test demo test test-slow test-all lint bench peers lock clean
@@ -64,6 +65,11 @@ peers:
 	@# of the Google Cloud SDK (1.32). Debian's own kubernetes-client (1.20) predates server-side field
 	@# validation and kustomize patches, so it is not installed in its place.
 	@command -v kubectl >/dev/null || echo "kubectl missing: tests/test_kubectl.py will be skipped (set KWARP_KUBECTL to a kubectl >= 1.27)"
+	@# s3rver, the file-backed S3 server benchmarks/store.py measures beside moto: npm, from the committed lock.
+	@if command -v npm >/dev/null; then \
+	  [ $(S3RVER_DIR)/node_modules/.package-lock.json -nt $(S3RVER_DIR)/package-lock.json ] || \
+	    (cd $(S3RVER_DIR) && npm ci --no-audit --no-fund --silent); \
+	else echo "npm missing: benchmarks/store.py will measure moto only"; fi
 
 # checkov (the chart's static security scan) lives in its own venv: it pins old boto3/packaging.
 $(VENV)-checkov/.installed: $(LOCK_CHECKOV)
