@@ -2,26 +2,31 @@
 
 For each group (a transformer block, a tensor, or the model):
 
-1. pass 1 accumulates the Gram matrix of the members' task vectors, tensor by tensor and chunk by
-   chunk (float32 partial products over CHUNK_ELEMENTS, summed in float64);
-2. the merge method turns the Gram matrix into weights w_m (pure, see combination.py);
-3. pass 2 computes θ_merged = (1 − Σw)·θ_init + Σ w_m·θ_m chunk by chunk in float32 (float64 for
-   float64 checkpoints), rounds it once to the input dtype, and hands it, and any LiTI interpolation of it,
-   to one ShardWriter per output.
+1. its tensors are read from every input once, into memory (kwarp.merger.reading.GroupReader), while
+   the previous group is computed: a prefetch thread reads, pread releases the GIL;
+2. the Gram matrix of the members' task vectors is accumulated tensor by tensor and chunk by chunk
+   (float32 partial products over CHUNK_ELEMENTS, summed in float64);
+3. the merge method turns the Gram matrix into weights w_m (pure, see combination.py);
+4. θ_merged = (1 − Σw)·θ_init + Σ w_m·θ_m is computed chunk by chunk in float32 (float64 for float64
+   checkpoints) from the same tensors, rounded once to the output dtype, and handed, with any LiTI
+   interpolation of it, to one PlannedShardWriter per output: shards laid out in advance, written on
+   a thread of their own while the next group is computed, sha256 taken as the bytes are written
+   (the manifest does not read the output again).
 
 Writing the merge as a weighted sum of the checkpoints (not θ_init + Σ w δ) keeps the endpoints
 exact: at λ = 0 or 1 a single term with weight 1 remains and the member is copied bit for bit.
 
-Tensors come from memory-mapped safetensors (zero-copy views, through kwarp.core.weights.TensorReader).
-A mapped view keeps every page it touched resident until it is dropped, so each tensor is walked in
-windows of WINDOW_BYTES and re-fetched per window, and the shard handles are closed after each: mapped
-pages never exceed one window per input, however large the tensor (a 128k-vocabulary embedding is
-1 GB in bf16). A ShardWriter holds a shard's tensors until it writes the file, so peak memory is about
+A group larger than hold_bytes over all inputs (a 128k-vocabulary embedding is 1 GB per input in
+bf16) is not held: its tensors are walked twice in memory-mapped windows of WINDOW_BYTES
+(kwarp.merger.reading.WindowReader), re-fetched per window so that mapped pages never exceed one
+window per input. Peak memory is therefore about
 
-    outputs · (max_shard_bytes + largest tensor) + (M + 1) · WINDOW_BYTES + threads · a few MiB of scratch
+    2 · hold_bytes (this group and the next) + writer queue (256 MiB) + outputs · largest tensor
+    + threads · a few MiB of scratch
 
-independent of the model's size. Windows are shared out between worker threads in whole chunks, each
-thread running single-threaded torch operations (torch releases the GIL inside them). Tensors that are not floating point (integer buffers, masks) are
+independent of the model's size. Chunks are shared out between worker threads whole, each thread
+running single-threaded torch operations (torch releases the GIL inside them); the result does not
+depend on the number of threads. Tensors that are not floating point (integer buffers, masks) are
 copied from θ_init and left out of the angles.
 """
 
@@ -31,7 +36,7 @@ import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -41,19 +46,23 @@ import torch
 from safetensors import safe_open
 
 from kwarp.core.checkpoints import CheckpointError
-from kwarp.core.weights import ShardWriter, TensorReader, copy_non_weight_files, shard_map
+from kwarp.core.weights import ShardWriter, copy_non_weight_files, shard_map
 from kwarp.merger.combination import Combination, MergeMethod, step_lambdas
 from kwarp.merger.groups import Granularity, group_names
 from kwarp.merger.liti import check_eta, liti_into
 from kwarp.merger.methods import get_method
+from kwarp.merger.reading import WINDOW_BYTES, GroupReader, WindowReader, readable
 from kwarp.merger.report import GroupReport, IOStats, MergeReport
+from kwarp.merger.writer import Planned, PlannedShardWriter
 
 # 256 Ki elements: the float32 scratch of one chunk (1 MiB per buffer) stays in cache, and the
 # per-chunk Python overhead is negligible next to the arithmetic (of 256 Ki, 1 Mi and 4 Mi elements,
 # the fastest on a 2-core VM).
 CHUNK_ELEMENTS = 1 << 18
-# Inputs are mapped in windows of this size (per input); see the module docstring.
-WINDOW_BYTES = 16 << 20
+# A group whose tensors over all M + 1 inputs fit in this many bytes is held in memory and read once;
+# a larger one (a 128k-vocabulary embedding) is streamed in windows and read twice. With the next group
+# prefetched while this one is computed, up to twice this is held.
+HOLD_BYTES = 768 << 20
 # Outputs are written in shards of this size; a pending shard is the largest term of peak memory
 # (the ShardWriter keeps a shard's tensors until it writes the file).
 DEFAULT_MAX_SHARD_BYTES = 256 << 20
@@ -297,50 +306,6 @@ def _liti_part(init: torch.Tensor, merged: torch.Tensor, litis: Litis, s: int, e
         liti_chunks(lit[s:e], init[s:e], merged[s:e], eta, scratch)
 
 
-class _Inputs:
-    """The input checkpoints, read one tensor at a time as memory-mapped views."""
-
-    def __init__(self, folders: Sequence[Path], window_bytes: int = WINDOW_BYTES):
-        self.readers = [TensorReader(Path(f)) for f in folders]
-        self.window_bytes = window_bytes
-        self.bytes_read = 0
-
-    @contextmanager
-    def whole(self, name: str, which: Sequence[int]) -> Iterator[list[torch.Tensor]]:
-        """Tensors `name` of the chosen inputs, whole (for copies); shard handles close on exit."""
-        try:
-            tensors = [self.readers[i].get(name) for i in which]
-            self.bytes_read += sum(t.numel() * t.element_size() for t in tensors)
-            yield tensors
-        finally:
-            self._close()
-
-    def windows(self, name: str, which: Sequence[int] | None = None) -> Iterator[tuple[int, int, list[torch.Tensor]]]:
-        """(start, end, flat views [start:end] of tensor `name` of the chosen inputs), window by window."""
-        idx = list(range(len(self.readers)) if which is None else which)
-        start = 0
-        while True:
-            try:
-                flats = [self.readers[i].get(name).reshape(-1) for i in idx]
-                numel = flats[0].numel()
-                end = min(numel, start + max(1, self.window_bytes // flats[0].element_size()))
-                views = [f[start:end] for f in flats]
-                del flats
-                self.bytes_read += sum(v.numel() * v.element_size() for v in views)
-                yield start, end, views
-                del views
-            finally:
-                # Dropping the views and the handles unmaps the window: its pages leave the process.
-                self._close()
-            start = end
-            if start >= numel:
-                return
-
-    def _close(self) -> None:
-        for r in self.readers:
-            r.close()
-
-
 _CONFIG_DTYPE_KEYS = ("dtype", "torch_dtype")  # transformers 5 writes `dtype`, earlier versions `torch_dtype`
 
 
@@ -374,6 +339,7 @@ def merge_checkpoints(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     chunk_elements: int = CHUNK_ELEMENTS,
     window_bytes: int = WINDOW_BYTES,
+    hold_bytes: int = HOLD_BYTES,
     threads: int = 1,
     progress: Progress | None = None,
 ) -> MergeReport:
@@ -399,39 +365,68 @@ def merge_checkpoints(
     float_bytes = sum(nbytes(n) for n in infos if infos[n].mergeable)
     total_work = (m + 1) * float_bytes + (sum(nbytes(n) for n in infos) if outputs else 0)
 
-    inputs = _Inputs([init, *members], window_bytes)
+    inputs = WindowReader([init, *members], window_bytes)
+    held = GroupReader([init, *members])
     workers = _Workers(threads, m, chunk_elements)
-    writers = [ShardWriter(o.folder, max_shard_bytes=max_shard_bytes) for o in outputs]
+    order = [n for names in groups.values() for n in names]
+    writers = [PlannedShardWriter(o.folder, _planned(order, infos, o), max_shard_bytes) for o in outputs]
+    # One thread reads the next held group while the workers compute this one (pread releases the GIL).
+    prefetch = ThreadPoolExecutor(1, thread_name_prefix="kwarp-merge-read")
+
+    def read(names: list[str]) -> list[dict[str, torch.Tensor]] | None:
+        if held.nbytes(names) > hold_bytes or not all(readable(infos[n].dtype) for n in names):
+            return None
+        return held.read(names)
+
     reports = []
     try:
-        for group, names in groups.items():
-            gram = torch.zeros(m, m, dtype=torch.float64)
+        pending = [prefetch.submit(read, names) for names in list(groups.values())[:1]]
+        group_list = list(groups.items())
+        for k, (group, names) in enumerate(group_list):
+            tensors = pending.pop(0).result()
+            if k + 1 < len(group_list):
+                pending.append(prefetch.submit(read, group_list[k + 1][1]))
             float_names = [n for n in names if infos[n].mergeable]
+            gram = torch.zeros(m, m, dtype=torch.float64)
             for name in float_names:
-                for _, _, views in inputs.windows(name):
-                    parts = workers.run(views[0].numel(), partial(_gram_part, views))
-                    gram += torch.cat(parts).to(torch.float64).sum(0)
+                if tensors is not None:
+                    views = [t[name].reshape(-1) for t in tensors]
+                    gram += _gram_of_views(views, workers)
+                else:
+                    for _, _, views in inputs.windows(name):
+                        gram += _gram_of_views(views, workers)
                 if progress:
                     progress((m + 1) * nbytes(name), total_work)
             gram = (gram + gram.t()) / 2  # the two triangles' float32 products may differ in the last bit
             _check_finite(gram, group, members)
             combination = merge_method.combine(gram.tolist(), lam)
             for name in names if outputs else ():
-                _write_tensor(name, infos[name], inputs, combination, outputs, writers, workers)
+                if tensors is not None:
+                    _write_held(name, infos[name], [t[name] for t in tensors], combination, outputs, writers, workers)
+                else:
+                    _write_tensor(name, infos[name], inputs, combination, outputs, writers, workers)
                 if progress:
                     progress(nbytes(name), total_work)
+            del tensors
             if float_names:  # a group of integer buffers only is copied and has no angle to report
                 params = sum(infos[n].numel for n in float_names)
                 reports.append(GroupReport.from_gram(group, len(float_names), params, gram.tolist(), combination))
+        for writer in writers:
+            writer.close()
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
     finally:
+        prefetch.shutdown(wait=True, cancel_futures=True)
+        held.close()
         workers.close()
 
-    for writer, out in zip(writers, outputs, strict=True):
-        writer.close()
+    for out in outputs:
         _copy_non_weight_files(init, out, infos)
     io = IOStats(
         input_bytes=sum(_weight_bytes(f) for f in (init, *members)),
-        bytes_read=inputs.bytes_read,
+        bytes_read=inputs.bytes_read + held.bytes_read,
         bytes_written=sum(_weight_bytes(o.folder) for o in outputs),
         seconds=time.perf_counter() - started,
     )
@@ -447,13 +442,55 @@ def merge_checkpoints(
     )
 
 
+def _planned(order: Sequence[str], infos: dict[str, TensorInfo], out: Output) -> list[Planned]:
+    """The tensors of one output in the order the engine computes them: a merge is in the merged dtype."""
+    return [
+        Planned(n, infos[n].merged or infos[n].dtype if infos[n].mergeable and out.eta > 0.0 else infos[n].dtype,
+                infos[n].shape)
+        for n in order
+    ]
+
+
+def _gram_of_views(views: Sequence[torch.Tensor], workers: _Workers) -> torch.Tensor:
+    parts = workers.run(views[0].numel(), partial(_gram_part, views))
+    return torch.cat(parts).to(torch.float64).sum(0)
+
+
+def _write_held(
+    name: str,
+    info: TensorInfo,
+    tensors: Sequence[torch.Tensor],
+    combination: Combination,
+    outputs: Sequence[Output],
+    writers: Sequence[PlannedShardWriter],
+    workers: _Workers,
+) -> None:
+    """Tensor `name` of every output, from the inputs' tensors held in memory (θ_init first)."""
+    init = tensors[0]
+    merged: torch.Tensor | None = None
+    if info.mergeable and any(o.eta > 0.0 for o in outputs):
+        weights = (combination.init_weight, *combination.weights)
+        terms = [t.reshape(-1) if w != 0.0 or i == 0 else None for i, (w, t) in enumerate(zip(weights, tensors, strict=True))]
+        merged = torch.empty(info.shape, dtype=info.merged_dtype)
+        litis = {k: torch.empty_like(merged) for k, o in enumerate(outputs) if 0.0 < o.eta < 1.0}
+        workers.run(merged.numel(), partial(_merge_part, merged.view(-1), terms, combination,
+                                            [(t.view(-1), outputs[k].eta) for k, t in litis.items()]))
+    for k, (out, writer) in enumerate(zip(outputs, writers, strict=True)):
+        if merged is None or out.eta == 0.0:
+            writer.write(name, init)  # θ_init's own tensor: η = 0 outputs and non-float tensors are copies
+        elif out.eta == 1.0:
+            writer.write(name, merged)
+        else:
+            writer.write(name, litis[k])
+
+
 def _write_tensor(
     name: str,
     info: TensorInfo,
-    inputs: _Inputs,
+    inputs: WindowReader,
     combination: Combination,
     outputs: Sequence[Output],
-    writers: Sequence[ShardWriter],
+    writers: Sequence[PlannedShardWriter],
     workers: _Workers,
 ) -> None:
     if info.mergeable and any(o.eta > 0.0 for o in outputs):
@@ -467,17 +504,16 @@ def _write_tensor(
             terms = [by_index.get(i) for i in range(len(weights))]
             litis = [(t.view(-1)[start:end], outputs[k].eta) for k, t in interpolated.items()]
             workers.run(end - start, partial(_merge_part, merged.view(-1)[start:end], terms, combination, litis))
-        for k, (out, writer) in enumerate(zip(outputs, writers, strict=True)):
-            if out.eta == 1.0:
-                writer.add(name, merged)
-            elif k in interpolated:
-                writer.add(name, interpolated[k])
     # θ_init's own tensor, unchanged: η = 0 outputs and non-float tensors are copies, not computations.
-    copies = [w for o, w in zip(outputs, writers, strict=True) if o.eta == 0.0 or not info.mergeable]
-    if copies:
-        with inputs.whole(name, [0]) as (init,):
-            for writer in copies:
-                writer.add(name, init)
+    copies = [o.eta == 0.0 or not info.mergeable for o in outputs]
+    with inputs.whole(name, [0]) if any(copies) else nullcontext([None]) as (init,):
+        for k, (out, writer) in enumerate(zip(outputs, writers, strict=True)):  # in output order, each once
+            if copies[k]:
+                writer.write(name, init)
+            elif out.eta == 1.0:
+                writer.write(name, merged)
+            else:
+                writer.write(name, interpolated[k])
 
 
 _ELEMENT_SIZES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}
@@ -511,7 +547,7 @@ def interpolate_checkpoints(
         check_eta(out.eta)
     init, merged = Path(init), Path(merged)
     infos = check_compatible(init, [merged])
-    inputs = _Inputs([init, merged])
+    inputs = WindowReader([init, merged])
     workers = _Workers(threads, 1, CHUNK_ELEMENTS)
     writers = [ShardWriter(o.folder, max_shard_bytes=max_shard_bytes) for o in outputs]
     try:

@@ -20,7 +20,15 @@ import yaml
 from safetensors.torch import save_file
 
 from kwarp.cli import main as kwarp
-from kwarp.core.checkpoints import MANIFEST, CheckpointError, read_manifest, verify, write_manifest
+from kwarp.core import checkpoints
+from kwarp.core.checkpoints import (
+    MANIFEST,
+    CheckpointError,
+    build_manifest,
+    read_manifest,
+    verify,
+    write_manifest,
+)
 from kwarp.core.spec import parse
 from kwarp.merger.cli import merge_folders, parse_size, run_task
 from kwarp.merger.groups import block_prefix, group_names
@@ -365,24 +373,64 @@ def test_small_shards_are_written_with_an_index(llama: Path, llama_members: list
     _assert_loads(sharded, tmp_path)
 
 
+@pytest.mark.parametrize("hold_bytes", [0, 1 << 30], ids=["streamed", "held"])
 def test_small_windows_and_chunks_give_the_same_merge(
-    llama: Path, llama_members: list[Path], tmp_path: Path
+    llama: Path, llama_members: list[Path], tmp_path: Path, hold_bytes: int
 ) -> None:
-    """Tensors walked in many mapped windows and float chunks (edges inside rows) merge as a whole."""
+    """Groups streamed in many mapped windows, or held, and float chunks (edges inside rows) merge as a whole."""
     members = llama_members[:2]
     whole, report = merge(tmp_path, llama, members)
-    pieces, report_pieces = merge(tmp_path, llama, members, window_bytes=1000, chunk_elements=37)
+    kw = {"window_bytes": 1000, "chunk_elements": 37, "hold_bytes": hold_bytes}
+    pieces, report_pieces = merge(tmp_path, llama, members, **kw)
     for name, t in load_state(pieces).items():
         torch.testing.assert_close(t, load_state(whole)[name], rtol=1e-6, atol=1e-7)
     for a, b in zip(report.groups, report_pieces.groups, strict=True):
         assert a.angle_deg == pytest.approx(b.angle_deg, abs=1e-6)
-    assert report_pieces.io.bytes_read == report.io.bytes_read
     # Worker threads share windows out in whole chunks: the result is the same bit for bit.
-    threaded, _ = merge(tmp_path, llama, members, window_bytes=1000, chunk_elements=37, threads=3)
+    threaded, _ = merge(tmp_path, llama, members, threads=3, **kw)
     assert_same_bits(load_state(threaded), load_state(pieces))
     # η endpoints stay copies whatever the windows.
-    at0, _ = merge(tmp_path, llama, members, eta=0.0, window_bytes=1000, chunk_elements=37)
+    at0, _ = merge(tmp_path, llama, members, eta=0.0, **kw)
     assert_same_bits(load_state(at0), load_state(llama))
+
+
+def _bytes_read_by_this_process() -> int:
+    """rchar of /proc/self/io: bytes this process asked read()/pread() for (page cache included)."""
+    return next(int(line.split()[1]) for line in Path("/proc/self/io").read_text().splitlines()
+                if line.startswith("rchar:"))
+
+
+def test_each_input_is_read_once_and_the_output_hashed_while_written(
+    llama: Path, llama_members: list[Path], tmp_path: Path
+) -> None:
+    members = llama_members[:2]
+    tensor_bytes = sum(t.numel() * t.element_size() for f in (llama, *members) for t in load_state(f).values())
+    out = tmp_path / "slerp"
+    out.mkdir()
+    report = merge_checkpoints(llama, members, [Output(out, 1.0)])
+    # Every tensor of θ_init and the members was read exactly once (the Gram matrix and the sum share it).
+    assert report.io.bytes_read == tensor_bytes
+    # The shards' sha256 were taken while they were written: the manifest reads no shard again (the
+    # kernel's count of bytes this process read grows by less than one shard: config and index only).
+    shard_bytes = min(p.stat().st_size for p in out.glob("*.safetensors"))
+    before = _bytes_read_by_this_process()
+    manifest = write_manifest(out)
+    assert _bytes_read_by_this_process() - before < shard_bytes
+    assert manifest == build_manifest(out)  # and the recorded digests are the files' own
+    assert not (out / checkpoints.DIGESTS).exists()
+    verify(out)
+
+
+def test_a_shard_changed_after_writing_is_hashed_again(llama: Path, llama_members: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "slerp"
+    out.mkdir()
+    merge_checkpoints(llama, llama_members[:2], [Output(out, 1.0)])
+    shard = next(out.glob("*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF
+    shard.write_bytes(bytes(data))  # same size: only the file's identity tells the recorded digest is stale
+    manifest = write_manifest(out)
+    assert next(e for e in manifest.files if e.name == shard.name).sha256 == checkpoints.sha256_file(shard)
 
 
 # ------------------------------------------------------------------ the folder CLI

@@ -32,6 +32,9 @@ MANIFEST_VERSION = 1
 # Files a pickle could hide in. Their presence makes a folder unloadable by kwarp.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _CHUNK = 8 << 20
+# sha256 of files a writer hashed while writing them (record_digests), for the manifest; consumed and
+# removed by build_manifest, so never part of a checkpoint.
+DIGESTS = ".kwarp-digests.json"
 
 
 class CheckpointError(RuntimeError):
@@ -127,16 +130,47 @@ def _walk(folder: Path) -> list[str]:
     for root, _dirs, files in os.walk(folder):
         for f in files:
             rel = os.path.relpath(os.path.join(root, f), folder)
-            if rel != MANIFEST:
+            if rel not in (MANIFEST, DIGESTS):
                 names.append(rel.replace(os.sep, "/"))
     return sorted(names)
 
 
-def build_manifest(folder: Path, meta: dict[str, Any] | None = None) -> Manifest:
+def record_digests(folder: Path, digests: dict[str, str]) -> None:
+    """Remember the sha256 of files just written into `folder` (hashed from the bytes as they were written),
+    so that the manifest does not read them again. Each is tied to the file's size, inode and
+    modification time now: a file changed since is hashed again by build_manifest."""
     folder = Path(folder)
-    entries = tuple(
-        FileEntry(name, (folder / name).stat().st_size, sha256_file(folder / name)) for name in _walk(folder)
-    )
+    path = folder / DIGESTS
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    for name, sha in digests.items():
+        st = (folder / name).stat()
+        known[name] = {"sha256": sha, "size": st.st_size, "inode": st.st_ino, "mtime_ns": st.st_mtime_ns}
+    tmp = folder / f"{DIGESTS}.{uuid.uuid4().hex}.tmp"
+    tmp.write_text(json.dumps(known))
+    os.replace(tmp, path)
+
+
+def _recorded_digests(folder: Path) -> dict[str, dict[str, Any]]:
+    try:
+        known = json.loads((folder / DIGESTS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _entry(folder: Path, name: str, known: dict[str, dict[str, Any]]) -> FileEntry:
+    st = (folder / name).stat()
+    rec = known.get(name)
+    if rec and (rec.get("size"), rec.get("inode"), rec.get("mtime_ns")) == (st.st_size, st.st_ino, st.st_mtime_ns):
+        return FileEntry(name, st.st_size, str(rec["sha256"]))
+    return FileEntry(name, st.st_size, sha256_file(folder / name))
+
+
+def build_manifest(folder: Path, meta: dict[str, Any] | None = None) -> Manifest:
+    """The manifest of a folder: every file's size and sha256 (taken from record_digests where it still holds)."""
+    folder = Path(folder)
+    known = _recorded_digests(folder)
+    entries = tuple(_entry(folder, name, known) for name in _walk(folder))
     return Manifest(files=entries, meta=dict(meta or {}))
 
 
@@ -163,6 +197,7 @@ def write_manifest(folder: Path, meta: dict[str, Any] | None = None) -> Manifest
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, folder / MANIFEST)
+    (folder / DIGESTS).unlink(missing_ok=True)  # the manifest holds them now
     _fsync_dir(folder)
     return manifest
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from minio import Minio
 from minio.error import S3Error
 
-from kwarp.core.checkpoints import MANIFEST, CheckpointError, FileEntry, Manifest
+from kwarp.core.checkpoints import DIGESTS, MANIFEST, CheckpointError, FileEntry, Manifest
 from kwarp.store.base import Store, StoreError, WriteConflict
 from kwarp.store.s3_config import Cancelled, S3Config, clean_key, upload_streams
 from kwarp.store.versions import (
@@ -91,7 +91,7 @@ def local_files(folder: Path) -> list[str]:
     for root, _dirs, files in os.walk(folder):
         for f in files:
             rel = os.path.relpath(os.path.join(root, f), folder).replace(os.sep, "/")
-            if rel != MANIFEST:
+            if rel not in (MANIFEST, DIGESTS):
                 names.append(rel)
     return sorted(names)
 
