@@ -6,10 +6,12 @@ Builds a synthetic bf16 checkpoint of about --size-gb (Llama-like names: `model.
 embedding and a head) in --shards shards, plus members (θ_init + a small random task vector). Then,
 for each M, it runs in child processes:
 
-- copy:  every input checkpoint (θ_init and the M members) loaded shard by shard with
-         safetensors and saved again: the I/O floor of anything that reads and writes them;
-- merge: `kwarp merge` in folder mode (SLERP, layer granularity, manifest included);
-- idle:  the interpreter with torch and kwarp imported (the memory every child starts with).
+- copy:     every input checkpoint (θ_init and the M members) loaded shard by shard with safetensors,
+            and one of them saved again: the I/O floor of a merge (read M + 1, write 1);
+- merge:    `kwarp merge` in folder mode (SLERP, layer granularity, manifest included);
+- mergekit: for M = 2, when mergekit is installed (`mergekit-yaml` on PATH or --mergekit-yaml), its
+            `nuslerp` (SLERP of the two task vectors) on the same files, timed as a whole command;
+- idle:     the interpreter with torch and kwarp imported (the memory every child starts with).
 
 Each child's wall time and peak RSS (os.wait4's ru_maxrss: that child only) are measured from the
 parent. Figures: effective throughput (input + output bytes per second), the merge/copy time ratio,
@@ -80,8 +82,12 @@ def build(root: Path, size_gb: float, shards: int, members: int, layers: int) ->
         writers[0].add(name, init.to(torch.bfloat16))
         for w in writers[1:]:
             w.add(name, (init + 1e-3 * torch.randn(shape, generator=gen)).to(torch.bfloat16))
-    config = {"model_type": "llama", "hidden_size": spec["model.norm.weight"][0], "num_hidden_layers": layers,
-              "vocab_size": VOCAB, "torch_dtype": "bfloat16"}
+    hidden = spec["model.norm.weight"][0]
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+              "intermediate_size": spec["model.layers.0.mlp.up_proj.weight"][0], "num_hidden_layers": layers,
+              "num_attention_heads": hidden // 64, "num_key_value_heads": hidden // 64, "rms_norm_eps": 1e-5,
+              "max_position_embeddings": 2048, "tie_word_embeddings": False, "vocab_size": VOCAB,
+              "torch_dtype": "bfloat16"}
     for f, w in zip(folders, writers, strict=True):
         w.close()
         (f / "config.json").write_text(json.dumps(config))
@@ -123,26 +129,17 @@ def _child(kind: str, params: dict[str, Any]) -> dict[str, Any]:
 
         imported = time.perf_counter()
         written = 0
-        for k, src in enumerate(params["inputs"]):
-            dst = Path(params["out"]) / f"copy-{k}"
-            dst.mkdir(parents=True)
+        dst = Path(params["out"])
+        dst.mkdir(parents=True)
+        for k, src in enumerate(params["inputs"]):  # read every input, write one checkpoint: a merge's I/O
             for shard in sorted(Path(src).glob("*.safetensors")):
-                save_file(load_file(shard), dst / shard.name)
-                written += (dst / shard.name).stat().st_size
+                tensors = load_file(shard)
+                if k == 0:
+                    save_file(tensors, dst / shard.name)
+                    written += (dst / shard.name).stat().st_size
+                del tensors
         return {"seconds": time.perf_counter() - imported, "import_seconds": imported - started,
                 "bytes_written": written}
-    if kind == "merge":
-        from kwarp.merger.cli import configure_threads, merge_folders
-
-        threads = configure_threads(params["threads"])
-        imported = time.perf_counter()
-        report = merge_folders(Path(params["init"]), [Path(m) for m in params["members"]], Path(params["out"]),
-                               granularity=params["granularity"], threads=threads)
-        doc = report.to_json()
-        return {"seconds": time.perf_counter() - imported, "import_seconds": imported - started,
-                "threads": threads, "engine_seconds": doc["seconds"],
-                "bytes_written": doc["bytes_written"], "input_bytes": doc["input_bytes"],
-                "bytes_read": doc["bytes_read"], "angle_deg": doc["summary"]["angle_deg"]}
     raise ValueError(kind)
 
 
@@ -153,10 +150,17 @@ class Measured:
     inner: dict[str, Any]
 
 
-def measure(kind: str, params: dict[str, Any]) -> Measured:
+def measure(kind: str, params: dict[str, Any], argv: list[str] | None = None) -> Measured:
+    """Run a child (this script in --child mode, or `argv`) and take its wall time and peak RSS."""
     os.sync()  # earlier writes must not be flushed on this measurement's time
     with tempfile.TemporaryFile("w+") as result:
         started = time.perf_counter()
+        if argv is not None:
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _, status, usage = os.wait4(proc.pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise SystemExit(f"{argv[0]} failed with exit code {os.waitstatus_to_exitcode(status)}")
+            return Measured(time.perf_counter() - started, usage.ru_maxrss * 1024, {})
         proc = subprocess.Popen([sys.executable, __file__, "--child", kind, json.dumps(params)], stdout=result)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
@@ -184,6 +188,8 @@ def main() -> int:
     parser.add_argument("--granularity", default="layer", choices=["layer", "tensor", "model"])
     parser.add_argument("--threads", type=int, default=None,
                         help="worker threads of the merge (kwarp merge --threads; default as there)")
+    parser.add_argument("--mergekit-yaml", default=None,
+                        help="mergekit's CLI (e.g. from its own venv); default: mergekit-yaml on PATH, if any")
     parser.add_argument("--repeat", type=int, default=1, help="measure each case N times, keep the fastest")
     parser.add_argument("--out", type=Path, help="working folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints and outputs")
@@ -215,6 +221,8 @@ def run(root: Path, args: argparse.Namespace) -> int:
           f"shards, bf16) in {time.perf_counter() - started:.0f} s under {root}; merge threads "
           f"{args.threads or 'default'}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}")
+    mergekit_yaml = args.mergekit_yaml or shutil.which("mergekit-yaml") or next(
+        (str(p) for p in [Path(sys.executable).parent / "mergekit-yaml"] if p.exists()), None)
     idle = measure("idle", {})
     print(f"idle child (python + torch + kwarp.merger): peak RSS {idle.peak_rss / 2**20:.0f} MiB\n")
     rows = []
@@ -231,6 +239,18 @@ def run(root: Path, args: argparse.Namespace) -> int:
                 shutil.rmtree(out, ignore_errors=True)
                 if kind not in best or result.wall < best[kind].wall:
                     best[kind] = result
+        mergekit = None
+        if mergekit_yaml and m == 2:  # nuslerp merges exactly two task vectors
+            out = root / f"out-mergekit-{m}"
+            config = root / f"mergekit-{m}.yaml"
+            config.write_text(json.dumps({
+                "merge_method": "nuslerp", "base_model": inputs[0], "dtype": "bfloat16",
+                "models": [{"model": p, "parameters": {"weight": 1.0}} for p in inputs[1:]],
+            }))
+            for _ in range(args.repeat):
+                result = measure("mergekit", {}, [mergekit_yaml, str(config), str(out)])
+                shutil.rmtree(out, ignore_errors=True)
+                mergekit = result if mergekit is None or result.wall < mergekit.wall else mergekit
         copy, merge = best["copy"], best["merge"]
         in_bytes = (m + 1) * size
         rows.append({
@@ -252,6 +272,9 @@ def run(root: Path, args: argparse.Namespace) -> int:
             "merge_vm_hwm_MiB": merge.inner["vm_hwm"] / 2**20,
             "copy_rss_extra_MiB": (copy.peak_rss - idle.peak_rss) / 2**20,
             "angle_mean_deg": (merge.inner["angle_deg"] or {}).get("mean"),
+            "mergekit_s": mergekit.wall if mergekit else None,
+            "mergekit_rss_MiB": mergekit.peak_rss / 2**20 if mergekit else None,
+            "vs_mergekit": merge.wall / mergekit.wall if mergekit else None,
         })
     header = (f"{'M':>2} {'inputs GB':>9} {'copy s':>7} {'copy GB/s':>9} {'merge s':>7} {'engine s':>8} "
               f"{'merge GB/s':>10} {'merge/copy':>10} {'RSS copy':>9} {'RSS merge':>9} {'merge extra':>11}")
@@ -265,6 +288,13 @@ def run(root: Path, args: argparse.Namespace) -> int:
           "child's peak, 'extra' over an idle child with torch and kwarp imported "
           f"({idle.peak_rss / 2**20:.0f} MiB). Wall-clock ratios including interpreter start: "
           + ", ".join(f"M={r['M']} {r['time_ratio']:.2f}x" for r in rows))
+    for r in rows:
+        if r["mergekit_s"] is not None:
+            print(f"M={r['M']}: mergekit nuslerp {r['mergekit_s']:.2f} s wall, peak RSS {r['mergekit_rss_MiB']:.0f} MiB; "
+                  f"kwarp merge {r['merge_s']:.2f} s wall, {r['merge_rss_MiB']:.0f} MiB: {r['vs_mergekit']:.2f}x mergekit")
+    if not mergekit_yaml:
+        print("mergekit: not installed (no mergekit-yaml on PATH or beside this Python; pass --mergekit-yaml), "
+              "not measured")
     print(json.dumps({"size_bytes": size, "idle_rss_MiB": idle.peak_rss / 2**20, "rows": rows}))
     return 0
 
