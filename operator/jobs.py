@@ -63,8 +63,8 @@ def role(task: Task) -> str:
     return {"train": "trainer", "eval": "evaluation"}.get(task.kind, "merger")
 
 
-# Pod settings the operator's per-role defaults may fill. Not `gpus`: the CRD's schema defaults give every
-# run an explicit GPU count per role (trainer and evaluation 1, merger 0), so a run never leaves it out.
+# Pod settings the operator's per-role defaults may fill, where the run leaves them empty (`gpus` is
+# handled apart in with_defaults: it has no schema default, and the spec fills in the role's own).
 DEFAULTABLE = ("image", "cpu", "memory", "node_selector", "tolerations", "priority_class_name", "service_account_name",
                "termination_grace_period_seconds")  # fmt: skip
 # A trainer's SIGTERM handler saves its state at the end of the current step (trainer/signals.py): the
@@ -75,11 +75,15 @@ ROLE_GRACE_SECONDS = {"trainer": 120}
 def with_defaults(res: PodResources, default: PodResources | None) -> PodResources:
     """A WarpRun's pod settings over the operator's defaults: a field the run leaves empty (null, {} or [])
     takes the default. Emptiness, not presence, decides: the API server materialises the schema's
-    defaults, so every field of a stored WarpRun is present."""
+    defaults, so every field of a stored WarpRun is present. `gpus` has no schema default: a count the
+    run did not state (the spec filled in the role's own default) gives way to the operator's, so a
+    CPU-only cluster's `workers.defaults.trainer.gpus: 0` holds for runs that say nothing."""
     if default is None:
         return res
     fill = {name: getattr(default, name) for name in DEFAULTABLE
             if getattr(res, name) in (None, {}, []) and getattr(default, name) not in (None, {}, [])}  # fmt: skip
+    if "gpus" not in res.model_fields_set and default.gpus is not None and "gpus" in default.model_fields_set:
+        fill["gpus"] = default.gpus
     return res.model_copy(update=fill) if fill else res
 
 

@@ -37,6 +37,7 @@ from kwarp.core.spec import (
     parse,
 )
 from kwarp.core.status import WarpRunStatus
+from kwarp.observability import telemetry
 from kwarp.observability.metrics import OperatorMetrics
 from kwarp.store import Store, StoreError, layout, open_store
 
@@ -67,6 +68,8 @@ from .status import (
 from .store_bounds import Breakers, bounded
 
 log = logging.getLogger(__name__)
+# Seconds per Pushgateway request when a deleted run's groups are removed (bounded: it runs in a handler).
+PUSHGATEWAY_TIMEOUT = 3.0
 
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
 """(WarpRun body, type Normal|Warning, reason, message) -> post a Kubernetes Event about the run."""
@@ -342,11 +345,26 @@ class Reconciler:
         self.forget(namespace, name, body.get("metadata", {}).get("uid"))
 
     def forget(self, namespace: str, name: str, uid: str | None) -> None:
-        """Drop what is kept about a deleted run."""
+        """Drop what is kept about a deleted run: results, the operator's own series, and the run's
+        groups on the Pushgateway (which keeps every pushed group until it is deleted)."""
         if uid:
             self.results.forget(uid)
         if self.metrics is not None:
             self.metrics.forget_run(namespace, name)
+        self._delete_pushed_groups(namespace, name)
+
+    def _delete_pushed_groups(self, namespace: str, name: str) -> None:
+        gateway = self.worker.env.get("KWARP_PUSHGATEWAY")
+        if not gateway:
+            return
+        try:
+            deleted = telemetry.delete_run_groups(gateway, name, namespace=namespace, timeout=PUSHGATEWAY_TIMEOUT)
+        except (OSError, ValueError) as err:
+            # Metrics are not the user's data: a gateway that is down must not hold the WarpRun's
+            # finalizer. The series stay until the gateway's groups are deleted by hand (docs/observability.md).
+            log.warning("run %s/%s: could not delete its Pushgateway groups at %s: %s", namespace, name, gateway, err)
+            return
+        log.info("run %s/%s: deleted %d Pushgateway group(s)", namespace, name, deleted)
 
     # -- one pass
     def _reconcile(self, namespace: str, name: str) -> Outcome | None:

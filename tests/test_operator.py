@@ -439,6 +439,41 @@ def test_delete_with_cleanup_delete_removes_jobs_pods_and_checkpoints(
     assert any(r == "CheckpointsDeleted" for _, r, _ in api.events())
 
 
+def test_delete_removes_the_runs_pushgateway_groups(
+    cluster: Cluster, api: Api, runner: StatusJobRunner, store: Path, tmp_path: Path
+) -> None:
+    """The Pushgateway keeps every group until it is deleted: a deleted run's series would stay on the
+    dashboard for ever. Against the real Pushgateway; only this run's groups (not a same-named run of
+    another namespace, not another run) go."""
+    from prometheus_client import CollectorRegistry
+
+    from kwarp.observability import telemetry
+    from kwarp.observability.metrics import TrainerMetrics, member_labels
+
+    from .prom import Pushgateway
+
+    gw = Pushgateway.start(tmp_path)
+    try:
+        registry = CollectorRegistry()
+        metrics = TrainerMetrics.create(registry)
+        for ns, run, m in ((NS, "demo", 0), (NS, "demo", 1), (NS, "other", 0), ("elsewhere", "demo", 0)):
+            metrics.step.labels(**member_labels(ns, run, 0, m)).set(1)
+            telemetry.Pusher(gw.address, registry, telemetry.grouping_key("trainer", ns, run, 0, m)).push()
+        assert len(gw.groups()) == 4
+        worker = WorkerSettings(image=IMAGE, env={"KWARP_PUSHGATEWAY": gw.address})
+        with RunningOperator(cluster, options(worker=worker)):
+            api.create(warprun(store))
+            finish(api, runner, "demo-prepare")
+            jobs_named(api, "demo-i0-m0", "demo-i0-m1")
+            api.delete()
+            wait_for(lambda: api.get() is None, 20, message="the WarpRun gone")
+            left = wait_value(lambda: sorted((g["labels"]["namespace"], g["labels"]["run"]) for g in gw.groups()),
+                              lambda groups: len(groups) == 2, 10, message="the run's groups deleted")
+        assert left == [(NS, "other"), ("elsewhere", "demo")]
+    finally:
+        gw.stop()
+
+
 def test_delete_with_retain_keeps_checkpoints_and_collects_jobs(
     api: Api, runner: StatusJobRunner, operator: RunningOperator, store: Path
 ) -> None:

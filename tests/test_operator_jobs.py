@@ -284,14 +284,29 @@ def test_operator_defaults_fill_only_what_the_run_leaves_empty() -> None:
             "valueFrom": {"secretKeyRef": {"name": "cluster-s3", "key": "AWS_ACCESS_KEY_ID"}}} in merger["env"]
 
 
-def test_with_defaults_keeps_what_the_run_set_and_never_the_gpu_count() -> None:
+def test_with_defaults_keeps_what_the_run_set() -> None:
     run_res = PodResources.model_validate({"gpus": 0, "cpu": "1", "tolerations": []})
     default = PodResources.model_validate({"gpus": 2, "cpu": "8", "memory": "4Gi",
                                            "tolerations": [{"key": "k", "operator": "Exists"}]})  # fmt: skip
     merged = with_defaults(run_res, default)
-    assert (merged.gpus, merged.cpu, merged.memory) == (0, "1", "4Gi")
+    assert (merged.gpus, merged.cpu, merged.memory) == (0, "1", "4Gi")  # the run's explicit 0 GPUs stays
     assert [t.key for t in merged.tolerations] == ["k"]
     assert with_defaults(run_res, None) is run_res
+
+
+def test_operator_gpu_default_applies_where_the_run_states_no_count() -> None:
+    """workers.defaults.<role>.gpus (Helm) was accepted and silently ignored: a CPU-only cluster's
+    `trainer.gpus: 0` still asked every trainer pod for a GPU."""
+    worker = WorkerSettings(image=IMAGE, defaults={"trainer": PodResources.model_validate({"gpus": 0}),
+                                                   "evaluation": PodResources.model_validate({"gpus": 0})})  # fmt: skip
+    silent = run(**{"spec.resources": {"trainer": {"cpu": "8"}}})
+    assert silent.spec.resources.trainer.gpus == 1  # the role's default, unless the operator says otherwise
+    trainer = job_manifest(silent, UID, Task.train(0, 0), 0, worker)["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in trainer["containers"][0]["resources"].get("limits", {})
+    assert trainer["containers"][0]["resources"]["limits"]["cpu"] == "8"
+    stated = run(**{"spec.resources": {"trainer": {"gpus": 2}}})
+    limits = job_manifest(stated, UID, Task.train(0, 0), 0, worker)["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "2"  # a count the run states wins over the operator's default
 
 
 def test_spec_env_is_the_run_document_without_api_metadata() -> None:

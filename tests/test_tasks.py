@@ -324,3 +324,25 @@ def test_longer_reviews_with_extra_clauses() -> None:
     n_short = sum(short.review(random.Random(i), 0.0, 1.0).text.count(",") for i in range(300))
     n_long = sum(long.review(random.Random(i), 0.0, 1.0).text.count(",") for i in range(300))
     assert n_long > n_short * 1.2
+
+
+def test_build_progress_prints_timed_lines_when_not_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    """`kwarp task build` into a log (make demo | tee, CI) printed nothing for minutes."""
+    import io
+
+    from rich.console import Console
+
+    from kwarp.tasks.progress import BuildProgress
+
+    with BuildProgress(True, console=Console(file=io.StringIO(), force_terminal=False)) as bar:
+        assert bar.lines
+        with bar.stage("sft", total=100) as on_step:
+            for step in range(100):
+                on_step(step, 1.0 / (step + 1))
+        with bar.stage("save"):
+            pass
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith("Training the SFT policy (100 steps)")
+    assert sum(" sft " in line and "/100 loss " in line for line in lines) == 9  # every tenth, not the last
+    assert any("sft done in" in line for line in lines) and any("save done in" in line for line in lines)
+    assert all(line.startswith("[task build") for line in lines)

@@ -358,7 +358,11 @@ class ResourcesSpec(_Model):
         for role, gpus in ROLE_GPUS.items():
             res: PodResources = getattr(self, role)
             if res.gpus is None:
-                object.__setattr__(self, role, res.model_copy(update={"gpus": gpus}))
+                filled = res.model_copy(update={"gpus": gpus})
+                # "gpus" stays out of the fields the run set: the operator's per-role defaults (Helm
+                # workers.defaults) may still replace a count the run did not state (operator/jobs.py).
+                filled.__pydantic_fields_set__.discard("gpus")
+                object.__setattr__(self, role, filled)
         return self
 
 

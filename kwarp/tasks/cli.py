@@ -43,7 +43,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def _build(args: argparse.Namespace) -> int:
     from kwarp.tasks.builder import build, read_figures
 
-    folder = build(seed=args.seed, force=args.force, out=args.out, progress=sys.stderr.isatty(), size=args.size)
+    folder = build(seed=args.seed, force=args.force, out=args.out, progress=True, size=args.size)
     figures = read_figures(folder)
     rm, samples = figures["reward_model"], figures["sft_samples"]
     print(

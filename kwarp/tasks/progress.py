@@ -1,8 +1,11 @@
-"""Rich progress for the task build: one line per stage, with the loss while a model trains."""
+"""Progress of the task build: a live bar per stage on a terminal; plain, timed lines otherwise (a log,
+`make demo | tee`, a CI job), so a build of several minutes is never silent."""
 
 from __future__ import annotations
 
 import contextlib
+import sys
+import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
 
@@ -37,6 +40,10 @@ class BuildProgress:
 
     def __init__(self, show: bool, console: Console | None = None):
         self.show = show
+        self._console = console or Console(stderr=True)
+        # Not a terminal: rich would draw nothing until the end; print a line per stage and per tenth.
+        self.lines = show and not self._console.is_terminal
+        self._started = time.monotonic()
         self._progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -44,8 +51,8 @@ class BuildProgress:
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TextColumn("{task.fields[info]}"),
-            console=console or Console(stderr=True),
-            disable=not show,
+            console=self._console,
+            disable=not show or self.lines,
         )
 
     def __enter__(self) -> BuildProgress:
@@ -57,8 +64,15 @@ class BuildProgress:
     ) -> None:
         self._progress.stop()
 
+    def _line(self, text: str) -> None:
+        print(f"[task build {time.monotonic() - self._started:6.1f}s] {text}", file=sys.stderr, flush=True)
+
     @contextlib.contextmanager
     def stage(self, name: str, total: int | None = None) -> Iterator[OnStep]:
+        if self.lines:
+            with self._stage_lines(name, total) as on_step:
+                yield on_step
+            return
         task = self._progress.add_task(STAGES[name], total=total or 1, info="")
         every = max(1, (total or 1) // 50)
 
@@ -68,3 +82,16 @@ class BuildProgress:
 
         yield on_step if self.show else _ignore
         self._progress.update(task, completed=total or 1)
+
+    @contextlib.contextmanager
+    def _stage_lines(self, name: str, total: int | None) -> Iterator[OnStep]:
+        start = time.monotonic()
+        self._line(f"{STAGES[name]}" + (f" ({total} steps)" if total and total > 1 else ""))
+        every = max(1, (total or 1) // 10)
+
+        def on_step(step: int, loss: float) -> None:
+            if (step + 1) % every == 0 and step + 1 != total:
+                self._line(f"  {name} {step + 1}/{total} loss {loss:.3f}")
+
+        yield on_step
+        self._line(f"  {name} done in {time.monotonic() - start:.1f}s")
