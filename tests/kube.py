@@ -200,6 +200,10 @@ class ApiServer(kmock.KubernetesEmulator):
     _journal_floor: dict[Resource, int] = attrs.field(factory=dict, init=False)
     _schemas: dict[Resource, Obj] = attrs.field(factory=dict, init=False)
     _columns: dict[Resource, list[Obj]] = attrs.field(factory=dict, init=False)
+    # (bearer token, apiGroup, resource[/subresource], RBAC verb, namespace) of every request to the object API,
+    # and the implicit `update <owner>/finalizers` a blockOwnerDeletion owner reference asks for (the
+    # OwnerReferencesPermissionEnforcement admission check): what an authorizer would be asked.
+    audit: set[tuple[str, str, str, str, str]] = attrs.field(factory=set, init=False)  # ..., namespace
 
     # ------------------------------------------------------------------ declarations
 
@@ -376,6 +380,7 @@ class ApiServer(kmock.KubernetesEmulator):
         # fine for a few dozen requests, quadratic for an operator's thousands. Keep a short tail, and
         # serve the object API here directly; only discovery (/api, /apis, ...) goes through the DSL.
         del self._requests[: -self.requests_kept]
+        self._audit(request)
         res, act = request.resource, request.action
         if act in (Action.LIST, Action.FETCH) and request.params.get("watch", "").lower() in ("true", "1"):
             act = Action.WATCH  # the kubernetes client sends watch=True; the server parses booleans like Go
@@ -410,6 +415,31 @@ class ApiServer(kmock.KubernetesEmulator):
                 raise kmock.KubernetesError(status=err.code, reason=err.reason, message=err.message,
                                             details=err.details(obj, res.group or "", info.kind if info else "")) from None
         return aiohttp.web.json_response(body, status=code, headers=kube_admission.warning_header(warnings))
+
+    def _audit(self, request: kmock.Request) -> None:
+        res = request.resource
+        if res is None or res.plural is None:
+            return  # discovery (/api, /apis, /version): every authenticated user may read it
+        auth = next((v for k, v in request.headers.items() if k.lower() == "authorization"), "")
+        token = auth.split(" ", 1)[-1]
+        method = request.method.upper()
+        if method == "GET":
+            watch = request.params.get("watch", "").lower() in ("true", "1")
+            verb = "watch" if watch else ("get" if request.name else "list")
+        else:
+            verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
+                    "DELETE": "delete" if request.name else "deletecollection"}.get(method, method.lower())  # fmt: skip
+        resource = f"{res.plural}/{request.subresource}" if request.subresource else res.plural
+        namespace = request.namespace or ""
+        self.audit.add((token, res.group or "", resource, verb, namespace))
+        if verb == "create" and isinstance(request.data, Mapping):
+            for ref in (request.data.get("metadata") or {}).get("ownerReferences") or []:
+                if not ref.get("blockOwnerDeletion"):
+                    continue
+                group = ref.get("apiVersion", "").rpartition("/")[0]
+                for declared, info in self.resources.items():
+                    if (declared.group or "") == group and info.kind == ref.get("kind") and declared.plural:
+                        self.audit.add((token, group, f"{declared.plural}/finalizers", "update", namespace))
 
     @staticmethod
     def _wants_table(request: kmock.Request) -> bool:
@@ -1213,9 +1243,11 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
 class RunningOperator:
     """`kwarp operator` in a thread of this process, against a Cluster (its own kopf registry and loop)."""
 
-    def __init__(self, cluster: Cluster, options: Any):
+    def __init__(self, cluster: Cluster, options: Any,
+                 configuration: Callable[[], kubernetes.client.Configuration] | None = None):  # fmt: skip
         self.cluster = cluster
         self.options = options
+        self.configuration = configuration or cluster.configuration
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -1227,7 +1259,7 @@ class RunningOperator:
         def main() -> None:
             try:
                 asyncio.run(serve(self.options, stop_flag=self._stop, ready_flag=self._ready,
-                                  configuration=self.cluster.configuration))
+                                  configuration=self.configuration))
             except BaseException as err:  # surfaced by the tests
                 self.error = err
                 self._ready.set()

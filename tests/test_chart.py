@@ -163,18 +163,19 @@ def expand(table: Mapping[tuple[str, str], tuple[str, ...]]) -> set[Grant]:
 
 # What the operator does with the API: kopf (watches, finalizer and progress annotations by PATCH,
 # core/v1 Events by POST) and kwarp.operator.kube (get runs, merge-patch status, list/create/patch/delete
-# Jobs, list pods). Keep in step with docs/internals.md "Operator RBAC": the chart must grant exactly
-# this, no more (least privilege) and no less (a missing verb is a 403 at run time).
+# Jobs, list pods). tests/test_rbac.py checks it against the calls a running operator makes; docs/cluster.md
+# ("RBAC, verb by verb") names the code behind each. The chart must grant exactly this, no more (least
+# privilege) and no less (a missing verb is a 403 at run time).
 OPERATOR_NEEDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("kwarp.dev", "warpruns"): ("get", "list", "watch", "patch"),
     ("kwarp.dev", "warpruns/status"): ("patch",),
     ("kwarp.dev", "warpruns/finalizers"): ("update",),
-    ("batch", "jobs"): ("get", "list", "watch", "create", "patch", "delete"),
-    ("", "pods"): ("get", "list", "watch"),
+    ("batch", "jobs"): ("list", "watch", "create", "patch", "delete"),
+    ("", "pods"): ("list",),
     ("", "events"): ("create",),
 }
-CLUSTER_PEERING = {("kopf.dev", "clusterkopfpeerings"): ("get", "list", "watch", "patch")}
-NAMESPACED_PEERING = {("kopf.dev", "kopfpeerings"): ("get", "list", "watch", "patch")}
+CLUSTER_PEERING = {("kopf.dev", "clusterkopfpeerings"): ("list", "watch", "patch")}
+NAMESPACED_PEERING = {("kopf.dev", "kopfpeerings"): ("list", "watch", "patch")}
 # kopf lists and watches these (kopf/_core/reactor/observation.py); it never gets one by name.
 CRD_DISCOVERY = {("apiextensions.k8s.io", "customresourcedefinitions"): ("list", "watch")}
 NAMESPACE_DISCOVERY = {("", "namespaces"): ("list", "watch")}
@@ -476,8 +477,18 @@ def test_namespaced_rbac_is_a_role_per_watched_namespace(chart: Any) -> None:
 def test_reading_run_secrets_is_an_opt_in_get(chart: Any) -> None:
     secrets = {("", "secrets", "get")}
     assert not grants(one(render(chart), "ClusterRole")["rules"]) & {("", "secrets", v) for v in ("get", "list", "watch")}
-    opted = grants(one(render(chart, {"rbac": {"readRunSecrets": True}}), "ClusterRole")["rules"])
-    assert opted - expand({**OPERATOR_NEEDS, **CLUSTER_PEERING, **CRD_DISCOVERY}) == secrets  # get only: no list, no watch
+    # Cluster-wide: never in the ClusterRole; a Role (get only) in each listed namespace, and no list, no default.
+    docs = render(chart, {"rbac": {"readRunSecrets": True, "secretNamespaces": ["team-a", "team-b"]}})
+    assert grants(one(docs, "ClusterRole")["rules"]) == expand({**OPERATOR_NEEDS, **CLUSTER_PEERING, **CRD_DISCOVERY})
+    roles = {r["metadata"]["namespace"]: r for r in of_kind(docs, "Role")}
+    bindings = {b["metadata"]["namespace"]: b for b in of_kind(docs, "RoleBinding")}
+    assert set(roles) == set(bindings) == {"team-a", "team-b"}
+    for ns, role in roles.items():
+        assert grants(role["rules"]) == secrets, ns
+        assert bindings[ns]["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
+        assert bindings[ns]["subjects"] == [{"kind": "ServiceAccount", "name": "kwarp", "namespace": NAMESPACE}]
+    with pytest.raises(Exception, match="rbac.secretNamespaces"):
+        render(chart, {"rbac": {"readRunSecrets": True}})  # every namespace's Secrets: refused
     namespaced = render(chart, {"operator": {"watchNamespaces": ["team-a"]}, "rbac": {"readRunSecrets": True}})
     assert secrets <= grants(one(namespaced, "Role")["rules"])
     assert not any(r for _, r, _ in grants(one(namespaced, "ClusterRole")["rules"]) if r == "secrets")
