@@ -114,7 +114,7 @@ def figure(inputs: dict[str, Any], result: dict[str, Any], path: Path) -> None:
                     continue
                 ax.plot([p.kl for p in pts], ys, "-o" if k == 0 else "-", ms=3, lw=2 if k == 0 else 1,
                         alpha=1.0 if k == 0 else 0.25, color=cmap(i / max(1, n - 1) * 0.85),
-                        label=f"iteration {i + 1} front" if k == 0 else None)
+                        label=f"iteration {i} front" if k == 0 else None)
         ax.legend(fontsize=7)
         if gold:
             g = findings["iterate"]["criteria"][0].get("gold", {})
