@@ -54,6 +54,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for runs that name none in "
                              "spec.storage.secretName; it must exist in the run's namespace "
                              "(env KWARP_STORAGE_SECRET)")
+    parser.add_argument("--queue-name", default=env.get("KWARP_QUEUE_NAME"),
+                        help="Kueue LocalQueue of the Jobs of runs that name none (env KWARP_QUEUE_NAME; "
+                             "default: no Kueue)")
     parser.add_argument("--resync-seconds", type=float, default=None,
                         help="reconcile every run at least this often (env KWARP_RESYNC_SECONDS; default 60)")
     parser.add_argument("--cleanup-grace-seconds", type=float, default=None,
@@ -79,6 +82,7 @@ def options_from(args: argparse.Namespace, env: Mapping[str, str]) -> OperatorOp
         storage_secret=args.storage_secret or None,
         defaults=worker_defaults(env.get("KWARP_WORKER_DEFAULTS")),
         env=forwarded_env(env),
+        queue_name=args.queue_name or None,
     )
     return OperatorOptions(
         namespaces=list(dict.fromkeys(args.namespace)),

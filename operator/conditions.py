@@ -6,6 +6,7 @@
     Invalid            True when the spec does not validate (the message names each bad field)
     SpecChangeRefused  True when a running run's spec changed a field that would alter its results
     StoreUnavailable   True when the run's store cannot be read (credentials, endpoint, Secret missing)
+    Pending            True while Jobs of the run wait for Kueue to admit them (the message names the queue)
 
 A condition type appears the first time it is set and stays (False once it no longer holds), so its
 lastTransitionTime says when it last flipped. An error a user must act on is always a condition.
@@ -24,6 +25,7 @@ FAILED = "Failed"
 INVALID = "Invalid"
 SPEC_CHANGE_REFUSED = "SpecChangeRefused"
 STORE_UNAVAILABLE = "StoreUnavailable"
+PENDING = "Pending"
 
 # Reasons
 SUCCEEDED = "Succeeded"
@@ -37,6 +39,8 @@ UNSAFE_FIELDS_CHANGED = "UnsafeFieldsChanged"
 SPEC_ACCEPTED = "SpecAccepted"
 STORE_ERROR = "StoreError"
 STORE_REACHABLE = "StoreReachable"
+WAITING_FOR_ADMISSION = "WaitingForAdmission"
+ADMITTED = "Admitted"
 
 TRUE = "True"
 FALSE = "False"

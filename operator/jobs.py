@@ -30,6 +30,10 @@ LABEL_TASK = f"{API_GROUP}/task"
 LABEL_ITERATION = f"{API_GROUP}/iteration"
 LABEL_MEMBER = f"{API_GROUP}/member"
 LABEL_ATTEMPT = f"{API_GROUP}/attempt"
+# Kueue (kueue.sigs.k8s.io/docs/tasks/run/jobs): a Job labelled with a LocalQueue is a Kueue workload. Kueue's
+# webhook would suspend it on creation anyway; it is created suspended so that no pod can start in the
+# moment before Kueue's webhook or controller sees it (and so the manifest says what happens).
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 APP_NAME = "kwarp"
 MANAGED_BY = "kwarp-operator"
 
@@ -56,6 +60,18 @@ class WorkerSettings:
     defaults: Mapping[str, PodResources] = field(default_factory=dict)
     # Environment every task container gets (the S3 settings the operator itself was given).
     env: Mapping[str, str] = field(default_factory=dict)
+    # Kueue LocalQueue of every Job whose WarpRun names none (spec.queueName wins); None: no Kueue.
+    queue_name: str | None = None
+
+
+def queue_of(spec: WarpRunSpec, worker: WorkerSettings) -> str | None:
+    """The Kueue LocalQueue a run's Jobs are submitted to, or None when Kueue does not manage them."""
+    return spec.queue_name or worker.queue_name or None
+
+
+def queue_label(job: Mapping[str, Any]) -> str | None:
+    """The LocalQueue a Job was submitted to (None: not a Kueue workload)."""
+    return ((job.get("metadata") or {}).get("labels") or {}).get(LABEL_KUEUE_QUEUE)
 
 
 def role(task: Task) -> str:
@@ -256,6 +272,12 @@ def job_manifest(run: WarpRun, uid: str, task: Task, attempt: int, worker: Worke
     }
     if worker.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = worker.ttl_seconds_after_finished
+    meta_labels = dict(labels)
+    queue = queue_of(run.spec, worker)
+    if queue:
+        # Only Kueue unsuspends it, once its Workload is admitted; the operator never does (reconcile.py).
+        meta_labels[LABEL_KUEUE_QUEUE] = queue
+        job_spec["suspend"] = True
 
     return {
         "apiVersion": "batch/v1",
@@ -263,7 +285,7 @@ def job_manifest(run: WarpRun, uid: str, task: Task, attempt: int, worker: Worke
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": labels,
+            "labels": meta_labels,
             "ownerReferences": [owner_reference(run.name, uid)],
         },
         "spec": job_spec,

@@ -14,10 +14,12 @@ from typing import Any, Literal
 
 from kwarp.core.plan import Task, TaskJobs
 
-from .jobs import LABEL_ATTEMPT, LABEL_TASK
+from .jobs import LABEL_ATTEMPT, LABEL_TASK, queue_label
 
-JobState = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
-ACTIVE_STATES = ("Pending", "Running", "Suspended")
+# Queued: a Kueue workload not admitted yet (or evicted by Kueue and back in its queue). Kueue alone
+# unsuspends it, so the plan sees it active but not paused: it is never resumed by the operator.
+JobState = Literal["Pending", "Queued", "Running", "Suspended", "Succeeded", "Failed"]
+ACTIVE_STATES = ("Pending", "Queued", "Running", "Suspended")
 OUTPUTS_MISSING = "OutputsMissing"
 _MESSAGE_LIMIT = 600
 
@@ -33,6 +35,9 @@ class JobView:
     completion_time: str | None = None
     failure_reason: str | None = None  # short, for metrics: BackoffLimitExceeded, DeadlineExceeded, ...
     failure: str | None = None  # for people: reason and message of the Job's condition
+    queue: str | None = None  # the Kueue LocalQueue it was submitted to; None: not a Kueue workload
+    created: str | None = None  # metadata.creationTimestamp (admission wait = startTime - created)
+    deleting: bool = False  # deletionTimestamp set: going away (suspend of a Kueue workload deletes it)
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ def view(job: Mapping[str, Any]) -> JobView | None:
         failure_reason = c.get("reason") or "Failed"
         failure = f"{c.get('reason') or 'Failed'}: {c.get('message') or 'no message'}"
     elif (job.get("spec") or {}).get("suspend"):
-        state = "Suspended"
+        state = "Queued" if queue_label(job) else "Suspended"
     elif status.get("active") or status.get("ready"):
         state = "Running"
     else:
@@ -88,6 +93,9 @@ def view(job: Mapping[str, Any]) -> JobView | None:
         completion_time=status.get("completionTime"),
         failure_reason=failure_reason,
         failure=failure,
+        queue=queue_label(job),
+        created=meta.get("creationTimestamp"),
+        deleting=bool(meta.get("deletionTimestamp")),
     )
 
 

@@ -42,7 +42,7 @@ from kwarp.observability.metrics import OperatorMetrics
 from kwarp.store import Store, StoreError, layout, open_store
 
 from . import conditions as C
-from .jobs import COMPONENTS, SECRET_KEYS, WorkerSettings, job_manifest
+from .jobs import COMPONENTS, SECRET_KEYS, WorkerSettings, job_manifest, queue_of
 from .kube import ApiException, Kube
 from .observe import (
     JobView,
@@ -107,7 +107,7 @@ def effective_spec(body: Mapping[str, Any], accepted: WarpRunSpec | None) -> tup
     """The spec to execute, and what is wrong with the document.
 
     The first valid spec is accepted. Later, changes to SAFE_TO_CHANGE fields are taken (they alter how
-    or whether work proceeds, not its results: suspend, failurePolicy, cleanup, resources); a change to
+    or whether work proceeds, not its results: suspend, failurePolicy, cleanup, resources, queueName); a change to
     any other field is refused and the run goes on with its accepted spec. An invalid edit of a running
     run likewise leaves it running on the accepted spec.
     """
@@ -255,6 +255,7 @@ class Outcome:
     created: list[str] = field(default_factory=list)
     suspended: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
+    withdrawn: list[str] = field(default_factory=list)  # Kueue workloads deleted by a suspend
     status_patched: bool = False
 
 
@@ -417,8 +418,10 @@ class Reconciler:
             self._act(body, run, uid, attempts, action, outcome)
 
         if outcome.created:  # the Jobs just created, as the next observation will see them
+            queue = queue_of(spec, self.worker)
             new = [JobView(name=a.task.job_name(name, a.attempt), uid="", task=a.task, attempt=a.attempt,
-                           state="Pending") for a in actions if isinstance(a, Start)]  # fmt: skip
+                           state="Queued" if queue else "Pending", queue=queue)
+                   for a in actions if isinstance(a, Start)]  # fmt: skip
             attempts = by_task([*views, *new])
             jobs = task_jobs(attempts, done, messages=messages, recorded=recorded)
 
@@ -428,7 +431,7 @@ class Reconciler:
         obs = Observation(done=done, attempts=attempts, jobs=jobs, fronts=fronts, members=members)
         status = build_status(
             run=name, spec=spec, generation=generation, previous=previous, check=check, obs=obs,
-            actions=actions, store_url=store_url(spec), now=now,
+            actions=actions, store_url=store_url(spec), now=now, queue=queue_of(spec, self.worker),
         )  # fmt: skip
         status = status.model_copy(update={"conditions": C.clear_condition(
             status.conditions, C.STORE_UNAVAILABLE, C.STORE_REACHABLE, "", now=now, generation=generation)})
@@ -450,12 +453,26 @@ class Reconciler:
                     self.metrics.retries.labels(kind=kind).inc()
             retry = f", retry {action.attempt} of {run.spec.failure_policy.max_retries}" if action.attempt else ""
             self.events(body, "Normal", "JobCreated", f"created Job {job} ({COMPONENTS[kind]} {action.task.id}{retry})")
-        elif isinstance(action, Suspend | Resume):
-            suspend = isinstance(action, Suspend)
+        elif isinstance(action, Suspend):
             for attempt in attempts.get(action.task, []):
-                if attempt.state in ("Pending", "Running") if suspend else attempt.state == "Suspended":
-                    self.kube.set_job_suspended(namespace, attempt.name, suspend)
-                    (outcome.suspended if suspend else outcome.resumed).append(attempt.name)
+                if attempt.deleting or attempt.state not in ("Pending", "Queued", "Running"):
+                    continue
+                if attempt.queue:
+                    # Kueue unsuspends a suspended Job whose Workload is still admitted, so suspending it
+                    # would fight Kueue. Deleting the Job withdraws its Workload and frees the quota; on
+                    # resume the plan creates it again (same name) and it queues; trainers resume from
+                    # their saved state.
+                    self.kube.delete_job(namespace, attempt.name)
+                    outcome.withdrawn.append(attempt.name)
+                else:
+                    self.kube.set_job_suspended(namespace, attempt.name, True)
+                    outcome.suspended.append(attempt.name)
+        elif isinstance(action, Resume):
+            # Only Jobs the operator suspended: a Queued Job (Kueue's) is never unsuspended here.
+            for attempt in attempts.get(action.task, []):
+                if attempt.state == "Suspended" and not attempt.queue:
+                    self.kube.set_job_suspended(namespace, attempt.name, False)
+                    outcome.resumed.append(attempt.name)
         elif isinstance(action, Succeed):
             pass  # the status records it
         # Fail: the status records it; other tasks' Jobs keep running (raising maxRetries resumes the run).

@@ -206,7 +206,7 @@ def spec_conditions(
         message = (
             f"{', '.join(check.refused)} changed while the run is running; that would change its results. "
             "The run continues with status.acceptedSpec: revert the change, or create a new WarpRun. "
-            "Safe to change: spec.suspend, spec.failurePolicy, spec.cleanup, spec.resources."
+            "Safe to change: spec.suspend, spec.failurePolicy, spec.cleanup, spec.resources, spec.queueName."
         )
         conds = C.set_condition(
             conds, C.SPEC_CHANGE_REFUSED, True, C.UNSAFE_FIELDS_CHANGED, message, now=now, generation=generation
@@ -217,6 +217,27 @@ def spec_conditions(
             now=now, generation=generation,
         )  # fmt: skip
     return list(conds)
+
+
+def queued_jobs(obs: Observation) -> list[JobView]:
+    """The latest attempt of each task, where it waits for Kueue's admission."""
+    return [atts[-1] for _, atts in sorted(obs.attempts.items())
+            if atts and atts[-1].state == "Queued" and not atts[-1].deleting]  # fmt: skip
+
+
+def admission_condition(
+    conds: Sequence[Condition], spec: WarpRunSpec, obs: Observation, *, now: str, generation: int | None
+) -> list[Condition]:
+    """Pending while Jobs wait for Kueue (its lastTransitionTime: since when); False once all are admitted."""
+    queued = [] if spec.suspend else queued_jobs(obs)
+    if not queued:
+        return C.clear_condition(conds, C.PENDING, C.ADMITTED, "no Job waits for admission",
+                                 now=now, generation=generation)  # fmt: skip
+    queues = sorted({v.queue for v in queued if v.queue})
+    names = ", ".join(v.name for v in queued[:8]) + (f" and {len(queued) - 8} more" if len(queued) > 8 else "")
+    message = (f"{len(queued)} Job(s) wait for Kueue to admit them from LocalQueue "
+               f"{', '.join(repr(q) for q in queues)}: {names}")  # fmt: skip
+    return C.set_condition(conds, C.PENDING, True, C.WAITING_FOR_ADMISSION, message, now=now, generation=generation)
 
 
 def invalid_status(
@@ -233,12 +254,17 @@ def invalid_status(
 
 
 def suspension_conditions(conds: Sequence[Condition], spec: WarpRunSpec, jobs: Mapping[Task, TaskJobs],
-                          done: frozenset[Task], *, now: str, generation: int | None) -> list[Condition]:  # fmt: skip
+                          done: frozenset[Task], *, now: str, generation: int | None,
+                          queue: str | None = None) -> list[Condition]:  # fmt: skip
     if spec.suspend:
         active = sum(1 for t, j in jobs.items() if j.active and t not in done)
+        held = f"{active} Job(s) held"
+        if queue:  # Kueue's Jobs are deleted, not suspended (reconcile.py says why)
+            held = (f"the run's unfinished Jobs are withdrawn from Kueue ({active} still stopping; they are "
+                    "created again, and queue, on resume)")  # fmt: skip
         return C.set_condition(
             conds, C.SUSPENDED, True, C.SUSPENDED_BY_USER,
-            f"spec.suspend is true: {active} Job(s) held, nothing new starts", now=now, generation=generation,
+            f"spec.suspend is true: {held}, nothing new starts", now=now, generation=generation,
         )  # fmt: skip
     return C.clear_condition(conds, C.SUSPENDED, C.RESUMED, "spec.suspend is false", now=now, generation=generation)
 
@@ -271,7 +297,9 @@ def build_status(
     actions: Sequence[Action],
     store_url: str,
     now: str,
+    queue: str | None = None,
 ) -> WarpRunStatus:
+    """`queue`: the Kueue LocalQueue the run's Jobs go to (None: Kueue does not manage them)."""
     succeeded_before = previous.phase == "Succeeded"
     prog = progress(spec, Observed(done=obs.done, jobs=obs.jobs, succeeded=succeeded_before), actions)
 
@@ -283,7 +311,8 @@ def build_status(
     latest = point_at(fronts[-1].points, spec.warp.liti_eta) if fronts else None
 
     conds = spec_conditions(previous.conditions, check, now=now, generation=generation)
-    conds = suspension_conditions(conds, spec, obs.jobs, obs.done, now=now, generation=generation)
+    conds = suspension_conditions(conds, spec, obs.jobs, obs.done, now=now, generation=generation, queue=queue)
+    conds = admission_condition(conds, spec, obs, now=now, generation=generation)
     fail = next((a for a in actions if isinstance(a, Fail)), None)
     if fail is not None:
         conds = C.set_condition(conds, C.FAILED, True, C.TASK_FAILED, fail.reason, now=now, generation=generation)

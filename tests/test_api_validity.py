@@ -64,6 +64,8 @@ WORKERS = {
         image_pull_policy="IfNotPresent", env={"KWARP_S3_SECURE": "0"},
         defaults={"trainer": PodResources(node_selector={"pool": "gpu"}, priority_class_name="batch")},
     ),
+    # Kueue: queue label, created suspended (then, below, as Kueue's admission leaves it).
+    "kueue": WorkerSettings(image="registry.example/kwarp-worker:1.0", queue_name="team-a-gpu"),
 }
 TASKS = [Task.prepare(), Task.train(0, 0), Task.train(2, 7), Task.merge(1), Task.eval(1)]
 
@@ -81,6 +83,12 @@ def operator_jobs() -> Iterator[tuple[str, dict[str, Any]]]:
         # What the operator's suspend patch leaves (spec.suspend), as the API server stores it.
         suspended = {**job, "spec": {**job["spec"], "suspend": True}}
         yield label + "/suspended", suspended
+        if worker.queue_name:  # Kueue's admission: unsuspended, the flavor's node labels in the pod template
+            template = job["spec"]["template"]
+            pod = {**template["spec"], "nodeSelector": {**template["spec"].get("nodeSelector", {}),
+                                                        "cloud.example/gpu": "h100"}}  # fmt: skip
+            admitted = {**job, "spec": {**job["spec"], "suspend": False, "template": {**template, "spec": pod}}}
+            yield label + "/admitted", admitted
 
 
 def chart_objects() -> Iterator[tuple[str, dict[str, Any]]]:

@@ -269,6 +269,7 @@ FULL_OPERATOR_SETTINGS = {
     "s3": {"endpoint": "minio.kwarp.svc.cluster.local:9000", "secure": False, "region": "eu-west-1",
            "existingSecret": "kwarp-s3"},
     "metrics": {"pushgateway": {"url": "http://pushgateway.monitoring:9091", "interval": 30}},
+    "kueue": {"queueName": "team-a-gpu"},
 }
 
 
@@ -294,6 +295,7 @@ def test_the_operator_reads_the_settings_the_chart_gives_it(chart: Any, monkeypa
     assert worker.image == "reg.example/kwarp-worker:1.2.3"
     assert (worker.service_account, worker.metrics_port, worker.ttl_seconds_after_finished) == ("kwarp-worker", 9500, 86400)
     assert options.storage_secret == worker.storage_secret == "kwarp-s3"
+    assert worker.queue_name == "team-a-gpu"
     trainer = worker.defaults["trainer"]
     assert trainer.gpus == 1 and trainer.node_selector == {"nvidia.com/gpu.present": "true"}
     assert [t.key for t in trainer.tolerations] == ["nvidia.com/gpu"]
@@ -316,7 +318,8 @@ def test_operator_env(chart: Any) -> None:
     assert json.loads(env["KWARP_WORKER_DEFAULTS"]) == SCENARIOS["worker-defaults"]["workers"]["defaults"]
     # Nothing configured, nothing set: the store's own defaults (and each run's spec) apply.
     plain = env_of(operator_container(render(chart)))
-    assert not {"KWARP_WORKER_DEFAULTS", "KWARP_S3_ENDPOINT", "KWARP_S3_SECURE", "AWS_ACCESS_KEY_ID"} & set(plain)
+    assert not {"KWARP_WORKER_DEFAULTS", "KWARP_S3_ENDPOINT", "KWARP_S3_SECURE", "AWS_ACCESS_KEY_ID",
+                "KWARP_QUEUE_NAME"} & set(plain)
 
 
 # ------------------------------------------------------------------------------ values schema
@@ -335,6 +338,7 @@ BAD_VALUES = [
     ({"workers": {"defaults": {"trainer": {"gpu": 1}}}}, "gpu"),
     ({"workers": {"defaults": {"trainer": {"tolerations": [{"effect": "Sometimes"}]}}}}, "effect"),
     ({"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}}, "/grafanaDashboard/labels/grafana_dashboard"),
+    ({"kueue": {"queueName": "Team A"}}, "/kueue/queueName"),
 ]
 
 

@@ -260,6 +260,23 @@ def test_scheduling_fields_and_operator_settings() -> None:
     assert got == want
 
 
+def test_a_queued_run_labels_its_jobs_with_the_queue_and_creates_them_suspended() -> None:
+    plain = job_manifest(run(), UID, Task.train(1, 0), 0, WorkerSettings(image=IMAGE))
+    for r, worker, queue in [
+        (run(**{"spec.queueName": "team-a-gpu"}), WorkerSettings(image=IMAGE), "team-a-gpu"),
+        (run(), WorkerSettings(image=IMAGE, queue_name="shared"), "shared"),  # the operator's default
+        (run(**{"spec.queueName": "team-a-gpu"}), WorkerSettings(image=IMAGE, queue_name="shared"), "team-a-gpu"),
+    ]:
+        got = job_manifest(r, UID, Task.train(1, 0), 0, worker)
+        want = copy.deepcopy(plain)
+        want["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] = queue
+        want["spec"]["suspend"] = True
+        want["spec"]["template"]["spec"]["containers"][0]["env"] = got["spec"]["template"]["spec"]["containers"][0]["env"]
+        assert got == want
+        assert "kueue.x-k8s.io/queue-name" not in got["spec"]["template"]["metadata"]["labels"]  # the Job's, not pods'
+    assert "suspend" not in plain["spec"]
+
+
 def test_operator_defaults_fill_only_what_the_run_leaves_empty() -> None:
     defaults = {
         "trainer": PodResources.model_validate({

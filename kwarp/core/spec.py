@@ -380,6 +380,13 @@ class WarpRunSpec(_Model):
     storage: StorageSpec = StorageSpec()
     resources: ResourcesSpec = ResourcesSpec()
     suspend: bool = Field(False, description="Pause the run: running Jobs are suspended, nothing new starts")
+    queue_name: str | None = Field(
+        None,
+        max_length=63,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$",
+        description="Kueue LocalQueue of the run's Jobs (label kueue.x-k8s.io/queue-name; they are created "
+        "suspended and start when Kueue admits them). Default: the operator's (chart value kueue.queueName)",
+    )
     failure_policy: FailurePolicy = FailurePolicy()
     cleanup: Literal["Retain", "Delete"] = Field(
         "Retain", description="Delete: remove the run's checkpoints from the store when the WarpRun is deleted"
@@ -543,7 +550,7 @@ def from_cli(path: str | None) -> WarpRun:
 
 
 # Fields of a running run that may change: they alter no result, only how (or whether) work proceeds.
-SAFE_TO_CHANGE = ("suspend", "failure_policy", "cleanup", "resources")
+SAFE_TO_CHANGE = ("suspend", "failure_policy", "cleanup", "resources", "queue_name")
 
 
 def changed_fields(old: WarpRunSpec, new: WarpRunSpec, ignore: tuple[str, ...] = SAFE_TO_CHANGE) -> list[str]:

@@ -29,7 +29,7 @@ class MemberStatus(_Model):
     iteration: int
     member: int
     job: str | None = None
-    state: str = Field("Pending", description="Pending, Running, Suspended, Succeeded, Failed")
+    state: str = Field("Pending", description="Pending, Queued (waiting for Kueue), Running, Suspended, Succeeded, Failed")
     attempts: int = 0
     start_time: str | None = None
     completion_time: str | None = None
@@ -75,5 +75,5 @@ class WarpRunStatus(_Model):
     accepted_spec: WarpRunSpec | None = Field(
         None,
         description="The spec the operator executes: the first valid spec, plus later changes to safe fields "
-        "(suspend, failurePolicy, cleanup, resources)",
+        "(suspend, failurePolicy, cleanup, resources, queueName)",
     )

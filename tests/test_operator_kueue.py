@@ -1,0 +1,137 @@
+"""The operator with Kueue: Jobs queued in a LocalQueue, admitted by Kueue (tests/kueue.py stands in for it).
+
+The operator labels each Job with the run's queue and creates it suspended; only Kueue unsuspends it.
+The run's status says what waits for admission (the Pending condition names the queue), and
+`suspend: true` still stops everything: Kueue would start again a suspended Job whose workload it
+admitted, so the operator withdraws (deletes) the run's unfinished Jobs and creates them again on resume.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kwarp.operator import conditions as C
+from kwarp.operator.jobs import WorkerSettings
+
+from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for, wait_value
+from .kueue import QUEUE_LABEL, KueueStandIn
+from .test_operator import (
+    IMAGE,
+    Api,
+    api,
+    cluster,
+    finish,
+    jobs_named,
+    options,
+    phase_is,
+    runner,
+    store,
+    warprun,
+)
+
+__all__ = ["api", "cluster", "runner", "store"]  # fixtures, imported for pytest
+
+
+def pending(api: Api) -> dict[str, Any] | None:
+    return api.condition(C.PENDING)
+
+
+def reconciled(api: Api, generation: int) -> None:
+    """Wait until the operator has reconciled the run at `generation` (it wrote observedGeneration)."""
+    wait_for(lambda: (api.status().get("observedGeneration") or 0) >= generation, 20,
+             message=f"a reconcile at generation {generation}")  # fmt: skip
+
+
+def kueue(cluster: Cluster, **quota: int) -> KueueStandIn:
+    return KueueStandIn(cluster, "team-a", {"pods": quota.get("pods", 0), "nvidia.com/gpu": quota.get("gpus", 0)},
+                        flavor_labels={"cloud.example/gpu": "h100"})  # fmt: skip
+
+
+def test_queued_jobs_wait_for_kueue_and_the_operator_never_unsuspends_them(
+    cluster: Cluster, api: Api, runner: StatusJobRunner, store: Path
+) -> None:
+    with kueue(cluster) as queue, RunningOperator(cluster, options()):  # no quota yet: nothing is admitted
+        api.create(warprun(store, queueName="team-a"))
+        job = jobs_named(api, "demo-prepare")["demo-prepare"]
+        assert job["metadata"]["labels"][QUEUE_LABEL] == "team-a" and job["spec"]["suspend"] is True
+        cond = wait_value(lambda: pending(api), lambda c: c and c["status"] == "True", 20, message="Pending condition")
+        assert cond["reason"] == C.WAITING_FOR_ADMISSION and "'team-a'" in cond["message"]
+        assert "demo-prepare" in cond["message"]
+
+        # More reconciles (a safe spec change bumps the generation): the Job stays queued.
+        api.patch_spec({"failurePolicy": {"maxRetries": 2}})
+        reconciled(api, 2)
+        assert api.jobs()["demo-prepare"]["spec"]["suspend"] is True and not runner.running()
+        assert api.status()["phase"] == "Pending"
+
+        queue.set_quota(pods=4, gpus=2)  # Kueue admits: unsuspends and injects the flavor's node labels
+        wait_for(lambda: "demo-prepare" in runner.running(), 10, message="prepare admitted and running")
+        admitted = api.jobs()["demo-prepare"]
+        assert admitted["spec"]["template"]["spec"]["nodeSelector"] == {"cloud.example/gpu": "h100"}
+        wait_value(lambda: pending(api), lambda c: c["status"] == "False" and c["reason"] == C.ADMITTED, 20,
+                   message="Pending cleared once admitted")  # fmt: skip
+
+        finish(api, runner, "demo-prepare")
+        members = jobs_named(api, "demo-i0-m0", "demo-i0-m1")  # (admitted at once: there is quota)
+        assert all(j["metadata"]["labels"][QUEUE_LABEL] == "team-a" for j in members.values())
+        finish(api, runner, "demo-i0-m0", "demo-i0-m1")
+        jobs_named(api, "demo-i0-merge")
+        assert queue.admissions[:3] == ["demo-prepare", "demo-i0-m0", "demo-i0-m1"]
+    assert not queue.errors, queue.errors
+
+
+def test_the_operator_default_queue_applies_when_the_run_names_none(
+    cluster: Cluster, api: Api, runner: StatusJobRunner, store: Path
+) -> None:
+    opts = options(worker=WorkerSettings(image=IMAGE, queue_name="team-a"))
+    with kueue(cluster, pods=1, gpus=2) as queue, RunningOperator(cluster, opts):
+        api.create(warprun(store))
+        finish(api, runner, "demo-prepare")
+        members = jobs_named(api, "demo-i0-m0", "demo-i0-m1")
+        assert {j["metadata"]["labels"][QUEUE_LABEL] for j in members.values()} == {"team-a"}  # prepare too
+        # Quota for one pod: one member runs, the other waits, and the status says which and where.
+        wait_for(lambda: len(runner.running()) == 1, 10, message="one member admitted")
+        waiting = next(n for n in ("demo-i0-m0", "demo-i0-m1") if n not in runner.running())
+        admitted = next(n for n in ("demo-i0-m0", "demo-i0-m1") if n != waiting)
+
+        def shown(status: dict[str, Any]) -> bool:
+            cond = next((c for c in status.get("conditions", []) if c["type"] == C.PENDING), {})
+            states = {m["job"]: m["state"] for m in status.get("members", [])}
+            return (cond.get("status") == "True" and waiting in cond["message"] and admitted not in cond["message"]
+                    and states == {admitted: "Running", waiting: "Queued"})  # fmt: skip
+
+        status = wait_value(api.status, shown, 20, message=lambda: f"{waiting} shown waiting: {api.status()}")
+        assert "'team-a'" in next(c for c in status["conditions"] if c["type"] == C.PENDING)["message"]
+    assert not queue.errors, queue.errors
+
+
+def test_suspend_withdraws_queued_and_admitted_jobs_and_resume_queues_them_again(
+    cluster: Cluster, api: Api, runner: StatusJobRunner, store: Path
+) -> None:
+    with kueue(cluster, pods=2, gpus=1) as queue, RunningOperator(cluster, options()):
+        api.create(warprun(store, queueName="team-a"))
+        finish(api, runner, "demo-prepare")
+        jobs_named(api, "demo-i0-m0", "demo-i0-m1")
+        # One GPU: m0 is admitted and runs, m1 waits in the queue.
+        wait_for(lambda: runner.running() == ["demo-i0-m0"], 10, message="m0 admitted, m1 queued")
+
+        api.patch_spec({"suspend": True})
+        # Both withdrawn: Kueue would restart the admitted one if it were only suspended.
+        wait_for(lambda: not any("-i0-m" in n for n in api.jobs()), 20, message="member Jobs withdrawn")
+        phase_is(api, "Suspended")
+        assert api.condition(C.SUSPENDED)["status"] == "True"  # type: ignore[index]
+        assert "withdrawn from Kueue" in api.condition(C.SUSPENDED)["message"]  # type: ignore[index]
+        wait_for(lambda: pending(api)["status"] == "False", 10, message="nothing pending while suspended")  # type: ignore[index]
+        assert not runner.running() and queue.used()["pods"] == 0  # the quota is free for others
+
+        api.patch_spec({"suspend": False})
+        members = jobs_named(api, "demo-i0-m0", "demo-i0-m1")
+        assert members["demo-i0-m1"]["spec"]["suspend"] is True  # queued again (m0 holds the one GPU)
+        assert all(members[n]["metadata"]["labels"][QUEUE_LABEL] == "team-a" for n in ("demo-i0-m0", "demo-i0-m1"))
+        wait_for(lambda: runner.running() == ["demo-i0-m0"], 10, message="m0 admitted again")
+        finish(api, runner, "demo-i0-m0")
+        finish(api, runner, "demo-i0-m1")  # admitted once m0's GPU came back
+        jobs_named(api, "demo-i0-merge")
+        assert queue.admissions.count("demo-i0-m0") == 2 and queue.admissions.count("demo-i0-m1") == 1
+    assert not queue.errors, queue.errors
