@@ -414,7 +414,9 @@ class Reconciler:
         actions = plan(spec, Observed(done=done, jobs=jobs, succeeded=previous.phase == "Succeeded"))
         outcome = Outcome(actions=list(actions))
         run = run_document(name, namespace, spec)
-        for action in actions:
+        # A suspend withdraws Jobs still waiting in Kueue before admitted ones: deleting an admitted Job
+        # first would free quota that Kueue could give to a sibling about to be withdrawn too.
+        for action in sorted(actions, key=lambda a: not (isinstance(a, Suspend) and _queued(attempts, a.task))):
             self._act(body, run, uid, attempts, action, outcome)
 
         if outcome.created:  # the Jobs just created, as the next observation will see them
@@ -527,6 +529,10 @@ class Reconciler:
         if self.metrics is not None and status.phase is not None:
             self.metrics.observe_run(namespace, name, status.phase, status.iteration)
         return outcome
+
+
+def _queued(attempts: Mapping[Task, list[JobView]], task: Task) -> bool:
+    return any(a.state == "Queued" for a in attempts.get(task, []))
 
 
 # Conditions that, when they start to hold, are also posted as Warning Events (reason = the Event's).

@@ -76,6 +76,10 @@ class KueueStandIn:
             self.quota.update({GPU if k == "gpus" else k: v for k, v in quota.items()})
 
     def used(self) -> dict[str, int]:
+        with self.lock:
+            return self._used()
+
+    def _used(self) -> dict[str, int]:
         out = {k: 0 for k in self.quota}
         for usage in self.admitted.values():
             for k, v in usage.items():
@@ -113,7 +117,7 @@ class KueueStandIn:
                     waiting.append(job)
             for job in waiting:  # StrictFIFO
                 need = requests(job)
-                used = self.used()
+                used = self._used()
                 if any(used.get(k, 0) + v > self.quota.get(k, 0) for k, v in need.items() if v):
                     break
                 self.admitted[job["metadata"]["uid"]] = need

@@ -123,7 +123,8 @@ def test_suspend_withdraws_queued_and_admitted_jobs_and_resume_queues_them_again
         assert api.condition(C.SUSPENDED)["status"] == "True"  # type: ignore[index]
         assert "withdrawn from Kueue" in api.condition(C.SUSPENDED)["message"]  # type: ignore[index]
         wait_for(lambda: pending(api)["status"] == "False", 10, message="nothing pending while suspended")  # type: ignore[index]
-        assert not runner.running() and queue.used()["pods"] == 0  # the quota is free for others
+        assert not runner.running()
+        wait_for(lambda: queue.used()["pods"] == 0, 10, message="the quota is free for others")
 
         api.patch_spec({"suspend": False})
         members = jobs_named(api, "demo-i0-m0", "demo-i0-m1")
