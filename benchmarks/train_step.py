@@ -19,6 +19,7 @@ import argparse
 import os
 import statistics
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,30 @@ def variants(names: list[str], spec: Any, model_dir: Path, accelerator: Any, bat
     return out
 
 
+def compare_trl(args: Any, model_dir: Path, prompts: list[str], spec: Any, runs: list[Variant], clock: Any,
+                device: torch.device) -> None:
+    """TRL's RLOOTrainer on the same model and step shape (benchmarks/trl_step.py), and kwarp's ratio to it."""
+    import trl_step
+
+    if not trl_step.available():
+        print("trl: not installed (pip install trl beside kwarp to compare); skipped")
+        return
+    if args.reward != "__main__:vowel_fraction":
+        print("trl: compared with the built-in callable reward only; skipped")
+        return
+    tr = spec.training
+    seconds = trl_step.time_trl(
+        model_dir, prompts, vowel_fraction, batch=args.batch, samples=args.samples, max_new_tokens=args.max_new_tokens,
+        temperature=tr.temperature, beta=spec.warp.beta, ema_rate=spec.warp.ema_rate, steps=args.steps, clock=clock,
+        device=device.type,
+    )
+    trl_ms = 1e3 * statistics.mean(seconds)
+    print(f"trl RLOOTrainer ms_per_step {trl_ms:.1f} ({', '.join(f'{s:.3f}s' for s in seconds)})")
+    for run in runs:
+        ms = 1e3 * statistics.mean(r["step_seconds"] for r in run.records)
+        print(f"{run.name} / trl: {ms / trl_ms:.2f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, help="HF causal-LM folder (safetensors)")
@@ -150,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated, run step by step in turn: baseline (the trainer before issue 16) and/or "
                    "kwarp (as it is); ratios are against the first")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
+                   help="what times the phases: wall time, or this process's CPU time (which other processes' load "
+                   "does not inflate; auto: cpu on a CPU device, wall on CUDA)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -190,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = make_accelerator(args.dtype, args.device)
     device = accelerator.device
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if not names or set(names) - {"baseline", "kwarp"}:
-        p.error("--variants: a comma-separated list of baseline, kwarp")
-    runs = variants(names, spec, model_dir, accelerator, args.batch)
+    if not names or set(names) - {"baseline", "kwarp", "trl"} or names == ["trl"]:
+        p.error("--variants: a comma-separated list of baseline, kwarp (and trl)")
+    with_trl = "trl" in names
+    runs = variants([n for n in names if n != "trl"], spec, model_dir, accelerator, args.batch)
     reward = load_reward(RewardSpec(**reward_spec), device)
     prompts = read_prompts(args.prompts, "prompt") if args.prompts else synthetic_prompts(args.batch)
     n_params = sum(p.numel() for p in runs[0].models.params)
@@ -202,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.max_new_tokens} new tokens, device {device}, compute {accelerator.mixed_precision}, anchor "
         f"{args.anchor}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}"
     )
+    use_cpu_clock = args.clock == "cpu" or (args.clock == "auto" and device.type == "cpu")
+    clock = time.process_time if use_cpu_clock else time.perf_counter
+    print(f"phases and steps timed by {'process CPU time' if use_cpu_clock else 'wall time'}")
     peaks = {}
     for step in range(args.steps + 1):
         # Variants take turns within a step (the order alternating), so load on a shared machine hits both alike.
@@ -210,14 +242,16 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.reset_peak_memory_stats(device)
             torch.manual_seed(step)
             batch = [prompts[(step * args.batch + i) % len(prompts)] for i in range(args.batch)]
-            record = training_step(run.models, reward, run.optimizer, accelerator, batch, step, run.cfg)
+            record = training_step(run.models, reward, run.optimizer, accelerator, batch, step, run.cfg, clock=clock)
+            record["wall_seconds"] = record["step_seconds"]
+            record["step_seconds"] = sum(record["timing"].values())
             if device.type == "cuda":
                 peaks[run.name] = max(peaks.get(run.name, 0), torch.cuda.max_memory_allocated(device))
             if step == 0:
                 continue  # warm-up: kernels, caches, allocator, compilation
             run.records.append(record)
             split = " ".join(f"{ph} {record['timing'][ph]:.3f}s" for ph in PHASES)
-            print(f"step {step} {run.name}: {record['step_seconds']:.3f}s ({split}), "
+            print(f"step {step} {run.name}: {record['step_seconds']:.3f}s ({split}; wall {record['wall_seconds']:.3f}s), "
                   f"{record['tokens_per_second']:.0f} tok/s, {record['completion_tokens']:.1f} tokens/completion")
 
     base = None
@@ -236,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         if run is not runs[0]:
             ratios = ", ".join(f"{ph} {summary[ph] / max(base[2][ph], 1e-9):.2f}x" for ph in PHASES)
             print(f"{run.name} / {base[0]}: step {mean_step / base[1]:.2f}x ({ratios})")
+    if with_trl:
+        compare_trl(args, model_dir, prompts, spec, runs, clock, device)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     tmp.cleanup()
     return 0
