@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -126,9 +127,33 @@ def variants(names: list[str], spec: Any, model_dir: Path, accelerator: Any, bat
     return out
 
 
+def update_flops(model: Any, rows: int, seq_len: int, completion: int) -> float:
+    """Model FLOPs of one policy update (forward + backward = 6 FLOPs per parameter per token).
+
+    The body's matrices see every token of prompt + completion; the output head only the completion's
+    positions (logits_to_keep); embedding lookups cost nothing. Attention's own L² term is left out
+    (under 5% at these lengths), so the MFU printed is a slight underestimate.
+    """
+    head = model.get_output_embeddings().weight
+    embeddings = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    params = {id(p): p.numel() for p in model.parameters()}
+    body = sum(params.values()) - sum(embeddings.values()) - (0 if id(head) in embeddings else head.numel())
+    return 6.0 * (body * rows * seq_len + head.numel() * rows * (completion + 1))
+
+
+def peak_tflops(device: torch.device, given: float | None) -> float | None:
+    """Dense bf16 peak of the GPU (for MFU): --peak-tflops, else known parts by name."""
+    if given or device.type != "cuda":
+        return given
+    name = torch.cuda.get_device_name(device)
+    known = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
+    return next((v for k, v in known.items() if k in name), None)
+
+
 def compare_trl(args: Any, model_dir: Path, prompts: list[str], spec: Any, runs: list[Variant], clock: Any,
                 device: torch.device) -> None:
     """TRL's RLOOTrainer on the same model and step shape (benchmarks/trl_step.py), and kwarp's ratio to it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # run with -P: this folder is not on sys.path
     import trl_step
 
     if not trl_step.available():
@@ -175,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated, run step by step in turn: baseline (the trainer before issue 16) and/or "
                    "kwarp (as it is); ratios are against the first")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--peak-tflops", type=float, help="dense peak of the device for the update's MFU (default: "
+                   "known GPUs by name)")
     p.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
                    help="what times the phases: wall time, or this process's CPU time (which other processes' load "
                    "does not inflate; auto: cpu on a CPU device, wall on CUDA)")
@@ -245,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
             record = training_step(run.models, reward, run.optimizer, accelerator, batch, step, run.cfg, clock=clock)
             record["wall_seconds"] = record["step_seconds"]
             record["step_seconds"] = sum(record["timing"].values())
+            prompt_width = len(run.models.tokenizer(batch, padding=True)["input_ids"][0])
+            record["update_flops"] = update_flops(
+                run.models.bare, args.batch * args.samples, prompt_width + args.max_new_tokens, args.max_new_tokens
+            )
             if device.type == "cuda":
                 peaks[run.name] = max(peaks.get(run.name, 0), torch.cuda.max_memory_allocated(device))
             if step == 0:
@@ -266,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{run.name} generated tokens/s (generation phase): {gen_tps:.0f}")
         if run.name in peaks:
             print(f"{run.name} peak GPU memory: {peaks[run.name] / 2**30:.2f} GiB")
+        flops = statistics.mean(r["update_flops"] for r in run.records)
+        achieved = flops / summary["train"] / 1e12
+        peak = peak_tflops(device, args.peak_tflops)
+        mfu = f", MFU {100 * achieved / peak:.1f}% of {peak:.0f} TFLOP/s" if peak else ""
+        print(f"{run.name} update: {flops / 1e9:.1f} GFLOP per step, {achieved:.3f} TFLOP/s{mfu}")
         print(f"{run.name} ms_per_step {mean_step * 1e3:.1f}")
         if run is not runs[0]:
             ratios = ", ".join(f"{ph} {summary[ph] / max(base[2][ph], 1e-9):.2f}x" for ph in PHASES)

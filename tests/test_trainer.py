@@ -175,10 +175,12 @@ def test_resume_after_a_crash_is_bit_exact(make_run, tmp_path: Path) -> None:
 def test_other_anchors(make_run, tmp_path: Path, anchor: str) -> None:
     train(make_run(warp={"anchor": anchor, "steps": 3}), 0, 0, device="cpu")
     log = _log(tmp_path / "store")
+    # After a step the policy has moved: the KL estimates are non-zero. Their sign is not fixed: each is
+    # a Monte-Carlo mean over 8 samples of log π − log π_init, which can be negative.
     if anchor == "sft":  # the anchor is θ_init: both KLs are the same estimate
-        assert all(r["kl_anchor"] == r["kl_init"] for r in log) and log[-1]["kl_init"] > 0
+        assert all(r["kl_anchor"] == r["kl_init"] for r in log) and log[-1]["kl_init"] != 0
     else:
-        assert all(r["kl_anchor"] is None for r in log) and log[-1]["kl_init"] > 0
+        assert all(r["kl_anchor"] is None for r in log) and log[-1]["kl_init"] != 0
 
 
 def test_reward_rises_on_the_toy_task(make_run, tmp_path: Path) -> None:
