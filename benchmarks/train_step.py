@@ -9,6 +9,13 @@ log-probs (anchor and θ_init), the policy's forward/backward/Adam step and the 
 also as a share of the step; generated tokens per second; the peak GPU memory on CUDA. The last
 line is the mean milliseconds per step.
 
+Variants (--variants, taking turns step by step in one process, ratios against the first):
+`baseline` is the trainer before issue 16 (transformers' generate, the entropy recomputed in the
+update, Adam's per-tensor loop), `kwarp` the trainer as it is (--generation), `trl` TRL's
+RLOOTrainer on the same step shape when trl is installed (benchmarks/trl_step.py). On a CPU the
+phases are timed by process CPU time (--clock), which other processes' load does not inflate.
+The update's FLOPs and TFLOP/s are printed, and its MFU on a GPU. docs/performance.md has figures.
+
 Default: the demo task's SFT policy, reward model and training prompts when the task is built
 (`kwarp task build`); otherwise give --model or --random-model-params.
 """
