@@ -20,6 +20,7 @@ import kubernetes
 
 from kwarp import __version__
 from kwarp.core.errors import UserError
+from kwarp.core.guardrails import Guardrails
 from kwarp.core.spec import API_GROUP, PodResources
 
 from . import handlers
@@ -53,6 +54,7 @@ class OperatorOptions:
     storage_secret: str | None = None
     max_workers: int = 8  # threads running handlers (reconciles of different runs run in parallel)
     cleanup_grace_seconds: float = 300.0  # cleanup: Delete waits this long for an unreachable store
+    guardrails: Guardrails = field(default_factory=Guardrails)  # what a WarpRun may choose (KWARP_GUARDRAILS)
     store_retry_after_seconds: float = BREAKER_COOLDOWN_S  # an unreachable S3 endpoint is not asked again before
 
 
@@ -70,6 +72,18 @@ def worker_defaults(raw: str | None) -> dict[str, PodResources]:
         return {r: PodResources.model_validate(v) for r, v in data.items()}
     except ValueError as err:
         raise UserError(f"KWARP_WORKER_DEFAULTS: {err}") from None
+
+
+def guardrails_from(raw: str | None) -> Guardrails:
+    """KWARP_GUARDRAILS: JSON of kwarp.core.guardrails.Guardrails (the chart's guardrails.* values); unset:
+    the defaults, which allow a run no image, ServiceAccount, priority class, toleration or node selector
+    of its own, only the bundled reward callables, and no trustRemoteCode."""
+    if not raw:
+        return Guardrails()
+    try:
+        return Guardrails.model_validate_json(raw)
+    except ValueError as err:
+        raise UserError(f"KWARP_GUARDRAILS: {err}") from None
 
 
 def forwarded_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -121,6 +135,7 @@ def build(options: OperatorOptions, *, configuration: Callable[[], kubernetes.cl
                            breakers=Breakers(cooldown_s=options.store_retry_after_seconds)),
         metrics=metrics.metrics if metrics else None,
         events=post_event,
+        guardrails=options.guardrails,
     )
     registry = kopf.OperatorRegistry()
     handlers.register(registry, reconciler, configuration, resync_seconds=options.resync_seconds,

@@ -18,7 +18,15 @@ from collections.abc import Mapping
 
 from kwarp.core.errors import UserError
 
-from .app import DEFAULT_WORKER_IMAGE, OperatorOptions, env_int, forwarded_env, serve, worker_defaults
+from .app import (
+    DEFAULT_WORKER_IMAGE,
+    OperatorOptions,
+    env_int,
+    forwarded_env,
+    guardrails_from,
+    serve,
+    worker_defaults,
+)
 from .jobs import WorkerSettings
 
 
@@ -96,6 +104,7 @@ def options_from(args: argparse.Namespace, env: Mapping[str, str]) -> OperatorOp
         worker=worker,
         storage_secret=args.storage_secret or None,
         cleanup_grace_seconds=grace,
+        guardrails=guardrails_from(env.get("KWARP_GUARDRAILS")),
     )
 
 

@@ -3,7 +3,8 @@
     Ready              True once the run Succeeded; False (reason = the phase) while it works or failed
     Suspended          True while spec.suspend holds the run; False once resumed
     Failed             True when a task failed more often than failurePolicy.maxRetries allows
-    Invalid            True when the spec does not validate (the message names each bad field)
+    Invalid            True when the spec does not validate (the message names each bad field), or
+                       (reason Forbidden) the operator's guardrails forbid a choice it makes
     SpecChangeRefused  True when a running run's spec changed a field that would alter its results
     StoreUnavailable   True when the run's store cannot be read (credentials, endpoint, Secret missing)
     Pending            True while Jobs of the run wait for Kueue to admit them (the message names the queue)
@@ -34,6 +35,7 @@ RESUMED = "Resumed"
 TASK_FAILED = "TaskFailed"
 RETRIES_AVAILABLE = "RetriesAvailable"
 INVALID_SPEC = "InvalidSpec"
+FORBIDDEN = "Forbidden"
 VALID_SPEC = "ValidSpec"
 UNSAFE_FIELDS_CHANGED = "UnsafeFieldsChanged"
 SPEC_ACCEPTED = "SpecAccepted"

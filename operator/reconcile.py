@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from kwarp.core.guardrails import Guardrails, violations
 from kwarp.core.plan import Action, Observed, Resume, Start, Succeed, Suspend, Task, plan, plan_without_store
 from kwarp.core.spec import (
     API_GROUP,
@@ -33,8 +34,9 @@ from kwarp.core.spec import (
     SpecError,
     WarpRun,
     WarpRunSpec,
-    changed_fields,
+    keep_images,
     parse,
+    unsafe_changes,
 )
 from kwarp.core.status import WarpRunStatus
 from kwarp.observability import telemetry
@@ -103,13 +105,15 @@ def cluster_problems(spec: WarpRunSpec) -> list[str]:
     return problems
 
 
-def effective_spec(body: Mapping[str, Any], accepted: WarpRunSpec | None) -> tuple[WarpRunSpec | None, SpecCheck]:
+def effective_spec(body: Mapping[str, Any], accepted: WarpRunSpec | None,
+                   guardrails: Guardrails | None = None) -> tuple[WarpRunSpec | None, SpecCheck]:  # fmt: skip
     """The spec to execute, and what is wrong with the document.
 
     The first valid spec is accepted. Later, changes to SAFE_TO_CHANGE fields are taken (they alter how
-    or whether work proceeds, not its results: suspend, failurePolicy, cleanup, resources, queueName); a change to
-    any other field is refused and the run goes on with its accepted spec. An invalid edit of a running
-    run likewise leaves it running on the accepted spec.
+    or whether work proceeds, not its results: suspend, failurePolicy, cleanup, resources, queueName); a change
+    to any other field, and an image within resources, is refused and the run goes on with its accepted
+    spec. An invalid edit of a running run likewise leaves it running on the accepted spec, and so does
+    one the operator's guardrails forbid (a first spec they forbid is never accepted).
     """
     meta = body.get("metadata", {})
     source = f"WarpRun {meta.get('namespace', '')}/{meta.get('name', '')}"
@@ -121,11 +125,18 @@ def effective_spec(body: Mapping[str, Any], accepted: WarpRunSpec | None) -> tup
     if problems:
         n = len(problems)
         return accepted, SpecCheck(invalid="\n".join([f"{source}: invalid WarpRun ({n} problem{'s' * (n > 1)})", *problems]))
+    forbidden = violations(run.spec, meta.get("namespace") or "default", guardrails) if guardrails is not None else []
+    if forbidden:
+        n = len(forbidden)
+        lines = [f"{source}: forbidden by the operator's guardrails ({n} field{'s' * (n > 1)}); ask the cluster "
+                 "admin, or choose what they allow", *(f"  - {path}: {why}" for path, why in forbidden)]  # fmt: skip
+        return accepted, SpecCheck(invalid="\n".join(lines), forbidden=True)
     if accepted is None:
         return run.spec, SpecCheck()
-    refused = changed_fields(accepted, run.spec)
+    refused = unsafe_changes(accepted, run.spec)
     if refused:
         safe = {name: getattr(run.spec, name) for name in SAFE_TO_CHANGE}
+        safe["resources"] = keep_images(accepted, run.spec.resources)
         return accepted.model_copy(update=safe), SpecCheck(refused=tuple(refused))
     return run.spec, SpecCheck()
 
@@ -281,8 +292,10 @@ class Reconciler:
         metrics: OperatorMetrics | None = None,
         events: EventSink = _no_events,
         clock: Clock = now_rfc3339,
+        guardrails: Guardrails | None = None,
     ):
         self.kube = kube
+        self.guardrails = guardrails  # None: no limits (library use); the CLI and the chart always set them
         self.worker = worker
         self.stores = stores or StoreOpener(kube)
         self.metrics = metrics
@@ -378,7 +391,7 @@ class Reconciler:
         previous = previous_status(raw_status)
         now = self.clock()
 
-        spec, check = effective_spec(body, previous.accepted_spec)
+        spec, check = effective_spec(body, previous.accepted_spec, self.guardrails)
         if spec is None:
             status = invalid_status(previous, check, now=now, generation=generation)
             return self._report(body, raw_status, previous, status, Outcome())

@@ -51,6 +51,7 @@ class Observation:
 class SpecCheck:
     invalid: str | None = None  # the SpecError message when the current document does not validate
     refused: tuple[str, ...] = ()  # fields of a running run that changed and may not
+    forbidden: bool = False  # `invalid` says what the operator's guardrails forbid
 
 
 def previous_status(raw: Mapping[str, Any] | None) -> WarpRunStatus:
@@ -199,7 +200,8 @@ def spec_conditions(
     conds: Sequence[Condition], check: SpecCheck, *, now: str, generation: int | None
 ) -> list[Condition]:
     if check.invalid:
-        conds = C.set_condition(conds, C.INVALID, True, C.INVALID_SPEC, check.invalid, now=now, generation=generation)
+        reason = C.FORBIDDEN if check.forbidden else C.INVALID_SPEC
+        conds = C.set_condition(conds, C.INVALID, True, reason, check.invalid, now=now, generation=generation)
     else:
         conds = C.clear_condition(conds, C.INVALID, C.VALID_SPEC, "the spec is valid", now=now, generation=generation)
     if check.refused:
@@ -246,8 +248,9 @@ def invalid_status(
     """A run whose spec never validated: Failed, with the Invalid condition naming the fields; no Jobs."""
     conds = spec_conditions(previous.conditions, check, now=now, generation=generation)
     conds = C.set_condition(
-        conds, C.READY, False, C.INVALID_SPEC, "fix the spec: see the Invalid condition", now=now, generation=generation
-    )
+        conds, C.READY, False, C.FORBIDDEN if check.forbidden else C.INVALID_SPEC,
+        "fix the spec: see the Invalid condition", now=now, generation=generation,
+    )  # fmt: skip
     return WarpRunStatus(
         phase="Failed", conditions=conds, observed_generation=generation, start_time=previous.start_time or now
     )

@@ -562,3 +562,17 @@ def changed_fields(old: WarpRunSpec, new: WarpRunSpec, ignore: tuple[str, ...] =
         if getattr(old, name) != getattr(new, name):
             out.append(f"spec.{info.alias or name}")
     return out
+
+
+def unsafe_changes(old: WarpRunSpec, new: WarpRunSpec) -> list[str]:
+    """What a running run's spec may not change: every field outside SAFE_TO_CHANGE, and within `resources`
+    each role's image (an image is code: a new one mid-run would change results, like a new reward)."""
+    images = [f"spec.resources.{role}.image" for role in ("trainer", "merger", "evaluation")
+              if getattr(old.resources, role).image != getattr(new.resources, role).image]  # fmt: skip
+    return changed_fields(old, new) + images
+
+
+def keep_images(accepted: WarpRunSpec, new: ResourcesSpec) -> ResourcesSpec:
+    """`new` resources with each role's image as accepted (the safe part of a refused change)."""
+    return new.model_copy(update={role: getattr(new, role).model_copy(update={"image": getattr(accepted.resources, role).image})
+                                  for role in ("trainer", "merger", "evaluation")})  # fmt: skip

@@ -109,3 +109,14 @@ the release namespace plus workers.serviceAccount.namespaces.
 {{- printf "%s-s3" (include "kwarp.fullname" .) }}
 {{- end }}
 {{- end }}
+
+{{/*
+The operator's guardrails (KWARP_GUARDRAILS): the guardrails.* values, plus the worker image's repository
+and the worker ServiceAccount, which a run may always name.
+*/}}
+{{- define "kwarp.guardrails" -}}
+{{- $g := deepCopy .Values.guardrails -}}
+{{- $_ := set $g "images" (append $g.images .Values.workers.image.repository | uniq) -}}
+{{- $_ := set $g "serviceAccounts" (append $g.serviceAccounts (include "kwarp.workerServiceAccountName" .) | uniq) -}}
+{{- toJson $g -}}
+{{- end }}
