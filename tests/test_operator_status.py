@@ -12,7 +12,7 @@ import pytest
 from kwarp.core.crd import crd
 from kwarp.core.plan import Fail, Start, Succeed, Task, TaskJobs, all_tasks
 from kwarp.core.spec import WarpRunSpec, parse
-from kwarp.core.status import Condition, ParetoPoint, WarpRunStatus
+from kwarp.core.status import Condition, IterationFront, ParetoPoint, WarpRunStatus
 from kwarp.operator import conditions as C
 from kwarp.operator.observe import Failures, JobView, by_task, pod_failure, task_jobs, view
 from kwarp.operator.reconcile import KeyedSerializer, cluster_problems, effective_spec
@@ -28,6 +28,7 @@ from kwarp.operator.status import (
     previous_status,
     status_document,
     status_patch,
+    store_down_status,
 )
 
 from .customresource import stored_form
@@ -384,3 +385,30 @@ def test_keyed_serializer_folds_concurrent_requests_into_one_more_pass() -> None
     assert calls == ["pass", "other", "pass"]  # the five requests cost one more pass
     time.sleep(0.01)
     assert serializer.run("run-a", lambda: calls.append("later")) is True
+
+
+# ------------------------------------------------------------------ while the store is unreachable
+
+
+def test_store_down_status_keeps_what_the_store_showed_and_follows_suspend() -> None:
+    front = IterationFront(iteration=0, points=[ParetoPoint(eta=0.3, reward=1.0, kl=2.0)])
+    previous = WarpRunStatus(phase="Training", iteration=1, members_done="1/2", pareto=[front],
+                             checkpoints={"base": "s3://b/r/base"}, start_time=T0)  # fmt: skip
+    active = {TR(1, 0): TaskJobs(active=True), TR(1, 1): TaskJobs(active=True, suspended=True)}
+    known = frozenset({P, TR(0, 0), TR(0, 1), MG(0), EV(0), TR(1, 1)})
+    held = store_down_status(spec=spec(**{"spec.suspend": True}), generation=3, previous=previous, check=SpecCheck(),
+                             jobs=active, known_done=known, error="cannot reach S3 endpoint m:9000", now=T1)  # fmt: skip
+    assert held.phase == "Suspended"
+    assert (held.pareto, held.checkpoints, held.members_done, held.start_time) == ([front], {"base": "s3://b/r/base"}, "1/2", T0)
+    down = C.find(held.conditions, C.STORE_UNAVAILABLE)
+    assert down is not None and (down.status, down.reason, down.message) == ("True", C.STORE_ERROR, "cannot reach S3 endpoint m:9000")
+    assert C.is_true(held.conditions, C.SUSPENDED) and held.observed_generation == 3
+    # Resumed while still down: the phase of what was seen done before (iteration 1, training).
+    resumed = store_down_status(spec=spec(), generation=4, previous=held, check=SpecCheck(), jobs=active,
+                                known_done=known, error="still down", now=T2)  # fmt: skip
+    assert resumed.phase == "Training" and not C.is_true(resumed.conditions, C.SUSPENDED)
+    assert C.find(resumed.conditions, C.STORE_UNAVAILABLE).last_transition_time == T1  # type: ignore[union-attr]
+    # A finished run stays finished.
+    done = store_down_status(spec=spec(**{"spec.suspend": True}), generation=5, previous=previous.model_copy(update={"phase": "Succeeded"}),
+                             check=SpecCheck(), jobs={}, known_done=known, error="down", now=T2)  # fmt: skip
+    assert done.phase == "Succeeded"
