@@ -8,6 +8,9 @@
     SpecChangeRefused  True when a running run's spec changed a field that would alter its results
     StoreUnavailable   True when the run's store cannot be read (credentials, endpoint, Secret missing)
     Pending            True while Jobs of the run wait for Kueue to admit them (the message names the queue)
+    PodsStuck          True while a pod of the run cannot start (image pull, missing Secret or ConfigMap):
+                       reason = the kubelet's (ImagePullBackOff, CreateContainerConfigError, ...), the
+                       message names each pod, its Job and what the kubelet said
 
 A condition type appears the first time it is set and stays (False once it no longer holds), so its
 lastTransitionTime says when it last flipped. An error a user must act on is always a condition.
@@ -27,6 +30,7 @@ INVALID = "Invalid"
 SPEC_CHANGE_REFUSED = "SpecChangeRefused"
 STORE_UNAVAILABLE = "StoreUnavailable"
 PENDING = "Pending"
+PODS_STUCK = "PodsStuck"
 
 # Reasons
 SUCCEEDED = "Succeeded"
@@ -43,6 +47,7 @@ STORE_ERROR = "StoreError"
 STORE_REACHABLE = "StoreReachable"
 WAITING_FOR_ADMISSION = "WaitingForAdmission"
 ADMITTED = "Admitted"
+PODS_STARTED = "PodsStarted"
 
 TRUE = "True"
 FALSE = "False"

@@ -34,6 +34,8 @@ LABEL_ATTEMPT = f"{API_GROUP}/attempt"
 # webhook would suspend it on creation anyway; it is created suspended so that no pod can start in the
 # moment before Kueue's webhook or controller sees it (and so the manifest says what happens).
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+# Set by the operator on a Job it failed for making no progress (operator/watchdog.py): the reason.
+ANNOTATION_STALLED = f"{API_GROUP}/stalled"
 APP_NAME = "kwarp"
 MANAGED_BY = "kwarp-operator"
 
@@ -82,7 +84,8 @@ def role(task: Task) -> str:
 # Pod settings the operator's per-role defaults may fill, where the run leaves them empty (`gpus` is
 # handled apart in with_defaults: it has no schema default, and the spec fills in the role's own).
 DEFAULTABLE = ("image", "cpu", "memory", "node_selector", "tolerations", "priority_class_name", "service_account_name",
-               "termination_grace_period_seconds")  # fmt: skip
+               "termination_grace_period_seconds", "ephemeral_storage", "scratch_size_limit",
+               "active_deadline_seconds")  # fmt: skip
 # A trainer's SIGTERM handler saves its state at the end of the current step (trainer/signals.py): the
 # Kubernetes default of 30 s is short for a step plus an upload of a large model's state.
 ROLE_GRACE_SECONDS = {"trainer": 120}
@@ -153,6 +156,10 @@ def _quantities(r: PodResources) -> dict[str, Any]:
         q["cpu"] = r.cpu
     if r.memory:
         q["memory"] = r.memory
+    if r.ephemeral_storage:
+        # A limit, not only a request: beyond it the kubelet evicts the pod without a DisruptionTarget
+        # condition, so the Job fails with the kubelet's message instead of being replaced forever.
+        q["ephemeral-storage"] = r.ephemeral_storage
     if r.gpus:
         q["nvidia.com/gpu"] = str(r.gpus)
     # requests == limits: a training pod should neither be throttled nor be the first one evicted.
@@ -205,7 +212,10 @@ def job_manifest(run: WarpRun, uid: str, task: Task, attempt: int, worker: Worke
     component = COMPONENTS[task.kind]
 
     mounts = [{"name": "scratch", "mountPath": SCRATCH}]
-    volumes: list[dict[str, Any]] = [{"name": "scratch", "emptyDir": {}}]
+    # A sizeLimit makes a full scratch an eviction of this pod (a failed attempt, with the kubelet's
+    # message) rather than node disk pressure, whose evictions carry DisruptionTarget and are retried forever.
+    scratch = {"sizeLimit": res.scratch_size_limit} if res.scratch_size_limit else {}
+    volumes: list[dict[str, Any]] = [{"name": "scratch", "emptyDir": scratch}]
     if res.gpus > 0:
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
@@ -278,6 +288,8 @@ def job_manifest(run: WarpRun, uid: str, task: Task, attempt: int, worker: Worke
         # Only Kueue unsuspends it, once its Workload is admitted; the operator never does (reconcile.py).
         meta_labels[LABEL_KUEUE_QUEUE] = queue
         job_spec["suspend"] = True
+    if res.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = res.active_deadline_seconds
 
     return {
         "apiVersion": "batch/v1",

@@ -93,11 +93,15 @@ class Kube:
         return True
 
     def set_job_suspended(self, namespace: str, name: str, suspend: bool) -> None:
+        self.patch_job(namespace, name, {"spec": {"suspend": suspend}})
+
+    def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """A merge patch of a Job (suspend, resume; fail a stalled one); a Job gone meanwhile is no error."""
         try:
             self._call(
                 "PATCH",
                 f"/apis/batch/v1/namespaces/{quote(namespace)}/jobs/{quote(name)}",
-                {"spec": {"suspend": suspend}},
+                patch,
                 content_type=MERGE_PATCH,
             )
         except ApiException as err:
@@ -116,10 +120,17 @@ class Kube:
             if err.status != 404:
                 raise
 
-    # -- pods: list (why a Job failed)
+    # -- pods: list (why a Job failed; which pods cannot start)
     def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         listing = self._call(
             "GET", f"/api/v1/namespaces/{quote(namespace)}/pods", query=[("labelSelector", f"job-name={job}")]
+        )
+        return list(listing.get("items") or [])
+
+    def run_pods(self, namespace: str, run: str) -> list[dict[str, Any]]:
+        """The pods of a run's Jobs (their template carries the run label): one list per reconcile."""
+        listing = self._call(
+            "GET", f"/api/v1/namespaces/{quote(namespace)}/pods", query=[("labelSelector", f"{LABEL_RUN}={run}")]
         )
         return list(listing.get("items") or [])
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from kwarp.core.plan import Task, TaskJobs
 
-from .jobs import LABEL_ATTEMPT, LABEL_TASK, queue_label
+from .jobs import ANNOTATION_STALLED, LABEL_ATTEMPT, LABEL_TASK, queue_label
 
 # Queued: a Kueue workload not admitted yet (or evicted by Kueue and back in its queue). Kueue alone
 # unsuspends it, so the plan sees it active but not paused: it is never resumed by the operator.
@@ -38,6 +38,7 @@ class JobView:
     queue: str | None = None  # the Kueue LocalQueue it was submitted to; None: not a Kueue workload
     created: str | None = None  # metadata.creationTimestamp (admission wait = startTime - created)
     deleting: bool = False  # deletionTimestamp set: going away (suspend of a Kueue workload deletes it)
+    stalled: str | None = None  # why the operator failed it for making no progress (its annotation)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ def view(job: Mapping[str, Any]) -> JobView | None:
         return None
     status = job.get("status") or {}
     conditions = status.get("conditions") or []
+    stalled = (meta.get("annotations") or {}).get(ANNOTATION_STALLED)
     state: JobState
     failure_reason = failure = None
     if _true(conditions, "Complete"):
@@ -77,6 +79,8 @@ def view(job: Mapping[str, Any]) -> JobView | None:
         state = "Failed"
         failure_reason = c.get("reason") or "Failed"
         failure = f"{c.get('reason') or 'Failed'}: {c.get('message') or 'no message'}"
+        if stalled:  # the deadline that failed it was the watchdog's: its reason is the one to quote
+            failure_reason, failure = stalled.split(":", 1)[0], stalled
     elif (job.get("spec") or {}).get("suspend"):
         state = "Queued" if queue_label(job) else "Suspended"
     elif status.get("active") or status.get("ready"):
@@ -96,12 +100,18 @@ def view(job: Mapping[str, Any]) -> JobView | None:
         queue=queue_label(job),
         created=meta.get("creationTimestamp"),
         deleting=bool(meta.get("deletionTimestamp")),
+        stalled=stalled,
     )
 
 
 def pod_failure(pod: Mapping[str, Any]) -> str | None:
-    """What a failed pod's container said: exit code, reason and the last line of its message."""
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+    """What a failed pod's container said: exit code, reason and the last line of its message; for a
+    pod the kubelet evicted (a full scratch emptyDir, ephemeral-storage over its limit), the kubelet's words."""
+    status = pod.get("status") or {}
+    if status.get("reason") == "Evicted":
+        name = (pod.get("metadata") or {}).get("name", "")
+        return f"pod {name} evicted by the kubelet: {(status.get('message') or 'no message').strip()}"
+    for cs in status.get("containerStatuses") or []:
         terminated = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
         if terminated and terminated.get("exitCode", 0) != 0:
             text = f"container {cs.get('name')} exited with code {terminated.get('exitCode')}"

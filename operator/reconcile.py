@@ -68,6 +68,7 @@ from .status import (
     store_down_status,
 )
 from .store_bounds import Breakers, bounded
+from .watchdog import NO_PROGRESS, Heartbeat, fail_patch, parse_time, stalled, stuck_condition, stuck_pods
 
 log = logging.getLogger(__name__)
 # Seconds per Pushgateway request when a deleted run's groups are removed (bounded: it runs in a handler).
@@ -416,6 +417,7 @@ class Reconciler:
                 self._act(body, run, uid, attempts, action, outcome)
             status = store_down_status(spec=spec, generation=generation, previous=previous, check=check, jobs=jobs,
                                        known_done=known, error=str(err), now=now)  # fmt: skip
+            status = self._watchdog(body, spec, None, views, status, now)  # pods need no store
             return self._report(body, raw_status, previous, status, outcome)
 
         attempts = by_task(views)
@@ -450,6 +452,7 @@ class Reconciler:
         )  # fmt: skip
         status = status.model_copy(update={"conditions": C.clear_condition(
             status.conditions, C.STORE_UNAVAILABLE, C.STORE_REACHABLE, "", now=now, generation=generation)})
+        status = self._watchdog(body, spec, store, views, status, now)
         return self._report(body, raw_status, previous, status, outcome)
 
     def _act(self, body: Mapping[str, Any], run: WarpRun, uid: str, attempts: Mapping[Task, list[JobView]],
@@ -491,6 +494,37 @@ class Reconciler:
         elif isinstance(action, Succeed):
             pass  # the status records it
         # Fail: the status records it; other tasks' Jobs keep running (raising maxRetries resumes the run).
+
+    def _watchdog(self, body: Mapping[str, Any], spec: WarpRunSpec, store: Store | None, views: list[JobView],
+                  status: WarpRunStatus, now: str) -> WarpRunStatus:  # fmt: skip
+        """Work that will not finish by itself (operator/watchdog.py): fail trainer Jobs that stopped
+        progressing (judged from the store: not while it is unreachable); report pods that cannot start
+        as the condition PodsStuck."""
+        meta = body["metadata"]
+        namespace, name, generation = meta.get("namespace", "default"), meta["name"], meta.get("generation")
+        deadline = spec.failure_policy.progress_deadline_seconds
+        for v in views:
+            if store is None or deadline is None or v.stalled or v.task.kind != "train" or v.state != "Running":
+                continue
+            try:
+                beat = Heartbeat.parse(store.get_json(layout.member_heartbeat(name, v.task.iteration, v.task.member)))
+            except StoreError as err:  # judge progress on a later pass rather than fail work on a blip
+                log.warning("%s/%s: cannot read the heartbeat of %s: %s", namespace, name, v.name, err)
+                continue
+            reason = stalled(v, beat, parse_time(now), deadline)
+            if reason is not None:
+                self.kube.patch_job(namespace, v.name, fail_patch(reason))
+                self.events(body, "Warning", NO_PROGRESS, f"failing Job {v.name}: {reason}"[:1000])
+        active = [v.name for v in views if v.state in ("Pending", "Running")]
+        stuck = stuck_pods(self.kube.run_pods(namespace, name), active) if active else []
+        if stuck:
+            reason, message = stuck_condition(stuck)
+            conditions = C.set_condition(status.conditions, C.PODS_STUCK, True, reason, message, now=now,
+                                         generation=generation)  # fmt: skip
+        else:
+            conditions = C.clear_condition(status.conditions, C.PODS_STUCK, C.PODS_STARTED, "", now=now,
+                                           generation=generation)  # fmt: skip
+        return status.model_copy(update={"conditions": conditions})
 
     def _failure_messages(self, namespace: str, views: list[JobView]) -> dict[str, str]:
         """Failure text of each failed Job, with what its pod's container said (asked once per Job)."""
@@ -553,4 +587,5 @@ PROBLEM_EVENTS = (
     (C.SPEC_CHANGE_REFUSED, "SpecChangeRefused"),
     (C.INVALID, "InvalidSpec"),
     (C.STORE_UNAVAILABLE, "StoreUnavailable"),
+    (C.PODS_STUCK, "PodsStuck"),
 )

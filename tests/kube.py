@@ -903,6 +903,7 @@ class _Tracked:
     pod: str | None = None
     finished: bool = False
     suspended: bool = False
+    active_since: float | None = None  # monotonic; the Job controller restarts the deadline on resume
 
 
 class JobRunner:
@@ -958,6 +959,7 @@ class JobRunner:
                     self._on_event(event["type"], job)
                     if self._stop.is_set():
                         break
+                self.enforce_deadlines()
             except Exception as err:  # a runner must keep running; the test sees its errors
                 if self._stop.is_set():
                     break
@@ -995,6 +997,7 @@ class JobRunner:
                 resumed = tracked.suspended
                 tracked.suspended = False
                 tracked.start = tracked.start or now_rfc3339()
+                tracked.active_since = time.monotonic()
                 tracked.pod = self._create_pod(job)
                 self._patch_status(name, {**job_status_running(tracked.start),
                                           **({"conditions": [{"type": "Suspended", "status": "False",
@@ -1002,11 +1005,30 @@ class JobRunner:
                                                               "lastTransitionTime": now_rfc3339()}]}
                                              if resumed else {})})
                 self.on_start(tracked)
+        self.enforce_deadlines()
+
+    def enforce_deadlines(self) -> None:
+        """spec.activeDeadlineSeconds as the Job controller applies it: a Job active (not suspended) longer
+        than its deadline fails with reason DeadlineExceeded, its pod stopped. The deadline may be set or
+        lowered on a running Job (a patch), which the next event or watch round sees (within a second)."""
+        with self.lock:
+            for name, tracked in list(self.jobs.items()):
+                deadline = tracked.job["spec"].get("activeDeadlineSeconds")
+                if (deadline is None or tracked.finished or tracked.suspended or tracked.active_since is None
+                        or time.monotonic() - tracked.active_since < deadline):  # fmt: skip
+                    continue
+                tracked.finished = True
+                self.on_deadline(tracked)
+                self._finish_pod(tracked, 143, "")
+                self._patch_status(name, job_status_failed(tracked.start or now_rfc3339(), now_rfc3339(),
+                                                           "DeadlineExceeded",
+                                                           "Job was active longer than specified deadline"))
 
     # -- hooks
     def on_start(self, tracked: _Tracked) -> None: ...
     def on_suspend(self, tracked: _Tracked) -> None: ...
     def on_deleted(self, tracked: _Tracked) -> None: ...
+    def on_deadline(self, tracked: _Tracked) -> None: ...
 
     # -- status writers (what the Job controller would write)
     def _patch_status(self, name: str, status: Obj) -> None:
@@ -1204,6 +1226,9 @@ class ProcessJobRunner(JobRunner):
         self._terminate(tracked.job["metadata"]["name"])
 
     def on_deleted(self, tracked: _Tracked) -> None:
+        self._terminate(tracked.job["metadata"]["name"])
+
+    def on_deadline(self, tracked: _Tracked) -> None:
         self._terminate(tracked.job["metadata"]["name"])
 
     def shutdown(self) -> None:

@@ -23,6 +23,7 @@ from kwarp.core.crd import crd
 from kwarp.core.plan import Task
 from kwarp.core.spec import PodResources, parse
 from kwarp.operator.jobs import WorkerSettings, job_manifest
+from kwarp.operator.watchdog import fail_patch
 
 from . import customresource, k8s_openapi
 from .apiextensions import validate_crd
@@ -55,6 +56,11 @@ RESOURCE_CASES: dict[str, dict[str, Any]] = {
                                                "effect": "NoExecute", "tolerationSeconds": 30}],
                               "priorityClassName": "training", "serviceAccountName": "kwarp-worker"},
                   "merger": {"cpu": "500m", "memory": "8Gi", "image": "registry.example/kwarp-cpu:1.0"}},
+    # Work that must end or fail visibly: grace period, scratch and ephemeral-storage limits, a deadline.
+    "bounded": {"trainer": {"terminationGracePeriodSeconds": 600, "ephemeralStorage": "200Gi",
+                            "scratchSizeLimit": "100Gi", "activeDeadlineSeconds": 86400},
+                "merger": {"terminationGracePeriodSeconds": 0, "scratchSizeLimit": "500Mi",
+                           "activeDeadlineSeconds": 3600}},
 }
 WORKERS = {
     "plain": WorkerSettings(image="registry.example/kwarp-worker:1.0"),
@@ -89,6 +95,11 @@ def operator_jobs() -> Iterator[tuple[str, dict[str, Any]]]:
                                                         "cloud.example/gpu": "h100"}}  # fmt: skip
             admitted = {**job, "spec": {**job["spec"], "suspend": False, "template": {**template, "spec": pod}}}
             yield label + "/admitted", admitted
+        # What the progress watchdog's patch leaves on a stalled Job (a reason annotation, a passed deadline).
+        if task.kind == "train":
+            patch = fail_patch("NoProgress: no training progress for 1900 s")
+            stalled = {**job, "metadata": {**job["metadata"], **patch["metadata"]}, "spec": {**job["spec"], **patch["spec"]}}
+            yield label + "/stalled", stalled
 
 
 def chart_objects() -> Iterator[tuple[str, dict[str, Any]]]:

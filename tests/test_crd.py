@@ -170,6 +170,8 @@ def test_documents_accept_only_the_crds_spelling(camel: str, snake: str) -> None
         node, schema = (node or {}).get(key), schema["properties"][key]
     # The default where there is one, else a valid value of the field's type (a unset optional field).
     value = node if node is not None else {"integer": 1, "number": 0.5, "string": "x"}[schema["type"]]
+    if key in ("ephemeralStorage", "scratchSizeLimit"):
+        value = "1Gi"  # a Kubernetes quantity
 
     def patched(path: str) -> dict:
         out = copy.deepcopy(base)

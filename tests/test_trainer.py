@@ -138,6 +138,9 @@ def test_train_writes_final_ema_state_and_log_then_is_a_no_op(make_run, tmp_path
     assert log[0]["kl_anchor"] == pytest.approx(0.0, abs=1e-6)  # θ = θ_ema = θ_init at the first step
     assert log[-1]["kl_anchor"] > 0 and log[-1]["kl_init"] > 0
     assert log[0]["lr"] == pytest.approx(5e-3) and log[-1]["lr"] == pytest.approx(1e-2)  # warm-up of 2 steps
+    # The progress watchdog's heartbeat (operator/watchdog.py) shows the last step.
+    beat = json.loads((member / "heartbeat.json").read_text())
+    assert beat["step"] == 6 and beat["steps"] == 6 and beat["time"] >= log[-1]["time"]
 
     # Re-running a finished member does nothing.
     manifest = (member / "final" / MANIFEST).read_bytes()
@@ -305,7 +308,8 @@ def test_sigkill_never_exposes_a_partial_checkpoint_and_the_run_resumes(make_run
     listed = store.list(member)
     assert not store.has_checkpoint(layout.member_final("r", 0, 0))
     assert all(not part.startswith(".") for key in listed for part in key.split("/"))  # staging stays hidden
-    folders = {key.rsplit("/", 1)[0] for key in listed if key != layout.member_log("r", 0, 0)}
+    files = (layout.member_log("r", 0, 0), layout.member_heartbeat("r", 0, 0))
+    folders = {key.rsplit("/", 1)[0] for key in listed if key not in files}
     assert folders == {layout.member_state("r", 0, 0)}
     verify(root / layout.member_state("r", 0, 0), hashes=True)  # the one visible checkpoint is complete
     saved = json.loads((root / layout.member_state("r", 0, 0) / STATE_JSON).read_text())["step"]

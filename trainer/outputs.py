@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 
 from kwarp.core.checkpoints import PICKLE_SUFFIXES
 from kwarp.policy import unique_parameters
-from kwarp.store import Store
+from kwarp.store import Store, StoreError
 
 from .guards import finite_or_none
 
@@ -57,3 +58,24 @@ def publish_model(
         for path in folder.iterdir():
             if path.suffix in PICKLE_SUFFIXES:
                 path.unlink()
+
+
+class Heartbeat:
+    """heartbeat.json: the last completed step and when, for the operator's progress watchdog
+    (failurePolicy.progressDeadlineSeconds, operator/watchdog.py). Rewritten at most every `every`
+    seconds, so a fast trainer costs one small PUT per interval; a store error only skips a beat."""
+
+    def __init__(self, store: Store, key: str, steps: int, every: float = 30.0):
+        self.store, self.key, self.steps, self.every = store, key, steps, every
+        self.last = float("-inf")
+
+    def beat(self, step: int, *, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self.last < self.every:
+            return
+        try:
+            self.store.put_json(self.key, {"step": step, "steps": self.steps, "time": now})
+        except StoreError as err:
+            print(f"kwarp train: warning: heartbeat not written ({err})", flush=True)
+            return
+        self.last = now

@@ -73,7 +73,7 @@ from .guards import (
     finite_or_none,
     optimizer_tensors_named,
 )
-from .outputs import MetricsLog, publish_model
+from .outputs import Heartbeat, MetricsLog, publish_model
 from .reinforce import (
     advantages,
     batch_indices,
@@ -446,7 +446,10 @@ def train(
         accelerator.wait_for_everyone()
 
     stop = StopRequest()
+    heartbeat = Heartbeat(store, layout.member_heartbeat(name, iteration, member), T)
     with exporting, stop.installed():
+        if main:
+            heartbeat.beat(start, force=True)  # loaded: the watchdog's clock restarts here
         for step in range(start, T):
             torch.manual_seed(step_seed(seed, step, accelerator.process_index))
             indices = batch_indices(len(prompts), spec.training.batch_size, step, seed)
@@ -459,6 +462,7 @@ def train(
                 log.append(record)
                 metrics.record_step(labels, record)
                 print(progress_line(record, T), flush=True)
+                heartbeat.beat(step + 1, force=step + 1 == T)
             try:
                 guard.observe(step, NONFINITE_FIELD not in record, record)
             except NonFiniteError:

@@ -333,12 +333,29 @@ class PodResources(_Model):
         "others the Kubernetes default (30)",
     )
 
-    @field_validator("cpu", "memory")
+    ephemeral_storage: str | None = Field(
+        None,
+        description="ephemeral-storage request and limit of the pod, e.g. '200Gi' (scratch, caches, logs); "
+        "beyond it the kubelet evicts the pod, and the task fails with that reason",
+    )
+    scratch_size_limit: str | None = Field(
+        None,
+        description="sizeLimit of the /scratch emptyDir (the S3 checkpoint cache, HOME, TMPDIR), e.g. '100Gi'; "
+        "beyond it the kubelet evicts the pod, and the task fails with that reason",
+    )
+    active_deadline_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="Fail a task's Job that has been active this long (Kubernetes activeDeadlineSeconds; per attempt, "
+        "the time a Job is suspended does not count); a retry starts afresh. Unset: no deadline",
+    )
+
+    @field_validator("cpu", "memory", "ephemeral_storage", "scratch_size_limit")
     @classmethod
     def _quantity(cls, v: str | None, info: Any) -> str | None:
         if v is not None and not _QUANTITY.match(v):
             raise ValueError(
-                f"spec.resources.*.{info.field_name}: '{v}' is not a Kubernetes quantity (e.g. '8', '500m', '64Gi')"
+                f"spec.resources.*.{to_camel(info.field_name)}: '{v}' is not a Kubernetes quantity (e.g. '8', '500m', '64Gi')"
             )
         return v
 
@@ -368,6 +385,13 @@ class ResourcesSpec(_Model):
 
 class FailurePolicy(_Model):
     max_retries: int = Field(2, ge=0, le=100, description="Times a failed trainer, merge or evaluation is retried")
+    progress_deadline_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="Fail a running trainer Job (a failed attempt, retried like any other) when its member has "
+        "completed no step for this long, judged from the heartbeat the trainer writes to the store; cover "
+        "model loading and the slowest step with its evaluation. Unset: no progress watchdog",
+    )
 
 
 class WarpRunSpec(_Model):

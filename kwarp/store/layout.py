@@ -57,6 +57,11 @@ def member_log(run: str, i: int, m: int) -> str:
     return f"{run}/iter-{i}/member-{m}/metrics.jsonl"
 
 
+def member_heartbeat(run: str, i: int, m: int) -> str:
+    """The trainer's last completed step and when (JSON), rewritten as it trains: the operator's progress watchdog."""
+    return f"{run}/iter-{i}/member-{m}/heartbeat.json"
+
+
 def slerp(run: str, i: int) -> str:
     return f"{run}/iter-{i}/slerp"
 
