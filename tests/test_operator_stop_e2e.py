@@ -1,0 +1,95 @@
+"""End to end: a trainer stopped mid-run by the operator's watchdog saves its state, and the retry resumes it.
+
+The parts are real: the operator (kopf in-process) against the API server emulator, `kwarp` task processes
+started from the Jobs by ProcessJobRunner, a moto S3 server holding inputs and checkpoints. The test does
+to the running trainer Job what the progress watchdog does to a stalled one (operator/watchdog.py
+`fail_patch`: the reason annotation and a deadline already passed); the Job controller (the runner) then
+stops the pod with SIGTERM, exactly as for a deadline. The trainer saves its state at the step it reached
+(between two checkpoint intervals), the Job fails with the watchdog's reason, and the retry continues from
+that step to the end: the member's log holds every step once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kwarp.core.crd import crd
+from kwarp.core.spec import StorageSpec
+from kwarp.operator.jobs import WorkerSettings
+from kwarp.operator.watchdog import fail_patch
+from kwarp.store import layout
+from kwarp.store.s3 import S3Store
+from kwarp.trainer.train import PROGRESS_PREFIX
+
+from .kube import Cluster, ProcessJobRunner, RunningOperator, wait_for, wait_value
+from .s3server import ACCESS_KEY, SECRET_KEY, S3Server
+from .test_operator import NS, Api, options
+from .test_operator_e2e import s3, upload_inputs, warprun  # noqa: F401 - s3 is the fixture
+
+RUN = "e2e"
+STEPS = 40
+pytestmark = pytest.mark.timeout(1500)  # four task processes on a loaded 2-core machine
+
+
+def last_step(log: str) -> int:
+    steps = [json.loads(ln[len(PROGRESS_PREFIX):])["step"] for ln in log.splitlines() if ln.startswith(PROGRESS_PREFIX)]
+    return max(steps, default=0)
+
+
+def test_a_stopped_trainer_saves_its_step_and_the_retry_resumes_it(tmp_path: Path, s3: S3Server) -> None:  # noqa: F811
+    bucket = s3.create_bucket()
+    storage_doc = {"url": f"s3://{bucket}/runs", "endpoint": s3.endpoint, "secure": False, "secretName": "kwarp-s3"}
+    storage = StorageSpec.model_validate(storage_doc)
+    upload_inputs(s3, bucket, storage, tmp_path)
+    doc = warprun(bucket, storage_doc)
+    doc["spec"]["warp"].update(iterations=1, policies=1, steps=STEPS)
+    doc["spec"]["training"]["checkpointInterval"] = 1000  # only the SIGTERM saves
+    doc["spec"]["failurePolicy"] = {"maxRetries": 1}
+
+    with Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
+        api = Api(cluster)
+        api.core.create_namespaced_secret(NS, {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kwarp-s3"},
+            "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(ACCESS_KEY.encode()).decode(),
+                     "AWS_SECRET_ACCESS_KEY": base64.b64encode(SECRET_KEY.encode()).decode()},
+        })  # fmt: skip
+        opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"))
+        with ProcessJobRunner(cluster, tmp_path / "pods", parallel=1) as runner, RunningOperator(cluster, opts):
+            api.create(doc)
+            job = "e2e-i0-m0"
+            wait_for(lambda: last_step(runner.log_tail(job, 400)) >= 3, 500,
+                     message=lambda: f"{job} at step 3; log: {runner.log_tail(job)}")
+            reason = "NoProgress: stopped by the test as the watchdog stops a stalled trainer"
+            api.batch.patch_namespaced_job(job, NS, fail_patch(reason))
+
+            def status() -> dict[str, Any]:
+                st = api.status(RUN)
+                if st.get("phase") == "Failed":
+                    raise AssertionError(f"the run failed: {json.dumps(st.get('conditions'))}\n"
+                                         f"logs: {[runner.log_tail(n) for n in runner.logs]}")  # fmt: skip
+                return st
+
+            st = wait_value(status, lambda s: s.get("phase") == "Succeeded", 800,
+                            message=lambda: f"Succeeded; status {json.dumps(api.status(RUN))[:2000]}")
+            assert not runner.errors, runner.errors
+            first, retry = runner.log_tail(job, 2000), runner.log_tail(f"{job}-r1", 2000)
+
+    # The first attempt saved at the step it reached when SIGTERM came, between checkpoint intervals ...
+    saved = next(int(ln.split(" saved at step ")[1].split("/")[0]) for ln in first.splitlines()
+                 if "SIGTERM:" in ln and " saved at step " in ln)  # fmt: skip
+    assert 3 <= saved < STEPS
+    assert last_step(first) == saved  # it stopped at that step boundary
+    # ... the Job failed with the watchdog's reason, and the retry went on from there to the end.
+    assert reason in st["failures"]["i0-m0"]["reason"]
+    assert f"resuming {RUN} i0 m0 at step {saved}/{STEPS}" in retry
+    progress = [json.loads(ln[len(PROGRESS_PREFIX):])["step"] for ln in retry.splitlines() if ln.startswith(PROGRESS_PREFIX)]
+    assert progress == list(range(saved + 1, STEPS + 1))
+    store = S3Store.from_url(f"s3://{bucket}/runs", storage, env=s3.env())
+    log = store.get_bytes(layout.member_log(RUN, 0, 0)).decode().splitlines()  # type: ignore[union-attr]
+    assert [json.loads(ln)["step"] for ln in log if ln.strip()] == list(range(1, STEPS + 1))  # every step once
+    assert store.has_checkpoint(layout.member_final(RUN, 0, 0))
