@@ -21,6 +21,7 @@ N·C·V logits in the update for it).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,6 +31,9 @@ import torch
 Generation = Literal["auto", "plain", "compiled"]
 GENERATIONS: tuple[str, ...] = ("auto", "plain", "compiled")
 PROMPT_BUCKET = 32
+# torch.compile's backend for the decode step. Inductor needs a C compiler at run time (Triton builds
+# its launcher with one); where compilation fails, the loop runs uncompiled (_compile_failed).
+COMPILE_BACKEND: Any = "inductor"
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,8 @@ class _DecodeStep:
         self.model = model
         self.caches: dict[tuple[int, int], Any] = {}
         # dynamic=False: one graph per shape, and the shapes do not change between steps of a run.
-        self.forward = torch.compile(self._forward, dynamic=False)
+        self.forward = torch.compile(self._forward, dynamic=False, backend=COMPILE_BACKEND)
+        self.failed = False
 
     def cache(self, rows: int, length: int) -> Any:
         from transformers import StaticCache
@@ -125,6 +130,13 @@ def _decode_step(model: Any) -> _DecodeStep:
     return step
 
 
+def _is_compile_failure(err: BaseException) -> bool:
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import InductorError
+
+    return isinstance(err, TorchDynamoException | InductorError)
+
+
 @torch.no_grad()
 def decode(
     model: Any,
@@ -137,7 +149,40 @@ def decode(
     pad_id: int,
     compiled: bool,
 ) -> Decoded:
-    """Sample up to `max_new_tokens` tokens per row; stops early once every row has drawn an EOS."""
+    """Sample up to `max_new_tokens` tokens per row; stops early once every row has drawn an EOS.
+
+    If the compiled path cannot compile here (no C compiler for Triton, an unsupported model), this
+    call and every later one for the model run the uncompiled loop instead, with one warning: a
+    trainer whose image lacks a compiler still trains, at the uncompiled speed.
+    """
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, temperature=temperature, eos=eos, pad_id=pad_id)
+    if compiled and not _decode_step(model).failed:
+        try:
+            return _decode(model, prompt_ids, prompt_mask, compiled=True, **kwargs)
+        except Exception as err:
+            if not _is_compile_failure(err):
+                raise
+            _decode_step(model).failed = True
+            warnings.warn(
+                f"kwarp: torch.compile of the decode step failed ({type(err).__name__}: {' '.join(str(err).split())[:300]}); "
+                "generation continues uncompiled (spec.training.generation: auto or compiled)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return _decode(model, prompt_ids, prompt_mask, compiled=False, **kwargs)
+
+
+def _decode(
+    model: Any,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    eos: Sequence[int],
+    pad_id: int,
+    compiled: bool,
+) -> Decoded:
     from transformers import DynamicCache
 
     from kwarp.policy import position_ids

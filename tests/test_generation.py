@@ -9,6 +9,7 @@ instead of 0.9 is rejected.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,27 @@ def test_completions_end_at_eos_and_pad_after_it(tmp_path: Path) -> None:
     assert drawn.lengths.min() < drawn.lengths.max()
     after = mask == 0
     assert after.any() and ids[after].eq(tok.pad_token_id).all()
+
+
+def _no_compiler(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> None:
+    """A torch.compile backend that fails as inductor does in an image without a C compiler."""
+    raise RuntimeError("Failed to find C compiler")
+
+
+def test_a_decode_step_that_cannot_compile_runs_uncompiled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(generation, "COMPILE_BACKEND", _no_compiler)
+    folder = tiny_gpt2(tmp_path / "m")
+    model, tok = load_causal_lm(folder, "float32"), load_tokenizer(folder)
+    torch.manual_seed(0)
+    with pytest.warns(RuntimeWarning, match="torch.compile of the decode step failed .*Failed to find C compiler"):
+        drawn = sample(model, tok, PROMPTS, samples_per_prompt=2, max_new_tokens=4, temperature=TEMPERATURE,
+                       generation="compiled")
+    assert drawn.completion_ids.shape == (4, 4) and drawn.logprob is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the model is not compiled, nor warned about, again
+        again = sample(model, tok, PROMPTS, samples_per_prompt=2, max_new_tokens=4, temperature=TEMPERATURE,
+                       generation="compiled")
+    assert again.completion_ids.shape == (4, 4)
 
 
 def test_resolve_names_the_path_per_device() -> None:
