@@ -8,9 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from kwarp.cli import build_parser
+from kwarp.core.errors import UserError
 from kwarp.core.guardrails import Guardrails
 from kwarp.operator import conditions as C
 from kwarp.operator.app import guardrails_from
+from kwarp.operator.cli import options_from
 
 from . import test_chart, test_operator
 from .kube import RunningOperator, StatusJobRunner, wait_for
@@ -100,3 +105,16 @@ def test_the_chart_values_reach_the_operator(chart: Any) -> None:
     assert custom.priority_classes == ("training-high",)
     research = custom.for_namespace("research")
     assert research.images == ("*",) and research.trust_remote_code is True and research.priority_classes == ("training-high",)
+
+
+def test_the_operator_command_reads_its_guardrails_and_cleanup_grace() -> None:
+    parser = build_parser("operator")
+    env = {"KWARP_GUARDRAILS": json.dumps({"priorityClasses": ["training-high"]}), "KWARP_CLEANUP_GRACE_SECONDS": "30"}
+    opts = options_from(parser.parse_args([]), env)
+    assert opts.guardrails.priority_classes == ("training-high",) and opts.guardrails.images == ()
+    assert opts.cleanup_grace_seconds == 30
+    assert options_from(parser.parse_args(["--cleanup-grace-seconds", "0"]), env).cleanup_grace_seconds == 0
+    unset = options_from(parser.parse_args([]), {})
+    assert unset.guardrails == Guardrails() and unset.cleanup_grace_seconds == 300  # strict by default
+    with pytest.raises(UserError, match="KWARP_GUARDRAILS"):
+        options_from(parser.parse_args([]), {"KWARP_GUARDRAILS": '{"image": ["typo"]}'})
