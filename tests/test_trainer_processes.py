@@ -47,3 +47,39 @@ def test_the_jobs_launcher_starts_one_trainer_per_gpu_and_they_train_one_member(
     assert store.has_checkpoint(layout.member_final("r", 0, 0)) and store.has_checkpoint(layout.member_ema("r", 0, 0))
     base, final = load_state(root / "r" / "base"), load_state(root / layout.member_final("r", 0, 0))
     assert set(base) == set(final) and any(not base[n].equal(final[n]) for n in base)
+
+
+def test_sigterm_to_the_launcher_stops_every_trainer_at_one_step_and_the_state_resumes(make_run, tmp_path: Path) -> None:  # noqa: F811
+    """The pod's SIGTERM reaches torchrun (the container's process), which passes it to its trainers: they
+    agree on one step (trainer/signals.py), the state of that step is saved once, with world size 2, and
+    a run after it resumes there."""
+    import signal
+
+    run = make_run(warp={"steps": 400}, training={"checkpointInterval": 1000})
+    cmd, args = command(Task.train(0, 0), 2)
+    argv = [str(Path(sys.executable).parent / cmd[0]), *args, "--device", "cpu"]
+    env = {**os.environ, "KWARP_SPEC": json.dumps(run.to_document()), "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(PROGRESS_PREFIX) and json.loads(line[len(PROGRESS_PREFIX):])["step"] >= 3:
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    root = tmp_path / "store"
+    state = json.loads((root / layout.member_state("r", 0, 0) / STATE_JSON).read_text())
+    assert state["world_size"] == 2 and 3 <= state["step"] < 400, (out[-2000:], err[-3000:])
+    assert f"saved at step {state['step']}/400" in out + err
+    assert not open_store(str(root)).has_checkpoint(layout.member_final("r", 0, 0))
+
+    doc = run.to_document()
+    doc["spec"]["warp"]["steps"] = state["step"] + 1  # one step more than the saved state holds
+    resumed = run_job_command(doc, tmp_path, gpus=2)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resuming r i0 m0 at step {state['step']}/{state['step'] + 1}" in resumed.stdout
+    assert open_store(str(root)).has_checkpoint(layout.member_final("r", 0, 0))
