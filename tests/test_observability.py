@@ -597,6 +597,26 @@ ALERT_CASES: list[dict[str, Any]] = [
             },
         ],
     },
+    {   # two steps skipped (nan) at minutes 3 and 4; quiet again 10 minutes after the last
+        "interval": "1m",
+        "input_series": [_series("kwarp_trainer_nonfinite_steps_total", MEMBER_L, "0 0 0 1 2 2 2 2 2 2 2 2 2 2 2 2 2 2 2 2")],
+        "alert_rule_test": [
+            {"eval_time": "2m", "alertname": "KwarpMemberNonFiniteSteps", "exp_alerts": []},
+            {
+                "eval_time": "5m", "alertname": "KwarpMemberNonFiniteSteps",
+                "exp_alerts": [{
+                    "exp_labels": {**MEMBER_L, "severity": "warning"},
+                    "exp_annotations": {
+                        "summary": "r iteration 1 member 0 skips non-finite steps",
+                        "description": "Member 0 of iteration 1 of WarpRun ns/r skipped about 2 step(s) in 10 minutes "
+                        "because their loss or gradient was nan or inf. Check that the reward returns finite values; "
+                        "lower spec.training.learningRate or maxGradNorm, or train in float32.",
+                    },
+                }],
+            },
+            {"eval_time": "18m", "alertname": "KwarpMemberNonFiniteSteps", "exp_alerts": []},
+        ],
+    },
     {   # reconcile errors that keep coming; then the failed run and a failed Job
         "interval": "1m",
         "input_series": [
