@@ -416,12 +416,14 @@ def sample(
     temperature: float,
     max_prompt_tokens: int | None = None,
     generation: str = "plain",
+    synced: bool = False,
 ) -> Samples:
     """Sample `samples_per_prompt` completions per prompt with the KV cache (rows prompt-major).
 
     `generation` (auto, plain, compiled: kwarp.generation) picks the decode loop; every one draws
     from the same distribution. `model` must be the bare model (not a DDP wrapper). Randomness:
-    torch's global RNG.
+    torch's global RNG. `synced`: the model is sharded over processes (FSDP), so every forward is a
+    collective: transformers' generate with synced_gpus keeps each process stepping until all are done.
     """
     from kwarp import generation as gen
 
@@ -430,7 +432,7 @@ def sample(
     prompt_ids = enc["input_ids"].repeat_interleave(samples_per_prompt, dim=0)
     prompt_mask = enc["attention_mask"].repeat_interleave(samples_per_prompt, dim=0)
     eos = eos_ids(model, tokenizer)
-    path = gen.resolve(generation, device)
+    path = "plain" if synced else gen.resolve(generation, device)
     if path != "plain":
         drawn = gen.decode(
             model,
@@ -453,7 +455,7 @@ def sample(
             entropy=(drawn.token_entropy * weights).sum(dim=1) / cmask.sum(dim=1).clamp(min=1),
         )
     with _plain_sampling(model, eos, int(tokenizer.pad_token_id), temperature, max_new_tokens) as config:
-        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config, synced_gpus=synced)
     completion_ids = out[:, prompt_ids.shape[1] :]
     return Samples(prompt_ids, prompt_mask, completion_ids, completion_mask(completion_ids, eos))
 

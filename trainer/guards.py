@@ -92,10 +92,14 @@ def check_publishable(what: str, named: Mapping[str, Sequence[tuple[str, torch.T
         )
 
 
-def optimizer_tensors_named(optimizer: torch.optim.Optimizer, names: Sequence[str]) -> list[tuple[str, torch.Tensor]]:
-    """Adam's floating-point state tensors, named "<param>/<field>" (what the saved state holds)."""
+def optimizer_tensors_named(
+    optimizer: torch.optim.Optimizer | dict[str, Any], names: Sequence[str]
+) -> list[tuple[str, torch.Tensor]]:
+    """Adam's floating-point state tensors (of the optimiser or its state dict), named "<param>/<field>"
+    (what the saved state holds)."""
     out = []
-    for index, fields in optimizer.state_dict()["state"].items():
+    state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+    for index, fields in state["state"].items():
         for key, value in fields.items():
             if torch.is_tensor(value) and value.is_floating_point() and value.dim() > 0:
                 out.append((f"{names[index]}/{key}", value))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +37,18 @@ class MetricsLog:
         self.store.put_bytes(self.key, ("\n".join(self.lines) + "\n").encode() if self.lines else b"")
 
 
+def _plain_architecture(folder: Path, model: Any) -> None:
+    """fully_shard swaps a model's class for a subclass named FSDP<Class>; save_pretrained records that name
+    in config.json's `architectures`. Readers of the checkpoint (the merger, evaluation, users) get the
+    model's own class name."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    plain = next(c.__name__ for c in type(model).__mro__ if not c.__name__.startswith("FSDP"))
+    if config.get("architectures") != [plain]:
+        config["architectures"] = [plain]
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def publish_model(
     store: Store,
     key: str,
@@ -54,6 +67,7 @@ def publish_model(
             state[name] = buffer.detach().cpu()
     with store.write_checkpoint(key, meta) as folder:
         model.save_pretrained(folder, state_dict=state)
+        _plain_architecture(folder, model)
         tokenizer.save_pretrained(folder)
         for path in folder.iterdir():
             if path.suffix in PICKLE_SUFFIXES:

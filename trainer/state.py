@@ -46,9 +46,11 @@ class Progress:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer, names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Adam's state as named tensors; `names[j]` is the name of the optimiser's j-th parameter."""
-    state = optimizer.state_dict()["state"]
+def optimizer_tensors(
+    optimizer: torch.optim.Optimizer | dict[str, Any], names: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Adam's state (the optimiser or its state dict) as named tensors; `names[j]` names the j-th parameter."""
+    state = (optimizer if isinstance(optimizer, dict) else optimizer.state_dict())["state"]
     out: dict[str, torch.Tensor] = {}
     for index, fields in state.items():
         for key, value in fields.items():
@@ -78,16 +80,44 @@ def save_state(
     names: Sequence[str],
     policy: Sequence[torch.Tensor],
     ema: Sequence[torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | dict[str, Any],
 ) -> None:
-    """Write the state files into `folder` (a staging folder the store publishes)."""
+    """Write the state files into `folder` (a staging folder the store publishes). Sharded training
+    passes whole tensors and the optimiser's gathered state dict (trainer/sharding.py)."""
     folder = Path(folder)
     save_file({n: t.detach().float().cpu().contiguous() for n, t in zip(names, policy, strict=True)}, folder / POLICY_FILE)
     save_file({n: t.detach().float().cpu().contiguous() for n, t in zip(names, ema, strict=True)}, folder / EMA_FILE)
     save_file(optimizer_tensors(optimizer, names), folder / OPTIMIZER_FILE)
-    groups = optimizer.state_dict()["param_groups"]
+    groups = (optimizer if isinstance(optimizer, dict) else optimizer.state_dict())["param_groups"]
     doc = {"format": STATE_FORMAT, **asdict(progress), "names": list(names), "param_groups": groups}
     (folder / STATE_JSON).write_text(json.dumps(doc, indent=1, sort_keys=True))
+
+
+def read_state(
+    folder: Path, names: Sequence[str]
+) -> tuple[Progress, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """(progress, policy, ema, optimizer tensors, Adam's param groups) of a saved state, whole tensors by name."""
+    folder = Path(folder)
+    try:
+        doc = json.loads((folder / STATE_JSON).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{folder}: unreadable {STATE_JSON} ({err})") from None
+    if doc.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{folder}: state format {doc.get('format')} is not {STATE_FORMAT}")
+    if doc["names"] != list(names):
+        raise CheckpointError(f"{folder}: the saved state is for another model (parameter names differ)")
+    progress = Progress(
+        step=doc["step"],
+        steps=doc["steps"],
+        data_position=doc["data_position"],
+        seed=doc["seed"],
+        world_size=doc["world_size"],
+        iteration=doc["iteration"],
+        member=doc["member"],
+        extra=doc.get("extra", {}),
+    )
+    return (progress, load_file(folder / POLICY_FILE), load_file(folder / EMA_FILE),
+            load_file(folder / OPTIMIZER_FILE), doc["param_groups"])  # fmt: skip
 
 
 @torch.no_grad()
@@ -100,27 +130,9 @@ def load_state(
     optimizer: torch.optim.Optimizer,
 ) -> Progress:
     """Copy a saved state into the live tensors and optimiser; return where training stands."""
-    folder = Path(folder)
-    try:
-        doc = json.loads((folder / STATE_JSON).read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{folder}: unreadable {STATE_JSON} ({err})") from None
-    if doc.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{folder}: state format {doc.get('format')} is not {STATE_FORMAT}")
-    if doc["names"] != list(names):
-        raise CheckpointError(f"{folder}: the saved state is for another model (parameter names differ)")
-    for file, live in ((POLICY_FILE, policy), (EMA_FILE, ema)):
-        saved = load_file(folder / file)
+    progress, saved_policy, saved_ema, opt_tensors, groups = read_state(folder, names)
+    for saved, live in ((saved_policy, policy), (saved_ema, ema)):
         for name, tensor in zip(names, live, strict=True):
             tensor.copy_(saved[name])
-    optimizer.load_state_dict(optimizer_state_dict(load_file(folder / OPTIMIZER_FILE), names, doc["param_groups"]))
-    return Progress(
-        step=doc["step"],
-        steps=doc["steps"],
-        data_position=doc["data_position"],
-        seed=doc["seed"],
-        world_size=doc["world_size"],
-        iteration=doc["iteration"],
-        member=doc["member"],
-        extra=doc.get("extra", {}),
-    )
+    optimizer.load_state_dict(optimizer_state_dict(opt_tensors, names, groups))
+    return progress

@@ -32,6 +32,7 @@ the distribution that was sampled (see kwarp.policy). Dropout is off throughout.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -65,6 +66,7 @@ from kwarp.policy import (
 from kwarp.run.evaluate import eval_settings, evaluate_policy, load_gold
 from kwarp.store import Store, layout, open_store
 
+from . import sharding
 from .guards import (
     NONFINITE_FIELD,
     NonFiniteError,
@@ -137,6 +139,7 @@ class Models:
     ema: list[torch.Tensor]  # float32; the anchor model's own parameters when anchor = ema
     anchor: Any | None  # computes log π_anchor; None for anchor "none"
     init: Any | None  # θ_init, frozen, for the KL to init; the anchor itself when anchor = sft
+    sharded: bool = False  # fsdp: params are DTensors, `ema` holds this process's float32 shards
 
 
 def load_models(init_dir: Path, spec: WarpRunSpec, device: torch.device, *, kl_to_init: bool) -> Models:
@@ -165,6 +168,26 @@ def load_models(init_dir: Path, spec: WarpRunSpec, device: torch.device, *, kl_t
     if kl_to_init:
         init = anchor if spec.warp.anchor == "sft" else frozen()
     return Models(policy, policy, tokenizer, names, params, ema, anchor, init)
+
+
+def shard_models(models: Models, spec: WarpRunSpec, device: torch.device, world: int) -> Models:
+    """spec.training.strategy fsdp: shard the policy, the anchor and θ_init over the member's processes
+    (trainer/sharding.py). The EMA becomes this process's shards: the anchor's own when anchor = ema."""
+    mesh = sharding.device_mesh(device, world)
+    compute = resolve_dtype(spec.policy.dtype, device)
+    done: set[int] = set()
+    for model in (models.bare, models.anchor, models.init):
+        if model is not None and id(model) not in done:
+            sharding.shard(model, mesh, compute)
+            done.add(id(model))
+    named = dict(models.bare.named_parameters())
+    params = [named[n] for n in models.names]
+    if spec.warp.anchor == "ema":
+        anchor_named = dict(models.anchor.named_parameters())
+        ema = [sharding.local(anchor_named[n]) for n in models.names]
+    else:
+        ema = [sharding.local(p).detach().clone() for p in params]
+    return dataclasses.replace(models, policy=models.bare, params=params, ema=ema, sharded=True)
 
 
 def make_optimizer(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
@@ -216,11 +239,17 @@ def training_step(
 
     `clock` times the phases (record["timing"]); step_seconds is always wall time.
     """
-    device = accelerator.device
-    k = cfg.samples_per_prompt
-    timer = PhaseTimer(device, clock)
+    timer = PhaseTimer(accelerator.device, clock)
     t0 = time.perf_counter()
+    samples, rewards = rollout(models, reward, accelerator, prompts, cfg, timer)
+    return learn(models, samples, rewards, optimizer, accelerator, step, cfg, timer=timer, started=t0)
 
+
+def rollout(
+    models: Models, reward: Reward, accelerator: Any, prompts: list[str], cfg: StepConfig, timer: PhaseTimer
+) -> tuple[Samples, torch.Tensor]:
+    """Steps 2-3a: k completions per prompt from π_θ and their rewards."""
+    k = cfg.samples_per_prompt
     with timer("generate"), accelerator.autocast():
         samples: Samples = sample(
             models.bare,
@@ -231,13 +260,34 @@ def training_step(
             temperature=cfg.temperature,
             max_prompt_tokens=cfg.max_prompt_tokens,
             generation=cfg.generation,
+            # Sharded: every forward is a collective, so every process generates until all are done.
+            synced=models.sharded,
         )
-    n = samples.completion_ids.shape[0]
-    rows = cfg.micro_batch_prompts * k
-
     with timer("score"):
         texts = decode_completions(models.tokenizer, samples)
-        rewards = reward.score([p for p in prompts for _ in range(k)], texts).to(device)
+        rewards = reward.score([p for p in prompts for _ in range(k)], texts).to(accelerator.device)
+    return samples, rewards
+
+
+def learn(
+    models: Models,
+    samples: Samples,
+    rewards: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    accelerator: Any,
+    step: int,
+    cfg: StepConfig,
+    *,
+    timer: PhaseTimer | None = None,
+    started: float | None = None,
+) -> dict[str, Any]:
+    """Steps 3b-5 on this process's rows of the batch: reference log-probs, the update, the EMA; the metrics."""
+    device = accelerator.device
+    k = cfg.samples_per_prompt
+    timer = timer or PhaseTimer(device)
+    t0 = started if started is not None else time.perf_counter()
+    n = samples.completion_ids.shape[0]
+    rows = cfg.micro_batch_prompts * k
 
     with timer("reference"), accelerator.autocast():
         logp_anchor = logp_init = None
@@ -247,14 +297,18 @@ def training_step(
             logp_init = logp_anchor
         elif models.init is not None:
             logp_init = batched_logprobs(models.init, samples, temperature=cfg.temperature, micro_batch=rows).logprob
+        if models.sharded:
+            for frozen in (models.anchor, models.init):
+                sharding.reshard(frozen)
 
     with timer("train"):
         logps, entropies, loss_total = [], [], 0.0
         for start in range(0, n, rows):
             stop = min(start + rows, n)
             chunk = samples.rows(start, stop)
-            # Gradients are all-reduced once, on the last micro-batch.
-            sync = nullcontext() if stop == n else accelerator.no_sync(models.policy)
+            # DDP all-reduces gradients once, on the last micro-batch; FSDP reduce-scatters each one
+            # into the sharded gradients (holding whole gradients until the last would defeat sharding).
+            sync = nullcontext() if stop == n or models.sharded else accelerator.no_sync(models.policy)
             with sync:
                 with accelerator.autocast():
                     out = sequence_logprobs(
@@ -273,7 +327,11 @@ def training_step(
             logps.append(out.logprob.detach())
             entropies.append(out.entropy if chunk.entropy is None else chunk.entropy)
             loss_total += float(loss.detach())
-        grad_norm = accelerator.clip_grad_norm_(models.params, cfg.max_grad_norm or float("inf"))
+        max_norm = cfg.max_grad_norm or float("inf")
+        if models.sharded:
+            grad_norm = sharding.clip_grad_norm_(models.params, max_norm)
+        else:
+            grad_norm = accelerator.clip_grad_norm_(models.params, max_norm)
         lr = warmup_lr(step, cfg.learning_rate, cfg.warmup_steps)
         # The non-finite guard (trainer/guards.py): a nan/inf loss or gradient skips the update.
         # Gradients are all-reduced, so the norm agrees across processes; the loss is local, so the
@@ -290,7 +348,7 @@ def training_step(
 
     with timer("ema"):
         if finite:
-            ema_update_(models.ema, models.params, cfg.ema_rate)
+            ema_update_(models.ema, [sharding.local(p) for p in models.params], cfg.ema_rate)
 
     logp = torch.cat(logps).float()
     entropy = torch.cat(entropies).float()  # type: ignore[arg-type]
@@ -386,6 +444,12 @@ def train(
 
     init_dir = store.open_checkpoint(layout.init(name, iteration))
     models = load_models(init_dir, spec, accelerator.device, kl_to_init=spec.training.kl_to_init)
+    if spec.training.strategy == "fsdp" and world > 1:
+        models = shard_models(models, spec, accelerator.device, world)
+    if models.sharded and eval_every:
+        if main:
+            print("kwarp train: trajectory evaluations are skipped under fsdp (they run on one process)", flush=True)
+        eval_every = None
     optimizer = make_optimizer(models.params, cfg.learning_rate)
     reward = load_reward(spec.reward, accelerator.device, storage=spec.storage, allow_nonfinite=True)
     prompts = read_prompts(spec.data.train, spec.data.prompt_field, storage=spec.storage, spec_field="spec.data.train")
@@ -395,7 +459,8 @@ def train(
     start = 0
     guard = NonFiniteGuard(spec.training.max_non_finite_steps)
     if store.has_checkpoint(state_key):
-        saved = load_state(
+        loader = sharding.load_sharded_state if models.sharded else load_state
+        saved = loader(
             store.open_checkpoint(state_key), names=models.names, policy=models.params, ema=models.ema, optimizer=optimizer
         )
         start = min(saved.step, T)
@@ -410,12 +475,14 @@ def train(
                     f"{world}; training continues correctly but will not repeat the interrupted run's samples",
                     flush=True,
                 )
-    models.policy, optimizer = accelerator.prepare(models.bare, optimizer)
+    if not models.sharded:  # fully_shard already made the model distributed; prepare would wrap it in DDP
+        models.policy, optimizer = accelerator.prepare(models.bare, optimizer)
     if main:
         print(
             f"kwarp train: {name} i{iteration} m{member}: steps {start}..{T}, {spec.training.batch_size} prompts x "
             f"{cfg.samples_per_prompt} samples, anchor {spec.warp.anchor}, {world} process(es) on "
-            f"{accelerator.device.type}, compute {accelerator.mixed_precision}, seed {seed}",
+            f"{accelerator.device.type} ({'fsdp' if models.sharded else 'ddp'}), compute {accelerator.mixed_precision}, "
+            f"seed {seed}",
             flush=True,
         )
 
@@ -431,18 +498,27 @@ def train(
     )
     evaluate = _evaluator(run, iteration, models, reward, store, accelerator, eval_prompts) if eval_every else None
 
+    def whole() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Policy and EMA as whole tensors (gathered from every process when sharded: a collective)."""
+        if not models.sharded:
+            return models.params, models.ema
+        policy = [sharding.gathered(p) for p in models.params]
+        return policy, [sharding.gathered(e, like=p) for e, p in zip(models.ema, models.params, strict=True)]
+
     def save(step: int) -> None:
-        # Every process holds the same weights, so all of them check (and fail) together.
+        policy, ema = whole()
+        opt_state = sharding.full_optimizer_state(optimizer) if models.sharded else optimizer
+        # Every process holds the same (gathered) weights, so all of them check (and fail) together.
         check_publishable(f"{state_key} at step {step}", {
-            "policy": list(zip(models.names, models.params, strict=True)),
-            "ema": list(zip(models.names, models.ema, strict=True)),
-            "optimizer": optimizer_tensors_named(optimizer, models.names),
+            "policy": list(zip(models.names, policy, strict=True)),
+            "ema": list(zip(models.names, ema, strict=True)),
+            "optimizer": optimizer_tensors_named(opt_state, models.names),
         })  # fmt: skip
         if main:
             log.upload()
             progress = Progress(step, T, step * spec.training.batch_size, seed, world, iteration, member, guard.state())
             with store.write_checkpoint(state_key, {"step": step}) as folder:
-                save_state(folder, progress, names=models.names, policy=models.params, ema=models.ema, optimizer=optimizer)
+                save_state(folder, progress, names=models.names, policy=policy, ema=ema, optimizer=opt_state)
         accelerator.wait_for_everyone()
 
     stop = StopRequest()
@@ -483,15 +559,16 @@ def train(
                     print(f"kwarp train: SIGTERM: {name} i{iteration} m{member} saved at step {step + 1}/{T}", flush=True)
                 raise Terminated(step + 1, T, saved=True)
 
-        for kind, tensors in (("ema", models.ema), ("final", models.params)):
+        policy, ema = whole()
+        for kind, tensors in (("ema", ema), ("final", policy)):
             check_publishable(f"{name} i{iteration} m{member} {kind}", {kind: list(zip(models.names, tensors, strict=True))})
         if main:
             log.upload()
             meta = {"run": name, "iteration": iteration, "member": member, "steps": T, "seed": seed}
             # EMA first: `final` marks the member done, so everything else must exist before it.
             ema_key = layout.member_ema(name, iteration, member)
-            publish_model(store, ema_key, models.bare, models.tokenizer, models.names, models.ema, {**meta, "kind": "ema"})
-            publish_model(store, final_key, models.bare, models.tokenizer, models.names, models.params, {**meta, "kind": "final"})
+            publish_model(store, ema_key, models.bare, models.tokenizer, models.names, ema, {**meta, "kind": "ema"})
+            publish_model(store, final_key, models.bare, models.tokenizer, models.names, policy, {**meta, "kind": "final"})
             print(f"kwarp train: {name} i{iteration} m{member} done: {final_key}", flush=True)
         accelerator.wait_for_everyone()
     return True

@@ -213,6 +213,12 @@ class TrainingSpec(_Model):
         description="A step whose loss or gradient is not finite (nan/inf) is skipped (no optimiser or EMA update); "
         "this many skipped in a row fail the member",
     )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="How a member's processes share the work: ddp (every GPU holds the whole policy, Adam and EMA) "
+        "or fsdp (policy, gradients, Adam, EMA and reference models sharded over the member's processes; "
+        "`kwarp plan-resources` shows the memory of each)",
+    )
 
     @model_validator(mode="after")
     def _micro(self) -> TrainingSpec:
