@@ -395,6 +395,20 @@ def test_non_finite_steps_in_a_row_fail_the_member_and_publish_nothing_new(make_
         train(run, 0, 0, device="cpu")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_finite_finds_nan_and_both_infinities_anywhere(dtype: torch.dtype) -> None:
+    from kwarp.trainer.guards import finite
+
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for at in (0, 17, 34):
+            t = torch.randn(5, 7).to(dtype)
+            t.view(-1)[at] = bad
+            assert not finite(t), (bad, at)
+        assert not finite(torch.tensor(bad, dtype=dtype))
+    assert finite(torch.randn(5, 7).to(dtype)) and finite(torch.empty(0, dtype=dtype))
+    assert finite(torch.arange(3))  # integer state (none today) cannot hold nan
+
+
 def test_non_finite_weights_are_never_published(make_run, tmp_path: Path) -> None:
     """Skipping non-finite steps keeps nan out through the gradient, not by every route: here θ_init holds
     an inf in a position embedding no prompt reaches, so every step is finite. The state is checked before
