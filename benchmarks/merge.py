@@ -140,6 +140,18 @@ def _child(kind: str, params: dict[str, Any]) -> dict[str, Any]:
                 del tensors
         return {"seconds": time.perf_counter() - imported, "import_seconds": imported - started,
                 "bytes_written": written}
+    if kind == "merge":
+        from kwarp.merger.cli import configure_threads, merge_folders
+
+        threads = configure_threads(params["threads"])
+        imported = time.perf_counter()
+        report = merge_folders(Path(params["init"]), [Path(m) for m in params["members"]], Path(params["out"]),
+                               granularity=params["granularity"], threads=threads)
+        doc = report.to_json()
+        return {"seconds": time.perf_counter() - imported, "import_seconds": imported - started,
+                "threads": threads, "engine_seconds": doc["seconds"],
+                "bytes_written": doc["bytes_written"], "input_bytes": doc["input_bytes"],
+                "bytes_read": doc["bytes_read"], "angle_deg": doc["summary"]["angle_deg"]}
     raise ValueError(kind)
 
 
@@ -148,6 +160,7 @@ class Measured:
     wall: float
     peak_rss: int  # bytes
     inner: dict[str, Any]
+    cpu: float = 0.0  # user + system seconds of the child: what a shared, loaded machine distorts least
 
 
 def measure(kind: str, params: dict[str, Any], argv: list[str] | None = None) -> Measured:
@@ -160,7 +173,7 @@ def measure(kind: str, params: dict[str, Any], argv: list[str] | None = None) ->
             _, status, usage = os.wait4(proc.pid, 0)
             if os.waitstatus_to_exitcode(status) != 0:
                 raise SystemExit(f"{argv[0]} failed with exit code {os.waitstatus_to_exitcode(status)}")
-            return Measured(time.perf_counter() - started, usage.ru_maxrss * 1024, {})
+            return Measured(time.perf_counter() - started, usage.ru_maxrss * 1024, {}, usage.ru_utime + usage.ru_stime)
         proc = subprocess.Popen([sys.executable, __file__, "--child", kind, json.dumps(params)], stdout=result)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
@@ -169,7 +182,7 @@ def measure(kind: str, params: dict[str, Any], argv: list[str] | None = None) ->
             raise SystemExit(f"benchmark child '{kind}' failed with exit code {proc.returncode}")
         result.seek(0)
         inner = json.loads(result.read().strip().splitlines()[-1])
-    return Measured(wall, usage.ru_maxrss * 1024, inner)
+    return Measured(wall, usage.ru_maxrss * 1024, inner, usage.ru_utime + usage.ru_stime)
 
 
 def folder_bytes(folder: Path) -> int:
@@ -213,9 +226,13 @@ def main() -> int:
 
 def run(root: Path, args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    built = measure("build", {"root": str(root / "inputs"), "size_gb": args.size_gb, "shards": args.shards,
-                              "members": max(args.members), "layers": args.layers}).inner
-    init, members = Path(built["init"]), [Path(m) for m in built["members"]]
+    kept = [root / "inputs" / "init"] + [root / "inputs" / f"member-{m}" for m in range(max(args.members))]
+    if all((f / "config.json").is_file() for f in kept):  # --out DIR --keep of an earlier run: same inputs
+        init, members = kept[0], kept[1:]
+    else:
+        built = measure("build", {"root": str(root / "inputs"), "size_gb": args.size_gb, "shards": args.shards,
+                                  "members": max(args.members), "layers": args.layers}).inner
+        init, members = Path(built["init"]), [Path(m) for m in built["members"]]
     size = folder_bytes(init)
     print(f"built θ_init + {len(members)} members of {size / GB:.2f} GB ({len(list(init.glob('*.safetensors')))} "
           f"shards, bf16) in {time.perf_counter() - started:.0f} s under {root}; merge threads "
@@ -272,6 +289,11 @@ def run(root: Path, args: argparse.Namespace) -> int:
             "merge_vm_hwm_MiB": merge.inner["vm_hwm"] / 2**20,
             "copy_rss_extra_MiB": (copy.peak_rss - idle.peak_rss) / 2**20,
             "angle_mean_deg": (merge.inner["angle_deg"] or {}).get("mean"),
+            "copy_cpu_s": copy.cpu,
+            "merge_cpu_s": merge.cpu,
+            "cpu_ratio": merge.cpu / copy.cpu,
+            "mergekit_cpu_s": mergekit.cpu if mergekit else None,
+            "vs_mergekit_cpu": merge.cpu / mergekit.cpu if mergekit else None,
             "mergekit_s": mergekit.wall if mergekit else None,
             "mergekit_rss_MiB": mergekit.peak_rss / 2**20 if mergekit else None,
             "vs_mergekit": merge.wall / mergekit.wall if mergekit else None,
@@ -288,10 +310,15 @@ def run(root: Path, args: argparse.Namespace) -> int:
           "child's peak, 'extra' over an idle child with torch and kwarp imported "
           f"({idle.peak_rss / 2**20:.0f} MiB). Wall-clock ratios including interpreter start: "
           + ", ".join(f"M={r['M']} {r['time_ratio']:.2f}x" for r in rows))
+    print("CPU seconds of each child (user + system, imports included; on a loaded machine the least distorted "
+          "measure): " + ", ".join(f"M={r['M']} copy {r['copy_cpu_s']:.2f} s, merge {r['merge_cpu_s']:.2f} s "
+                                   f"({r['cpu_ratio']:.2f}x)" for r in rows))
     for r in rows:
         if r["mergekit_s"] is not None:
-            print(f"M={r['M']}: mergekit nuslerp {r['mergekit_s']:.2f} s wall, peak RSS {r['mergekit_rss_MiB']:.0f} MiB; "
-                  f"kwarp merge {r['merge_s']:.2f} s wall, {r['merge_rss_MiB']:.0f} MiB: {r['vs_mergekit']:.2f}x mergekit")
+            print(f"M={r['M']}: mergekit nuslerp {r['mergekit_s']:.2f} s wall, {r['mergekit_cpu_s']:.2f} s CPU, peak RSS "
+                  f"{r['mergekit_rss_MiB']:.0f} MiB; kwarp merge {r['merge_s']:.2f} s wall, {r['merge_cpu_s']:.2f} s CPU, "
+                  f"{r['merge_rss_MiB']:.0f} MiB: {r['vs_mergekit']:.2f}x mergekit's wall time, "
+                  f"{r['vs_mergekit_cpu']:.2f}x its CPU time")
     if not mergekit_yaml:
         print("mergekit: not installed (no mergekit-yaml on PATH or beside this Python; pass --mergekit-yaml), "
               "not measured")
