@@ -273,12 +273,15 @@ def test_urls_ranges_and_stream_plan() -> None:
 @pytest.mark.parametrize(
     ("sizes", "streams", "expected"),
     [
-        # Four equal shards, eight streams: two ranges each, eight GETs in all.
-        ([64 * MiB] * 4, 8, [[(0, 32 * MiB), (32 * MiB, 32 * MiB)]] * 4),
+        # Four large shards keep half of eight streams busy: one GET each, none cut.
+        ([64 * MiB] * 4, 8, [[(0, 64 * MiB)]] * 4),
+        # Two shards, eight streams: each cut in four.
+        ([64 * MiB] * 2, 8, [[(0, 16 * MiB), (16 * MiB, 16 * MiB), (32 * MiB, 16 * MiB), (48 * MiB, 16 * MiB)]] * 2),
         # One file: cut into as many ranges as streams.
         ([40 * MiB], 4, [[(0, 10 * MiB), (10 * MiB, 10 * MiB), (20 * MiB, 10 * MiB), (30 * MiB, 10 * MiB)]]),
-        # Many files and few streams: one GET per file, none split.
+        # Many files and few streams: one GET per file, none cut.
         ([9 * MiB, 9 * MiB, 9 * MiB], 2, [[(0, 9 * MiB)]] * 3),
+        ([9 * MiB, 1 * MiB, 3 * MiB], 2, [[(0, 9 * MiB)], [(0, 1 * MiB)], [(0, 3 * MiB)]]),
         # Small files are one GET each however many streams there are; empty files none.
         ([100, 0, 3], 8, [[(0, 100)], [], [(0, 3)]]),
         # A large file beside small ones takes the streams the small ones leave.

@@ -3,10 +3,10 @@
 A checkpoint is fetched as about `streams` ranged GETs in flight at once over all its files (not one GET
 per fixed-size part), each streamed in CHUNK pieces into its place in the file:
 
-- a file is cut into as few ranges as keep `streams` GETs busy (plan_ranges): a checkpoint of a few
-  large shards gets a couple of ranges per shard, one of many files one GET per file. Every request
-  costs the server a lookup (moto, an in-memory Python server, even slices each range out of the
-  whole object: fixed 64 MiB parts cost it O(object) per part);
+- a file is cut into as few ranges as keep the streams busy (plan_ranges): one large file gets
+  `streams` ranges, a checkpoint of several large shards one GET per shard. Every request costs the
+  server a lookup (moto, an in-memory Python server, even reads the whole object for each range:
+  fixed 64 MiB parts cost it O(object) per part);
 - each range is streamed through one reusable CHUNK buffer: no range-sized buffers are allocated,
   zero-filled and freed per request (64 MiB bytearrays per part, up to 2 x concurrency of them,
   were the main client cost of the earlier download);
@@ -51,10 +51,18 @@ def plan_ranges(sizes: Sequence[int], streams: int, min_range: int = MIN_RANGE) 
     """Ranges of each file such that about `streams` GETs of about equal length cover all the bytes.
 
     The target length is the total over `streams` (at least min_range); a file is cut into the fewest
-    equal ranges no longer than the target, so small files are one GET each.
+    equal ranges no longer than the target, so small files are one GET each. When the large files
+    alone (min_range and more) keep half the streams busy, none is cut: more streams than that buy
+    little from one server, and a server that reads the whole object for every range (moto) pays a
+    whole read per range.
     """
     total = sum(sizes)
-    target = max(min_range, -(-total // max(1, streams)))
+    streams = max(1, streams)
+    large = sum(1 for size in sizes if size >= min_range)
+    if large >= -(-streams // 2):
+        target = max(sizes)
+    else:
+        target = max(min_range, -(-total // streams))
     plans = []
     for size in sizes:
         pieces = -(-size // target)
