@@ -51,7 +51,7 @@ from kwarp.merger.combination import Combination, MergeMethod, step_lambdas
 from kwarp.merger.groups import Granularity, group_names
 from kwarp.merger.liti import check_eta, liti_into
 from kwarp.merger.methods import get_method
-from kwarp.merger.reading import WINDOW_BYTES, GroupReader, WindowReader, readable
+from kwarp.merger.reading import WINDOW_BYTES, GroupReader, Held, WindowReader, readable
 from kwarp.merger.report import GroupReport, IOStats, MergeReport
 from kwarp.merger.writer import Planned, PlannedShardWriter
 
@@ -373,7 +373,7 @@ def merge_checkpoints(
     # One thread reads the next held group while the workers compute this one (pread releases the GIL).
     prefetch = ThreadPoolExecutor(1, thread_name_prefix="kwarp-merge-read")
 
-    def read(names: list[str]) -> list[dict[str, torch.Tensor]] | None:
+    def read(names: list[str]) -> Held | None:
         if held.nbytes(names) > hold_bytes or not all(readable(infos[n].dtype) for n in names):
             return None
         return held.read(names)
@@ -383,7 +383,8 @@ def merge_checkpoints(
         pending = [prefetch.submit(read, names) for names in list(groups.values())[:1]]
         group_list = list(groups.items())
         for k, (group, names) in enumerate(group_list):
-            tensors = pending.pop(0).result()
+            group_held = pending.pop(0).result()
+            tensors = group_held.tensors if group_held is not None else None
             if k + 1 < len(group_list):
                 pending.append(prefetch.submit(read, group_list[k + 1][1]))
             float_names = [n for n in names if infos[n].mergeable]
@@ -408,6 +409,8 @@ def merge_checkpoints(
                 if progress:
                     progress(nbytes(name), total_work)
             del tensors
+            if group_held is not None:
+                held.recycle(group_held)  # nothing refers to its buffers now: the writer got copies or computed tensors
             if float_names:  # a group of integer buffers only is copied and has no angle to report
                 params = sum(infos[n].numel for n in float_names)
                 reports.append(GroupReport.from_gram(group, len(float_names), params, gram.tolist(), combination))
@@ -477,7 +480,8 @@ def _write_held(
                                             [(t.view(-1), outputs[k].eta) for k, t in litis.items()]))
     for k, (out, writer) in enumerate(zip(outputs, writers, strict=True)):
         if merged is None or out.eta == 0.0:
-            writer.write(name, init)  # θ_init's own tensor: η = 0 outputs and non-float tensors are copies
+            # θ_init's own tensor (η = 0 outputs, non-float tensors), copied: its buffer is reused for later reads
+            writer.write(name, init.clone())
         elif out.eta == 1.0:
             writer.write(name, merged)
         else:
