@@ -21,7 +21,8 @@ bf16) is not held: its tensors are walked twice in memory-mapped windows of WIND
 (kwarp.merger.reading.WindowReader), re-fetched per window so that mapped pages never exceed one
 window per input. Peak memory is therefore about
 
-    2 · hold_bytes (this group and the next) + writer queue (256 MiB) + outputs · largest tensor
+    2 · hold_bytes (this group and the next) + recycled read buffers (384 MiB) + writer queue (256 MiB)
+    + outputs · largest tensor
     + threads · a few MiB of scratch
 
 independent of the model's size. Chunks are shared out between worker threads whole, each thread
