@@ -27,7 +27,7 @@ in S3 itself.
 Transfers. Files above the part size go up as parallel multipart uploads (minio's put_object with
 num_parallel_uploads), smaller files several at a time; memory in flight is about 2 x concurrency x
 part size (1 GiB at the defaults). Downloads (kwarp.store.s3_download) are about `concurrency` ranged
-GETs over all the files, each streamed through a 1 MiB buffer into its place in the file and resumed
+GETs over all the files, each streamed through a 4 MiB buffer into its place in the file and resumed
 where it broke off; sha256 is computed in file order while streaming, or from the page cache for
 ranges that complete early, so verifying costs no second read from the server.
 Incomplete multipart uploads left by a killed process are invisible garbage: give the bucket an
