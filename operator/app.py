@@ -55,6 +55,7 @@ class OperatorOptions:
     max_workers: int = 8  # threads running handlers (reconciles of different runs run in parallel)
     cleanup_grace_seconds: float = 300.0  # cleanup: Delete waits this long for an unreachable store
     guardrails: Guardrails = field(default_factory=Guardrails)  # what a WarpRun may choose (KWARP_GUARDRAILS)
+    progress_seconds: float = 30.0  # a run's metrics are read from the store at most this often (progress, ETA)
     store_retry_after_seconds: float = BREAKER_COOLDOWN_S  # an unreachable S3 endpoint is not asked again before
 
 
@@ -136,6 +137,7 @@ def build(options: OperatorOptions, *, configuration: Callable[[], kubernetes.cl
         metrics=metrics.metrics if metrics else None,
         events=post_event,
         guardrails=options.guardrails,
+        progress_seconds=options.progress_seconds,
     )
     registry = kopf.OperatorRegistry()
     handlers.register(registry, reconciler, configuration, resync_seconds=options.resync_seconds,

@@ -62,6 +62,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for runs that name none in "
                              "spec.storage.secretName; it must exist in the run's namespace "
                              "(env KWARP_STORAGE_SECRET)")
+    parser.add_argument("--progress-seconds", type=float, default=None,
+                        help="read each run's training metrics from its store at most this often, for its "
+                             "progress and ETA (env KWARP_PROGRESS_SECONDS; default 30)")
     parser.add_argument("--queue-name", default=env.get("KWARP_QUEUE_NAME"),
                         help="Kueue LocalQueue of the Jobs of runs that name none (env KWARP_QUEUE_NAME; "
                              "default: no Kueue)")
@@ -78,9 +81,11 @@ def options_from(args: argparse.Namespace, env: Mapping[str, str]) -> OperatorOp
     ttl = args.job_ttl_seconds if args.job_ttl_seconds is not None else env_int(env, "KWARP_JOB_TTL_SECONDS")
     metrics_port = args.worker_metrics_port or env_int(env, "KWARP_WORKER_METRICS_PORT") or 9400
     resync = args.resync_seconds or float(env.get("KWARP_RESYNC_SECONDS") or 60)
+    progress = args.progress_seconds
+    progress = float(env.get("KWARP_PROGRESS_SECONDS") or 30) if progress is None else progress
     grace = args.cleanup_grace_seconds
     grace = float(env.get("KWARP_CLEANUP_GRACE_SECONDS") or 300) if grace is None else grace
-    if resync <= 0 or (ttl is not None and ttl < 0) or grace < 0:
+    if resync <= 0 or (ttl is not None and ttl < 0) or grace < 0 or progress < 0:
         raise UserError("--resync-seconds must be positive, --job-ttl-seconds and --cleanup-grace-seconds non-negative")
     worker = WorkerSettings(
         image=args.worker_image or DEFAULT_WORKER_IMAGE,
@@ -105,6 +110,7 @@ def options_from(args: argparse.Namespace, env: Mapping[str, str]) -> OperatorOp
         storage_secret=args.storage_secret or None,
         cleanup_grace_seconds=grace,
         guardrails=guardrails_from(env.get("KWARP_GUARDRAILS")),
+        progress_seconds=progress,
     )
 
 

@@ -56,6 +56,7 @@ from .observe import (
     task_jobs,
     view,
 )
+from .progress import ProgressTracker
 from .results import RunResults
 from .status import (
     Observation,
@@ -294,6 +295,7 @@ class Reconciler:
         events: EventSink = _no_events,
         clock: Clock = now_rfc3339,
         guardrails: Guardrails | None = None,
+        progress_seconds: float = 30.0,
     ):
         self.kube = kube
         self.guardrails = guardrails  # None: no limits (library use); the CLI and the chart always set them
@@ -303,6 +305,7 @@ class Reconciler:
         self.events = events
         self.clock = clock
         self.results = RunResults()
+        self.progress = ProgressTracker(progress_seconds)
         self.serializer = KeyedSerializer()
         self.last_success = time.monotonic()
         self._pod_details: dict[str, str | None] = {}  # failed Job uid -> what its pod said
@@ -364,6 +367,7 @@ class Reconciler:
         groups on the Pushgateway (which keeps every pushed group until it is deleted)."""
         if uid:
             self.results.forget(uid)
+            self.progress.forget(uid)
         if self.metrics is not None:
             self.metrics.forget_run(namespace, name)
         self._delete_pushed_groups(namespace, name)
@@ -445,7 +449,8 @@ class Reconciler:
         fronts = self.results.fronts(key, store, name, done)
         active = {t for t, j in jobs.items() if j.active}
         members = self.results.members(key, store, spec, name, done, fronts, active)
-        obs = Observation(done=done, attempts=attempts, jobs=jobs, fronts=fronts, members=members)
+        tracked = self.progress.view(key, store, spec, name, done, active)
+        obs = Observation(done=done, attempts=attempts, jobs=jobs, fronts=fronts, members=members, progress=tracked)
         status = build_status(
             run=name, spec=spec, generation=generation, previous=previous, check=check, obs=obs,
             actions=actions, store_url=store_url(spec), now=now, queue=queue_of(spec, self.worker),

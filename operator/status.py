@@ -10,6 +10,7 @@ counts of attempts whose Jobs are gone, the accepted spec, condition transition 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from kwarp.core.status import (
     IterationFront,
     MemberStatus,
     ParetoPoint,
+    RunProgress,
     TaskFailures,
     WarpRunStatus,
 )
@@ -28,6 +30,7 @@ from kwarp.store import layout
 
 from . import conditions as C
 from .observe import ACTIVE_STATES, Failures, JobView, attempt_failed
+from .progress import ProgressView
 
 MAX_MEMBERS = 256  # newest first kept: a status must stay far below the API server's object size limit
 
@@ -45,6 +48,7 @@ class Observation:
     jobs: Mapping[Task, TaskJobs] = field(default_factory=dict)
     fronts: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)  # eval.json by iteration
     members: Mapping[tuple[int, int], MemberResult] = field(default_factory=dict)
+    progress: ProgressView | None = None  # step logs of the members, as last read from the store
 
 
 @dataclass(frozen=True)
@@ -179,9 +183,47 @@ def members(
                     ),
                     reward=result.reward if result.reward is not None else (old.reward if old else None),
                     kl=result.kl if result.kl is not None else (old.kl if old else None),
+                    **_member_steps(spec, task, obs, old),
                 )
             )  # fmt: skip
     return out[-MAX_MEMBERS:]
+
+
+def _member_steps(spec: WarpRunSpec, task: Task, obs: Observation, old: MemberStatus | None) -> dict[str, Any]:
+    """step/steps and the last logged reward and KL of a member: from its log as last read, else as before."""
+    total = spec.warp.steps_for(task.iteration)
+    log = obs.progress.logs.get((task.iteration, task.member)) if obs.progress is not None else None
+    step = total if task in obs.done else (min(log.step, total) if log else (old.step if old else None))
+    reward = log.reward if log and log.reward is not None else (old.last_reward if old else None)
+    kl = log.kl if log and log.kl is not None else (old.last_kl if old else None)
+    return {"step": step, "steps": total, "last_reward": reward, "last_kl": kl}
+
+
+def rfc3339(unix: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
+
+
+def run_progress_status(view: ProgressView | None, *, phase: str | None, completion_time: str | None,
+                        previous: RunProgress | None) -> RunProgress | None:  # fmt: skip
+    """status.progress: totals of the last read; the ETA from the read's time and the measured rate."""
+    if view is None or view.run is None:
+        return previous
+    run = view.run
+    eta = None
+    if phase == "Succeeded":
+        eta = completion_time
+    elif phase not in ("Suspended", "Failed") and run.remaining_seconds is not None:
+        eta = rfc3339(view.read_at + run.remaining_seconds)
+    rate = run.steps_per_second
+    return RunProgress(
+        summary=f"{run.steps_done}/{run.steps_total} ({run.percent:g}%)",
+        percent=run.percent,
+        steps_done=run.steps_done,
+        steps_total=run.steps_total,
+        steps_per_second=float(f"{rate:.4g}") if rate else None,
+        estimated_completion_time=eta,
+        updated_at=rfc3339(view.read_at),
+    )
 
 
 def _ready_message(spec: WarpRunSpec, prog: Progress) -> str:
@@ -334,6 +376,7 @@ def build_status(
         for t, j in sorted(obs.jobs.items())
         if j.failures > 0
     }
+    completion_time = previous.completion_time or (now if ready else None)
     return WarpRunStatus(
         phase=prog.phase,
         iteration=prog.iteration,
@@ -341,12 +384,14 @@ def build_status(
         reward=latest.reward if latest else None,
         kl=latest.kl if latest else None,
         members=members(spec, prog, obs, previous),
+        progress=run_progress_status(obs.progress, phase=prog.phase, completion_time=completion_time,
+                                     previous=previous.progress),  # fmt: skip
         checkpoints=checkpoints(spec, run, obs.done, store_url),
         pareto=fronts,
         conditions=conds,
         observed_generation=generation,
         start_time=previous.start_time or now,
-        completion_time=previous.completion_time or (now if ready else None),
+        completion_time=completion_time,
         failures=failures,
         accepted_spec=spec,
     )

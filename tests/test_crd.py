@@ -41,7 +41,7 @@ def test_crd_identity() -> None:
     version = c["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     cols = [col["name"] for col in version["additionalPrinterColumns"]]
-    assert cols == ["Phase", "Iteration", "Members", "Reward", "KL", "Age"]
+    assert cols == ["Phase", "Iteration", "Members", "Reward", "KL", "Progress", "ETA", "Age"]
 
 
 def test_schema_is_structural() -> None:

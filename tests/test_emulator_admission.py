@@ -167,10 +167,10 @@ def test_get_serves_the_table_kubectl_prints(cluster: Cluster) -> None:
          content_type="application/merge-patch+json")
     code, _, table = call(cluster, "GET", RUNS, accept=TABLE)
     assert code == 200 and table["kind"] == "Table"
-    assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Phase", "Iteration", "Members", "Reward", "KL", "Age"]
+    assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Phase", "Iteration", "Members", "Reward", "KL", "Progress", "ETA", "Age"]
     (row,) = table["rows"]
-    assert row["cells"][:6] == ["shown", "Training", 1, "1/2", None, None]
-    assert row["cells"][6].endswith("s") and row["object"]["kind"] == "PartialObjectMetadata"
+    assert row["cells"][:8] == ["shown", "Training", 1, "1/2", None, None, None, None]
+    assert row["cells"][8].endswith("s") and row["object"]["kind"] == "PartialObjectMetadata"
     code, _, one = call(cluster, "GET", f"{RUNS}/shown", accept=TABLE)
     assert code == 200 and one["rows"][0]["cells"][0] == "shown"
     code, _, plain = call(cluster, "GET", f"{RUNS}/shown")

@@ -30,6 +30,10 @@ PRINTER_COLUMNS = [
     {"name": "Members", "type": "string", "jsonPath": ".status.membersDone", "description": "members done"},
     {"name": "Reward", "type": "number", "jsonPath": ".status.reward"},
     {"name": "KL", "type": "number", "jsonPath": ".status.kl"},
+    {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary",
+     "description": "training steps done / total (percent)"},
+    {"name": "ETA", "type": "string", "jsonPath": ".status.progress.estimatedCompletionTime",
+     "description": "estimated end of training (UTC), from measured step rates"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 _DROP = {"title", "discriminator", "examples", "const"}

@@ -35,6 +35,24 @@ class MemberStatus(_Model):
     completion_time: str | None = None
     reward: float | None = None
     kl: float | None = None
+    step: int | None = Field(None, description="Training steps done (as of the member's last upload of its metrics)")
+    steps: int | None = Field(None, description="Training steps of the member (T of its iteration)")
+    last_reward: float | None = Field(None, description="Training reward at the last step logged")
+    last_kl: float | None = Field(None, description="KL to the anchor at the last step logged")
+
+
+class RunProgress(_Model):
+    """As Kubeflow Trainer's TrainJob status: how far the run is and when it should end."""
+
+    summary: str = Field("", description="Training steps done / total and percent, e.g. '4500/36000 (12.5%)'")
+    percent: float = 0.0
+    steps_done: int = 0
+    steps_total: int = 0
+    steps_per_second: float | None = Field(None, description="Measured training rate of one member (median)")
+    estimated_completion_time: str | None = Field(
+        None, description="When training should end at the measured rate (merges and evaluations not counted)"
+    )
+    updated_at: str | None = Field(None, description="When the store's metrics were last read (bounded rate)")
 
 
 class ParetoPoint(_Model):
@@ -64,6 +82,7 @@ class WarpRunStatus(_Model):
     members: list[MemberStatus] = Field(default_factory=list)
     checkpoints: dict[str, str] = Field(default_factory=dict, description="Checkpoint name -> store URL")
     pareto: list[IterationFront] = Field(default_factory=list)
+    progress: RunProgress | None = None
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
     start_time: str | None = None
