@@ -43,6 +43,11 @@ COMPONENTS = {"prepare": "prepare", "train": "trainer", "merge": "merger", "eval
 
 SCRATCH = "/scratch"
 METRICS_PORT_NAME = "metrics"
+# A multi-node member: pod 0 of the Indexed Job hosts torchrun's static rendezvous on this port.
+RENDEZVOUS_PORT_NAME = "rendezvous"
+RENDEZVOUS_PORT = 29500
+# Where Kubernetes puts an Indexed Job pod's index (also in $JOB_COMPLETION_INDEX).
+COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 RUN_AS_USER = 1000
 # S3 credentials a worker reads from the run's Secret (the names the AWS SDKs and kwarp's S3 store read).
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -138,8 +143,12 @@ def owner_reference(run: str, uid: str) -> dict[str, Any]:
     }
 
 
-def command(task: Task, gpus: int) -> tuple[list[str], list[str]]:
+def command(task: Task, gpus: int, nodes: int = 1) -> tuple[list[str], list[str]]:
     """(command, args) of the task container."""
+    if task.kind == "train" and nodes > 1:
+        # torchrun reads the node count, processes per node, node rank and rendezvous address from the
+        # PET_* variables of the pod (multinode_env), as under Kubeflow's trainer.
+        return ["torchrun"], ["--module", "kwarp", *task.argv()]
     if task.kind == "train" and gpus > 1:
         # One process per GPU, started by torchrun (it ships with torch; `-m kwarp` runs kwarp/__main__.py,
         # the same CLI as the entrypoint). Not `accelerate launch`: its --cpu path (simple_launcher) starts
@@ -191,6 +200,52 @@ def _env(run: WarpRun, worker: WorkerSettings) -> list[dict[str, Any]]:
     return env
 
 
+def multinode_env(job: str, nodes: int, gpus: int) -> list[dict[str, Any]]:
+    """torchrun's settings for pod <index> of an Indexed Job: static rendezvous at pod 0, whose stable
+    host name <job>-0.<service> the headless Service (named like the Job) gives it."""
+    return [
+        {"name": "PET_NNODES", "value": str(nodes)},
+        {"name": "PET_NPROC_PER_NODE", "value": str(max(gpus, 1))},
+        {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}},
+        {"name": "PET_MASTER_ADDR", "value": f"{job}-0.{job}"},
+        {"name": "PET_MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+    ]
+
+
+def needs_service(job: dict[str, Any]) -> bool:
+    """A multi-node member's Job (Indexed, several pods) comes with its headless Service."""
+    return job["spec"].get("completionMode") == "Indexed"
+
+
+def service_manifest(job: dict[str, Any], job_uid: str) -> dict[str, Any]:
+    """The headless Service of a multi-node Job: DNS names for its pods (<job>-<index>.<job>), no proxy.
+
+    Owned by the Job, so it goes wherever the Job goes (retry, cleanup, the run's deletion)."""
+    meta = job["metadata"]
+    labels = dict(meta["labels"])
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": labels,
+            # No blockOwnerDeletion: a Job's foreground deletion need not wait for its Service, and setting
+            # it would need update on jobs/finalizers (the API server's OwnerReferencesPermissionEnforcement).
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": job_uid,
+                                 "controller": True}],
+        },  # fmt: skip
+        "spec": {
+            "clusterIP": "None",
+            # Pods resolve each other before they are Ready: the rendezvous happens before any readiness.
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_RUN: labels[LABEL_RUN], LABEL_TASK: labels[LABEL_TASK], LABEL_ATTEMPT: labels[LABEL_ATTEMPT]},
+            "ports": [{"name": RENDEZVOUS_PORT_NAME, "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT,
+                       "protocol": "TCP"}],
+        },  # fmt: skip
+    }
+
+
 def _container_security() -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
@@ -208,7 +263,8 @@ def job_manifest(run: WarpRun, uid: str, task: Task, attempt: int, worker: Worke
     namespace = run.metadata.namespace or "default"
     res = resources_for(run.spec, task, worker.defaults)
     labels = job_labels(run.name, task, attempt)
-    cmd, args = command(task, res.gpus)
+    nodes = res.nodes if task.kind == "train" else 1
+    cmd, args = command(task, res.gpus, nodes)
     component = COMPONENTS[task.kind]
 
     mounts = [{"name": "scratch", "mountPath": SCRATCH}]
@@ -225,8 +281,9 @@ def job_manifest(run: WarpRun, uid: str, task: Task, attempt: int, worker: Worke
         "image": res.image or worker.image,
         "command": cmd,
         "args": args,
-        "env": _env(run, worker),
-        "ports": [{"name": METRICS_PORT_NAME, "containerPort": worker.metrics_port, "protocol": "TCP"}],
+        "env": _env(run, worker) + (multinode_env(name, nodes, res.gpus) if nodes > 1 else []),
+        "ports": [{"name": METRICS_PORT_NAME, "containerPort": worker.metrics_port, "protocol": "TCP"}]
+        + ([{"name": RENDEZVOUS_PORT_NAME, "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}] if nodes > 1 else []),
         "volumeMounts": mounts,
         "securityContext": _container_security(),
         # The last log lines land in the pod status when a task fails: the operator quotes them.
@@ -290,6 +347,12 @@ def job_manifest(run: WarpRun, uid: str, task: Task, attempt: int, worker: Worke
         job_spec["suspend"] = True
     if res.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = res.active_deadline_seconds
+    if nodes > 1:
+        # One member on `nodes` pods: pod i gets index i (its node rank) and the host name <job>-<i> in
+        # the Service's subdomain. The Job succeeds when every index has; backoffLimit 0 fails it at the
+        # first failed pod, and the plan's retry starts a new attempt of the whole member.
+        job_spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)
+        pod["subdomain"] = name
 
     return {
         "apiVersion": "batch/v1",

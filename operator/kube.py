@@ -82,15 +82,15 @@ class Kube:
         )
         return list(listing.get("items") or [])
 
-    def create_job(self, namespace: str, manifest: dict[str, Any]) -> bool:
-        """Create a Job; False if one of that name exists already (deterministic names make this a no-op)."""
+    def create_job(self, namespace: str, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Create a Job and return it as stored (with its uid); None if one of that name exists already
+        (deterministic names make this a no-op)."""
         try:
-            self._call("POST", f"/apis/batch/v1/namespaces/{quote(namespace)}/jobs", manifest)
+            return self._call("POST", f"/apis/batch/v1/namespaces/{quote(namespace)}/jobs", manifest)
         except ApiException as err:
             if err.status == 409:
-                return False
+                return None
             raise
-        return True
 
     def set_job_suspended(self, namespace: str, name: str, suspend: bool) -> None:
         self.patch_job(namespace, name, {"spec": {"suspend": suspend}})
@@ -119,6 +119,17 @@ class Kube:
         except ApiException as err:
             if err.status != 404:
                 raise
+
+    # -- Services: create (the headless Service of a multi-node member)
+    def create_service(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        """Create a Service; False if it exists already."""
+        try:
+            self._call("POST", f"/api/v1/namespaces/{quote(namespace)}/services", manifest)
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
 
     # -- pods: list (why a Job failed; which pods cannot start)
     def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:

@@ -44,7 +44,15 @@ from kwarp.observability.metrics import OperatorMetrics
 from kwarp.store import Store, StoreError, layout, open_store
 
 from . import conditions as C
-from .jobs import COMPONENTS, SECRET_KEYS, WorkerSettings, job_manifest, queue_of
+from .jobs import (
+    COMPONENTS,
+    SECRET_KEYS,
+    WorkerSettings,
+    job_manifest,
+    needs_service,
+    queue_of,
+    service_manifest,
+)
 from .kube import ApiException, Kube
 from .observe import (
     JobView,
@@ -466,7 +474,16 @@ class Reconciler:
         if isinstance(action, Start):
             manifest = job_manifest(run, uid, action.task, action.attempt, self.worker)
             job = manifest["metadata"]["name"]
-            if not self.kube.create_job(namespace, manifest):
+            created = self.kube.create_job(namespace, manifest)
+            if needs_service(manifest):
+                # Right after the Job, which owns it (by uid). A pass that finds the Job already there
+                # (an earlier pass stopped in between) still makes sure of the Service; the pods retry the
+                # rendezvous until its name resolves.
+                stored = created or next((j for j in self.kube.list_jobs(namespace, run.name)
+                                          if j["metadata"]["name"] == job), None)  # fmt: skip
+                if stored is not None:
+                    self.kube.create_service(namespace, service_manifest(manifest, stored["metadata"]["uid"]))
+            if not created:
                 return  # created by an earlier pass whose Job this listing did not show yet
             outcome.created.append(job)
             kind = action.task.kind

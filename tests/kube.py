@@ -79,6 +79,7 @@ Key = tuple[Resource, str | None, str]
 
 JOBS = "batch/v1/jobs"
 PODS = "v1/pods"
+SERVICES = "v1/services"
 SECRETS = "v1/secrets"
 EVENTS = "v1/events"
 NAMESPACES = "v1/namespaces"
@@ -248,6 +249,7 @@ class ApiServer(kmock.KubernetesEmulator):
         self.declare(JOBS, "Job", subresources=("status",))
         self.declare(PODS, "Pod", subresources=("status",), shortnames=("po",))
         self.declare(SECRETS, "Secret")
+        self.declare(SERVICES, "Service", shortnames=("svc",))
         self.declare(EVENTS, "Event", shortnames=("ev",))
         self.declare(NAMESPACES, "Namespace", namespaced=False, subresources=("status",), shortnames=("ns",))
         self.declare(CRDS, "CustomResourceDefinition", namespaced=False, subresources=("status",),
@@ -1132,7 +1134,11 @@ class ProcessJobRunner(JobRunner):
     Each pod has its own network namespace in a cluster: here the ports a container declares are
     remapped to free local ports (an env value naming a declared port is rewritten to match).
     The container command `kwarp` (and `torchrun`) resolves to this interpreter's environment.
-    At most `parallel` processes run at once: further Jobs wait, as on a full node.
+    At most `parallel` Jobs run at once: further Jobs wait, as on a full node. An Indexed Job runs one
+    process per index (its pods), each with its index (JOB_COMPLETION_INDEX and the annotation's
+    fieldRef) and the pods' stable host names (<pod>.<subdomain>) resolving to loopback; the ports its
+    pods declare are one set per Job, so they reach each other. It succeeds when every pod has, and
+    fails at the first pod that fails (the others are stopped), as with backoffLimit 0.
     """
 
     def __init__(self, cluster: Cluster, workdir: Path, parallel: int = 2, namespace: str | None = None):
@@ -1160,23 +1166,40 @@ class ProcessJobRunner(JobRunner):
                     continue
                 self.procs[name] = self._spawn(tracked.job)
 
-    def _spawn(self, job: Obj) -> subprocess.Popen:
+    def _spawn(self, job: Obj) -> subprocess.Popen | _Pods:
         name = job["metadata"]["name"]
         pod = job["spec"]["template"]["spec"]
         container = pod["containers"][0]
-        mounts = {m["mountPath"]: self.workdir / name / m["name"] for m in container.get("volumeMounts", [])}
+        # Ports are per Job: the pods of an Indexed Job meet on the one its index 0 declares.
+        ports = {str(p["containerPort"]): str(_free_port()) for p in container.get("ports", [])}
+        log = self.workdir / f"{name}.log"
+        self.logs[name] = log
+        if job["spec"].get("completionMode") != "Indexed":
+            return self._spawn_pod(job, name, ports, log)
+        indexes = range(int(job["spec"]["completions"]))
+        return _Pods([self._spawn_pod(job, f"{name}-{i}", ports, log, index=i) for i in indexes])
+
+    def _spawn_pod(self, job: Obj, pod_name: str, ports: dict[str, str], log: Path,
+                   index: int | None = None) -> subprocess.Popen:
+        pod = job["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        mounts = {m["mountPath"]: self.workdir / pod_name / m["name"] for m in container.get("volumeMounts", [])}
         for folder in mounts.values():
             folder.mkdir(parents=True, exist_ok=True)
+        subdomain = pod.get("subdomain")
 
         def local(value: str) -> str:
             for mount, folder in mounts.items():
                 if value == mount or value.startswith(mount + "/"):
                     return str(folder) + value[len(mount):]
+            if subdomain and value.endswith("." + subdomain):  # <pod>.<subdomain>: a pod of this Job
+                return "127.0.0.1"
             return value
 
-        ports = {str(p["containerPort"]): str(_free_port()) for p in container.get("ports", [])}
         env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "PYTHONPATH") if k in os.environ}
         env["OMP_NUM_THREADS"] = "1"
+        if index is not None:
+            env["JOB_COMPLETION_INDEX"] = str(index)
         for item in container.get("env", []):
             if "value" in item:
                 env[item["name"]] = ports.get(item["value"]) or local(item["value"])
@@ -1184,12 +1207,12 @@ class ProcessJobRunner(JobRunner):
                 ref = item["valueFrom"]["secretKeyRef"]
                 secret = self.core.read_namespaced_secret(ref["name"], self.namespace)
                 env[item["name"]] = base64.b64decode(secret.data[ref["key"]]).decode()
+            elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == COMPLETION_INDEX_FIELD:
+                env[item["name"]] = str(index)
         bindir = Path(sys.executable).parent
         argv = [*container.get("command", []), *container.get("args", [])]
         if argv and argv[0] in ("kwarp", "torchrun"):
             argv[0] = str(bindir / argv[0])
-        log = self.workdir / f"{name}.log"
-        self.logs[name] = log
         with open(log, "ab") as out:
             return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
                                     cwd=self.workdir, start_new_session=True)
@@ -1197,7 +1220,7 @@ class ProcessJobRunner(JobRunner):
     def _reap(self) -> None:
         while not self._stop.is_set():
             with self.lock:
-                done = [(n, p.returncode) for n, p in self.procs.items() if p.poll() is not None]
+                done = [(n, code) for n, p in self.procs.items() if (code := p.poll()) is not None]
                 for name, code in done:
                     del self.procs[name]
                     tracked = self.jobs.get(name)
@@ -1214,13 +1237,8 @@ class ProcessJobRunner(JobRunner):
 
     def _terminate(self, name: str) -> None:
         proc = self.procs.pop(name, None)
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        for one in proc.procs if isinstance(proc, _Pods) else [proc] if proc is not None else []:
+            _stop(one)
 
     def on_suspend(self, tracked: _Tracked) -> None:
         self._terminate(tracked.job["metadata"]["name"])
@@ -1240,6 +1258,37 @@ class ProcessJobRunner(JobRunner):
     def log_tail(self, name: str, lines: int = 40) -> str:
         path = self.logs.get(name)
         return "" if path is None or not path.exists() else "\n".join(path.read_text().splitlines()[-lines:])
+
+
+COMPLETION_INDEX_FIELD = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM a pod's process group (torchrun forwards it to its trainers), SIGKILL after 10 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+class _Pods:
+    """The processes of an Indexed Job's pods: done with 0 when all are, failed at the first failure
+    (the other pods are stopped, as the Job controller does once backoffLimit 0 is exceeded)."""
+
+    def __init__(self, procs: list[subprocess.Popen]):
+        self.procs = procs
+
+    def poll(self) -> int | None:
+        codes = [p.poll() for p in self.procs]
+        failed = next((c for c in codes if c not in (None, 0)), None)
+        if failed is not None:
+            for p in self.procs:
+                _stop(p)
+            return failed
+        return None if None in codes else 0
 
 
 def _free_port() -> int:

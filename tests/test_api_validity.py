@@ -22,7 +22,7 @@ import yaml
 from kwarp.core.crd import crd
 from kwarp.core.plan import Task
 from kwarp.core.spec import PodResources, parse
-from kwarp.operator.jobs import WorkerSettings, job_manifest
+from kwarp.operator.jobs import WorkerSettings, job_manifest, needs_service, service_manifest
 from kwarp.operator.watchdog import fail_patch
 
 from . import customresource, k8s_openapi
@@ -48,6 +48,7 @@ def shipped_crds() -> list[dict[str, Any]]:
 
 RESOURCE_CASES: dict[str, dict[str, Any]] = {
     "defaults": {},
+    "multi-node": {"trainer": {"gpus": 8, "nodes": 4, "cpu": "96", "memory": "1Ti"}},
     "cpu-only": {"trainer": {"gpus": 0, "cpu": "2", "memory": "4Gi"}, "evaluation": {"gpus": 0}},
     "multi-gpu": {"trainer": {"gpus": 4, "cpu": "32", "memory": "256Gi",
                               "nodeSelector": {"nvidia.com/gpu.product": "H100-80GB"},
@@ -73,6 +74,7 @@ WORKERS = {
     # Kueue: queue label, created suspended (then, below, as Kueue's admission leaves it).
     "kueue": WorkerSettings(image="registry.example/kwarp-worker:1.0", queue_name="team-a-gpu"),
 }
+JOB_UID = "6c1f3a52-9d0e-4b7a-8e21-0d4c5b6a7f80"
 TASKS = [Task.prepare(), Task.train(0, 0), Task.train(2, 7), Task.merge(1), Task.eval(1)]
 
 
@@ -100,6 +102,8 @@ def operator_jobs() -> Iterator[tuple[str, dict[str, Any]]]:
             patch = fail_patch("NoProgress: no training progress for 1900 s")
             stalled = {**job, "metadata": {**job["metadata"], **patch["metadata"]}, "spec": {**job["spec"], **patch["spec"]}}
             yield label + "/stalled", stalled
+        if needs_service(job):  # a multi-node member's headless Service, owned by its Job
+            yield label + "/service", service_manifest(job, JOB_UID)
 
 
 def chart_objects() -> Iterator[tuple[str, dict[str, Any]]]:

@@ -163,8 +163,8 @@ def expand(table: Mapping[tuple[str, str], tuple[str, ...]]) -> set[Grant]:
 
 # What the operator does with the API: kopf (watches, finalizer and progress annotations by PATCH,
 # core/v1 Events by POST) and kwarp.operator.kube (get runs, merge-patch status, list/create/patch/delete
-# Jobs, list pods). tests/test_rbac.py checks it against the calls a running operator makes; docs/cluster.md
-# ("RBAC, verb by verb") names the code behind each. The chart must grant exactly this, no more (least
+# Jobs, list pods, create a multi-node member's Service). tests/test_rbac.py checks it against the calls
+# a running operator makes; docs/cluster.md ("RBAC, verb by verb") names the code behind each. The chart must grant exactly this, no more (least
 # privilege) and no less (a missing verb is a 403 at run time).
 OPERATOR_NEEDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("kwarp.dev", "warpruns"): ("get", "list", "watch", "patch"),
@@ -172,6 +172,7 @@ OPERATOR_NEEDS: dict[tuple[str, str], tuple[str, ...]] = {
     ("kwarp.dev", "warpruns/finalizers"): ("update",),
     ("batch", "jobs"): ("list", "watch", "create", "patch", "delete"),
     ("", "pods"): ("list",),
+    ("", "services"): ("create",),
     ("", "events"): ("create",),
 }
 CLUSTER_PEERING = {("kopf.dev", "clusterkopfpeerings"): ("list", "watch", "patch")}

@@ -275,6 +275,8 @@ def job_commands() -> list[tuple[str, list[str], list[str]]]:
         for gpus in (0, 1, 4):
             cmd, args = command(t, gpus)
             out.append((f"{t.id}-gpus{gpus}", cmd, args))
+        cmd, args = command(t, 4, nodes=2)  # a multi-node member: torchrun reads its PET_* variables
+        out.append((f"{t.id}-gpus4-nodes2", cmd, args))
     return out
 
 

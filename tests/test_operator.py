@@ -370,6 +370,42 @@ def test_a_failed_member_is_retried_then_fails_the_run_with_the_reason(
     assert api.condition(C.FAILED)["status"] == "False"  # type: ignore[index]
 
 
+def test_a_multi_node_member_is_an_indexed_job_with_a_headless_service_that_goes_with_it(
+    api: Api, runner: StatusJobRunner, operator: RunningOperator, store: Path
+) -> None:
+    def services() -> dict[str, dict[str, Any]]:
+        items = api.cluster.raw("GET", f"/api/v1/namespaces/{NS}/services")["items"]
+        return {s["metadata"]["name"]: s for s in items}
+
+    api.create(warprun(store, resources={"trainer": {"gpus": 2, "nodes": 2}}))
+    finish(api, runner, "demo-prepare")
+    jobs = jobs_named(api, "demo-i0-m0", "demo-i0-m1")
+    have = wait_value(services, lambda s: {"demo-i0-m0", "demo-i0-m1"} <= set(s), 20,
+                      message=lambda: f"the members' Services; have {sorted(services())}")  # fmt: skip
+    assert "completionMode" not in jobs["demo-prepare"]["spec"] and "demo-prepare" not in have  # members only
+    for name in ("demo-i0-m0", "demo-i0-m1"):
+        job = jobs[name]
+        assert (job["spec"]["completionMode"], job["spec"]["completions"], job["spec"]["parallelism"]) == ("Indexed", 2, 2)
+        assert job["spec"]["template"]["spec"]["subdomain"] == name
+        svc = have[name]
+        assert svc["spec"]["clusterIP"] == "None"
+        assert [(o["kind"], o["uid"]) for o in svc["metadata"]["ownerReferences"]] == [("Job", job["metadata"]["uid"])]
+
+    # A failed member is retried as a whole: a new Indexed Job with its own Service.
+    wait_for(lambda: "demo-i0-m1" in runner.running(), 10, message="i0-m1 running")
+    runner.fail("demo-i0-m1", exit_code=1, message="torch.distributed: rendezvous lost")
+    jobs_named(api, "demo-i0-m1-r1")
+    wait_for(lambda: "demo-i0-m1-r1" in services(), 20, message="the retry's Service")
+    # The failed attempt's Service goes with its Job (garbage collection through the owner reference).
+    api.batch.delete_namespaced_job("demo-i0-m1", NS, propagation_policy="Background")
+    wait_for(lambda: "demo-i0-m1" not in services(), 20, message="the failed attempt's Service collected")
+    assert {"demo-i0-m0", "demo-i0-m1-r1"} <= set(services())
+
+    # Observed as one task each: when both members are done, the iteration merges.
+    finish(api, runner, "demo-i0-m0", "demo-i0-m1-r1")
+    jobs_named(api, "demo-i0-merge")
+
+
 def test_suspend_holds_running_jobs_and_resume_releases_them(
     api: Api, runner: StatusJobRunner, operator: RunningOperator, store: Path
 ) -> None:

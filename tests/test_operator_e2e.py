@@ -150,3 +150,48 @@ def phase_is_within(api: Api, phase: str, timeout: float) -> dict[str, Any]:
         return st.get("phase") == phase
 
     return wait_value(lambda: api.status(RUN), failed, timeout, message=f"phase {phase}")
+
+
+def test_a_two_node_member_rendezvous_and_the_iteration_merges(tmp_path: Path, s3: S3Server) -> None:
+    """resources.trainer.nodes: 2: each member is an Indexed Job of two pods (two local processes here)
+    that find each other through the headless Service's host name and train as one member over gloo."""
+    bucket = s3.create_bucket()
+    storage_doc = {"url": f"s3://{bucket}/runs", "endpoint": s3.endpoint, "secure": False, "secretName": "kwarp-s3"}
+    storage = StorageSpec.model_validate(storage_doc)
+    upload_inputs(s3, bucket, storage, tmp_path)
+    doc = warprun(bucket, storage_doc)
+    doc["spec"]["warp"].update(iterations=1)
+    doc["spec"]["resources"]["trainer"] = {"gpus": 0, "nodes": 2}
+
+    with Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
+        api = Api(cluster)
+        api.core.create_namespaced_secret(NS, {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kwarp-s3"},
+            "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(ACCESS_KEY.encode()).decode(),
+                     "AWS_SECRET_ACCESS_KEY": base64.b64encode(SECRET_KEY.encode()).decode()},
+        })  # fmt: skip
+        opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"))
+        with ProcessJobRunner(cluster, tmp_path / "pods", parallel=2) as runner, RunningOperator(cluster, opts):
+            api.create(doc)
+            try:
+                st = phase_is_within(api, "Succeeded", 600)
+            except AssertionError:
+                failing = {n: runner.log_tail(n) for n in runner.logs}
+                raise AssertionError(f"status: {json.dumps(api.status(RUN))[:3000]}\nlogs: {failing}") from None
+            assert not runner.errors, runner.errors
+            jobs = api.jobs(RUN)
+            services = {s["metadata"]["name"] for s in cluster.raw("GET", f"/api/v1/namespaces/{NS}/services")["items"]}
+            logs = {n: runner.logs[n].read_text() for n in ("e2e-i0-m0", "e2e-i0-m1")}
+
+    for m in (0, 1):
+        job = jobs[f"e2e-i0-m{m}"]["spec"]
+        assert (job["completionMode"], job["completions"]) == ("Indexed", 2)
+        assert f"e2e-i0-m{m}" in services
+        # One member, two pods, one process each: world size 2, and the main process reported alone.
+        assert "2 process(es) on cpu" in logs[f"e2e-i0-m{m}"]
+    store = S3Store.from_url(f"s3://{bucket}/runs", storage, env=s3.env())
+    for m in (0, 1):
+        state = json.loads((store.open_checkpoint(layout.member_state(RUN, 0, m)) / "trainer_state.json").read_text())
+        assert state["world_size"] == 2
+    assert store.has_checkpoint(layout.slerp(RUN, 0))  # the members merged
+    assert sorted((m["member"], m["state"]) for m in st["members"]) == [(0, "Succeeded"), (1, "Succeeded")]

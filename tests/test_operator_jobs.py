@@ -347,3 +347,61 @@ def test_builder_is_pure() -> None:
     a = job_manifest(r, UID, Task.train(0, 0), 0, WorkerSettings(image=IMAGE))
     b = job_manifest(r, UID, Task.train(0, 0), 0, WorkerSettings(image=IMAGE))
     assert a == b and a is not b and r.to_document() == before
+
+
+# ------------------------------------------------------------------------------ multi-node members
+
+
+def test_a_multi_node_member_is_an_indexed_job_whose_pods_rendezvous_through_a_headless_service() -> None:
+    from kwarp.operator.jobs import needs_service, service_manifest
+
+    worker = WorkerSettings(image=IMAGE)
+    one = job_manifest(run(**{"spec.resources": {"trainer": {"gpus": 4}}}), UID, Task.train(1, 0), 2, worker)
+    two = job_manifest(run(**{"spec.resources": {"trainer": {"gpus": 4, "nodes": 2}}}), UID, Task.train(1, 0), 2, worker)
+    assert not needs_service(one) and needs_service(two)
+
+    # The same Job as a one-node member's, but for what several pods need.
+    want = copy.deepcopy(one)
+    name = "gemma-warp-i1-m0-r2"
+    want["spec"].update(completionMode="Indexed", completions=2, parallelism=2)
+    pod = want["spec"]["template"]["spec"]
+    pod["subdomain"] = name
+    container = pod["containers"][0]
+    container["command"], container["args"] = ["torchrun"], ["--module", "kwarp", *TRAIN_ARGS]
+    container["ports"].append({"name": "rendezvous", "containerPort": 29500, "protocol": "TCP"})
+    # The spec in KWARP_SPEC differs by the node count only.
+    env = {e["name"]: e for e in container["env"]}
+    env["KWARP_SPEC"] = next(e for e in two["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "KWARP_SPEC")
+    container["env"] = list(env.values()) + [
+        {"name": "PET_NNODES", "value": "2"},
+        {"name": "PET_NPROC_PER_NODE", "value": "4"},
+        {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+        {"name": "PET_MASTER_ADDR", "value": f"{name}-0.{name}"},
+        {"name": "PET_MASTER_PORT", "value": "29500"},
+    ]  # fmt: skip
+    assert json.loads(env["KWARP_SPEC"]["value"])["spec"]["resources"]["trainer"]["nodes"] == 2
+    assert two == want
+
+    labels = two["metadata"]["labels"]
+    job_uid = "6c1f3a52-9d0e-4b7a-8e21-0d4c5b6a7f80"
+    assert service_manifest(two, job_uid) == {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "team-a", "labels": labels, "ownerReferences": [
+            {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job_uid, "controller": True}]},
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                 "selector": {"kwarp.dev/run": "gemma-warp", "kwarp.dev/task": "i1-m0", "kwarp.dev/attempt": "2"},
+                 "ports": [{"name": "rendezvous", "port": 29500, "targetPort": 29500, "protocol": "TCP"}]},
+    }  # fmt: skip
+    # The Service selects exactly the pods of this attempt of this member.
+    assert all(two["spec"]["template"]["metadata"]["labels"][k] == v
+               for k, v in service_manifest(two, job_uid)["spec"]["selector"].items())
+
+
+@pytest.mark.parametrize("role", ["merger", "evaluation"])
+def test_only_the_trainer_spans_nodes(role: str) -> None:
+    from kwarp.core.spec import SpecError
+
+    with pytest.raises(SpecError, match=f"spec.resources.{role}.nodes: only the trainer"):
+        run(**{"spec.resources": {role: {"nodes": 2}}})

@@ -3,7 +3,7 @@ none used and not granted.
 
 The operator (kopf in-process, with its own bearer token) takes a run through every path that talks
 to the API: peering, create, Jobs created (with blockOwnerDeletion owner references), a member that
-fails (its pods listed for the reason) and is retried, suspend and resume (Jobs patched), an S3 store
+fails (its pods listed for the reason) and is retried, multi-node members (their headless Services), suspend and resume (Jobs patched), an S3 store
 whose credentials come from the Secret the run names, Events, status patches, and deletion with
 `cleanup: Delete` (Jobs deleted, finalizer removed). The API server emulator records what each request
 would ask an authorizer (tests/kube.py `ApiServer.audit`); the chart is rendered with helm for the same
@@ -77,7 +77,8 @@ def operator_calls(tmp_path: Path, s3: S3Server, *, clusterwide: bool) -> set[Ca
 
         opts = options(namespaces=[] if clusterwide else [NS], standalone=None, peering=RELEASE)
         with StatusJobRunner(cluster) as runner, RunningOperator(cluster, opts, configuration=as_operator):
-            api.create(warprun(tmp_path, cleanup="Delete", storage=storage))
+            # Multi-node members: each member Job comes with its headless Service (services: create).
+            api.create(warprun(tmp_path, cleanup="Delete", storage=storage, resources={"trainer": {"nodes": 2}}))
             publish(direct, jobs_named(api, "demo-prepare")["demo-prepare"], tmp_path / "out")
             runner.succeed("demo-prepare")
             jobs_named(api, "demo-i0-m0", "demo-i0-m1")

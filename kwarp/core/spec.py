@@ -324,6 +324,13 @@ class PodResources(_Model):
         description="nvidia.com/gpu per pod; unset = the role's default (trainer 1, evaluation 1, merger 0); "
         "a trainer with more than 1 runs under torchrun, one process per GPU",
     )
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Pods per member, each on its own node (trainer only): more than 1 makes a member an Indexed "
+        "Job of that many pods that rendezvous through a headless Service, torchrun starting `gpus` processes in each",
+    )
     cpu: str | None = Field(None, description="CPU request and limit, e.g. '8'")
     memory: str | None = Field(None, description="Memory request and limit, e.g. '64Gi'")
     node_selector: dict[str, str] = Field(default_factory=dict)
@@ -386,6 +393,9 @@ class ResourcesSpec(_Model):
                 # workers.defaults) may still replace a count the run did not state (operator/jobs.py).
                 filled.__pydantic_fields_set__.discard("gpus")
                 object.__setattr__(self, role, filled)
+        for role in ("merger", "evaluation"):
+            if getattr(self, role).nodes != 1:
+                raise ValueError(f"spec.resources.{role}.nodes: only the trainer spans several nodes; leave it at 1")
         return self
 
 
