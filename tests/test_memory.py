@@ -119,7 +119,7 @@ def test_fits_leaves_a_tenth_for_the_runtime() -> None:
 # ------------------------------------------------------------------------------ the command
 
 
-def _doc(tmp_path: Path, policy: Path | str, **training: Any) -> Path:
+def _doc(tmp_path: Path, policy: Path | str, trainer: dict[str, Any] | None = None, **training: Any) -> Path:
     data = tmp_path / "prompts.jsonl"
     data.write_text('{"prompt": "hi"}\n')
     doc = {
@@ -127,7 +127,7 @@ def _doc(tmp_path: Path, policy: Path | str, **training: Any) -> Path:
         "spec": {"policy": {"location": str(policy), "dtype": "bfloat16"}, "reward": {"callable": "a.b:c"},
                  "data": {"train": str(data), "eval": str(data)}, "storage": {"url": str(tmp_path / "store")},
                  "training": {"batchSize": 8, "samplesPerPrompt": 2, **training},
-                 "resources": {"trainer": {"gpus": 2}}},
+                 "resources": {"trainer": {"gpus": 2, **(trainer or {})}}},
     }  # fmt: skip
     path = tmp_path / "warprun.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -160,3 +160,22 @@ def test_plan_resources_asks_for_a_config_when_the_policy_is_remote(tmp_path: Pa
     assert "pass --config or --shape" in capsys.readouterr().err
     assert kwarp_main(["plan-resources", str(doc), "--shape", "gemma-2b"]) == 0
     assert "2.51B parameters" in capsys.readouterr().out
+
+
+def test_plan_resources_sizes_the_spec_own_nodes_and_strategy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The member's node count comes from resources.trainer.nodes; the spec's strategy is the one judged."""
+    policy = tiny_gpt2(tmp_path / "sft")
+    doc = _doc(tmp_path, policy, trainer={"nodes": 4}, strategy="fsdp")
+    assert kwarp_main(["plan-resources", str(doc), "-o", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["processes"] == 8 and out["strategy"] == "fsdp"  # 4 nodes x 2 GPUs
+    fsdp, ddp = out["perGpu"]["fsdp"]["total"], out["perGpu"]["ddp"]["total"]
+    # Between the two totals, so that fsdp fits and ddp does not.
+    between = (fsdp + ddp) // 2
+    assert kwarp_main(["plan-resources", str(doc), "--gpu-memory", str(int(between / 0.9))]) == 0
+    text = capsys.readouterr().out
+    assert "<- spec.training.strategy" in text.splitlines()[-1] and "warning" not in text
+    doc = _doc(tmp_path, policy, trainer={"nodes": 4}, strategy="ddp")
+    assert kwarp_main(["plan-resources", str(doc), "--gpu-memory", str(int(between / 0.9))]) == 0
+    text = capsys.readouterr().out
+    assert "warning: spec.training.strategy ddp does not fit; fsdp would fit" in text

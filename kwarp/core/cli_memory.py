@@ -29,7 +29,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reward-shape", choices=sorted(SHAPES), help="size the reward model as this published model")
     parser.add_argument("--reward-config", type=Path, help="the reward model's config.json")
     parser.add_argument("--gpus", type=int, help="GPUs per node (default: spec.resources.trainer.gpus)")
-    parser.add_argument("--nodes", type=int, default=1, help="nodes per member (default 1)")
+    parser.add_argument("--nodes", type=int, help="nodes per member (default: spec.resources.trainer.nodes)")
     parser.add_argument("--micro-batch-size", type=int, help="prompts per forward/backward (default: spec.training)")
     parser.add_argument("--gpu-memory", default="80Gi", help="memory of one GPU, e.g. 80Gi, 141G (default 80Gi)")
     parser.add_argument("--output", "-o", choices=["table", "json"], default="table")
@@ -75,7 +75,8 @@ def _plan_resources(args: argparse.Namespace) -> int:
             reward, _ = policy, notes.append("reward model sized as the policy (remote; pass --reward-config)")
         reward_params = reward.params
     gpus = args.gpus if args.gpus is not None else spec.resources.trainer.gpus or 1
-    load_ = TrainerLoad.from_spec(spec, processes=gpus * args.nodes, reward_params=reward_params)
+    nodes = args.nodes if args.nodes is not None else spec.resources.trainer.nodes
+    load_ = TrainerLoad.from_spec(spec, processes=gpus * nodes, reward_params=reward_params)
     if args.micro_batch_size:
         load_ = dataclasses.replace(load_, micro_batch_size=args.micro_batch_size)
     gpu_memory = parse_quantity(args.gpu_memory)
@@ -83,11 +84,12 @@ def _plan_resources(args: argparse.Namespace) -> int:
 
     if args.output == "json":
         doc = {"params": policy.params, "processes": load_.processes, "gpuMemory": gpu_memory,
-               "perGpu": plans, "fits": {s: fits(p["total"], gpu_memory) for s, p in plans.items()}}  # fmt: skip
+               "strategy": spec.training.strategy, "perGpu": plans,
+               "fits": {s: fits(p["total"], gpu_memory) for s, p in plans.items()}}  # fmt: skip
         print(json.dumps(doc, indent=2))
         return 0
     print(
-        f"{run.name}: policy {policy.params / 1e9:.2f}B parameters, {args.nodes} node(s) x {gpus} GPU(s) = "
+        f"{run.name}: policy {policy.params / 1e9:.2f}B parameters, {nodes} node(s) x {gpus} GPU(s) = "
         f"{load_.processes} process(es), compute {load_.compute_bytes} bytes, anchor {load_.anchor}, "
         f"micro-batch {load_.micro_rows} rows x {spec.training.max_prompt_tokens + spec.training.max_new_tokens} tokens"
     )
@@ -99,6 +101,11 @@ def _plan_resources(args: argparse.Namespace) -> int:
     for s in STRATEGIES:
         total = plans[s]["total"]
         verdict = "fits" if fits(total, gpu_memory) else "DOES NOT FIT"
+        chosen = " <- spec.training.strategy" if s == spec.training.strategy else ""
         print(f"{s}: {total / GIB:.1f} GiB of {gpu_memory / GIB:.1f} GiB per GPU: {verdict} (limit: 90%, "
-              "the rest is the CUDA context and fragmentation)")  # fmt: skip
+              f"the rest is the CUDA context and fragmentation){chosen}")  # fmt: skip
+    if not fits(plans[spec.training.strategy]["total"], gpu_memory):
+        other = [s for s in STRATEGIES if s != spec.training.strategy and fits(plans[s]["total"], gpu_memory)]
+        hint = f"; {other[0]} would fit" if other else "; add GPUs or nodes, or lower spec.training.microBatchSize"
+        print(f"warning: spec.training.strategy {spec.training.strategy} does not fit{hint}")
     return 0
