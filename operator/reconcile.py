@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -94,9 +95,14 @@ def now_rfc3339() -> str:
 # ------------------------------------------------------------------ which spec runs
 
 
-def cluster_problems(spec: WarpRunSpec) -> list[str]:
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def cluster_problems(spec: WarpRunSpec, run_name: str | None = None) -> list[str]:
     """What cannot work in a cluster although the spec validates: relative local paths mean nothing
-    in a pod (the CLI resolves them against the document's folder; an operator has no such folder)."""
+    in a pod (the CLI resolves them against the document's folder; an operator has no such folder);
+    a multi-node member's Service is named like its Job, and a Service name is a DNS-1035 label (a run
+    name is a DNS-1123 label, which may start with a digit), as is each pod's host name <job>-<index>."""
     locations = {
         "spec.storage.url": spec.storage.url,
         "spec.policy.location": spec.policy.location,
@@ -111,6 +117,16 @@ def cluster_problems(spec: WarpRunSpec) -> list[str]:
             problems.append(
                 f"  - {name}: '{value}' is a relative path, which means nothing in a pod; "
                 "use s3://bucket/key (or an absolute path that every pod mounts)"
+            )
+    nodes = spec.resources.trainer.nodes
+    if run_name is not None and nodes > 1:
+        last = Task.train(spec.warp.iterations - 1, spec.warp.policies - 1)
+        longest = last.job_name(run_name, spec.failure_policy.max_retries)
+        if not all(_DNS_LABEL.match(n) and len(n) <= 63 for n in (longest, f"{longest}-{nodes - 1}")):
+            problems.append(
+                f"  - metadata.name: '{run_name}' cannot name a multi-node member's Service and pods (e.g. "
+                f"'{longest}-{nodes - 1}'): those must be DNS-1035 labels (lower-case letters, digits and '-', "
+                "starting with a letter, at most 63 characters); rename the run or set resources.trainer.nodes: 1"
             )
     return problems
 
@@ -131,7 +147,7 @@ def effective_spec(body: Mapping[str, Any], accepted: WarpRunSpec | None,
         run = parse(body, source=source)
     except SpecError as err:
         return accepted, SpecCheck(invalid=str(err))
-    problems = cluster_problems(run.spec)
+    problems = cluster_problems(run.spec, run.name)
     if problems:
         n = len(problems)
         return accepted, SpecCheck(invalid="\n".join([f"{source}: invalid WarpRun ({n} problem{'s' * (n > 1)})", *problems]))

@@ -412,3 +412,24 @@ def test_store_down_status_keeps_what_the_store_showed_and_follows_suspend() -> 
     done = store_down_status(spec=spec(**{"spec.suspend": True}), generation=5, previous=previous.model_copy(update={"phase": "Succeeded"}),
                              check=SpecCheck(), jobs={}, known_done=known, error="down", now=T2)  # fmt: skip
     assert done.phase == "Succeeded"
+
+
+@pytest.mark.parametrize(
+    ("name", "nodes", "refused"),
+    [
+        ("gemma-warp", 2, False),
+        ("7up", 1, False),  # one node: no Service, any run name the API server takes will do
+        ("7up", 2, True),  # a run name may start with a digit (DNS-1123); a Service name may not (DNS-1035)
+        ("w" * 40, 2, False),  # the longest run name: <run>-i2-m1-r5-1 is 51 characters
+    ],
+)
+def test_a_multi_node_run_needs_a_name_its_services_can_take(name: str, nodes: int, refused: bool) -> None:
+    doc = body(**{"spec.resources": {"trainer": {"nodes": nodes}}, "spec.warp.iterations": 3,
+                  "spec.failurePolicy": {"maxRetries": 5}})  # fmt: skip
+    doc["metadata"]["name"] = name
+    problems = cluster_problems(parse(doc).spec, name)
+    assert bool(problems) == refused, problems
+    if refused:
+        assert problems[0].startswith("  - metadata.name: ") and "DNS-1035" in problems[0]
+        got, check = effective_spec(doc, None)
+        assert got is None and "metadata.name" in (check.invalid or "")
