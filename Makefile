@@ -51,8 +51,8 @@ venv-test: $(VENV)/.installed-test
 
 demo: venv
 	$(KWARP) task build
+	@# kwarp run prints where the report is: $(DEMO_DIR)/local/<run>/<uid>/report/report.html
 	$(KWARP) run "$$($(KWARP) task path)/warprun.yaml" --store $(DEMO_DIR)
-	@echo "report: $(DEMO_DIR)/$$($(PY) -c 'import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))["metadata"]["name"])' "$$($(KWARP) task path)/warprun.yaml")/report/report.html"
 
 # Prometheus and the Pushgateway are real peers of the observability tests: Debian packages.
 peers:

@@ -195,10 +195,11 @@ def run_task(run: WarpRun, iteration: int, *, console: Console | None = None,
 def merge_iteration(run: WarpRun, iteration: int, *, console: Console | None = None,
                     max_shard_bytes: int | None = None, threads: int = 1) -> MergeReport | None:
     """Write slerp(I), then init(I+1) unless I is last, then merge.json; skip what is already complete."""
+    from kwarp.core.ownership import store_key
     from kwarp.merger.streaming import Output, interpolate_checkpoints, merge_checkpoints
     from kwarp.store import layout, open_store
 
-    spec, name = run.spec, run.name
+    spec, name = run.spec, store_key(run)  # name: the run's own folder in the store (layout keys)
     warp = spec.warp
     if not 0 <= iteration < warp.iterations:
         raise UserError(f"--iteration {iteration} is outside this run's iterations 0..{warp.iterations - 1}")

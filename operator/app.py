@@ -52,6 +52,8 @@ class OperatorOptions:
     resync_seconds: float = 60.0
     worker: WorkerSettings = field(default_factory=lambda: WorkerSettings(image=DEFAULT_WORKER_IMAGE))
     storage_secret: str | None = None
+    # Where runs may keep their data (Helm storage.allowedPrefixes); empty: anywhere.
+    storage_prefixes: tuple[str, ...] = ()
     max_workers: int = 8  # threads running handlers (reconciles of different runs run in parallel)
     cleanup_grace_seconds: float = 300.0  # cleanup: Delete waits this long for an unreachable store
     guardrails: Guardrails = field(default_factory=Guardrails)  # what a WarpRun may choose (KWARP_GUARDRAILS)
@@ -134,6 +136,7 @@ def build(options: OperatorOptions, *, configuration: Callable[[], kubernetes.cl
         options.worker,
         stores=StoreOpener(kube, env, default_secret=options.storage_secret,
                            breakers=Breakers(cooldown_s=options.store_retry_after_seconds)),
+        allowed_prefixes=options.storage_prefixes,
         metrics=metrics.metrics if metrics else None,
         events=post_event,
         guardrails=options.guardrails,

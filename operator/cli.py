@@ -68,6 +68,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-name", default=env.get("KWARP_QUEUE_NAME"),
                         help="Kueue LocalQueue of the Jobs of runs that name none (env KWARP_QUEUE_NAME; "
                              "default: no Kueue)")
+    parser.add_argument("--storage-allowed-prefix", action="append", default=[], metavar="URL",
+                        help="a run's spec.storage.url must lie under one of these (repeat for several; env "
+                             "KWARP_STORAGE_ALLOWED_PREFIXES, comma-separated); default: anywhere")
     parser.add_argument("--resync-seconds", type=float, default=None,
                         help="reconcile every run at least this often (env KWARP_RESYNC_SECONDS; default 60)")
     parser.add_argument("--cleanup-grace-seconds", type=float, default=None,
@@ -111,7 +114,18 @@ def options_from(args: argparse.Namespace, env: Mapping[str, str]) -> OperatorOp
         cleanup_grace_seconds=grace,
         guardrails=guardrails_from(env.get("KWARP_GUARDRAILS")),
         progress_seconds=progress,
+        storage_prefixes=tuple(args.storage_allowed_prefix) or allowed_prefixes(env),
     )
+
+
+def allowed_prefixes(env: Mapping[str, str]) -> tuple[str, ...]:
+    """KWARP_STORAGE_ALLOWED_PREFIXES: comma-separated storage URLs (s3://bucket/prefix, /abs/path)."""
+    raw = env.get("KWARP_STORAGE_ALLOWED_PREFIXES") or ""
+    prefixes = tuple(p.strip() for p in raw.split(",") if p.strip())
+    for p in prefixes:
+        if not (p.startswith(("s3://", "file:///")) or p.startswith("/")):
+            raise UserError(f"KWARP_STORAGE_ALLOWED_PREFIXES: '{p}' is neither s3://bucket/prefix nor an absolute path")
+    return prefixes
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -11,6 +11,9 @@
     PodsStuck          True while a pod of the run cannot start (image pull, missing Secret or ConfigMap):
                        reason = the kubelet's (ImagePullBackOff, CreateContainerConfigError, ...), the
                        message names each pod, its Job and what the kubelet said
+    StoreConflict      True when the run's folder in the store holds another run's ownership record
+                       (or this run's, made with another spec): nothing there is used or deleted
+    StorageNotAllowed  True when spec.storage.url lies outside the operator's allowed prefixes: no Jobs
 
 A condition type appears the first time it is set and stays (False once it no longer holds), so its
 lastTransitionTime says when it last flipped. An error a user must act on is always a condition.
@@ -31,6 +34,8 @@ SPEC_CHANGE_REFUSED = "SpecChangeRefused"
 STORE_UNAVAILABLE = "StoreUnavailable"
 PENDING = "Pending"
 PODS_STUCK = "PodsStuck"
+STORE_CONFLICT = "StoreConflict"
+STORAGE_NOT_ALLOWED = "StorageNotAllowed"
 
 # Reasons
 SUCCEEDED = "Succeeded"
@@ -48,6 +53,10 @@ STORE_REACHABLE = "StoreReachable"
 WAITING_FOR_ADMISSION = "WaitingForAdmission"
 ADMITTED = "Admitted"
 PODS_STARTED = "PodsStarted"
+# StoreConflict's reasons when True are kwarp.core.ownership's (OwnedByAnotherRun, SpecDigestMismatch, ...)
+STORE_OWNED = "StoreOwned"
+OUTSIDE_ALLOWED_PREFIXES = "OutsideAllowedPrefixes"
+INSIDE_ALLOWED_PREFIXES = "InsideAllowedPrefixes"
 
 TRUE = "True"
 FALSE = "False"

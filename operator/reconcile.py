@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kwarp.core.guardrails import Guardrails, violations
+from kwarp.core.owners import claim
+from kwarp.core.ownership import Owner, Verdict, may_delete, owner_key, spec_digest, storage_allowed
 from kwarp.core.plan import Action, Observed, Resume, Start, Succeed, Suspend, Task, plan, plan_without_store
 from kwarp.core.spec import (
     API_GROUP,
@@ -70,6 +72,7 @@ from .results import RunResults
 from .status import (
     Observation,
     SpecCheck,
+    blocked_status,
     build_status,
     invalid_status,
     previous_status,
@@ -167,11 +170,12 @@ def effective_spec(body: Mapping[str, Any], accepted: WarpRunSpec | None,
     return run.spec, SpecCheck()
 
 
-def run_document(name: str, namespace: str, spec: WarpRunSpec) -> WarpRun:
-    """The WarpRun the tasks receive: the effective spec, with nothing of the API object's metadata."""
+def run_document(name: str, namespace: str, spec: WarpRunSpec, uid: str | None = None) -> WarpRun:
+    """The WarpRun the tasks receive: the effective spec, and of the API object's metadata only what
+    names the run's folder in the store (namespace, name, uid: kwarp.core.ownership.store_key)."""
+    meta = {"name": name, "namespace": namespace, **({"uid": uid} if uid else {})}
     return WarpRun.model_validate(
-        {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND,
-         "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+        {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "metadata": meta, "spec": spec}
     )  # fmt: skip
 
 
@@ -249,6 +253,10 @@ def store_url(spec: WarpRunSpec) -> str:
     return url if "://" in url else f"file://{url}"
 
 
+def owner_of(namespace: str, name: str, uid: str, spec: WarpRunSpec, now: str = "") -> Owner:
+    return Owner(namespace=namespace, name=name, uid=uid, spec_digest=spec_digest(spec), executor="operator", created=now)
+
+
 # ------------------------------------------------------------------ serialisation per run
 
 
@@ -315,6 +323,7 @@ class Reconciler:
         worker: WorkerSettings,
         *,
         stores: StoreOpener | None = None,
+        allowed_prefixes: tuple[str, ...] = (),
         metrics: OperatorMetrics | None = None,
         events: EventSink = _no_events,
         clock: Clock = now_rfc3339,
@@ -325,6 +334,9 @@ class Reconciler:
         self.guardrails = guardrails  # None: no limits (library use); the CLI and the chart always set them
         self.worker = worker
         self.stores = stores or StoreOpener(kube)
+        # Operator setting (Helm storage.allowedPrefixes): the only places a run's storage.url may name.
+        self.allowed_prefixes = tuple(allowed_prefixes)
+        self._owned: set[tuple[str, str, str]] = set()  # (uid, store url, spec digest) whose record is ours
         self.metrics = metrics
         self.events = events
         self.clock = clock
@@ -357,8 +369,10 @@ class Reconciler:
 
     def cleanup(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
         """On deletion. With `cleanup: Delete`, stop the run's Jobs first (so that nothing writes any more),
-        then delete <run>/ from the store. Raises CleanupPending while Jobs remain. With Retain (the
-        default) nothing is removed here: garbage collection deletes the Jobs once the WarpRun is gone."""
+        then delete the run's own folder <namespace>/<name>/<uid>/ from the store, if its ownership record
+        is this run's (or absent). Nothing outside that folder is ever deleted. Raises CleanupPending while
+        Jobs remain. With Retain (the default) nothing is removed here: garbage collection deletes the
+        Jobs once the WarpRun is gone."""
         meta = body.get("metadata", {})
         uid = meta.get("uid")
         previous = previous_status(body.get("status"))
@@ -371,16 +385,23 @@ class Reconciler:
             if jobs:
                 raise CleanupPending(f"cleanup: Delete waits for {len(jobs)} Job(s) of {name} to stop")
             store = self.stores.open(namespace, spec)
-            removed = store.delete_prefix(layout.run_prefix(name))
-            self.events(body, "Normal", "CheckpointsDeleted",
-                        f"cleanup: Delete removed {removed} objects under {store_url(spec).rstrip('/')}/{name}/")
+            me = owner_of(namespace, name, uid, spec)
+            where = f"{store_url(spec).rstrip('/')}/{me.key}"
+            verdict = may_delete(store.get_json(owner_key(me.key)), me, where=where)
+            if verdict.allowed:
+                removed = store.delete_prefix(f"{me.key}/")
+                self.events(body, "Normal", "CheckpointsDeleted", f"cleanup: Delete removed {removed} objects under {where}/")
+            else:
+                self.events(body, "Warning", "StoreConflict", f"cleanup: Delete deleted nothing: {verdict.message}"[:1000])
         self.forget(namespace, name, uid)
 
     def abandon_cleanup(self, namespace: str, name: str, body: Mapping[str, Any], err: Exception) -> None:
         """The store stayed unreachable through the cleanup grace period: keep the data, say where, let go."""
         previous = previous_status(body.get("status"))
         spec, _ = effective_spec(body, previous.accepted_spec)
-        where = f"{store_url(spec).rstrip('/')}/{name}/" if spec is not None else "the run's store"
+        uid = body.get("metadata", {}).get("uid") or ""
+        where = (f"{store_url(spec).rstrip('/')}/{owner_of(namespace, name, uid, spec).key}/"
+                 if spec is not None and uid else "the run's store")  # fmt: skip
         self.events(body, "Warning", "CheckpointsRetained",
                     f"cleanup: Delete could not reach the store ({err}); the run's data remains under {where}: "
                     "delete it with your S3 client once the store is back"[:1000])  # fmt: skip
@@ -392,6 +413,8 @@ class Reconciler:
         if uid:
             self.results.forget(uid)
             self.progress.forget(uid)
+            with self._lock:
+                self._owned = {o for o in self._owned if o[0] != uid}
         if self.metrics is not None:
             self.metrics.forget_run(namespace, name)
         self._delete_pushed_groups(namespace, name)
@@ -424,15 +447,28 @@ class Reconciler:
         if spec is None:
             status = invalid_status(previous, check, now=now, generation=generation)
             return self._report(body, raw_status, previous, status, Outcome())
+        if not storage_allowed(spec.storage.url, self.allowed_prefixes):
+            message = (f"spec.storage.url '{spec.storage.url}' is outside the prefixes this operator allows "
+                       f"({', '.join(self.allowed_prefixes)}); use a storage.url under one of them")
+            status = blocked_status(previous, C.STORAGE_NOT_ALLOWED, C.OUTSIDE_ALLOWED_PREFIXES, message,
+                                    now=now, generation=generation)  # fmt: skip
+            return self._report(body, raw_status, previous, status, Outcome())
 
         # Jobs before the store: a task writes its outputs before its Job completes, so a Job seen
         # Complete here has its outputs visible below. (The other order would see a Job that completed
         # after the store was read as "Complete, outputs missing", a failed attempt.)
         views = [v for j in self.kube.list_jobs(namespace, name) if owned_by(j, uid) and (v := view(j)) is not None]
+        me = owner_of(namespace, name, uid, spec, now)
+        folder = me.key  # the run's own folder: every key below is under it
         try:
             store = self.stores.open(namespace, spec)
+            verdict = self._ownership(store, me, spec)
+            if not verdict.allowed:
+                status = blocked_status(previous, C.STORE_CONFLICT, verdict.reason, verdict.message,
+                                        now=now, generation=generation)  # fmt: skip
+                return self._report(body, raw_status, previous, status, Outcome())
             key = (uid, spec.storage.url)
-            done = self.results.completed(key, store, spec, name)
+            done = self.results.completed(key, store, spec, folder)
         except StoreError as err:
             # Suspend and resume act on the Jobs alone; nothing starts or fails until the store answers.
             known = self.results.known((uid, spec.storage.url))
@@ -440,7 +476,7 @@ class Reconciler:
             jobs = task_jobs(attempts, known, recorded=recorded_failures(previous))
             actions = plan_without_store(spec, Observed(done=known, jobs=jobs))
             outcome = Outcome(actions=list(actions))
-            run = run_document(name, namespace, spec)
+            run = run_document(name, namespace, spec, uid)
             for action in actions:
                 self._act(body, run, uid, attempts, action, outcome)
             status = store_down_status(spec=spec, generation=generation, previous=previous, check=check, jobs=jobs,
@@ -456,7 +492,7 @@ class Reconciler:
 
         actions = plan(spec, Observed(done=done, jobs=jobs, succeeded=previous.phase == "Succeeded"))
         outcome = Outcome(actions=list(actions))
-        run = run_document(name, namespace, spec)
+        run = run_document(name, namespace, spec, uid)
         # A suspend withdraws Jobs still waiting in Kueue before admitted ones: deleting an admitted Job
         # first would free quota that Kueue could give to a sibling about to be withdrawn too.
         for action in sorted(actions, key=lambda a: not (isinstance(a, Suspend) and _queued(attempts, a.task))):
@@ -470,19 +506,38 @@ class Reconciler:
             attempts = by_task([*views, *new])
             jobs = task_jobs(attempts, done, messages=messages, recorded=recorded)
 
-        fronts = self.results.fronts(key, store, name, done)
+        fronts = self.results.fronts(key, store, folder, done)
         active = {t for t, j in jobs.items() if j.active}
         members = self.results.members(key, store, spec, name, done, fronts, active)
-        tracked = self.progress.view(key, store, spec, name, done, active)
+        tracked = self.progress.view(key, store, spec, folder, done, active)
         obs = Observation(done=done, attempts=attempts, jobs=jobs, fronts=fronts, members=members, progress=tracked)
+        members = self.results.members(key, store, spec, folder, done, fronts, active)
+        obs = Observation(done=done, attempts=attempts, jobs=jobs, fronts=fronts, members=members)
         status = build_status(
-            run=name, spec=spec, generation=generation, previous=previous, check=check, obs=obs,
+            run=folder, spec=spec, generation=generation, previous=previous, check=check, obs=obs,
             actions=actions, store_url=store_url(spec), now=now, queue=queue_of(spec, self.worker),
         )  # fmt: skip
         status = status.model_copy(update={"conditions": C.clear_condition(
             status.conditions, C.STORE_UNAVAILABLE, C.STORE_REACHABLE, "", now=now, generation=generation)})
         status = self._watchdog(body, spec, store, views, status, now)
+        conds = C.clear_condition(status.conditions, C.STORE_UNAVAILABLE, C.STORE_REACHABLE, "", now=now, generation=generation)
+        conds = C.clear_condition(conds, C.STORE_CONFLICT, C.STORE_OWNED, "", now=now, generation=generation)
+        conds = C.clear_condition(conds, C.STORAGE_NOT_ALLOWED, C.INSIDE_ALLOWED_PREFIXES, "", now=now, generation=generation)
+        status = status.model_copy(update={"conditions": conds})
         return self._report(body, raw_status, previous, status, outcome)
+
+    def _ownership(self, store: Store, me: Owner, spec: WarpRunSpec) -> Verdict:
+        """The run folder's ownership, claimed on first sight; asked of the store once per (run, spec):
+        the folder's key holds the uid, so once the record is ours nothing else writes it."""
+        cached = (me.uid, spec.storage.url, me.spec_digest)
+        with self._lock:
+            if cached in self._owned:
+                return Verdict("own")
+        verdict = claim(store, me, f"{store_url(spec).rstrip('/')}/{me.key}")
+        if verdict.allowed:
+            with self._lock:
+                self._owned.add(cached)
+        return verdict
 
     def _act(self, body: Mapping[str, Any], run: WarpRun, uid: str, attempts: Mapping[Task, list[JobView]],
              action: Action, outcome: Outcome) -> None:  # fmt: skip
@@ -626,4 +681,6 @@ PROBLEM_EVENTS = (
     (C.INVALID, "InvalidSpec"),
     (C.STORE_UNAVAILABLE, "StoreUnavailable"),
     (C.PODS_STUCK, "PodsStuck"),
+    (C.STORE_CONFLICT, "StoreConflict"),
+    (C.STORAGE_NOT_ALLOWED, "StorageNotAllowed"),
 )

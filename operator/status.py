@@ -331,6 +331,20 @@ def store_down_status(*, spec: WarpRunSpec, generation: int | None, previous: Wa
     return previous.model_copy(update={"phase": phase, "conditions": conds, "observed_generation": generation})
 
 
+def blocked_status(
+    previous: WarpRunStatus, type_: str, reason: str, message: str, *, now: str, generation: int | None
+) -> WarpRunStatus:
+    """A run the operator will not execute as it stands (its store is another run's, or not allowed):
+    Failed, with condition `type_` saying why; no Jobs. Level-triggered: once the cause is gone, the
+    next reconcile carries on and clears the condition."""
+    conds = C.set_condition(previous.conditions, type_, True, reason, message, now=now, generation=generation)
+    conds = C.set_condition(conds, C.READY, False, type_, f"see the {type_} condition", now=now, generation=generation)
+    return previous.model_copy(update={
+        "phase": "Failed", "conditions": conds, "observed_generation": generation,
+        "start_time": previous.start_time or now,
+    })  # fmt: skip
+
+
 def build_status(
     *,
     run: str,

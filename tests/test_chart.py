@@ -271,6 +271,7 @@ FULL_OPERATOR_SETTINGS = {
            "existingSecret": "kwarp-s3"},
     "metrics": {"pushgateway": {"url": "http://pushgateway.monitoring:9091", "interval": 30}},
     "kueue": {"queueName": "team-a-gpu"},
+    "storage": {"allowedPrefixes": ["s3://kwarp/runs", "s3://kwarp/scratch/team-a"]},
 }
 
 
@@ -297,6 +298,7 @@ def test_the_operator_reads_the_settings_the_chart_gives_it(chart: Any, monkeypa
     assert (worker.service_account, worker.metrics_port, worker.ttl_seconds_after_finished) == ("kwarp-worker", 9500, 86400)
     assert options.storage_secret == worker.storage_secret == "kwarp-s3"
     assert worker.queue_name == "team-a-gpu"
+    assert options.storage_prefixes == ("s3://kwarp/runs", "s3://kwarp/scratch/team-a")
     trainer = worker.defaults["trainer"]
     assert trainer.gpus == 1 and trainer.node_selector == {"nvidia.com/gpu.present": "true"}
     assert [t.key for t in trainer.tolerations] == ["nvidia.com/gpu"]
@@ -320,7 +322,7 @@ def test_operator_env(chart: Any) -> None:
     # Nothing configured, nothing set: the store's own defaults (and each run's spec) apply.
     plain = env_of(operator_container(render(chart)))
     assert not {"KWARP_WORKER_DEFAULTS", "KWARP_S3_ENDPOINT", "KWARP_S3_SECURE", "AWS_ACCESS_KEY_ID",
-                "KWARP_QUEUE_NAME"} & set(plain)
+                "KWARP_QUEUE_NAME", "KWARP_STORAGE_ALLOWED_PREFIXES"} & set(plain)
 
 
 # ------------------------------------------------------------------------------ values schema
@@ -340,6 +342,8 @@ BAD_VALUES = [
     ({"workers": {"defaults": {"trainer": {"tolerations": [{"effect": "Sometimes"}]}}}}, "effect"),
     ({"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}}, "/grafanaDashboard/labels/grafana_dashboard"),
     ({"kueue": {"queueName": "Team A"}}, "/kueue/queueName"),
+    ({"storage": {"allowedPrefixes": ["kwarp/runs"]}}, "/storage/allowedPrefixes/0"),
+    ({"storage": {"allowedPrefixes": ["s3://a,s3://b"]}}, "/storage/allowedPrefixes/0"),
 ]
 
 

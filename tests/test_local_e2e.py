@@ -19,6 +19,7 @@ import yaml
 
 from kwarp.core.checkpoints import MANIFEST
 from kwarp.core.observe import completed_tasks
+from kwarp.core.owners import read_owners
 from kwarp.core.plan import all_tasks
 from kwarp.core.spec import load
 from kwarp.store import FileStore, layout
@@ -53,28 +54,37 @@ def test_run_killed_and_resumed(tiny_task: Path, tmp_path: Path) -> None:
     # 1. Start, and kill the runner (SIGKILL: no clean-up) once iteration 0 is merged and
     #    iteration 1's members have saved a resumable state.
     first = _kwarp("run", str(doc_path), "--plain", "--parallel", "2", "--no-report", env=env)
+
+    def folder() -> str | None:
+        """The run's own folder (local/resume/<uid>), once the runner has written its ownership record."""
+        owners = read_owners(store, "local", "resume")
+        return owners[0].key if owners else None
+
     _wait_for(
-        lambda: store.has_checkpoint(layout.init("resume", 1))
-        and store.has_checkpoint(layout.member_state("resume", 1, 0)),
+        lambda: (key := folder()) is not None
+        and store.has_checkpoint(layout.init(key, 1))
+        and store.has_checkpoint(layout.member_state(key, 1, 0)),
         timeout=600,
         proc=first,
     )
+    key = folder()
+    assert key is not None and key.startswith("local/resume/")
     first.send_signal(signal.SIGKILL)
     first.wait()
     time.sleep(1.0)  # children die with the runner (PR_SET_PDEATHSIG)
 
-    done_before = completed_tasks(store, run.spec, "resume")
+    done_before = completed_tasks(store, run.spec, key)
     assert {t.id for t in done_before} >= {"prepare", "i0-m0", "i0-m1", "i0-merge"}
     assert len(done_before) < len(all_tasks(run.spec))
     # Nothing half-written is visible: every listed checkpoint folder has a verifying manifest.
-    for key in store.list("resume/"):
-        if key.endswith(MANIFEST):
-            store.verify_checkpoint(key.rsplit("/", 1)[0])
+    for listed in store.list(f"{key}/"):
+        if listed.endswith(MANIFEST):
+            store.verify_checkpoint(listed.rsplit("/", 1)[0])
     finals_before = {
-        m: store.read_manifest(layout.member_final("resume", 0, m)).digest for m in range(2)
+        m: store.read_manifest(layout.member_final(key, 0, m)).digest for m in range(2)
     }
-    slerp_before = store.read_manifest(layout.slerp("resume", 0)).digest
-    attempts_before = json.loads((store_root / layout.runner_json("resume")).read_text())["tasks"]
+    slerp_before = store.read_manifest(layout.slerp(key, 0)).digest
+    attempts_before = json.loads((store_root / layout.runner_json(key)).read_text())["tasks"]
 
     # 2. The same command again: it completes.
     second = subprocess.run(
@@ -82,20 +92,21 @@ def test_run_killed_and_resumed(tiny_task: Path, tmp_path: Path) -> None:
         capture_output=True, text=True, env=env, timeout=900,
     )
     assert second.returncode == 0, second.stdout + second.stderr
-    assert completed_tasks(store, run.spec, "resume") == frozenset(all_tasks(run.spec))
+    assert completed_tasks(store, run.spec, key) == frozenset(all_tasks(run.spec))
 
     # 3. Nothing complete was redone.
-    assert {m: store.read_manifest(layout.member_final("resume", 0, m)).digest for m in range(2)} == finals_before
-    assert store.read_manifest(layout.slerp("resume", 0)).digest == slerp_before
-    timeline = json.loads((store_root / layout.runner_json("resume")).read_text())["tasks"]
+    assert {m: store.read_manifest(layout.member_final(key, 0, m)).digest for m in range(2)} == finals_before
+    assert store.read_manifest(layout.slerp(key, 0)).digest == slerp_before
+    timeline = json.loads((store_root / layout.runner_json(key)).read_text())["tasks"]
     new_attempts = timeline[len(attempts_before):]
     assert not {e["task"] for e in new_attempts} & {t.id for t in done_before}
     # The interrupted members resumed from their saved state rather than starting over.
-    log = (store_root / "resume" / "logs" / "i1-m0.log").read_text()
+    assert [o.uid for o in read_owners(store, "local", "resume")] == [key.rsplit("/", 1)[1]]  # the same run, continued
+    log = (store_root / key / "logs" / "i1-m0.log").read_text()
     assert "resum" in log.lower()
 
     # 4. The report: a front for every iteration, figures, and the trajectories.
-    report = store_root / "resume" / "report"
+    report = store_root / key / "report"
     summary = json.loads((report / "summary.json").read_text())
     assert [it["iteration"] for it in summary["iterations"]] == [0, 1]
     for it in summary["iterations"]:

@@ -59,14 +59,36 @@ def test_a_store_belongs_to_one_spec(tmp_path: Path) -> None:
     console = Console(file=open("/dev/null", "w"))  # noqa: SIM115
     first = LocalExecutor(_run(), store, console=console, live=False, log_dir=tmp_path / "logs")
     first.claim()
-    assert store.get_json("gemma-warp/warprun.json")["spec"]["warp"]["beta"] == 0.1
+    # The run's own folder: local/<name>/<uid>, the ownership record written first.
+    folder = first.key
+    namespace, name, uid = folder.split("/")
+    assert (namespace, name) == ("local", "gemma-warp") and first.run.metadata.uid == uid
+    assert store.get_json(f"{folder}/OWNER.json")["executor"] == "local"
+    assert store.get_json(f"{folder}/warprun.json")["spec"]["warp"]["beta"] == 0.1
     with pytest.raises(UserError, match="another `kwarp run`"):
         LocalExecutor(_run(), store, console=console, live=False, log_dir=tmp_path / "logs").claim()
     first._lock_file.close()  # type: ignore[union-attr]
-    changed = LocalExecutor(_run(**{"spec.warp.beta": 0.5}), store, console=console, live=False, log_dir=tmp_path / "l2")
     with pytest.raises(UserError, match="spec.warp"):
-        changed.claim()
-    # Safe changes (retries, suspension) keep the run.
-    LocalExecutor(
+        LocalExecutor(_run(**{"spec.warp.beta": 0.5}), store, console=console, live=False, log_dir=tmp_path / "l2")
+    # Safe changes (retries, suspension) keep the run: the same folder is continued.
+    again = LocalExecutor(
         _run(**{"spec.failurePolicy": {"maxRetries": 9}}), store, console=console, live=False, log_dir=tmp_path / "l3"
-    ).claim()
+    )
+    again.claim()
+    assert again.key == folder
+    # Another namespace is another run.
+    other = LocalExecutor(_run(**{"metadata.namespace": "team-b"}), store, console=console, live=False, log_dir=tmp_path / "l4")
+    assert other.key.startswith("team-b/gemma-warp/") and other.key.split("/")[2] != uid
+
+
+def test_a_document_with_a_uid_keeps_it_and_a_foreign_record_is_refused(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    console = Console(file=open("/dev/null", "w"))  # noqa: SIM115
+    run = _run(**{"metadata.uid": "u-1"})
+    store.put_json("local/gemma-warp/u-1/OWNER.json", {"namespace": "local", "name": "gemma-warp", "uid": "u-1",
+                                                      "specDigest": "sha256:other", "executor": "local"})  # fmt: skip
+    executor = LocalExecutor(run, store, console=console, live=False, log_dir=tmp_path / "logs")
+    assert executor.key == "local/gemma-warp/u-1"
+    with pytest.raises(UserError, match="another spec"):
+        executor.claim()
+    assert not store.exists("local/gemma-warp/u-1/warprun.json")

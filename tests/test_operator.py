@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from kwarp.core.crd import crd
+from kwarp.core.ownership import store_key
 from kwarp.core.plan import Task, checkpoint_outputs, file_outputs
 from kwarp.core.spec import SPEC_ENV, WarpRun, parse
 from kwarp.core.weights import save_state_dict
@@ -52,12 +53,13 @@ def write_outputs(job: dict[str, Any]) -> None:
     """Publish what the Job's task publishes, as the task would (checkpoints verified by their manifest)."""
     run, task = job_run(job)
     root = Path(run.spec.storage.url)
-    for key in checkpoint_outputs(run.spec, run.name, task):
+    folder = store_key(run)  # the run's own folder: <namespace>/<name>/<uid>
+    for key in checkpoint_outputs(run.spec, folder, task):
         save_state_dict({"weight": torch.full((4,), float(task.iteration))}, root / key, meta={"task": task.id})
     if task.kind == "train":
-        log = root / layout.member_log(run.name, task.iteration, task.member)
+        log = root / layout.member_log(folder, task.iteration, task.member)
         log.write_text(json.dumps({"step": 1, "reward": 0.1, "eval": {"reward": 0.5 + task.member / 10, "kl_sft": 2.0}}) + "\n")
-    for key in file_outputs(run.spec, run.name, task):
+    for key in file_outputs(run.spec, folder, task):
         path = root / key
         path.parent.mkdir(parents=True, exist_ok=True)
         if task.kind == "eval":
@@ -132,6 +134,10 @@ class Api:
     def events(self) -> list[tuple[str, str, str]]:
         items = self.cluster.raw("GET", f"/api/v1/namespaces/{NS}/events")["items"]
         return [(e.get("type"), e.get("reason"), e.get("message")) for e in items]
+
+    def folder(self, name: str = "demo", namespace: str = NS) -> str:
+        """The run's own folder in its store: <namespace>/<name>/<uid>."""
+        return f"{namespace}/{name}/{(self.get(name) or {})['metadata']['uid']}"
 
     def condition(self, type_: str, name: str = "demo") -> dict[str, Any] | None:
         return next((c for c in self.status(name).get("conditions", []) if c["type"] == type_), None)
@@ -294,12 +300,13 @@ def test_a_run_goes_through_prepare_members_merge_eval_to_succeeded(
         [(0.0, 0.2, 0.0), (0.3, 0.5, 1.5), (1.0, 1.2, 5.0)],
         [(0.0, 0.3, 0.0), (0.3, 0.6, 3.0), (1.0, 1.3, 10.0)],
     ]
+    root = f"file://{store}/{api.folder()}"  # the run's own folder: default/demo/<uid>
     assert st["checkpoints"] == {
-        "base": f"file://{store}/demo/base",
-        "iter-0/slerp": f"file://{store}/demo/iter-0/slerp",
-        "iter-1/init": f"file://{store}/demo/iter-1/init",
-        "iter-1/slerp": f"file://{store}/demo/iter-1/slerp",
-        "final": f"file://{store}/demo/iter-1/slerp",
+        "base": f"{root}/base",
+        "iter-0/slerp": f"{root}/iter-0/slerp",
+        "iter-1/init": f"{root}/iter-1/init",
+        "iter-1/slerp": f"{root}/iter-1/slerp",
+        "final": f"{root}/iter-1/slerp",
     }
     m = {(x["iteration"], x["member"]): x for x in st["members"]}
     assert set(m) == {(0, 0), (0, 1), (1, 0), (1, 1)}
@@ -463,7 +470,8 @@ def test_delete_with_cleanup_delete_removes_jobs_pods_and_checkpoints(
     finish(api, runner, "demo-prepare")
     jobs_named(api, "demo-i0-m0", "demo-i0-m1")
     wait_for(lambda: len(runner.running()) == 2, 10, message="members running")
-    assert (store / "demo" / "base" / "MANIFEST.json").is_file()
+    folder = api.folder()
+    assert (store / folder / "base" / "MANIFEST.json").is_file()
     assert api.get()["metadata"]["finalizers"] == ["kwarp.dev/finalizer"]  # type: ignore[index]
 
     api.delete()
@@ -471,7 +479,7 @@ def test_delete_with_cleanup_delete_removes_jobs_pods_and_checkpoints(
     assert api.jobs() == {}
     pods = api.cluster.raw("GET", f"/api/v1/namespaces/{NS}/pods")["items"]
     assert pods == []  # Foreground deletion took the pods first
-    assert not (store / "demo").exists() and store.exists()
+    assert not (store / folder).exists() and store.exists()
     assert any(r == "CheckpointsDeleted" for _, r, _ in api.events())
 
 
@@ -516,10 +524,11 @@ def test_delete_with_retain_keeps_checkpoints_and_collects_jobs(
     api.create(warprun(store))
     finish(api, runner, "demo-prepare")
     jobs_named(api, "demo-i0-m0", "demo-i0-m1")
+    folder = api.folder()
 
     api.delete()
     wait_for(lambda: api.get() is None and not api.jobs(), 20, message="the WarpRun and its Jobs gone")
-    assert (store / "demo" / "base" / "MANIFEST.json").is_file()
+    assert (store / folder / "base" / "MANIFEST.json").is_file()
 
 
 def test_an_invalid_spec_gets_a_condition_naming_the_field_and_no_jobs(

@@ -113,11 +113,12 @@ def test_a_warprun_reaches_succeeded_with_its_checkpoints_in_the_bucket(
                     break
                 time.sleep(0.5)
         assert len(jobs) == 9
+        folder = f"{NS}/{RUN}/{api.get(RUN)['metadata']['uid']}"  # the run's own folder in the bucket
         assert all(complete(j) for j in jobs.values()), {n: j.get("status") for n, j in jobs.items()}
 
     # The status: a Pareto front per iteration, read from the eval.json the evaluation tasks wrote.
     store = S3Store.from_url(f"s3://{bucket}/runs", storage, env=s3.env())
-    fronts = [store.get_json(layout.eval_json(RUN, i)) for i in range(2)]
+    fronts = [store.get_json(layout.eval_json(folder, i)) for i in range(2)]
     assert [f["iteration"] for f in st["pareto"]] == [0, 1]
     for front, report in zip(st["pareto"], fronts, strict=True):
         assert [p["eta"] for p in front["points"]] == ETAS
@@ -129,18 +130,19 @@ def test_a_warprun_reaches_succeeded_with_its_checkpoints_in_the_bucket(
     assert sorted((m["iteration"], m["member"], m["state"]) for m in st["members"]) == [
         (0, 0, "Succeeded"), (0, 1, "Succeeded"), (1, 0, "Succeeded"), (1, 1, "Succeeded")]
     assert all(m["reward"] is not None and m["kl"] is not None for m in st["members"])
-    assert st["checkpoints"]["final"] == f"s3://{bucket}/runs/e2e/iter-1/slerp"
+    assert st["checkpoints"]["final"] == f"s3://{bucket}/runs/{folder}/iter-1/slerp"
     assert next(c for c in st["conditions"] if c["type"] == C.READY)["status"] == "True"
 
     # The checkpoints: in the bucket, complete, and their bytes match their manifests.
-    keys = [layout.base(RUN), layout.init(RUN, 1), layout.slerp(RUN, 0), layout.slerp(RUN, 1)]
-    keys += [layout.member_final(RUN, i, m) for i in range(2) for m in range(2)]
+    keys = [layout.base(folder), layout.init(folder, 1), layout.slerp(folder, 0), layout.slerp(folder, 1)]
+    keys += [layout.member_final(folder, i, m) for i in range(2) for m in range(2)]
     for key in keys:
         assert store.has_checkpoint(key), key
-    manifest = store.verify_checkpoint(layout.slerp(RUN, 1))
+    manifest = store.verify_checkpoint(layout.slerp(folder, 1))
     assert any(f.name.endswith(".safetensors") for f in manifest.files)
-    objects = {o.object_name for o in s3.client().list_objects(bucket, prefix="runs/e2e/", recursive=True)}
-    assert f"runs/{layout.member_final('e2e', 1, 1)}/MANIFEST.json" in objects
+    objects = {o.object_name for o in s3.client().list_objects(bucket, prefix=f"runs/{folder}/", recursive=True)}
+    assert f"runs/{layout.member_final(folder, 1, 1)}/MANIFEST.json" in objects
+    assert store.get_json(f"{folder}/OWNER.json")["uid"] == folder.rsplit("/", 1)[1]  # written by the operator
 
 
 def phase_is_within(api: Api, phase: str, timeout: float) -> dict[str, Any]:

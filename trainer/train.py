@@ -46,6 +46,7 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from kwarp.core.errors import UserError
+from kwarp.core.ownership import store_key
 from kwarp.core.spec import WarpRun, WarpRunSpec, member_seed
 from kwarp.observability import telemetry
 from kwarp.observability.metrics import TrainerMetrics, member_labels
@@ -428,8 +429,9 @@ def train(
 ) -> bool:
     """Train member `member` of iteration `iteration`; False if its final checkpoint already existed."""
     spec, name = run.spec, run.name
+    run_folder = store_key(run)  # the run's own folder in the store
     store = open_store(spec.storage.url, spec.storage)
-    final_key = layout.member_final(name, iteration, member)
+    final_key = layout.member_final(run_folder, iteration, member)
     if store.has_checkpoint(final_key):
         print(f"kwarp train: {final_key} is complete; nothing to do", flush=True)
         return False
@@ -442,7 +444,7 @@ def train(
     cfg = StepConfig.from_spec(spec, per_process)
     seed = member_seed(spec, iteration, member)
 
-    init_dir = store.open_checkpoint(layout.init(name, iteration))
+    init_dir = store.open_checkpoint(layout.init(run_folder, iteration))
     models = load_models(init_dir, spec, accelerator.device, kl_to_init=spec.training.kl_to_init)
     if spec.training.strategy == "fsdp" and world > 1:
         models = shard_models(models, spec, accelerator.device, world)
@@ -454,8 +456,8 @@ def train(
     reward = load_reward(spec.reward, accelerator.device, storage=spec.storage, allow_nonfinite=True)
     prompts = read_prompts(spec.data.train, spec.data.prompt_field, storage=spec.storage, spec_field="spec.data.train")
 
-    state_key = layout.member_state(name, iteration, member)
-    log = MetricsLog(store, layout.member_log(name, iteration, member))
+    state_key = layout.member_state(run_folder, iteration, member)
+    log = MetricsLog(store, layout.member_log(run_folder, iteration, member))
     start = 0
     guard = NonFiniteGuard(spec.training.max_non_finite_steps)
     if store.has_checkpoint(state_key):
@@ -566,7 +568,7 @@ def train(
             log.upload()
             meta = {"run": name, "iteration": iteration, "member": member, "steps": T, "seed": seed}
             # EMA first: `final` marks the member done, so everything else must exist before it.
-            ema_key = layout.member_ema(name, iteration, member)
+            ema_key = layout.member_ema(run_folder, iteration, member)
             publish_model(store, ema_key, models.bare, models.tokenizer, models.names, ema, {**meta, "kind": "ema"})
             publish_model(store, final_key, models.bare, models.tokenizer, models.names, policy, {**meta, "kind": "final"})
             print(f"kwarp train: {name} i{iteration} m{member} done: {final_key}", flush=True)
@@ -584,7 +586,7 @@ def _evaluator(
         sft = frozen_init  # iteration 0 starts from θ_sft itself
     else:
         compute = resolve_dtype(spec.policy.dtype, accelerator.device)
-        sft_dir = store.open_checkpoint(layout.base(run.name))
+        sft_dir = store.open_checkpoint(layout.base(store_key(run)))
         sft = load_causal_lm(sft_dir, compute, spec.policy.trust_remote_code, accelerator.device).requires_grad_(False)
     prompts = read_prompts(
         spec.data.eval,

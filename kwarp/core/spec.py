@@ -439,6 +439,9 @@ class Metadata(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow")
     name: str
     namespace: str | None = None
+    # The run's identity: the API server's uid, or the one the embedded runner recorded. Executors put it
+    # into the document each task receives; it keys the run's folder in the store (kwarp.core.ownership).
+    uid: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
 

@@ -161,13 +161,15 @@ def evaluate_iteration(run: Any, iteration: int, *, device: str | torch.device |
     """Write eval.json of one iteration (the LiTI front, members, init, next init); None if it exists."""
     from prometheus_client import CollectorRegistry
 
+    from kwarp.core.ownership import store_key
     from kwarp.observability import telemetry
     from kwarp.observability.metrics import EvaluationMetrics, iteration_labels
     from kwarp.store import layout, open_store
 
     spec, name = run.spec, run.name
+    folder = store_key(run)  # the run's own folder in the store
     store = open_store(spec.storage.url, spec.storage)
-    out_key = layout.eval_json(name, iteration)
+    out_key = layout.eval_json(folder, iteration)
     if store.exists(out_key):
         print(f"kwarp eval: {out_key} exists; nothing to do")
         return None
@@ -175,8 +177,8 @@ def evaluate_iteration(run: Any, iteration: int, *, device: str | torch.device |
     device = torch.device(device) if device is not None else default_device()
     compute = resolve_dtype(spec.policy.dtype, device)
     trust = spec.policy.trust_remote_code
-    sft_dir = store.open_checkpoint(layout.base(name))
-    slerp_dir = store.open_checkpoint(layout.slerp(name, iteration))
+    sft_dir = store.open_checkpoint(layout.base(folder))
+    slerp_dir = store.open_checkpoint(layout.slerp(folder, iteration))
     tokenizer = load_tokenizer(sft_dir, trust)
     # float32 weights, compute under autocast: θ_η at small η must not round back to θ_sft.
     sft = load_causal_lm(sft_dir, torch.float32, trust, device)
@@ -212,7 +214,7 @@ def evaluate_iteration(run: Any, iteration: int, *, device: str | torch.device |
 
         members = []
         for m in range(spec.warp.policies):
-            copy_weights_(work, store.open_checkpoint(layout.member_final(name, iteration, m)))
+            copy_weights_(work, store.open_checkpoint(layout.member_final(folder, iteration, m)))
             members.append({"member": m, **measure(f"member {m}")})
 
         # Iteration 0 starts from θ_sft itself: its init point is the η = 0 point of the front.
@@ -222,11 +224,11 @@ def evaluate_iteration(run: Any, iteration: int, *, device: str | torch.device |
             if iteration == 0:
                 interpolate_(work, sft_params, sft_params, 0.0)
             else:
-                copy_weights_(work, store.open_checkpoint(layout.init(name, iteration)))
+                copy_weights_(work, store.open_checkpoint(layout.init(folder, iteration)))
             init_point = measure("init")
         next_init = None
-        if iteration + 1 < spec.warp.iterations and store.has_checkpoint(layout.init(name, iteration + 1)):
-            copy_weights_(work, store.open_checkpoint(layout.init(name, iteration + 1)))
+        if iteration + 1 < spec.warp.iterations and store.has_checkpoint(layout.init(folder, iteration + 1)):
+            copy_weights_(work, store.open_checkpoint(layout.init(folder, iteration + 1)))
             next_init = measure("next init")
 
         seconds = time.perf_counter() - t0

@@ -18,6 +18,7 @@ from pathlib import Path
 from kwarp.core import locations
 from kwarp.core.checkpoints import MANIFEST, PICKLE_SUFFIXES, CheckpointError, refuse_pickles
 from kwarp.core.errors import UserError
+from kwarp.core.ownership import store_key
 from kwarp.core.prompts import read_prompts
 from kwarp.core.spec import DataSpec, RewardSpec, WarpRun, from_cli
 from kwarp.store import Store, layout, open_store
@@ -67,7 +68,7 @@ def check_reward(reward: RewardSpec, storage: object) -> str:
 
 def copy_policy(run: WarpRun, store: Store) -> bool:
     """Publish θ_sft at <run>/base; False when it was already there."""
-    key = layout.base(run.name)
+    key = layout.base(store_key(run))
     if store.has_checkpoint(key):
         return False
     policy = run.spec.policy
@@ -96,7 +97,7 @@ def prepare(run: WarpRun, store: Store | None = None) -> dict[str, object]:
     gold = run.spec.evaluation.gold_reward
     gold_source = check_reward(gold, run.spec.storage) if gold is not None else None
     copied = copy_policy(run, store)
-    info: dict[str, object] = {"prompts": counts, "reward": reward, "base": layout.base(run.name), "copied": copied}
+    info: dict[str, object] = {"prompts": counts, "reward": reward, "base": layout.base(store_key(run)), "copied": copied}
     if gold_source is not None:
         info["gold_reward"] = gold_source
     return info

@@ -341,7 +341,7 @@ def default_out_dir(store: Store, run: str) -> Path:
     """The store's own report folder for a file:// store; ./<run>-report otherwise."""
     if isinstance(store, FileStore):
         return store.path(layout.report_prefix(run))
-    return Path.cwd() / f"{run}-report"
+    return Path.cwd() / f"{run.replace('/', '-')}-report"
 
 
 def write_report(
@@ -396,27 +396,36 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="a WarpRun YAML file (its store is spec.storage), or a run name with --store")
     parser.add_argument("--store", metavar="URL",
                         help="store holding the run: a path, file:///abs/path or s3://bucket/prefix")
+    parser.add_argument("--namespace", metavar="NS",
+                        help="the run's namespace (default: the document's, else $KWARP_NAMESPACE, else local)")
+    parser.add_argument("--uid", help="the run's uid, when the store holds several runs of this name (default: the newest)")
     parser.add_argument("--out", metavar="DIR",
-                        help="output folder (default: <store>/<run>/report/ for a local store, else ./<run>-report/)")
+                        help="output folder (default: the run's report/ folder for a local store, else ./<run>-report/)")
     parser.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
+    from kwarp.core.ownership import namespace_of
     from kwarp.core.spec import load
+    from kwarp.run.identity import report_key
 
     spec = None
     if Path(args.run).is_file():
         spec = load(args.run)
-        run = spec.name
+        name = spec.name
         store = open_store(args.store or spec.spec.storage.url, spec.spec.storage)
+        namespace = args.namespace or namespace_of(spec, os.environ)
     elif args.run.endswith((".yaml", ".yml", ".json")):
         raise UserError(f"{args.run}: no such file; give a WarpRun YAML file or a run name with --store URL")
     else:
         if not args.store:
             raise UserError(f"'{args.run}' is not a file: to report a run by name, add --store URL")
-        run, store = args.run, open_store(args.store)
-    if not store.list(layout.run_prefix(run)):
-        raise UserError(f"nothing stored for run '{run}' under {store.describe()}: check the run name and the store")
+        name, store = args.run, open_store(args.store)
+        namespace = args.namespace or os.environ.get("KWARP_NAMESPACE") or "local"
+    run = report_key(store, name, namespace=namespace, uid=args.uid, run=spec)
+    if run is None or not store.list(layout.run_prefix(run)):
+        raise UserError(f"nothing stored for run '{name}' (namespace {namespace}) under {store.describe()}: "
+                        "check the run name, --namespace and the store")  # fmt: skip
 
     path = write_report(store, run, spec, args.out)
     summary = json.loads((path.parent / "summary.json").read_text())

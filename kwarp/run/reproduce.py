@@ -37,6 +37,7 @@ from typing import Any
 from rich.console import Console
 
 from kwarp.core.errors import UserError
+from kwarp.core.ownership import run_key
 from kwarp.run import claims as C
 from kwarp.run.rundata import parse_metrics
 from kwarp.run.stats import PromptPoint
@@ -96,12 +97,23 @@ def run_names(scale: Scale, k: int) -> dict[str, Any]:
     }
 
 
+# Every document names its run's identity, so that the task commands this module runs itself and the
+# `kwarp run` it starts for the rest use one folder per run: <store>/<NAMESPACE>/<name>/<UID>/.
+NAMESPACE = "reproduce"
+UID = "reproduction"
+
+
+def folder(name: str) -> str:
+    """The store folder of reproduction run `name` (kwarp.core.ownership.run_key)."""
+    return run_key(NAMESPACE, name, UID)
+
+
 def documents(base: dict[str, Any], scale: Scale, k: int, store: str) -> dict[str, dict[str, Any]]:
     """The WarpRun documents of seed k, derived from the task's document (its settings kept)."""
 
     def variant(name: str, etas: Sequence[float], **warp: Any) -> dict[str, Any]:
         doc = json.loads(json.dumps(base))
-        doc["metadata"] = {"name": name}
+        doc["metadata"] = {"name": name, "namespace": NAMESPACE, "uid": UID}
         spec = doc["spec"]
         spec["storage"] = {"url": store}
         spec["warp"].update({"steps": scale.steps, **scale.overrides.get("warp", {}), **warp})
@@ -158,7 +170,7 @@ def load_inputs(root: Path, scale: Scale) -> dict[str, Any]:
         front: dict[str, PromptPoint] = {}
         traj: dict[str, PromptPoint] = {}
         for i in range(scale.iterations):
-            ev = _require(store.get_json(layout.eval_json(names["warp"], i)), f"{names['warp']} iteration {i}")
+            ev = _require(store.get_json(layout.eval_json(folder(names["warp"]), i)), f"{names['warp']} iteration {i}")
             for p, raw in zip(_points(ev["front"], P), ev["front"], strict=True):
                 front[f"front{i}/eta={C.eta_key(raw['eta'])}"] = p
                 if i == 0:
@@ -167,7 +179,7 @@ def load_inputs(root: Path, scale: Scale) -> dict[str, Any]:
                 for p, raw in zip(_points(ev["members"], P), ev["members"], strict=True):
                     front[f"m2/member{raw['member']}"] = p
         front["sft"], traj["sft"] = front["front0/eta=0"], traj["front0/eta=0"]
-        ev4 = _require(store.get_json(layout.eval_json(names["large"], 0)), names["large"])
+        ev4 = _require(store.get_json(layout.eval_json(folder(names["large"]), 0)), names["large"])
         for p, raw in zip(_points(ev4["front"], P), ev4["front"], strict=True):
             if raw["eta"] > 0:
                 front[f"m{C.MEMBERS_LARGE}/eta={C.eta_key(raw['eta'])}"] = p
@@ -184,11 +196,11 @@ def load_inputs(root: Path, scale: Scale) -> dict[str, Any]:
 
         steps: dict[str, list[int]] = {}
         for m in range(2):
-            pts = trajectory_points(store.get_bytes(layout.member_log(names["warp"], 0, m)) or b"", Pt)
+            pts = trajectory_points(store.get_bytes(layout.member_log(folder(names["warp"]), 0, m)) or b"", Pt)
             steps[f"ema{m}"] = sorted(pts)
             traj.update({f"ema{m}/step={t}": p for t, p in pts.items()})
         for beta, run in names["sft"].items():
-            pts = trajectory_points(store.get_bytes(layout.member_log(run, 0, 0)) or b"", Pt)
+            pts = trajectory_points(store.get_bytes(layout.member_log(folder(run), 0, 0)) or b"", Pt)
             steps[f"sft-{C.beta_label(beta)}"] = sorted(pts)
             traj.update({f"sft-{C.beta_label(beta)}/step={t}": p for t, p in pts.items()})
         fronts.append(front)
@@ -266,21 +278,21 @@ class Reproduction:
             warp, large = names["warp"], names["large"]
             traj = ["--eval-every", str(s.eval_every), "--eval-prompts", str(s.trajectory_prompts)]
             for name, doc in docs.items():
-                out.append(Job(f"prepare {name}", ["prepare"], doc, done=self._has(layout.base(name))))
+                out.append(Job(f"prepare {name}", ["prepare"], doc, done=self._has(layout.base(folder(name)))))
             for m in range(2):  # iteration 0 of the WARP run, with trajectories
                 out.append(Job(f"train {warp} m{m}", ["train", "--iteration", "0", "--member", str(m), *traj, *device],
-                               docs[warp], after=(f"prepare {warp}",), done=self._has(layout.member_final(warp, 0, m))))
+                               docs[warp], after=(f"prepare {warp}",), done=self._has(layout.member_final(folder(warp), 0, m))))
             for name in names["sft"].values():
                 out.append(Job(f"train {name}", ["train", "--iteration", "0", "--member", "0", *traj, *device],
-                               docs[name], after=(f"prepare {name}",), done=self._has(layout.member_final(name, 0, 0))))
+                               docs[name], after=(f"prepare {name}",), done=self._has(layout.member_final(folder(name), 0, 0))))
             for m in range(2, C.MEMBERS_LARGE):
                 out.append(Job(f"train {large} m{m}", ["train", "--iteration", "0", "--member", str(m), *device],
-                               docs[large], after=(f"prepare {large}",), done=self._has(layout.member_final(large, 0, m))))
+                               docs[large], after=(f"prepare {large}",), done=self._has(layout.member_final(folder(large), 0, m))))
             warp_members = tuple(f"train {warp} m{m}" for m in range(2))
             large_members = tuple(f"train {large} m{m}" for m in range(2, C.MEMBERS_LARGE))
             for name, doc, after in ((warp, docs[warp], warp_members), (large, docs[large], warp_members + large_members)):
                 out.append(Job(f"run {name}", ["run", self._doc_file(doc), "--parallel", "1", "--threads", "1", "--plain", "--no-report"],
-                               None, after=after, done=self._has_json(layout.eval_json(name, doc["spec"]["warp"]["iterations"] - 1)),
+                               None, after=after, done=self._has_json(layout.eval_json(folder(name), doc["spec"]["warp"]["iterations"] - 1)),
                                before=(lambda w=warp, lg=large: self.seed_large(w, lg)) if name == large else None))
             out += self.extra_jobs(k, docs[warp], warp_members + large_members)
         # Ready jobs start in list order: the WARP runs' chain (iteration 0's members, then the serial
@@ -293,17 +305,17 @@ class Reproduction:
         s = self.scale
         names = run_names(s, k)
         warp, large = names["warp"], names["large"]
-        folder = self.out / "extra"
-        linear_dirs = {key: folder / f"s{k}-{key}-linear" for key in ("m2", f"m{C.MEMBERS_LARGE}")}
+        extra = self.out / "extra"
+        linear_dirs = {key: extra / f"s{k}-{key}-linear" for key in ("m2", f"m{C.MEMBERS_LARGE}")}
         jobs = []
         for key, count, run in (("m2", 2, warp), (f"m{C.MEMBERS_LARGE}", C.MEMBERS_LARGE, large)):
             members = [a for m in range(count) for a in ("--member", str(self._final(run if m >= 2 else warp, m)))]
-            jobs.append(Job(f"linear s{k} {key}", ["merge", "--init", str(self._path(layout.base(warp))), *members,
+            jobs.append(Job(f"linear s{k} {key}", ["merge", "--init", str(self._path(layout.base(folder(warp)))), *members,
                                                   "--method", "linear", "--out", str(linear_dirs[key]), "--overwrite"],
                             after=after, done=lambda d=linear_dirs[key]: (d / "MANIFEST.json").is_file()
-                            or (folder / f"s{k}.json").is_file()))
+                            or (extra / f"s{k}.json").is_file()))
         sp = doc["spec"]
-        common = ["eval", "--sft", str(self._path(layout.base(warp))), "--reward", sp["reward"]["location"],
+        common = ["eval", "--sft", str(self._path(layout.base(folder(warp)))), "--reward", sp["reward"]["location"],
                   "--gold", GOLD, "--prompts", sp["data"]["eval"], "--num-prompts", str(s.eval_prompts),
                   "--samples", str(s.eval_samples), "--max-new-tokens", str(sp["training"]["maxNewTokens"]),
                   "--max-prompt-tokens", str(sp["training"]["maxPromptTokens"]),
@@ -311,16 +323,16 @@ class Reproduction:
                   "--batch-size", str(sp["evaluation"]["batchSize"]), "--device", s.device]
         members = [a for m in range(C.MEMBERS_LARGE) for a in ("--model", str(self._final(warp if m < 2 else large, m)))]
         etas = ",".join(f"{e:g}" for e in s.member_etas)  # η = 1 is the member itself, in eval.json
-        paths = folder / f"s{k}-members.jsonl"
-        linear = folder / f"s{k}-linear.jsonl"
+        paths = extra / f"s{k}-members.jsonl"
+        linear = extra / f"s{k}-linear.jsonl"
         jobs.append(Job(f"member paths s{k}", [*common, *members, "--etas", etas], after=after, result=paths,
-                        done=lambda: paths.is_file() or (folder / f"s{k}.json").is_file()))
+                        done=lambda: paths.is_file() or (extra / f"s{k}.json").is_file()))
         lin_args = [a for d in linear_dirs.values() for a in ("--model", str(d))]
         jobs.append(Job(f"linear eval s{k}", [*common, *lin_args], result=linear,
                         after=tuple(f"linear s{k} {key}" for key in linear_dirs),
-                        done=lambda: linear.is_file() or (folder / f"s{k}.json").is_file()))
+                        done=lambda: linear.is_file() or (extra / f"s{k}.json").is_file()))
         jobs.append(Job(f"collect s{k}", [], after=(f"member paths s{k}", f"linear eval s{k}"),
-                        done=lambda: (folder / f"s{k}.json").is_file(),
+                        done=lambda: (extra / f"s{k}.json").is_file(),
                         before=lambda: self.collect_extra(k, paths, linear, linear_dirs)))
         return jobs
 
@@ -346,7 +358,7 @@ class Reproduction:
         return self.store_root / key
 
     def _final(self, run: str, m: int) -> Path:
-        return self._path(layout.member_final(run, 0, m))
+        return self._path(layout.member_final(folder(run), 0, m))
 
     def _doc_file(self, doc: dict[str, Any]) -> str:
         path = self.out / "docs" / f"{doc['metadata']['name']}.json"
@@ -358,11 +370,11 @@ class Reproduction:
         """Members 0-1 of the M = 4 run are those of the M = 2 run: same seeds, same prompts, same steps."""
         for m in range(2):
             for key_of in (layout.member_ema, layout.member_final):  # final last: it marks the member done
-                if not self.store.has_checkpoint(key_of(target, 0, m)):
-                    self.store.put_checkpoint(self.store.open_checkpoint(key_of(source, 0, m)), key_of(target, 0, m))
-            log = self.store.get_bytes(layout.member_log(source, 0, m))
-            if log is not None and not self.store.exists(layout.member_log(target, 0, m)):
-                self.store.put_bytes(layout.member_log(target, 0, m), log)
+                if not self.store.has_checkpoint(key_of(folder(target), 0, m)):
+                    self.store.put_checkpoint(self.store.open_checkpoint(key_of(folder(source), 0, m)), key_of(folder(target), 0, m))
+            log = self.store.get_bytes(layout.member_log(folder(source), 0, m))
+            if log is not None and not self.store.exists(layout.member_log(folder(target), 0, m)):
+                self.store.put_bytes(layout.member_log(folder(target), 0, m), log)
 
     # ---------------------------------------------------------------- the scheduler
 
@@ -496,8 +508,8 @@ def _main(args: argparse.Namespace) -> int:
     else:
         from kwarp.tasks import build, demo_document
 
-        folder = build(size=scale.task_size)
-        result = repro.execute(demo_document(folder=folder))
+        task_folder = build(size=scale.task_size)
+        result = repro.execute(demo_document(folder=task_folder))
     for f in result["findings"]:
         color = {"holds": "green", "fails": "red"}.get(f["verdict"], "yellow")
         console.print(f"[{color}]{f['verdict']:>10}[/]  {f['statement']}")

@@ -38,8 +38,11 @@ from rich.text import Text
 
 from kwarp.core.errors import UserError
 from kwarp.core.observe import completed_tasks
+from kwarp.core.owners import claim
+from kwarp.core.ownership import Owner, spec_digest, store_key
 from kwarp.core.plan import Fail, Observed, Start, Succeed, Task, TaskJobs, plan, progress
-from kwarp.core.spec import WarpRun, changed_fields, load, parse
+from kwarp.core.spec import WarpRun, load
+from kwarp.run.identity import identify
 from kwarp.store import FileStore, Store, layout, open_store
 
 PROGRESS_PREFIX = "KWARP_PROGRESS "
@@ -134,9 +137,12 @@ class LocalExecutor:
         extra_env: dict[str, str] | None = None,
         threads: int | None = None,
     ):
-        self.run = run
+        # The run's identity (namespace, uid) and so its own folder in the store: found again from the
+        # store's ownership records when this document ran before (kwarp.run.identity).
+        self.run = identify(run, store)
         self.spec = run.spec
         self.name = run.name
+        self.key = store_key(self.run)
         self.store = store
         self.parallel = parallel or default_parallel(self.spec.warp.policies)
         # Torch threads per task: the cores split between the tasks that run at once, unless the
@@ -146,11 +152,11 @@ class LocalExecutor:
         self.live = live
         self.python = python
         self.extra_env = dict(extra_env or {})
-        self.log_dir = log_dir or _default_log_dir(store, self.name)
+        self.log_dir = log_dir or _default_log_dir(store, self.key)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[Task, Proc] = {}
         self.jobs: dict[Task, TaskJobs] = {}
-        self.timeline: list[dict[str, Any]] = list((store.get_json(layout.runner_json(self.name)) or {}).get("tasks", []))
+        self.timeline: list[dict[str, Any]] = list((store.get_json(layout.runner_json(self.key)) or {}).get("tasks", []))
         self.durations: dict[str, list[float]] = {}
         self.started = time.time()
         self.started_this_session: set[Task] = set()
@@ -168,7 +174,7 @@ class LocalExecutor:
         """
         from kwarp.observability import telemetry
 
-        self.metrics = telemetry.EmbeddedMetrics(os.environ.get("KWARP_NAMESPACE", "local"), self.name)
+        self.metrics = telemetry.EmbeddedMetrics(self.run.metadata.namespace or "local", self.name)
         self.metrics_server = telemetry.serve(self.metrics.registry, port, host=addr)
         self.console.print(f"metrics on http://{addr}:{port}/metrics")
 
@@ -179,16 +185,18 @@ class LocalExecutor:
         self.metrics.set_phase(prog.phase, prog.iteration)
         for task in observed.done - self._exported:
             if task.kind == "merge":
-                self.metrics.record_merge(task.iteration, self.store.get_json(layout.merge_report(self.name, task.iteration)) or {})
+                self.metrics.record_merge(task.iteration, self.store.get_json(layout.merge_report(self.key, task.iteration)) or {})
             elif task.kind == "eval":
-                self.metrics.record_eval(task.iteration, self.store.get_json(layout.eval_json(self.name, task.iteration)) or {})
+                self.metrics.record_eval(task.iteration, self.store.get_json(layout.eval_json(self.key, task.iteration)) or {})
         self._exported = set(observed.done)
 
     # ------------------------------------------------------------------ checks before work
 
     def claim(self) -> None:
-        """Hold a lock for this run (one runner at a time) and pin the store to this spec."""
+        """Hold a lock for this run (one runner at a time) and claim its folder in the store: the
+        ownership record first (refused if it is another run's), then the document it runs."""
         lock_path = self.log_dir / "runner.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(lock_path, "w")  # noqa: SIM115 - held for the runner's life
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -196,27 +204,21 @@ class LocalExecutor:
             raise UserError(
                 f"another `kwarp run` is working on run '{self.name}' (lock {lock_path}); wait for it or stop it"
             ) from None
-        key = layout.spec_json(self.name)
-        recorded = self.store.get_json(key)
-        if recorded is not None:
-            old = parse(recorded, source=f"{self.store.url}/{key}")
-            # storage is where the record lives: a moved store is the same run.
-            changed = changed_fields(old.spec, self.spec, ignore=("suspend", "failure_policy", "cleanup", "resources", "storage"))
-            if changed:
-                raise UserError(
-                    f"the store {self.store.url} already holds run '{self.name}' made with a different "
-                    f"{', '.join(changed)}; give the run a new metadata.name, use another --store, "
-                    f"or delete {self.name}/ from the store to start over"
-                )
-        self.store.put_json(key, self.run.to_document())
+        meta = self.run.metadata
+        me = Owner(namespace=meta.namespace or "local", name=self.name, uid=meta.uid or "", spec_digest=spec_digest(self.spec),
+                   executor="local", created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))  # fmt: skip
+        verdict = claim(self.store, me, f"{self.store.url.rstrip('/')}/{self.key}")
+        if not verdict.allowed:
+            raise UserError(verdict.message)
+        self.store.put_json(layout.spec_json(self.key), self.run.to_document())
 
     def check_disk(self) -> None:
         if not isinstance(self.store, FileStore):
             return
-        base = estimate_checkpoint_bytes(self.store, self.name)
+        base = estimate_checkpoint_bytes(self.store, self.key)
         if base is None:
             return
-        done = completed_tasks(self.store, self.spec, self.name)
+        done = completed_tasks(self.store, self.spec, self.key)
         left = sum(1 for i in range(self.spec.warp.iterations) if Task.merge(i) not in done)
         need = disk_needed(self.spec.warp.policies, left, base)
         root = self.store.root
@@ -259,7 +261,7 @@ class LocalExecutor:
         self.check_disk()
         while True:
             self.reap()
-            observed = Observed(done=completed_tasks(self.store, self.spec, self.name), jobs=self._jobs_view())
+            observed = Observed(done=completed_tasks(self.store, self.spec, self.key), jobs=self._jobs_view())
             actions = plan(self.spec, observed)
             show(observed)
             for action in actions:
@@ -295,7 +297,7 @@ class LocalExecutor:
             **os.environ,
             **self.extra_env,
             "KWARP_SPEC": json.dumps(self.run.to_document()),
-            "KWARP_NAMESPACE": os.environ.get("KWARP_NAMESPACE", "local"),
+            "KWARP_NAMESPACE": self.run.metadata.namespace or "local",
             "OMP_NUM_THREADS": str(self.threads),
             "MKL_NUM_THREADS": str(self.threads),
             "PYTHONUNBUFFERED": "1",
@@ -330,7 +332,7 @@ class LocalExecutor:
                 proc.reader.join(timeout=5)
             del self.procs[task]
             end = time.time()
-            done = rc == 0 and task in completed_tasks(self.store, self.spec, self.name)
+            done = rc == 0 and task in completed_tasks(self.store, self.spec, self.key)
             entry = next(
                 (e for e in reversed(self.timeline) if e["task"] == task.id and e["end"] is None), None
             )
@@ -377,7 +379,7 @@ class LocalExecutor:
 
     def _save_timeline(self) -> None:
         try:
-            self.store.put_json(layout.runner_json(self.name), {"tasks": self.timeline})
+            self.store.put_json(layout.runner_json(self.key), {"tasks": self.timeline})
         except Exception:  # the timeline is informative; never let it mask the real outcome
             pass
 
@@ -512,7 +514,8 @@ def write_report(store: Store, run: WarpRun, console: Console) -> Path | None:
         from kwarp.run.report import write_report as _write
     except ImportError:  # pragma: no cover - the report module ships with kwarp
         return None
-    out = _write(store, run.name, run.spec, report_dir(store, run.name))
+    key = store_key(run)  # run as the executor identified it (namespace and uid set)
+    out = _write(store, key, run.spec, report_dir(store, key))
     return Path(out)
 
 
@@ -555,7 +558,7 @@ def _main(args: argparse.Namespace) -> int:
         executor.serve_metrics(args.metrics_port)
     rc = executor.execute()
     if rc == 0 and not args.no_report:
-        path = write_report(store, run, console)
+        path = write_report(store, executor.run, console)
         if path is not None:
             console.print(f"[green bold]run '{run.name}' succeeded.[/] report: {path}")
     return rc
