@@ -384,6 +384,11 @@ class Reconciler:
                     self.kube.delete_job(namespace, job["metadata"]["name"])
             if jobs:
                 raise CleanupPending(f"cleanup: Delete waits for {len(jobs)} Job(s) of {name} to stop")
+            if not storage_allowed(spec.storage.url, self.allowed_prefixes):
+                # Never written (the run got no Jobs): nothing of it to delete, and no reason to touch a store
+                # this operator does not serve.
+                self.forget(namespace, name, uid)
+                return
             store = self.stores.open(namespace, spec)
             me = owner_of(namespace, name, uid, spec)
             where = f"{store_url(spec).rstrip('/')}/{me.key}"

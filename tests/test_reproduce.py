@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from kwarp.core.ownership import store_key
 from kwarp.core.spec import parse
 from kwarp.run import claims as C
 from kwarp.run.reproduce import (
@@ -22,6 +23,7 @@ from kwarp.run.reproduce import (
     Reproduction,
     compute_claims,
     documents,
+    folder,
     load_inputs,
     scale_from,
 )
@@ -37,6 +39,9 @@ def test_documents_of_a_seed(tmp_path: Path) -> None:
     docs = documents(base_doc(tmp_path), CPU, 1, str(tmp_path / "store"))
     assert sorted(docs) == sorted(["warp-s1", "warp4-s1", *(f"sft-{C.beta_label(b)}-s1" for b in C.SFT_BETAS)])
     runs = {name: parse(doc).spec for name, doc in docs.items()}  # every document is a valid WarpRun
+    # Each names its identity, so its task commands and its `kwarp run` share the run's own folder.
+    assert {store_key(parse(doc)) for doc in docs.values()} == {folder(name) for name in docs}
+    assert folder("warp-s1") == "reproduce/warp-s1/reproduction"
     warp, large = runs["warp-s1"], runs["warp4-s1"]
     assert (warp.warp.iterations, warp.warp.policies, warp.warp.anchor) == (CPU.iterations, 2, "ema")
     assert warp.evaluation.etas == list(FRONT_ETAS) and len(FRONT_ETAS) == 11
@@ -100,7 +105,7 @@ def test_quick_reproduction_is_consistent(tmp_path: Path) -> None:
     again = compute_claims(load_inputs(out, scale), scale)
     assert json.loads(json.dumps(again["findings"])) == stored["findings"]
     # And one by hand, straight from eval.json: SLERP minus the mean member (M = 2), seed 0.
-    ev = json.loads((out / "store" / "warp-s0" / "iter-0" / "eval.json").read_text())
+    ev = json.loads((out / "store" / folder("warp-s0") / "iter-0" / "eval.json").read_text())
     slerp = max(ev["front"], key=lambda p: p["eta"])["reward"]
     mean_member = sum(m["reward"] for m in ev["members"]) / 2
     crit = next(c for f in stored["findings"] for c in f["criteria"] if c["id"] == "2a M=2")

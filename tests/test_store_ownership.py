@@ -247,7 +247,7 @@ def test_storage_outside_the_allowed_prefixes_gets_a_condition_and_no_jobs(world
     opts = options(namespaces=[ns], worker=WorkerSettings(image="w"),
                    storage_prefixes=(f"s3://{world.bucket}/runs",))  # fmt: skip
     with StatusJobRunner(world.cluster, namespace=ns), RunningOperator(world.cluster, opts):
-        world.create(ns, world.warprun("outside", f"s3://{world.bucket}/runs-elsewhere"))
+        outside = world.create(ns, world.warprun("outside", f"s3://{world.bucket}/runs-elsewhere", cleanup="Delete"))
         world.create(ns, world.warprun("inside", f"s3://{world.bucket}/runs/team-a"))
         cond = wait_value(lambda: world.condition(ns, "outside", C.STORAGE_NOT_ALLOWED), bool, 30,
                           message="StorageNotAllowed on run outside")  # fmt: skip
@@ -256,7 +256,12 @@ def test_storage_outside_the_allowed_prefixes_gets_a_condition_and_no_jobs(world
         wait_value(lambda: world.jobs(ns), lambda js: "inside-prepare" in js, 30, message="run inside starts")
         assert (world.get(ns, "outside") or {})["status"]["phase"] == "Failed"
         assert not any(n.startswith("outside-") for n in world.jobs(ns))
-    assert world.store().list("runs-elsewhere/") == []  # not even an ownership record
+        assert world.store().list("runs-elsewhere/") == []  # not even an ownership record
+        # Deleting it touches nothing there either, even where its folder would be.
+        somebodys = f"runs-elsewhere/{ns}/outside/{outside['metadata']['uid']}/keep.json"
+        world.store().put_json(somebodys, {"keep": True})
+        world.delete(ns, "outside")
+    assert world.store().get_json(somebodys) == {"keep": True}
 
 
 def test_the_operator_reads_the_allowed_prefixes_from_its_environment() -> None:
