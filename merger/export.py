@@ -2,8 +2,10 @@
 
     kwarp export RUN_OR_FILE --kl-budget K | --eta E --out DIR|s3://bucket/key
 
-RUN_OR_FILE is a WarpRun document, or a run in a store (`<root>/<run>`, a folder or an s3:// URL:
-the document the run recorded there, `<run>/warprun.json`, is read).
+RUN_OR_FILE is a WarpRun document (its run's folder in spec.storage is found as `kwarp report` finds
+it: the newest run of that namespace, name and spec), or a run's folder in a store
+(`<root>/<namespace>/<name>/<uid>`, or `<root>/<name>` of a store written before runs had their own
+folders; a folder or an s3:// URL: the document the run recorded there, `warprun.json`, is read).
 
 1. Choose η on the final front (the last iteration's eval.json): with --kl-budget the most reward
    whose KL stays within K, interpolating between evaluated η (kwarp.core.front, pure); with --eta
@@ -27,6 +29,7 @@ from typing import Any
 
 from kwarp.core.errors import UserError
 from kwarp.core.front import Choice, FrontError, at_eta, points_of, table, within_budget
+from kwarp.core.ownership import namespace_of, store_key
 from kwarp.core.spec import WarpRun, load, parse
 from kwarp.store import Store, layout, open_store
 
@@ -38,10 +41,21 @@ CARD = "README.md"
 
 
 def resolve_run(source: str) -> WarpRun:
-    """A WarpRun document, or the run a store holds at `<root>/<run>` (its recorded warprun.json)."""
+    """A WarpRun document, or the run a store holds at `<root>/<run>` (its recorded warprun.json), with
+    its identity (metadata.namespace and uid) when the store holds it in a folder of its own."""
+    import os
+
+    from kwarp.run.identity import report_key, with_identity
+
     path = Path(source)
     if "://" not in source and path.is_file():
-        return load(path)
+        run = load(path)
+        store = open_store(run.spec.storage.url, run.spec.storage)
+        namespace = namespace_of(run, os.environ)
+        key = report_key(store, run.name, namespace=namespace, uid=run.metadata.uid, run=run)
+        if key is not None and key.count("/") == 2:
+            run = with_identity(run, namespace, key.rsplit("/", 1)[1])
+        return run
     root, _, name = source.rstrip("/").rpartition("/")
     if not name:
         raise UserError(f"{source}: give a WarpRun file or a run's location in its store (<root>/<run>)")
@@ -52,22 +66,28 @@ def resolve_run(source: str) -> WarpRun:
             f"{source}: neither a WarpRun file nor a run in a store (no {layout.spec_json(name)} in {store.describe()})"
         )
     run = parse(raw, source=f"{store.describe()}/{layout.spec_json(name)}")
-    # The store is where the run was found (it may have moved since it was recorded).
-    storage = run.spec.storage.model_copy(update={"url": store.url})
+    # The store is where the run was found (it may have moved since it was recorded): the location minus
+    # the run's own folder (<namespace>/<name>/<uid> when the run recorded its identity).
+    url = store.url
+    key = store_key(run)
+    if run.metadata.uid and source.rstrip("/").endswith("/" + key):
+        url = source.rstrip("/")[: -len(key) - 1]
+    storage = run.spec.storage.model_copy(update={"url": url})
     return run.model_copy(update={"spec": run.spec.model_copy(update={"storage": storage})})
 
 
 def final_front(run: WarpRun, store: Store) -> tuple[int, dict[str, Any]]:
     """(last iteration, its eval.json); a UserError naming the missing step when it is not there."""
     last = run.spec.warp.iterations - 1
-    key = layout.eval_json(run.name, last)
+    folder = store_key(run)
+    key = layout.eval_json(folder, last)
     evaluation = store.get_json(key)
     if evaluation is None:
         raise UserError(
             f"run '{run.name}' has no final front yet ({store.describe()}/{key}): finish the run "
             f"(kwarp run), or evaluate it (kwarp eval --iteration {last})"
         )
-    for key in (layout.base(run.name), layout.slerp(run.name, last)):
+    for key in (layout.base(folder), layout.slerp(folder, last)):
         if not store.has_checkpoint(key):
             raise UserError(f"run '{run.name}': checkpoint {store.describe()}/{key} is missing or incomplete")
     return last, evaluation
@@ -111,7 +131,7 @@ def export_policy(
     say(f"kwarp export: {choice.rule}: η = {choice.eta:.4g} "
         + (f"(front predicts reward {choice.reward:.4f}, KL {choice.kl:.4f})" if choice.reward is not None and choice.kl
            is not None else "(outside the evaluated η)"))  # fmt: skip
-    base_key, slerp_key = layout.base(name), layout.slerp(name, iteration)
+    base_key, slerp_key = layout.base(store_key(run)), layout.slerp(store_key(run), iteration)
     with tempfile.TemporaryDirectory(prefix="kwarp-export-") as tmp:
         folder = Path(tmp) / "policy"
         folder.mkdir()

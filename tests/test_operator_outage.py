@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from kwarp.core.crd import crd
+from kwarp.core.ownership import store_key
 from kwarp.core.plan import checkpoint_outputs
 from kwarp.core.spec import StorageSpec
 from kwarp.core.weights import save_state_dict
@@ -44,7 +45,7 @@ def s3() -> Iterator[S3Server]:
 def publish(store: S3Store, job: dict[str, Any], tmp: Path) -> None:
     """What the Job's task publishes, straight into the bucket."""
     run, task = job_run(job)
-    for key in checkpoint_outputs(run.spec, run.name, task):
+    for key in checkpoint_outputs(run.spec, store_key(run), task):
         local = tmp / key
         save_state_dict({"weight": torch.full((4,), float(task.iteration))}, local, meta={"task": task.id})
         store.put_checkpoint(local, key)
@@ -103,15 +104,16 @@ def test_suspend_resume_and_delete_act_while_the_store_is_unreachable(tmp_path: 
             assert api.condition(C.SUSPENDED)["status"] == "False"  # type: ignore[index]
             assert sorted(api.jobs()) == ["demo-i0-m0", "demo-i0-m1", "demo-prepare"]  # nothing started on a guess
 
+            folder = api.folder()  # the run's own folder: default/demo/<uid>
             api.delete()
             wait_for(lambda: api.get() is None, 60, message=lambda: f"the WarpRun gone; events {api.events()}")
             assert api.jobs() == {}
             retained = [m for _, r, m in api.events() if r == "CheckpointsRetained"]
-            assert retained and f"s3://{bucket}/runs/demo/" in retained[0], api.events()
+            assert retained and f"s3://{bucket}/runs/{folder}/" in retained[0], api.events()
 
             # One bounded operation reached the endpoint; every other store call of every reconcile and
             # of the cleanup was refused by the breaker without a connection.
             assert 1 <= proxy.connections <= RETRY.max_attempts, proxy.connections
 
         # cleanup could not delete: the data is still there, whole.
-        assert direct.has_checkpoint(layout.base("demo"))
+        assert direct.has_checkpoint(layout.base(folder))

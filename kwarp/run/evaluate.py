@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from kwarp.core.ownership import store_key
 from kwarp.policy import (
     Reward,
     batched_logprobs,
@@ -262,7 +263,7 @@ def evaluate_checkpoint(run: Any, folder: Path, *, device: str | torch.device | 
     store = open_store(spec.storage.url, spec.storage)
     device = torch.device(device) if device is not None else default_device()
     trust = spec.policy.trust_remote_code
-    sft_dir = store.open_checkpoint(layout.base(run.name))
+    sft_dir = store.open_checkpoint(layout.base(store_key(run)))
     tokenizer = load_tokenizer(sft_dir, trust)
     sft = load_causal_lm(sft_dir, torch.float32, trust, device)
     # Loaded in float32 like the front's policies: what the folder stores, without a second rounding.
