@@ -540,6 +540,10 @@ class Reconciler:
                 return Verdict("own")
         verdict = claim(store, me, f"{store_url(spec).rstrip('/')}/{me.key}")
         if verdict.allowed:
+            # The accepted document beside the record, as `kwarp run` leaves it: `kwarp export` and
+            # `kwarp report` read a run's folder on their own with it.
+            if not store.exists(layout.spec_json(me.key)):
+                store.put_json(layout.spec_json(me.key), run_document(me.name, me.namespace, spec, me.uid).to_document())
             with self._lock:
                 self._owned.add(cached)
         return verdict

@@ -143,6 +143,7 @@ def test_a_warprun_reaches_succeeded_with_its_checkpoints_in_the_bucket(
     objects = {o.object_name for o in s3.client().list_objects(bucket, prefix=f"runs/{folder}/", recursive=True)}
     assert f"runs/{layout.member_final(folder, 1, 1)}/MANIFEST.json" in objects
     assert store.get_json(f"{folder}/OWNER.json")["uid"] == folder.rsplit("/", 1)[1]  # written by the operator
+    assert store.get_json(layout.spec_json(folder))["metadata"]["uid"] == folder.rsplit("/", 1)[1]  # and the document
 
 
 def phase_is_within(api: Api, phase: str, timeout: float) -> dict[str, Any]:
