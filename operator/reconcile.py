@@ -609,7 +609,8 @@ class Reconciler:
             if store is None or deadline is None or v.stalled or v.task.kind != "train" or v.state != "Running":
                 continue
             try:
-                beat = Heartbeat.parse(store.get_json(layout.member_heartbeat(name, v.task.iteration, v.task.member)))
+                folder = owner_of(namespace, name, meta["uid"], spec).key  # the run's own folder
+                beat = Heartbeat.parse(store.get_json(layout.member_heartbeat(folder, v.task.iteration, v.task.member)))
             except StoreError as err:  # judge progress on a later pass rather than fail work on a blip
                 log.warning("%s/%s: cannot read the heartbeat of %s: %s", namespace, name, v.name, err)
                 continue

@@ -60,7 +60,7 @@ def test_a_stopped_trainer_saves_its_step_and_the_retry_resumes_it(tmp_path: Pat
         })  # fmt: skip
         opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"))
         with ProcessJobRunner(cluster, tmp_path / "pods", parallel=1) as runner, RunningOperator(cluster, opts):
-            api.create(doc)
+            folder = f"{NS}/{RUN}/{api.create(doc)['metadata']['uid']}"  # the run's own folder in the bucket
             job = "e2e-i0-m0"
             wait_for(lambda: last_step(runner.log_tail(job, 400)) >= 3, 500,
                      message=lambda: f"{job} at step 3; log: {runner.log_tail(job)}")
@@ -90,6 +90,6 @@ def test_a_stopped_trainer_saves_its_step_and_the_retry_resumes_it(tmp_path: Pat
     progress = [json.loads(ln[len(PROGRESS_PREFIX):])["step"] for ln in retry.splitlines() if ln.startswith(PROGRESS_PREFIX)]
     assert progress == list(range(saved + 1, STEPS + 1))
     store = S3Store.from_url(f"s3://{bucket}/runs", storage, env=s3.env())
-    log = store.get_bytes(layout.member_log(RUN, 0, 0)).decode().splitlines()  # type: ignore[union-attr]
+    log = store.get_bytes(layout.member_log(folder, 0, 0)).decode().splitlines()  # type: ignore[union-attr]
     assert [json.loads(ln)["step"] for ln in log if ln.strip()] == list(range(1, STEPS + 1))  # every step once
-    assert store.has_checkpoint(layout.member_final(RUN, 0, 0))
+    assert store.has_checkpoint(layout.member_final(folder, 0, 0))

@@ -238,7 +238,7 @@ def test_a_trainer_that_stops_progressing_is_failed_and_retried_while_one_that_s
     stop = threading.Event()
 
     def beat() -> None:  # what trainer/outputs.py's Heartbeat writes
-        key = store / layout.member_heartbeat("demo", 0, 0)
+        key = store / layout.member_heartbeat(api.folder(), 0, 0)  # the run's own folder: default/demo/<uid>
         step = 0
         while not stop.is_set():
             key.parent.mkdir(parents=True, exist_ok=True)

@@ -524,7 +524,7 @@ def train(
         accelerator.wait_for_everyone()
 
     stop = StopRequest()
-    heartbeat = Heartbeat(store, layout.member_heartbeat(name, iteration, member), T)
+    heartbeat = Heartbeat(store, layout.member_heartbeat(run_folder, iteration, member), T)
     with exporting, stop.installed():
         if main:
             heartbeat.beat(start, force=True)  # loaded: the watchdog's clock restarts here
