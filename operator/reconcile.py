@@ -513,11 +513,9 @@ class Reconciler:
 
         fronts = self.results.fronts(key, store, folder, done)
         active = {t for t, j in jobs.items() if j.active}
-        members = self.results.members(key, store, spec, name, done, fronts, active)
+        members = self.results.members(key, store, spec, folder, done, fronts, active)
         tracked = self.progress.view(key, store, spec, folder, done, active)
         obs = Observation(done=done, attempts=attempts, jobs=jobs, fronts=fronts, members=members, progress=tracked)
-        members = self.results.members(key, store, spec, folder, done, fronts, active)
-        obs = Observation(done=done, attempts=attempts, jobs=jobs, fronts=fronts, members=members)
         status = build_status(
             run=folder, spec=spec, generation=generation, previous=previous, check=check, obs=obs,
             actions=actions, store_url=store_url(spec), now=now, queue=queue_of(spec, self.worker),

@@ -34,8 +34,9 @@ def test_status_shows_each_members_steps_and_the_runs_progress_and_eta(
         finish(api, runner, "demo-prepare")
         jobs_named(api, "demo-i0-m0", "demo-i0-m1")
         # What the trainers uploaded so far: m0 4 steps, m1 2 steps, both at 1 step/s.
-        log(store / layout.member_log("demo", 0, 0), [(1, 100.0), (2, 101.0), (3, 102.0), (4, 103.0)])
-        log(store / layout.member_log("demo", 0, 1), [(1, 200.0), (2, 201.0)])
+        folder = api.folder()  # the run's own folder: default/demo/<uid>
+        log(store / layout.member_log(folder, 0, 0), [(1, 100.0), (2, 101.0), (3, 102.0), (4, 103.0)])
+        log(store / layout.member_log(folder, 0, 1), [(1, 200.0), (2, 201.0)])
         api.patch_spec({"failurePolicy": {"maxRetries": 2}})  # a reconcile
 
         def read(status: dict[str, Any]) -> bool:
