@@ -155,9 +155,11 @@ def phase_is_within(api: Api, phase: str, timeout: float) -> dict[str, Any]:
     return wait_value(lambda: api.status(RUN), failed, timeout, message=f"phase {phase}")
 
 
-def test_a_two_node_member_rendezvous_and_the_iteration_merges(tmp_path: Path, s3: S3Server) -> None:
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_two_node_member_rendezvous_and_the_iteration_merges(tmp_path: Path, s3: S3Server, strategy: str) -> None:
     """resources.trainer.nodes: 2: each member is an Indexed Job of two pods (two local processes here)
-    that find each other through the headless Service's host name and train as one member over gloo."""
+    that find each other through the headless Service's host name and train as one member over gloo,
+    replicated (ddp) or sharded across the two nodes (fsdp)."""
     bucket = s3.create_bucket()
     storage_doc = {"url": f"s3://{bucket}/runs", "endpoint": s3.endpoint, "secure": False, "secretName": "kwarp-s3"}
     storage = StorageSpec.model_validate(storage_doc)
@@ -165,6 +167,7 @@ def test_a_two_node_member_rendezvous_and_the_iteration_merges(tmp_path: Path, s
     doc = warprun(bucket, storage_doc)
     doc["spec"]["warp"].update(iterations=1)
     doc["spec"]["resources"]["trainer"] = {"gpus": 0, "nodes": 2}
+    doc["spec"]["training"]["strategy"] = strategy
 
     with Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
         api = Api(cluster)
@@ -191,7 +194,7 @@ def test_a_two_node_member_rendezvous_and_the_iteration_merges(tmp_path: Path, s
         assert (job["completionMode"], job["completions"]) == ("Indexed", 2)
         assert f"e2e-i0-m{m}" in services
         # One member, two pods, one process each: world size 2, and the main process reported alone.
-        assert "2 process(es) on cpu" in logs[f"e2e-i0-m{m}"]
+        assert f"2 process(es) on cpu ({strategy})" in logs[f"e2e-i0-m{m}"]
     store = S3Store.from_url(f"s3://{bucket}/runs", storage, env=s3.env())
     for m in (0, 1):
         state = json.loads((store.open_checkpoint(layout.member_state(RUN, 0, m)) / "trainer_state.json").read_text())
