@@ -188,6 +188,7 @@ def test_a_two_node_member_rendezvous_and_the_iteration_merges(tmp_path: Path, s
             jobs = api.jobs(RUN)
             services = {s["metadata"]["name"] for s in cluster.raw("GET", f"/api/v1/namespaces/{NS}/services")["items"]}
             logs = {n: runner.logs[n].read_text() for n in ("e2e-i0-m0", "e2e-i0-m1")}
+            folder = f"{NS}/{RUN}/{api.get(RUN)['metadata']['uid']}"  # the run's own folder in the bucket
 
     for m in (0, 1):
         job = jobs[f"e2e-i0-m{m}"]["spec"]
@@ -197,7 +198,7 @@ def test_a_two_node_member_rendezvous_and_the_iteration_merges(tmp_path: Path, s
         assert f"2 process(es) on cpu ({strategy})" in logs[f"e2e-i0-m{m}"]
     store = S3Store.from_url(f"s3://{bucket}/runs", storage, env=s3.env())
     for m in (0, 1):
-        state = json.loads((store.open_checkpoint(layout.member_state(RUN, 0, m)) / "trainer_state.json").read_text())
+        state = json.loads((store.open_checkpoint(layout.member_state(folder, 0, m)) / "trainer_state.json").read_text())
         assert state["world_size"] == 2
-    assert store.has_checkpoint(layout.slerp(RUN, 0))  # the members merged
+    assert store.has_checkpoint(layout.slerp(folder, 0))  # the members merged
     assert sorted((m["member"], m["state"]) for m in st["members"]) == [(0, "Succeeded"), (1, "Succeeded")]
