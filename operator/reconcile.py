@@ -337,6 +337,9 @@ class Reconciler:
         # Operator setting (Helm storage.allowedPrefixes): the only places a run's storage.url may name.
         self.allowed_prefixes = tuple(allowed_prefixes)
         self._owned: set[tuple[str, str, str]] = set()  # (uid, store url, spec digest) whose record is ours
+        # Uids of multi-node Jobs whose Service this operator has created or found (one POST per Job per
+        # operator lifetime: a restart re-ensures them, in case the last one stopped in between).
+        self._services: set[str] = set()
         self.metrics = metrics
         self.events = events
         self.clock = clock
@@ -462,7 +465,9 @@ class Reconciler:
         # Jobs before the store: a task writes its outputs before its Job completes, so a Job seen
         # Complete here has its outputs visible below. (The other order would see a Job that completed
         # after the store was read as "Complete, outputs missing", a failed attempt.)
-        views = [v for j in self.kube.list_jobs(namespace, name) if owned_by(j, uid) and (v := view(j)) is not None]
+        jobs = [j for j in self.kube.list_jobs(namespace, name) if owned_by(j, uid)]
+        views = [v for j in jobs if (v := view(j)) is not None]
+        self._ensure_services(namespace, jobs)
         me = owner_of(namespace, name, uid, spec, now)
         folder = me.key  # the run's own folder: every key below is under it
         try:
@@ -553,14 +558,10 @@ class Reconciler:
             manifest = job_manifest(run, uid, action.task, action.attempt, self.worker)
             job = manifest["metadata"]["name"]
             created = self.kube.create_job(namespace, manifest)
-            if needs_service(manifest):
-                # Right after the Job, which owns it (by uid). A pass that finds the Job already there
-                # (an earlier pass stopped in between) still makes sure of the Service; the pods retry the
-                # rendezvous until its name resolves.
-                stored = created or next((j for j in self.kube.list_jobs(namespace, run.name)
-                                          if j["metadata"]["name"] == job), None)  # fmt: skip
-                if stored is not None:
-                    self.kube.create_service(namespace, service_manifest(manifest, stored["metadata"]["uid"]))
+            if created is not None and needs_service(manifest):
+                # Right after the Job, which owns it (by uid); _ensure_services covers a stop in between.
+                self.kube.create_service(namespace, service_manifest(manifest, created["metadata"]["uid"]))
+                self._services.add(created["metadata"]["uid"])
             if not created:
                 return  # created by an earlier pass whose Job this listing did not show yet
             outcome.created.append(job)
@@ -627,6 +628,16 @@ class Reconciler:
                                            generation=generation)  # fmt: skip
         return status.model_copy(update={"conditions": conditions})
 
+    def _ensure_services(self, namespace: str, jobs: list[dict[str, Any]]) -> None:
+        """Each unfinished multi-node Job has its Service: create it (a no-op when it exists) once per Job
+        per operator lifetime. The pods retry the rendezvous until its name resolves."""
+        for job in jobs:
+            job_uid = job["metadata"]["uid"]
+            if not needs_service(job) or job_uid in self._services or _finished(job):
+                continue
+            self.kube.create_service(namespace, service_manifest(job, job_uid))
+            self._services.add(job_uid)
+
     def _failure_messages(self, namespace: str, views: list[JobView]) -> dict[str, str]:
         """Failure text of each failed Job, with what its pod's container said (asked once per Job)."""
         out = {}
@@ -677,6 +688,11 @@ class Reconciler:
         if self.metrics is not None and status.phase is not None:
             self.metrics.observe_run(namespace, name, status.phase, status.iteration)
         return outcome
+
+
+def _finished(job: Mapping[str, Any]) -> bool:
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+               for c in (job.get("status") or {}).get("conditions") or [])  # fmt: skip
 
 
 def _queued(attempts: Mapping[Task, list[JobView]], task: Task) -> bool:

@@ -413,6 +413,28 @@ def test_a_multi_node_member_is_an_indexed_job_with_a_headless_service_that_goes
     jobs_named(api, "demo-i0-merge")
 
 
+def test_a_restarted_operator_restores_a_missing_member_service(
+    cluster: Cluster, api: Api, runner: StatusJobRunner, store: Path
+) -> None:
+    """An operator stopped between creating a multi-node Job and its Service: the next one creates it."""
+    def services() -> dict[str, dict[str, Any]]:
+        items = api.cluster.raw("GET", f"/api/v1/namespaces/{NS}/services")["items"]
+        return {s["metadata"]["name"]: s for s in items}
+
+    with RunningOperator(cluster, options()):
+        api.create(warprun(store, resources={"trainer": {"nodes": 2}}))
+        finish(api, runner, "demo-prepare")
+        jobs = jobs_named(api, "demo-i0-m0", "demo-i0-m1")
+        wait_for(lambda: {"demo-i0-m0", "demo-i0-m1"} <= set(services()), 20, message="the members' Services")
+    api.core.delete_namespaced_service("demo-i0-m1", NS)  # as if the operator had stopped before creating it
+    assert "demo-i0-m1" not in services()
+
+    with RunningOperator(cluster, options()):
+        svc = wait_value(services, lambda s: "demo-i0-m1" in s, 20, message="the Service restored")["demo-i0-m1"]
+    assert svc["metadata"]["ownerReferences"][0]["uid"] == jobs["demo-i0-m1"]["metadata"]["uid"]
+    assert sorted(api.jobs()) == ["demo-i0-m0", "demo-i0-m1", "demo-prepare"]  # nothing else was started
+
+
 def test_suspend_holds_running_jobs_and_resume_releases_them(
     api: Api, runner: StatusJobRunner, operator: RunningOperator, store: Path
 ) -> None:
