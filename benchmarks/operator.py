@@ -21,7 +21,14 @@ Figures (printed, never asserted):
   ADDED on the same watch;
 - reconcile rate: reconciles per second while the runs are in flight, and the mean and p99 reconcile
   duration (from the operator's own histogram, scraped from /metrics); reconciles per created Job;
-- wall time until every run Succeeded.
+- wall time until every run Succeeded;
+- CPU time of each component while the runs are in flight: the API server (its process), the Job
+  controller and the Job watch of the benchmark (their threads), and the operator (the rest of this
+  process: kopf's loop and handler threads); CPU per created Job for each;
+- with --profile, where the operator's time goes: a sampling profiler over the operator's threads
+  (every 5 ms, inclusive samples per function, the top 20 printed).
+
+Progress (runs Succeeded, Jobs created, elapsed) is printed to stderr every 10 s.
 
 The machine is shared by the API server, the operator, the Job controller and the store (a local
 folder): figures are a lower bound for an operator with an API server and MinIO of its own.
@@ -180,26 +187,115 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
 
 
+# ------------------------------------------------------------------ CPU time per component
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(path: str) -> float:
+    """utime + stime (seconds) from a /proc/.../stat file."""
+    try:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def thread_cpu(thread: threading.Thread | None) -> float:
+    return proc_cpu(f"/proc/self/task/{thread.native_id}/stat") if thread is not None and thread.native_id else 0.0
+
+
+class Components:
+    """CPU seconds of the API server (child process), the Job controller and the Job clock (threads) and
+    the operator (this process minus those threads and the main thread, which only polls)."""
+
+    def __init__(self, server_pid: int, runner: StatusJobRunner, clock: JobClock):
+        self.server_pid, self.runner, self.clock = server_pid, runner, clock
+
+    def read(self) -> dict[str, float]:
+        process = proc_cpu("/proc/self/stat")
+        runner = thread_cpu(self.runner._thread)
+        clock = thread_cpu(self.clock._thread)
+        main = thread_cpu(threading.main_thread())
+        return {"api_server": proc_cpu(f"/proc/{self.server_pid}/stat"), "job_controller": runner,
+                "job_watch": clock, "operator": process - runner - clock - main}  # fmt: skip
+
+
+class Sampler:
+    """A sampling profiler of the operator's threads: every `interval` s, each thread's stack; a function
+    is counted once per sample it is on the stack of (inclusive)."""
+
+    def __init__(self, exclude: set[int], interval: float = 0.005):
+        self.exclude, self.interval = exclude, interval
+        self.inclusive: dict[str, int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="sampler")
+
+    def __enter__(self) -> Sampler:
+        self.exclude |= {threading.get_ident()}
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        me = threading.get_ident()
+        while not self._stop.wait(self.interval):
+            for ident, frame in sys._current_frames().items():
+                if ident in self.exclude or ident == me:
+                    continue
+                seen: set[str] = set()
+                f = frame
+                while f is not None:
+                    code = f.f_code
+                    key = f"{Path(code.co_filename).name}:{code.co_name}"
+                    if key not in seen and not code.co_filename.endswith(("threading.py", "selectors.py")):
+                        seen.add(key)
+                        self.inclusive[key] = self.inclusive.get(key, 0) + 1
+                    f = f.f_back
+                self.samples += 1
+
+    def top(self, n: int = 20) -> list[tuple[str, float]]:
+        total = max(self.samples, 1)
+        return [(k, round(100 * v / total, 1)) for k, v in sorted(self.inclusive.items(), key=lambda kv: -kv[1])[:n]]
+
+
 # ------------------------------------------------------------------ one scenario
 
 
 def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: int, prefix: str,
-             iterations: int, members: int) -> dict[str, Any]:  # fmt: skip
+             iterations: int, members: int, cpu: Components) -> dict[str, Any]:  # fmt: skip
     spec_patch = {"warp": {"iterations": iterations, "policies": members, "steps": 3}}
     runs = [f"{prefix}-{i:03d}" for i in range(n_runs)]
     custom = kubernetes.client.CustomObjectsApi(cluster.client())
     before = scrape(port)
+    cpu0 = cpu.read()
     t0 = time.monotonic()
     for run in runs:
         custom.create_namespaced_custom_object("kwarp.dev", "v1alpha1", NS, "warpruns", warprun(store, run, **spec_patch))
 
+    names = set(runs)
+    shown = [t0]
+
     def all_succeeded() -> bool:
         items = cluster.raw("GET", f"/apis/kwarp.dev/v1alpha1/namespaces/{NS}/warpruns")["items"]
-        phases = [(i.get("status") or {}).get("phase") for i in items if i["metadata"]["name"] in runs]
-        return len(phases) == n_runs and all(p == "Succeeded" for p in phases)
+        phases = [(i.get("status") or {}).get("phase") for i in items if i["metadata"]["name"] in names]
+        succeeded = sum(p == "Succeeded" for p in phases)
+        if time.monotonic() - shown[0] >= 10:  # progress, so a long benchmark is seen to move
+            shown[0] = time.monotonic()
+            jobs = sum(1 for name in list(clock.added) if name.startswith(f"{prefix}-"))
+            used = cpu.read()
+            print(f"[{prefix}] {time.monotonic() - t0:6.0f} s: {succeeded}/{n_runs} runs Succeeded, {jobs} Jobs; "
+                  "CPU s " + ", ".join(f"{k} {used[k] - cpu0[k]:.1f}" for k in used), file=sys.stderr, flush=True)
+        return len(phases) == n_runs and succeeded == n_runs
 
-    wait_for(all_succeeded, 60 + 5 * n_runs, interval=0.2, message=f"{n_runs} runs Succeeded")
+    wait_for(all_succeeded, 60 + 5 * n_runs, interval=1.0, message=f"{n_runs} runs Succeeded")
     wall = time.monotonic() - t0
+    cpu1 = cpu.read()
     after = scrape(port)
     count = after["kwarp_operator_reconcile_duration_seconds_count"] - before.get("kwarp_operator_reconcile_duration_seconds_count", 0)
     total = after["kwarp_operator_reconcile_duration_seconds_sum"] - before.get("kwarp_operator_reconcile_duration_seconds_sum", 0)
@@ -219,6 +315,8 @@ def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: 
         "reaction_p99_ms": round(1000 * pct(latencies, 0.99), 1),
         "reaction_max_ms": round(1000 * max(latencies), 1),
         "edges": len(latencies),
+        "cpu_s": {k: round(cpu1[k] - cpu0[k], 1) for k in cpu1},
+        "cpu_ms_per_job": {k: round(1000 * (cpu1[k] - cpu0[k]) / jobs, 1) for k in cpu1},
     }
 
 
@@ -228,6 +326,8 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--members", type=int, default=2)
     parser.add_argument("--out", help="also write the figures as JSON here")
+    parser.add_argument("--profile", action="store_true", help="sample the operator's threads (load scenario)")
+    parser.add_argument("--skip-baseline", action="store_true", help="only the load scenario")
     args = parser.parse_args()
 
     import logging
@@ -241,7 +341,7 @@ def main() -> int:
     server = ctx.Process(target=serve_api, args=(str(workdir / "api"), ready, stop), daemon=True)
     server.start()
     try:
-        if not ready.wait(60):
+        if not ready.wait(600):  # the child imports torch (tests.test_operator): minutes on a loaded machine
             raise SystemExit("the API server did not start")
         cluster = Cluster(workdir / "api")  # the client side only: the child process serves it
         with socket.socket() as s:
@@ -249,9 +349,17 @@ def main() -> int:
             port = s.getsockname()[1]
         opts = options(metrics_port=port, bind_address="127.0.0.1", worker=WorkerSettings(image="kwarp-worker:bench"))
         with JobClock(cluster) as clock, TimedRunner(cluster, clock) as runner, RunningOperator(cluster, opts):
+            cpu = Components(server.pid, runner, clock)
             floor = api_floor(cluster, clock)
-            baseline = scenario(cluster, store, port, clock, 1, "solo", args.iterations, args.members)
-            load = scenario(cluster, store, port, clock, args.runs, "load", args.iterations, args.members)
+            baseline = None if args.skip_baseline else scenario(
+                cluster, store, port, clock, 1, "solo", args.iterations, args.members, cpu)
+            exclude = {t.ident for t in (threading.main_thread(), runner._thread, clock._thread) if t is not None}
+            if args.profile:
+                with Sampler(exclude) as sampler:
+                    load = scenario(cluster, store, port, clock, args.runs, "load", args.iterations, args.members, cpu)
+                load["profile_operator_inclusive_pct"] = dict(sampler.top())
+            else:
+                load = scenario(cluster, store, port, clock, args.runs, "load", args.iterations, args.members, cpu)
             if runner.errors:
                 raise SystemExit(f"the Job controller failed: {runner.errors[:3]}")
     finally:
@@ -262,15 +370,17 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count()},
         "api_floor_create_to_watch_ms": {"p50": round(1000 * statistics.median(floor), 2),
                                          "p99": round(1000 * pct(floor, 0.99), 2)},  # fmt: skip
+        "load_average": os.getloadavg(),
         "baseline_1_run": baseline,
         f"load_{args.runs}_runs": load,
-        "ratios_load_over_baseline": {
+    }
+    if baseline is not None:
+        figures["ratios_load_over_baseline"] = {
             "reaction_p50": round(load["reaction_p50_ms"] / baseline["reaction_p50_ms"], 2),
             "reaction_p99": round(load["reaction_p99_ms"] / baseline["reaction_p99_ms"], 2),
             "reconcile_mean": round(load["reconcile_mean_ms"] / baseline["reconcile_mean_ms"], 2),
             "reconciles_per_s": round(load["reconciles_per_s"] / baseline["reconciles_per_s"], 2),
-        },
-    }
+        }
     print(json.dumps(figures, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2))

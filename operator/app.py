@@ -24,6 +24,7 @@ from kwarp.core.guardrails import Guardrails
 from kwarp.core.spec import API_GROUP, PodResources
 
 from . import handlers
+from .jobindex import JobIndex
 from .jobs import WorkerSettings
 from .kube import Kube
 from .metrics import MetricsServer
@@ -141,6 +142,7 @@ def build(options: OperatorOptions, *, configuration: Callable[[], kubernetes.cl
         events=post_event,
         guardrails=options.guardrails,
         progress_seconds=options.progress_seconds,
+        job_index=JobIndex(),
     )
     registry = kopf.OperatorRegistry()
     handlers.register(registry, reconciler, configuration, resync_seconds=options.resync_seconds,

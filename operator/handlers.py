@@ -78,13 +78,18 @@ def register(
         reconciler.request(namespace, name)
 
     @kopf.on.event("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)
-    def job_changed(body: Mapping[str, Any], namespace: str, **_: Any) -> None:
+    def job_changed(body: Mapping[str, Any], namespace: str, type: str | None, **kwargs: Any) -> None:
         run = owning_run(body)
         if run:
+            if reconciler.job_index is not None:
+                raw = (kwargs.get("event") or {}).get("object") or dict(body)
+                reconciler.job_index.event(namespace, run, raw, deleted=type == "DELETED")
             reconciler.request(namespace, run)
 
     @kopf.timer(*RUNS, interval=resync_seconds, initial_delay=resync_seconds, registry=registry)
     def resync(name: str, namespace: str, **_: Any) -> None:
+        if reconciler.job_index is not None:
+            reconciler.job_index.stale(namespace, name)  # LIST again: drops a Job whose deletion the watch missed
         reconciler.request(namespace, name)
 
     @kopf.on.delete(*RUNS, registry=registry, backoff=2)

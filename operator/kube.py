@@ -77,10 +77,14 @@ class Kube:
 
     # -- Jobs: list, create, patch, delete
     def list_jobs(self, namespace: str, run: str) -> list[dict[str, Any]]:
+        return self.list_jobs_at(namespace, run)[0]
+
+    def list_jobs_at(self, namespace: str, run: str) -> tuple[list[dict[str, Any]], str | None]:
+        """The run's Jobs and the resourceVersion the LIST was served at."""
         listing = self._call(
             "GET", f"/apis/batch/v1/namespaces/{quote(namespace)}/jobs", query=[("labelSelector", f"{LABEL_RUN}={run}")]
         )
-        return list(listing.get("items") or [])
+        return list(listing.get("items") or []), (listing.get("metadata") or {}).get("resourceVersion")
 
     def create_job(self, namespace: str, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """Create a Job and return it as stored (with its uid); None if one of that name exists already

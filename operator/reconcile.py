@@ -47,6 +47,7 @@ from kwarp.observability.metrics import OperatorMetrics
 from kwarp.store import Store, StoreError, layout, open_store
 
 from . import conditions as C
+from .jobindex import JobIndex
 from .jobs import (
     COMPONENTS,
     SECRET_KEYS,
@@ -329,6 +330,7 @@ class Reconciler:
         clock: Clock = now_rfc3339,
         guardrails: Guardrails | None = None,
         progress_seconds: float = 30.0,
+        job_index: JobIndex | None = None,
     ):
         self.kube = kube
         self.guardrails = guardrails  # None: no limits (library use); the CLI and the chart always set them
@@ -345,6 +347,7 @@ class Reconciler:
         self.clock = clock
         self.results = RunResults()
         self.progress = ProgressTracker(progress_seconds)
+        self.job_index = job_index  # None: every reconcile LISTs the run's Jobs
         self.serializer = KeyedSerializer()
         self.last_success = time.monotonic()
         self._pod_details: dict[str, str | None] = {}  # failed Job uid -> what its pod said
@@ -418,6 +421,8 @@ class Reconciler:
     def forget(self, namespace: str, name: str, uid: str | None) -> None:
         """Drop what is kept about a deleted run: results, the operator's own series, and the run's
         groups on the Pushgateway (which keeps every pushed group until it is deleted)."""
+        if self.job_index is not None:
+            self.job_index.forget(namespace, name)
         if uid:
             self.results.forget(uid)
             self.progress.forget(uid)
@@ -465,7 +470,7 @@ class Reconciler:
         # Jobs before the store: a task writes its outputs before its Job completes, so a Job seen
         # Complete here has its outputs visible below. (The other order would see a Job that completed
         # after the store was read as "Complete, outputs missing", a failed attempt.)
-        jobs = [j for j in self.kube.list_jobs(namespace, name) if owned_by(j, uid)]
+        jobs = [j for j in self._run_jobs(namespace, name) if owned_by(j, uid)]
         views = [v for j in jobs if (v := view(j)) is not None]
         self._ensure_services(namespace, jobs)
         me = owner_of(namespace, name, uid, spec, now)
@@ -550,6 +555,17 @@ class Reconciler:
             with self._lock:
                 self._owned.add(cached)
         return verdict
+
+    def _run_jobs(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The run's Jobs: from the watch-fed index when there is one (a LIST seeds it), else a LIST."""
+        if self.job_index is None:
+            return self.kube.list_jobs(namespace, name)
+        jobs = self.job_index.jobs(namespace, name)
+        if jobs is None:
+            items, rv = self.kube.list_jobs_at(namespace, name)
+            self.job_index.seed(namespace, name, items, rv)
+            jobs = self.job_index.jobs(namespace, name) or []
+        return jobs
 
     def _act(self, body: Mapping[str, Any], run: WarpRun, uid: str, attempts: Mapping[Task, list[JobView]],
              action: Action, outcome: Outcome) -> None:  # fmt: skip

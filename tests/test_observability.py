@@ -825,3 +825,17 @@ def test_each_metric_field_is_declared_once(group: type) -> None:
         metric = getattr(built, name)
         assert type(metric).__name__.lower() == d.kind
         assert [m.name for m in metric.describe()] == [d.name.removesuffix("_total")]
+
+
+def test_runs_by_phase_follow_each_run_across_phases_and_deletions() -> None:
+    registry = CollectorRegistry()
+    operator = OperatorMetrics.create(registry)
+    for run, phase in [("a", "Training"), ("b", "Training"), ("a", "Training"), ("a", "Merging"), ("c", "Pending"),
+                       ("b", "Succeeded"), ("x", "Training")]:  # fmt: skip
+        operator.observe_run("ns" if run != "x" else "other", run, phase, 0)
+    counts = {p: registry.get_sample_value("kwarp_operator_runs", {"namespace": "ns", "phase": p}) for p in RUN_PHASES}
+    assert counts == {p: {"Merging": 1.0, "Pending": 1.0, "Succeeded": 1.0}.get(p, 0.0) for p in RUN_PHASES}
+    operator.forget_run("ns", "a")
+    operator.forget_run("ns", "gone")  # never seen: nothing moves
+    assert registry.get_sample_value("kwarp_operator_runs", {"namespace": "ns", "phase": "Merging"}) == 0
+    assert registry.get_sample_value("kwarp_operator_runs", {"namespace": "other", "phase": "Training"}) == 1

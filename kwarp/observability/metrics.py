@@ -368,6 +368,7 @@ class OperatorMetrics:
     retries: Counter
     run: RunMetrics
     _phases: dict[tuple[str, str], str] = field(default_factory=dict, init=False, repr=False)
+    _counts: dict[str, dict[str, int]] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
@@ -385,23 +386,31 @@ class OperatorMetrics:
 
     def observe_run(self, namespace: str, run: str, phase: str, iteration: int | None) -> None:
         """Call after each reconcile with the status it wrote: sets the run's phase and iteration series
-        and keeps the runs-by-phase counts of its namespace consistent with them."""
+        and keeps the runs-by-phase counts of its namespace consistent with them. Constant time: only
+        a phase change moves the counts (recounting every run made each reconcile cost O(runs))."""
         with self._lock:
             self.run.set(namespace, run, phase, iteration)
+            old = self._phases.get((namespace, run))
+            if old == phase:
+                return
             self._phases[(namespace, run)] = phase
-            self._count(namespace)
+            self._move(namespace, old, phase)
 
     def forget_run(self, namespace: str, run: str) -> None:
         """Call from the delete handler: the run's series go, and the counts drop it."""
         with self._lock:
             self.run.forget(namespace, run)
-            self._phases.pop((namespace, run), None)
-            self._count(namespace)
+            old = self._phases.pop((namespace, run), None)
+            self._move(namespace, old, None)
 
-    def _count(self, namespace: str) -> None:
-        phases = [p for (ns, _), p in self._phases.items() if ns == namespace]
-        for p in RUN_PHASES:
-            self.runs.labels(namespace=namespace, phase=p).set(phases.count(p))
+    def _move(self, namespace: str, old: str | None, new: str | None) -> None:
+        counts = self._counts.setdefault(namespace, dict.fromkeys(RUN_PHASES, 0))
+        if old is not None:
+            counts[old] -= 1
+        if new is not None:
+            counts[new] += 1
+        for p in RUN_PHASES:  # every phase has a series, 0 included (the queries and alerts join on them)
+            self.runs.labels(namespace=namespace, phase=p).set(counts[p])
 
 
 METRIC_GROUPS: tuple[type, ...] = (TrainerMetrics, MergerMetrics, EvaluationMetrics, RunMetrics, OperatorMetrics)

@@ -1,0 +1,109 @@
+"""The Jobs of each run as the operator's watch reports them: an informer's cache, so a reconcile does not LIST.
+
+A LIST of a run's Jobs by label costs the API server a scan of every Job in the namespace (its watch
+cache has no label index), so one LIST per reconcile made the operator's cost grow with the square of the
+number of runs. The operator already watches every Job labelled kwarp.dev/run (the Job handler): each
+event updates this index, and a reconcile reads its run's Jobs from here.
+
+A run's entry is filled once by a LIST (`seed`) and then kept by events. The LIST and the events race;
+resourceVersions order them (a newer version of an object wins) and a Job seen deleted is not brought back
+by an older LIST (tombstones). The resync timer re-LISTs each run (`stale`), which also drops a Job whose
+deletion the watch missed (kopf re-lists after a watch error but reports no deletions from the gap).
+Without an index (Reconciler(job_index=None)) the reconcile LISTs, as before.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+Key = tuple[str, str]  # (namespace, run)
+
+
+def _rv(obj: Mapping[str, Any]) -> int | None:
+    """resourceVersion as a number when it is one (etcd's are), for ordering versions of one object."""
+    value = (obj.get("metadata") or {}).get("resourceVersion")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _newer(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
+    if old is None:
+        return True
+    if (new.get("metadata") or {}).get("uid") != (old.get("metadata") or {}).get("uid"):
+        return True  # another Job of the same name: the event is about the live one
+    a, b = _rv(new), _rv(old)
+    return a is None or b is None or a >= b
+
+
+class JobIndex:
+    def __init__(self) -> None:
+        self._jobs: dict[Key, dict[str, dict[str, Any]]] = {}
+        self._seeded: set[Key] = set()
+        self._deleted: dict[Key, dict[str, int | None]] = {}  # Job uid -> resourceVersion it was deleted at
+        self._lock = threading.Lock()
+
+    def event(self, namespace: str, run: str, job: Mapping[str, Any], *, deleted: bool) -> None:
+        """A watch event about one Job of a run (ADDED/MODIFIED/DELETED, or kopf's initial listing)."""
+        meta = job.get("metadata") or {}
+        name, uid = meta.get("name"), meta.get("uid")
+        if not name:
+            return
+        key = (namespace, run)
+        with self._lock:
+            jobs = self._jobs.setdefault(key, {})
+            if deleted:
+                current = jobs.get(name)
+                if current is not None and (current.get("metadata") or {}).get("uid") == uid:
+                    del jobs[name]
+                if uid:
+                    self._deleted.setdefault(key, {})[uid] = _rv(job)
+                return
+            if uid and uid in self._deleted.get(key, {}):
+                return  # a late event about a Job already seen deleted
+            if _newer(job, jobs.get(name)):
+                jobs[name] = dict(job)
+
+    def jobs(self, namespace: str, run: str) -> list[dict[str, Any]] | None:
+        """The run's Jobs, or None when its entry has not been seeded by a LIST (or is due for another)."""
+        key = (namespace, run)
+        with self._lock:
+            if key not in self._seeded:
+                return None
+            return list(self._jobs.get(key, {}).values())
+
+    def seed(self, namespace: str, run: str, listing: list[dict[str, Any]], list_rv: str | None = None) -> None:
+        """Merge a LIST of the run's Jobs: it wins over older cached versions, and a cached Job it lacks is
+        dropped unless an event showed it after the LIST was served (a resourceVersion above the LIST's)."""
+        key = (namespace, run)
+        at = _rv({"metadata": {"resourceVersion": list_rv}})
+        with self._lock:
+            cached = self._jobs.setdefault(key, {})
+            tombs = self._deleted.get(key, {})
+            listed = {}
+            for job in listing:
+                meta = job.get("metadata") or {}
+                if meta.get("uid") in tombs:
+                    continue
+                current = cached.get(meta.get("name"))
+                listed[meta.get("name")] = job if _newer(job, current) else current
+            for name, job in cached.items():
+                if name not in listed and at is not None and (_rv(job) or 0) > at:
+                    listed[name] = job  # created after the LIST was served
+            self._jobs[key] = listed
+            self._seeded.add(key)
+
+    def stale(self, namespace: str, run: str) -> None:
+        """Have the next reconcile of the run LIST again (the resync timer calls it)."""
+        with self._lock:
+            self._seeded.discard((namespace, run))
+
+    def forget(self, namespace: str, run: str) -> None:
+        key = (namespace, run)
+        with self._lock:
+            self._jobs.pop(key, None)
+            self._seeded.discard(key)
+            self._deleted.pop(key, None)
