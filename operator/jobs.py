@@ -19,7 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kwarp.core.plan import Task
-from kwarp.core.spec import API_GROUP, API_VERSION, KIND, SPEC_ENV, PodResources, WarpRun, WarpRunSpec
+from kwarp.core.spec import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    MEMBER_ENV,
+    SPEC_ENV,
+    PodResources,
+    WarpRun,
+    WarpRunSpec,
+)
 
 # Labels on every Job and pod. The run label is how the operator finds a run's Jobs.
 LABEL_NAME = "app.kubernetes.io/name"
@@ -143,20 +152,21 @@ def owner_reference(run: str, uid: str) -> dict[str, Any]:
     }
 
 
-def command(task: Task, gpus: int, nodes: int = 1) -> tuple[list[str], list[str]]:
-    """(command, args) of the task container."""
+def command(task: Task, gpus: int, nodes: int = 1, argv: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """(command, args) of the task container; `argv` replaces the task's own (a gang's members)."""
+    argv = task.argv() if argv is None else argv
     if task.kind == "train" and nodes > 1:
         # torchrun reads the node count, processes per node, node rank and rendezvous address from the
         # PET_* variables of the pod (multinode_env), as under Kubeflow's trainer.
-        return ["torchrun"], ["--module", "kwarp", *task.argv()]
+        return ["torchrun"], ["--module", "kwarp", *argv]
     if task.kind == "train" and gpus > 1:
         # One process per GPU, started by torchrun (it ships with torch; `-m kwarp` runs kwarp/__main__.py,
         # the same CLI as the entrypoint). Not `accelerate launch`: its --cpu path (simple_launcher) starts
         # ONE process whatever --num_processes says, so a multi-process member could not run on a CPU.
         return ["torchrun"], [
-            "--standalone", "--nnodes", "1", "--nproc-per-node", str(gpus), "--module", "kwarp", *task.argv(),
+            "--standalone", "--nnodes", "1", "--nproc-per-node", str(gpus), "--module", "kwarp", *argv,
         ]  # fmt: skip
-    return ["kwarp"], task.argv()
+    return ["kwarp"], argv
 
 
 def _quantities(r: PodResources) -> dict[str, Any]:
@@ -259,12 +269,17 @@ def _container_security() -> dict[str, Any]:
 
 def job_manifest(run: WarpRun, uid: str, task: Task, attempt: int, worker: WorkerSettings) -> dict[str, Any]:
     """The Job of one task attempt. `run` is the spec to execute (the accepted one), `uid` the WarpRun's."""
-    name = task.job_name(run.name, attempt)
+    return _manifest(run, uid, task, attempt, worker, name=task.job_name(run.name, attempt),
+                     labels=job_labels(run.name, task, attempt))  # fmt: skip
+
+
+def _manifest(run: WarpRun, uid: str, task: Task, attempt: int, worker: WorkerSettings, *, name: str,
+              labels: dict[str, str], argv: list[str] | None = None,
+              extra_env: list[dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
     namespace = run.metadata.namespace or "default"
     res = resources_for(run.spec, task, worker.defaults)
-    labels = job_labels(run.name, task, attempt)
     nodes = res.nodes if task.kind == "train" else 1
-    cmd, args = command(task, res.gpus, nodes)
+    cmd, args = command(task, res.gpus, nodes, argv)
     component = COMPONENTS[task.kind]
 
     mounts = [{"name": "scratch", "mountPath": SCRATCH}]
@@ -281,7 +296,7 @@ def job_manifest(run: WarpRun, uid: str, task: Task, attempt: int, worker: Worke
         "image": res.image or worker.image,
         "command": cmd,
         "args": args,
-        "env": _env(run, worker) + (multinode_env(name, nodes, res.gpus) if nodes > 1 else []),
+        "env": _env(run, worker) + (extra_env or []) + (multinode_env(name, nodes, res.gpus) if nodes > 1 else []),
         "ports": [{"name": METRICS_PORT_NAME, "containerPort": worker.metrics_port, "protocol": "TCP"}]
         + ([{"name": RENDEZVOUS_PORT_NAME, "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}] if nodes > 1 else []),
         "volumeMounts": mounts,
@@ -365,3 +380,62 @@ def job_manifest(run: WarpRun, uid: str, task: Task, attempt: int, worker: Worke
         },
         "spec": job_spec,
     }
+
+
+# ------------------------------------------------------------------ the gang of an iteration's members
+#
+# Kueue admits a Workload all or nothing, and makes one Workload per batch/v1 Job ("Run a Kubernetes Job":
+# the Workload's pod set counts the Job's parallelism). With one Job per member, the members of an iteration
+# would be admitted one by one and could hold half their GPUs waiting for the rest. A queued run therefore
+# trains an iteration's members as ONE Indexed Job: completions = parallelism = M, pod index m is member m,
+# so one Workload asks for all M members' resources at once.
+
+GANG = "members"
+
+
+def gang_id(iteration: int) -> str:
+    """The task label of an iteration's gang Job: i<k>-members (no plan task has this id)."""
+    return f"i{iteration}-{GANG}"
+
+
+def gang_name(run: str, iteration: int, attempt: int = 0) -> str:
+    """<run>-i<k>-members; a new Job for the gang (after one failed or was withdrawn) adds -r<attempt>."""
+    base = f"{run}-{gang_id(iteration)}"
+    return base if attempt == 0 else f"{base}-r{attempt}"
+
+
+def is_gang(job: Mapping[str, Any]) -> bool:
+    task = ((job.get("metadata") or {}).get("labels") or {}).get(LABEL_TASK, "")
+    return task.endswith(f"-{GANG}")
+
+
+def gangs_members(spec: WarpRunSpec, worker: WorkerSettings) -> bool:
+    """Whether a run trains each iteration's members as one gang Job: when Kueue admits its Jobs. Multi-node
+    members are refused with a queue (reconcile.cluster_problems), so a gang's pods are one per member."""
+    return queue_of(spec, worker) is not None and spec.resources.trainer.nodes == 1
+
+
+def gang_manifest(run: WarpRun, uid: str, iteration: int, attempt: int, worker: WorkerSettings) -> dict[str, Any]:
+    """The Indexed Job that trains all M members of `iteration` (pod index = member), queued in Kueue.
+
+    Retries stay inside the Job: a failed pod is replaced for its index only, so finished members are not
+    trained again, and the replacement resumes from the member's saved state. backoffLimit = M x
+    failurePolicy.maxRetries is the gang's budget: the same number of retries the M member Jobs of an
+    unqueued run may spend. It is shared: Kubernetes < 1.29 has no per-index limit (backoffLimitPerIndex is
+    beta from 1.29) and the chart supports 1.26, so the operator itself enforces maxRetries per member by
+    counting each index's failed pods (observe.gang_views), and fails the run when one member is past it.
+    A later gang attempt (after the Job failed) has all M indexes again: a member whose final checkpoint
+    exists returns at once (`kwarp train` skips published members).
+    """
+    members = run.spec.warp.policies
+    member0 = Task.train(iteration, 0)
+    labels = job_labels(run.name, member0, attempt)
+    del labels[LABEL_MEMBER]  # one pod per member: the pod's completion index is its member
+    labels[LABEL_TASK] = gang_id(iteration)
+    # `kwarp train` without --member reads its member from MEMBER_ENV (trainer/cli.py).
+    member = [{"name": MEMBER_ENV, "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}}]
+    job = _manifest(run, uid, member0, attempt, worker, name=gang_name(run.name, iteration, attempt), labels=labels,
+                    argv=["train", "--iteration", str(iteration)], extra_env=member)  # fmt: skip
+    job["spec"].update(completionMode="Indexed", completions=members, parallelism=members,
+                       backoffLimit=members * run.spec.failure_policy.max_retries)  # fmt: skip
+    return job

@@ -102,11 +102,13 @@ def now_rfc3339() -> str:
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
-def cluster_problems(spec: WarpRunSpec, run_name: str | None = None) -> list[str]:
+def cluster_problems(spec: WarpRunSpec, run_name: str | None = None, default_queue: str | None = None) -> list[str]:
     """What cannot work in a cluster although the spec validates: relative local paths mean nothing
     in a pod (the CLI resolves them against the document's folder; an operator has no such folder);
     a multi-node member's Service is named like its Job, and a Service name is a DNS-1035 label (a run
-    name is a DNS-1123 label, which may start with a digit), as is each pod's host name <job>-<index>."""
+    name is a DNS-1123 label, which may start with a digit), as is each pod's host name <job>-<index>.
+    A queued run (spec.queueName, or the operator's `default_queue`) trains an iteration's members as one
+    gang Job, one pod per member (operator/jobs.py gang_manifest): multi-node members cannot be ganged yet."""
     locations = {
         "spec.storage.url": spec.storage.url,
         "spec.policy.location": spec.policy.location,
@@ -123,6 +125,14 @@ def cluster_problems(spec: WarpRunSpec, run_name: str | None = None) -> list[str
                 "use s3://bucket/key (or an absolute path that every pod mounts)"
             )
     nodes = spec.resources.trainer.nodes
+    queue = spec.queue_name or default_queue
+    if queue and nodes > 1:
+        problems.append(
+            f"  - spec.resources.trainer.nodes: {nodes} nodes per member cannot be queued in Kueue (LocalQueue "
+            f"'{queue}' from {'spec.queueName' if spec.queue_name else 'the operator default'}): a queued run's "
+            "members are admitted together as one Indexed Job of one pod per member; set nodes: 1 (more "
+            "gpus per node), or run without a queue"
+        )
     if run_name is not None and nodes > 1:
         last = Task.train(spec.warp.iterations - 1, spec.warp.policies - 1)
         longest = last.job_name(run_name, spec.failure_policy.max_retries)
@@ -135,8 +145,8 @@ def cluster_problems(spec: WarpRunSpec, run_name: str | None = None) -> list[str
     return problems
 
 
-def effective_spec(body: Mapping[str, Any], accepted: WarpRunSpec | None,
-                   guardrails: Guardrails | None = None) -> tuple[WarpRunSpec | None, SpecCheck]:  # fmt: skip
+def effective_spec(body: Mapping[str, Any], accepted: WarpRunSpec | None, guardrails: Guardrails | None = None,
+                   default_queue: str | None = None) -> tuple[WarpRunSpec | None, SpecCheck]:  # fmt: skip
     """The spec to execute, and what is wrong with the document.
 
     The first valid spec is accepted. Later, changes to SAFE_TO_CHANGE fields are taken (they alter how
@@ -151,7 +161,7 @@ def effective_spec(body: Mapping[str, Any], accepted: WarpRunSpec | None,
         run = parse(body, source=source)
     except SpecError as err:
         return accepted, SpecCheck(invalid=str(err))
-    problems = cluster_problems(run.spec, run.name)
+    problems = cluster_problems(run.spec, run.name, default_queue)
     if problems:
         n = len(problems)
         return accepted, SpecCheck(invalid="\n".join([f"{source}: invalid WarpRun ({n} problem{'s' * (n > 1)})", *problems]))
@@ -456,7 +466,7 @@ class Reconciler:
         previous = previous_status(raw_status)
         now = self.clock()
 
-        spec, check = effective_spec(body, previous.accepted_spec, self.guardrails)
+        spec, check = effective_spec(body, previous.accepted_spec, self.guardrails, self.worker.queue_name)
         if spec is None:
             status = invalid_status(previous, check, now=now, generation=generation)
             return self._report(body, raw_status, previous, status, Outcome())

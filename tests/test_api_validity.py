@@ -22,7 +22,14 @@ import yaml
 from kwarp.core.crd import crd
 from kwarp.core.plan import Task
 from kwarp.core.spec import PodResources, parse
-from kwarp.operator.jobs import WorkerSettings, job_manifest, needs_service, service_manifest
+from kwarp.operator.jobs import (
+    WorkerSettings,
+    gang_manifest,
+    gangs_members,
+    job_manifest,
+    needs_service,
+    service_manifest,
+)
 from kwarp.operator.watchdog import fail_patch
 
 from . import customresource, k8s_openapi
@@ -104,6 +111,25 @@ def operator_jobs() -> Iterator[tuple[str, dict[str, Any]]]:
             yield label + "/stalled", stalled
         if needs_service(job):  # a multi-node member's headless Service, owned by its Job
             yield label + "/service", service_manifest(job, JOB_UID)
+    # A queued run's iterations: one Indexed gang Job of all members (multi-node members are refused with a
+    # queue), queued and as Kueue admits it, and as it runs: completedIndexes and failed pods in its status.
+    for (case, resources), (wname, worker), (iteration, attempt) in itertools.product(
+        RESOURCE_CASES.items(), WORKERS.items(), ((0, 0), (2, 3))
+    ):
+        run = parse({**doc(**{"spec.resources": resources, "spec.failurePolicy": {"maxRetries": 5},
+                              "spec.warp.policies": 4, "spec.queueName": "team-a-gpu"}),
+                     "metadata": {"name": "gemma-warp", "namespace": "team-a"}})  # fmt: skip
+        if not gangs_members(run.spec, worker):
+            continue
+        job = gang_manifest(run, UID, iteration, attempt, worker)
+        label = f"gang/{case}/{wname}/i{iteration}/r{attempt}"
+        yield label, job
+        template = job["spec"]["template"]
+        pod = {**template["spec"], "nodeSelector": {**template["spec"].get("nodeSelector", {}), "cloud.example/gpu": "h100"}}
+        running = {**job, "spec": {**job["spec"], "suspend": False, "template": {**template, "spec": pod}},
+                   "status": {"active": 3, "succeeded": 1, "failed": 2, "completedIndexes": "1",
+                              "startTime": "2026-01-01T00:00:00Z"}}  # fmt: skip
+        yield label + "/admitted", running
 
 
 def chart_objects() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -154,6 +180,16 @@ def test_jobs_set_the_pod_condition_status_older_servers_require() -> None:
     assert k8s_openapi.errors(job, "1.26") == []
     rules = job["spec"]["podFailurePolicy"]["rules"]
     assert rules == [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+
+
+def test_the_gang_job_shares_one_retry_budget_because_the_floor_has_no_per_index_limit() -> None:
+    """Why a gang Job's retries are backoffLimit = M x maxRetries (one budget, per-member limits enforced by
+    the operator) and not backoffLimitPerIndex: Kubernetes before 1.28 refuses the field."""
+    label, gang = next((label, job) for label, job in operator_jobs() if label.startswith("gang/"))
+    assert gang["spec"]["backoffLimit"] == 4 * 5 and gang["spec"]["completionMode"] == "Indexed", label
+    per_index = {**gang, "spec": {**gang["spec"], "backoffLimitPerIndex": 5}}
+    assert any("backoffLimitPerIndex" in e for e in k8s_openapi.errors(per_index, "1.27"))
+    assert k8s_openapi.errors(per_index, "1.29") == []
 
 
 def test_strict_schemas_catch_what_the_api_server_refuses() -> None:

@@ -405,3 +405,51 @@ def test_only_the_trainer_spans_nodes(role: str) -> None:
 
     with pytest.raises(SpecError, match=f"spec.resources.{role}.nodes: only the trainer"):
         run(**{"spec.resources": {role: {"nodes": 2}}})
+
+
+# ------------------------------------------------------------------------------ a queued iteration's gang
+
+
+def test_a_queued_iteration_trains_its_members_as_one_indexed_job() -> None:
+    """One Indexed Job per iteration (one Kueue Workload for all M members): pod index = member, retries
+    inside the Job (per pod), the gang's budget M x maxRetries; otherwise a member's Job, written out."""
+    from kwarp.operator.jobs import gang_manifest, gang_name, gangs_members, is_gang
+
+    patches = {"spec.queueName": "team-a-gpu", "spec.warp.policies": 3, "spec.failurePolicy": {"maxRetries": 2},
+               "spec.resources": {"trainer": {"gpus": 2, "cpu": "16", "memory": "128Gi"}}}
+    r = run(**patches)
+    worker = WorkerSettings(image=IMAGE)
+    got = gang_manifest(r, UID, 1, 4, worker)
+
+    labels = {"kwarp.dev/task": "i1-members", "kwarp.dev/iteration": "1"}  # no member label: the index is
+    want = expected(r, name="gemma-warp-i1-members-r4", component="trainer", task_labels=labels,
+                    command=["torchrun"], args=["--standalone", "--nnodes", "1", "--nproc-per-node", "2",
+                                                "--module", "kwarp", "train", "--iteration", "1"],
+                    resources=gpus(2, "16", "128Gi"), gpu_volumes=True, attempt=4)  # fmt: skip
+    want["metadata"]["labels"] = {**want["metadata"]["labels"], "kueue.x-k8s.io/queue-name": "team-a-gpu"}  # not pods'
+    want["spec"].update(suspend=True, completionMode="Indexed", completions=3, parallelism=3, backoffLimit=6)
+    want["spec"]["template"]["spec"]["containers"][0]["env"].append(
+        {"name": "KWARP_MEMBER", "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}})  # fmt: skip
+    assert got == want
+    assert "subdomain" not in got["spec"]["template"]["spec"]  # no rendezvous between members: no Service
+    assert is_gang(got) and not is_gang(job_manifest(r, UID, Task.train(1, 0), 0, worker))
+    assert gang_name("gemma-warp", 1) == "gemma-warp-i1-members"
+
+    # Only a queued run gangs its members; the operator's default queue counts.
+    assert gangs_members(r.spec, worker)
+    assert not gangs_members(run().spec, worker) and gangs_members(run().spec, WorkerSettings(image=IMAGE, queue_name="q"))
+    one = gang_manifest(run(**{**patches, "spec.warp.policies": 2, "spec.failurePolicy": {"maxRetries": 0}}), UID, 0, 0, worker)
+    assert (one["metadata"]["name"], one["spec"]["completions"], one["spec"]["backoffLimit"]) == ("gemma-warp-i0-members", 2, 0)
+
+
+def test_a_queued_run_refuses_multi_node_members_naming_the_field() -> None:
+    from kwarp.operator.reconcile import cluster_problems
+
+    multi = {"spec.resources": {"trainer": {"gpus": 8, "nodes": 2}}, "spec.storage": {"url": "s3://kwarp/runs"}}
+    assert cluster_problems(run(**multi).spec, "gemma-warp") == []
+    for r, default, source in [(run(**multi, **{"spec.queueName": "team-a-gpu"}), None, "spec.queueName"),
+                               (run(**multi), "shared", "the operator default")]:  # fmt: skip
+        (problem,) = cluster_problems(r.spec, "gemma-warp", default)
+        assert problem.startswith("  - spec.resources.trainer.nodes: 2 nodes per member cannot be queued")
+        assert source in problem and "set nodes: 1" in problem

@@ -284,6 +284,30 @@ def test_cli_validates_member_and_runs(make_run, tmp_path: Path, capsys: pytest.
     assert open_store(str(tmp_path / "store")).has_checkpoint(layout.member_final("r", 0, 0))
 
 
+def test_cli_takes_the_member_from_a_gang_pods_index(make_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A pod of a queued run's gang Job runs `kwarp train --iteration I` with its completion index in
+    $KWARP_MEMBER (operator/jobs.py gang_manifest); a member already published is not trained again."""
+    make_run(write=True)
+    spec = str(tmp_path / "store.json")
+    monkeypatch.delenv("KWARP_MEMBER", raising=False)
+    assert kwarp_main(["train", "--iteration", "0", "--spec", spec]) == 2
+    assert "--member is missing and $KWARP_MEMBER is ''" in capsys.readouterr().err
+    monkeypatch.setenv("KWARP_MEMBER", "1")  # read, and checked like --member (this run has one member)
+    assert kwarp_main(["train", "--iteration", "0", "--spec", spec]) == 2
+    assert "--member 1 is outside 0..0" in capsys.readouterr().err
+    monkeypatch.setenv("KWARP_MEMBER", "0")
+    assert kwarp_main(["train", "--iteration", "0", "--spec", spec, "--steps", "2", "--device", "cpu"]) == 0
+    store = open_store(str(tmp_path / "store"))
+    assert store.has_checkpoint(layout.member_final("r", 0, 0))
+    manifest = store.get_bytes(f"{layout.member_final('r', 0, 0)}/{MANIFEST}")
+    capsys.readouterr()
+    # The index again (a later gang attempt has every index): the published member is skipped.
+    assert kwarp_main(["train", "--iteration", "0", "--spec", spec, "--steps", "2", "--device", "cpu"]) == 0
+    assert "is complete; nothing to do" in capsys.readouterr().out
+    assert store.get_bytes(f"{layout.member_final('r', 0, 0)}/{MANIFEST}") == manifest
+
+
 def test_sigkill_never_exposes_a_partial_checkpoint_and_the_run_resumes(make_run, tmp_path: Path) -> None:
     """SIGKILL a trainer that saves its state every step, at a moment unrelated to its saves."""
     run = make_run(warp={"steps": 400}, training={"checkpointInterval": 1}, write=True)

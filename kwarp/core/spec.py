@@ -573,6 +573,8 @@ def member_seed(spec: WarpRunSpec, iteration: int, member: int) -> int:
 
 
 SPEC_ENV = "KWARP_SPEC"
+# The member a pod of a gang Job trains (its completion index): `kwarp train` without --member reads it.
+MEMBER_ENV = "KWARP_MEMBER"
 
 
 def from_cli(path: str | None) -> WarpRun:
