@@ -61,7 +61,7 @@ from kwarp.core.plan import Task, dependencies  # noqa: E402
 from kwarp.core.spec import parse  # noqa: E402
 from kwarp.operator.jobs import LABEL_RUN, WorkerSettings  # noqa: E402
 from tests.kube import Cluster, RunningOperator, StatusJobRunner, wait_for  # noqa: E402
-from tests.test_operator import options, warprun, write_outputs  # noqa: E402
+from tests.operator_harness import options, warprun, write_outputs  # noqa: E402
 
 NS = "default"
 

@@ -14,7 +14,6 @@ long). Figures are printed, never asserted; run it on two versions of the operat
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import sys
 import tempfile
@@ -37,8 +36,8 @@ from kwarp.operator.reconcile import Reconciler, StoreOpener  # noqa: E402
 from kwarp.store import layout  # noqa: E402
 from kwarp.store.s3 import S3Store  # noqa: E402
 from tests.kube import Cluster  # noqa: E402
-from tests.s3server import ACCESS_KEY, SECRET_KEY, FaultyProxy, S3Server  # noqa: E402
-from tests.test_operator import NS, Api, warprun  # noqa: E402
+from tests.operator_harness import NS, Api, s3_secret, warprun  # noqa: E402
+from tests.s3server import FaultyProxy, S3Server  # noqa: E402
 
 
 def timed(fn, limit: float) -> tuple[float | None, BaseException | None]:
@@ -70,11 +69,7 @@ def main() -> None:
             Cluster(Path(tmp) / "cluster", crds=[crd()]) as cluster:  # fmt: skip
         bucket = s3.create_bucket()
         api = Api(cluster)
-        api.core.create_namespaced_secret(NS, {
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kwarp-s3"},
-            "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(ACCESS_KEY.encode()).decode(),
-                     "AWS_SECRET_ACCESS_KEY": base64.b64encode(SECRET_KEY.encode()).decode()},
-        })  # fmt: skip
+        api.core.create_namespaced_secret(NS, s3_secret())
         storage = {"url": f"s3://{bucket}/runs", "endpoint": proxy.endpoint, "secure": False,
                    "region": "us-east-1", "secretName": "kwarp-s3"}  # fmt: skip
         direct = S3Store.from_url(storage["url"], StorageSpec.model_validate({**storage, "endpoint": s3.endpoint}),

@@ -21,7 +21,7 @@ from kwarp.operator.jobs import WorkerSettings, job_manifest
 
 from .kube import Cluster
 from .kube_admission import BUILTIN_VERSION, human_age
-from .test_operator import warprun
+from .operator_harness import warprun
 from .test_spec import doc
 
 NS = "default"

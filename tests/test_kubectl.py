@@ -3,7 +3,7 @@
 kubectl applies the chart's CRD, applies examples/warprun-demo.yaml shrunk by a kustomize patch, shows
 the run with `kubectl get wr` (the CRD's printer columns, served in the Table format), suspends and
 resumes it with `kubectl patch`, and deletes it. The operator runs in-process; a test-side Job controller
-does each Job's work (tests/test_operator.py's StatusJobRunner and write_outputs).
+does each Job's work (tests/kube.py's StatusJobRunner and tests/operator_harness.py's write_outputs).
 
 kubectl is part of this project's machine image (/usr/bin/kubectl, Debian package `kubectl` of the Google
 Cloud SDK: v1.32 with a dispatcher to 1.27-1.33); Debian's own `kubernetes-client` is 1.20, too old for
@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for
-from .test_operator import options, write_outputs
+from .operator_harness import options, write_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBECTL = os.environ.get("KWARP_KUBECTL") or shutil.which("kubectl")

@@ -13,7 +13,6 @@ in the bucket was written by a task process, and the status is what the operator
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import time
@@ -32,8 +31,8 @@ from kwarp.store.s3 import S3Store
 
 from .kube import Cluster, ProcessJobRunner, RunningOperator, wait_value
 from .models import tiny_gpt2
-from .s3server import ACCESS_KEY, SECRET_KEY, S3Server
-from .test_operator import NS, Api, options
+from .operator_harness import NS, Api, options, s3_secret
+from .s3server import S3Server
 
 PROMPTS = ["The film was", "I thought the movie", "This restaurant is", "The service here",
            "My new phone is", "The book felt", "Our hotel room", "The concert was"]  # fmt: skip
@@ -85,11 +84,7 @@ def test_a_warprun_reaches_succeeded_with_its_checkpoints_in_the_bucket(
 
     with Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
         api = Api(cluster)
-        api.core.create_namespaced_secret(NS, {
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kwarp-s3"},
-            "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(ACCESS_KEY.encode()).decode(),
-                     "AWS_SECRET_ACCESS_KEY": base64.b64encode(SECRET_KEY.encode()).decode()},
-        })  # fmt: skip
+        api.core.create_namespaced_secret(NS, s3_secret())
         opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"))
         with ProcessJobRunner(cluster, tmp_path / "pods", parallel=2) as runner, RunningOperator(cluster, opts):
             api.create(warprun(bucket, storage_doc))
@@ -171,11 +166,7 @@ def test_a_two_node_member_rendezvous_and_the_iteration_merges(tmp_path: Path, s
 
     with Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
         api = Api(cluster)
-        api.core.create_namespaced_secret(NS, {
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kwarp-s3"},
-            "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(ACCESS_KEY.encode()).decode(),
-                     "AWS_SECRET_ACCESS_KEY": base64.b64encode(SECRET_KEY.encode()).decode()},
-        })  # fmt: skip
+        api.core.create_namespaced_secret(NS, s3_secret())
         opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"))
         with ProcessJobRunner(cluster, tmp_path / "pods", parallel=2) as runner, RunningOperator(cluster, opts):
             api.create(doc)

@@ -12,7 +12,6 @@ its manifest verifying; it resumes at that step, and the member ends with every 
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -31,8 +30,8 @@ from kwarp.store.s3 import S3Store
 from kwarp.trainer.state import STATE_JSON
 
 from .kube import Cluster, ProcessJobRunner, RunningOperator, wait_for, wait_value
-from .s3server import ACCESS_KEY, SECRET_KEY, FaultyProxy, S3Server
-from .test_operator import NS, Api, options
+from .operator_harness import NS, Api, options, s3_secret
+from .s3server import FaultyProxy, S3Server
 from .test_operator_e2e import upload_inputs
 
 RUN, STEPS = "fault", 4
@@ -77,11 +76,7 @@ def test_a_member_killed_during_its_state_upload_resumes_from_the_previous_state
         retry_upload = proxy.hold(state_put, nth_version(2))  # the retry's first state
 
         api = Api(cluster)
-        api.core.create_namespaced_secret(NS, {
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kwarp-s3"},
-            "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(ACCESS_KEY.encode()).decode(),
-                     "AWS_SECRET_ACCESS_KEY": base64.b64encode(SECRET_KEY.encode()).decode()},
-        })  # fmt: skip
+        api.core.create_namespaced_secret(NS, s3_secret())
         storage = {"url": f"s3://{bucket}/runs", "endpoint": proxy.endpoint, "secure": False, "secretName": "kwarp-s3"}
         doc = {
             "apiVersion": "kwarp.dev/v1alpha1", "kind": "WarpRun", "metadata": {"name": RUN},

@@ -17,14 +17,13 @@ from kwarp.operator import conditions as C
 from kwarp.operator.app import guardrails_from
 from kwarp.operator.cli import options_from
 
-from . import test_chart, test_operator
+from . import test_chart
 from .kube import RunningOperator, StatusJobRunner, wait_for
+from .operator_harness import NS, Api, finish, jobs_named, options, phase_is, warprun
 from .test_chart import env_of, operator_container, render
-from .test_operator import NS, Api, finish, jobs_named, options, phase_is, warprun
 
 # Fixtures of those modules, shared here.
 chart = test_chart.chart
-api, cluster, runner, store = test_operator.api, test_operator.cluster, test_operator.runner, test_operator.store
 
 RULES = Guardrails.model_validate({
     "images": ["reg.example/kwarp-worker"],

@@ -16,21 +16,7 @@ from kwarp.operator.jobs import WorkerSettings
 
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for, wait_value
 from .kueue import QUEUE_LABEL, KueueStandIn
-from .test_operator import (
-    IMAGE,
-    Api,
-    api,
-    cluster,
-    finish,
-    jobs_named,
-    options,
-    phase_is,
-    runner,
-    store,
-    warprun,
-)
-
-__all__ = ["api", "cluster", "runner", "store"]  # fixtures, imported for pytest
+from .operator_harness import IMAGE, Api, finish, jobs_named, options, phase_is, warprun
 
 
 def pending(api: Api) -> dict[str, Any] | None:

@@ -12,7 +12,6 @@ reached the proxy during the outage (the operator's breaker lets one bounded ope
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,8 +31,8 @@ from kwarp.store import layout
 from kwarp.store.s3 import S3Store
 
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for
-from .s3server import ACCESS_KEY, SECRET_KEY, FaultyProxy, S3Server
-from .test_operator import NS, Api, job_run, jobs_named, options, phase_is, warprun
+from .operator_harness import NS, Api, job_run, jobs_named, options, phase_is, s3_secret, warprun
+from .s3server import FaultyProxy, S3Server
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +51,7 @@ def publish(store: S3Store, job: dict[str, Any], tmp: Path) -> None:
 
 
 def add_secret(api: Api) -> None:
-    api.core.create_namespaced_secret(NS, {
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kwarp-s3"},
-        "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(ACCESS_KEY.encode()).decode(),
-                 "AWS_SECRET_ACCESS_KEY": base64.b64encode(SECRET_KEY.encode()).decode()},
-    })  # fmt: skip
+    api.core.create_namespaced_secret(NS, s3_secret())
 
 
 @pytest.mark.parametrize("fault", ["down", "blackhole"])

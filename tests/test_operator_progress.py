@@ -11,9 +11,7 @@ from typing import Any
 from kwarp.store import layout
 
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_value
-from .test_operator import Api, api, cluster, finish, jobs_named, options, runner, store, warprun
-
-__all__ = ["api", "cluster", "runner", "store"]  # fixtures, imported for pytest
+from .operator_harness import Api, finish, jobs_named, options, warprun
 
 
 def log(path: Path, steps: list[tuple[int, float]]) -> None:

@@ -11,7 +11,6 @@ that step to the end: the member's log holds every step once.
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,8 @@ from kwarp.store.s3 import S3Store
 from kwarp.trainer.train import PROGRESS_PREFIX
 
 from .kube import Cluster, ProcessJobRunner, RunningOperator, wait_for, wait_value
-from .s3server import ACCESS_KEY, SECRET_KEY, S3Server
-from .test_operator import NS, Api, options
+from .operator_harness import NS, Api, options, s3_secret
+from .s3server import S3Server
 from .test_operator_e2e import s3, upload_inputs, warprun  # noqa: F401 - s3 is the fixture
 
 RUN = "e2e"
@@ -53,11 +52,7 @@ def test_a_stopped_trainer_saves_its_step_and_the_retry_resumes_it(tmp_path: Pat
 
     with Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
         api = Api(cluster)
-        api.core.create_namespaced_secret(NS, {
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kwarp-s3"},
-            "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(ACCESS_KEY.encode()).decode(),
-                     "AWS_SECRET_ACCESS_KEY": base64.b64encode(SECRET_KEY.encode()).decode()},
-        })  # fmt: skip
+        api.core.create_namespaced_secret(NS, s3_secret())
         opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"))
         with ProcessJobRunner(cluster, tmp_path / "pods", parallel=1) as runner, RunningOperator(cluster, opts):
             folder = f"{NS}/{RUN}/{api.create(doc)['metadata']['uid']}"  # the run's own folder in the bucket

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from kwarp.operator.watchdog import Heartbeat, StuckPod, fail_patch, stalled, st
 from kwarp.store import layout
 
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for, wait_value
-from .test_operator import NS, Api, finish, jobs_named, options, phase_is, warprun
+from .operator_harness import NS, Api, finish, jobs_named, options, phase_is, warprun
 
 UID = "0c6f2a52-7f4e-4a59-9a36-3f3b2f0e8d11"
 
@@ -141,33 +140,6 @@ def test_jobs_carry_scratch_and_ephemeral_storage_limits_and_the_deadline() -> N
 
 
 # ------------------------------------------------------------------------------ against the API server
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    from kwarp.core.crd import crd
-
-    with Cluster(tmp_path, crds=[crd()]) as c:
-        yield c
-
-
-@pytest.fixture
-def api(cluster: Cluster) -> Api:
-    return Api(cluster)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Path:
-    path = tmp_path / "store"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def runner(cluster: Cluster) -> Iterator[StatusJobRunner]:
-    with StatusJobRunner(cluster) as r:
-        yield r
-    assert not r.errors, r.errors
 
 
 def set_pod_status(api: Api, name: str, containers: list[dict[str, Any]]) -> None:

@@ -12,7 +12,6 @@ mode, and the two sets are compared rule by rule, per namespace.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,9 @@ from kwarp.core.spec import StorageSpec
 from kwarp.store.s3 import S3Store
 
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for
-from .s3server import ACCESS_KEY, SECRET_KEY, S3Server
+from .operator_harness import NS, ROOT, Api, jobs_named, options, phase_is, s3_secret, warprun
+from .s3server import S3Server
 from .test_chart import RELEASE, grants, helm, of_kind, render
-from .test_operator import NS, ROOT, Api, jobs_named, options, phase_is, warprun
 from .test_operator_outage import publish
 
 OPERATOR_TOKEN = "kwarp-operator-token"
@@ -60,11 +59,7 @@ def operator_calls(tmp_path: Path, s3: S3Server, *, clusterwide: bool) -> set[Ca
             cluster.raw("POST", f"/apis/kopf.dev/v1/namespaces/{NS}/kopfpeerings",
                         {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": RELEASE}})  # fmt: skip
         api = Api(cluster)
-        api.core.create_namespaced_secret(NS, {
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kwarp-s3"},
-            "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(ACCESS_KEY.encode()).decode(),
-                     "AWS_SECRET_ACCESS_KEY": base64.b64encode(SECRET_KEY.encode()).decode()},
-        })  # fmt: skip
+        api.core.create_namespaced_secret(NS, s3_secret())
         storage = {"url": f"s3://{bucket}/runs", "endpoint": s3.endpoint, "secure": False, "region": "us-east-1",
                    "secretName": "kwarp-s3"}  # fmt: skip
         direct = S3Store.from_url(storage["url"], StorageSpec.model_validate(storage), env=s3.env())

@@ -10,7 +10,6 @@ test, which writes each task's outputs where the task would (the folder named by
 
 from __future__ import annotations
 
-import base64
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,8 +31,8 @@ from kwarp.operator.reconcile import Reconciler
 from kwarp.store.s3 import S3Store
 
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for, wait_value
-from .s3server import ACCESS_KEY, SECRET_KEY, S3Server
-from .test_operator import GROUP, PLURAL, VERSION, job_run, options
+from .operator_harness import GROUP, PLURAL, VERSION, job_run, options, s3_secret
+from .s3server import S3Server
 
 NAMESPACES = ("team-a", "team-b")
 
@@ -54,11 +53,7 @@ class World:
         self.core = kubernetes.client.CoreV1Api(client)
         for ns in NAMESPACES:
             cluster.raw("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-            self.core.create_namespaced_secret(ns, {
-                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kwarp-s3"},
-                "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(ACCESS_KEY.encode()).decode(),
-                         "AWS_SECRET_ACCESS_KEY": base64.b64encode(SECRET_KEY.encode()).decode()},
-            })  # fmt: skip
+            self.core.create_namespaced_secret(ns, s3_secret())
 
     def storage(self, url: str) -> dict[str, Any]:
         return {"url": url, "endpoint": self.s3.endpoint, "secure": False, "secretName": "kwarp-s3"}

@@ -1,0 +1,169 @@
+"""The harness of the operator tests: a WarpRun document, what a finished task would have written, the
+user's calls through the kubernetes client (Api), the operator's options, and the pytest fixtures that
+start the API-server emulator, a test-side Job controller and the operator
+(in tests/conftest.py, so that every test module finds them).
+
+Shared by tests/test_operator*.py, test_rbac.py, test_kubectl.py and the benchmarks that drive the
+operator; the tests themselves live in those files.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import torch
+
+from kwarp.core.ownership import store_key
+from kwarp.core.plan import Task, checkpoint_outputs, file_outputs
+from kwarp.core.spec import SPEC_ENV, WarpRun, parse
+from kwarp.core.weights import save_state_dict
+from kwarp.operator.app import OperatorOptions
+from kwarp.operator.jobs import LABEL_RUN, LABEL_TASK, WorkerSettings
+from kwarp.store import layout
+
+from .kube import Cluster, StatusJobRunner, wait_for, wait_value
+from .s3server import ACCESS_KEY, SECRET_KEY
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = "kwarp-worker:test"
+NS = "default"
+GROUP, VERSION, PLURAL = "kwarp.dev", "v1alpha1", "warpruns"
+
+
+# ------------------------------------------------------------------ what a task would have written
+
+
+def job_run(job: dict[str, Any]) -> tuple[WarpRun, Task]:
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    spec_json = next(e["value"] for e in container["env"] if e["name"] == SPEC_ENV)
+    return parse(json.loads(spec_json)), Task.parse_id(job["metadata"]["labels"][LABEL_TASK])
+
+
+def write_outputs(job: dict[str, Any]) -> None:
+    """Publish what the Job's task publishes, as the task would (checkpoints verified by their manifest)."""
+    run, task = job_run(job)
+    root = Path(run.spec.storage.url)
+    folder = store_key(run)  # the run's own folder: <namespace>/<name>/<uid>
+    for key in checkpoint_outputs(run.spec, folder, task):
+        save_state_dict({"weight": torch.full((4,), float(task.iteration))}, root / key, meta={"task": task.id})
+    if task.kind == "train":
+        log = root / layout.member_log(folder, task.iteration, task.member)
+        log.write_text(json.dumps({"step": 1, "reward": 0.1, "eval": {"reward": 0.5 + task.member / 10, "kl_sft": 2.0}}) + "\n")
+    for key in file_outputs(run.spec, folder, task):
+        path = root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if task.kind == "eval":
+            i = task.iteration
+            front = [{"eta": eta, "reward": round(0.2 + i * 0.1 + eta, 4), "kl": round(5 * eta * (i + 1), 4),
+                      "reward_stderr": 0.01, "kl_stderr": 0.1, "length": 10} for eta in run.spec.evaluation.etas]  # fmt: skip
+            members = [{"member": m, "reward": 0.6 + m / 100, "reward_stderr": 0.01, "kl": 3.0 + m, "kl_stderr": 0.1}
+                       for m in range(run.spec.warp.policies)]  # fmt: skip
+            path.write_text(json.dumps({"iteration": i, "reference": "sft", "etas": run.spec.evaluation.etas,
+                                        "front": front, "members": members}))  # fmt: skip
+        else:
+            path.write_text(json.dumps({"iteration": task.iteration, "groups": [], "seconds": 0.1}))
+
+
+def completes(job: dict[str, Any]) -> tuple[bool, str]:
+    write_outputs(job)
+    return True, ""
+
+
+# ------------------------------------------------------------------ fixtures and helpers
+
+
+def warprun(store: Path, name: str = "demo", **spec: Any) -> dict[str, Any]:
+    body = {
+        "policy": {"location": "/models/sft"},
+        "reward": {"callable": "kwarp.tasks.sentiment:reward"},
+        "data": {"train": "/data/train.jsonl", "eval": "/data/eval.jsonl"},
+        "storage": {"url": str(store)},
+        "warp": {"iterations": 2, "policies": 2, "steps": 3},
+        "evaluation": {"etas": [0.0, 0.3, 1.0]},
+        "failurePolicy": {"maxRetries": 1},
+    }
+    body.update(spec)
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "WarpRun", "metadata": {"name": name}, "spec": body}
+
+
+class Api:
+    """The calls a user (kubectl) would make, through the kubernetes client."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+        client = cluster.client()
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.batch = kubernetes.client.BatchV1Api(client)
+        self.core = kubernetes.client.CoreV1Api(client)
+
+    def create(self, doc: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, doc)
+
+    def get(self, name: str = "demo") -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+        except kubernetes.client.ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def status(self, name: str = "demo") -> dict[str, Any]:
+        return (self.get(name) or {}).get("status") or {}
+
+    def patch_spec(self, patch: dict[str, Any], name: str = "demo") -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name, {"spec": patch},
+                                                   _content_type="application/merge-patch+json")  # fmt: skip
+
+    def delete(self, name: str = "demo") -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+
+    def jobs(self, run: str = "demo") -> dict[str, dict[str, Any]]:
+        items = self.cluster.raw("GET", f"/apis/batch/v1/namespaces/{NS}/jobs", query=[("labelSelector", f"{LABEL_RUN}={run}")])
+        return {j["metadata"]["name"]: j for j in items["items"]}
+
+    def events(self) -> list[tuple[str, str, str]]:
+        items = self.cluster.raw("GET", f"/api/v1/namespaces/{NS}/events")["items"]
+        return [(e.get("type"), e.get("reason"), e.get("message")) for e in items]
+
+    def folder(self, name: str = "demo", namespace: str = NS) -> str:
+        """The run's own folder in its store: <namespace>/<name>/<uid>."""
+        return f"{namespace}/{name}/{(self.get(name) or {})['metadata']['uid']}"
+
+    def condition(self, type_: str, name: str = "demo") -> dict[str, Any] | None:
+        return next((c for c in self.status(name).get("conditions", []) if c["type"] == type_), None)
+
+
+def options(**overrides: Any) -> OperatorOptions:
+    base: dict[str, Any] = dict(namespaces=[NS], metrics_port=None, liveness_port=None, standalone=True,
+                                resync_seconds=600, worker=WorkerSettings(image=IMAGE))  # fmt: skip
+    base.update(overrides)
+    return OperatorOptions(**base)
+
+
+def jobs_named(api: Api, *names: str) -> dict[str, dict[str, Any]]:
+    return wait_value(api.jobs, lambda jobs: set(names) <= set(jobs), 20,
+                      message=lambda: f"Jobs {names}; have {sorted(api.jobs())}")
+
+
+def finish(api: Api, runner: StatusJobRunner, *names: str) -> None:
+    jobs = jobs_named(api, *names)
+    wait_for(lambda: set(names) <= set(runner.running()), 10, message=f"{names} running")
+    for name in names:
+        write_outputs(jobs[name])
+        runner.succeed(name)
+
+
+def phase_is(api: Api, phase: str, name: str = "demo") -> dict[str, Any]:
+    return wait_value(lambda: api.status(name), lambda st: st.get("phase") == phase, 20,
+                      message=lambda: f"phase {phase}; status {json.dumps(api.status(name))[:1500]}")
+
+
+def s3_secret(name: str = "kwarp-s3") -> dict[str, Any]:
+    """The Secret holding the test S3 server's credentials, as a run's storage.secretName names it."""
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(ACCESS_KEY.encode()).decode(),
+                     "AWS_SECRET_ACCESS_KEY": base64.b64encode(SECRET_KEY.encode()).decode()}}  # fmt: skip
