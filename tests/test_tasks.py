@@ -6,6 +6,7 @@ the real build's figures are measured by `kwarp task build` itself (build.json).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -17,26 +18,13 @@ from kwarp.core.checkpoints import verify
 from kwarp.core.errors import UserError
 from kwarp.core.spec import load
 from kwarp.tasks import sentiment
-from kwarp.tasks.builder import BuildConfig, ModelSizes, build, demo_document, fingerprint, is_built, task_dir
+from kwarp.tasks.builder import SIZES, BuildConfig, build, demo_document, fingerprint, is_built, task_dir
 from kwarp.tasks.corpus import CorpusSizes, make_corpus
 from kwarp.tasks.grammar import ReviewGrammar
 
-TINY_SIZES = CorpusSizes(
-    sft_texts=1200, rm_train_pairs=1500, rm_eval_pairs=100, train_prompts=60, eval_prompts=12
-)
-TINY = BuildConfig(
-    sizes=TINY_SIZES,
-    model=ModelSizes(n_layer=1, n_embd=48, n_head=2, n_positions=64),
-    vocab_size=600,
-    sft_steps=60,
-    sft_batch_size=32,
-    sft_lr=5e-3,
-    rm_steps=120,
-    rm_batch_size=32,
-    rm_lr=3e-3,
-    max_new_tokens=12,
-    eval_samples=16,
-)
+# The builder's own tiny size, with half the evaluation prompts.
+TINY = dataclasses.replace(SIZES["tiny"], sizes=dataclasses.replace(SIZES["tiny"].sizes, eval_prompts=12))
+TINY_SIZES = TINY.sizes
 SEED = 7
 POSITIVE = "The battery of this phone is excellent, and I love it."
 NEGATIVE = "The battery of this phone is terrible, and I hate it."

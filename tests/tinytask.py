@@ -6,25 +6,16 @@ that ask for it).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-from kwarp.tasks.builder import BuildConfig, ModelSizes, build, demo_document
-from kwarp.tasks.corpus import CorpusSizes
+from kwarp.tasks.builder import SIZES, build, demo_document
 
-TINY = BuildConfig(
-    sizes=CorpusSizes(sft_texts=1200, rm_train_pairs=1500, rm_eval_pairs=100, train_prompts=60, eval_prompts=12),
-    model=ModelSizes(n_layer=1, n_embd=48, n_head=2, n_positions=64),
-    vocab_size=600,
-    sft_steps=40,
-    sft_batch_size=32,
-    sft_lr=5e-3,
-    rm_steps=60,
-    rm_batch_size=32,
-    rm_lr=3e-3,
-    max_new_tokens=8,
-    eval_samples=16,
-)
+# The builder's tiny size, trained for fewer steps, with shorter answers: enough for tests of the pipeline.
+_tiny = SIZES["tiny"]
+TINY = dataclasses.replace(_tiny, sizes=dataclasses.replace(_tiny.sizes, eval_prompts=12), sft_steps=40, rm_steps=60,
+                           max_new_tokens=8)  # fmt: skip
 
 
 def build_tiny(folder: Path) -> Path:
