@@ -24,7 +24,7 @@ PYTEST_ARGS ?=
 .PHONY: help venv venv-test demo test test-slow test-all lint bench peers lock clean
 
 help:
-	@echo "make demo       create .venv, install kwarp, build the demo task, run an embedded WARP run, write its report"
+	@echo "make demo       create .venv, install kwarp, build the demo task, run an embedded WARP run, export its policy, write its report"
 	@echo "make test       install test needs (Python extras, Prometheus), run the suite (slow checks skipped)"
 	@echo "make test-slow  the long checks (reproduction --quick, long end-to-end runs)"
 	@echo "make lint       ruff and the import-layer contracts"
@@ -52,6 +52,7 @@ venv-test: $(VENV)/.installed-test
 demo: venv
 	$(KWARP) task build
 	@# kwarp run prints where the report is: $(DEMO_DIR)/local/<run>/<uid>/report/report.html
+	@# and, as the demo WarpRun has spec.export, where its policy is: exported policy: $(DEMO_DIR)/local/<run>/<uid>/export
 	$(KWARP) run "$$($(KWARP) task path)/warprun.yaml" --store $(DEMO_DIR)
 
 # Prometheus and the Pushgateway are real peers of the observability tests: Debian packages.

@@ -1,11 +1,15 @@
 """`kwarp export`: the deliverable of a run — one policy on its final front, chosen for the drift one accepts.
 
-    kwarp export RUN_OR_FILE --kl-budget K | --eta E --out DIR|s3://bucket/key
+    kwarp export RUN_OR_FILE --kl-budget K | --eta E --out DIR|s3://bucket/key      (tool)
+    kwarp export [--spec FILE]                                                     (task: spec.export)
 
 RUN_OR_FILE is a WarpRun document (its run's folder in spec.storage is found as `kwarp report` finds
 it: the newest run of that namespace, name and spec), or a run's folder in a store
 (`<root>/<namespace>/<name>/<uid>`, or `<root>/<name>` of a store written before runs had their own
 folders; a folder or an s3:// URL: the document the run recorded there, `warprun.json`, is read).
+The task is what the plan starts after the last evaluation when the WarpRun has spec.export (a
+local process or the Job `<run>-export`): it exports to spec.export.to (default
+<storage.url>/<run's folder>/export) and writes <run's folder>/export.json last, which marks it done.
 
 1. Choose η on the final front (the last iteration's eval.json): with --kl-budget the most reward
    whose KL stays within K, interpolating between evaluated η (kwarp.core.front, pure); with --eta
@@ -106,7 +110,7 @@ def choose(evaluation: dict[str, Any], *, kl_budget: float | None, eta: float | 
 
 def export_policy(
     run: WarpRun,
-    out: str,
+    out: str | None,
     *,
     kl_budget: float | None = None,
     eta: float | None = None,
@@ -114,7 +118,8 @@ def export_policy(
     threads: int = 1,
     say: Any = print,
 ) -> dict[str, Any]:
-    """Choose, write, measure, describe and publish the policy; return its export record."""
+    """Choose, write, measure, describe and publish the policy; return its export record. `out` None: into the
+    run's own store at <run>/export."""
     from kwarp.core.checkpoints import write_manifest
     from kwarp.merger.streaming import Output, interpolate_checkpoints
     from kwarp.run.card import model_card
@@ -126,6 +131,7 @@ def export_policy(
     spec, name = run.spec, run.name
     store = open_store(spec.storage.url, spec.storage)
     iteration, evaluation = final_front(run, store)
+    location = out if out is not None else f"{store.url.rstrip('/')}/{layout.export(store_key(run))}"
     choice = choose(evaluation, kl_budget=kl_budget, eta=eta)
     predicted = {"reward": choice.reward, "kl": choice.kl, "gold": choice.gold}
     say(f"kwarp export: {choice.rule}: η = {choice.eta:.4g} "
@@ -143,7 +149,7 @@ def export_policy(
             "run": name,
             "iteration": iteration,
             "store": store.describe(),
-            "location": out,
+            "location": location,
             "request": {"kl_budget": kl_budget} if kl_budget is not None else {"eta": eta},
             "rule": choice.rule,
             "eta": choice.eta,
@@ -160,8 +166,11 @@ def export_policy(
         (folder / CARD).write_text(model_card(record))
         (folder / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         write_manifest(folder, {"kind": "export", "run": name, "iteration": iteration, "eta": choice.eta})
-        publish(folder, out, run)
-    say(f"kwarp export: wrote {out}")
+        if out is None:
+            store.put_checkpoint(folder, layout.export(store_key(run)))
+        else:
+            publish(folder, out, run)
+    say(f"kwarp export: wrote {location}")
     return record
 
 
@@ -192,16 +201,39 @@ def publish(folder: Path, out: str, run: WarpRun) -> None:
             item.rename(tmp / item.name)
 
 
+def run_task(run: WarpRun, *, device: str | None = None, threads: int = 1) -> dict[str, Any] | None:
+    """The export task of a WarpRun with spec.export; None when <run>/export.json already exists."""
+    export = run.spec.export
+    if export is None:
+        raise UserError(f"run '{run.name}' has no spec.export; add one, or export by hand: "
+                        "kwarp export RUN_OR_FILE --kl-budget K --out DEST")  # fmt: skip
+    store = open_store(run.spec.storage.url, run.spec.storage)
+    key = layout.export_json(store_key(run))
+    if store.exists(key):
+        print(f"kwarp export: {store.describe()}/{key} exists; nothing to do")
+        return None
+    record = export_policy(run, export.to, kl_budget=export.kl_budget, eta=export.eta, device=device, threads=threads)
+    store.put_json(key, record)  # last: its existence marks the task done
+    return record
+
+
 # ------------------------------------------------------------------ command line
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", metavar="RUN_OR_FILE",
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        "modes:\n"
+        "  tool: kwarp export RUN_OR_FILE --kl-budget K | --eta E --out DIR|s3://bucket/key\n"
+        "  task: kwarp export [--spec FILE]   (the WarpRun's spec.export)\n"
+    )
+    parser.add_argument("run", metavar="RUN_OR_FILE", nargs="?",
                         help="a WarpRun document, or a run in its store: <root>/<run> (folder or s3:// URL)")
-    which = parser.add_mutually_exclusive_group(required=True)
+    parser.add_argument("--spec", help="task mode: the WarpRun document (default: $KWARP_SPEC)")
+    which = parser.add_mutually_exclusive_group()
     which.add_argument("--kl-budget", type=float, help="the most reward whose KL to θ_sft is at most this")
     which.add_argument("--eta", type=float, help="this η on the final front instead")
-    parser.add_argument("--out", required=True, help="where to write the policy: a folder or s3://bucket/key")
+    parser.add_argument("--out", help="where to write the policy: a folder or s3://bucket/key")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="of the confirming evaluation (default: cuda if available)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it is a folder that exists")
     parser.add_argument("--threads", type=int, default=1, help="worker threads of the LiTI arithmetic")
@@ -212,6 +244,18 @@ def main(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    tool_flags = [f"--{f.replace('_', '-')}" for f in ("kl_budget", "eta", "out") if getattr(args, f) is not None]
+    if args.run is None:
+        if tool_flags:
+            raise UserError(f"{', '.join(tool_flags)} need a run: kwarp export RUN_OR_FILE --kl-budget K --out DEST")
+        from kwarp.core.spec import from_cli
+
+        run_task(from_cli(args.spec), device=args.device, threads=args.threads)
+        return 0
+    if args.spec is not None:
+        raise UserError("--spec is the task mode's; in tool mode the run is RUN_OR_FILE")
+    if args.kl_budget is None and args.eta is None or args.out is None:
+        raise UserError("give --kl-budget K or --eta E, and --out DIR|s3://bucket/key")
     run = resolve_run(args.run)
     dest = Path(args.out.removeprefix("file://"))
     if "://" not in args.out.removeprefix("file://") and dest.exists() and any(dest.iterdir()) and not args.overwrite:

@@ -48,7 +48,7 @@ ANNOTATION_STALLED = f"{API_GROUP}/stalled"
 APP_NAME = "kwarp"
 MANAGED_BY = "kwarp-operator"
 
-COMPONENTS = {"prepare": "prepare", "train": "trainer", "merge": "merger", "eval": "evaluation"}
+COMPONENTS = {"prepare": "prepare", "train": "trainer", "merge": "merger", "eval": "evaluation", "export": "export"}
 
 SCRATCH = "/scratch"
 METRICS_PORT_NAME = "metrics"
@@ -91,8 +91,9 @@ def queue_label(job: Mapping[str, Any]) -> str | None:
 
 
 def role(task: Task) -> str:
-    """The spec.resources entry of a task: merge and prepare run with the merger's (CPU) settings."""
-    return {"train": "trainer", "eval": "evaluation"}.get(task.kind, "merger")
+    """The spec.resources entry of a task: merge and prepare run with the merger's (CPU) settings; the export
+    with the evaluation's (it evaluates the policy it writes)."""
+    return {"train": "trainer", "eval": "evaluation", "export": "evaluation"}.get(task.kind, "merger")
 
 
 # Pod settings the operator's per-role defaults may fill, where the run leaves them empty (`gpus` is

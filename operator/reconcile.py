@@ -117,6 +117,8 @@ def cluster_problems(spec: WarpRunSpec, run_name: str | None = None, default_que
     }
     if spec.reward.location is not None:
         locations["spec.reward.location"] = spec.reward.location
+    if spec.export is not None and spec.export.to is not None:
+        locations["spec.export.to"] = spec.export.to
     problems = []
     for name, value in locations.items():
         if "://" not in value and not Path(value).is_absolute():
@@ -535,7 +537,10 @@ class Reconciler:
         active = {t for t, j in jobs.items() if j.active}
         members = self.results.members(key, store, spec, folder, done, fronts, active)
         tracked = self.progress.view(key, store, spec, folder, done, active)
-        obs = Observation(done=done, attempts=attempts, jobs=jobs, fronts=fronts, members=members, progress=tracked)
+        exported = self.results.export(key, store, folder, done)
+        obs = Observation(
+            done=done, attempts=attempts, jobs=jobs, fronts=fronts, members=members, progress=tracked, export=exported,
+        )  # fmt: skip
         status = build_status(
             run=folder, spec=spec, generation=generation, previous=previous, check=check, obs=obs,
             actions=actions, store_url=store_url(spec), now=now, queue=queue_of(spec, self.worker),

@@ -29,11 +29,12 @@ class RunResults:
         self._done: dict[CacheKey, set[Task]] = {}
         self._reports: dict[CacheKey, dict[int, dict[str, Any]]] = {}
         self._member_logs: dict[CacheKey, dict[tuple[int, int], MemberResult]] = {}
+        self._exports: dict[CacheKey, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
     def forget(self, uid: str) -> None:
         with self._lock:
-            for cache in (self._done, self._reports, self._member_logs):
+            for cache in (self._done, self._reports, self._member_logs, self._exports):
                 for key in [k for k in cache if k[0] == uid]:
                     del cache[key]
 
@@ -67,6 +68,20 @@ class RunResults:
         with self._lock:
             self._reports.setdefault(key, {}).update(reports)
         return reports
+
+    def export(self, key: CacheKey, store: Store, run: str, done: Collection[Task]) -> dict[str, Any] | None:
+        """<run>/export.json once the export is done (read once: it never changes)."""
+        if Task.export() not in done:
+            return None
+        with self._lock:
+            known = self._exports.get(key)
+        if known is None:
+            record = _json(store, layout.export_json(run))
+            if not isinstance(record, dict):
+                return None
+            with self._lock:
+                known = self._exports.setdefault(key, record)
+        return known
 
     def members(
         self,

@@ -19,6 +19,7 @@ from kwarp.core.plan import Action, Fail, Observed, Progress, Task, TaskJobs, pr
 from kwarp.core.spec import WarpRunSpec
 from kwarp.core.status import (
     Condition,
+    ExportStatus,
     IterationFront,
     MemberStatus,
     ParetoPoint,
@@ -49,6 +50,7 @@ class Observation:
     fronts: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)  # eval.json by iteration
     members: Mapping[tuple[int, int], MemberResult] = field(default_factory=dict)
     progress: ProgressView | None = None  # step logs of the members, as last read from the store
+    export: Mapping[str, Any] | None = None  # <run>/export.json, once the export is done
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,20 @@ def front_points(report: Mapping[str, Any]) -> list[ParetoPoint]:
 def point_at(points: Sequence[ParetoPoint], eta: float) -> ParetoPoint | None:
     """The front's point at η (the nearest evaluated η when the grid lacks it)."""
     return min(points, key=lambda p: abs(p.eta - eta)) if points else None
+
+
+def export_status(record: Mapping[str, Any] | None) -> ExportStatus | None:
+    """status.export from <run>/export.json (None when absent or unreadable)."""
+    if not record or not isinstance(record.get("location"), str) or _float(record.get("eta")) is None:
+        return None
+    measured = record.get("measured") if isinstance(record.get("measured"), Mapping) else {}
+    request = record.get("request") if isinstance(record.get("request"), Mapping) else {}
+    within = record.get("within_budget")
+    return ExportStatus(
+        location=record["location"], eta=_float(record["eta"]), kl_budget=_float(request.get("kl_budget")),
+        **{k: _float(measured.get(k)) for k in ("reward", "reward_stderr", "kl", "kl_stderr", "gold", "gold_stderr")},
+        within_budget=within if isinstance(within, bool) else None,
+    )  # fmt: skip
 
 
 def eval_members(report: Mapping[str, Any]) -> dict[int, MemberResult]:
@@ -228,7 +244,7 @@ def run_progress_status(view: ProgressView | None, *, phase: str | None, complet
 
 def _ready_message(spec: WarpRunSpec, prog: Progress) -> str:
     if prog.phase == "Succeeded":
-        return f"all {spec.warp.iterations} iterations done"
+        return f"all {spec.warp.iterations} iterations done" + ("; the policy is exported (status.export)" if spec.export else "")
     if prog.phase == "Pending":
         return "preparing: copying the SFT policy into the store"
     shown = min(prog.iteration, spec.warp.iterations - 1)
@@ -391,6 +407,10 @@ def build_status(
         if j.failures > 0
     }
     completion_time = previous.completion_time or (now if ready else None)
+    exported = export_status(obs.export) if Task.export() in obs.done else None
+    named = checkpoints(spec, run, obs.done, store_url)
+    if exported is not None:
+        named["export"] = exported.location
     return WarpRunStatus(
         phase=prog.phase,
         iteration=prog.iteration,
@@ -400,13 +420,14 @@ def build_status(
         members=members(spec, prog, obs, previous),
         progress=run_progress_status(obs.progress, phase=prog.phase, completion_time=completion_time,
                                      previous=previous.progress),  # fmt: skip
-        checkpoints=checkpoints(spec, run, obs.done, store_url),
+        checkpoints=named,
         pareto=fronts,
         conditions=conds,
         observed_generation=generation,
         start_time=previous.start_time or now,
         completion_time=completion_time,
         failures=failures,
+        export=exported,
         accepted_spec=spec,
     )
 

@@ -82,7 +82,7 @@ WORKERS = {
     "kueue": WorkerSettings(image="registry.example/kwarp-worker:1.0", queue_name="team-a-gpu"),
 }
 JOB_UID = "6c1f3a52-9d0e-4b7a-8e21-0d4c5b6a7f80"
-TASKS = [Task.prepare(), Task.train(0, 0), Task.train(2, 7), Task.merge(1), Task.eval(1)]
+TASKS = [Task.prepare(), Task.train(0, 0), Task.train(2, 7), Task.merge(1), Task.eval(1), Task.export()]
 
 
 def operator_jobs() -> Iterator[tuple[str, dict[str, Any]]]:

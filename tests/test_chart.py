@@ -793,7 +793,7 @@ def test_e2e_minio_is_the_one_the_examples_name() -> None:
 
 
 def test_cluster_demo_is_the_demo_tasks_own_run() -> None:
-    """examples/warprun-demo.yaml runs what `make demo` runs: the demo task's WARP, training and evaluation."""
+    """examples/warprun-demo.yaml runs what `make demo` runs: the demo task's WARP, training, evaluation and export."""
     try:
         from kwarp.tasks.document import warprun
     except ModuleNotFoundError as err:
@@ -803,7 +803,7 @@ def test_cluster_demo_is_the_demo_tasks_own_run() -> None:
     cluster = load(EXAMPLES / "warprun-demo.yaml")
     local = parse(warprun(policy="sft", reward="rm", train="train.jsonl", eval="eval.jsonl", storage="runs"))
     assert cluster.name == local.name
-    for section in ("warp", "training", "evaluation"):
+    for section in ("warp", "training", "evaluation", "export"):
         assert getattr(cluster.spec, section) == getattr(local.spec, section), section
     assert cluster.spec.policy.dtype == local.spec.policy.dtype
     assert all(r.gpus == 0 for r in (cluster.spec.resources.trainer, cluster.spec.resources.merger,

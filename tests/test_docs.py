@@ -33,6 +33,7 @@ TOP_FILES = ("Dockerfile", "Makefile", "pyproject.toml", "README.md", ".dockerig
 ALTERNATIVES = {
     "spec.reward.callable": "spec.reward.location",
     "spec.evaluation.goldReward.callable": "spec.evaluation.goldReward.location",
+    "spec.export.eta": "spec.export.klBudget",
 }
 
 

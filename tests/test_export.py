@@ -133,7 +133,9 @@ def _towards_vowels(base: Path, dest: Path, strength: float = 6.0) -> Path:
     return variant(base, dest, fn)
 
 
-def _stored_run(tmp_path: Path, rewards_module: str, store_url: str | None = None) -> tuple[Path, dict[str, Any]]:
+def _stored_run(
+    tmp_path: Path, rewards_module: str, store_url: str | None = None, export: dict[str, Any] | None = None
+) -> tuple[Path, dict[str, Any]]:
     """A one-iteration run whose store holds θ_sft, the members, the last SLERP, the recorded document and
     the front `kwarp eval` measured."""
     models = tmp_path / "models"
@@ -156,6 +158,8 @@ def _stored_run(tmp_path: Path, rewards_module: str, store_url: str | None = Non
             "storage": {"url": store_url or str(tmp_path / "store")},
         },
     }
+    if export is not None:
+        doc["spec"]["export"] = export
     run = parse(doc)
     store = open_store(run.spec.storage.url, run.spec.storage)
     store.put_checkpoint(base, layout.base("r"))
@@ -240,3 +244,30 @@ def test_export_to_s3_publishes_a_checkpoint_with_its_card(
     folder = store.open_checkpoint("r-kl")  # downloaded and verified against its manifest
     record = json.loads((folder / "kwarp-export.json").read_text())
     assert record["eta"] == 0.5 and record["location"] == dest and (folder / "README.md").is_file()
+
+
+def test_the_export_task_follows_spec_export_once_and_the_report_shows_it(
+    tmp_path: Path, rewards_module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kwarp export` without a run is the plan's task: spec.export, into the run's store by default, export.json
+    last (the mark of a done task), nothing redone on a second call; `kwarp report` then shows the point."""
+    spec_file, evaluation = _stored_run(tmp_path, rewards_module, export={"klBudget": 0.3})
+    store = open_store(str(tmp_path / "store"))
+    assert kwarp_main(["export", "--spec", str(spec_file), "--device", "cpu"]) == 0
+    record = store.get_json(layout.export_json("r"))
+    assert record["location"] == f"{store.url}/r/export" and store.has_checkpoint(layout.export("r"))
+    assert record["eta"] == pytest.approx(within_budget(points_of(evaluation), 0.3).eta)
+    before = (tmp_path / "store" / "r" / "export.json").stat().st_mtime_ns
+    assert kwarp_main(["export", "--spec", str(spec_file), "--device", "cpu"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert (tmp_path / "store" / "r" / "export.json").stat().st_mtime_ns == before
+    # Tool flags belong with a run; the task takes its choice from the spec.
+    assert kwarp_main(["export", "--spec", str(spec_file), "--eta", "0.3"]) == 2
+    assert "need a run" in capsys.readouterr().err
+
+    assert kwarp_main(["report", str(spec_file)]) == 0
+    report = tmp_path / "store" / "r" / "report"
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["export"]["eta"] == record["eta"] and summary["export"]["measured"] == record["measured"]
+    page = (report / "report.html").read_text()
+    assert "Exported policy" in page and record["location"] in page

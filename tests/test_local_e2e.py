@@ -2,7 +2,8 @@
 
 Checks the embedded executor's promises: a second run continues from what is complete and redoes
 nothing (finished members keep their exact checkpoints; no new attempt of a finished task), no
-half-written checkpoint is ever visible, and the report holds a front for every iteration.
+half-written checkpoint is ever visible, the run ends by exporting its policy (spec.export), and the
+report holds a front for every iteration and the exported point.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen[str]) -> None:
 def test_run_killed_and_resumed(tiny_task: Path, tmp_path: Path) -> None:
     store_root = tmp_path / "store"
     doc_path = tmp_path / "warprun.yaml"
-    doc_path.write_text(yaml.safe_dump(tiny_document(tiny_task, str(store_root), name="resume")))
+    doc = tiny_document(tiny_task, str(store_root), name="resume")
+    doc["spec"]["export"] = {"klBudget": 1.0}  # the run ends with its deliverable
+    doc_path.write_text(yaml.safe_dump(doc))
     run = load(doc_path)
     store = FileStore(store_root)
     env = {**os.environ, "KWARP_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
@@ -93,6 +96,11 @@ def test_run_killed_and_resumed(tiny_task: Path, tmp_path: Path) -> None:
     )
     assert second.returncode == 0, second.stdout + second.stderr
     assert completed_tasks(store, run.spec, key) == frozenset(all_tasks(run.spec))
+    # The export ran last, into the run's store; the runner says where the policy is and what it measured.
+    exported = store.get_json(layout.export_json(key))
+    assert exported["location"] == f"{store.url}/{key}/export" and store.has_checkpoint(layout.export(key))
+    assert exported["measured"]["kl"] <= 1.0 + exported["measured"]["kl_stderr"]
+    assert f"exported policy: {exported['location']}" in " ".join(second.stdout.split())
 
     # 3. Nothing complete was redone.
     assert {m: store.read_manifest(layout.member_final(key, 0, m)).digest for m in range(2)} == finals_before
@@ -111,5 +119,6 @@ def test_run_killed_and_resumed(tiny_task: Path, tmp_path: Path) -> None:
     assert [it["iteration"] for it in summary["iterations"]] == [0, 1]
     for it in summary["iterations"]:
         assert len(it["front"]) == 3 and all(p["kl"] is not None for p in it["front"])
+    assert summary["export"]["eta"] == exported["eta"]
     assert (report / "report.html").stat().st_size > 10_000
     assert (report / "pareto.png").is_file()

@@ -192,6 +192,12 @@ CASES = [
         id="prepare-uses-merger-resources",
     ),
     pytest.param(
+        {"spec.export": {"klBudget": 2.0, "to": "s3://kwarp/models/out"}}, Task.export(), 0,
+        dict(name="gemma-warp-export", component="export", task_labels={"kwarp.dev/task": "export"},
+             command=["kwarp"], args=["export"], resources=gpus(1), gpu_volumes=True),
+        id="export-uses-evaluation-resources",
+    ),
+    pytest.param(
         {"spec.storage": {"url": "s3://kwarp/runs"}}, Task.merge(0), 0,
         dict(name="gemma-warp-i0-merge", component="merger",
              task_labels={"kwarp.dev/task": "i0-merge", "kwarp.dev/iteration": "0"}, command=["kwarp"],

@@ -12,7 +12,7 @@ import pytest
 from kwarp.core.crd import crd
 from kwarp.core.plan import Fail, Start, Succeed, Task, TaskJobs, all_tasks
 from kwarp.core.spec import WarpRunSpec, parse
-from kwarp.core.status import Condition, IterationFront, ParetoPoint, WarpRunStatus
+from kwarp.core.status import Condition, ExportStatus, IterationFront, ParetoPoint, WarpRunStatus
 from kwarp.operator import conditions as C
 from kwarp.operator.observe import Failures, JobView, by_task, pod_failure, task_jobs, view
 from kwarp.operator.reconcile import KeyedSerializer, cluster_problems, effective_spec
@@ -23,6 +23,7 @@ from kwarp.operator.status import (
     SpecCheck,
     build_status,
     checkpoints,
+    export_status,
     invalid_status,
     point_at,
     previous_status,
@@ -203,6 +204,8 @@ def test_invalid_first_spec_runs_nothing() -> None:
 def test_relative_paths_are_invalid_in_a_cluster() -> None:
     problems = cluster_problems(parse(body(**{"spec.storage": {"url": "runs"}, "spec.data.train": "data/train.jsonl"})).spec)
     assert [p.split(":")[0].strip(" -") for p in problems] == ["spec.storage.url", "spec.data.train"]
+    exporting = body(**{"spec.storage": {"url": "s3://kwarp/runs"}, "spec.export": {"eta": 0.3, "to": "policy"}})
+    assert [p.split(":")[0].strip(" -") for p in cluster_problems(parse(exporting).spec)] == ["spec.export.to"]
     got, check = effective_spec(body(**{"spec.storage": {"url": "runs"}}), None)
     assert got is None and "spec.storage.url" in (check.invalid or "")
 
@@ -267,6 +270,28 @@ def test_status_succeeded() -> None:
     assert (st.phase, st.iteration, st.members_done, st.reward, st.kl) == ("Succeeded", 2, "2/2", 0.75, 2.0)
     assert st.completion_time == T2 and st.checkpoints["final"] == "s3://kwarp/runs/r/iter-1/slerp"
     assert C.is_true(st.conditions, C.READY) and [f.iteration for f in st.pareto] == [0, 1]
+
+
+EXPORT_RECORD = {
+    "location": "s3://models/r-kl2", "eta": 0.42, "request": {"kl_budget": 2.0}, "within_budget": True,
+    "measured": {"reward": 0.6, "reward_stderr": 0.02, "kl": 1.9, "kl_stderr": 0.15, "length": 7.5, "per_prompt": {}},
+}  # fmt: skip
+
+
+def test_status_of_an_exported_run_gives_where_and_what_it_measured() -> None:
+    s = spec(**{"spec.export": {"klBudget": 2.0, "to": "s3://models/r-kl2"}})
+    eval1 = {**EVAL0, "iteration": 1}
+    waiting = status_for(s, Observation(done=frozenset(all_tasks(s)) - {Task.export()}, fronts={0: EVAL0, 1: eval1},
+                                        export=EXPORT_RECORD), [Start(Task.export(), 0)])  # fmt: skip
+    assert waiting.phase == "Evaluating" and waiting.export is None and "export" not in waiting.checkpoints
+    st = status_for(s, Observation(done=frozenset(all_tasks(s)), fronts={0: EVAL0, 1: eval1}, export=EXPORT_RECORD),
+                    [Succeed()])  # fmt: skip
+    assert st.phase == "Succeeded" and st.checkpoints["export"] == "s3://models/r-kl2"
+    assert st.export == ExportStatus(location="s3://models/r-kl2", eta=0.42, kl_budget=2.0, reward=0.6,
+                                     reward_stderr=0.02, kl=1.9, kl_stderr=0.15, within_budget=True)  # fmt: skip
+    assert "exported" in C.find(st.conditions, C.READY).message
+    # An unreadable record leaves status.export out rather than failing the status.
+    assert export_status({"location": 3}) is None and export_status(None) is None
 
 
 def test_status_failed_names_the_task_and_keeps_failure_counts() -> None:

@@ -180,3 +180,34 @@ def test_task_names_and_commands() -> None:
     assert MG(2).argv() == ["merge", "--iteration", "2"] and P.argv() == ["prepare"]
     for t in all_tasks(spec()):
         assert Task.parse_id(t.id) == t
+
+
+# ------------------------------------------------------------------ spec.export: one more task, last
+
+EX = Task.export()
+EXPORTING = {"spec.export": {"klBudget": 2.0}}
+ALL_EXPORT = frozenset(all_tasks(spec(**EXPORTING)))
+
+EXPORT_CASES = [
+    ("the export waits for the last front", Observed(done=ALL_EXPORT - {EV(1), EX}), [Start(EV(1), 0)]),
+    ("last front evaluated: the export", Observed(done=ALL_EXPORT - {EX}), [Start(EX, 0)]),
+    ("export running", Observed(done=ALL_EXPORT - {EX}, jobs={EX: TaskJobs(active=True)}), []),
+    ("export failed, retries left", Observed(done=ALL_EXPORT - {EX}, jobs={EX: TaskJobs(failures=1, last_failure="x")}),
+     [Start(EX, 1)]),
+    ("export failed, no retries left", Observed(done=ALL_EXPORT - {EX}, jobs={EX: TaskJobs(failures=2, last_failure="x")}),
+     [Fail(EX, "export failed 2 times (failurePolicy.maxRetries=1): x")]),
+    ("exported: succeed", Observed(done=ALL_EXPORT), [Succeed()]),
+]
+
+
+@pytest.mark.parametrize(("name", "observed", "expected"), EXPORT_CASES, ids=[c[0] for c in EXPORT_CASES])
+def test_plan_with_an_export(name: str, observed: Observed, expected: list) -> None:
+    assert plan(spec(**EXPORTING), observed) == expected
+
+
+def test_the_export_is_a_task_only_when_asked_for() -> None:
+    assert EX not in all_tasks(spec()) and all_tasks(spec(**EXPORTING))[-1] == EX
+    assert EX.job_name("r") == "r-export" and EX.argv() == ["export"] and Task.parse_id("export") == EX
+    # Until the export is done the run is not over: it reads as evaluating (the export evaluates its policy).
+    p = progress(spec(**EXPORTING), Observed(done=ALL_EXPORT - {EX}))
+    assert p.phase == "Evaluating" and progress(spec(**EXPORTING), Observed(done=ALL_EXPORT)).phase == "Succeeded"

@@ -12,6 +12,8 @@ Tasks of a run with I iterations and M members (0-based):
     train(i, m)             needs init(i): base for i = 0, else merge(i-1)
     merge(i)                needs train(i, 0..M-1); writes slerp(i) and, unless last, init(i+1)
     eval(i)                 needs merge(i); writes eval.json (the Pareto front of iteration i)
+    export                  with spec.export only; needs eval(I-1): one policy of the final front,
+                            written where spec.export.to says, then <run>/export.json
 
 Evaluation of iteration i runs beside the training of iteration i+1. A failed task is retried
 (a new attempt, a new Job name) until `failurePolicy.maxRetries` retries are spent; then the run
@@ -27,7 +29,7 @@ from typing import Literal
 from kwarp.core.spec import WarpRunSpec
 from kwarp.store import layout
 
-TaskKind = Literal["prepare", "train", "merge", "eval"]
+TaskKind = Literal["prepare", "train", "merge", "eval", "export"]
 
 
 @dataclass(frozen=True, order=True)
@@ -39,6 +41,10 @@ class Task:
     @staticmethod
     def prepare() -> Task:
         return Task("prepare")
+
+    @staticmethod
+    def export() -> Task:
+        return Task("export")
 
     @staticmethod
     def train(i: int, m: int) -> Task:
@@ -54,9 +60,9 @@ class Task:
 
     @property
     def id(self) -> str:
-        """Stable short id, used in labels and logs: prepare, i0-m1, i0-merge, i0-eval."""
-        if self.kind == "prepare":
-            return "prepare"
+        """Stable short id, used in labels and logs: prepare, i0-m1, i0-merge, i0-eval, export."""
+        if self.kind in ("prepare", "export"):
+            return self.kind
         if self.kind == "train":
             return f"i{self.iteration}-m{self.member}"
         return f"i{self.iteration}-{self.kind}"
@@ -68,16 +74,16 @@ class Task:
 
     def argv(self) -> list[str]:
         """The `kwarp` subcommand that performs this task (the spec comes from KWARP_SPEC or --spec)."""
-        if self.kind == "prepare":
-            return ["prepare"]
+        if self.kind in ("prepare", "export"):
+            return [self.kind]
         if self.kind == "train":
             return ["train", "--iteration", str(self.iteration), "--member", str(self.member)]
         return [self.kind, "--iteration", str(self.iteration)]
 
     @staticmethod
     def parse_id(task_id: str) -> Task:
-        if task_id == "prepare":
-            return Task.prepare()
+        if task_id in ("prepare", "export"):
+            return Task(task_id)  # type: ignore[arg-type]
         head, _, tail = task_id.partition("-")
         if not head.startswith("i") or not tail:
             raise ValueError(f"not a task id: {task_id!r}")
@@ -141,6 +147,8 @@ def all_tasks(spec: WarpRunSpec) -> list[Task]:
     for i in range(spec.warp.iterations):
         out += [Task.train(i, m) for m in range(spec.warp.policies)]
         out += [Task.merge(i), Task.eval(i)]
+    if spec.export is not None:
+        out.append(Task.export())
     return out
 
 
@@ -151,6 +159,8 @@ def dependencies(spec: WarpRunSpec, task: Task) -> list[Task]:
         return [Task.prepare()] if task.iteration == 0 else [Task.merge(task.iteration - 1)]
     if task.kind == "merge":
         return [Task.train(task.iteration, m) for m in range(spec.warp.policies)]
+    if task.kind == "export":
+        return [Task.eval(spec.warp.iterations - 1)]
     return [Task.merge(task.iteration)]
 
 
@@ -175,6 +185,8 @@ def file_outputs(spec: WarpRunSpec, run: str, task: Task) -> list[str]:
         return [layout.merge_report(run, task.iteration)]
     if task.kind == "eval":
         return [layout.eval_json(run, task.iteration)]
+    if task.kind == "export":
+        return [layout.export_json(run)]
     return []
 
 
@@ -265,7 +277,7 @@ def progress(spec: WarpRunSpec, observed: Observed, actions: Iterable[Action] = 
     elif cur < iters:
         phase = "Merging"
     else:
-        phase = "Evaluating"
+        phase = "Evaluating"  # the last evaluations, then the export (which evaluates its policy too)
     return Progress(phase=phase, iteration=cur, members_done=members, members_total=spec.warp.policies)
 
 

@@ -399,6 +399,32 @@ class ResourcesSpec(_Model):
         return self
 
 
+class ExportSpec(_Model):
+    """The deliverable: once the last front is evaluated, one policy on it is written (`kwarp export`) as a
+    Hugging Face folder with a model card, its reward and KL measured, its location in status.export."""
+
+    kl_budget: float | None = Field(
+        None, ge=0.0, description="Export the policy with the most reward whose KL to the SFT policy is at most this"
+    )
+    eta: float | None = Field(None, ge=0.0, le=1.0, description="Export the policy at this LiTI η instead")
+    to: str | None = Field(
+        None,
+        description="Where: s3://bucket/key, or a local path (embedded runs only); default <storage.url>/<run>/export",
+    )
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> ExportSpec:
+        if (self.kl_budget is None) == (self.eta is None):
+            raise ValueError("spec.export: give exactly one of 'klBudget' (a KL budget) or 'eta' (a LiTI η)")
+        if self.to is not None:
+            _check_location(self.to, "spec.export.to")
+            if self.to.startswith("hf://"):
+                raise ValueError("spec.export.to: kwarp writes to a path or s3://bucket/key, not to hf://")
+            if self.to.startswith("s3://") and self.to[len("s3://") :].strip("/").count("/") < 1:
+                raise ValueError(f"spec.export.to: give s3://bucket/key (a key under the bucket), got '{self.to}'")
+        return self
+
+
 class FailurePolicy(_Model):
     max_retries: int = Field(2, ge=0, le=100, description="Times a failed trainer, merge or evaluation is retried")
     progress_deadline_seconds: int | None = Field(
@@ -430,6 +456,9 @@ class WarpRunSpec(_Model):
     failure_policy: FailurePolicy = FailurePolicy()
     cleanup: Literal["Retain", "Delete"] = Field(
         "Retain", description="Delete: remove the run's checkpoints from the store when the WarpRun is deleted"
+    )
+    export: ExportSpec | None = Field(
+        None, description="After the last evaluation, export one policy of the final front (kwarp export)"
     )
 
 
@@ -561,8 +590,12 @@ def resolve_relative(run: WarpRun, base: Path) -> WarpRun:
     if gold is not None and gold.location is not None:
         gold = gold.model_copy(update={"location": _resolve(gold.location, base)})
         evaluation = evaluation.model_copy(update={"gold_reward": gold})
+    export = s.export
+    if export is not None and export.to is not None:
+        export = export.model_copy(update={"to": _resolve(export.to, base)})
     spec = s.model_copy(
-        update={"policy": policy, "reward": reward, "data": data, "storage": storage, "evaluation": evaluation}
+        update={"policy": policy, "reward": reward, "data": data, "storage": storage, "evaluation": evaluation,
+                "export": export}
     )
     return run.model_copy(update={"spec": spec})
 

@@ -73,6 +73,21 @@ class TaskFailures(_Model):
     reason: str = Field("", description="Why the latest attempt failed")
 
 
+class ExportStatus(_Model):
+    """The exported policy (spec.export): where it is and what it measured (the evaluation's own settings)."""
+
+    location: str = Field(description="Where the policy was written (a Hugging Face folder with its model card)")
+    eta: float = Field(description="The LiTI η of the exported policy on the final front")
+    kl_budget: float | None = Field(None, description="The KL budget it was chosen within (spec.export.klBudget)")
+    reward: float | None = None
+    reward_stderr: float | None = None
+    kl: float | None = Field(None, description="Measured KL to the SFT policy")
+    kl_stderr: float | None = None
+    gold: float | None = Field(None, description="Measured gold reward (spec.evaluation.goldReward)")
+    gold_stderr: float | None = None
+    within_budget: bool | None = Field(None, description="Measured KL <= klBudget + one standard error")
+
+
 class WarpRunStatus(_Model):
     phase: str | None = Field(None, description="Pending, Training, Merging, Evaluating, Succeeded, Failed, Suspended")
     iteration: int | None = None
@@ -91,6 +106,7 @@ class WarpRunStatus(_Model):
         default_factory=dict,
         description="Failed attempts per task id (i0-m1, i0-merge, ...); kept when the Jobs are gone",
     )
+    export: ExportStatus | None = Field(None, description="The exported policy, once spec.export is done")
     accepted_spec: WarpRunSpec | None = Field(
         None,
         description="The spec the operator executes: the first valid spec, plus later changes to safe fields "

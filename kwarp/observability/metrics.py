@@ -38,7 +38,7 @@ ANGLE_BUCKETS = (10, 30, 45, 60, 75, 80, 85, 88, 90, 92, 95, 100, 120, 150, 180)
 
 # Task kinds of kwarp.core.plan.TaskKind: the operator's per-kind counters start at 0 for each, so that rate()
 # and increase() see a kind's first Job.
-TASK_KINDS = ("prepare", "train", "merge", "eval")
+TASK_KINDS = ("prepare", "train", "merge", "eval", "export")
 
 # The phases a WarpRun reports (kwarp.core.status.WarpRunStatus.phase), in the order of their dashboard codes.
 RUN_PHASES = ("Pending", "Training", "Merging", "Evaluating", "Succeeded", "Failed", "Suspended")

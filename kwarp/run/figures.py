@@ -148,6 +148,13 @@ def pareto_figure(data: RunData, score: str = "reward") -> bytes:
                        edgecolors=[color], linewidths=2.0, zorder=6)
             shown.add("next init")
 
+    exported = data.exported
+    if exported is not None and y(exported) is not None:
+        ax.errorbar([exported.kl], [y(exported)], xerr=[exported.kl_stderr or 0.0], yerr=[yerr(exported)], fmt="o",
+                    ms=13, markerfacecolor="none", markeredgecolor="black", markeredgewidth=2.0, ecolor="black",
+                    elinewidth=1, capsize=2.5, zorder=8)  # fmt: skip
+        shown.add("exported")
+
     sft = data.sft
     if sft is not None and y(sft) is not None:
         ax.scatter(sft.kl, y(sft), marker="s", s=80, color="black", zorder=7)
@@ -185,6 +192,8 @@ def pareto_figure(data: RunData, score: str = "reward") -> bytes:
         "next init": Line2D([], [], marker="D", ms=7, ls="none", markerfacecolor="white", markeredgecolor="0.4",
                             markeredgewidth=2, label=f"next iteration's start (η={eta:g} from this start towards the SLERP)"),
         "sft": Line2D([], [], marker="s", ms=8, ls="none", color="black", label="SFT policy (η=0)"),
+        "exported": Line2D([], [], marker="o", ms=10, ls="none", markerfacecolor="none", markeredgecolor="black",
+                           markeredgewidth=2, label="the exported policy, as measured (kwarp export)"),
     }
     handles += [h for kind, h in legend.items() if kind in shown]
     ax.legend(handles=handles, loc="lower right", fontsize=8.5, framealpha=0.92)

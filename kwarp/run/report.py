@@ -120,7 +120,16 @@ def build_summary(data: RunData) -> dict[str, Any]:
         "wall_seconds": _run_wall_seconds(data),
     }
     settings = (data.document or {}).get("spec", data.document) or {}
-    return {"run": data.run, "iterations": iterations, "settings": settings, "headline": headline}
+    return {"run": data.run, "iterations": iterations, "settings": settings, "headline": headline,
+            "export": export_summary(data.export)}
+
+
+def export_summary(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The exported policy (export.json) without its copy of the front: where, which η and why, what it measured."""
+    if not record:
+        return None
+    keys = ("location", "eta", "rule", "request", "between", "predicted", "measured", "within_budget", "iteration")
+    return {k: record.get(k) for k in keys}
 
 
 def _member_summary(m: MemberData, it: IterationData) -> dict[str, Any]:
@@ -258,6 +267,29 @@ def _iteration_html(it: IterationData, summary: dict[str, Any], eta: float) -> s
     return "\n".join(parts)
 
 
+def _export_html(export: Mapping[str, Any] | None) -> str:
+    """The exported policy: where it is, its η and why, and what it measured against what the front predicted."""
+    if not export:
+        return ""
+    e = html.escape
+    m, p = export.get("measured") or {}, export.get("predicted") or {}
+    gold = m.get("gold") is not None
+    rows = (f"<tr><td>measured</td><td>{_pm(m.get('reward'), m.get('reward_stderr'))}</td>"
+            f"<td>{_pm(m.get('kl'), m.get('kl_stderr'))}</td>"
+            + (f"<td>{_pm(m.get('gold'), m.get('gold_stderr'))}</td>" if gold else "") + "</tr>"
+            f"<tr><td>front, interpolated</td><td>{_fmt(p.get('reward'))}</td><td>{_fmt(p.get('kl'))}</td>"
+            + (f"<td>{_fmt(p.get('gold'))}</td>" if gold else "") + "</tr>")  # fmt: skip
+    within = export.get("within_budget")
+    verdict = "" if within is None else (" The measured KL is within the budget (one standard error allowed)."
+                                         if within else " <b>The measured KL exceeds the budget.</b>")  # fmt: skip
+    eta = export.get("eta")
+    return f"""<h2>Exported policy</h2>
+<p>η = {_fmt(eta)} on the final front ({e(str(export.get("rule", "")))}), written to
+<code>{e(str(export.get("location", "")))}</code> with its model card (README.md).{verdict}
+The open circle in the KL–reward plane above.</p>
+<table><tr><th></th><th>reward</th><th>KL to SFT (nats)</th>{"<th>gold reward</th>" if gold else ""}</tr>{rows}</table>"""
+
+
 def render_html(data: RunData, summary: dict[str, Any], figures: Mapping[str, bytes]) -> str:
     e = html.escape
     h = summary["headline"]
@@ -315,6 +347,7 @@ and the merged policy (η = 1), measured on held-out prompts; up and to the left
 drift from the SFT policy). Bars are ± one standard error.</figcaption></figure>
 
 {gold}
+{_export_html(summary.get("export"))}
 <h2>Iterations</h2>
 {iterations}
 

@@ -2,7 +2,8 @@
 
 `load_run(store, run)` reads only what the tasks wrote (docs/internals.md "Files the tasks write"):
 per iteration `eval.json` (the LiTI front), `merge.json` (angles between task vectors) and each
-member's `metrics.jsonl`, plus the embedded runner's optional `<run>/runner.json` (task timings).
+member's `metrics.jsonl`, plus the embedded runner's optional `<run>/runner.json` (task timings) and
+`<run>/export.json` (the exported policy, with spec.export).
 Anything may be missing — a run still training, an evaluation not yet written, a truncated last
 log line — and the data shows what exists.
 
@@ -183,6 +184,17 @@ class RunData:
     liti_eta: float
     document: dict[str, Any] | None  # the WarpRun (or its spec) as plain data, None if unknown
     run_timings: list[TaskTiming] = field(default_factory=list)
+    export: dict[str, Any] | None = None  # <run>/export.json: the exported policy (spec.export), if done
+
+    @property
+    def exported(self) -> Point | None:
+        """The exported policy as measured (its η on the final front), if the run exported one."""
+        measured = (self.export or {}).get("measured")
+        point = Point.from_json(measured)
+        eta = as_number((self.export or {}).get("eta"))
+        if point is None:
+            return None
+        return Point(point.reward, point.kl, point.reward_stderr, point.kl_stderr, eta, point.gold, point.gold_stderr)
 
     @property
     def sft(self) -> Point | None:
@@ -312,6 +324,7 @@ def load_run(store: Store, run: str, spec: WarpRun | WarpRunSpec | None = None) 
         liti_eta=_liti_eta(warp_spec, iterations),
         document=_document(spec),
         run_timings=list(timings.values()),
+        export=_read_json(store, layout.export_json(run), keys),
     )
 
 

@@ -544,6 +544,19 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_main)
 
 
+def say_export(record: Any, console: Console) -> None:
+    """One line: where the exported policy is and what it measured."""
+    if not isinstance(record, dict) or "measured" not in record:
+        return
+    m = record["measured"]
+    console.print(
+        f"[green bold]exported policy:[/] {record.get('location')} (η = {record.get('eta', 0):.4g}, "
+        f"reward {m.get('reward', float('nan')):.4f} ± {m.get('reward_stderr', float('nan')):.4f}, "
+        f"KL {m.get('kl', float('nan')):.4f} ± {m.get('kl_stderr', float('nan')):.4f}; model card README.md)",
+        soft_wrap=True,  # one line, whatever the width: the location is copied from it
+    )
+
+
 def _main(args: argparse.Namespace) -> int:
     run = with_store(load(args.file), args.store)
     console = Console()
@@ -557,6 +570,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.metrics_port:
         executor.serve_metrics(args.metrics_port)
     rc = executor.execute()
+    if rc == 0 and run.spec.export is not None:
+        say_export(store.get_json(layout.export_json(executor.key)), console)
     if rc == 0 and not args.no_report:
         path = write_report(store, executor.run, console)
         if path is not None:

@@ -76,5 +76,15 @@ def eval_json(run: str, i: int) -> str:
     return f"{run}/iter-{i}/eval.json"
 
 
+def export(run: str) -> str:
+    """The exported policy when spec.export.to is left out (a Hugging Face folder with its model card)."""
+    return f"{run}/export"
+
+
+def export_json(run: str) -> str:
+    """What the export chose and measured (the exported folder's kwarp-export.json); written last."""
+    return f"{run}/export.json"
+
+
 def report_prefix(run: str) -> str:
     return f"{run}/report/"

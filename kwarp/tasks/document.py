@@ -21,6 +21,8 @@ regime"), measured in pilots (docs/reproduction.md, "Pilots"):
 - iterations 3, policies 2; every front evaluated on 200 prompts x 2 samples along the paper's η
   grid, with the task's hidden gold rule as the gold reward (evaluation.goldReward), so the report
   shows where the reward model is being exploited.
+- export klBudget 2: the run ends by exporting the final front's policy with the most reward within
+  KL 2 nats of the SFT policy (kwarp export), to export/ in the run's folder of the store.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ DEMO_EMA_RATE = 0.1
 DEMO_BATCH_SIZE = 4
 GOLD_REWARD = "kwarp.tasks.sentiment:true_score"
 DEMO_MAX_NEW_TOKENS = 24
+DEMO_KL_BUDGET = 2.0
 
 
 def warprun(
@@ -88,6 +91,8 @@ def warprun(
             },
             "storage": {"url": storage},
             "resources": {"trainer": {"gpus": 0}, "merger": {"gpus": 0}, "evaluation": {"gpus": 0}},
+            # The deliverable: the final front's policy with the most reward within this KL, to export/ in the run's folder.
+            "export": {"klBudget": DEMO_KL_BUDGET},
         },
     }
 
