@@ -47,6 +47,7 @@ from kwarp.observability.metrics import OperatorMetrics
 from kwarp.store import Store, StoreError, layout, open_store
 
 from . import conditions as C
+from .admission import AdmissionWatch, observe_progress
 from .jobindex import JobIndex
 from .jobs import (
     COMPONENTS,
@@ -359,6 +360,7 @@ class Reconciler:
         self.clock = clock
         self.results = RunResults()
         self.progress = ProgressTracker(progress_seconds)
+        self.admission = AdmissionWatch(metrics)
         self.job_index = job_index  # None: every reconcile LISTs the run's Jobs
         self.serializer = KeyedSerializer()
         self.last_success = time.monotonic()
@@ -435,6 +437,7 @@ class Reconciler:
         groups on the Pushgateway (which keeps every pushed group until it is deleted)."""
         if self.job_index is not None:
             self.job_index.forget(namespace, name)
+        self.admission.forget(namespace, name)
         if uid:
             self.results.forget(uid)
             self.progress.forget(uid)
@@ -484,6 +487,7 @@ class Reconciler:
         # after the store was read as "Complete, outputs missing", a failed attempt.)
         jobs = [j for j in self._run_jobs(namespace, name) if owned_by(j, uid)]
         views = [v for j in jobs if (v := view(j)) is not None]
+        self.admission.observe(namespace, name, views)
         self._ensure_services(namespace, jobs)
         me = owner_of(namespace, name, uid, spec, now)
         folder = me.key  # the run's own folder: every key below is under it
@@ -718,6 +722,7 @@ class Reconciler:
                 self.events(body, "Warning", reason, cond.message[:1000])
         if self.metrics is not None and status.phase is not None:
             self.metrics.observe_run(namespace, name, status.phase, status.iteration)
+            observe_progress(self.metrics, namespace, name, status)
         return outcome
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 APT_PACKAGES = "prometheus prometheus-pushgateway"
 INSTALL_HINT = f"install them with: apt-get update && apt-get install -y {APT_PACKAGES}"
@@ -51,6 +52,20 @@ def free_port() -> int:
 def http_get(url: str, timeout: float = 5.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return resp.read()
+
+
+Sample = tuple[str, frozenset[tuple[str, str]]]  # (sample name, labels)
+
+
+def scrape(url: str) -> dict[Sample, float]:
+    """Every sample a /metrics endpoint serves now, parsed as Prometheus parses the text format."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(http_get(url).decode())
+            for s in family.samples}  # fmt: skip
+
+
+def sample(samples: dict[Sample, float], name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
 
 
 @dataclass

@@ -8,6 +8,7 @@ import pytest
 from rich.console import Console
 
 from kwarp.core.errors import UserError
+from kwarp.core.plan import Observed, Task, all_tasks
 from kwarp.core.spec import parse
 from kwarp.run.runner import (
     LocalExecutor,
@@ -19,6 +20,7 @@ from kwarp.run.runner import (
 )
 from kwarp.store import FileStore
 
+from .prom import sample, scrape
 from .test_spec import doc
 
 
@@ -92,3 +94,28 @@ def test_a_document_with_a_uid_keeps_it_and_a_foreign_record_is_refused(tmp_path
     with pytest.raises(UserError, match="another spec"):
         executor.claim()
     assert not store.exists("local/gemma-warp/u-1/warprun.json")
+
+
+def test_the_runner_exports_the_runs_progress_and_no_eta_it_cannot_measure(tmp_path: Path) -> None:
+    """`kwarp run --metrics-port`: the run's progress ratio and estimated end, as the operator exports them."""
+    console = Console(file=open("/dev/null", "w"))  # noqa: SIM115
+    executor = LocalExecutor(_run(), FileStore(tmp_path), console=console, live=False, log_dir=tmp_path / "logs")
+    executor.serve_metrics(0)
+    try:
+        w = executor.spec.warp
+        run = {"namespace": "local", "run": executor.name}
+        total = sum(w.steps_for(i) * w.policies for i in range(w.iterations))
+        first = frozenset([Task.prepare(), *(Task.train(0, m) for m in range(w.policies))])
+        executor.export_metrics(Observed(done=first))
+        samples = scrape(executor.metrics_server.url)
+        assert sample(samples, "kwarp_run_progress_ratio", **run) == w.steps_for(0) * w.policies / total
+        # No member reports a step time yet: no estimate rather than a guess.
+        assert sample(samples, "kwarp_run_estimated_completion_timestamp_seconds", **run) is None
+
+        executor.timeline = [{"task": "i0-eval", "start": 1000.0, "end": 1250.0, "status": "succeeded"}]
+        executor.export_metrics(Observed(done=frozenset(all_tasks(executor.spec))))
+        samples = scrape(executor.metrics_server.url)
+        assert sample(samples, "kwarp_run_progress_ratio", **run) == 1.0
+        assert sample(samples, "kwarp_run_estimated_completion_timestamp_seconds", **run) == 1250.0  # when it ended
+    finally:
+        executor.metrics_server.close()

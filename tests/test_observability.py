@@ -64,6 +64,7 @@ ITERATIONS = 2
 MEMBERS = 2
 STEPS = 6
 ETAS = (0.0, 0.3, 1.0)
+QUEUE = "team-a-gpus"  # the Kueue LocalQueue the pushed run's Jobs wait in
 PUSH_ENV = {"KWARP_PUSH_INTERVAL": "0.2"}
 STEP_SLEEP = 0.25  # > the push interval, several steps per 1 s scrape
 
@@ -148,8 +149,47 @@ def operate(metrics: OperatorMetrics, stop: threading.Event) -> None:
         n += 1
 
 
+def member_job(iteration: int, member: int, created: float, started: float | None) -> dict[str, Any]:
+    """A member's Job as the API shows it while Kueue holds it (suspended) and once it admitted it."""
+    from kwarp.operator.jobs import LABEL_ATTEMPT, LABEL_KUEUE_QUEUE, LABEL_TASK
+
+    def stamp(unix: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
+
+    return {
+        "metadata": {"name": f"{RUN}-i{iteration}-m{member}", "uid": f"uid-{iteration}-{member}",
+                     "creationTimestamp": stamp(created),
+                     "labels": {LABEL_TASK: f"i{iteration}-m{member}", LABEL_ATTEMPT: "0", LABEL_KUEUE_QUEUE: QUEUE}},
+        "spec": {"suspend": started is None},
+        "status": {} if started is None else {"startTime": stamp(started), "active": 1},
+    }  # fmt: skip
+
+
+def admit_members(watch: Any, iteration: int) -> None:
+    """The operator's view of an iteration's members: both wait in the queue, then Kueue admits them."""
+    from kwarp.operator.observe import view
+
+    created = time.time() - 20 * (1 + iteration)
+    for started in (None, time.time()):
+        jobs = [member_job(iteration, m, created - 5 * m, started) for m in range(MEMBERS)]
+        watch.observe(NAMESPACE, RUN, [v for j in jobs if (v := view(j)) is not None])
+        time.sleep(STEP_SLEEP)
+
+
+def set_progress(operator: OperatorMetrics, local: telemetry.EmbeddedMetrics, iteration: int, step: int) -> None:
+    """Steps done over the run's total, and the end at one step per STEP_SLEEP, as both executors export them."""
+    total = ITERATIONS * MEMBERS * STEPS
+    done = MEMBERS * (iteration * STEPS + step)
+    end = time.time() + (ITERATIONS * STEPS - iteration * STEPS - step) * STEP_SLEEP
+    operator.run.set_progress(NAMESPACE, RUN, done, total, end)
+    local.set_progress(done, total, end)
+
+
 def run_demo(env: dict[str, str], operator: OperatorMetrics, local: telemetry.EmbeddedMetrics) -> None:
     """Two WARP iterations of the pushed run, and the embedded runner's run fed from the same task outputs."""
+    from kwarp.operator.admission import AdmissionWatch
+
+    watch = AdmissionWatch(operator, since=0)
     stop = threading.Event()
     reconciler = threading.Thread(target=operate, args=(operator, stop), daemon=True)
     reconciler.start()
@@ -157,6 +197,8 @@ def run_demo(env: dict[str, str], operator: OperatorMetrics, local: telemetry.Em
         for i in range(ITERATIONS):
             operator.observe_run(NAMESPACE, RUN, "Training", i)
             local.set_phase("Training", i)
+            set_progress(operator, local, i, 0)
+            admit_members(watch, i)
             members = [threading.Thread(target=train_member, args=(env, i, m)) for m in range(MEMBERS)]
             for m, t in enumerate(members):
                 operator.jobs_created.labels(kind="train").inc()
@@ -166,6 +208,7 @@ def run_demo(env: dict[str, str], operator: OperatorMetrics, local: telemetry.Em
                 time.sleep(STEP_SLEEP)
                 for m in range(MEMBERS):
                     local.record_step(i, m, {**step_record(i, m, step), "steps": STEPS})
+                set_progress(operator, local, i, step)
             for t in members:
                 t.join()
             operator.observe_run(NAMESPACE, RUN, "Merging", i)
@@ -357,6 +400,32 @@ def test_embedded_metrics_count_each_step_once() -> None:
     assert local.registry.get_sample_value("kwarp_trainer_steps_total", labels) == 2
     assert local.registry.get_sample_value("kwarp_trainer_steps_target", labels) == 9
     assert local.registry.get_sample_value("kwarp_trainer_step", labels) == 2
+
+
+def test_waiting_jobs_sum_over_runs_and_a_deleted_run_takes_its_series_and_its_share() -> None:
+    """Per-run series stay bounded by the runs that exist; the per-queue gauge never counts a deleted run."""
+    registry = CollectorRegistry()
+    metrics = OperatorMetrics.create(registry)
+    queue = {"namespace": "ns", "queue": "gpus"}
+    metrics.observe_waiting("ns", "a", {"gpus": 2})
+    metrics.observe_waiting("ns", "b", {"gpus": 1, "cpus": 1})
+    assert registry.get_sample_value("kwarp_operator_admission_waiting_jobs", queue) == 3
+    metrics.observe_waiting("ns", "a", {"gpus": 1})  # one of a's Jobs admitted
+    assert registry.get_sample_value("kwarp_operator_admission_waiting_jobs", queue) == 2
+    for run in ("a", "b"):
+        metrics.observe_run("ns", run, "Training", 0)
+        metrics.run.set_progress("ns", run, 3, 12, 1_800_000_000.0)
+    assert registry.get_sample_value("kwarp_run_progress_ratio", {"namespace": "ns", "run": "a"}) == 0.25
+
+    metrics.forget_run("ns", "a")
+    assert registry.get_sample_value("kwarp_operator_admission_waiting_jobs", queue) == 1
+    left = {s.labels.get("run") for f in registry.collect() for s in f.samples if "run" in s.labels}
+    assert left == {"b"}
+    metrics.run.set_progress("ns", "b", 3, 12, None)  # the estimate is gone (suspended): no stale ETA
+    assert registry.get_sample_value("kwarp_run_estimated_completion_timestamp_seconds",
+                                     {"namespace": "ns", "run": "b"}) is None  # fmt: skip
+    metrics.forget_run("ns", "b")
+    assert registry.get_sample_value("kwarp_operator_admission_waiting_jobs", {**queue, "queue": "cpus"}) == 0
 
 
 # --------------------------------------------------------------------------- telemetry against a real gateway

@@ -8,15 +8,18 @@ admitted, so the operator withdraws (deletes) the run's unfinished Jobs and crea
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from kwarp.operator import conditions as C
 from kwarp.operator.jobs import WorkerSettings
+from kwarp.operator.watchdog import parse_time
 
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for, wait_value
 from .kueue import QUEUE_LABEL, KueueStandIn
-from .operator_harness import IMAGE, Api, finish, jobs_named, options, phase_is, warprun
+from .operator_harness import IMAGE, NS, Api, finish, jobs_named, options, phase_is, warprun
+from .prom import free_port, sample, scrape
 
 
 def pending(api: Api) -> dict[str, Any] | None:
@@ -121,4 +124,46 @@ def test_suspend_withdraws_queued_and_admitted_jobs_and_resume_queues_them_again
         finish(api, runner, "demo-i0-m1")  # admitted once m0's GPU came back
         jobs_named(api, "demo-i0-merge")
         assert queue.admissions.count("demo-i0-m0") == 2 and queue.admissions.count("demo-i0-m1") == 1
+    assert not queue.errors, queue.errors
+
+
+def test_admission_wait_and_waiting_jobs_reach_the_operators_metrics_and_go_with_the_run(
+    cluster: Cluster, api: Api, runner: StatusJobRunner, store: Path
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    opts = options(metrics_port=port, bind_address="127.0.0.1", progress_seconds=0)
+    queue_of = {"namespace": NS, "queue": "team-a"}
+    with kueue(cluster) as queue, RunningOperator(cluster, opts):  # no quota yet: prepare waits
+        api.create(warprun(store, queueName="team-a"))
+        jobs_named(api, "demo-prepare")
+        wait_value(lambda: scrape(url), lambda s: sample(s, "kwarp_operator_admission_waiting_jobs", **queue_of) == 1,
+                   20, message="prepare counted waiting")  # fmt: skip
+        assert not sample(scrape(url), "kwarp_operator_admission_wait_seconds_count", **queue_of)
+        time.sleep(1.1)  # the API's timestamps have whole seconds: let prepare's wait be one or more
+
+        queue.set_quota(pods=1, gpus=2)  # one pod at a time: prepare, then one member while the other waits
+        finish(api, runner, "demo-prepare")
+        jobs_named(api, "demo-i0-m0", "demo-i0-m1")
+        wait_for(lambda: len(runner.running()) == 1, 10, message="one member admitted")
+
+        def seen(s: dict[Any, float]) -> bool:
+            return (sample(s, "kwarp_operator_admission_wait_seconds_count", **queue_of) == 2
+                    and sample(s, "kwarp_operator_admission_waiting_jobs", **queue_of) == 1)  # fmt: skip
+
+        samples = wait_value(lambda: scrape(url), seen, 20, message=lambda: f"two admissions: {scrape(url)}")
+        # The waits are the API server's own: startTime (set when Kueue unsuspended the Job) - creationTimestamp.
+        started = [j for j in api.jobs().values() if (j.get("status") or {}).get("startTime")]
+        assert len(started) == 2
+        waits = [parse_time(j["status"]["startTime"]) - parse_time(j["metadata"]["creationTimestamp"]) for j in started]
+        assert sample(samples, "kwarp_operator_admission_wait_seconds_sum", **queue_of) == sum(waits) and max(waits) >= 1
+        assert sample(samples, "kwarp_operator_admission_wait_seconds_bucket", **queue_of, le="+Inf") == 2
+        assert sample(samples, "kwarp_run_progress_ratio", namespace=NS, run="demo") == 0.0
+
+        api.delete()  # the run goes with a Job still waiting: its share of the gauge and its series go too
+        gone = wait_value(lambda: scrape(url),
+                          lambda s: sample(s, "kwarp_operator_admission_waiting_jobs", **queue_of) == 0
+                          and not any(dict(k[1]).get("run") == "demo" for k in s), 20,
+                          message=lambda: f"the run's series removed: {scrape(url)}")  # fmt: skip
+        assert sample(gone, "kwarp_operator_admission_wait_seconds_count", **queue_of) == 2  # history stays
     assert not queue.errors, queue.errors

@@ -29,12 +29,15 @@ RUN_LABELS = ("namespace", "run")
 MEMBER_LABELS = ("namespace", "run", "iteration", "member")
 ITERATION_LABELS = ("namespace", "run", "iteration")
 FRONT_LABELS = (*ITERATION_LABELS, "eta")  # η takes the few values of the spec's grid: bounded cardinality
+QUEUE_LABELS = ("namespace", "queue")  # a Kueue LocalQueue: few per namespace
 
 STEP_SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # Angles between task vectors crowd near 90° in high dimension (the paper's observation), hence the fine
 # buckets there.
 ANGLE_BUCKETS = (10, 30, 45, 60, 75, 80, 85, 88, 90, 92, 95, 100, 120, 150, 180)
+# Kueue admission waits: the API's timestamps have one-second resolution; a Job may wait days for GPUs.
+ADMISSION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 
 # Task kinds of kwarp.core.plan.TaskKind: the operator's per-kind counters start at 0 for each, so that rate()
 # and increase() see a kind's first Job.
@@ -306,10 +309,20 @@ class RunMetrics:
         "iteration": MetricDef(
             "kwarp_run_iteration", "gauge", "Current iteration of a run (0-based)", RUN_LABELS
         ),
+        "progress": MetricDef(
+            "kwarp_run_progress_ratio", "gauge", "Training steps done over the run's total, from 0 to 1", RUN_LABELS
+        ),
+        "completion": MetricDef(
+            "kwarp_run_estimated_completion_timestamp_seconds", "gauge",
+            "Unix time at which the run should end at its measured rates (absent while none is measured)",
+            RUN_LABELS,
+        ),
     }
 
     phase: Gauge
     iteration: Gauge
+    progress: Gauge
+    completion: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> RunMetrics:
@@ -323,11 +336,23 @@ class RunMetrics:
         if iteration is not None:
             self.iteration.labels(namespace=namespace, run=run).set(iteration)
 
+    def set_progress(self, namespace: str, run: str, steps_done: int, steps_total: int,
+                     completion: float | None) -> None:  # fmt: skip
+        """Steps done / total, and the estimated end of training (unix time). An ETA that is not known
+        (no measured rate yet, a suspended or failed run) removes the series rather than showing a guess."""
+        ratio = steps_done / steps_total if steps_total > 0 else 1.0
+        self.progress.labels(namespace=namespace, run=run).set(min(1.0, max(0.0, ratio)))
+        if completion is None:
+            _remove(self.completion, namespace, run)
+        else:
+            self.completion.labels(namespace=namespace, run=run).set(completion)
+
     def forget(self, namespace: str, run: str) -> None:
         """Drop a deleted run's series, so that it leaves the dashboards and alerts."""
         for p in RUN_PHASES:
             _remove(self.phase, namespace, run, p)
-        _remove(self.iteration, namespace, run)
+        for gauge in (self.iteration, self.progress, self.completion):
+            _remove(gauge, namespace, run)
 
 
 def _remove(metric: Gauge, *labelvalues: str) -> None:
@@ -358,6 +383,15 @@ class OperatorMetrics:
             ("kind", "reason"),
         ),
         "retries": MetricDef("kwarp_operator_retries_total", "counter", "Retries started, by task kind", ("kind",)),
+        "admission_wait": MetricDef(
+            "kwarp_operator_admission_wait_seconds", "histogram",
+            "Seconds from a Kueue Job's creation (suspended) to its admission (Kueue unsuspends it: the Job's "
+            "startTime), one observation per Job", QUEUE_LABELS, buckets=ADMISSION_BUCKETS,
+        ),
+        "waiting": MetricDef(
+            "kwarp_operator_admission_waiting_jobs", "gauge", "Jobs of WarpRuns waiting for Kueue's admission",
+            QUEUE_LABELS,
+        ),
     }
 
     runs: Gauge
@@ -366,8 +400,12 @@ class OperatorMetrics:
     jobs_created: Counter
     job_failures: Counter
     retries: Counter
+    admission_wait: Histogram
+    waiting: Gauge
     run: RunMetrics
     _phases: dict[tuple[str, str], str] = field(default_factory=dict, init=False, repr=False)
+    # Jobs waiting for admission per run and queue: the gauge sums them, and a deleted run's share goes.
+    _waiting: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict, init=False, repr=False)
     _counts: dict[str, dict[str, int]] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -396,12 +434,29 @@ class OperatorMetrics:
             self._phases[(namespace, run)] = phase
             self._move(namespace, old, phase)
 
+    def observe_waiting(self, namespace: str, run: str, queues: Mapping[str, int]) -> None:
+        """A run's Jobs waiting for admission now, by LocalQueue: the namespace's per-queue gauge moves by
+        the difference. A queue keeps its series (at 0) once seen: queues are few, runs are not."""
+        with self._lock:
+            old = self._waiting.pop((namespace, run), {})
+            new = {q: n for q, n in queues.items() if n > 0}
+            if new:
+                self._waiting[(namespace, run)] = new
+            self._recount_waiting(namespace, set(old) | set(new))
+
+    def _recount_waiting(self, namespace: str, queues: set[str]) -> None:
+        for queue in queues:
+            total = sum(w.get(queue, 0) for (ns, _), w in self._waiting.items() if ns == namespace)
+            self.waiting.labels(namespace=namespace, queue=queue).set(total)
+
     def forget_run(self, namespace: str, run: str) -> None:
         """Call from the delete handler: the run's series go, and the counts drop it."""
         with self._lock:
             self.run.forget(namespace, run)
             old = self._phases.pop((namespace, run), None)
             self._move(namespace, old, None)
+            waiting = self._waiting.pop((namespace, run), {})
+            self._recount_waiting(namespace, set(waiting))
 
     def _move(self, namespace: str, old: str | None, new: str | None) -> None:
         counts = self._counts.setdefault(namespace, dict.fromkeys(RUN_PHASES, 0))

@@ -341,3 +341,6 @@ class EmbeddedMetrics:
     def set_phase(self, phase: str, iteration: int | None) -> None:
         self.state.set(self.namespace, self.run, phase, iteration)
 
+    def set_progress(self, steps_done: int, steps_total: int, completion: float | None) -> None:
+        self.state.set_progress(self.namespace, self.run, steps_done, steps_total, completion)
+

@@ -37,6 +37,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kwarp.core.errors import UserError
+from kwarp.core.eta import StepLog, run_progress
 from kwarp.core.observe import completed_tasks
 from kwarp.core.owners import claim
 from kwarp.core.ownership import Owner, spec_digest, store_key
@@ -183,6 +184,17 @@ class LocalExecutor:
             return
         prog = progress(self.spec, observed)
         self.metrics.set_phase(prog.phase, prog.iteration)
+        # Steps as the progress lines report them; the ETA is the display's (merges and evaluations included).
+        logs = {(t.iteration, t.member): StepLog(step=int(step))
+                for t, p in self.procs.items()
+                if t.kind == "train" and isinstance(step := p.progress.get("step"), int | float)}  # fmt: skip
+        steps = run_progress(self.spec, observed.done, logs)
+        if prog.phase == "Succeeded":  # the end is known: when the last task ended
+            end = max((e["end"] for e in self.timeline if e.get("end")), default=None)
+        else:
+            eta = self.eta_seconds(observed) if prog.phase != "Failed" else None
+            end = None if eta is None else time.time() + eta
+        self.metrics.set_progress(steps.steps_done, steps.steps_total, end)
         for task in observed.done - self._exported:
             if task.kind == "merge":
                 self.metrics.record_merge(task.iteration, self.store.get_json(layout.merge_report(self.key, task.iteration)) or {})
