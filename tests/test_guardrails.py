@@ -27,8 +27,13 @@ RULES = Guardrails.model_validate({
     "tolerationKeys": ["nvidia.com/gpu"],
     "nodeSelectorKeys": ["nvidia.com/gpu.product"],
     "rewardCallables": ["kwarp.tasks", "acme.rewards:score"],
-    "namespaces": {"research": {"images": ["*"], "trustRemoteCode": True}},
+    "exportPrefixes": ["s3://kwarp/models", "/mnt/shared/models"],
+    "namespaces": {"research": {"images": ["*"], "trustRemoteCode": True, "exportPrefixes": ["*"]}},
 })  # fmt: skip
+
+
+def export_to(to: str | None) -> dict[str, Any]:
+    return {"spec.export": {"klBudget": 2.0, **({"to": to} if to is not None else {})}}
 
 CASES = [
     # (name, spec patches, namespace, forbidden fields)
@@ -66,6 +71,19 @@ CASES = [
     ("merger and evaluation are checked as well", {"spec.resources": {"merger": {"image": "x/y:1"},
                                                                        "evaluation": {"priorityClassName": "p"}}},
      "team-a", ["spec.resources.merger.image", "spec.resources.evaluation.priorityClassName"]),
+    # spec.export.to: like storage.url, by whole path segments; a local path only where every pod mounts it.
+    ("export into the run's own folder (to left out)", export_to(None), "team-a", []),
+    ("export under an allowed prefix", export_to("s3://kwarp/models/gemma-kl2"), "team-a", []),
+    ("export to a sibling that only starts like it", export_to("s3://kwarp/models-evil/x"), "team-a", ["spec.export.to"]),
+    ("export to another bucket", export_to("s3://other/x"), "team-a", ["spec.export.to"]),
+    ("export over another run's folder in the store", export_to("s3://kwarp/runs/team-b/r/uid/base"), "team-a",
+     ["spec.export.to"]),
+    ("export escaping the prefix with ..", export_to("s3://kwarp/models/../runs/x"), "team-a", ["spec.export.to"]),
+    ("export to a listed mounted path", export_to("/mnt/shared/models/p"), "team-a", []),
+    ("export to a listed mounted path as file://", export_to("file:///mnt/shared/models/p"), "team-a", []),
+    ("export to a pod's own disk", export_to("/tmp/p"), "team-a", ["spec.export.to"]),
+    ("'*' allows any bucket", export_to("s3://any/x"), "research", []),
+    ("'*' never allows a local path", export_to("/mnt/shared/models/p"), "research", ["spec.export.to"]),
 ]  # fmt: skip
 
 
@@ -90,6 +108,21 @@ def test_the_defaults_allow_nothing_but_the_bundled_rewards() -> None:
     assert violations(spec(**{"spec.reward": {"callable": "kwarp.tasks.sentiment:true_score"}}), "default", default) == []
     why = dict(violations(chosen, "default", default))["spec.resources.trainer.image"]
     assert why == "image 'reg/x:1' is not allowed in namespace 'default' (allowed: none; guardrails.images)"
+    # An export goes into the run's own folder unless the admin lists where else it may go.
+    assert violations(spec(**export_to(None)), "default", default) == []
+    assert violations(spec(**export_to("s3://kwarp/models/x")), "default", default) == [(
+        "spec.export.to", "'s3://kwarp/models/x' is not an allowed export location in namespace 'default' "
+        "(allowed: none; guardrails.exportPrefixes); leave `to` out to export into the run's own folder")]  # fmt: skip
+    local = dict(violations(spec(**export_to("/tmp/p")), "default", default))["spec.export.to"]
+    assert "a local path only under an absolute path listed there, which every pod mounts" in local
+
+
+@pytest.mark.parametrize("entry", ["models/", "s3://", "hf://org/m", ""])
+def test_export_prefixes_are_storage_urls(entry: str) -> None:
+    with pytest.raises(ValueError, match="exportPrefixes"):
+        Guardrails.model_validate({"exportPrefixes": [entry]})
+    with pytest.raises(ValueError, match="exportPrefixes"):
+        Guardrails.model_validate({"namespaces": {"n": {"exportPrefixes": [entry]}}})
 
 
 @pytest.mark.parametrize(("image", "allowed", "ok"), [

@@ -105,9 +105,11 @@ def test_the_operator_exports_the_policy_in_a_final_job_and_reports_it_in_status
     with Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
         api = Api(cluster)
         api.core.create_namespaced_secret(NS, s3_secret())
-        # The cluster admin allows the test's reward module (the guardrails allow only kwarp.tasks by default).
+        # The cluster admin allows the test's reward module (the guardrails allow only kwarp.tasks by default)
+        # and the export's destination (by default only the run's own folder).
         opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"),
-                       guardrails=Guardrails(reward_callables=("kwarp.tasks", "kwarp_export_e2e_rewards")))
+                       guardrails=Guardrails(reward_callables=("kwarp.tasks", "kwarp_export_e2e_rewards"),
+                                             export_prefixes=(f"s3://{bucket}/policies",)))
         with ProcessJobRunner(cluster, tmp_path / "pods", parallel=1) as runner, RunningOperator(cluster, opts):
             # The run is created suspended, its own folder filled with the finished run, then resumed.
             doc = warprun(bucket, storage_doc, export)

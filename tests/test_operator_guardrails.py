@@ -18,7 +18,7 @@ from kwarp.operator.app import guardrails_from
 from kwarp.operator.cli import options_from
 
 from . import test_chart
-from .kube import RunningOperator, StatusJobRunner, wait_for
+from .kube import RunningOperator, StatusJobRunner, wait_for, wait_value
 from .operator_harness import NS, Api, finish, jobs_named, options, phase_is, warprun
 from .test_chart import env_of, operator_container, render
 
@@ -53,6 +53,28 @@ def test_a_run_the_guardrails_forbid_starts_nothing_and_says_which_field(
         assert "image 'docker.io/evil/miner:1' is not allowed in namespace 'default'" in lines[1]
         assert api.jobs("bad") == {}
         assert any(r == "InvalidSpec" for _, r, _ in api.events())
+
+
+def test_an_export_outside_the_allowed_prefixes_is_forbidden_and_gets_no_job(
+    api: Api, runner: StatusJobRunner, store: Path, cluster: Any
+) -> None:
+    """spec.export.to is held to guardrails.exportPrefixes: another bucket, or a pod's own disk, is refused
+    before anything runs (so no `<run>-export` Job can ever exist); a location under a prefix is accepted."""
+    rules = RULES.model_copy(update={"export_prefixes": ("s3://kwarp/models",)})
+    with RunningOperator(cluster, options(guardrails=rules)):
+        api.create(warprun(store, name="out", export={"klBudget": 2.0, "to": "s3://kwarp/runs/team-b/r/uid/base"}))
+        api.create(warprun(store, name="local", export={"eta": 0.3, "to": "/tmp/policy"}))
+        api.create(warprun(store, name="ok", export={"klBudget": 2.0, "to": "s3://kwarp/models/ok-kl2"}))
+        for name, to in (("out", "s3://kwarp/runs/team-b/r/uid/base"), ("local", "/tmp/policy")):
+            phase_is(api, "Failed", name=name)
+            invalid = api.condition(C.INVALID, name=name)
+            assert invalid is not None and invalid["status"] == "True" and invalid["reason"] == C.FORBIDDEN, name
+            lines = invalid["message"].splitlines()
+            assert len(lines) == 2 and lines[1].startswith(f"  - spec.export.to: '{to}' is not an allowed export "
+                                                            "location in namespace 'default' (allowed: s3://kwarp/models;")  # fmt: skip
+            assert api.jobs(name) == {}
+        wait_value(lambda: api.jobs("ok"), lambda jobs: "ok-prepare" in jobs, 20, message="ok-prepare")  # accepted: it starts
+        assert (api.condition(C.INVALID, name="ok") or {}).get("status") != "True"
 
 
 def test_a_mid_run_image_change_is_refused_and_a_forbidden_change_leaves_the_run_going(
@@ -97,13 +119,17 @@ def test_the_chart_values_reach_the_operator(chart: Any) -> None:
     assert default.images == ("kwarp-worker",) and default.service_accounts == ("kwarp-worker",)
     assert (default.priority_classes, default.toleration_keys, default.node_selector_keys) == ((), (), ())
     assert default.reward_callables == ("kwarp.tasks",) and default.trust_remote_code is False
+    assert default.export_prefixes == ()  # only the run's own folder
     custom = rules({"guardrails": {"images": ["reg.example/ml/"], "priorityClasses": ["training-high"],
-                                   "namespaces": {"research": {"trustRemoteCode": True, "images": ["*"]}}},
+                                   "exportPrefixes": ["s3://kwarp/models"],
+                                   "namespaces": {"research": {"trustRemoteCode": True, "images": ["*"],
+                                                               "exportPrefixes": ["*"]}}},
                     "workers": {"image": {"repository": "reg.example/kwarp-worker"}}})  # fmt: skip
     assert custom.images == ("reg.example/ml/", "reg.example/kwarp-worker")
-    assert custom.priority_classes == ("training-high",)
+    assert custom.priority_classes == ("training-high",) and custom.export_prefixes == ("s3://kwarp/models",)
     research = custom.for_namespace("research")
     assert research.images == ("*",) and research.trust_remote_code is True and research.priority_classes == ("training-high",)
+    assert research.export_prefixes == ("*",)
 
 
 def test_the_operator_command_reads_its_guardrails_and_cleanup_grace() -> None:

@@ -16,6 +16,13 @@ condition Invalid, reason Forbidden, naming the field.
     rewardCallables   reward.callable and evaluation.goldReward.callable: module prefixes ("kwarp.tasks"
                       allows kwarp.tasks and its submodules) or exact "module:function"
     trustRemoteCode   whether policy, reward or goldReward may set trustRemoteCode: true
+    exportPrefixes    spec.export.to: where a run may write its exported policy, as storage URL prefixes
+                      compared by whole path segments (s3://kwarp/models allows s3://kwarp/models/x, not
+                      s3://kwarp/models-x). "*" allows any s3:// location, never a local path: a path in a
+                      pod is lost with the pod unless every pod mounts it, so a path (or file:) is allowed
+                      only under an absolute path listed here. `to` left out (export/ in the run's own
+                      folder) is always allowed; nothing else is implied, not even the run's storage.url,
+                      under which `to` could overwrite other runs' folders.
     namespaces        {namespace: the fields above}: replaces those fields in that namespace
 
 "*" in a list allows anything. A field the run leaves empty is always allowed: the operator's own
@@ -24,9 +31,10 @@ worker settings fill it. The defaults allow nothing but the bundled reward calla
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from kwarp.core.ownership import storage_allowed
 from kwarp.core.spec import WarpRunSpec
 
 ROLES = ("trainer", "merger", "evaluation")
@@ -35,6 +43,14 @@ ANY = "*"
 
 class _Rules(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid")
+
+
+def _export_prefixes(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    for entry in value or ():
+        path = entry.removeprefix("file://")
+        if not (entry == ANY or (entry.startswith("s3://") and entry[len("s3://"):].strip("/")) or path.startswith("/")):
+            raise ValueError(f"exportPrefixes: '{entry}' is neither s3://bucket[/prefix], an absolute path nor '*'")
+    return value
 
 
 class Policy(_Rules):
@@ -47,6 +63,9 @@ class Policy(_Rules):
     node_selector_keys: tuple[str, ...] | None = None
     reward_callables: tuple[str, ...] | None = None
     trust_remote_code: bool | None = None
+    export_prefixes: tuple[str, ...] | None = None
+
+    _check_export = field_validator("export_prefixes")(_export_prefixes)
 
 
 class Guardrails(_Rules):
@@ -57,7 +76,10 @@ class Guardrails(_Rules):
     node_selector_keys: tuple[str, ...] = ()
     reward_callables: tuple[str, ...] = ("kwarp.tasks",)
     trust_remote_code: bool = False
+    export_prefixes: tuple[str, ...] = ()
     namespaces: dict[str, Policy] = Field(default_factory=dict)
+
+    _check_export = field_validator("export_prefixes")(_export_prefixes)
 
     def for_namespace(self, namespace: str) -> Guardrails:
         """The rules that hold in `namespace`: the namespace's fields over the cluster-wide ones."""
@@ -85,6 +107,14 @@ def callable_allowed(target: str, allowed: tuple[str, ...]) -> bool:
         if ":" not in entry and (module == entry or module.startswith(entry + ".")):
             return True
     return False
+
+
+def export_allowed(to: str, allowed: tuple[str, ...]) -> bool:
+    """Whether spec.export.to may be `to` (see exportPrefixes above)."""
+    listed = [a for a in allowed if a != ANY]
+    if to.startswith("s3://") and ANY in allowed:
+        return True
+    return bool(listed) and storage_allowed(to, listed)  # storage_allowed allows anything given no prefixes
 
 
 def _listed(value: str, allowed: tuple[str, ...]) -> bool:
@@ -137,4 +167,10 @@ def violations(spec: WarpRunSpec, namespace: str, guardrails: Guardrails) -> lis
             if trusted:
                 out.append((f"{path}.trustRemoteCode", f"running code shipped with a model is not allowed {where} "
                                                        "(guardrails.trustRemoteCode)"))  # fmt: skip
+    to = spec.export.to if spec.export is not None else None
+    if to is not None and not export_allowed(to, rules.export_prefixes):
+        local = "" if to.startswith("s3://") else "; a local path only under an absolute path listed there, which every pod mounts"
+        out.append(("spec.export.to", f"'{to}' is not an allowed export location {where} (allowed: "
+                                      f"{_shown(rules.export_prefixes)}; guardrails.exportPrefixes{local}); leave "
+                                      "`to` out to export into the run's own folder"))  # fmt: skip
     return out

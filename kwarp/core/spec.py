@@ -409,7 +409,8 @@ class ExportSpec(_Model):
     eta: float | None = Field(None, ge=0.0, le=1.0, description="Export the policy at this LiTI η instead")
     to: str | None = Field(
         None,
-        description="Where: s3://bucket/key, or a local path (embedded runs only); default <storage.url>/<run>/export",
+        description="Where: s3://bucket/key (in a cluster: under the operator's guardrails.exportPrefixes), or a "
+        "local path (embedded runs); default: export/ in the run's own folder of the store",
     )
 
     @model_validator(mode="after")
