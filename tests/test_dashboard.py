@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.cog.plugins import register_default_plugins
-from grafana_foundation_sdk.models import bargauge, prometheus, statetimeline, timeseries, xychart
+from grafana_foundation_sdk.models import bargauge, prometheus, stat, statetimeline, timeseries, xychart
 from grafana_foundation_sdk.models import dashboard as dm
 
 from kwarp.cli import main
@@ -30,6 +30,7 @@ OPTIONS = {
     "xychart": xychart.Options,
     "state-timeline": statetimeline.Options,
     "bargauge": bargauge.Options,
+    "stat": stat.Options,
 }
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range"}
 
@@ -80,10 +81,41 @@ def test_the_dashboard_has_the_promised_panels() -> None:
     assert by_type <= set(OPTIONS)
     titles = {p["title"] for p in PANELS}
     for wanted in ("Reward", "KL to anchor", "KL to init", "KL-reward front per iteration", "Iteration and phase",
-                   "Step time", "Tokens per second", "Merge throughput", "Reconcile latency", "Reconcile errors"):
+                   "Step time", "Tokens per second", "Merge throughput", "Reconcile latency", "Reconcile errors",
+                   "Run progress", "Estimated end", "Estimated time left", "Progress of every run",
+                   "Admission wait (Kueue)", "Jobs waiting for admission"):
         assert wanted in titles
     rows = [p["title"] for p in DOC["panels"] if p["type"] == "row"]
-    assert rows == ["Training", "WARP iterations", "Performance", "Operator"]
+    assert rows == ["Training", "WARP iterations", "Performance", "Operator", "Progress"]
+
+
+def _panel(title: str) -> dict[str, Any]:
+    return next(p for p in PANELS if p["title"] == title)
+
+
+def test_progress_panels_show_the_ratio_the_end_and_the_time_left() -> None:
+    progress = _panel("Run progress")
+    assert progress["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    assert "kwarp_run_progress_ratio{" in progress["targets"][0]["expr"]
+    end = _panel("Estimated end")
+    # Grafana's date units take milliseconds; the metric is a unix time in seconds.
+    assert end["fieldConfig"]["defaults"]["unit"] == "dateTimeFromNow"
+    assert end["targets"][0]["expr"].endswith("* 1000") and end["targets"][0]["instant"]
+    left = _panel("Estimated time left")["targets"][0]["expr"]
+    assert left.startswith("clamp_min(") and "- time(), 0)" in left
+
+
+def test_admission_panels_are_per_queue_of_the_namespace() -> None:
+    wait = {t["refId"]: t for t in _panel("Admission wait (Kueue)")["targets"]}
+    assert set(wait) == {"P50", "P95"}
+    for ref, q in (("P50", 0.5), ("P95", 0.95)):
+        expr = wait[ref]["expr"]
+        assert expr.startswith(f"histogram_quantile({q}, sum by (le, queue) (rate(kwarp_operator_admission_wait_seconds_bucket")
+        assert "{{queue}}" in wait[ref]["legendFormat"]
+    (waiting,) = _panel("Jobs waiting for admission")["targets"]
+    assert waiting["expr"] == 'sum by (queue) (kwarp_operator_admission_waiting_jobs{namespace="$namespace"})'
+    operator_row = {p["title"] for p in _row_panels("Operator")}
+    assert {"Admission wait (Kueue)", "Jobs waiting for admission", "Progress of every run"} <= operator_row
 
 
 def _all_expressions() -> list[str]:

@@ -333,6 +333,21 @@ def test_phase_timeline_decodes_the_phase(stack: Stack) -> None:
     assert order[-1] == "Succeeded" and {"Training", "Merging", "Evaluating"} <= set(order)
 
 
+def test_admission_and_progress_panels_read_what_the_run_reported(stack: Stack) -> None:
+    """The waits observed (20-46 s: admit_members) land between the histogram's 15 s and 60 s buckets, per queue;
+    nothing waits at the end; both runs finished all their steps."""
+    for q in (0.5, 0.95):
+        rows = stack.prometheus.query(dashboard.substitute(dashboard.admission_wait_expr(q), VARIABLES))
+        assert [r["metric"]["queue"] for r in rows] == [QUEUE]
+        assert 15 <= float(rows[0]["value"][1]) <= 60
+    waiting = stack.prometheus.query(f'kwarp_operator_admission_waiting_jobs{{namespace="{NAMESPACE}"}}')
+    assert [(r["metric"]["queue"], float(r["value"][1])) for r in waiting] == [(QUEUE, 0.0)]
+    for variables in (VARIABLES, LOCAL_VARIABLES):
+        progress = stack.prometheus.query(dashboard.substitute('kwarp_run_progress_ratio{namespace="$namespace", '
+                                                               'run="$run"}', variables))  # fmt: skip
+        assert finite_values(progress) == [1.0]
+
+
 def test_step_counters_and_histograms_arrive_whole(stack: Stack) -> None:
     prom = stack.prometheus
     steps = prom.query(f'sum by (iteration, member) (kwarp_trainer_steps_total{{run="{RUN}"}})')

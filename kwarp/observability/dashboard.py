@@ -3,9 +3,11 @@
     kwarp dashboard > dashboard.json       # what charts/kwarp/files/dashboard.json holds
 
 Rows: training (reward and KL per member), WARP iterations (the KL-reward front, iteration and phase,
-SLERP angles, merge throughput), performance (step time, tokens/s) and the operator (runs by phase,
-reconcile latency, errors, jobs). Every query selects one run with the `namespace` and `run` variables and
-uses only metrics of kwarp.observability.metrics.CATALOGUE (tests/test_dashboard.py checks both, and
+SLERP angles, merge throughput), performance (step time, tokens/s), the operator (runs by phase, reconcile
+latency, errors, jobs; every run's progress; Kueue admission wait and waiting Jobs per LocalQueue) and
+progress (the run's progress, estimated end and time left). Queries of the Operator row select the
+namespace; every other query selects one run with the `namespace` and `run` variables. All use only
+metrics of kwarp.observability.metrics.CATALOGUE (tests/test_dashboard.py checks both, and
 tests/test_observability.py runs each query against a real Prometheus).
 
 The helpers at the end (`panel_queries`, `substitute`, `metric_names`) read the generated JSON back: the
@@ -21,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from grafana_foundation_sdk.builders import bargauge, statetimeline, timeseries, xychart
+from grafana_foundation_sdk.builders import bargauge, stat, statetimeline, timeseries, xychart
 from grafana_foundation_sdk.builders import common as common_b
 from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.builders import prometheus as prom
@@ -36,6 +38,7 @@ UID = "kwarp-runs"
 TITLE = "kwarp: WARP runs"
 DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 SEL = 'namespace="$namespace", run="$run"'  # one run of one namespace
+NS_SEL = 'namespace="$namespace"'  # the Operator row: every run and queue of the namespace
 MEMBER_LEGEND = "i{{iteration}} m{{member}}"
 
 # Colours of the phase timeline, in RUN_PHASES order.
@@ -185,6 +188,98 @@ def _rate(metric: str, by: str, selector: str = "") -> str:
 
 def _quantile(q: float, histogram: str, by: str = "le", selector: str = "") -> str:
     return f"histogram_quantile({q}, {_rate(f'{histogram}_bucket', by, selector)})"
+
+
+def _bars(title: str, description: str, unit: str, query: prom.Dataquery, *, span: int = 8,
+          max_val: float | None = None) -> bargauge.Panel:  # fmt: skip
+    panel = (
+        bargauge.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .span(span)
+        .height(8)
+        .unit(unit)
+        .min(0)
+        .with_target(query)
+        .display_mode(cm.BarGaugeDisplayMode.GRADIENT)
+        .orientation(cm.VizOrientation.HORIZONTAL)
+        .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+    )
+    return panel.max(max_val) if max_val is not None else panel
+
+
+def admission_wait_expr(q: float) -> str:
+    """A quantile of the admission waits of the namespace's Kueue Jobs, per LocalQueue, over the window."""
+    return _quantile(q, "kwarp_operator_admission_wait_seconds", "le, queue", NS_SEL)
+
+
+def _progress_panels() -> list[Any]:
+    """How far the selected run is and when it should end (status.progress in a cluster, the live display of
+    `kwarp run`): the ratio over time, the estimated end, and the time left over time."""
+    return [
+        _series(
+            "Run progress",
+            "Training steps done over the run's total (all members of all iterations). In a cluster the operator "
+            "reads the members' metrics from the store at most every --progress-seconds, so it moves in steps.",
+            "percentunit",
+            _query(f"max by (namespace, run) (kwarp_run_progress_ratio{{{SEL}}})", "{{run}}"),
+        ),
+        (
+            stat.Panel()
+            .title("Estimated end")
+            .description(
+                "When the run should end at its measured step rate (the operator: training only; kwarp run: "
+                "merges and evaluations too). Empty until a rate is measured, and while suspended or failed."
+            )
+            .datasource(DATASOURCE)
+            .span(8)
+            .height(8)
+            .unit("dateTimeFromNow")
+            # Grafana's date units take milliseconds.
+            .with_target(_query(f"max by (namespace, run) (kwarp_run_estimated_completion_timestamp_seconds"
+                                f"{{{SEL}}}) * 1000", "{{run}}", instant=True))  # fmt: skip
+            .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+            .graph_mode(cm.BigValueGraphMode.NONE)
+            .color_mode(cm.BigValueColorMode.NONE)
+        ),
+        _series(
+            "Estimated time left",
+            "Seconds until the estimated end, as the estimate stood at each moment: a line that falls by one "
+            "second per second is an estimate that holds.",
+            "s",
+            _query(f"clamp_min(max by (namespace, run) (kwarp_run_estimated_completion_timestamp_seconds{{{SEL}}})"
+                   " - time(), 0)", "{{run}}"),  # fmt: skip
+        ),
+    ]
+
+
+def _namespace_panels() -> list[Any]:
+    """Every run's progress and Kueue's admission of the namespace's Jobs (no run variable)."""
+    return [
+        _bars(
+            "Progress of every run",
+            "Training steps done over the total, per WarpRun of the namespace.",
+            "percentunit",
+            _query(f"max by (run) (kwarp_run_progress_ratio{{{NS_SEL}}})", "{{run}}"),
+            max_val=1,
+        ),
+        _series(
+            "Admission wait (Kueue)",
+            "Seconds from a Job's creation (suspended) to Kueue's admission, per LocalQueue: median and 95th "
+            "percentile of the Jobs admitted in the window (whole seconds, from the API server's timestamps).",
+            "s",
+            _query(admission_wait_expr(0.5), "p50 {{queue}}", "P50"),
+            _query(admission_wait_expr(0.95), "p95 {{queue}}", "P95"),
+        ),
+        _series(
+            "Jobs waiting for admission",
+            "Jobs of WarpRuns that Kueue has not admitted yet, per LocalQueue (the runs' Pending condition names "
+            "them).",
+            "none",
+            _query(f"sum by (queue) (kwarp_operator_admission_waiting_jobs{{{NS_SEL}}})", "{{queue}}"),
+        ),
+    ]
 
 
 def build() -> dm.Dashboard:
@@ -374,7 +469,8 @@ def build() -> dm.Dashboard:
         ("Training", training),
         ("WARP iterations", iterations),
         ("Performance", performance),
-        ("Operator", operator),
+        ("Operator", [*operator, *_namespace_panels()]),
+        ("Progress", _progress_panels()),
     ):
         panel_id += 1
         builder = builder.with_row(dash.Row(title).id(panel_id))
