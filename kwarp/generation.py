@@ -22,6 +22,7 @@ N·C·V logits in the update for it).
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,6 +35,12 @@ PROMPT_BUCKET = 32
 # torch.compile's backend for the decode step. Inductor needs a C compiler at run time (Triton builds
 # its launcher with one); where compilation fails, the loop runs uncompiled (_compile_failed).
 COMPILE_BACKEND: Any = "inductor"
+# Static KV caches kept per compiled model, least recently used dropped first. A trainer uses one
+# (rows, prompt bucket) shape per bucket its prompts fall in; each cache holds rows × (bucket + new
+# tokens) keys and values per layer (a 1B model, 64 rows, 384 positions, bf16: about 3.6 GB), so an
+# unbounded dict grows with the number of buckets a run's prompts spread over. A dropped shape that
+# comes back gets a fresh cache of the same shape (the compiled graph takes the cache as an input).
+MAX_STATIC_CACHES = 2
 
 
 @dataclass(frozen=True)
@@ -94,13 +101,14 @@ def _draw(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch
 class _DecodeStep:
     """The one-token forward of the compiled path, compiled once per model, and its static caches.
 
-    A cache is kept per (rows, length) and reset, not reallocated, between calls: its tensors are
-    static addresses in the compiled graph, and new ones would recompile it.
+    A cache is kept per (rows, length) and reset, not reallocated, between calls, for at most
+    MAX_STATIC_CACHES shapes (least recently used dropped first, so memory stays bounded however many
+    prompt buckets a run's prompts spread over).
     """
 
     def __init__(self, model: Any):
         self.model = model
-        self.caches: dict[tuple[int, int], Any] = {}
+        self.caches: OrderedDict[tuple[int, int], Any] = OrderedDict()
         # dynamic=False: one graph per shape, and the shapes do not change between steps of a run.
         self.forward = torch.compile(self._forward, dynamic=False, backend=COMPILE_BACKEND)
         self.failed = False
@@ -108,11 +116,15 @@ class _DecodeStep:
     def cache(self, rows: int, length: int) -> Any:
         from transformers import StaticCache
 
-        cache = self.caches.get((rows, length))
+        key = (rows, length)
+        cache = self.caches.get(key)
         if cache is None:
-            cache = self.caches[(rows, length)] = StaticCache(config=self.model.config, max_cache_len=length)
+            while len(self.caches) >= max(MAX_STATIC_CACHES, 1):
+                self.caches.popitem(last=False)  # its memory goes back once the last step using it returns
+            cache = self.caches[key] = StaticCache(config=self.model.config, max_cache_len=length)
         else:
             cache.reset()
+            self.caches.move_to_end(key)
         return cache
 
     def _forward(self, token: torch.Tensor, position: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:

@@ -175,3 +175,31 @@ def test_resolve_names_the_path_per_device() -> None:
     assert generation.resolve("plain", torch.device("cuda")) == "plain"
     with pytest.raises(ValueError, match="unknown generation"):
         generation.resolve("fast", torch.device("cpu"))
+
+
+def test_static_caches_are_bounded_least_recently_used_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prompts spread over many 32-token buckets do not pile up one static KV cache per bucket."""
+    monkeypatch.setattr(generation, "COMPILE_BACKEND", "eager")  # dynamo without inductor: the caches are the point
+    monkeypatch.setattr(generation, "MAX_STATIC_CACHES", 2, raising=False)
+    folder = tiny_gpt2(tmp_path / "m", n_positions=160)
+    model, tok = load_causal_lm(folder, "float32"), load_tokenizer(folder)
+
+    def draw(prompt: str) -> None:
+        drawn = sample(model, tok, [prompt], samples_per_prompt=2, max_new_tokens=2, temperature=TEMPERATURE,
+                       generation="compiled")
+        assert drawn.completion_ids.shape == (2, 2) and drawn.logprob is not None
+        assert torch.isfinite(drawn.logprob).all()
+
+    torch.manual_seed(0)
+    draw("a")  # bucket 32: a cache of 32 + 2 positions for 2 rows
+    draw("b" * 40)  # bucket 64
+    caches = generation._decode_step(model).caches
+    assert list(caches) == [(2, 34), (2, 66)]
+    first = caches[(2, 34)]
+    draw("c")  # bucket 32 again: the same cache, reset, and now the most recently used
+    assert caches[(2, 34)] is first and list(caches) == [(2, 66), (2, 34)]
+    draw("d" * 70)  # a third bucket: the least recently used one (64) is dropped
+    assert list(caches) == [(2, 34), (2, 98)]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        draw("e" * 40)  # a dropped shape comes back: a fresh cache, and the graph compiled for its shape is reused
+    assert list(caches) == [(2, 98), (2, 66)]
