@@ -160,14 +160,20 @@ def decode(
     eos: Sequence[int],
     pad_id: int,
     compiled: bool,
+    samples_per_prompt: int = 1,
 ) -> Decoded:
     """Sample up to `max_new_tokens` tokens per row; stops early once every row has drawn an EOS.
+
+    `samples_per_prompt` k > 1: rows come in groups of k with the same prompt (as `sample` builds
+    them); the uncompiled loop then runs each prompt through the model once and repeats its KV cache.
 
     If the compiled path cannot compile here (no C compiler for Triton, an unsupported model), this
     call and every later one for the model run the uncompiled loop instead, with one warning: a
     trainer whose image lacks a compiler still trains, at the uncompiled speed.
     """
-    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, temperature=temperature, eos=eos, pad_id=pad_id)
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=max_new_tokens, temperature=temperature, eos=eos, pad_id=pad_id, group=samples_per_prompt
+    )
     if compiled and not _decode_step(model).failed:
         try:
             return _decode(model, prompt_ids, prompt_mask, compiled=True, **kwargs)
@@ -194,6 +200,7 @@ def _decode(
     eos: Sequence[int],
     pad_id: int,
     compiled: bool,
+    group: int,
 ) -> Decoded:
     from transformers import DynamicCache
 
@@ -212,16 +219,23 @@ def _decode(
     step = _decode_step(model) if compiled else None
     cache = step.cache(n, p + max_new_tokens) if step is not None else DynamicCache(config=model.config)
     positions = position_ids(prompt_mask)
+    # The prompt pass. Uncompiled, a prompt shared by `group` rows runs once and its cache is repeated
+    # (the same keys and values, up to float rounding); the static cache is filled for every row.
+    share = step is None and group > 1 and n % group == 0
+    stride = group if share else 1
     out = model(
-        input_ids=prompt_ids,
-        attention_mask=mask if step is not None else prompt_mask,
-        position_ids=positions,
+        input_ids=prompt_ids[::stride],
+        attention_mask=mask if step is not None else prompt_mask[::stride],
+        position_ids=positions[::stride],
         cache=cache,
         use_cache=True,
         logits_to_keep=1,
     )
     logits = out.logits[:, -1]
     del out
+    if share:
+        cache.batch_repeat_interleave(group)
+        logits = logits.repeat_interleave(group, dim=0)
     position = positions[:, -1:] + 1
     unfinished = torch.ones(n, dtype=torch.bool, device=device)
     tokens, logprobs, entropies = [], [], []

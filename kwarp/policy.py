@@ -443,6 +443,7 @@ def sample(
             eos=eos,
             pad_id=int(tokenizer.pad_token_id),
             compiled=path == "compiled",
+            samples_per_prompt=samples_per_prompt,
         )
         cmask = completion_mask(drawn.completion_ids, eos)
         weights = cmask.to(drawn.token_logprob.dtype)
@@ -492,6 +493,65 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
+def _completion_logits(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int, group: int
+) -> torch.Tensor:
+    """The logits at the `width` positions that predict the completion (column j predicts token j + 1).
+
+    group k > 1: the k rows of a group share their prompt, so the prompt goes through the model once
+    per group (its KV cache then repeated k times) and the completions run on top of that cache:
+    P·N/k + C·N token positions instead of (P + C)·N, with the same result up to float rounding
+    (the attention sums in another order). The last completion token predicts nothing and is not
+    run either. Gradients flow through the repeated cache into the prompt's one forward.
+    """
+    n, total = input_ids.shape
+    prompt = total - width
+    if group > 1:
+        if n % group:
+            raise ValueError(f"{n} rows do not split into groups of {group} samples per prompt")
+        grouped_ids = input_ids[:, :prompt].reshape(n // group, group, prompt)
+        grouped_mask = attention_mask[:, :prompt].reshape(n // group, group, prompt)
+        if not (grouped_ids.eq(grouped_ids[:, :1]).all() and grouped_mask.eq(grouped_mask[:, :1]).all()):
+            raise ValueError(f"samples_per_prompt={group}: the rows of a group do not share their prompt")
+    positions = position_ids(attention_mask)
+    if group > 1 and _accepts_logits_to_keep(model):
+        # DDP: the prompt runs through the wrapped module itself. Its parameters' gradients still reach
+        # DDP's hooks once per backward (autograd sums every use of a parameter before accumulating it).
+        bare = getattr(model, "module", model)
+        head = bare(
+            input_ids=input_ids[::group, :prompt],
+            attention_mask=attention_mask[::group, :prompt],
+            position_ids=positions[::group, :prompt],
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = head.cache
+        if cache is not None and hasattr(cache, "batch_repeat_interleave"):
+            cache.batch_repeat_interleave(group)
+            first = head.logits[:, -1:].repeat_interleave(group, dim=0)
+            if width == 1:
+                return first
+            rest = model(
+                input_ids=input_ids[:, prompt:-1],
+                attention_mask=attention_mask[:, :-1],
+                position_ids=positions[:, prompt:-1],
+                cache=cache,
+                use_cache=True,
+            )
+            return torch.cat([first, rest.logits], dim=1)
+    kwargs: dict[str, Any] = {}
+    if _accepts_logits_to_keep(model):
+        kwargs["logits_to_keep"] = width + 1
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        use_cache=False,
+        **kwargs,
+    )
+    return out.logits[:, -(width + 1) : -1]
+
+
 def sequence_logprobs(
     model: Any,
     input_ids: torch.Tensor,
@@ -500,28 +560,20 @@ def sequence_logprobs(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    samples_per_prompt: int = 1,
 ) -> SequenceLogProbs:
     """log π(y|x) of each row's completion, the last C = completion_mask.shape[1] columns of input_ids.
 
     Computed in float32 from logits at temperature T (the sampling distribution). Only the C
     positions that predict the completion get logits, so memory is N·C·V floats, not N·L·V.
-    Gradients flow when the caller runs it with grad enabled.
+    Gradients flow when the caller runs it with grad enabled. `samples_per_prompt` k > 1: rows come
+    in groups of k with the same prompt (as `sample` returns them), and each prompt is run through
+    the model once, not k times (_completion_logits).
     """
     width = completion_mask.shape[1]
     if width >= input_ids.shape[1]:
         raise ValueError("completion_mask must cover only the completion: fewer columns than input_ids")
-    kwargs: dict[str, Any] = {}
-    if _accepts_logits_to_keep(model):
-        kwargs["logits_to_keep"] = width + 1
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids(attention_mask),
-        use_cache=False,
-        **kwargs,
-    )
-    # Logits at column j predict token j + 1: the completion's C tokens come from the C columns before them.
-    logits = out.logits[:, -(width + 1) : -1].float()
+    logits = _completion_logits(model, input_ids, attention_mask, width, samples_per_prompt).float()
     if temperature != 1.0:
         logits = logits / temperature
     # log π(y_t) = logit(y_t) − logsumexp(logits): unlike log_softmax, no second N·C·V tensor is written.
@@ -543,9 +595,18 @@ def sequence_logprobs(
 
 @torch.no_grad()
 def batched_logprobs(
-    model: Any, samples: Samples, *, temperature: float, micro_batch: int, with_entropy: bool = False
+    model: Any,
+    samples: Samples,
+    *,
+    temperature: float,
+    micro_batch: int,
+    with_entropy: bool = False,
+    samples_per_prompt: int = 1,
 ) -> SequenceLogProbs:
-    """sequence_logprobs without grad, `micro_batch` rows at a time (reference and anchor models)."""
+    """sequence_logprobs without grad, `micro_batch` rows at a time (reference and anchor models).
+
+    With samples_per_prompt k > 1, micro_batch must be a multiple of k (a group is never split).
+    """
     parts = [
         sequence_logprobs(
             model,
@@ -554,6 +615,7 @@ def batched_logprobs(
             chunk.completion_mask,
             temperature=temperature,
             with_entropy=with_entropy,
+            samples_per_prompt=samples_per_prompt,
         )
         for chunk in (samples.rows(s, s + micro_batch) for s in range(0, samples.completion_ids.shape[0], micro_batch))
     ]

@@ -108,6 +108,9 @@ class StepConfig:
     warmup_steps: int
     max_grad_norm: float | None
     generation: str = "auto"
+    # Run each prompt once per group of its k samples (kwarp.policy._completion_logits). False only in
+    # benchmarks/train_step.py's baseline, the trainer before issue 16.
+    shared_prompts: bool = True
 
     @classmethod
     def from_spec(cls, spec: WarpRunSpec, prompts_per_process: int) -> StepConfig:
@@ -270,6 +273,12 @@ def rollout(
     return samples, rewards
 
 
+def _reference_logprobs(model: Any, samples: Samples, cfg: StepConfig, rows: int, group: int) -> torch.Tensor:
+    return batched_logprobs(
+        model, samples, temperature=cfg.temperature, micro_batch=rows, samples_per_prompt=group
+    ).logprob
+
+
 def learn(
     models: Models,
     samples: Samples,
@@ -290,14 +299,18 @@ def learn(
     n = samples.completion_ids.shape[0]
     rows = cfg.micro_batch_prompts * k
 
+    # Each prompt's k samples share it: every pass runs the prompt once per group, not k times
+    # (kwarp.policy._completion_logits). Sharded models keep one forward per pass: FSDP gathers and
+    # frees each block around a forward, and its backward is only tested on one forward per micro-batch.
+    group = k if cfg.shared_prompts and not models.sharded else 1
     with timer("reference"), accelerator.autocast():
         logp_anchor = logp_init = None
         if models.anchor is not None:
-            logp_anchor = batched_logprobs(models.anchor, samples, temperature=cfg.temperature, micro_batch=rows).logprob
+            logp_anchor = _reference_logprobs(models.anchor, samples, cfg, rows, group)
         if models.init is models.anchor:
             logp_init = logp_anchor
         elif models.init is not None:
-            logp_init = batched_logprobs(models.init, samples, temperature=cfg.temperature, micro_batch=rows).logprob
+            logp_init = _reference_logprobs(models.init, samples, cfg, rows, group)
         if models.sharded:
             for frozen in (models.anchor, models.init):
                 sharding.reshard(frozen)
@@ -320,6 +333,7 @@ def learn(
                         temperature=cfg.temperature,
                         # kwarp's decode loop measured the entropy while sampling: no second softmax here.
                         with_entropy=chunk.entropy is None,
+                        samples_per_prompt=group,
                     )
                 anchor_chunk = logp_anchor[start:stop] if logp_anchor is not None else None
                 r_beta = shaped_reward(rewards[start:stop], out.logprob.detach(), anchor_chunk, cfg.beta)

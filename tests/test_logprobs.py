@@ -1,0 +1,70 @@
+"""The update's log-probs with each prompt run once per group of samples equal the straightforward ones.
+
+`sequence_logprobs(..., samples_per_prompt=k)` runs a prompt shared by k rows through the model once
+and the k completions on top of its repeated KV cache. The numbers it returns, and the gradients of
+a REINFORCE loss on them, must be those of one forward over every row's prompt + completion.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kwarp.policy import batched_logprobs, load_causal_lm, load_tokenizer, sample, sequence_logprobs
+from tests.models import tiny_gpt2, tiny_llama
+from trainer.reinforce import advantages, reinforce_loss
+
+K = 3
+TEMPERATURE = 0.9
+
+
+@pytest.fixture(autouse=True)
+def _threads() -> None:
+    torch.set_num_threads(1)
+
+
+def _drawn(folder: Path):
+    model, tok = load_causal_lm(folder, "float32"), load_tokenizer(folder)
+    torch.manual_seed(0)
+    drawn = sample(model, tok, ["a longer prompt here", "hi", "mid size"], samples_per_prompt=K, max_new_tokens=7,
+                   temperature=TEMPERATURE, generation="auto")
+    assert drawn.prompt_mask[:, 0].eq(0).any()  # left padding present
+    assert drawn.lengths.min() > 0
+    return model, drawn
+
+
+def _loss_and_grads(model, drawn, group: int):
+    model.zero_grad(set_to_none=True)
+    out = sequence_logprobs(model, drawn.input_ids, drawn.attention_mask, drawn.completion_mask,
+                            temperature=TEMPERATURE, with_entropy=True, samples_per_prompt=group)
+    rewards = torch.linspace(-1.0, 2.0, out.logprob.shape[0])
+    loss = reinforce_loss(out.logprob, advantages(rewards, K, "leave-one-out"), normaliser=out.logprob.shape[0])
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out, loss.detach(), grads
+
+
+@pytest.mark.parametrize("builder", [tiny_gpt2, tiny_llama], ids=["gpt2", "llama"])
+def test_each_prompt_once_gives_the_log_probs_loss_and_gradients_of_one_forward_per_row(tmp_path: Path, builder) -> None:
+    model, drawn = _drawn(builder(tmp_path / "m"))
+    straight, loss_straight, grads_straight = _loss_and_grads(model, drawn, group=1)
+    shared, loss_shared, grads_shared = _loss_and_grads(model, drawn, group=K)
+    torch.testing.assert_close(shared.logprob, straight.logprob, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared.entropy, straight.entropy, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss_shared, loss_straight, atol=1e-6, rtol=1e-5)
+    assert grads_shared.keys() == grads_straight.keys() and len(grads_straight) == len(list(model.parameters()))
+    for name, grad in grads_straight.items():
+        torch.testing.assert_close(grads_shared[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    # The reference passes: no grad, micro-batches of whole groups.
+    with torch.no_grad():
+        ref = batched_logprobs(model, drawn, temperature=TEMPERATURE, micro_batch=2 * K, samples_per_prompt=K)
+    torch.testing.assert_close(ref.logprob, straight.logprob.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_rows_that_do_not_share_their_prompt_are_refused(tmp_path: Path) -> None:
+    model, drawn = _drawn(tiny_gpt2(tmp_path / "m"))
+    with pytest.raises(ValueError, match="do not share their prompt"):
+        sequence_logprobs(model, drawn.input_ids[1:-2], drawn.attention_mask[1:-2], drawn.completion_mask[1:-2],
+                          temperature=TEMPERATURE, samples_per_prompt=K)
