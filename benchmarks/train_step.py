@@ -11,7 +11,8 @@ line is the mean milliseconds per step.
 
 Variants (--variants, taking turns step by step in one process, ratios against the first):
 `baseline` is the trainer before issue 16 (transformers' generate, the entropy recomputed in the
-update, Adam's per-tensor loop), `kwarp` the trainer as it is (--generation), `trl` TRL's
+update, Adam's per-tensor loop, every row's prompt run through each model pass, GPT-2's GELU as
+Python arithmetic), `kwarp` the trainer as it is (--generation), `trl` TRL's
 RLOOTrainer on the same step shape when trl is installed (benchmarks/trl_step.py). On a CPU the
 phases are timed by process CPU time (--clock), which other processes' load does not inflate.
 The update's FLOPs and TFLOP/s are printed, and its MFU on a GPU. docs/performance.md has figures.
@@ -119,13 +120,15 @@ class Variant:
 
 def variants(names: list[str], spec: Any, model_dir: Path, accelerator: Any, batch: int) -> list[Variant]:
     """baseline: what the trainer did before issue 16 (transformers' generate, the entropy taken again in
-    the update, Adam's per-tensor loop); kwarp: the trainer as it is (spec.training.generation, fused Adam)."""
+    the update, Adam's per-tensor loop, a prompt run k times per pass, GPT-2's GELU unfused); kwarp: the trainer as it is (spec.training.generation, fused Adam)."""
     out = []
     for name in names:
         cfg = StepConfig.from_spec(spec, batch)
         models = load_models(model_dir, spec, accelerator.device, kl_to_init=True)
         if name == "baseline":
-            cfg = replace(cfg, generation="plain")
+            cfg = replace(cfg, generation="plain", shared_prompts=False)
+            for model in {id(m): m for m in (models.bare, models.anchor, models.init) if m is not None}.values():
+                python_gelu_(model)
             optimizer: torch.optim.Optimizer = torch.optim.Adam(models.params, lr=1e-6, foreach=False)
         else:
             optimizer = make_optimizer(models.params, 1e-6)
@@ -134,18 +137,36 @@ def variants(names: list[str], spec: Any, model_dir: Path, accelerator: Any, bat
     return out
 
 
-def update_flops(model: Any, rows: int, seq_len: int, completion: int) -> float:
-    """Model FLOPs of one policy update (forward + backward = 6 FLOPs per parameter per token).
+def python_gelu_(model: Any) -> None:
+    """Undo kwarp.fused for the baseline: GPT-2's gelu_new as transformers writes it (Python arithmetic)."""
+    from transformers.activations import GELUTanh, NewGELUActivation
 
-    The body's matrices see every token of prompt + completion; the output head only the completion's
-    positions (logits_to_keep); embedding lookups cost nothing. Attention's own L² term is left out
-    (under 5% at these lengths), so the MFU printed is a slight underestimate.
+    if getattr(model.config, "activation_function", None) != "gelu_new":
+        return
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, GELUTanh):
+                setattr(parent, child_name, NewGELUActivation())
+
+
+def update_flops(model: Any, rows: int, prompt: int, completion: int, group: int) -> float:
+    """Model FLOPs of one policy update as the variant runs it (forward + backward = 6 FLOPs per
+    parameter per token).
+
+    Without prompt sharing (group 1) the body's matrices see every row's prompt + completion and the
+    output head the C + 1 positions kept (logits_to_keep). With each prompt run once per group of k
+    rows, the body sees rows/k prompts and rows × (C − 1) completion tokens, the head rows/k + rows ×
+    (C − 1) positions. Embedding lookups cost nothing. Attention's own L² term is left out (under 5%
+    at these lengths), so the MFU printed is a slight underestimate.
     """
     head = model.get_output_embeddings().weight
     embeddings = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     params = {id(p): p.numel() for p in model.parameters()}
     body = sum(params.values()) - sum(embeddings.values()) - (0 if id(head) in embeddings else head.numel())
-    return 6.0 * (body * rows * seq_len + head.numel() * rows * (completion + 1))
+    if group == 1:
+        return 6.0 * (body * rows * (prompt + completion) + head.numel() * rows * (completion + 1))
+    prompts = rows // group
+    return 6.0 * (body * (prompts * prompt + rows * (completion - 1)) + head.numel() * (prompts + rows * (completion - 1)))
 
 
 def peak_tflops(device: torch.device, given: float | None) -> float | None:
@@ -281,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             record["step_seconds"] = sum(record["timing"].values())
             prompt_width = len(run.models.tokenizer(batch, padding=True)["input_ids"][0])
             record["update_flops"] = update_flops(
-                run.models.bare, args.batch * args.samples, prompt_width + args.max_new_tokens, args.max_new_tokens
+                run.models.bare, args.batch * args.samples, prompt_width, args.max_new_tokens,
+                args.samples if run.cfg.shared_prompts else 1,
             )
             if device.type == "cuda":
                 peaks[run.name] = max(peaks.get(run.name, 0), torch.cuda.max_memory_allocated(device))

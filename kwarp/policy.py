@@ -95,8 +95,11 @@ def load_causal_lm(
     revision: str | None = None,
     field: str = "spec.policy.location",
 ) -> PreTrainedModel:
-    """A causal LM in eval mode (dropout off: RL log-probs must be those of the sampling policy)."""
+    """A causal LM in eval mode (dropout off: RL log-probs must be those of the sampling policy), its
+    tanh-GELU activations fused (kwarp.fused: the same function in one kernel)."""
     from transformers import AutoModelForCausalLM
+
+    from kwarp.fused import fuse_activations_
 
     folder = model_folder(location, field, storage=storage, revision=revision)
     model = AutoModelForCausalLM.from_pretrained(
@@ -105,6 +108,7 @@ def load_causal_lm(
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
     )
+    fuse_activations_(model)
     return model.to(device).eval()
 
 
