@@ -497,6 +497,16 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
+def _groups_share_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group: int) -> bool:
+    """Whether rows g·k … g·k + k − 1 hold the same prompt (ids and padding) for every group g."""
+    n, width = prompt_ids.shape
+    if n % group:
+        return False
+    ids = prompt_ids.reshape(n // group, group, width)
+    mask = prompt_mask.reshape(n // group, group, width)
+    return bool(ids.eq(ids[:, :1]).all()) and bool(mask.eq(mask[:, :1]).all())
+
+
 def _completion_logits(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int, group: int
 ) -> torch.Tensor:
@@ -510,13 +520,8 @@ def _completion_logits(
     """
     n, total = input_ids.shape
     prompt = total - width
-    if group > 1:
-        if n % group:
-            raise ValueError(f"{n} rows do not split into groups of {group} samples per prompt")
-        grouped_ids = input_ids[:, :prompt].reshape(n // group, group, prompt)
-        grouped_mask = attention_mask[:, :prompt].reshape(n // group, group, prompt)
-        if not (grouped_ids.eq(grouped_ids[:, :1]).all() and grouped_mask.eq(grouped_mask[:, :1]).all()):
-            raise ValueError(f"samples_per_prompt={group}: the rows of a group do not share their prompt")
+    if group > 1 and not _groups_share_prompts(input_ids[:, :prompt], attention_mask[:, :prompt], group):
+        group = 1  # rows not laid out as `sample` lays them out: one forward over every row, as before
     positions = position_ids(attention_mask)
     if group > 1 and _accepts_logits_to_keep(model):
         # DDP: the prompt runs through the wrapped module itself. Its parameters' gradients still reach
@@ -572,7 +577,7 @@ def sequence_logprobs(
     positions that predict the completion get logits, so memory is N·C·V floats, not N·L·V.
     Gradients flow when the caller runs it with grad enabled. `samples_per_prompt` k > 1: rows come
     in groups of k with the same prompt (as `sample` returns them), and each prompt is run through
-    the model once, not k times (_completion_logits).
+    the model once, not k times (_completion_logits); rows that do not are run one forward per row.
     """
     width = completion_mask.shape[1]
     if width >= input_ids.shape[1]:

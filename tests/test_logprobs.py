@@ -63,8 +63,11 @@ def test_each_prompt_once_gives_the_log_probs_loss_and_gradients_of_one_forward_
     torch.testing.assert_close(ref.logprob, straight.logprob.detach(), atol=1e-5, rtol=1e-5)
 
 
-def test_rows_that_do_not_share_their_prompt_are_refused(tmp_path: Path) -> None:
+def test_rows_that_do_not_share_their_prompt_are_run_one_forward_per_row(tmp_path: Path) -> None:
     model, drawn = _drawn(tiny_gpt2(tmp_path / "m"))
-    with pytest.raises(ValueError, match="do not share their prompt"):
-        sequence_logprobs(model, drawn.input_ids[1:-2], drawn.attention_mask[1:-2], drawn.completion_mask[1:-2],
-                          temperature=TEMPERATURE, samples_per_prompt=K)
+    rows = slice(1, -2)  # groups of K no longer line up with the prompts
+    args = (drawn.input_ids[rows], drawn.attention_mask[rows], drawn.completion_mask[rows])
+    with torch.no_grad():
+        grouped = sequence_logprobs(model, *args, temperature=TEMPERATURE, samples_per_prompt=K)
+        straight = sequence_logprobs(model, *args, temperature=TEMPERATURE)
+    assert torch.equal(grouped.logprob, straight.logprob)
