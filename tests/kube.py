@@ -28,7 +28,10 @@ operator is tested against Kubernetes semantics rather than the emulator's short
 
 Mechanics: kmock 0.8 matches each request against every request it recorded (quadratic over an
 operator's thousands), so this server keeps a short log and serves the object API itself, leaving only
-discovery to kmock's reactions; it also parses /api/v1/namespaces[/<name>] (kmock reads "namespaces"
+discovery to kmock's reactions. Reads cost what they select, not what the server holds (so that
+benchmarks/operator.py measures the operator): a LIST checks only the candidates its namespace and label
+requirements pick from an index (tests/kube_index.py), and a watch resumed from a resourceVersion reads
+the journal back to that version only (`examined` counts both); it also parses /api/v1/namespaces[/<name>] (kmock reads "namespaces"
 there as a namespace prefix), since kopf lists and watches Namespaces and CRDs.
 
 `Cluster` serves an ApiServer on loopback from a thread and writes a kubeconfig for it. The runners
@@ -73,6 +76,13 @@ from kmock._internal.references import resource as Resource
 
 from tests import kube_admission
 from tests.kube_admission import Refused
+from tests.kube_index import (  # noqa: F401  (re-exported: the selectors were defined here before)
+    ObjectIndex,
+    field_selector_matches,
+    label_selector_matches,
+    parse_field_selector,
+    parse_label_selector,
+)
 
 Obj = dict[str, Any]
 Key = tuple[Resource, str | None, str]
@@ -108,68 +118,6 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
-_REQUIREMENT = re.compile(
-    r"^\s*(?P<neg>!)?(?P<key>[A-Za-z0-9_./-]+)\s*"
-    r"(?:(?P<op>==|=|!=)\s*(?P<value>[A-Za-z0-9_.-]*)|\s+(?P<setop>in|notin)\s*\((?P<values>[^)]*)\))?\s*$"
-)
-
-
-def _split_selector(selector: str) -> list[str]:
-    """Split on commas outside parentheses: 'a in (x,y),b' -> ['a in (x,y)', 'b']."""
-    parts, depth, current = [], 0, ""
-    for ch in selector:
-        depth += ch == "("
-        depth -= ch == ")"
-        if ch == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    parts.append(current)
-    return [p for p in parts if p.strip()]
-
-
-def label_selector_matches(selector: str | None, labels: Mapping[str, str] | None) -> bool:
-    """Kubernetes label selector semantics: equality-based and set-based requirements, ANDed."""
-    labels = labels or {}
-    for requirement in _split_selector(selector or ""):
-        m = _REQUIREMENT.match(requirement)
-        if m is None:
-            raise ValueError(f"unparseable label selector requirement {requirement!r}")
-        key, op, setop = m["key"], m["op"], m["setop"]
-        if m["neg"]:
-            if key in labels:
-                return False
-        elif op in ("=", "=="):
-            if labels.get(key) != m["value"]:
-                return False
-        elif op == "!=":
-            if labels.get(key) == m["value"]:
-                return False
-        elif setop is not None:
-            values = {v.strip() for v in m["values"].split(",") if v.strip()}
-            if setop == "in" and labels.get(key) not in values:
-                return False
-            if setop == "notin" and labels.get(key) in values:
-                return False
-        elif key not in labels:
-            return False
-    return True
-
-
-def field_selector_matches(selector: str | None, obj: Obj) -> bool:
-    meta = obj.get("metadata", {})
-    fields = {"metadata.name": meta.get("name"), "metadata.namespace": meta.get("namespace")}
-    for requirement in _split_selector(selector or ""):
-        m = re.match(r"^\s*([\w.]+)\s*(==|=|!=)\s*(.*?)\s*$", requirement)
-        if m is None or m[1] not in fields:
-            raise ValueError(f"unsupported field selector {requirement!r}")
-        equal = fields[m[1]] == m[3]
-        if equal != (m[2] != "!="):
-            return False
-    return True
-
-
 def _owner_uids(obj: Obj) -> set[str]:
     return {ref["uid"] for ref in obj.get("metadata", {}).get("ownerReferences", []) or [] if ref.get("uid")}
 
@@ -195,6 +143,8 @@ class ApiServer(kmock.KubernetesEmulator):
 
     _rv: int = attrs.field(default=0, init=False)
     _index: dict[Resource, dict[tuple[str | None, str], k8s_dicts.Object]] = attrs.field(factory=dict, init=False)
+    # The live objects by namespace and label, for LISTs (tests/kube_index.py): kept by _store and _erase.
+    _live_index: dict[Resource, ObjectIndex] = attrs.field(factory=dict, init=False)
     _uids: dict[str, Key] = attrs.field(factory=dict, init=False)
     _dependents: dict[str, set[Key]] = attrs.field(factory=dict, init=False)
     _journal: dict[Resource, collections.deque[tuple[int, Obj]]] = attrs.field(factory=dict, init=False)
@@ -205,6 +155,9 @@ class ApiServer(kmock.KubernetesEmulator):
     # and the implicit `update <owner>/finalizers` a blockOwnerDeletion owner reference asks for (the
     # OwnerReferencesPermissionEnforcement admission check): what an authorizer would be asked.
     audit: set[tuple[str, str, str, str, str]] = attrs.field(factory=set, init=False)  # ..., namespace
+    # Objects and journal events a LIST or a watch's backlog checked against its request: what reads cost
+    # the server (tests show it follows what a request selects, not how many objects the server holds).
+    examined: int = attrs.field(default=0, init=False)
 
     # ------------------------------------------------------------------ declarations
 
@@ -317,6 +270,7 @@ class ApiServer(kmock.KubernetesEmulator):
             slot.history.append(new)
             if len(slot.history) > self.history_limit:
                 del slot.history[: -self.history_limit]
+        self._live_index.setdefault(res, ObjectIndex()).put(ns, name, new)
         self._uids[new["metadata"]["uid"]] = key
         for uid in _owner_uids(new):
             self._dependents.setdefault(uid, set()).add(key)
@@ -675,6 +629,7 @@ class ApiServer(kmock.KubernetesEmulator):
         slot = self._index[key[0]][(key[1], key[2])]
         slot.history.append(final)
         slot.delete()
+        self._live_index[key[0]].remove(key[1], key[2])
         self._unindex_owners(key, current)
         uid = current["metadata"]["uid"]
         self._uids.pop(uid, None)
@@ -711,6 +666,7 @@ class ApiServer(kmock.KubernetesEmulator):
     # ------------------------------------------------------------------ reads
 
     def _selected(self, request: kmock.Request, obj: Obj) -> bool:
+        self.examined += 1
         meta = obj.get("metadata", {})
         if request.namespace is not None and meta.get("namespace") != request.namespace:
             return False
@@ -723,8 +679,33 @@ class ApiServer(kmock.KubernetesEmulator):
             raise _status_error(400, "BadRequest", str(err)) from None
 
     def _matching(self, request: kmock.Request) -> list[Obj]:
-        slots = self._index.get(request.resource, {})
-        return [s.raw for s in slots.values() if not s.deleted and self._selected(request, s.raw)]
+        """The live objects a LIST (or a watch from no version) selects, sorted by namespace and name: only
+        the index's candidates for its namespace and label requirements are checked against it."""
+        index = self._live_index.get(request.resource)
+        if index is None:
+            return []
+        try:
+            requirements = parse_label_selector(request.params.get("labelSelector") or "")
+            name = request.name
+            for field, equal, value in parse_field_selector(request.params.get("fieldSelector") or ""):
+                if field == "metadata.name" and equal:
+                    name = value if name in (None, value) else "\0"  # two different names: nothing
+        except ValueError as err:
+            raise _status_error(400, "BadRequest", str(err)) from None
+        candidates = index.candidates(request.namespace, name, requirements)
+        return [obj for obj in candidates if self._selected(request, obj)]
+
+    def _journal_since(self, request: kmock.Request, since: int) -> list[Obj]:
+        """The journal's events after `since` that the watch selects: read from the newest back, so a watch
+        resumed from a recent version costs what it missed, not the whole journal."""
+        out = []
+        for rv, event in reversed(self._journal.get(request.resource, ())):
+            if rv <= since:
+                break
+            if self._selected(request, event["object"]):
+                out.append(copy.deepcopy(event))
+        out.reverse()
+        return out
 
     async def _serve_fetch(self, request: kmock.Request) -> Obj:
         if self._info(request.resource) is None:
@@ -759,8 +740,7 @@ class ApiServer(kmock.KubernetesEmulator):
                     "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
                     "reason": "Expired", "code": 410, "message": f"too old resource version: {since}"}}]
             else:
-                backlog = [copy.deepcopy(e) for rv, e in self._journal.get(res, ()) if rv > int(since)
-                           and self._selected(request, e["object"])]
+                backlog = self._journal_since(request, int(since))
         try:
             for event in backlog:
                 yield event
@@ -898,6 +878,11 @@ def job_status_suspended(start: str | None, now: str) -> Obj:
          "lastTransitionTime": now}]}
 
 
+def _finished(job: Obj) -> bool:
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+               for c in (job.get("status") or {}).get("conditions") or [])
+
+
 @dataclass
 class _Tracked:
     job: Obj
@@ -913,7 +898,17 @@ class JobRunner:
 
     Subclasses decide what "running a Job" means. The runner creates one Pod per started Job, owned by
     the Job (so garbage collection reaches it), and writes the container's termination into it.
+
+    It follows Jobs as an informer does: LIST, watch from the LIST's resourceVersion, and LIST again when
+    the watch breaks (an error, 410 Gone) or handling an event failed (that event would otherwise be lost:
+    the watch resumes after it), and every `resync_seconds` as a safety net. A LIST costs the server and
+    this runner work in proportion to every Job of the namespace, so it is not repeated every few seconds:
+    with 9000 Jobs (benchmarks/operator.py --runs 1000) that would be most of the benchmark's cost.
+    `missed_by_watch()` counts the Jobs a LIST after the first found before the watch and that the watch
+    never delivered (0 when watches lose nothing; a Job the watch delivers later was only behind).
     """
+
+    resync_seconds = 30.0
 
     def __init__(self, cluster: Cluster, namespace: str | None = None):
         self.cluster = cluster
@@ -925,6 +920,9 @@ class JobRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors: list[BaseException] = []
+        self._listed_first: set[tuple[str, str]] = set()  # (name, uid) a later LIST saw before the watch
+        self._watched: set[tuple[str, str]] = set()  # (name, uid) the watch delivered
+        self._deadlined: set[str] = set()  # unfinished Jobs with spec.activeDeadlineSeconds
 
     def __enter__(self) -> JobRunner:
         self._thread = threading.Thread(target=self._watch, name=type(self).__name__, daemon=True)
@@ -942,19 +940,19 @@ class JobRunner:
 
     def _watch(self) -> None:
         rv: str | None = None
-        listed = 0.0
+        listed, first = 0.0, True
         while not self._stop.is_set():
             try:
-                # A watch resumed from a resourceVersion can miss events (seen in benchmarks/operator.py:
-                # a merge Job created, never started, its run stuck), so list again every few seconds;
-                # handling a Job twice is harmless (a Job seen before is only looked at again).
-                if time.monotonic() - listed > 3.0:
-                    rv = None
-                if rv is None:
+                if rv is None or time.monotonic() - listed > self.resync_seconds:
+                    rv = None  # until the LIST is handled: a failure in it lists again
                     listed = time.monotonic()
                     listing = self.cluster.raw("GET", f"/apis/batch/v1/namespaces/{self.namespace}/jobs")
                     for job in listing["items"]:
-                        self._on_event("ADDED", job)
+                        key = (job["metadata"]["name"], job["metadata"]["uid"])
+                        if not first and key not in self._watched:
+                            self._listed_first.add(key)
+                        self._on_event("ADDED", job)  # a Job seen before is only looked at again
+                    first = False
                     rv = listing["metadata"]["resourceVersion"]
                 stream = kubernetes.watch.Watch().stream(
                     self.batch.list_namespaced_job, self.namespace, resource_version=rv, timeout_seconds=1,
@@ -964,8 +962,9 @@ class JobRunner:
                     if event["type"] == "ERROR":
                         rv = None
                         break
-                    rv = job["metadata"]["resourceVersion"]
+                    self._watched.add((job["metadata"]["name"], job["metadata"]["uid"]))
                     self._on_event(event["type"], job)
+                    rv = job["metadata"]["resourceVersion"]  # after handling: a failed event is listed again
                     if self._stop.is_set():
                         break
                 self.enforce_deadlines()
@@ -973,12 +972,17 @@ class JobRunner:
                 if self._stop.is_set():
                     break
                 self.errors.append(err)
+                rv = None
                 time.sleep(0.2)
+
+    def missed_by_watch(self) -> int:
+        return len(self._listed_first - self._watched)
 
     def _on_event(self, kind: str, job: Obj) -> None:
         name = job["metadata"]["name"]
         with self.lock:
             if kind == "DELETED":
+                self._deadlined.discard(name)
                 tracked = self.jobs.pop(name, None)
                 if tracked is not None:
                     self.on_deleted(tracked)
@@ -986,14 +990,17 @@ class JobRunner:
             tracked = self.jobs.get(name)
             if tracked is None or tracked.job["metadata"]["uid"] != job["metadata"]["uid"]:
                 tracked = self.jobs[name] = _Tracked(job=job)
-                finished = any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-                               for c in (job.get("status") or {}).get("conditions") or [])
-                if finished:
+                if _finished(job):
                     tracked.finished = True
+                    self._deadlined.discard(name)
                     return
             tracked.job = job
             if tracked.finished:
                 return
+            if job["spec"].get("activeDeadlineSeconds") is not None:
+                self._deadlined.add(name)
+            else:
+                self._deadlined.discard(name)
             suspend = bool(job["spec"].get("suspend"))
             if suspend and not tracked.suspended and tracked.start is not None:
                 tracked.suspended = True
@@ -1003,16 +1010,17 @@ class JobRunner:
                 tracked.suspended = True
                 self._patch_status(name, job_status_suspended(None, now_rfc3339()))
             elif not suspend and (tracked.start is None or tracked.suspended):
+                # Marked started only once its pod and status are written: if either fails, the LIST that
+                # follows the error starts it again.
                 resumed = tracked.suspended
-                tracked.suspended = False
-                tracked.start = tracked.start or now_rfc3339()
-                tracked.active_since = time.monotonic()
-                tracked.pod = self._create_pod(job)
-                self._patch_status(name, {**job_status_running(tracked.start),
+                start = tracked.start or now_rfc3339()
+                pod = self._create_pod(job)
+                self._patch_status(name, {**job_status_running(start),
                                           **({"conditions": [{"type": "Suspended", "status": "False",
                                                               "reason": "JobResumed", "message": "Job resumed",
                                                               "lastTransitionTime": now_rfc3339()}]}
                                              if resumed else {})})
+                tracked.suspended, tracked.start, tracked.active_since, tracked.pod = False, start, time.monotonic(), pod
                 self.on_start(tracked)
         self.enforce_deadlines()
 
@@ -1021,11 +1029,16 @@ class JobRunner:
         than its deadline fails with reason DeadlineExceeded, its pod stopped. The deadline may be set or
         lowered on a running Job (a patch), which the next event or watch round sees (within a second)."""
         with self.lock:
-            for name, tracked in list(self.jobs.items()):
+            for name in sorted(self._deadlined):  # not every Job: this runs after each event
+                tracked = self.jobs.get(name)
+                if tracked is None or tracked.finished:
+                    self._deadlined.discard(name)
+                    continue
                 deadline = tracked.job["spec"].get("activeDeadlineSeconds")
-                if (deadline is None or tracked.finished or tracked.suspended or tracked.active_since is None
+                if (deadline is None or tracked.suspended or tracked.active_since is None
                         or time.monotonic() - tracked.active_since < deadline):  # fmt: skip
                     continue
+                self._deadlined.discard(name)
                 tracked.finished = True
                 self.on_deadline(tracked)
                 self._finish_pod(tracked, 143, "")
@@ -1082,22 +1095,26 @@ class JobRunner:
                 raise
 
     def succeed(self, name: str) -> None:
-        with self.lock:
-            tracked = self.jobs[name]
-            if tracked.finished:
-                return
-            tracked.finished = True
+        tracked = self._finish(name)
+        if tracked is not None:
             self._finish_pod(tracked, 0)
             self._patch_status(name, job_status_succeeded(tracked.start or now_rfc3339(), now_rfc3339()))
 
     def fail(self, name: str, exit_code: int = 1, message: str = "") -> None:
+        tracked = self._finish(name)
+        if tracked is not None:
+            self._finish_pod(tracked, exit_code, message)
+            self._patch_status(name, job_status_failed(tracked.start or now_rfc3339(), now_rfc3339()))
+
+    def _finish(self, name: str) -> _Tracked | None:
+        """Mark a Job finished, once; the caller writes its pod and status outside the lock, so Jobs that
+        finish on other threads (pods running side by side) do not wait for each other."""
         with self.lock:
             tracked = self.jobs[name]
             if tracked.finished:
-                return
+                return None
             tracked.finished = True
-            self._finish_pod(tracked, exit_code, message)
-            self._patch_status(name, job_status_failed(tracked.start or now_rfc3339(), now_rfc3339()))
+            return tracked
 
     def running(self) -> list[str]:
         with self.lock:
