@@ -723,6 +723,8 @@ class Reconciler:
         if self.metrics is not None and status.phase is not None:
             self.metrics.observe_run(namespace, name, status.phase, status.iteration)
             observe_progress(self.metrics, namespace, name, status)
+            if status.export is not None:  # the exported policy's point, for the dashboard
+                self.metrics.run.set_export(namespace, name, status.export.eta, status.export.reward, status.export.kl)
         return outcome
 
 

@@ -18,7 +18,7 @@ from kwarp.run.runner import (
     threads_per_task,
     with_store,
 )
-from kwarp.store import FileStore
+from kwarp.store import FileStore, layout
 
 from .prom import sample, scrape
 from .test_spec import doc
@@ -117,5 +117,30 @@ def test_the_runner_exports_the_runs_progress_and_no_eta_it_cannot_measure(tmp_p
         samples = scrape(executor.metrics_server.url)
         assert sample(samples, "kwarp_run_progress_ratio", **run) == 1.0
         assert sample(samples, "kwarp_run_estimated_completion_timestamp_seconds", **run) == 1250.0  # when it ended
+    finally:
+        executor.metrics_server.close()
+
+
+def test_the_runner_exports_the_exported_policys_measured_point(tmp_path: Path) -> None:
+    """`kwarp run --metrics-port` with spec.export: once the export task is done, its export.json's η and
+    measured reward and KL, as the operator exports them from status.export."""
+    console = Console(file=open("/dev/null", "w"))  # noqa: SIM115
+    store = FileStore(tmp_path)
+    executor = LocalExecutor(_run(**{"spec.export": {"klBudget": 2.0}}), store, console=console, live=False,
+                             log_dir=tmp_path / "logs")  # fmt: skip
+    executor.serve_metrics(0)
+    try:
+        run = {"namespace": "local", "run": executor.name}
+        tasks = all_tasks(executor.spec)
+        assert tasks[-1] == Task.export()
+        executor.export_metrics(Observed(done=frozenset(tasks[:-1])))  # evaluated, not exported yet
+        assert sample(scrape(executor.metrics_server.url), "kwarp_run_export_eta", **run) is None
+        store.put_json(layout.export_json(executor.key), {
+            "eta": 0.625, "location": f"{store.url}/{executor.key}/export",
+            "measured": {"reward": 0.41, "reward_stderr": 0.02, "kl": 1.93, "kl_stderr": 0.1, "gold": None}})  # fmt: skip
+        executor.export_metrics(Observed(done=frozenset(tasks)))
+        samples = scrape(executor.metrics_server.url)
+        assert (sample(samples, "kwarp_run_export_eta", **run), sample(samples, "kwarp_run_export_reward", **run),
+                sample(samples, "kwarp_run_export_kl", **run)) == (0.625, 0.41, 1.93)  # fmt: skip
     finally:
         executor.metrics_server.close()

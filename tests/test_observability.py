@@ -185,6 +185,13 @@ def set_progress(operator: OperatorMetrics, local: telemetry.EmbeddedMetrics, it
     local.set_progress(done, total, end)
 
 
+def export_record() -> dict[str, Any]:
+    """export.json of the demo run: the final front's point at η = 0.3, measured again when written."""
+    point = next(p for p in eval_doc(ITERATIONS - 1)["front"] if p["eta"] == 0.3)
+    return {"eta": 0.3, "measured": {"reward": point["reward"] + 0.01, "reward_stderr": 0.02,
+                                     "kl": point["kl"] + 0.05, "kl_stderr": 0.03}}  # fmt: skip
+
+
 def run_demo(env: dict[str, str], operator: OperatorMetrics, local: telemetry.EmbeddedMetrics) -> None:
     """Two WARP iterations of the pushed run, and the embedded runner's run fed from the same task outputs."""
     from kwarp.operator.admission import AdmissionWatch
@@ -221,6 +228,11 @@ def run_demo(env: dict[str, str], operator: OperatorMetrics, local: telemetry.Em
             operator.jobs_created.labels(kind="eval").inc()
             evaluate(env, i)
             local.record_eval(i, eval_doc(i))
+        # spec.export: the exported policy's measured point, from status.export and from export.json.
+        operator.jobs_created.labels(kind="export").inc()
+        exported = export_record()
+        operator.run.set_export(NAMESPACE, RUN, exported["eta"], exported["measured"]["reward"], exported["measured"]["kl"])
+        local.record_export(exported)
         operator.observe_run(NAMESPACE, RUN, "Succeeded", ITERATIONS - 1)
         local.set_phase("Succeeded", ITERATIONS - 1)
         time.sleep(1.5)  # keep the operator's counters moving for a scrape or two

@@ -32,6 +32,7 @@ from kwarp.store.s3 import S3Store
 from .kube import Cluster, ProcessJobRunner, RunningOperator, wait_value
 from .models import tiny_gpt2
 from .operator_harness import NS, Api, options, s3_secret
+from .prom import free_port, sample, scrape
 from .s3server import S3Server, s3_server
 from .test_export import REWARD_MODULE, _towards_vowels
 
@@ -107,7 +108,9 @@ def test_the_operator_exports_the_policy_in_a_final_job_and_reports_it_in_status
         api.core.create_namespaced_secret(NS, s3_secret())
         # The cluster admin allows the test's reward module (the guardrails allow only kwarp.tasks by default)
         # and the export's destination (by default only the run's own folder).
-        opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"),
+        port = free_port()
+        opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"), metrics_port=port,
+                       bind_address="127.0.0.1",
                        guardrails=Guardrails(reward_callables=("kwarp.tasks", "kwarp_export_e2e_rewards"),
                                              export_prefixes=(f"s3://{bucket}/policies",)))
         with ProcessJobRunner(cluster, tmp_path / "pods", parallel=1) as runner, RunningOperator(cluster, opts):
@@ -131,6 +134,11 @@ def test_the_operator_exports_the_policy_in_a_final_job_and_reports_it_in_status
             while time.monotonic() < deadline and not _complete(api.jobs(RUN).get(f"{RUN}-export")):
                 time.sleep(0.5)
             jobs = api.jobs(RUN)
+            # The dashboard's exported point: the operator's /metrics carry status.export's η, reward and KL.
+            url, labels = f"http://127.0.0.1:{port}/metrics", {"namespace": NS, "run": RUN}
+            point = wait_value(lambda: tuple(sample(scrape(url), f"kwarp_run_export_{k}", **labels)
+                                             for k in ("eta", "reward", "kl")),
+                               lambda p: None not in p, 20, message="kwarp_run_export_* in /metrics")  # fmt: skip
 
     # Only the export was left to do: one Job, the export component, complete.
     assert list(jobs) == [f"{RUN}-export"], list(jobs)
@@ -150,6 +158,7 @@ def test_the_operator_exports_the_policy_in_a_final_job_and_reports_it_in_status
     for key, field in (("reward", "reward"), ("kl", "kl"), ("reward_stderr", "rewardStderr"), ("kl_stderr", "klStderr")):
         assert exported[field] == pytest.approx(record["measured"][key]), field
     assert exported["kl"] <= budget + exported["klStderr"] and exported["withinBudget"] is True
+    assert point == (exported["eta"], exported["reward"], exported["kl"])
     ready = next(c for c in st["conditions"] if c["type"] == C.READY)
     assert ready["status"] == "True" and "exported" in ready["message"]
 

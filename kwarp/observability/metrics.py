@@ -317,12 +317,27 @@ class RunMetrics:
             "Unix time at which the run should end at its measured rates (absent while none is measured)",
             RUN_LABELS,
         ),
+        # The exported policy (spec.export): its η on the final front and what it measured when written.
+        "export_eta": MetricDef(
+            "kwarp_run_export_eta", "gauge", "LiTI η of the policy the run exported (spec.export)", RUN_LABELS
+        ),
+        "export_reward": MetricDef(
+            "kwarp_run_export_reward", "gauge",
+            "Mean reward of the exported policy, measured on the eval prompts when it was written", RUN_LABELS,
+        ),
+        "export_kl": MetricDef(
+            "kwarp_run_export_kl", "gauge",
+            "KL of the exported policy to the SFT policy, in nats, measured when it was written", RUN_LABELS,
+        ),
     }
 
     phase: Gauge
     iteration: Gauge
     progress: Gauge
     completion: Gauge
+    export_eta: Gauge
+    export_reward: Gauge
+    export_kl: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> RunMetrics:
@@ -347,11 +362,22 @@ class RunMetrics:
         else:
             self.completion.labels(namespace=namespace, run=run).set(completion)
 
+    def set_export(self, namespace: str, run: str, eta: float, reward: float | None, kl: float | None) -> None:
+        """The exported policy's point (status.export, or the embedded run's export.json). A measure that
+        is missing or not finite leaves its series unset rather than showing a number it did not measure."""
+        self.export_eta.labels(namespace=namespace, run=run).set(eta)
+        for gauge, value in ((self.export_reward, reward), (self.export_kl, kl)):
+            if value is not None and math.isfinite(value):
+                gauge.labels(namespace=namespace, run=run).set(value)
+            else:
+                _remove(gauge, namespace, run)
+
     def forget(self, namespace: str, run: str) -> None:
         """Drop a deleted run's series, so that it leaves the dashboards and alerts."""
         for p in RUN_PHASES:
             _remove(self.phase, namespace, run, p)
-        for gauge in (self.iteration, self.progress, self.completion):
+        for gauge in (self.iteration, self.progress, self.completion, self.export_eta, self.export_reward,
+                      self.export_kl):  # fmt: skip
             _remove(gauge, namespace, run)
 
 

@@ -338,9 +338,19 @@ class EmbeddedMetrics:
     def record_eval(self, iteration: int, evaluation: Mapping[str, Any]) -> None:
         self.evaluation.record_eval(iteration_labels(self.namespace, self.run, iteration), evaluation)
 
+    def record_export(self, record: Mapping[str, Any]) -> None:
+        """The run's export.json (what the export task chose and measured), as the operator's status.export."""
+        eta, measured = record.get("eta"), record.get("measured")
+        if isinstance(eta, int | float) and not isinstance(eta, bool) and isinstance(measured, Mapping):
+            self.state.set_export(self.namespace, self.run, float(eta), _number(measured.get("reward")),
+                                  _number(measured.get("kl")))  # fmt: skip
+
     def set_phase(self, phase: str, iteration: int | None) -> None:
         self.state.set(self.namespace, self.run, phase, iteration)
 
     def set_progress(self, steps_done: int, steps_total: int, completion: float | None) -> None:
         self.state.set_progress(self.namespace, self.run, steps_done, steps_total, completion)
 
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -200,6 +200,8 @@ class LocalExecutor:
                 self.metrics.record_merge(task.iteration, self.store.get_json(layout.merge_report(self.key, task.iteration)) or {})
             elif task.kind == "eval":
                 self.metrics.record_eval(task.iteration, self.store.get_json(layout.eval_json(self.key, task.iteration)) or {})
+            elif task.kind == "export":
+                self.metrics.record_export(self.store.get_json(layout.export_json(self.key)) or {})
         self._exported = set(observed.done)
 
     # ------------------------------------------------------------------ checks before work
