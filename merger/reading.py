@@ -1,15 +1,22 @@
-"""Reading a merge's inputs one group at a time: every tensor read once, with pread, into memory the engine owns.
+"""Reading a merge's inputs one group at a time: every tensor mapped from its shard once, never copied.
 
-The engine needs each tensor of a group twice (for the Gram matrix, then for the weighted sum). Held
-in memory, a group is read from disk (or the page cache) once; memory-mapped windows re-read it and
-fault in every page on each pass. Reading is a plain pread into a tensor's buffer: the GIL is
-released for the copy, so a prefetch thread reads the next group while the workers compute this one.
+The engine needs each tensor of a group twice (for the Gram matrix, then for the weighted sum). A group
+that fits in memory is mapped from the shards (mmap, private: the engine cannot write to the files)
+and its pages are entered into the mapping up front (MADV_POPULATE_READ; the prefetch thread does
+this for the next group while the workers compute this one, so a cold disk is read ahead of the
+arithmetic). Both passes then read the page cache in place. Mapping costs no copy and no zeroed
+page: reading the same 1.46 GB of page cache on the 2-core VM took 0.03-0.04 CPU s mapped, 0.11 s
+with pread into recycled buffers, and 0.92 s with pread into fresh buffers (whose pages the kernel
+must zero first). A tensor's mapping is dropped when the last view of it goes: the group after
+`release`, or a copy once its writer has written it.
 The safetensors headers are parsed here (8-byte length, JSON) to find each tensor's bytes.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import os
 import struct
 import threading
@@ -28,9 +35,9 @@ _TORCH = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-_READ = 64 << 20
+_READ = 64 << 20  # bytes per pread call (Linux returns at most about 2 GiB per call anyway)
 # Inputs too large to hold are mapped in windows of this size (per input).
-WINDOW_BYTES = 16 << 20  # bytes per pread call (Linux returns at most about 2 GiB per call anyway)
+WINDOW_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -72,28 +79,39 @@ def readable(tag: str) -> bool:
 
 
 class Held:
-    """A group's tensors, {name: tensor} per input in input order, and the buffers under them."""
+    """A group's tensors, {name: tensor} per input in input order, and the bytes they map."""
 
-    def __init__(self, tensors: list[dict[str, torch.Tensor]], buffers: list[torch.Tensor]):
+    def __init__(self, tensors: list[dict[str, torch.Tensor]], nbytes: int):
         self.tensors = tensors
-        self.buffers = buffers
+        self.nbytes = nbytes
+
+
+# madvise(2) advice not named by Python 3.11's mmap module: enter the pages into the mapping now (Linux
+# 5.14+); where the kernel lacks it, MADV_WILLNEED starts the read-ahead and the pages are faulted in use.
+MADV_POPULATE_READ = 22
+_PAGE = mmap.ALLOCATIONGRANULARITY
+_LIBC = ctypes.CDLL(None, use_errno=True)  # ctypes releases the GIL during the call (mmap.madvise does not)
+
+
+def _populate(address: int, length: int) -> None:
+    start = address - address % _PAGE
+    if _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(address + length - start), MADV_POPULATE_READ) != 0:
+        _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(address + length - start), mmap.MADV_WILLNEED)
 
 
 class GroupReader:
-    """Reads named tensors of several checkpoints into buffers it recycles; keeps each shard open until close.
+    """Maps named tensors of several checkpoints; keeps each shard open until close.
 
-    Buffers of a group handed back with `recycle` are reused for later tensors of the same byte size (the
-    blocks of a model are alike): fresh memory would cost a page fault and a zeroed page per 4 KiB. At most
-    `pool_bytes` wait for reuse, the most recently recycled first.
+    `mapped_bytes` counts the tensor bytes of the groups read and not yet released (at most two groups
+    with the prefetch: this one and the next); `peak_mapped_bytes` is its high-water mark.
     """
 
-    def __init__(self, folders: list[Path], pool_bytes: int = 384 << 20):
+    def __init__(self, folders: list[Path]):
         self.maps = [locate(f) for f in folders]
         self.bytes_read = 0
-        self.pool_bytes = pool_bytes
-        self._fds: dict[Path, int] = {}
-        self._free: list[torch.Tensor] = []  # recycled buffers, oldest first
-        self._pooled = 0
+        self.mapped_bytes = 0
+        self.peak_mapped_bytes = 0
+        self._fds: dict[Path, tuple[int, int]] = {}  # path -> (descriptor, size)
         self._lock = threading.Lock()
 
     def nbytes(self, names: list[str]) -> int:
@@ -101,47 +119,84 @@ class GroupReader:
         return sum(m[n].nbytes for m in self.maps for n in names)
 
     def read(self, names: list[str]) -> Held:
-        buffers: list[torch.Tensor] = []
-        tensors = [{n: self._read(m[n], buffers) for n in names} for m in self.maps]
-        return Held(tensors, buffers)
-
-    def recycle(self, held: Held) -> None:
-        """The group's tensors are no longer used by anyone: their buffers may be read into again."""
+        tensors = []
+        for located in self.maps:
+            by_file: dict[Path, list[str]] = {}
+            for n in names:
+                by_file.setdefault(located[n].path, []).append(n)
+            got: dict[str, torch.Tensor] = {}
+            for path, in_file in by_file.items():
+                got.update(self._map(path, {n: located[n] for n in in_file}))
+            tensors.append({n: got[n] for n in names})
+        nbytes = self.nbytes(names)
         with self._lock:
-            self._free.extend(held.buffers)
-            self._pooled += sum(b.numel() for b in held.buffers)
-            while self._pooled > self.pool_bytes:  # the oldest go: the sizes still being read are the recent ones
-                self._pooled -= self._free.pop(0).numel()
-        held.tensors, held.buffers = [], []
+            self.bytes_read += nbytes
+            self.mapped_bytes += nbytes
+            self.peak_mapped_bytes = max(self.peak_mapped_bytes, self.mapped_bytes)
+        return Held(tensors, nbytes)
 
-    def _buffer(self, nbytes: int) -> torch.Tensor:
+    def release(self, held: Held) -> None:
+        """The engine is done with the group: its mappings go once nothing else (a writer) holds a view."""
         with self._lock:
-            for i in range(len(self._free) - 1, -1, -1):
-                if self._free[i].numel() == nbytes:
-                    self._pooled -= nbytes
-                    return self._free.pop(i)
-        return torch.empty(nbytes, dtype=torch.uint8)
+            self.mapped_bytes -= held.nbytes
+        held.tensors, held.nbytes = [], 0
 
-    def _read(self, at: Located, buffers: list[torch.Tensor]) -> torch.Tensor:
-        fd = self._fds.get(at.path)
-        if fd is None:
-            fd = self._fds[at.path] = os.open(at.path, os.O_RDONLY)
-        raw = self._buffer(at.nbytes)
-        buffers.append(raw)
-        view = memoryview(raw.numpy()) if at.nbytes else memoryview(b"")
+    def _open(self, path: Path) -> tuple[int, int]:
+        with self._lock:
+            if path not in self._fds:
+                fd = os.open(path, os.O_RDONLY)
+                self._fds[path] = (fd, os.fstat(fd).st_size)
+            return self._fds[path]
+
+    def _map(self, path: Path, located: dict[str, Located]) -> dict[str, torch.Tensor]:
+        """Tensors of one shard, as views of one mapping of the bytes from the first to the last of them.
+
+        One mapping per shard and group, not per tensor: Python's mmap holds a duplicate of the file
+        descriptor, and a model-granularity group may have hundreds of tensors.
+        """
+        fd, size = self._open(path)
+        out: dict[str, torch.Tensor] = {}
+        mapped: dict[str, Located] = {}
+        for name, at in located.items():
+            if at.offset + at.nbytes > size:  # a mapped page past the end of the file kills the process (SIGBUS)
+                raise CheckpointError(f"{path}: ends before the tensor '{name}' at bytes {at.offset}-"
+                                      f"{at.offset + at.nbytes} (truncated?)")
+            dtype = _TORCH[at.dtype]
+            if at.nbytes == 0:
+                out[name] = torch.empty(at.shape, dtype=dtype)
+            elif at.offset % dtype.itemsize:  # the file does not align this tensor to its elements: read a copy
+                out[name] = self._pread(fd, at)
+            else:
+                mapped[name] = at
+        if mapped:
+            start = min(at.offset for at in mapped.values())
+            start -= start % _PAGE
+            end = max(at.offset + at.nbytes for at in mapped.values())
+            mapping = mmap.mmap(fd, end - start, offset=start, access=mmap.ACCESS_COPY)  # private: never the file
+            whole = torch.frombuffer(mapping, dtype=torch.uint8)  # holds the mapping: unmapped with the last view
+            for name, at in mapped.items():
+                raw = whole[at.offset - start : at.offset - start + at.nbytes]
+                _populate(raw.data_ptr(), at.nbytes)
+                out[name] = raw.view(_TORCH[at.dtype]).reshape(at.shape)
+        return out
+
+    @staticmethod
+    def _pread(fd: int, at: Located) -> torch.Tensor:
+        raw = torch.empty(at.nbytes, dtype=torch.uint8)
+        view = memoryview(raw.numpy())
         pos = 0
         while pos < at.nbytes:
             n = os.preadv(fd, [view[pos : pos + _READ]], at.offset + pos)
             if n <= 0:
                 raise CheckpointError(f"{at.path}: ends before the tensor at byte {at.offset + pos} (truncated?)")
             pos += n
-        self.bytes_read += at.nbytes
         return raw.view(_TORCH[at.dtype]).reshape(at.shape)
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        with self._lock:
+            for fd, _ in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
 
 
 class WindowReader:

@@ -2,16 +2,17 @@
 
 For each group (a transformer block, a tensor, or the model):
 
-1. its tensors are read from every input once, into memory (kwarp.merger.reading.GroupReader), while
-   the previous group is computed: a prefetch thread reads, pread releases the GIL;
+1. its tensors are mapped from every input's shards once (kwarp.merger.reading.GroupReader: no copy),
+   their pages entered by a prefetch thread while the previous group is computed;
 2. the Gram matrix of the members' task vectors is accumulated tensor by tensor and chunk by chunk
    (float32 partial products over CHUNK_ELEMENTS, summed in float64);
 3. the merge method turns the Gram matrix into weights w_m (pure, see combination.py);
 4. θ_merged = (1 − Σw)·θ_init + Σ w_m·θ_m is computed chunk by chunk in float32 (float64 for float64
-   checkpoints) from the same tensors, rounded once to the output dtype, and handed, with any LiTI
-   interpolation of it, to one PlannedShardWriter per output: shards laid out in advance, written on
-   a thread of their own while the next group is computed, sha256 taken as the bytes are written
-   (the manifest does not read the output again).
+   checkpoints) from the same tensors, rounded once to the output dtype into a recycled buffer
+   (kwarp.merger.buffers), and handed, with any LiTI interpolation of it, to one PlannedShardWriter
+   per output: shards laid out in advance, written on a thread of their own while the next group is
+   computed, sha256 taken as the bytes are written (the manifest does not read the output again),
+   the buffer given back once written.
 
 Writing the merge as a weighted sum of the checkpoints (not θ_init + Σ w δ) keeps the endpoints
 exact: at λ = 0 or 1 a single term with weight 1 remains and the member is copied bit for bit.
@@ -21,9 +22,8 @@ bf16) is not held: its tensors are walked twice in memory-mapped windows of WIND
 (kwarp.merger.reading.WindowReader), re-fetched per window so that mapped pages never exceed one
 window per input. Peak memory is therefore about
 
-    2 · hold_bytes (this group and the next) + recycled read buffers (384 MiB) + writer queue (256 MiB)
-    + outputs · largest tensor
-    + threads · a few MiB of scratch
+    2 · hold_bytes (this group and the next, mapped page cache) + outputs · (writer queue (64 MiB)
+    + largest tensor) + idle recycled output buffers (256 MiB) + threads · a few MiB of scratch
 
 independent of the model's size. Chunks are shared out between worker threads whole, each thread
 running single-threaded torch operations (torch releases the GIL inside them); the result does not
@@ -48,6 +48,7 @@ from safetensors import safe_open
 
 from kwarp.core.checkpoints import CheckpointError
 from kwarp.core.weights import ShardWriter, copy_non_weight_files, shard_map
+from kwarp.merger.buffers import BufferPool
 from kwarp.merger.combination import Combination, MergeMethod, step_lambdas
 from kwarp.merger.groups import Granularity, group_names
 from kwarp.merger.liti import check_eta, liti_into
@@ -67,6 +68,11 @@ HOLD_BYTES = 768 << 20
 # Outputs are written in shards of this size; a pending shard is the largest term of peak memory
 # (the ShardWriter keeps a shard's tensors until it writes the file).
 DEFAULT_MAX_SHARD_BYTES = 256 << 20
+# Computed tensors waiting for a writer thread, per output. The writer gives their buffers back once written
+# (kwarp.merger.buffers); what waits longer is allocated afresh. On the 2-core VM, 256 MiB let the engine
+# run ahead of the disk by two blocks and allocate 366 MiB of fresh buffers for a 463 MiB output; 64 MiB:
+# 233 MiB, most of it the 82 MB embedding and head of the benchmark model, and 30% fewer page faults.
+WRITER_QUEUE_BYTES = 64 << 20
 
 _DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 
@@ -343,11 +349,14 @@ def merge_checkpoints(
     hold_bytes: int = HOLD_BYTES,
     threads: int = 1,
     progress: Progress | None = None,
+    writer_queue_bytes: int = WRITER_QUEUE_BYTES,
+    buffers: BufferPool | None = None,
 ) -> MergeReport:
     """Merge the members' task vectors relative to θ_init group by group and write `outputs`.
 
     With no outputs only the report is computed (one pass over the inputs). The result does not
-    depend on `threads` (chunks are shared out whole and summed in order).
+    depend on `threads` (chunks are shared out whole and summed in order). Computed tensors are held in
+    `buffers` (a fresh pool by default) until written.
     """
     started = time.perf_counter()
     merge_method = get_method(method) if isinstance(method, str) else method
@@ -368,10 +377,13 @@ def merge_checkpoints(
 
     inputs = WindowReader([init, *members], window_bytes)
     held = GroupReader([init, *members])
+    buffers = buffers if buffers is not None else BufferPool()
     workers = _Workers(threads, m, chunk_elements)
     order = [n for names in groups.values() for n in names]
-    writers = [PlannedShardWriter(o.folder, _planned(order, infos, o), max_shard_bytes) for o in outputs]
-    # One thread reads the next held group while the workers compute this one (pread releases the GIL).
+    writers = [PlannedShardWriter(o.folder, _planned(order, infos, o), max_shard_bytes,
+                                  queue_bytes=writer_queue_bytes) for o in outputs]
+    # One thread maps the next held group and enters its pages while the workers compute this one (madvise
+    # through ctypes releases the GIL; on a cold disk that is where the reading happens).
     prefetch = ThreadPoolExecutor(1, thread_name_prefix="kwarp-merge-read")
 
     def read(names: list[str]) -> Held | None:
@@ -404,14 +416,15 @@ def merge_checkpoints(
             combination = merge_method.combine(gram.tolist(), lam)
             for name in names if outputs else ():
                 if tensors is not None:
-                    _write_held(name, infos[name], [t[name] for t in tensors], combination, outputs, writers, workers)
+                    _write_held(name, infos[name], [t[name] for t in tensors], combination, outputs, writers, workers,
+                                buffers)
                 else:
                     _write_tensor(name, infos[name], inputs, combination, outputs, writers, workers)
                 if progress:
                     progress(nbytes(name), total_work)
             del tensors
             if group_held is not None:
-                held.recycle(group_held)  # nothing refers to its buffers now: the writer got copies or computed tensors
+                held.release(group_held)  # its mappings go once the writers hold no copy of its tensors
             if float_names:  # a group of integer buffers only is copied and has no angle to report
                 params = sum(infos[n].numel for n in float_names)
                 reports.append(GroupReport.from_gram(group, len(float_names), params, gram.tolist(), combination))
@@ -468,25 +481,34 @@ def _write_held(
     outputs: Sequence[Output],
     writers: Sequence[PlannedShardWriter],
     workers: _Workers,
+    buffers: BufferPool,
 ) -> None:
-    """Tensor `name` of every output, from the inputs' tensors held in memory (θ_init first)."""
+    """Tensor `name` of every output, from the inputs' tensors mapped in memory (θ_init first).
+
+    Computed tensors live in recycled buffers that the writers give back once written; θ_init's own
+    tensor (η = 0 outputs, non-float tensors) goes to the writer as the mapped view itself, no copy.
+    """
     init = tensors[0]
     merged: torch.Tensor | None = None
+    litis: dict[int, torch.Tensor] = {}
     if info.mergeable and any(o.eta > 0.0 for o in outputs):
         weights = (combination.init_weight, *combination.weights)
         terms = [t.reshape(-1) if w != 0.0 or i == 0 else None for i, (w, t) in enumerate(zip(weights, tensors, strict=True))]
-        merged = torch.empty(info.shape, dtype=info.merged_dtype)
-        litis = {k: torch.empty_like(merged) for k, o in enumerate(outputs) if 0.0 < o.eta < 1.0}
+        merged = buffers.take(info.merged_dtype, info.shape)
+        litis = {k: buffers.take(info.merged_dtype, info.shape) for k, o in enumerate(outputs) if 0.0 < o.eta < 1.0}
         workers.run(merged.numel(), partial(_merge_part, merged.view(-1), terms, combination,
                                             [(t.view(-1), outputs[k].eta) for k, t in litis.items()]))
+    merged_users = sum(1 for o in outputs if o.eta == 1.0) if merged is not None else 0
+    if merged is not None and merged_users == 0:
+        buffers.give(merged)  # only the LiTI outputs needed it, and they are computed
+    merged_written = buffers.after(merged, merged_users) if merged is not None and merged_users else None
     for k, (out, writer) in enumerate(zip(outputs, writers, strict=True)):
         if merged is None or out.eta == 0.0:
-            # θ_init's own tensor (η = 0 outputs, non-float tensors), copied: its buffer is reused for later reads
-            writer.write(name, init.clone())
+            writer.write(name, init)
         elif out.eta == 1.0:
-            writer.write(name, merged)
+            writer.write(name, merged, merged_written)
         else:
-            writer.write(name, litis[k])
+            writer.write(name, litis[k], buffers.give)
 
 
 def _write_tensor(

@@ -20,7 +20,7 @@ import os
 import queue
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +134,9 @@ class PlannedShardWriter:
         self._thread = threading.Thread(target=self._run, name="kwarp-merge-writer", daemon=True)
         self._thread.start()
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def write(self, name: str, tensor: torch.Tensor, written: Callable[[torch.Tensor], None] | None = None) -> None:
+        """Queue `tensor` to be written as `name`; the thread calls `written(tensor)` once its bytes are in the file
+        (to recycle its buffer: kwarp.merger.buffers)."""
         if self._error is not None:
             raise self._error
         if self._next >= len(self._order):
@@ -153,7 +155,7 @@ class PlannedShardWriter:
             if self._error is not None:
                 raise self._error
             self._waiting += planned.nbytes
-        self._queue.put(tensor.detach().contiguous())
+        self._queue.put((tensor.detach().contiguous(), written))
 
     def close(self) -> list[str]:
         """Finish writing; return the shard file names."""
@@ -186,7 +188,7 @@ class PlannedShardWriter:
                 item = self._queue.get()
                 if item is _STOP or self._error is not None:
                     return
-                tensor = item
+                tensor, written = item
                 if k != shard:
                     if current is not None:
                         self._finish(current)
@@ -196,7 +198,10 @@ class PlannedShardWriter:
                 assert current is not None
                 data = tensor.reshape(-1).view(torch.uint8).numpy() if tensor.numel() else b""
                 current.write(memoryview(data).cast("B"))
-                del tensor, data
+                del data
+                if written is not None:
+                    written(tensor)
+                del tensor, written
                 with self._room:
                     self._waiting -= planned.nbytes
                     self._room.notify_all()
