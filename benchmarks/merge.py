@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -112,6 +113,12 @@ def _vm_hwm() -> int:
     return 0
 
 
+def _cpu() -> float:
+    """User + system seconds of this process so far (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _child(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     if kind == "build":
@@ -127,7 +134,7 @@ def _child(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     if kind == "copy":
         from safetensors.torch import load_file, save_file
 
-        imported = time.perf_counter()
+        imported, cpu = time.perf_counter(), _cpu()
         written = 0
         dst = Path(params["out"])
         dst.mkdir(parents=True)
@@ -139,17 +146,17 @@ def _child(kind: str, params: dict[str, Any]) -> dict[str, Any]:
                     written += (dst / shard.name).stat().st_size
                 del tensors
         return {"seconds": time.perf_counter() - imported, "import_seconds": imported - started,
-                "bytes_written": written}
+                "work_cpu": _cpu() - cpu, "bytes_written": written}
     if kind == "merge":
         from kwarp.merger.cli import configure_threads, merge_folders
 
         threads = configure_threads(params["threads"])
-        imported = time.perf_counter()
+        imported, cpu = time.perf_counter(), _cpu()
         report = merge_folders(Path(params["init"]), [Path(m) for m in params["members"]], Path(params["out"]),
                                granularity=params["granularity"], threads=threads)
         doc = report.to_json()
         return {"seconds": time.perf_counter() - imported, "import_seconds": imported - started,
-                "threads": threads, "engine_seconds": doc["seconds"],
+                "work_cpu": _cpu() - cpu, "threads": threads, "engine_seconds": doc["seconds"],
                 "bytes_written": doc["bytes_written"], "input_bytes": doc["input_bytes"],
                 "bytes_read": doc["bytes_read"], "angle_deg": doc["summary"]["angle_deg"]}
     raise ValueError(kind)
@@ -292,6 +299,9 @@ def run(root: Path, args: argparse.Namespace) -> int:
             "copy_cpu_s": copy.cpu,
             "merge_cpu_s": merge.cpu,
             "cpu_ratio": merge.cpu / copy.cpu,
+            "copy_work_cpu_s": copy.inner["work_cpu"],
+            "merge_work_cpu_s": merge.inner["work_cpu"],
+            "work_cpu_ratio": merge.inner["work_cpu"] / copy.inner["work_cpu"],
             "mergekit_cpu_s": mergekit.cpu if mergekit else None,
             "vs_mergekit_cpu": merge.cpu / mergekit.cpu if mergekit else None,
             "mergekit_s": mergekit.wall if mergekit else None,
@@ -313,6 +323,9 @@ def run(root: Path, args: argparse.Namespace) -> int:
     print("CPU seconds of each child (user + system, imports included; on a loaded machine the least distorted "
           "measure): " + ", ".join(f"M={r['M']} copy {r['copy_cpu_s']:.2f} s, merge {r['merge_cpu_s']:.2f} s "
                                    f"({r['cpu_ratio']:.2f}x)" for r in rows))
+    print("CPU seconds of the work after imports (the imports, mostly torch, are common to both): "
+          + ", ".join(f"M={r['M']} copy {r['copy_work_cpu_s']:.2f} s, merge {r['merge_work_cpu_s']:.2f} s "
+                      f"({r['work_cpu_ratio']:.2f}x)" for r in rows))
     for r in rows:
         if r["mergekit_s"] is not None:
             print(f"M={r['M']}: mergekit nuslerp {r['mergekit_s']:.2f} s wall, {r['mergekit_cpu_s']:.2f} s CPU, peak RSS "
