@@ -83,10 +83,10 @@ def test_the_dashboard_has_the_promised_panels() -> None:
     for wanted in ("Reward", "KL to anchor", "KL to init", "KL-reward front per iteration", "Iteration and phase",
                    "Step time", "Tokens per second", "Merge throughput", "Reconcile latency", "Reconcile errors",
                    "Run progress", "Estimated end", "Estimated time left", "Progress of every run",
-                   "Admission wait (Kueue)", "Jobs waiting for admission"):
+                   "Admission wait (Kueue)", "Jobs waiting for admission", "Exported policy"):
         assert wanted in titles
     rows = [p["title"] for p in DOC["panels"] if p["type"] == "row"]
-    assert rows == ["Training", "WARP iterations", "Performance", "Operator", "Progress"]
+    assert rows == ["Training", "WARP iterations", "Performance", "Operator", "Progress", "Deliverable"]
 
 
 def _panel(title: str) -> dict[str, Any]:
@@ -103,6 +103,18 @@ def test_progress_panels_show_the_ratio_the_end_and_the_time_left() -> None:
     assert end["targets"][0]["expr"].endswith("* 1000") and end["targets"][0]["instant"]
     left = _panel("Estimated time left")["targets"][0]["expr"]
     assert left.startswith("clamp_min(") and "- time(), 0)" in left
+
+
+def test_the_exported_policy_panel_shows_its_eta_reward_and_kl() -> None:
+    """spec.export's point: the three series status.export sets, for the selected run, as they are now."""
+    panel = _panel("Exported policy")
+    assert panel["type"] == "stat" and panel["options"]["textMode"] == "value_and_name"
+    targets = {t["refId"]: t for t in panel["targets"]}
+    assert set(targets) == {"ETA", "REWARD", "KL"}
+    for ref, t in targets.items():
+        assert t["expr"] == (f"max by (namespace, run) (kwarp_run_export_{ref.lower()}"
+                             '{namespace="$namespace", run="$run"})') and t["instant"]  # fmt: skip
+    assert [p["title"] for p in _row_panels("Deliverable")] == ["Exported policy"]
 
 
 def test_admission_panels_are_per_queue_of_the_namespace() -> None:

@@ -360,6 +360,19 @@ def test_admission_and_progress_panels_read_what_the_run_reported(stack: Stack) 
         assert finite_values(progress) == [1.0]
 
 
+def test_the_exported_policy_panel_reads_the_exported_point(stack: Stack) -> None:
+    """The Deliverable row's stat shows export.json's η and measured reward and KL, from the operator
+    (status.export) and from the embedded runner alike."""
+    exported = export_record()
+    want = {"ETA": exported["eta"], "REWARD": exported["measured"]["reward"], "KL": exported["measured"]["kl"]}
+    panel = [q for q in QUERIES if q.panel == "Exported policy"]
+    assert sorted(q.ref_id for q in panel) == sorted(want)
+    for variables in (VARIABLES, LOCAL_VARIABLES):
+        for q in panel:
+            got = finite_values(stack.prometheus.query(dashboard.substitute(q.expr, variables)))
+            assert got == [pytest.approx(want[q.ref_id])], (q.ref_id, variables)
+
+
 def test_step_counters_and_histograms_arrive_whole(stack: Stack) -> None:
     prom = stack.prometheus
     steps = prom.query(f'sum by (iteration, member) (kwarp_trainer_steps_total{{run="{RUN}"}})')

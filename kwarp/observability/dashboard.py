@@ -4,9 +4,10 @@
 
 Rows: training (reward and KL per member), WARP iterations (the KL-reward front, iteration and phase,
 SLERP angles, merge throughput), performance (step time, tokens/s), the operator (runs by phase, reconcile
-latency, errors, jobs; every run's progress; Kueue admission wait and waiting Jobs per LocalQueue) and
-progress (the run's progress, estimated end and time left). Queries of the Operator row select the
-namespace; every other query selects one run with the `namespace` and `run` variables. All use only
+latency, errors, jobs; every run's progress; Kueue admission wait and waiting Jobs per LocalQueue),
+progress (the run's progress, estimated end and time left) and the deliverable (the exported policy's η,
+reward and KL). Queries of the Operator row select the namespace; every other query selects one run with
+the `namespace` and `run` variables. All use only
 metrics of kwarp.observability.metrics.CATALOGUE (tests/test_dashboard.py checks both, and
 tests/test_observability.py runs each query against a real Prometheus).
 
@@ -282,6 +283,35 @@ def _namespace_panels() -> list[Any]:
     ]
 
 
+EXPORTED = (("eta", "η"), ("reward", "reward (measured)"), ("kl", "KL to SFT (measured)"))
+
+
+def _export_panel() -> stat.Panel:
+    """The policy the run exported (spec.export): its η on the final front and the reward and KL measured
+    when it was written (status.export, or export.json under kwarp run). Empty for a run without spec.export."""
+    panel = (
+        stat.Panel()
+        .title("Exported policy")
+        .description(
+            "The run's deliverable (spec.export): the LiTI η chosen on the final front and the reward and KL "
+            "to the SFT policy measured on the written weights (status.export). Compare with the KL-reward front. "
+            "Empty until the export is done, and for runs without spec.export."
+        )
+        .datasource(DATASOURCE)
+        .span(24)
+        .height(4)
+        .decimals(3)
+        .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .text_mode(cm.BigValueTextMode.VALUE_AND_NAME)
+        .graph_mode(cm.BigValueGraphMode.NONE)
+        .color_mode(cm.BigValueColorMode.NONE)
+    )
+    for key, legend in EXPORTED:
+        expr = f"max by (namespace, run) (kwarp_run_export_{key}{{{SEL}}})"
+        panel = panel.with_target(_query(expr, legend, key.upper(), instant=True))
+    return panel
+
+
 def build() -> dm.Dashboard:
     training = [
         _series(
@@ -471,6 +501,7 @@ def build() -> dm.Dashboard:
         ("Performance", performance),
         ("Operator", [*operator, *_namespace_panels()]),
         ("Progress", _progress_panels()),
+        ("Deliverable", [_export_panel()]),  # last: the panels before keep their ids
     ):
         panel_id += 1
         builder = builder.with_row(dash.Row(title).id(panel_id))
