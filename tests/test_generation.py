@@ -17,6 +17,7 @@ import torch
 
 from kwarp import generation
 from kwarp.policy import load_causal_lm, load_tokenizer, sample, sequence_logprobs
+from kwarp.run.evaluate import evaluate_policy
 from tests.models import tiny_gpt2, tiny_llama
 
 TEMPERATURE = 0.9
@@ -203,3 +204,46 @@ def test_static_caches_are_bounded_least_recently_used_first(tmp_path: Path, mon
     with torch._dynamo.config.patch(error_on_recompile=True):
         draw("e" * 40)  # a dropped shape comes back: a fresh cache, and the graph compiled for its shape is reused
     assert list(caches) == [(2, 98), (2, 66)]
+
+
+class _Recorder:
+    """A reward that keeps the completions it is asked to score (and scores them 0)."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def score(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
+        self.texts += completions
+        return torch.zeros(len(completions))
+
+
+def _evaluated(model, tok, generation_path: str, seed: int, n: int) -> tuple[dict, list[str]]:
+    recorder = _Recorder()
+    point = evaluate_policy(model, tok, model, recorder, PROMPTS, samples=n, max_new_tokens=3, temperature=TEMPERATURE,
+                            seed=seed, batch_size=len(PROMPTS), generation=generation_path)
+    return point, recorder.texts
+
+
+def _text_counts(texts: list[str], categories: list[str]) -> list[torch.Tensor]:
+    """Counts of each whole completion and of its first character (EOS first: the empty string)."""
+    whole = torch.tensor([texts.count(c) for c in categories], dtype=torch.float64)
+    firsts = sorted({c[:1] for c in categories})
+    first = torch.tensor([sum(t[:1] == f for t in texts) for f in firsts], dtype=torch.float64)
+    return [whole, first]
+
+
+def test_evaluation_draws_with_the_runs_decode_loop_from_the_same_distribution(peaked) -> None:
+    """evaluate_policy(generation=...): the decode loop the run trains with, holding the plain path's distribution."""
+    model, tok = peaked
+    n = 3000
+    plain_point, plain = _evaluated(model, tok, "plain", seed=7, n=n)
+    loop_point, loop = _evaluated(model, tok, "auto", seed=8, n=n)
+    _, loop_same_seed = _evaluated(model, tok, "auto", seed=7, n=n)
+    assert loop_same_seed != plain  # the seed draws other completions: the decode loop ran, not generate
+    assert plain_point["kl"] == loop_point["kl"] == 0.0  # both log-probs of the KL come from one computation
+    ps = []
+    for row in range(len(PROMPTS)):
+        a, b = loop[row * n : (row + 1) * n], plain[row * n : (row + 1) * n]
+        categories = sorted(set(a) | set(b))
+        ps += [chi_square_p(x, y) for x, y in zip(_text_counts(a, categories), _text_counts(b, categories), strict=True)]
+    assert min(ps) > P_FLOOR

@@ -74,12 +74,17 @@ def evaluate_policy(
     max_prompt_tokens: int | None = None,
     gold: Reward | None = None,
     compute_dtype: torch.dtype | None = None,
+    generation: str = "auto",
 ) -> dict[str, Any]:
     """{reward, reward_stderr, kl, kl_stderr, length[, gold, gold_stderr], per_prompt} of `model` on `prompts`.
 
     KL is to `sft_model`. `gold` is scored on the same completions. `compute_dtype` below float32
     runs the models under autocast (their weights stay as loaded). The global RNG is forked:
-    evaluating inside a training loop leaves the trainer's RNG untouched.
+    evaluating inside a training loop leaves the trainer's RNG untouched. `generation` picks the
+    decode loop (kwarp.generation; the run's spec.training.generation), which changes which
+    completions a seed draws, never their distribution. Both log-probs of the KL come from the same
+    computation (each prompt once per group of samples), so a point whose policy is θ_sft measures
+    KL 0 exactly.
     """
     device = next(model.parameters()).device
     rewards, golds, kls, lengths = [], [], [], []
@@ -97,6 +102,7 @@ def evaluate_policy(
                 max_new_tokens=max_new_tokens,
                 temperature=temperature,
                 max_prompt_tokens=max_prompt_tokens,
+                generation=generation,
             )
             texts = decode_completions(tokenizer, drawn)
             repeated = [p for p in batch for _ in range(samples)]
@@ -104,8 +110,10 @@ def evaluate_policy(
             if gold is not None:
                 golds.append(gold.score(repeated, texts))
             rows = drawn.completion_ids.shape[0]
-            logp = batched_logprobs(model, drawn, temperature=temperature, micro_batch=rows).logprob
-            logp_sft = batched_logprobs(sft_model, drawn, temperature=temperature, micro_batch=rows).logprob
+            logp, logp_sft = (
+                batched_logprobs(m, drawn, temperature=temperature, micro_batch=rows, samples_per_prompt=samples).logprob
+                for m in (model, sft_model)
+            )
             kls.append((logp - logp_sft).float().cpu())
             lengths.append(drawn.lengths.float().cpu())
     values = {"reward": torch.cat(rewards), "kl": torch.cat(kls)}
@@ -155,6 +163,7 @@ def eval_settings(spec: Any) -> dict[str, Any]:
         "seed": tr.seed,
         "batch_size": ev.batch_size,
         "max_prompt_tokens": tr.max_prompt_tokens,
+        "generation": tr.generation,
     }
 
 
