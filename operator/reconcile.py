@@ -49,6 +49,7 @@ from kwarp.store import Store, StoreError, layout, open_store
 from . import conditions as C
 from .admission import AdmissionWatch, observe_progress
 from .jobindex import JobIndex
+from .joblog import JobLog
 from .jobs import (
     COMPONENTS,
     SECRET_KEYS,
@@ -361,6 +362,7 @@ class Reconciler:
         self.results = RunResults()
         self.progress = ProgressTracker(progress_seconds)
         self.admission = AdmissionWatch(metrics)
+        self.job_log = JobLog()
         self.job_index = job_index  # None: every reconcile LISTs the run's Jobs
         self.serializer = KeyedSerializer()
         self.last_success = time.monotonic()
@@ -441,6 +443,7 @@ class Reconciler:
         if uid:
             self.results.forget(uid)
             self.progress.forget(uid)
+            self.job_log.forget(uid)
             with self._lock:
                 self._owned = {o for o in self._owned if o[0] != uid}
         if self.metrics is not None:
@@ -515,6 +518,7 @@ class Reconciler:
             status = self._watchdog(body, spec, None, views, status, now)  # pods need no store
             return self._report(body, raw_status, previous, status, outcome)
 
+        self.job_log.record(store, folder, views)  # for `kwarp report`: admissions and timings of the Jobs
         attempts = by_task(views)
         recorded = recorded_failures(previous)
         messages = self._failure_messages(namespace, views)

@@ -8,6 +8,7 @@ admitted, so the operator withdraws (deletes) the run's unfinished Jobs and crea
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 from kwarp.operator import conditions as C
 from kwarp.operator.jobs import WorkerSettings
 from kwarp.operator.watchdog import parse_time
+from kwarp.run import report
+from kwarp.store import FileStore, layout
 
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for, wait_value
 from .kueue import QUEUE_LABEL, KueueStandIn
@@ -159,6 +162,17 @@ def test_admission_wait_and_waiting_jobs_reach_the_operators_metrics_and_go_with
         assert sample(samples, "kwarp_operator_admission_wait_seconds_sum", **queue_of) == sum(waits) and max(waits) >= 1
         assert sample(samples, "kwarp_operator_admission_wait_seconds_bucket", **queue_of, le="+Inf") == 2
         assert sample(samples, "kwarp_run_progress_ratio", namespace=NS, run="demo") == 0.0
+
+        # The same waits in the run's folder (jobs.json), where `kwarp report` reads them after the Jobs are gone.
+        folder = api.folder()
+        recorded = wait_value(lambda: (FileStore(store).get_json(layout.jobs_json(folder)) or {}).get("tasks", []),
+                              lambda tasks: len(tasks) == 2, 20, message="two started Jobs in jobs.json")  # fmt: skip
+        assert sorted(e["admission_wait_seconds"] for e in recorded) == sorted(waits)
+        assert {e["queue"] for e in recorded} == {"team-a"}
+        summary = json.loads((report.write_report(FileStore(store), folder, out_dir=store.parent / "report").parent
+                              / "summary.json").read_text())  # fmt: skip
+        assert summary["timeline"]["executor"] == "operator"
+        assert summary["timeline"]["admission"]["jobs"] == 2 and summary["timeline"]["admission"]["max_seconds"] == max(waits)
 
         api.delete()  # the run goes with a Job still waiting: its share of the gauge and its series go too
         gone = wait_value(lambda: scrape(url),

@@ -20,7 +20,7 @@ import yaml
 
 from kwarp.cli import main as kwarp_main
 from kwarp.core.spec import WarpRun, parse
-from kwarp.run import figures, report, rundata
+from kwarp.run import figures, report, rundata, timeline
 from kwarp.run.figures import smooth
 from kwarp.run.rundata import Point, hypervolume, reward_at_kl
 from kwarp.store import FileStore, layout
@@ -306,7 +306,7 @@ def test_write_report_on_a_fabricated_run(fabricated: Fabricated, tmp_path: Path
     assert m1["attempts"] == 2 and m1["seconds"] == pytest.approx(42.0)
 
     text = (out / "report.html").read_text()
-    assert text.count('src="data:image/png;base64,') == 3
+    assert text.count('src="data:image/png;base64,') == 4  # with the timeline
     assert "http://" not in text and "https://" not in text  # self-contained
     for needle in ("Iteration 0", "Iteration 2", "LiTI front", "SLERP of the members", "up and to the left is better",
                    "front not evaluated yet", "<pre>", "litiEta: 0.3"):
@@ -319,7 +319,58 @@ def test_write_report_on_a_fabricated_run(fabricated: Fabricated, tmp_path: Path
 
     # out_dir is not the store's report folder: the store gets a copy too
     stored = fabricated.store.list(layout.report_prefix(RUN))
-    assert sorted(k.rsplit("/", 1)[1] for k in stored) == sorted(["report.html", "summary.json", *figures.FIGURES])
+    assert sorted(k.rsplit("/", 1)[1] for k in stored) == sorted(["report.html", "summary.json", "timeline.png",
+                                                                  *figures.FIGURES])  # fmt: skip
+
+
+def test_the_timeline_of_an_embedded_run_shows_progress_attempts_and_no_admission(fabricated: Fabricated,
+                                                                                  tmp_path: Path) -> None:
+    path = report.write_report(fabricated.store, RUN, fabricated.spec, tmp_path / "out")
+    tl = json.loads((path.parent / "summary.json").read_text())["timeline"]
+    assert tl["executor"] == "local" and tl["admission"] is None  # kwarp run: no queue, and no fake zero
+    assert "has no admission" in tl["admission_note"]
+    assert [(a["task"], a["attempt"], a["status"]) for a in tl["attempts"][:4]] == [
+        ("prepare", 0, "succeeded"), ("i0-m0", 0, "succeeded"), ("i0-m1", 0, "failed"), ("i0-m1", 1, "succeeded")]
+    assert all(a["admission_wait_seconds"] is None for a in tl["attempts"])
+    # Progress by wall time: iterations 0 and 1 done (4 x 60 steps), iteration 2 at 30 and 20 of 60 (torn line
+    # dropped), against 3 x 2 x 60 steps; never decreasing, thinned to at most MAX_POINTS (+ the last).
+    progress = tl["progress"]
+    assert progress[-1][1] == pytest.approx((4 * 60 + 30 + 20) / 360)
+    assert all(a[1] <= b[1] and a[0] <= b[0] for a, b in zip(progress, progress[1:], strict=False))
+    assert len(progress) <= timeline.MAX_POINTS + 1
+    text = path.read_text()
+    assert "<h2>Timeline</h2>" in text and "has no admission" in text
+    assert (path.parent / "timeline.png").stat().st_size > 10_000
+
+
+def test_the_timeline_of_an_operator_run_shows_each_jobs_admission_wait(tmp_path: Path) -> None:
+    """jobs.json as the operator writes it (operator/joblog.py): the waits, their queue, median and longest."""
+    fab = fabricate(tmp_path / "store", runner=False)
+    fab.store.put_json(f"{RUN}/OWNER.json", {"namespace": "team-a", "name": RUN, "uid": "u-1",
+                                              "specDigest": "sha256:x", "executor": "operator"})  # fmt: skip
+    jobs = [{"task": "prepare", "attempt": 0, "job": "demo-prepare", "uid": "a", "queue": "gpus",
+             "created": T0 - 100, "start": T0 - 40, "end": T0 - 10, "status": "succeeded",
+             "admission_wait_seconds": 60.0}]  # fmt: skip
+    jobs += [{"task": f"i0-m{m}", "attempt": 0, "job": f"demo-i0-m{m}", "uid": f"m{m}", "queue": "gpus",
+              "created": T0 - 9, "start": T0 - 9 + wait, "end": T0 + 60, "status": "succeeded",
+              "admission_wait_seconds": wait} for m, wait in ((0, 4.0), (1, 9.0))]  # fmt: skip
+    fab.store.put_json(layout.jobs_json(RUN), {"executor": "operator", "tasks": jobs})
+    path = report.write_report(fab.store, RUN, fab.spec, tmp_path / "out")
+    summary = json.loads((path.parent / "summary.json").read_text())
+    tl = summary["timeline"]
+    assert tl["executor"] == "operator"
+    assert tl["admission"] == {"jobs": 3, "queues": ["gpus"], "median_seconds": 9.0, "max_seconds": 60.0}
+    assert [a["admission_wait_seconds"] for a in tl["attempts"]] == [60.0, 4.0, 9.0]
+    assert summary["headline"]["wall_seconds"] == pytest.approx(60 + 40)  # from jobs.json: prepare start .. i0 end
+    text = path.read_text()
+    assert "3 Job(s) admitted by Kueue from gpus: waited median 9 s, longest 60 s" in text
+
+    # The same run without a queue: admission does not apply, and the report says so.
+    fab.store.put_json(layout.jobs_json(RUN), {"executor": "operator", "tasks": [
+        {**j, "queue": None, "admission_wait_seconds": None} for j in jobs]})  # fmt: skip
+    path = report.write_report(fab.store, RUN, fab.spec, tmp_path / "out2")
+    tl = json.loads((path.parent / "summary.json").read_text())["timeline"]
+    assert tl["admission"] is None and "no spec.queueName" in tl["admission_note"]
 
 
 def test_default_out_dir_is_the_file_stores_report_folder(fabricated: Fabricated) -> None:
@@ -360,6 +411,8 @@ def test_an_empty_run_still_gets_a_report(tmp_path: Path) -> None:
     assert summary["headline"]["reference_kl"] is None and summary["headline"]["hypervolume"] is None
     for name in figures.FIGURES:
         _png_size((path.parent / name).read_bytes())
+    assert not (path.parent / "timeline.png").exists()  # nothing timed yet: no empty figure
+    assert "not known" in summary["timeline"]["admission_note"]
 
 
 def test_trajectory_falls_back_to_training_batches_without_eval_entries(tmp_path: Path) -> None:

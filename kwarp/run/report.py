@@ -6,7 +6,8 @@
 
 The report reads only what the tasks wrote to the store (docs/internals.md "Files the tasks write"):
 per iteration `eval.json` (the LiTI front), `merge.json` (angles between task vectors) and each
-member's `metrics.jsonl`, plus the embedded runner's optional `<run>/runner.json` (task timings).
+member's `metrics.jsonl`, plus the embedded runner's optional `<run>/runner.json` (task timings; for a
+cluster run the operator's `<run>/jobs.json`, with each Job's admission wait, kwarp.run.timeline).
 Anything may be missing — a run still training, an evaluation not yet written, a truncated last
 log line — and the report shows what exists and says what does not.
 
@@ -18,6 +19,7 @@ holds the latest report of every run whatever its backend:
     pareto.png    the KL–reward plane: fronts, training trajectories, members, SLERP, next init, SFT
     curves.png    reward and KL per member over training steps
     angles.png    angles between the members' task vectors per layer group
+    timeline.png  training progress over time and each task attempt (admission waits hatched), when timed
     summary.json  the numbers behind the figures and the headline (see `build_summary`)
 
 The data model and headline numbers are in `kwarp.run.rundata`, the figures in `kwarp.run.figures`.
@@ -51,6 +53,7 @@ from kwarp.run.rundata import (
     reference_kl,
     reward_at_kl,
 )
+from kwarp.run.timeline import load_timeline, timeline_figure, timeline_html, timeline_summary
 from kwarp.store import FileStore, Store, layout, open_store
 
 if TYPE_CHECKING:
@@ -290,7 +293,7 @@ The open circle in the KL–reward plane above.</p>
 <table><tr><th></th><th>reward</th><th>KL to SFT (nats)</th>{"<th>gold reward</th>" if gold else ""}</tr>{rows}</table>"""
 
 
-def render_html(data: RunData, summary: dict[str, Any], figures: Mapping[str, bytes]) -> str:
+def render_html(data: RunData, summary: dict[str, Any], figures: Mapping[str, bytes], timeline: str = "") -> str:
     e = html.escape
     h = summary["headline"]
     eta = data.liti_eta
@@ -351,6 +354,7 @@ drift from the SFT policy). Bars are ± one standard error.</figcaption></figure
 <h2>Iterations</h2>
 {iterations}
 
+{timeline}
 <h2>Training curves</h2>
 <figure>{_img("curves.png", figures["curves.png"], "training curves")}
 <figcaption class=caption>Per member: reward of the sampled training batches, KL to the EMA anchor the policy is
@@ -399,9 +403,15 @@ def write_report(
     }
     if has_gold(data):
         figures["gold.png"] = pareto_figure(data, score="gold")
+    # Progress over time, task attempts and admission waits (the operator's jobs.json, the runner's runner.json).
+    tl = load_timeline(store, run_name, data.iterations)
+    summary["timeline"] = timeline_summary(tl)
+    if (png := timeline_figure(tl)) is not None:
+        figures["timeline.png"] = png
+    section = timeline_html(tl, _img("timeline.png", png, "progress and task timeline") if png else None)
     files: dict[str, bytes] = dict(figures)
     files["summary.json"] = json.dumps(summary, indent=1, allow_nan=False).encode()
-    files["report.html"] = render_html(data, summary, figures).encode()
+    files["report.html"] = render_html(data, summary, figures, section).encode()
 
     out = Path(out_dir).expanduser().resolve() if out_dir is not None else default_out_dir(store, run_name)
     in_store = isinstance(store, FileStore) and out == store.path(layout.report_prefix(run_name))

@@ -2,8 +2,8 @@
 
 `load_run(store, run)` reads only what the tasks wrote (docs/internals.md "Files the tasks write"):
 per iteration `eval.json` (the LiTI front), `merge.json` (angles between task vectors) and each
-member's `metrics.jsonl`, plus the embedded runner's optional `<run>/runner.json` (task timings) and
-`<run>/export.json` (the exported policy, with spec.export).
+member's `metrics.jsonl`, plus the embedded runner's optional `<run>/runner.json` (task timings; for a
+cluster run the operator's `<run>/jobs.json`) and `<run>/export.json` (the exported policy, with spec.export).
 Anything may be missing — a run still training, an evaluation not yet written, a truncated last
 log line — and the data shows what exists.
 
@@ -354,9 +354,10 @@ def _read_json(store: Store, key: str, keys: set[str]) -> dict[str, Any] | None:
 
 
 def _read_runner(store: Store, run: str) -> dict[str, TaskTiming]:
-    """Task id -> its latest attempt, from <run>/runner.json ({"tasks": [...]} or a bare list)."""
+    """Task id -> its latest attempt, from <run>/runner.json ({"tasks": [...]} or a bare list), or from the
+    operator's <run>/jobs.json (the same entries) for a cluster run."""
     try:
-        raw = store.get_json(f"{layout.run_prefix(run)}{RUNNER_JSON}")
+        raw = store.get_json(f"{layout.run_prefix(run)}{RUNNER_JSON}") or store.get_json(layout.jobs_json(run))
     except ValueError:
         return {}
     entries = raw.get("tasks", []) if isinstance(raw, Mapping) else raw

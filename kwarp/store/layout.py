@@ -20,6 +20,11 @@ def runner_json(run: str) -> str:
     return f"{run}/runner.json"
 
 
+def jobs_json(run: str) -> str:
+    """The operator's record of the run's Jobs: per attempt, created, admitted by Kueue (and the wait), ended."""
+    return f"{run}/jobs.json"
+
+
 def base(run: str) -> str:
     """θ_sft: the policy the run started from (copied in so a run is self-contained)."""
     return f"{run}/base"
