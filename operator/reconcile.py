@@ -89,6 +89,7 @@ from .watchdog import NO_PROGRESS, Heartbeat, fail_patch, parse_time, stalled, s
 log = logging.getLogger(__name__)
 # Seconds per Pushgateway request when a deleted run's groups are removed (bounded: it runs in a handler).
 PUSHGATEWAY_TIMEOUT = 3.0
+GONE_KEPT = 4096  # deleted runs remembered, so that a reconcile still running when one goes exports nothing of it
 
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
 """(WarpRun body, type Normal|Warning, reason, message) -> post a Kubernetes Event about the run."""
@@ -368,6 +369,7 @@ class Reconciler:
         self.last_success = time.monotonic()
         self._pod_details: dict[str, str | None] = {}  # failed Job uid -> what its pod said
         self._counted_failures: set[str] = set()  # Job uids already counted in the failures metric
+        self._gone: dict[str, None] = {}  # uids of deleted runs (the latest GONE_KEPT), in deletion order
         self._lock = threading.Lock()
 
     # -- entry points
@@ -446,6 +448,9 @@ class Reconciler:
             self.job_log.forget(uid)
             with self._lock:
                 self._owned = {o for o in self._owned if o[0] != uid}
+                self._gone[uid] = None
+                while len(self._gone) > GONE_KEPT:
+                    del self._gone[next(iter(self._gone))]
         if self.metrics is not None:
             self.metrics.forget_run(namespace, name)
         self._delete_pushed_groups(namespace, name)
@@ -725,10 +730,18 @@ class Reconciler:
             if cond is not None and cond.status == C.TRUE and not C.is_true(previous.conditions, type_):
                 self.events(body, "Warning", reason, cond.message[:1000])
         if self.metrics is not None and status.phase is not None:
-            self.metrics.observe_run(namespace, name, status.phase, status.iteration)
-            observe_progress(self.metrics, namespace, name, status)
-            if status.export is not None:  # the exported policy's point, for the dashboard
-                self.metrics.run.set_export(namespace, name, status.export.eta, status.export.reward, status.export.kl)
+            with self._lock:
+                gone = meta.get("uid") in self._gone
+            if gone:
+                # Deleted while this pass ran: what it exported would outlive the run (forget ran before it).
+                self.admission.forget(namespace, name)
+                self.metrics.forget_run(namespace, name)
+            else:
+                self.metrics.observe_run(namespace, name, status.phase, status.iteration)
+                observe_progress(self.metrics, namespace, name, status)
+                if status.export is not None:  # the exported policy's point, for the dashboard
+                    self.metrics.run.set_export(namespace, name, status.export.eta, status.export.reward,
+                                                status.export.kl)  # fmt: skip
         return outcome
 
 
