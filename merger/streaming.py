@@ -73,6 +73,10 @@ DEFAULT_MAX_SHARD_BYTES = 256 << 20
 # run ahead of the disk by two blocks and allocate 366 MiB of fresh buffers for a 463 MiB output; 64 MiB:
 # 233 MiB, most of it the 82 MB embedding and head of the benchmark model, and 30% fewer page faults.
 WRITER_QUEUE_BYTES = 64 << 20
+# A held group's merged tensors are computed and written in pieces of this many elements (8 MiB in bf16),
+# each in a recycled buffer: the output side holds a few pieces instead of whole tensors (an 82 MB
+# embedding of the benchmark model, 1 GB of a 128k-vocabulary model's).
+PIECE_ELEMENTS = 4 << 20
 
 _DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 
@@ -350,13 +354,14 @@ def merge_checkpoints(
     threads: int = 1,
     progress: Progress | None = None,
     writer_queue_bytes: int = WRITER_QUEUE_BYTES,
+    piece_elements: int = PIECE_ELEMENTS,
     buffers: BufferPool | None = None,
 ) -> MergeReport:
     """Merge the members' task vectors relative to θ_init group by group and write `outputs`.
 
     With no outputs only the report is computed (one pass over the inputs). The result does not
     depend on `threads` (chunks are shared out whole and summed in order). Computed tensors are held in
-    `buffers` (a fresh pool by default) until written.
+    `buffers` (a fresh pool by default), piece_elements at a time, until written.
     """
     started = time.perf_counter()
     merge_method = get_method(method) if isinstance(method, str) else method
@@ -417,7 +422,7 @@ def merge_checkpoints(
             for name in names if outputs else ():
                 if tensors is not None:
                     _write_held(name, infos[name], [t[name] for t in tensors], combination, outputs, writers, workers,
-                                buffers)
+                                buffers, piece_elements)
                 else:
                     _write_tensor(name, infos[name], inputs, combination, outputs, writers, workers)
                 if progress:
@@ -482,33 +487,43 @@ def _write_held(
     writers: Sequence[PlannedShardWriter],
     workers: _Workers,
     buffers: BufferPool,
+    piece_elements: int,
 ) -> None:
     """Tensor `name` of every output, from the inputs' tensors mapped in memory (θ_init first).
 
-    Computed tensors live in recycled buffers that the writers give back once written; θ_init's own
-    tensor (η = 0 outputs, non-float tensors) goes to the writer as the mapped view itself, no copy.
+    A computed tensor is computed and written piece by piece (piece_elements at a time) in recycled
+    buffers that the writers give back once written: the output side holds a few pieces, never a
+    whole tensor. θ_init's own tensor (η = 0 outputs, non-float tensors) goes to the writer as the
+    mapped view itself, no copy.
     """
     init = tensors[0]
-    merged: torch.Tensor | None = None
-    litis: dict[int, torch.Tensor] = {}
-    if info.mergeable and any(o.eta > 0.0 for o in outputs):
-        weights = (combination.init_weight, *combination.weights)
-        terms = [t.reshape(-1) if w != 0.0 or i == 0 else None for i, (w, t) in enumerate(zip(weights, tensors, strict=True))]
-        merged = buffers.take(info.merged_dtype, info.shape)
-        litis = {k: buffers.take(info.merged_dtype, info.shape) for k, o in enumerate(outputs) if 0.0 < o.eta < 1.0}
-        workers.run(merged.numel(), partial(_merge_part, merged.view(-1), terms, combination,
-                                            [(t.view(-1), outputs[k].eta) for k, t in litis.items()]))
-    merged_users = sum(1 for o in outputs if o.eta == 1.0) if merged is not None else 0
-    if merged is not None and merged_users == 0:
-        buffers.give(merged)  # only the LiTI outputs needed it, and they are computed
-    merged_written = buffers.after(merged, merged_users) if merged is not None and merged_users else None
+    computed = [k for k, o in enumerate(outputs) if o.eta > 0.0] if info.mergeable and info.numel else []
     for k, (out, writer) in enumerate(zip(outputs, writers, strict=True)):
-        if merged is None or out.eta == 0.0:
-            writer.write(name, init)
-        elif out.eta == 1.0:
-            writer.write(name, merged, merged_written)
-        else:
-            writer.write(name, litis[k], buffers.give)
+        if k not in computed:
+            writer.write(name, init if out.eta == 0.0 or not info.mergeable else torch.empty(info.shape, dtype=info.merged_dtype))
+    if not computed:
+        return
+    weights = (combination.init_weight, *combination.weights)
+    terms = [t.reshape(-1) if w != 0.0 or i == 0 else None for i, (w, t) in enumerate(zip(weights, tensors, strict=True))]
+    dtype, n = info.merged_dtype, info.numel
+    merged_users = sum(1 for k in computed if outputs[k].eta == 1.0)
+    size = min(n, piece_elements)  # buffers of a piece, or of the whole tensor when it is smaller
+    for s in range(0, n, size):
+        e = min(n, s + size)
+        merged_buffer = buffers.take(dtype, (size,))
+        liti_buffers = {k: buffers.take(dtype, (size,)) for k in computed if outputs[k].eta < 1.0}
+        merged = merged_buffer[: e - s]
+        litis = [(b[: e - s], outputs[k].eta) for k, b in liti_buffers.items()]
+        workers.run(e - s, partial(_merge_part, merged, [t[s:e] if t is not None else None for t in terms],
+                                   combination, litis))
+        merged_written = buffers.after(merged_buffer, merged_users) if merged_users else None
+        if not merged_users:  # only LiTI outputs needed it, and they are computed
+            buffers.give(merged_buffer)
+        for k in computed:
+            if outputs[k].eta == 1.0:
+                writers[k].write_piece(name, merged, merged_written)
+            else:
+                writers[k].write_piece(name, liti_buffers[k][: e - s], buffers.after(liti_buffers[k], 1))
 
 
 def _write_tensor(

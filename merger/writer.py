@@ -108,7 +108,8 @@ _STOP = object()
 class PlannedShardWriter:
     """Writes `tensors` (in this order, each exactly once) into shards under `folder`, then the index.
 
-    `write` hands a tensor to the writer thread and returns; `close` waits for the thread, writes the
+    `write` hands a tensor (or `write_piece` a piece of one) to the writer thread and returns; at most
+    `queue_bytes` wait for the thread (a larger tensor goes alone). `close` waits for the thread, writes the
     index (for more than one shard) and records every shard's sha256 for the manifest. An error of
     the thread is raised by the next `write` or by `close`.
     """
@@ -124,7 +125,8 @@ class PlannedShardWriter:
         n = len(self.shards)
         self.names = [SINGLE_SHARD] if n == 1 else [f"model-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)]
         self._order = [(k, t) for k, shard in enumerate(self.shards) for t in shard]
-        self._next = 0
+        self._next = 0  # the planned tensor that comes next
+        self._offset = 0  # bytes of it already given in pieces
         self._digests: dict[str, str] = {}
         self._queue: queue.Queue[Any] = queue.Queue()
         self._queue_bytes = queue_bytes
@@ -137,25 +139,49 @@ class PlannedShardWriter:
     def write(self, name: str, tensor: torch.Tensor, written: Callable[[torch.Tensor], None] | None = None) -> None:
         """Queue `tensor` to be written as `name`; the thread calls `written(tensor)` once its bytes are in the file
         (to recycle its buffer: kwarp.merger.buffers)."""
+        planned = self._planned(name, tensor.dtype)
+        if self._offset or tuple(tensor.shape) != planned.shape:
+            raise CheckpointError(f"{self.folder}: expected '{planned.name}' {planned.dtype}{list(planned.shape)} "
+                                  f"whole, got {list(tensor.shape)}" + (" after pieces of it" if self._offset else ""))
+        self._next += 1
+        self._put(tensor, planned.nbytes, written)
+
+    def write_piece(self, name: str, piece: torch.Tensor, written: Callable[[torch.Tensor], None] | None = None) -> None:
+        """Queue the next piece of tensor `name`: flat, of its dtype; its pieces, in order, are exactly its bytes.
+
+        The engine computes a large tensor piece by piece into a few recycled buffers, instead of into
+        one buffer of the whole tensor.
+        """
+        planned = self._planned(name, piece.dtype)
+        nbytes = piece.numel() * piece.element_size()
+        if piece.dim() != 1 or self._offset + nbytes > planned.nbytes:
+            raise CheckpointError(f"{self.folder}: a piece of {nbytes} bytes at byte {self._offset} does not fit "
+                                  f"'{name}' ({planned.nbytes} bytes)")
+        self._offset += nbytes
+        if self._offset == planned.nbytes:
+            self._next, self._offset = self._next + 1, 0
+        self._put(piece, nbytes, written)
+
+    def _planned(self, name: str, dtype: torch.dtype) -> Planned:
         if self._error is not None:
             raise self._error
         if self._next >= len(self._order):
             raise CheckpointError(f"'{name}' was not planned for {self.folder}")
         _, planned = self._order[self._next]
-        tag = _TAGS.get(tensor.dtype)
-        if name != planned.name or tag != planned.dtype or tuple(tensor.shape) != planned.shape:
-            raise CheckpointError(
-                f"{self.folder}: expected '{planned.name}' {planned.dtype}{list(planned.shape)} next, "
-                f"got '{name}' {tag}{list(tensor.shape)}"
-            )
-        self._next += 1
+        tag = _TAGS.get(dtype)
+        if name != planned.name or tag != planned.dtype:
+            raise CheckpointError(f"{self.folder}: expected '{planned.name}' {planned.dtype}{list(planned.shape)} "
+                                  f"next, got '{name}' {tag}")
+        return planned
+
+    def _put(self, tensor: torch.Tensor, nbytes: int, written: Callable[[torch.Tensor], None] | None) -> None:
         with self._room:  # a tensor larger than the budget goes alone
-            while self._error is None and self._waiting and self._waiting + planned.nbytes > self._queue_bytes:
+            while self._error is None and self._waiting and self._waiting + nbytes > self._queue_bytes:
                 self._room.wait()
             if self._error is not None:
                 raise self._error
-            self._waiting += planned.nbytes
-        self._queue.put((tensor.detach().contiguous(), written))
+            self._waiting += nbytes
+        self._queue.put((tensor.detach().contiguous(), nbytes, written))
 
     def close(self) -> list[str]:
         """Finish writing; return the shard file names."""
@@ -163,7 +189,7 @@ class PlannedShardWriter:
         self._thread.join()
         if self._error is not None:
             raise self._error
-        if self._next != len(self._order):
+        if self._next != len(self._order):  # (a tensor of which only pieces came counts as missing)
             missing = self._order[self._next][1].name
             raise CheckpointError(f"{self.folder}: closed before '{missing}' and {len(self._order) - self._next - 1} more")
         if len(self.names) > 1:
@@ -185,26 +211,31 @@ class PlannedShardWriter:
         shard = -1
         try:
             for k, planned in self._order:
-                item = self._queue.get()
-                if item is _STOP or self._error is not None:
-                    return
-                tensor, written = item
-                if k != shard:
-                    if current is not None:
-                        self._finish(current)
-                    shard = k
-                    current = _File(self.folder / self.names[k])
-                    current.write(memoryview(header_bytes(self.shards[k], self.metadata)))
-                assert current is not None
-                data = tensor.reshape(-1).view(torch.uint8).numpy() if tensor.numel() else b""
-                current.write(memoryview(data).cast("B"))
-                del data
-                if written is not None:
-                    written(tensor)
-                del tensor, written
-                with self._room:
-                    self._waiting -= planned.nbytes
-                    self._room.notify_all()
+                left = planned.nbytes
+                while True:  # one item for a whole tensor (even of 0 bytes), or its pieces
+                    item = self._queue.get()
+                    if item is _STOP or self._error is not None:
+                        return
+                    tensor, nbytes, written = item
+                    if k != shard:
+                        if current is not None:
+                            self._finish(current)
+                        shard = k
+                        current = _File(self.folder / self.names[k])
+                        current.write(memoryview(header_bytes(self.shards[k], self.metadata)))
+                    assert current is not None
+                    data = tensor.reshape(-1).view(torch.uint8).numpy() if nbytes else b""
+                    current.write(memoryview(data).cast("B"))
+                    del data
+                    if written is not None:
+                        written(tensor)
+                    del tensor, written
+                    with self._room:
+                        self._waiting -= nbytes
+                        self._room.notify_all()
+                    left -= nbytes
+                    if left <= 0:
+                        break
             if current is not None:
                 self._finish(current)
                 current = None

@@ -1,5 +1,6 @@
-"""The merge's memory: inputs mapped from their shards (not copied), outputs in recycled buffers, truncated
-inputs refused instead of crashing the process, on real (tiny, random) Llama checkpoints.
+"""The merge's memory: inputs mapped from their shards (not copied), outputs computed and written in a few
+recycled pieces, truncated inputs refused instead of crashing the process, on real (tiny, random) Llama
+checkpoints.
 
 Expected merges come from a merge with recycling made impossible (a pool that keeps nothing), so the
 tests see that a recycled buffer is never handed out while a writer still needs it.
@@ -17,6 +18,7 @@ from kwarp.core.weights import shard_map
 from kwarp.merger.buffers import BufferPool
 from kwarp.merger.reading import GroupReader
 from kwarp.merger.streaming import Output, merge_checkpoints
+from kwarp.merger.writer import Planned, PlannedShardWriter
 
 from .models import load_state, perturbed, tiny_llama
 
@@ -63,29 +65,52 @@ def test_a_group_is_unmapped_by_the_engine_once_computed(deep: tuple[Path, list[
     reader.close()
 
 
-def test_output_buffers_are_recycled_and_their_number_does_not_grow_with_depth(
+def test_outputs_are_computed_in_a_few_recycled_pieces_whatever_the_model(
     deep: tuple[Path, list[Path]], tmp_path: Path
 ) -> None:
     init, members = deep
-    state = load_state(init)
-    block = sum(t.numel() * 2 for n, t in state.items() if n.startswith("model.layers.0."))
-    outside = sum(t.numel() * 2 for n, t in state.items() if not n.startswith("model.layers."))
     pool = BufferPool()
     outputs = [Output(tmp_path / "slerp", 1.0), Output(tmp_path / "liti", 0.3)]
-    # A writer queue of 0 bytes: the engine hands a writer the next tensor once it has written the last one,
-    # so at most two buffers per output and tensor size are in use at any time.
-    merge_checkpoints(init, members, outputs, writer_queue_bytes=0, buffers=pool)
-    total = 6 * block + outside
-    assert pool.allocated_bytes + pool.reused_bytes == 2 * total  # every tensor of both outputs came from the pool
-    assert pool.allocated_bytes <= 2 * 2 * (block + outside)  # six blocks, the memory of at most two
-    # Nothing was handed out again while a writer still needed it: the same merge without recycling.
-    unrecycled = [Output(tmp_path / "slerp-fresh", 1.0), Output(tmp_path / "liti-fresh", 0.3)]
-    merge_checkpoints(init, members, unrecycled, buffers=BufferPool(idle_bytes=0))
-    for out, fresh in zip(outputs, unrecycled, strict=True):
+    # A writer queue of 0 bytes: the engine hands a writer its next piece once the last one is written, so
+    # per output one piece is being written while the next is computed: two buffers of each piece size
+    # (100 bf16 elements, or a whole tensor when smaller: the norms' 32).
+    merge_checkpoints(init, members, outputs, writer_queue_bytes=0, piece_elements=100, buffers=pool)
+    sizes = {min(t.numel(), 100) * 2 for t in load_state(init).values()}
+    assert sizes == {200, 64}
+    assert pool.allocated_bytes <= 2 * 2 * sum(sizes)  # for a model of 6 blocks and 0.13 MB per output
+    assert pool.reused_bytes > 100 * pool.allocated_bytes
+    # Nothing was handed out again while a writer still needed it: the same merge without recycling, whole.
+    whole = [Output(tmp_path / "slerp-whole", 1.0), Output(tmp_path / "liti-whole", 0.3)]
+    merge_checkpoints(init, members, whole, piece_elements=1 << 30, buffers=BufferPool(idle_bytes=0))
+    for out, fresh in zip(outputs, whole, strict=True):
         got, expected = load_state(out.folder), load_state(fresh.folder)
         assert got.keys() == expected.keys()
         for name in expected:
             assert torch.equal(got[name], expected[name]), name
+
+
+def test_a_writer_takes_a_tensor_in_pieces_that_are_exactly_its_bytes(tmp_path: Path) -> None:
+    planned = [Planned("a", "F32", (2, 3)), Planned("b", "BF16", (4,))]
+    a, b = torch.arange(6, dtype=torch.float32).reshape(2, 3), torch.ones(4, dtype=torch.bfloat16)
+    whole = PlannedShardWriter(tmp_path / "whole", planned, max_shard_bytes=1 << 20)
+    whole.write("a", a)
+    whole.write("b", b)
+    whole.close()
+    pieces = PlannedShardWriter(tmp_path / "pieces", planned, max_shard_bytes=1 << 20, queue_bytes=0)
+    given_back: list[int] = []
+    pieces.write_piece("a", a.reshape(-1)[:4], lambda t: given_back.append(t.numel()))
+    with pytest.raises(CheckpointError, match="does not fit"):
+        pieces.write_piece("a", a.reshape(-1)[:4])  # 4 more elements of a tensor that has 2 left
+    with pytest.raises(CheckpointError, match="after pieces"):
+        pieces.write("a", a)
+    pieces.write_piece("a", a.reshape(-1)[4:], lambda t: given_back.append(t.numel()))
+    pieces.write("b", b)
+    pieces.close()
+    assert given_back == [4, 2]
+    shards = sorted(p.name for p in (tmp_path / "whole").glob("*.safetensors"))
+    assert shards and shards == sorted(p.name for p in (tmp_path / "pieces").glob("*.safetensors"))
+    for name in shards:
+        assert (tmp_path / "pieces" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
 
 
 def test_a_pool_keeps_at_most_its_idle_bytes_the_latest_first() -> None:
