@@ -204,7 +204,7 @@ def _decode(
 ) -> Decoded:
     from transformers import DynamicCache
 
-    from kwarp.policy import position_ids
+    from kwarp.logprobs import position_ids
 
     original_width = prompt_ids.shape[1]
     if compiled:

@@ -19,7 +19,6 @@ Conventions every caller relies on:
 from __future__ import annotations
 
 import importlib
-import inspect
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,6 +33,12 @@ from kwarp.core.checkpoints import CheckpointError, refuse_pickles
 from kwarp.core.errors import UserError
 from kwarp.core.prompts import read_prompts  # noqa: F401 - re-exported: trainer and evaluate import it from here
 from kwarp.core.weights import TensorReader
+from kwarp.logprobs import (  # noqa: F401 - re-exported: trainer, evaluation and tests import them from here
+    SequenceLogProbs,
+    batched_logprobs,
+    position_ids,
+    sequence_logprobs,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -469,171 +474,6 @@ def decode_completions(tokenizer: Any, samples: Samples) -> list[str]:
     """Completion texts, cut after the first EOS, special tokens removed."""
     ids = samples.completion_ids.masked_fill(samples.completion_mask == 0, int(tokenizer.pad_token_id))
     return tokenizer.batch_decode(ids.cpu(), skip_special_tokens=True)
-
-
-# ------------------------------------------------------------------------------------ log-probs
-
-
-@dataclass(frozen=True)
-class SequenceLogProbs:
-    logprob: torch.Tensor  # [N] Σ_t log π(y_t | x, y_<t) over the completion (with grad if the forward had it)
-    entropy: torch.Tensor | None  # [N] mean per-token entropy over the completion (detached), when asked
-    tokens: torch.Tensor  # [N] completion lengths
-
-
-_LOGITS_TO_KEEP: dict[type, bool] = {}
-
-
-def _accepts_logits_to_keep(model: Any) -> bool:
-    bare = getattr(model, "module", model)  # DDP wraps the model in .module
-    kind = type(bare)
-    if kind not in _LOGITS_TO_KEEP:
-        _LOGITS_TO_KEEP[kind] = "logits_to_keep" in inspect.signature(bare.forward).parameters
-    return _LOGITS_TO_KEEP[kind]
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only, as generation computes them for left-padded prompts."""
-    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
-
-
-def _groups_share_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group: int) -> bool:
-    """Whether rows g·k … g·k + k − 1 hold the same prompt (ids and padding) for every group g."""
-    n, width = prompt_ids.shape
-    if n % group:
-        return False
-    ids = prompt_ids.reshape(n // group, group, width)
-    mask = prompt_mask.reshape(n // group, group, width)
-    return bool(ids.eq(ids[:, :1]).all()) and bool(mask.eq(mask[:, :1]).all())
-
-
-def _completion_logits(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int, group: int
-) -> torch.Tensor:
-    """The logits at the `width` positions that predict the completion (column j predicts token j + 1).
-
-    group k > 1: the k rows of a group share their prompt, so the prompt goes through the model once
-    per group (its KV cache then repeated k times) and the completions run on top of that cache:
-    P·N/k + C·N token positions instead of (P + C)·N, with the same result up to float rounding
-    (the attention sums in another order). The last completion token predicts nothing and is not
-    run either. Gradients flow through the repeated cache into the prompt's one forward.
-    """
-    n, total = input_ids.shape
-    prompt = total - width
-    if group > 1 and not _groups_share_prompts(input_ids[:, :prompt], attention_mask[:, :prompt], group):
-        group = 1  # rows not laid out as `sample` lays them out: one forward over every row, as before
-    positions = position_ids(attention_mask)
-    if group > 1 and _accepts_logits_to_keep(model):
-        # DDP: the prompt runs through the wrapped module itself. Its parameters' gradients still reach
-        # DDP's hooks once per backward (autograd sums every use of a parameter before accumulating it).
-        bare = getattr(model, "module", model)
-        head = bare(
-            input_ids=input_ids[::group, :prompt],
-            attention_mask=attention_mask[::group, :prompt],
-            position_ids=positions[::group, :prompt],
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache = head.cache
-        if cache is not None and hasattr(cache, "batch_repeat_interleave"):
-            cache.batch_repeat_interleave(group)
-            first = head.logits[:, -1:].repeat_interleave(group, dim=0)
-            if width == 1:
-                return first
-            rest = model(
-                input_ids=input_ids[:, prompt:-1],
-                attention_mask=attention_mask[:, :-1],
-                position_ids=positions[:, prompt:-1],
-                cache=cache,
-                use_cache=True,
-            )
-            return torch.cat([first, rest.logits], dim=1)
-    kwargs: dict[str, Any] = {}
-    if _accepts_logits_to_keep(model):
-        kwargs["logits_to_keep"] = width + 1
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=positions,
-        use_cache=False,
-        **kwargs,
-    )
-    return out.logits[:, -(width + 1) : -1]
-
-
-def sequence_logprobs(
-    model: Any,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    completion_mask: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    with_entropy: bool = False,
-    samples_per_prompt: int = 1,
-) -> SequenceLogProbs:
-    """log π(y|x) of each row's completion, the last C = completion_mask.shape[1] columns of input_ids.
-
-    Computed in float32 from logits at temperature T (the sampling distribution). Only the C
-    positions that predict the completion get logits, so memory is N·C·V floats, not N·L·V.
-    Gradients flow when the caller runs it with grad enabled. `samples_per_prompt` k > 1: rows come
-    in groups of k with the same prompt (as `sample` returns them), and each prompt is run through
-    the model once, not k times (_completion_logits); rows that do not are run one forward per row.
-    """
-    width = completion_mask.shape[1]
-    if width >= input_ids.shape[1]:
-        raise ValueError("completion_mask must cover only the completion: fewer columns than input_ids")
-    logits = _completion_logits(model, input_ids, attention_mask, width, samples_per_prompt).float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    # log π(y_t) = logit(y_t) − logsumexp(logits): unlike log_softmax, no second N·C·V tensor is written.
-    log_normaliser = torch.logsumexp(logits, dim=-1)
-    targets = input_ids[:, -width:]
-    token_logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_normaliser
-    mask = completion_mask.to(token_logp.dtype)
-    tokens = completion_mask.sum(dim=1)
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            # H = logsumexp(z) − Σ softmax(z)·z
-            probs = torch.softmax(logits, dim=-1)
-            token_entropy = log_normaliser - (probs * logits).sum(dim=-1)
-            del probs
-            entropy = (token_entropy * mask).sum(dim=1) / tokens.clamp(min=1)
-    return SequenceLogProbs(logprob=(token_logp * mask).sum(dim=1), entropy=entropy, tokens=tokens)
-
-
-@torch.no_grad()
-def batched_logprobs(
-    model: Any,
-    samples: Samples,
-    *,
-    temperature: float,
-    micro_batch: int,
-    with_entropy: bool = False,
-    samples_per_prompt: int = 1,
-) -> SequenceLogProbs:
-    """sequence_logprobs without grad, `micro_batch` rows at a time (reference and anchor models).
-
-    With samples_per_prompt k > 1, micro_batch must be a multiple of k (a group is never split).
-    """
-    parts = [
-        sequence_logprobs(
-            model,
-            chunk.input_ids,
-            chunk.attention_mask,
-            chunk.completion_mask,
-            temperature=temperature,
-            with_entropy=with_entropy,
-            samples_per_prompt=samples_per_prompt,
-        )
-        for chunk in (samples.rows(s, s + micro_batch) for s in range(0, samples.completion_ids.shape[0], micro_batch))
-    ]
-    entropy = torch.cat([p.entropy for p in parts]) if with_entropy else None  # type: ignore[misc]
-    return SequenceLogProbs(
-        logprob=torch.cat([p.logprob for p in parts]),
-        entropy=entropy,
-        tokens=torch.cat([p.tokens for p in parts]),
-    )
 
 
 def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:

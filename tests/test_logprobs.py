@@ -2,7 +2,8 @@
 
 `sequence_logprobs(..., samples_per_prompt=k)` runs a prompt shared by k rows through the model once
 and the k completions on top of its repeated KV cache. The numbers it returns, and the gradients of
-a REINFORCE loss on them, must be those of one forward over every row's prompt + completion.
+a REINFORCE loss on them, must be those of the textbook computation: one forward over every row's
+prompt + completion and a log_softmax of every logit.
 """
 
 from __future__ import annotations
@@ -35,32 +36,54 @@ def _drawn(folder: Path):
     return model, drawn
 
 
-def _loss_and_grads(model, drawn, group: int):
+def _textbook(model, drawn) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(y|x) and the mean entropy the plain way: one full forward per row, log_softmax of every logit."""
+    ids, mask, cmask = drawn.input_ids, drawn.attention_mask, drawn.completion_mask
+    width = cmask.shape[1]
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    logp = torch.log_softmax(logits[:, -(width + 1) : -1].float() / TEMPERATURE, dim=-1)
+    token = logp.gather(-1, ids[:, -width:, None]).squeeze(-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    m = cmask.float()
+    return (token * m).sum(1), ((entropy * m).sum(1) / m.sum(1)).detach()
+
+
+def _loss_and_grads(model, drawn, group: int | None):
+    """group None: the textbook computation above; else sequence_logprobs with that many samples per prompt."""
     model.zero_grad(set_to_none=True)
-    out = sequence_logprobs(model, drawn.input_ids, drawn.attention_mask, drawn.completion_mask,
-                            temperature=TEMPERATURE, with_entropy=True, samples_per_prompt=group)
-    rewards = torch.linspace(-1.0, 2.0, out.logprob.shape[0])
-    loss = reinforce_loss(out.logprob, advantages(rewards, K, "leave-one-out"), normaliser=out.logprob.shape[0])
+    if group is None:
+        logprob, entropy = _textbook(model, drawn)
+    else:
+        out = sequence_logprobs(model, drawn.input_ids, drawn.attention_mask, drawn.completion_mask,
+                                temperature=TEMPERATURE, with_entropy=True, samples_per_prompt=group)
+        logprob, entropy = out.logprob, out.entropy
+    rewards = torch.linspace(-1.0, 2.0, logprob.shape[0])
+    loss = reinforce_loss(logprob, advantages(rewards, K, "leave-one-out"), normaliser=logprob.shape[0])
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return out, loss.detach(), grads
+    return (logprob.detach(), entropy), loss.detach(), grads
 
 
 @pytest.mark.parametrize("builder", [tiny_gpt2, tiny_llama], ids=["gpt2", "llama"])
 def test_each_prompt_once_gives_the_log_probs_loss_and_gradients_of_one_forward_per_row(tmp_path: Path, builder) -> None:
     model, drawn = _drawn(builder(tmp_path / "m"))
-    straight, loss_straight, grads_straight = _loss_and_grads(model, drawn, group=1)
-    shared, loss_shared, grads_shared = _loss_and_grads(model, drawn, group=K)
-    torch.testing.assert_close(shared.logprob, straight.logprob, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(shared.entropy, straight.entropy, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(loss_shared, loss_straight, atol=1e-6, rtol=1e-5)
-    assert grads_shared.keys() == grads_straight.keys() and len(grads_straight) == len(list(model.parameters()))
-    for name, grad in grads_straight.items():
-        torch.testing.assert_close(grads_shared[name], grad, atol=1e-6, rtol=1e-4, msg=name)
-    # The reference passes: no grad, micro-batches of whole groups.
+    (logp, entropy), loss, grads = _loss_and_grads(model, drawn, group=None)
+    assert len(grads) == len(list(model.parameters()))
+    for group in (1, K):  # one forward per row, and each prompt once per group
+        (logp_g, entropy_g), loss_g, grads_g = _loss_and_grads(model, drawn, group=group)
+        torch.testing.assert_close(logp_g, logp, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(entropy_g, entropy, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(loss_g, loss, atol=1e-6, rtol=1e-5)
+        assert grads_g.keys() == grads.keys()
+        for name, grad in grads.items():
+            torch.testing.assert_close(grads_g[name], grad, atol=1e-6, rtol=1e-4, msg=f"{group}: {name}")
+    # The reference passes: no grad (the logits overwritten in place), micro-batches of whole groups.
     with torch.no_grad():
-        ref = batched_logprobs(model, drawn, temperature=TEMPERATURE, micro_batch=2 * K, samples_per_prompt=K)
-    torch.testing.assert_close(ref.logprob, straight.logprob.detach(), atol=1e-5, rtol=1e-5)
+        for group in (1, K):
+            ref = batched_logprobs(model, drawn, temperature=TEMPERATURE, micro_batch=2 * K, samples_per_prompt=group,
+                                   with_entropy=True)
+            torch.testing.assert_close(ref.logprob, logp, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(ref.entropy, entropy, atol=1e-5, rtol=1e-5)
 
 
 def test_rows_that_do_not_share_their_prompt_are_run_one_forward_per_row(tmp_path: Path) -> None:
