@@ -55,8 +55,9 @@ METRICS_PORT_NAME = "metrics"
 # A multi-node member: pod 0 of the Indexed Job hosts torchrun's static rendezvous on this port.
 RENDEZVOUS_PORT_NAME = "rendezvous"
 RENDEZVOUS_PORT = 29500
-# Where Kubernetes puts an Indexed Job pod's index (also in $JOB_COMPLETION_INDEX).
-COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+# Where Kubernetes puts an Indexed Job pod's index (also in $JOB_COMPLETION_INDEX, and a label from 1.28).
+COMPLETION_INDEX_KEY = "batch.kubernetes.io/job-completion-index"
+COMPLETION_INDEX = f"metadata.annotations['{COMPLETION_INDEX_KEY}']"
 RUN_AS_USER = 1000
 # S3 credentials a worker reads from the run's Secret (the names the AWS SDKs and kwarp's S3 store read).
 SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
@@ -224,8 +225,9 @@ def multinode_env(job: str, nodes: int, gpus: int) -> list[dict[str, Any]]:
 
 
 def needs_service(job: dict[str, Any]) -> bool:
-    """A multi-node member's Job (Indexed, several pods) comes with its headless Service."""
-    return job["spec"].get("completionMode") == "Indexed"
+    """A multi-node member's Job (Indexed, several pods) comes with its headless Service; a gang's pods
+    (one per member, Indexed too) never talk to each other."""
+    return job["spec"].get("completionMode") == "Indexed" and not is_gang(job)
 
 
 def service_manifest(job: dict[str, Any], job_uid: str) -> dict[str, Any]:

@@ -39,6 +39,8 @@ class JobView:
     created: str | None = None  # metadata.creationTimestamp (admission wait = startTime - created)
     deleting: bool = False  # deletionTimestamp set: going away (suspend of a Kueue workload deletes it)
     stalled: str | None = None  # why the operator failed it for making no progress (its annotation)
+    gang: bool = False  # one member of an iteration's gang Job (operator/gang.py): `name` is the gang's
+    pod: str | None = None  # a gang member's failed pod, standing for one failed try (its text in `failure`)
 
 
 @dataclass(frozen=True)

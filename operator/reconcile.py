@@ -48,12 +48,16 @@ from kwarp.store import Store, StoreError, layout, open_store
 
 from . import conditions as C
 from .admission import AdmissionWatch, observe_progress
+from .gang import gang_views, next_attempt, per_job
 from .jobindex import JobIndex
 from .joblog import JobLog
 from .jobs import (
     COMPONENTS,
     SECRET_KEYS,
     WorkerSettings,
+    gang_manifest,
+    gangs_members,
+    is_gang,
     job_manifest,
     needs_service,
     queue_of,
@@ -317,6 +321,7 @@ class Outcome:
     suspended: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
     withdrawn: list[str] = field(default_factory=list)  # Kueue workloads deleted by a suspend
+    gangs: dict[int, str] = field(default_factory=dict)  # iteration -> its gang Job this pass created (or found)
     status_patched: bool = False
 
 
@@ -495,7 +500,10 @@ class Reconciler:
         # after the store was read as "Complete, outputs missing", a failed attempt.)
         jobs = [j for j in self._run_jobs(namespace, name) if owned_by(j, uid)]
         views = [v for j in jobs if (v := view(j)) is not None]
-        self.admission.observe(namespace, name, views)
+        gang_jobs = [j for j in jobs if is_gang(j)]
+        if gang_jobs:  # a queued run's iterations: each member's tries are its index's pods (operator/gang.py)
+            views += gang_views(gang_jobs, self.kube.run_pods(namespace, name), spec.failure_policy.max_retries)
+        self.admission.observe(namespace, name, per_job(views))
         self._ensure_services(namespace, jobs)
         me = owner_of(namespace, name, uid, spec, now)
         folder = me.key  # the run's own folder: every key below is under it
@@ -535,14 +543,19 @@ class Reconciler:
         run = run_document(name, namespace, spec, uid)
         # A suspend withdraws Jobs still waiting in Kueue before admitted ones: deleting an admitted Job
         # first would free quota that Kueue could give to a sibling about to be withdrawn too.
+        gangs = gang_jobs if gangs_members(spec, self.worker) else None
         for action in sorted(actions, key=lambda a: not (isinstance(a, Suspend) and _queued(attempts, a.task))):
-            self._act(body, run, uid, attempts, action, outcome)
+            self._act(body, run, uid, attempts, action, outcome, gangs)
 
         if outcome.created:  # the Jobs just created, as the next observation will see them
             queue = queue_of(spec, self.worker)
-            new = [JobView(name=a.task.job_name(name, a.attempt), uid="", task=a.task, attempt=a.attempt,
-                           state="Queued" if queue else "Pending", queue=queue)
-                   for a in actions if isinstance(a, Start)]  # fmt: skip
+            new = []
+            for a in actions:
+                if isinstance(a, Start):
+                    gang = outcome.gangs.get(a.task.iteration) if a.task.kind == "train" else None
+                    new.append(JobView(name=gang or a.task.job_name(name, a.attempt), uid="", task=a.task,
+                                       attempt=a.attempt, state="Queued" if queue else "Pending", queue=queue,
+                                       gang=gang is not None))  # fmt: skip
             attempts = by_task([*views, *new])
             jobs = task_jobs(attempts, done, messages=messages, recorded=recorded)
 
@@ -596,9 +609,13 @@ class Reconciler:
         return jobs
 
     def _act(self, body: Mapping[str, Any], run: WarpRun, uid: str, attempts: Mapping[Task, list[JobView]],
-             action: Action, outcome: Outcome) -> None:  # fmt: skip
+             action: Action, outcome: Outcome, gangs: list[dict[str, Any]] | None = None) -> None:  # fmt: skip
+        """Carry out one action. `gangs`: the run's gang Jobs when its members are ganged (a queued run),
+        else None: a member's Start then starts its iteration's gang Job (once per pass)."""
         namespace = run.metadata.namespace or "default"
-        if isinstance(action, Start):
+        if isinstance(action, Start) and gangs is not None and action.task.kind == "train":
+            self._start_gang(body, run, uid, action.task.iteration, gangs, outcome)
+        elif isinstance(action, Start):
             manifest = job_manifest(run, uid, action.task, action.attempt, self.worker)
             job = manifest["metadata"]["name"]
             created = self.kube.create_job(namespace, manifest)
@@ -620,6 +637,8 @@ class Reconciler:
             for attempt in attempts.get(action.task, []):
                 if attempt.deleting or attempt.state not in ("Pending", "Queued", "Running"):
                     continue
+                if attempt.name in outcome.withdrawn:  # a gang: withdrawn with its first member
+                    continue
                 if attempt.queue:
                     # Kueue unsuspends a suspended Job whose Workload is still admitted, so suspending it
                     # would fight Kueue. Deleting the Job withdraws its Workload and frees the quota; on
@@ -640,6 +659,29 @@ class Reconciler:
             pass  # the status records it
         # Fail: the status records it; other tasks' Jobs keep running (raising maxRetries resumes the run).
 
+    def _start_gang(self, body: Mapping[str, Any], run: WarpRun, uid: str, iteration: int,
+                    gangs: list[dict[str, Any]], outcome: Outcome) -> None:  # fmt: skip
+        """Create the gang Job of an iteration's members: the next attempt after the gang Jobs that exist
+        (deterministic, so a pass that did not see its own Job yet gets 409). All M indexes: a member
+        already published returns at once (kwarp train skips it)."""
+        if iteration in outcome.gangs:
+            return
+        namespace = run.metadata.namespace or "default"
+        attempt = next_attempt(gangs, iteration)
+        manifest = gang_manifest(run, uid, iteration, attempt, self.worker)
+        job = manifest["metadata"]["name"]
+        outcome.gangs[iteration] = job
+        if not self.kube.create_job(namespace, manifest):
+            return
+        outcome.created.append(job)
+        if self.metrics is not None:
+            self.metrics.jobs_created.labels(kind="train").inc()
+            if attempt > 0:
+                self.metrics.retries.labels(kind="train").inc()
+        again = f", attempt {attempt}" if attempt else ""
+        self.events(body, "Normal", "JobCreated", f"created Job {job} (trainer: the {run.spec.warp.policies} members "
+                                                  f"of iteration {iteration} as one gang{again})")  # fmt: skip
+
     def _watchdog(self, body: Mapping[str, Any], spec: WarpRunSpec, store: Store | None, views: list[JobView],
                   status: WarpRunStatus, now: str) -> WarpRunStatus:  # fmt: skip
         """Work that will not finish by itself (operator/watchdog.py): fail trainer Jobs that stopped
@@ -649,7 +691,8 @@ class Reconciler:
         namespace, name, generation = meta.get("namespace", "default"), meta["name"], meta.get("generation")
         deadline = spec.failure_policy.progress_deadline_seconds
         for v in views:
-            if store is None or deadline is None or v.stalled or v.task.kind != "train" or v.state != "Running":
+            # A gang's members share one Job: failing it for one stalled member would stop them all.
+            if store is None or deadline is None or v.stalled or v.gang or v.task.kind != "train" or v.state != "Running":
                 continue
             try:
                 folder = owner_of(namespace, name, meta["uid"], spec).key  # the run's own folder
@@ -686,7 +729,7 @@ class Reconciler:
         """Failure text of each failed Job, with what its pod's container said (asked once per Job)."""
         out = {}
         for v in views:
-            if v.state != "Failed":
+            if v.state != "Failed" or v.pod:  # a gang member's failed pod carries its own words
                 continue
             with self._lock:
                 known = v.uid in self._pod_details

@@ -280,9 +280,11 @@ def spec_conditions(
 
 
 def queued_jobs(obs: Observation) -> list[JobView]:
-    """The latest attempt of each task, where it waits for Kueue's admission."""
-    return [atts[-1] for _, atts in sorted(obs.attempts.items())
-            if atts and atts[-1].state == "Queued" and not atts[-1].deleting]  # fmt: skip
+    """The latest attempt of each task, where it waits for Kueue's admission; a gang Job once (it stands
+    for each of its members)."""
+    latest = [atts[-1] for _, atts in sorted(obs.attempts.items())
+              if atts and atts[-1].state == "Queued" and not atts[-1].deleting]  # fmt: skip
+    return list({v.name: v for v in latest}.values())
 
 
 def admission_condition(

@@ -47,6 +47,7 @@ import asyncio
 import base64
 import collections
 import copy
+import dataclasses
 import datetime
 import json
 import os
@@ -891,6 +892,11 @@ class _Tracked:
     finished: bool = False
     suspended: bool = False
     active_since: float | None = None  # monotonic; the Job controller restarts the deadline on resume
+    # An Indexed Job: the current pod of each index, the indexes that succeeded, pods failed (counted
+    # against backoffLimit; a DisruptionTarget failure is not, by the operator's podFailurePolicy).
+    pods: dict[int, str] = dataclasses.field(default_factory=dict)
+    completed: set[int] = dataclasses.field(default_factory=set)
+    failed: int = 0
 
 
 class JobRunner:
@@ -1014,13 +1020,20 @@ class JobRunner:
                 # follows the error starts it again.
                 resumed = tracked.suspended
                 start = tracked.start or now_rfc3339()
-                pod = self._create_pod(job)
+                pods: dict[int, str] = {}
+                if job["spec"].get("completionMode") == "Indexed":
+                    pods = {i: self._create_pod(job, i) for i in range(int(job["spec"]["completions"]))
+                            if i not in tracked.completed}  # fmt: skip
+                    pod = pods.get(0)
+                else:
+                    pod = self._create_pod(job)
                 self._patch_status(name, {**job_status_running(start),
                                           **({"conditions": [{"type": "Suspended", "status": "False",
                                                               "reason": "JobResumed", "message": "Job resumed",
                                                               "lastTransitionTime": now_rfc3339()}]}
                                              if resumed else {})})
                 tracked.suspended, tracked.start, tracked.active_since, tracked.pod = False, start, time.monotonic(), pod
+                tracked.pods = pods
                 self.on_start(tracked)
         self.enforce_deadlines()
 
@@ -1061,38 +1074,88 @@ class JobRunner:
             if err.status != 404:
                 raise
 
-    def _create_pod(self, job: Obj) -> str:
+    def _create_pod(self, job: Obj, index: int | None = None) -> str:
         meta = job["metadata"]
-        name = f"{meta['name']}-{secrets.token_hex(3)[:5]}"
+        name = f"{meta['name']}-{'' if index is None else f'{index}-'}{secrets.token_hex(3)[:5]}"
         container = job["spec"]["template"]["spec"]["containers"][0]
         labels = dict(job["spec"]["template"].get("metadata", {}).get("labels", {}))
         labels.update({"job-name": meta["name"], "batch.kubernetes.io/job-name": meta["name"],
                        "controller-uid": meta["uid"]})
+        annotations = {}
+        if index is not None:  # what the Job controller puts on an Indexed Job's pod (the label from 1.28)
+            annotations[COMPLETION_INDEX_KEY] = labels[COMPLETION_INDEX_KEY] = str(index)
         self.core.create_namespaced_pod(self.namespace, {
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": labels, "ownerReferences": [{
+            "metadata": {"name": name, "labels": labels, "annotations": annotations, "ownerReferences": [{
                 "apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"],
                 "controller": True, "blockOwnerDeletion": True}]},
             "spec": {"restartPolicy": "Never", "containers": [{"name": container["name"], "image": container["image"]}]},
         })
         return name
 
-    def _finish_pod(self, tracked: _Tracked, exit_code: int, message: str = "") -> None:
-        if tracked.pod is None:
+    def _finish_pod(self, tracked: _Tracked, exit_code: int, message: str = "", pod: str | None = None,
+                    disrupted: bool = False) -> None:  # fmt: skip
+        pod = pod or tracked.pod
+        if pod is None:
             return
         reason = "Completed" if exit_code == 0 else "Error"
         container = tracked.job["spec"]["template"]["spec"]["containers"][0]["name"]
+        status: Obj = {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "containerStatuses": [{"name": container, "ready": False, "restartCount": 0, "image": "",
+                                   "imageID": "", "state": {"terminated": {
+                                       "exitCode": exit_code, "reason": reason, "message": message,
+                                       "finishedAt": now_rfc3339()}}}],
+        }  # fmt: skip
+        if disrupted:  # evicted or preempted: the condition the operator's podFailurePolicy ignores
+            status["conditions"] = [{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+                                     "message": "Eviction API: evicting", "lastTransitionTime": now_rfc3339()}]  # fmt: skip
         try:
-            self.core.patch_namespaced_pod_status(tracked.pod, self.namespace, {"status": {
-                "phase": "Succeeded" if exit_code == 0 else "Failed",
-                "containerStatuses": [{"name": container, "ready": False, "restartCount": 0, "image": "",
-                                       "imageID": "", "state": {"terminated": {
-                                           "exitCode": exit_code, "reason": reason, "message": message,
-                                           "finishedAt": now_rfc3339()}}}],
-            }}, _content_type="application/merge-patch+json")
+            self.core.patch_namespaced_pod_status(pod, self.namespace, {"status": status},
+                                                  _content_type="application/merge-patch+json")  # fmt: skip
         except kubernetes.client.ApiException as err:
             if err.status != 404:
                 raise
+
+    # -- an Indexed Job's pods, one index at a time (what the Job controller does with backoffLimit > 0)
+    def _indexed_status(self, tracked: _Tracked) -> Obj:
+        spec = tracked.job["spec"]
+        return {"startTime": tracked.start, "active": len(tracked.pods) or None, "ready": len(tracked.pods),
+                "succeeded": len(tracked.completed) or None, "failed": tracked.failed or None,
+                "completedIndexes": index_ranges(tracked.completed) or None,
+                "conditions": None} if len(tracked.completed) < int(spec["completions"]) else {
+                **job_status_succeeded(tracked.start or now_rfc3339(), now_rfc3339()),
+                "succeeded": len(tracked.completed), "completedIndexes": index_ranges(tracked.completed)}  # fmt: skip
+
+    def succeed_index(self, name: str, index: int) -> None:
+        """The pod of `index` exits 0: the index is complete (the Job is, once every index is)."""
+        with self.lock:
+            tracked = self.jobs[name]
+            pod = tracked.pods.pop(index)
+            self._finish_pod(tracked, 0, pod=pod)
+            tracked.completed.add(index)
+            status = self._indexed_status(tracked)
+            tracked.finished = bool(status.get("conditions"))
+            self._patch_status(name, status)
+
+    def fail_index(self, name: str, index: int, exit_code: int = 1, message: str = "", disrupted: bool = False) -> None:
+        """The pod of `index` fails. Counted against backoffLimit unless disrupted; within it the index gets a
+        new pod, beyond it the Job fails and its other pods are deleted (as the Job controller does)."""
+        with self.lock:
+            tracked = self.jobs[name]
+            pod = tracked.pods.pop(index)
+            self._finish_pod(tracked, exit_code, message, pod=pod, disrupted=disrupted)
+            tracked.failed += 0 if disrupted else 1
+            if tracked.failed > int(tracked.job["spec"].get("backoffLimit", 6)):
+                tracked.finished = True
+                for other in tracked.pods.values():
+                    self.core.delete_namespaced_pod(other, self.namespace)
+                tracked.pods = {}
+                self._patch_status(name, {**job_status_failed(tracked.start or now_rfc3339(), now_rfc3339()),
+                                          "failed": tracked.failed, "completedIndexes": index_ranges(tracked.completed) or None})  # fmt: skip
+                return
+            tracked.pods[index] = self._create_pod(tracked.job, index)
+            self._patch_status(name, self._indexed_status(tracked))
 
     def succeed(self, name: str) -> None:
         tracked = self._finish(name)
@@ -1284,7 +1347,19 @@ class ProcessJobRunner(JobRunner):
         return "" if path is None or not path.exists() else "\n".join(path.read_text().splitlines()[-lines:])
 
 
-COMPLETION_INDEX_FIELD = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+COMPLETION_INDEX_KEY = "batch.kubernetes.io/job-completion-index"
+COMPLETION_INDEX_FIELD = f"metadata.annotations['{COMPLETION_INDEX_KEY}']"
+
+
+def index_ranges(indexes: set[int]) -> str:
+    """An Indexed Job's status.completedIndexes: sorted, runs written as ranges ("0,2-4")."""
+    out: list[str] = []
+    for i in sorted(indexes):
+        if out and out[-1].split("-")[-1] == str(i - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{i}"
+        else:
+            out.append(str(i))
+    return ",".join(out)
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -6,7 +6,8 @@ Kubernetes Job", "Workload", "Labels and Annotations"; kubernetes-sigs/kueue pkg
 - a Job labelled `kueue.x-k8s.io/queue-name: <LocalQueue>` is a workload of that queue; it must be
   suspended (Kueue's webhook suspends it on creation; the operator creates it suspended already);
 - the queue admits workloads in creation order (StrictFIFO: the head blocks those behind it) while their
-  requests fit the ClusterQueue's nominal quota; admitting a Job means: unsuspend it and add the
+  requests fit the ClusterQueue's nominal quota; a workload's requests are all its pods' (parallelism x the
+  pod's), admitted whole or not at all; admitting a Job means: unsuspend it and add the
   ResourceFlavor's node labels to its pod template's nodeSelector (what RunWithPodSetsInfo writes);
 - a Job whose workload is admitted and that someone suspends is unsuspended again (the jobframework
   reconciler starts a suspended Job whose Workload is admitted): suspending is not how to stop it;
@@ -32,10 +33,14 @@ GPU = "nvidia.com/gpu"
 
 
 def requests(job: Mapping[str, Any]) -> dict[str, int]:
-    """What a Job's single pod asks of the quota: one pod, and its GPUs."""
+    """What a Job's Workload asks of the quota: one pod set of `parallelism` pods (Kueue's Job integration
+    counts the pod set as the Job's parallelism), each with its GPUs. Admission is all or nothing: without
+    Kueue's opt-in partial admission (annotation kueue.x-k8s.io/job-min-parallelism) the whole pod set
+    must fit, so an Indexed Job of M members is admitted with all M pods or not at all."""
     containers = job["spec"]["template"]["spec"]["containers"]
     gpus = sum(int(((c.get("resources") or {}).get("requests") or {}).get(GPU, 0)) for c in containers)
-    return {"pods": 1, GPU: gpus}
+    pods = int(job["spec"].get("parallelism", 1))
+    return {"pods": pods, GPU: gpus * pods}
 
 
 def finished(job: Mapping[str, Any]) -> bool:

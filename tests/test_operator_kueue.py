@@ -1,9 +1,11 @@
 """The operator with Kueue: Jobs queued in a LocalQueue, admitted by Kueue (tests/kueue.py stands in for it).
 
 The operator labels each Job with the run's queue and creates it suspended; only Kueue unsuspends it.
-The run's status says what waits for admission (the Pending condition names the queue), and
-`suspend: true` still stops everything: Kueue would start again a suspended Job whose workload it
-admitted, so the operator withdraws (deletes) the run's unfinished Jobs and creates them again on resume.
+An iteration's members are one Indexed Job (<run>-i<k>-members, pod index = member), so Kueue admits
+them together: one Workload for all their GPUs, or none. The run's status says what waits for admission
+(the Pending condition names the queue), and `suspend: true` still stops everything: Kueue would start
+again a suspended Job whose workload it admitted, so the operator withdraws (deletes) the run's
+unfinished Jobs and creates them again on resume.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from kwarp.operator import conditions as C
-from kwarp.operator.jobs import WorkerSettings
+from kwarp.operator.jobs import LABEL_TASK, WorkerSettings
 from kwarp.operator.watchdog import parse_time
 from kwarp.run import report
 from kwarp.store import FileStore, layout
 
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for, wait_value
-from .kueue import QUEUE_LABEL, KueueStandIn
-from .operator_harness import IMAGE, NS, Api, finish, jobs_named, options, phase_is, warprun
+from .kueue import GPU, QUEUE_LABEL, KueueStandIn
+from .operator_harness import IMAGE, NS, Api, finish, jobs_named, options, phase_is, warprun, write_outputs
 from .prom import free_port, sample, scrape
 
 
@@ -33,6 +35,35 @@ def reconciled(api: Api, generation: int) -> None:
     """Wait until the operator has reconciled the run at `generation` (it wrote observedGeneration)."""
     wait_for(lambda: (api.status().get("observedGeneration") or 0) >= generation, 20,
              message=f"a reconcile at generation {generation}")  # fmt: skip
+
+
+def finish_member(api: Api, runner: StatusJobRunner, gang: str, member: int, run: str = "demo") -> None:
+    """Member `member` of a gang Job publishes its outputs and its pod exits 0."""
+    job = api.jobs(run)[gang]
+    labels = job["metadata"]["labels"]
+    task = labels[LABEL_TASK].replace("members", f"m{member}")  # what that member's own Job would say
+    write_outputs({**job, "metadata": {**job["metadata"], "labels": {**labels, LABEL_TASK: task}}})
+    runner.succeed_index(gang, member)
+
+
+def finish_gang(api: Api, runner: StatusJobRunner, gang: str, run: str = "demo", members: int = 2) -> None:
+    wait_for(lambda: gang in runner.running(), 10, message=f"{gang} admitted and running")
+    for m in range(members):
+        finish_member(api, runner, gang, m, run)
+
+
+def member_states(status: dict[str, Any]) -> dict[int, tuple[str, str]]:
+    return {m["member"]: (m["job"], m["state"]) for m in status.get("members", [])}
+
+
+def index_pods(api: Api, gang: str) -> dict[int, list[str]]:
+    """The pods the Job controller made for each index of a gang Job, oldest first."""
+    items = api.cluster.raw("GET", f"/api/v1/namespaces/{NS}/pods", query=[("labelSelector", f"job-name={gang}")])["items"]
+    out: dict[int, list[str]] = {}
+    for pod in sorted(items, key=lambda p: p["metadata"]["creationTimestamp"]):
+        out.setdefault(int(pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]), []).append(
+            pod["metadata"]["name"])
+    return out
 
 
 def kueue(cluster: Cluster, **quota: int) -> KueueStandIn:
@@ -65,11 +96,12 @@ def test_queued_jobs_wait_for_kueue_and_the_operator_never_unsuspends_them(
                    message="Pending cleared once admitted")  # fmt: skip
 
         finish(api, runner, "demo-prepare")
-        members = jobs_named(api, "demo-i0-m0", "demo-i0-m1")  # (admitted at once: there is quota)
-        assert all(j["metadata"]["labels"][QUEUE_LABEL] == "team-a" for j in members.values())
-        finish(api, runner, "demo-i0-m0", "demo-i0-m1")
+        gang = jobs_named(api, "demo-i0-members")["demo-i0-members"]  # both members, one Job, one Workload
+        assert gang["metadata"]["labels"][QUEUE_LABEL] == "team-a" and gang["spec"]["parallelism"] == 2
+        assert not any(n.startswith("demo-i0-m") and n != "demo-i0-members" for n in api.jobs())
+        finish_gang(api, runner, "demo-i0-members")
         jobs_named(api, "demo-i0-merge")
-        assert queue.admissions[:3] == ["demo-prepare", "demo-i0-m0", "demo-i0-m1"]
+        assert queue.admissions[:2] == ["demo-prepare", "demo-i0-members"]
     assert not queue.errors, queue.errors
 
 
@@ -80,53 +112,127 @@ def test_the_operator_default_queue_applies_when_the_run_names_none(
     with kueue(cluster, pods=1, gpus=2) as queue, RunningOperator(cluster, opts):
         api.create(warprun(store))
         finish(api, runner, "demo-prepare")
-        members = jobs_named(api, "demo-i0-m0", "demo-i0-m1")
-        assert {j["metadata"]["labels"][QUEUE_LABEL] for j in members.values()} == {"team-a"}  # prepare too
-        # Quota for one pod: one member runs, the other waits, and the status says which and where.
-        wait_for(lambda: len(runner.running()) == 1, 10, message="one member admitted")
-        waiting = next(n for n in ("demo-i0-m0", "demo-i0-m1") if n not in runner.running())
-        admitted = next(n for n in ("demo-i0-m0", "demo-i0-m1") if n != waiting)
+        gang = jobs_named(api, "demo-i0-members")["demo-i0-members"]
+        assert gang["metadata"]["labels"][QUEUE_LABEL] == "team-a"  # prepare's too
+        # Quota for one pod: the gang of two waits whole; no member runs, and the status says so.
 
         def shown(status: dict[str, Any]) -> bool:
             cond = next((c for c in status.get("conditions", []) if c["type"] == C.PENDING), {})
-            states = {m["job"]: m["state"] for m in status.get("members", [])}
-            return (cond.get("status") == "True" and waiting in cond["message"] and admitted not in cond["message"]
-                    and states == {admitted: "Running", waiting: "Queued"})  # fmt: skip
+            return (cond.get("status") == "True" and "1 Job(s)" in cond["message"] and "demo-i0-members" in cond["message"]
+                    and member_states(status) == {0: ("demo-i0-members", "Queued"), 1: ("demo-i0-members", "Queued")})  # fmt: skip
 
-        status = wait_value(api.status, shown, 20, message=lambda: f"{waiting} shown waiting: {api.status()}")
+        status = wait_value(api.status, shown, 20, message=lambda: f"the gang shown waiting: {api.status()}")
         assert "'team-a'" in next(c for c in status["conditions"] if c["type"] == C.PENDING)["message"]
+        assert not runner.running() and queue.used() == {"pods": 0, GPU: 0}
+
+        queue.set_quota(pods=2)  # room for both: admitted together
+        wait_value(api.status, lambda st: member_states(st) == {0: ("demo-i0-members", "Running"),
+                                                                1: ("demo-i0-members", "Running")}, 20,
+                   message=lambda: f"both members running: {api.status()}")  # fmt: skip
+        assert index_pods(api, "demo-i0-members").keys() == {0, 1}
     assert not queue.errors, queue.errors
 
 
-def test_suspend_withdraws_queued_and_admitted_jobs_and_resume_queues_them_again(
+def test_suspend_withdraws_a_queued_and_an_admitted_gang_and_resume_queues_it_again(
     cluster: Cluster, api: Api, runner: StatusJobRunner, store: Path
 ) -> None:
-    with kueue(cluster, pods=2, gpus=1) as queue, RunningOperator(cluster, options()):
+    with kueue(cluster, pods=4, gpus=1) as queue, RunningOperator(cluster, options()):
         api.create(warprun(store, queueName="team-a"))
         finish(api, runner, "demo-prepare")
-        jobs_named(api, "demo-i0-m0", "demo-i0-m1")
-        # One GPU: m0 is admitted and runs, m1 waits in the queue.
-        wait_for(lambda: runner.running() == ["demo-i0-m0"], 10, message="m0 admitted, m1 queued")
+        jobs_named(api, "demo-i0-members")
+        # One GPU for a gang of two: it waits whole.
+        wait_for(lambda: (pending(api) or {}).get("status") == "True" and "demo-i0-members" in pending(api)["message"],  # type: ignore[index]
+                 20, message="the gang waits for admission")  # fmt: skip
 
-        api.patch_spec({"suspend": True})
-        # Both withdrawn: Kueue would restart the admitted one if it were only suspended.
-        wait_for(lambda: not any("-i0-m" in n for n in api.jobs()), 20, message="member Jobs withdrawn")
+        api.patch_spec({"suspend": True})  # suspend while queued: withdrawn
+        wait_for(lambda: "demo-i0-members" not in api.jobs(), 20, message="queued gang withdrawn")
         phase_is(api, "Suspended")
-        assert api.condition(C.SUSPENDED)["status"] == "True"  # type: ignore[index]
         assert "withdrawn from Kueue" in api.condition(C.SUSPENDED)["message"]  # type: ignore[index]
         wait_for(lambda: pending(api)["status"] == "False", 10, message="nothing pending while suspended")  # type: ignore[index]
+
+        queue.set_quota(gpus=2)
+        api.patch_spec({"suspend": False})  # the same Job again, queued, admitted whole
+        assert jobs_named(api, "demo-i0-members")["demo-i0-members"]["metadata"]["labels"][QUEUE_LABEL] == "team-a"
+        wait_for(lambda: runner.running() == ["demo-i0-members"], 10, message="the gang admitted")
+        finish_member(api, runner, "demo-i0-members", 0)  # member 0 publishes its checkpoint
+
+        api.patch_spec({"suspend": True})  # suspend after admission: withdrawn too (Kueue would restart it)
+        wait_for(lambda: "demo-i0-members" not in api.jobs(), 20, message="admitted gang withdrawn")
+        phase_is(api, "Suspended")
         assert not runner.running()
         wait_for(lambda: queue.used()["pods"] == 0, 10, message="the quota is free for others")
 
         api.patch_spec({"suspend": False})
-        members = jobs_named(api, "demo-i0-m0", "demo-i0-m1")
-        assert members["demo-i0-m1"]["spec"]["suspend"] is True  # queued again (m0 holds the one GPU)
-        assert all(members[n]["metadata"]["labels"][QUEUE_LABEL] == "team-a" for n in ("demo-i0-m0", "demo-i0-m1"))
-        wait_for(lambda: runner.running() == ["demo-i0-m0"], 10, message="m0 admitted again")
-        finish(api, runner, "demo-i0-m0")
-        finish(api, runner, "demo-i0-m1")  # admitted once m0's GPU came back
+        finish_gang(api, runner, "demo-i0-members")  # (member 0 would find its checkpoint and return at once)
         jobs_named(api, "demo-i0-merge")
-        assert queue.admissions.count("demo-i0-m0") == 2 and queue.admissions.count("demo-i0-m1") == 1
+        assert queue.admissions.count("demo-i0-members") == 2
+        assert not any(n.startswith("demo-i0-members-r") for n in api.jobs())  # a withdrawal is not a failure
+    assert not queue.errors, queue.errors
+
+
+def test_two_queued_runs_against_three_gpus_one_is_admitted_whole_the_other_waits_holding_nothing(
+    cluster: Cluster, api: Api, runner: StatusJobRunner, store: Path
+) -> None:
+    """Per-member Jobs would admit a's two members and one of b's: b's other half would wait, holding a GPU."""
+    with kueue(cluster, pods=10, gpus=3) as queue, RunningOperator(cluster, options()):
+        for run in ("a", "b"):
+            api.create(warprun(store, name=run, queueName="team-a"))
+        for run in ("a", "b"):
+            jobs_named_in(api, run, f"{run}-prepare")
+            wait_for(lambda: f"{run}-prepare" in runner.running(), 10, message=f"{run}-prepare running")  # noqa: B023
+            prepare = api.jobs(run)[f"{run}-prepare"]
+            write_outputs(prepare)
+            runner.succeed(f"{run}-prepare")
+        for run in ("a", "b"):
+            jobs_named_in(api, run, f"{run}-i0-members")
+        first = wait_value(lambda: [n for n in runner.running() if n.endswith("-i0-members")], lambda r: len(r) == 1, 10,
+                           message="one gang admitted")[0]  # fmt: skip
+        other = "b" if first.startswith("a") else "a"
+        second = f"{other}-i0-members"
+        # The other waits whole: not admitted, no pod, no GPU: 2 of the 3 are in use.
+        wait_value(lambda: api.status(other), lambda st: member_states(st) == {0: (second, "Queued"), 1: (second, "Queued")},
+                   20, message=lambda: f"{other} waiting: {api.status(other)}")  # fmt: skip
+        assert queue.used()[GPU] == 2 and second not in queue.admissions
+        assert index_pods(api, second) == {} and len(index_pods(api, first)) == 2
+
+        finish_gang(api, runner, first, run=first[0])  # the first run's members finish: their GPUs come back
+        wait_for(lambda: second in runner.running(), 10, message=f"{second} admitted once the first finished")
+        assert queue.admissions.index(second) > queue.admissions.index(first)
+        wait_value(lambda: api.status(other), lambda st: member_states(st) == {0: (second, "Running"), 1: (second, "Running")},
+                   20, message=lambda: f"{other} running: {api.status(other)}")  # fmt: skip
+    assert not queue.errors, queue.errors
+
+
+def test_a_killed_member_pod_is_retried_alone_and_a_member_past_max_retries_fails_the_run(
+    cluster: Cluster, api: Api, runner: StatusJobRunner, store: Path
+) -> None:
+    with kueue(cluster, pods=4, gpus=2) as queue, RunningOperator(cluster, options()):
+        api.create(warprun(store, queueName="team-a"))  # failurePolicy.maxRetries: 1
+        finish(api, runner, "demo-prepare")
+        gang = jobs_named(api, "demo-i0-members")["demo-i0-members"]
+        assert gang["spec"]["backoffLimit"] == 2  # M x maxRetries
+        wait_for(lambda: runner.running() == ["demo-i0-members"], 10, message="the gang admitted")
+        finish_member(api, runner, "demo-i0-members", 0)
+        first = index_pods(api, "demo-i0-members")[1]
+        runner.fail_index("demo-i0-members", 1, exit_code=137, message="Killed")  # member 1's pod killed
+
+        # Only index 1 gets a new pod; member 0 (done) is not run again; no second Job.
+        pods = wait_value(lambda: index_pods(api, "demo-i0-members"), lambda p: len(p.get(1, [])) == 2, 10,
+                          message="a new pod for index 1")  # fmt: skip
+        assert pods[0] == index_pods(api, "demo-i0-members")[0] and len(pods[0]) == 1 and pods[1][0] == first[0]
+        status = wait_value(api.status, lambda st: {m["member"]: (m["state"], m["attempts"]) for m in st.get("members", [])}
+                            == {0: ("Succeeded", 1), 1: ("Running", 2)}, 20,
+                            message=lambda: f"member 1 retried: {api.status()}")  # fmt: skip
+        assert status["phase"] == "Training"
+        assert [n for n in api.jobs() if "-i0-" in n] == ["demo-i0-members"]
+
+        # A second failure of member 1 is past its maxRetries (1), though the gang's budget (2) is not
+        # spent: the operator fails the run, naming the member and what its pod said.
+        runner.fail_index("demo-i0-members", 1, exit_code=1, message="CUDA error: out of memory")
+        status = phase_is(api, "Failed")
+        failed = next(c for c in status["conditions"] if c["type"] == C.FAILED)
+        assert "i0-m1 failed 2 times" in failed["message"] and "CUDA error: out of memory" in failed["message"]
+        assert "(member 1)" in failed["message"]
     assert not queue.errors, queue.errors
 
 
@@ -145,22 +251,22 @@ def test_admission_wait_and_waiting_jobs_reach_the_operators_metrics_and_go_with
         assert not sample(scrape(url), "kwarp_operator_admission_wait_seconds_count", **queue_of)
         time.sleep(1.1)  # the API's timestamps have whole seconds: let prepare's wait be one or more
 
-        queue.set_quota(pods=1, gpus=2)  # one pod at a time: prepare, then one member while the other waits
+        queue.set_quota(pods=1, gpus=2)  # one pod at a time: prepare, then the gang of two waits
         finish(api, runner, "demo-prepare")
-        jobs_named(api, "demo-i0-m0", "demo-i0-m1")
-        wait_for(lambda: len(runner.running()) == 1, 10, message="one member admitted")
+        jobs_named(api, "demo-i0-members")
+        wait_for(lambda: (pending(api) or {}).get("message", "").startswith("1 Job(s)"), 20, message="the gang waits")
 
-        def seen(s: dict[Any, float]) -> bool:
-            return (sample(s, "kwarp_operator_admission_wait_seconds_count", **queue_of) == 2
+        def seen(s: dict[Any, float]) -> bool:  # the gang waits as one Job, not one per member
+            return (sample(s, "kwarp_operator_admission_wait_seconds_count", **queue_of) == 1
                     and sample(s, "kwarp_operator_admission_waiting_jobs", **queue_of) == 1)  # fmt: skip
 
-        samples = wait_value(lambda: scrape(url), seen, 20, message=lambda: f"two admissions: {scrape(url)}")
+        samples = wait_value(lambda: scrape(url), seen, 20, message=lambda: f"one admission, one waiting: {scrape(url)}")
         # The waits are the API server's own: startTime (set when Kueue unsuspended the Job) - creationTimestamp.
         started = [j for j in api.jobs().values() if (j.get("status") or {}).get("startTime")]
-        assert len(started) == 2
+        assert len(started) == 1
         waits = [parse_time(j["status"]["startTime"]) - parse_time(j["metadata"]["creationTimestamp"]) for j in started]
         assert sample(samples, "kwarp_operator_admission_wait_seconds_sum", **queue_of) == sum(waits) and max(waits) >= 1
-        assert sample(samples, "kwarp_operator_admission_wait_seconds_bucket", **queue_of, le="+Inf") == 2
+        assert sample(samples, "kwarp_operator_admission_wait_seconds_bucket", **queue_of, le="+Inf") == 1
         assert sample(samples, "kwarp_run_progress_ratio", namespace=NS, run="demo") == 0.0
 
         # The same waits in the run's folder (jobs.json), where `kwarp report` reads them after the Jobs are gone.
@@ -179,5 +285,10 @@ def test_admission_wait_and_waiting_jobs_reach_the_operators_metrics_and_go_with
                           lambda s: sample(s, "kwarp_operator_admission_waiting_jobs", **queue_of) == 0
                           and not any(dict(k[1]).get("run") == "demo" for k in s), 20,
                           message=lambda: f"the run's series removed: {scrape(url)}")  # fmt: skip
-        assert sample(gone, "kwarp_operator_admission_wait_seconds_count", **queue_of) == 2  # history stays
+        assert sample(gone, "kwarp_operator_admission_wait_seconds_count", **queue_of) == 1  # history stays
     assert not queue.errors, queue.errors
+
+
+def jobs_named_in(api: Api, run: str, *names: str) -> dict[str, dict[str, Any]]:
+    return wait_value(lambda: api.jobs(run), lambda jobs: set(names) <= set(jobs), 20,
+                      message=lambda: f"Jobs {names}; have {sorted(api.jobs(run))}")

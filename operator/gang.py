@@ -1,0 +1,145 @@
+"""A queued run's gang Jobs seen as the plan's per-member attempts. Pure.
+
+A queued run trains each iteration's M members as one Indexed Job (jobs.gang_manifest): pod index m is
+member m. The plan still reasons per member (Task.train(i, m)), so each gang Job is read as, per member:
+
+- one view per failed pod of its index (not a disruption, which the Job's podFailurePolicy ignores):
+  each is a failed try, as a failed member Job is for an unqueued run, with what the pod said;
+- and, unless the index is over, its live state: Queued (Kueue has not admitted the gang), Pending or
+  Running (admitted), Succeeded once the index is in status.completedIndexes.
+
+The gang's backoffLimit is one budget for all members (M x maxRetries: Kubernetes < 1.29 has no per-index
+limit), so maxRetries per member is enforced here: a member whose failed tries across the iteration's
+gang Jobs exceed it gets no live view, so the plan sees it stopped with too many failures and fails the
+run with its reason. A member of a gang Job that failed (its budget spent) is stopped too: the plan
+starts it again, as a new gang attempt (reconcile), and members already published skip their training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from kwarp.core.plan import Task
+
+from .jobs import COMPLETION_INDEX_KEY, LABEL_ATTEMPT, LABEL_ITERATION, is_gang, queue_label
+from .observe import JobState, JobView, pod_failure
+
+
+def parse_indexes(text: str | None) -> set[int]:
+    """status.completedIndexes / failedIndexes ("1,3-5") as a set."""
+    out: set[int] = set()
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        first, _, last = part.partition("-")
+        out.update(range(int(first), int(last or first) + 1))
+    return out
+
+
+def iteration_of(job: Mapping[str, Any]) -> int:
+    return int(job["metadata"]["labels"][LABEL_ITERATION])
+
+
+def attempt_of(job: Mapping[str, Any]) -> int:
+    return int(job["metadata"]["labels"].get(LABEL_ATTEMPT, "0"))
+
+
+def next_attempt(jobs: Iterable[Mapping[str, Any]], iteration: int) -> int:
+    """The attempt of the gang Job to create for `iteration`: 0 first (and again after a withdrawal
+    deleted it: the same name queues again), else one after the latest that exists."""
+    attempts = [attempt_of(j) for j in jobs if is_gang(j) and iteration_of(j) == iteration]
+    return max(attempts) + 1 if attempts else 0
+
+
+def _true(job: Mapping[str, Any], *types: str) -> Mapping[str, Any] | None:
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c.get("type") in types and c.get("status") == "True"), None)
+
+
+def _disrupted(pod: Mapping[str, Any]) -> bool:
+    return any(c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])  # fmt: skip
+
+
+def _index(pod: Mapping[str, Any]) -> int | None:
+    meta = pod.get("metadata") or {}
+    value = (meta.get("annotations") or {}).get(COMPLETION_INDEX_KEY) or (meta.get("labels") or {}).get(COMPLETION_INDEX_KEY)
+    return int(value) if value is not None and str(value).isdigit() else None
+
+
+def failed_pods(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> dict[int, list[Mapping[str, Any]]]:
+    """The gang Job's failed pods per index, oldest first, without disruptions (not the member's fault)."""
+    uid = job["metadata"].get("uid")
+    out: dict[int, list[Mapping[str, Any]]] = {}
+    for pod in pods:
+        refs = (pod.get("metadata") or {}).get("ownerReferences") or []
+        if not any(r.get("uid") == uid for r in refs):
+            continue
+        if (pod.get("status") or {}).get("phase") != "Failed" or _disrupted(pod):
+            continue
+        index = _index(pod)
+        if index is not None:
+            out.setdefault(index, []).append(pod)
+    for tries in out.values():
+        tries.sort(key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"].get("name", "")))
+    return out
+
+
+def gang_views(jobs: Iterable[Mapping[str, Any]], pods: list[Mapping[str, Any]], max_retries: int) -> list[JobView]:
+    """Per-member views of a run's gang Jobs (the others are ignored)."""
+    gangs = sorted((j for j in jobs if is_gang(j)), key=lambda j: (iteration_of(j), attempt_of(j)))
+    failures: dict[Task, int] = {}
+    tried: list[tuple[Mapping[str, Any], dict[int, list[Mapping[str, Any]]]]] = []
+    for job in gangs:
+        by_index = failed_pods(job, pods)
+        tried.append((job, by_index))
+        for index, failed in by_index.items():
+            task = Task.train(iteration_of(job), index)
+            failures[task] = failures.get(task, 0) + len(failed)
+    out: list[JobView] = []
+    for job, by_index in tried:
+        meta, spec, status = job["metadata"], job.get("spec") or {}, job.get("status") or {}
+        iteration, attempt = iteration_of(job), attempt_of(job)
+        common = dict(name=meta["name"], attempt=attempt, queue=queue_label(job), created=meta.get("creationTimestamp"),
+                      deleting=bool(meta.get("deletionTimestamp")), gang=True, start_time=status.get("startTime"))  # fmt: skip
+        complete = _true(job, "Complete") is not None
+        failed_job = _true(job, "Failed", "FailureTarget")
+        completed = parse_indexes(status.get("completedIndexes"))
+        for m in range(int(spec.get("completions") or 0)):
+            task = Task.train(iteration, m)
+            for pod in by_index.get(m, []):
+                said = pod_failure(pod) or "failed"
+                out.append(JobView(task=task, uid=pod["metadata"].get("uid", ""), state="Failed", failure_reason="PodFailed",
+                                   failure=f"pod {pod['metadata']['name']} (member {m}) {said}", pod=pod["metadata"]["name"],
+                                   **common))  # type: ignore[arg-type]  # fmt: skip
+            state: JobState | None
+            if complete or m in completed:
+                state = "Succeeded"
+            elif failed_job is not None or failures.get(task, 0) > max_retries:
+                state = None  # over: the member's failed tries above say why
+            elif spec.get("suspend"):
+                state = "Queued" if queue_label(job) else "Suspended"
+            elif status.get("active") or status.get("ready"):
+                state = "Running"
+            else:
+                state = "Pending"
+            if state is not None:
+                out.append(JobView(task=task, uid=f"{meta.get('uid', '')}/{m}", state=state,
+                                   completion_time=status.get("completionTime") if state == "Succeeded" else None,
+                                   **common))  # type: ignore[arg-type]  # fmt: skip
+    return out
+
+
+def per_job(views: Iterable[JobView]) -> list[JobView]:
+    """One view per Job, for what counts Jobs (Kueue admissions, Jobs waiting): a gang Job once, with its uid."""
+    out: list[JobView] = []
+    seen: set[str] = set()
+    for v in views:
+        if not v.gang:
+            out.append(v)
+        elif v.pod is None and v.name not in seen:
+            seen.add(v.name)
+            out.append(replace(v, uid=v.uid.rsplit("/", 1)[0]))
+    return out

@@ -1,0 +1,95 @@
+"""A queued run's gang Jobs read as per-member attempts (operator/gang.py), table-driven over Job and pod dicts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kwarp.core.plan import Task
+from kwarp.operator.gang import gang_views, next_attempt, parse_indexes
+from kwarp.operator.observe import by_task, task_jobs
+
+QUEUE = "kueue.x-k8s.io/queue-name"
+
+
+def gang(iteration: int = 0, attempt: int = 0, *, members: int = 3, suspend: bool = False, active: int = 0,
+         completed: str = "", condition: str | None = None, deleting: bool = False) -> dict[str, Any]:  # fmt: skip
+    name = f"demo-i{iteration}-members" + (f"-r{attempt}" if attempt else "")
+    meta: dict[str, Any] = {"name": name, "uid": f"uid-{name}", "creationTimestamp": "2026-01-01T00:00:00Z",
+                            "labels": {"kwarp.dev/task": f"i{iteration}-members", "kwarp.dev/iteration": str(iteration),
+                                       "kwarp.dev/attempt": str(attempt), QUEUE: "team-a"}}  # fmt: skip
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:05:00Z"
+    status: dict[str, Any] = {"active": active or None, "completedIndexes": completed or None}
+    if condition:
+        status["conditions"] = [{"type": condition, "status": "True", "reason": "BackoffLimitExceeded"}]
+    return {"metadata": meta, "spec": {"completions": members, "parallelism": members, "suspend": suspend,
+                                       "completionMode": "Indexed"}, "status": status}  # fmt: skip
+
+
+def pod(job: dict[str, Any], index: int, n: int, *, phase: str = "Failed", disrupted: bool = False) -> dict[str, Any]:
+    name = f"{job['metadata']['name']}-{index}-{n}"
+    status: dict[str, Any] = {"phase": phase, "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+        "exitCode": 137, "reason": "Error", "message": f"killed {n}"}}}]}  # fmt: skip
+    if disrupted:
+        status["conditions"] = [{"type": "DisruptionTarget", "status": "True"}]
+    return {"metadata": {"name": name, "uid": f"uid-{name}", "creationTimestamp": f"2026-01-01T00:0{n}:00Z",
+                         "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+                         "ownerReferences": [{"uid": job["metadata"]["uid"], "controller": True}]}, "status": status}  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "want"), [("", set()), (None, set()), ("1", {1}), ("0,2-4", {0, 2, 3, 4}), ("0-1,5", {0, 1, 5})])
+def test_completed_indexes(text: str | None, want: set[int]) -> None:
+    assert parse_indexes(text) == want
+
+
+def test_next_attempt_follows_the_latest_gang_job_of_the_iteration() -> None:
+    assert next_attempt([], 0) == 0
+    assert next_attempt([gang(0, 0), gang(1, 0)], 0) == 1
+    assert next_attempt([gang(0, 0), gang(0, 2, condition="Failed"), gang(1, 0)], 0) == 3
+
+
+def states(views: list) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for task, atts in by_task(views).items():
+        out[task.member] = [v.state for v in atts]
+    return out
+
+
+RUNNING = gang(active=2, completed="0")
+CASES = [
+    pytest.param([gang(suspend=True)], [], 1, {0: ["Queued"], 1: ["Queued"], 2: ["Queued"]}, id="queued"),
+    pytest.param([gang(suspend=True, deleting=True)], [], 1, {0: ["Queued"], 1: ["Queued"], 2: ["Queued"]}, id="withdrawing"),
+    pytest.param([gang()], [], 1, {0: ["Pending"], 1: ["Pending"], 2: ["Pending"]}, id="admitted-no-pod-yet"),
+    pytest.param([RUNNING], [], 1, {0: ["Succeeded"], 1: ["Running"], 2: ["Running"]}, id="one-index-done"),
+    # A killed pod is one failed try; a disruption (evicted, preempted) is none.
+    pytest.param([RUNNING], [pod(RUNNING, 1, 1), pod(RUNNING, 2, 1, disrupted=True)], 1,
+                 {0: ["Succeeded"], 1: ["Failed", "Running"], 2: ["Running"]}, id="a-pod-failed"),
+    # Past maxRetries (1): no live view, the plan sees the member stopped with 2 failures.
+    pytest.param([RUNNING], [pod(RUNNING, 1, 1), pod(RUNNING, 1, 2)], 1,
+                 {0: ["Succeeded"], 1: ["Failed", "Failed"], 2: ["Running"]}, id="member-past-max-retries"),
+    # The Job failed: unfinished members are stopped (a member without failures of its own has no view).
+    pytest.param([gang(completed="0", condition="Failed")], [], 1, {0: ["Succeeded"]}, id="gang-failed"),
+    # Failures add up across the iteration's gang Jobs.
+    pytest.param([gang(0, 0, condition="Failed"), gang(0, 1, active=3)],
+                 [pod(gang(0, 0), 2, 1), pod(gang(0, 1), 2, 2)], 1,
+                 {0: ["Running"], 1: ["Running"], 2: ["Failed", "Failed"]}, id="across-attempts"),
+]
+
+
+@pytest.mark.parametrize(("jobs", "pods", "max_retries", "want"), CASES)
+def test_gang_views(jobs: list, pods: list, max_retries: int, want: dict[int, list[str]]) -> None:
+    views = gang_views(jobs, pods, max_retries)
+    assert states(views) == want
+    assert all(v.gang and v.task.kind == "train" for v in views)
+
+
+def test_the_plan_sees_failed_tries_with_what_the_pod_said() -> None:
+    views = gang_views([RUNNING], [pod(RUNNING, 1, 1), pod(RUNNING, 1, 2)], 1)
+    jobs = task_jobs(by_task(views), frozenset({Task.train(0, 0)}))
+    assert jobs[Task.train(0, 1)].failures == 2 and not jobs[Task.train(0, 1)].active
+    assert jobs[Task.train(0, 1)].last_failure == (
+        "Job demo-i0-members pod demo-i0-members-1-2 (member 1) container trainer exited with code 137 (Error): killed 2")
+    assert jobs[Task.train(0, 2)].active and jobs[Task.train(0, 2)].failures == 0
+    assert {v.uid for v in views if v.state == "Failed"} == {"uid-demo-i0-members-1-1", "uid-demo-i0-members-1-2"}
