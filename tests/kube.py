@@ -1223,9 +1223,10 @@ class ProcessJobRunner(JobRunner):
     The container command `kwarp` (and `torchrun`) resolves to this interpreter's environment.
     At most `parallel` Jobs run at once: further Jobs wait, as on a full node. An Indexed Job runs one
     process per index (its pods), each with its index (JOB_COMPLETION_INDEX and the annotation's
-    fieldRef) and the pods' stable host names (<pod>.<subdomain>) resolving to loopback; the ports its
-    pods declare are one set per Job, so they reach each other. It succeeds when every pod has, and
-    fails at the first pod that fails (the others are stopped), as with backoffLimit 0.
+    fieldRef) and the pods' stable host names (<pod>.<subdomain>) resolving to loopback; the ports the
+    pods of a Job with a subdomain declare are one set per Job, so they reach each other (a gang's pods
+    each get their own). It succeeds when every pod has, and fails at the first pod that fails (the
+    others are stopped), as with backoffLimit 0.
     """
 
     def __init__(self, cluster: Cluster, workdir: Path, parallel: int = 2, namespace: str | None = None):
@@ -1264,7 +1265,11 @@ class ProcessJobRunner(JobRunner):
         if job["spec"].get("completionMode") != "Indexed":
             return self._spawn_pod(job, name, ports, log)
         indexes = range(int(job["spec"]["completions"]))
-        return _Pods([self._spawn_pod(job, f"{name}-{i}", ports, log, index=i) for i in indexes])
+        if pod.get("subdomain"):  # a multi-node member: its pods reach each other on the ports index 0 declares
+            return _Pods([self._spawn_pod(job, f"{name}-{i}", ports, log, index=i) for i in indexes])
+        # A gang of members (operator/jobs.py gang_manifest): each pod has its own network, so its own ports.
+        return _Pods([self._spawn_pod(job, f"{name}-{i}", {k: str(_free_port()) for k in ports}, log, index=i)
+                      for i in indexes])  # fmt: skip
 
     def _spawn_pod(self, job: Obj, pod_name: str, ports: dict[str, str], log: Path,
                    index: int | None = None) -> subprocess.Popen:

@@ -141,6 +141,48 @@ def test_a_warprun_reaches_succeeded_with_its_checkpoints_in_the_bucket(
     assert store.get_json(layout.spec_json(folder))["metadata"]["uid"] == folder.rsplit("/", 1)[1]  # and the document
 
 
+def test_a_queued_run_trains_each_iteration_as_one_gang_job_of_real_member_processes(tmp_path: Path, s3: S3Server) -> None:
+    """spec.queueName: Kueue (the stand-in) admits the iteration's gang Job; its two pods are two `kwarp train
+    --iteration 0` processes that take their member from $KWARP_MEMBER (the completion index, by fieldRef)."""
+    from .kueue import KueueStandIn
+
+    bucket = s3.create_bucket()
+    storage_doc = {"url": f"s3://{bucket}/runs", "endpoint": s3.endpoint, "secure": False, "secretName": "kwarp-s3"}
+    storage = StorageSpec.model_validate(storage_doc)
+    upload_inputs(s3, bucket, storage, tmp_path)
+    doc = warprun(bucket, storage_doc)
+    doc["spec"]["queueName"] = "team-a"
+    doc["spec"]["warp"]["iterations"] = 1
+
+    with Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
+        api = Api(cluster)
+        api.core.create_namespaced_secret(NS, {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kwarp-s3"},
+            "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(ACCESS_KEY.encode()).decode(),
+                     "AWS_SECRET_ACCESS_KEY": base64.b64encode(SECRET_KEY.encode()).decode()},
+        })  # fmt: skip
+        opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"))
+        with (KueueStandIn(cluster, "team-a", {"pods": 2, "nvidia.com/gpu": 0}) as queue,
+              ProcessJobRunner(cluster, tmp_path / "pods", parallel=2) as runner, RunningOperator(cluster, opts)):  # fmt: skip
+            api.create(doc)
+            try:
+                st = phase_is_within(api, "Succeeded", 300)
+            except AssertionError:
+                failing = {n: runner.log_tail(n) for n in runner.logs}
+                raise AssertionError(f"status: {json.dumps(api.status(RUN))[:3000]}\nlogs: {failing}") from None
+            assert not runner.errors and not queue.errors, (runner.errors, queue.errors)
+        assert queue.admissions[:2] == ["e2e-prepare", "e2e-i0-members"]
+        assert sorted(api.jobs(RUN)) == ["e2e-i0-eval", "e2e-i0-members", "e2e-i0-merge", "e2e-prepare"]
+        folder = f"{NS}/{RUN}/{api.get(RUN)['metadata']['uid']}"
+    assert sorted((m["member"], m["job"], m["state"]) for m in st["members"]) == [
+        (0, "e2e-i0-members", "Succeeded"), (1, "e2e-i0-members", "Succeeded")]
+    store = S3Store.from_url(f"s3://{bucket}/runs", storage, env=s3.env())
+    for m in range(2):  # each pod trained its own member (its log says which)
+        assert store.has_checkpoint(layout.member_final(folder, 0, m))
+    logs = (tmp_path / "pods" / "e2e-i0-members.log").read_text()
+    assert "i0 m0 done" in logs and "i0 m1 done" in logs
+
+
 def phase_is_within(api: Api, phase: str, timeout: float) -> dict[str, Any]:
     def failed(st: dict[str, Any]) -> bool:
         if st.get("phase") == "Failed":
