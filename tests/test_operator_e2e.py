@@ -156,11 +156,7 @@ def test_a_queued_run_trains_each_iteration_as_one_gang_job_of_real_member_proce
 
     with Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
         api = Api(cluster)
-        api.core.create_namespaced_secret(NS, {
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kwarp-s3"},
-            "data": {"AWS_ACCESS_KEY_ID": base64.b64encode(ACCESS_KEY.encode()).decode(),
-                     "AWS_SECRET_ACCESS_KEY": base64.b64encode(SECRET_KEY.encode()).decode()},
-        })  # fmt: skip
+        api.core.create_namespaced_secret(NS, s3_secret())
         opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"))
         with (KueueStandIn(cluster, "team-a", {"pods": 2, "nvidia.com/gpu": 0}) as queue,
               ProcessJobRunner(cluster, tmp_path / "pods", parallel=2) as runner, RunningOperator(cluster, opts)):  # fmt: skip
