@@ -83,8 +83,19 @@ def failed_pods(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> di
         if index is not None:
             out.setdefault(index, []).append(pod)
     for tries in out.values():
-        tries.sort(key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"].get("name", "")))
+        tries.sort(key=_failed_when)
     return out
+
+
+def _failed_when(pod: Mapping[str, Any]) -> tuple[str, str, int]:
+    """Order of a member's failed tries: when its container ended, when it was made, then its
+    resourceVersion (its last write, the failure: timestamps have whole seconds, and a replacement pod
+    can fail within the second; the API server's resourceVersions grow, as operator/jobindex.py uses)."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    ended = max((str(((cs.get("state") or {}).get("terminated") or {}).get("finishedAt") or "")
+                 for cs in status.get("containerStatuses") or []), default="")  # fmt: skip
+    rv = str(meta.get("resourceVersion") or "")
+    return ended, meta.get("creationTimestamp") or "", int(rv) if rv.isdigit() else 0
 
 
 def gang_views(jobs: Iterable[Mapping[str, Any]], pods: list[Mapping[str, Any]], max_retries: int) -> list[JobView]:

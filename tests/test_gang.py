@@ -93,3 +93,16 @@ def test_the_plan_sees_failed_tries_with_what_the_pod_said() -> None:
         "Job demo-i0-members pod demo-i0-members-1-2 (member 1) container trainer exited with code 137 (Error): killed 2")
     assert jobs[Task.train(0, 2)].active and jobs[Task.train(0, 2)].failures == 0
     assert {v.uid for v in views if v.state == "Failed"} == {"uid-demo-i0-members-1-1", "uid-demo-i0-members-1-2"}
+
+
+def test_the_latest_failed_try_is_the_last_written_when_timestamps_tie() -> None:
+    """Two tries of a member failing within one second (timestamps have whole seconds): the one the API
+    server wrote last (higher resourceVersion) is the latest, whatever the pods' names."""
+    first, second = pod(RUNNING, 1, 1), pod(RUNNING, 1, 1)
+    first["metadata"].update(name="demo-i0-members-1-zzzzz", uid="uid-first", resourceVersion="41")
+    second["metadata"].update(name="demo-i0-members-1-aaaaa", uid="uid-second", resourceVersion="107")
+    second["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = "CUDA error: out of memory"
+    for pods in ([first, second], [second, first]):
+        views = [v for v in gang_views([RUNNING], pods, 5) if v.task == Task.train(0, 1)]
+        assert [v.uid for v in views] == ["uid-first", "uid-second", f"{RUNNING['metadata']['uid']}/1"]
+        assert task_jobs(by_task(views), frozenset())[Task.train(0, 1)].last_failure.endswith("CUDA error: out of memory")
