@@ -141,6 +141,7 @@ def timeline_figure(tl: Timeline) -> bytes | None:
     ax.set_ylim(0, 100)
     ax.set_ylabel("training steps done (%)")
     ax.grid(alpha=0.3)
+    ax.tick_params(labelbottom=False)  # the Gantt below carries the time axis
     gantt = fig.add_subplot(grid[1], sharex=ax)
     now = max(times)
     for row, task in enumerate(tasks):
