@@ -8,8 +8,8 @@ the wait between them (startTime - creationTimestamp, the API server's own clock
 
 Bounded and idempotent: one entry per Job that started (attempts are bounded by maxRetries), keyed by
 the Job's uid and built only from the Job's own fields, so the same Jobs give the same file. The file
-is written when an entry changes, that is when a Job starts or ends (two PUTs per Job), never per
-reconcile; an operator reads it once per run when it first needs it, so entries of Jobs since deleted
+is written when an entry changes: when a Job ends, and when Kueue admits one (at most two PUTs per Job;
+one for a Job without a queue), never per reconcile; an operator reads it once per run when it first needs it, so entries of Jobs since deleted
 survive a restart. The end of a failed Job is when this operator saw it failed (the API gives a failed
 Job no completionTime).
 """
@@ -79,7 +79,9 @@ class JobLog:
         for v in views:
             listed.add(v.uid)
             new = entry(v, known.get(v.uid), now)
-            if new is not None and v.uid:
+            # A running Job without a queue waits for its end (one write per Job); a Kueue Job is recorded
+            # when admitted too, so that its wait is in the store while it runs.
+            if new is not None and v.uid and (new["status"] != "running" or new["queue"] or v.uid in known):
                 entries[v.uid] = new
         for uid, e in known.items():
             if uid not in listed and e.get("status") == "running":

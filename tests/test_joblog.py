@@ -65,3 +65,14 @@ def test_a_job_gone_while_running_is_recorded_interrupted_and_its_successor_apar
     entries = stored(store)
     assert [(e["uid"], e["status"], e["end"]) for e in entries] == [
         ("uid-m0", "interrupted", 2_000_000_000.0), ("uid-m0-again", "running", None)]
+
+
+def test_a_job_without_a_queue_is_written_once_when_it_ends(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    log = JobLog(wall=lambda: 100.0)
+    log.record(store, FOLDER, [job(0, "Running", queue=None)])
+    assert log.writes == 0 and store.get_json(layout.jobs_json(FOLDER)) is None  # nothing to wait for: no PUT
+    log.record(store, FOLDER, [job(0, "Succeeded", queue=None, end="2026-01-01T00:05:00Z")])
+    (m0,) = stored(store)
+    assert log.writes == 1 and (m0["start"], m0["status"], m0["admission_wait_seconds"]) == (
+        1_767_225_660.0, "succeeded", None)
