@@ -56,6 +56,7 @@ from .jobs import (
     SECRET_KEYS,
     WorkerSettings,
     gang_manifest,
+    gang_name,
     gangs_members,
     is_gang,
     job_manifest,
@@ -142,6 +143,14 @@ def cluster_problems(spec: WarpRunSpec, run_name: str | None = None, default_que
             "members are admitted together as one Indexed Job of one pod per member; set nodes: 1 (more "
             "gpus per node), or run without a queue"
         )
+    if run_name is not None and queue and nodes == 1:
+        # A gang's pods get the host name <job>-<index> (Indexed Job), a DNS-1123 label of at most 63 characters.
+        pod = f"{gang_name(run_name, spec.warp.iterations - 1, spec.failure_policy.max_retries)}-{spec.warp.policies - 1}"
+        if len(pod) > 63:
+            problems.append(
+                f"  - metadata.name: '{run_name}' is too long to name the pods of its queued iterations (e.g. "
+                f"'{pod}', {len(pod)} characters; a pod's host name has at most 63): use a shorter name"
+            )
     if run_name is not None and nodes > 1:
         last = Task.train(spec.warp.iterations - 1, spec.warp.policies - 1)
         longest = last.job_name(run_name, spec.failure_policy.max_retries)
@@ -501,8 +510,10 @@ class Reconciler:
         jobs = [j for j in self._run_jobs(namespace, name) if owned_by(j, uid)]
         views = [v for j in jobs if (v := view(j)) is not None]
         gang_jobs = [j for j in jobs if is_gang(j)]
+        pods = None  # the run's pods, listed once per reconcile at most (the watchdog reads them too)
         if gang_jobs:  # a queued run's iterations: each member's tries are its index's pods (operator/gang.py)
-            views += gang_views(gang_jobs, self.kube.run_pods(namespace, name), spec.failure_policy.max_retries)
+            pods = self.kube.run_pods(namespace, name)
+            views += gang_views(gang_jobs, pods, spec.failure_policy.max_retries)
         self.admission.observe(namespace, name, per_job(views))
         self._ensure_services(namespace, jobs)
         me = owner_of(namespace, name, uid, spec, now)
@@ -528,7 +539,7 @@ class Reconciler:
                 self._act(body, run, uid, attempts, action, outcome)
             status = store_down_status(spec=spec, generation=generation, previous=previous, check=check, jobs=jobs,
                                        known_done=known, error=str(err), now=now)  # fmt: skip
-            status = self._watchdog(body, spec, None, views, status, now)  # pods need no store
+            status = self._watchdog(body, spec, None, views, status, now, pods)  # pods need no store
             return self._report(body, raw_status, previous, status, outcome)
 
         self.job_log.record(store, folder, views)  # for `kwarp report`: admissions and timings of the Jobs
@@ -573,7 +584,7 @@ class Reconciler:
         )  # fmt: skip
         status = status.model_copy(update={"conditions": C.clear_condition(
             status.conditions, C.STORE_UNAVAILABLE, C.STORE_REACHABLE, "", now=now, generation=generation)})
-        status = self._watchdog(body, spec, store, views, status, now)
+        status = self._watchdog(body, spec, store, views, status, now, pods)
         conds = C.clear_condition(status.conditions, C.STORE_UNAVAILABLE, C.STORE_REACHABLE, "", now=now, generation=generation)
         conds = C.clear_condition(conds, C.STORE_CONFLICT, C.STORE_OWNED, "", now=now, generation=generation)
         conds = C.clear_condition(conds, C.STORAGE_NOT_ALLOWED, C.INSIDE_ALLOWED_PREFIXES, "", now=now, generation=generation)
@@ -683,7 +694,7 @@ class Reconciler:
                                                   f"of iteration {iteration} as one gang{again})")  # fmt: skip
 
     def _watchdog(self, body: Mapping[str, Any], spec: WarpRunSpec, store: Store | None, views: list[JobView],
-                  status: WarpRunStatus, now: str) -> WarpRunStatus:  # fmt: skip
+                  status: WarpRunStatus, now: str, pods: list[dict[str, Any]] | None = None) -> WarpRunStatus:  # fmt: skip
         """Work that will not finish by itself (operator/watchdog.py): fail trainer Jobs that stopped
         progressing (judged from the store: not while it is unreachable); report pods that cannot start
         as the condition PodsStuck."""
@@ -705,7 +716,9 @@ class Reconciler:
                 self.kube.patch_job(namespace, v.name, fail_patch(reason))
                 self.events(body, "Warning", NO_PROGRESS, f"failing Job {v.name}: {reason}"[:1000])
         active = [v.name for v in views if v.state in ("Pending", "Running")]
-        stuck = stuck_pods(self.kube.run_pods(namespace, name), active) if active else []
+        if active and pods is None:
+            pods = self.kube.run_pods(namespace, name)
+        stuck = stuck_pods(pods or [], active) if active else []
         if stuck:
             reason, message = stuck_condition(stuck)
             conditions = C.set_condition(status.conditions, C.PODS_STUCK, True, reason, message, now=now,

@@ -459,3 +459,16 @@ def test_a_queued_run_refuses_multi_node_members_naming_the_field() -> None:
         (problem,) = cluster_problems(r.spec, "gemma-warp", default)
         assert problem.startswith("  - spec.resources.trainer.nodes: 2 nodes per member cannot be queued")
         assert source in problem and "set nodes: 1" in problem
+
+
+def test_a_queued_run_whose_name_cannot_name_its_gang_pods_is_refused() -> None:
+    """A gang pod's host name is <job>-<index>: at most 63 characters, for the last iteration, retry and member."""
+    from kwarp.operator.reconcile import cluster_problems
+
+    r = run(**{"spec.queueName": "team-a-gpu", "spec.warp.iterations": 10, "spec.warp.policies": 12,
+               "spec.failurePolicy": {"maxRetries": 3}, "spec.storage": {"url": "s3://kwarp/runs"}})  # fmt: skip
+    fits = "a" * (63 - len("-i9-members-r3-11"))
+    assert cluster_problems(r.spec, fits) == []
+    (problem,) = cluster_problems(r.spec, fits + "b")
+    assert problem.startswith(f"  - metadata.name: '{fits}b' is too long") and f"'{fits}b-i9-members-r3-11', 64 characters" in problem
+    assert cluster_problems(run(**{"spec.storage": {"url": "s3://kwarp/runs"}}).spec, fits + "b") == []  # not queued

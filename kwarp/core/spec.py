@@ -452,7 +452,8 @@ class WarpRunSpec(_Model):
         max_length=63,
         pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$",
         description="Kueue LocalQueue of the run's Jobs (label kueue.x-k8s.io/queue-name; they are created "
-        "suspended and start when Kueue admits them). Default: the operator's (chart value kueue.queueName)",
+        "suspended and start when Kueue admits them; an iteration's members are one Indexed Job, admitted "
+        "together). Default: the operator's (chart value kueue.queueName)",
     )
     failure_policy: FailurePolicy = FailurePolicy()
     cleanup: Literal["Retain", "Delete"] = Field(
