@@ -3,11 +3,11 @@
     python benchmarks/train_step.py --model DIR [--reward module:fn | DIR] [--prompts FILE]
     python benchmarks/train_step.py --random-model-params 100e6 --device cuda     # no model needed
 
-It runs the trainer's own `training_step` (EMA anchor, KL to init, leave-one-out) on B prompts ×
-k samples and prints, per step, the seconds spent in generation, scoring (reward), reference
-log-probs (anchor and θ_init), the policy's forward/backward/Adam step and the EMA update, each
-also as a share of the step; generated tokens per second; the peak GPU memory on CUDA. The last
-line is the mean milliseconds per step.
+It runs the trainer's own `training_step` (EMA anchor, KL to init unless --no-kl-to-init,
+leave-one-out) on B prompts × k samples and prints, per step, the seconds spent in generation,
+scoring (reward), reference log-probs (anchor and θ_init), the policy's forward/backward/Adam step
+and the EMA update, each also as a share of the step; generated tokens per second; the peak GPU
+memory on CUDA. The last line is the mean milliseconds per step.
 
 Variants (--variants, taking turns step by step in one process, ratios against the first):
 `baseline` is the trainer before issue 16 (transformers' generate, the entropy recomputed in the
@@ -124,7 +124,7 @@ def variants(names: list[str], spec: Any, model_dir: Path, accelerator: Any, bat
     out = []
     for name in names:
         cfg = StepConfig.from_spec(spec, batch)
-        models = load_models(model_dir, spec, accelerator.device, kl_to_init=True)
+        models = load_models(model_dir, spec, accelerator.device, kl_to_init=spec.training.kl_to_init)
         if name == "baseline":
             cfg = replace(cfg, generation="plain", shared_prompts=False)
             for model in {id(m): m for m in (models.bare, models.anchor, models.init) if m is not None}.values():
@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--anchor", default="ema", choices=["ema", "sft", "none"])
+    p.add_argument("--no-kl-to-init", action="store_true",
+                   help="spec.training.klToInit false: no θ_init pass (TRL's step has none either)")
     p.add_argument("--generation", default="auto", choices=["auto", "plain", "compiled"],
                    help="spec.training.generation of the kwarp variant")
     p.add_argument("--variants", default="baseline,kwarp",
@@ -264,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             "training": {
                 "batchSize": args.batch, "samplesPerPrompt": args.samples, "maxNewTokens": args.max_new_tokens,
                 "microBatchSize": args.micro_batch, "learningRate": 1e-6, "warmupSteps": 0,
-                "generation": args.generation,
+                "generation": args.generation, "klToInit": not args.no_kl_to_init,
             },
             "storage": {"url": tmp.name},
         },
@@ -284,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         f"model {model_dir.name if not args.random_model_params else args.arch} {n_params / 1e6:.2f}M params, "
         f"vocab {runs[0].models.bare.config.vocab_size}, {args.batch} prompts x {args.samples} samples, "
         f"{args.max_new_tokens} new tokens, device {device}, compute {accelerator.mixed_precision}, anchor "
-        f"{args.anchor}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}"
+        f"{args.anchor}, KL to init {'off' if args.no_kl_to_init else 'on'}, {torch.get_num_threads()} threads, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     use_cpu_clock = args.clock == "cpu" or (args.clock == "auto" and device.type == "cpu")
     clock = time.process_time if use_cpu_clock else time.perf_counter
