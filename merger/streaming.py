@@ -23,7 +23,8 @@ bf16) is not held: its tensors are walked twice in memory-mapped windows of WIND
 window per input. Peak memory is therefore about
 
     2 · hold_bytes (this group and the next, mapped page cache) + outputs · (writer queue (64 MiB)
-    + largest tensor) + idle recycled output buffers (256 MiB) + threads · a few MiB of scratch
+    + two pieces of PIECE_ELEMENTS or one window) + idle recycled output buffers (256 MiB)
+    + threads · a few MiB of scratch
 
 independent of the model's size. Chunks are shared out between worker threads whole, each thread
 running single-threaded torch operations (torch releases the GIL inside them); the result does not
@@ -37,7 +38,6 @@ import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -424,7 +424,7 @@ def merge_checkpoints(
                     _write_held(name, infos[name], [t[name] for t in tensors], combination, outputs, writers, workers,
                                 buffers, piece_elements)
                 else:
-                    _write_tensor(name, infos[name], inputs, combination, outputs, writers, workers)
+                    _write_tensor(name, infos[name], inputs, combination, outputs, writers, workers, buffers)
                 if progress:
                     progress(nbytes(name), total_work)
             del tensors
@@ -478,6 +478,45 @@ def _gram_of_views(views: Sequence[torch.Tensor], workers: _Workers) -> torch.Te
     return torch.cat(parts).to(torch.float64).sum(0)
 
 
+def _computed(info: TensorInfo, outputs: Sequence[Output]) -> list[int]:
+    """Indices of the outputs whose tensor is computed (a merge or a LiTI), not θ_init's own tensor."""
+    return [k for k, o in enumerate(outputs) if o.eta > 0.0] if info.mergeable and info.numel else []
+
+
+def _write_uncomputed(name: str, info: TensorInfo, init: torch.Tensor | None, outputs: Sequence[Output],
+                      writers: Sequence[PlannedShardWriter], computed: list[int]) -> None:
+    """θ_init's own tensor to the η = 0 outputs (and every output of a non-float tensor), whole."""
+    for k, (out, writer) in enumerate(zip(outputs, writers, strict=True)):
+        if k not in computed:
+            whole = init if out.eta == 0.0 or not info.mergeable else torch.empty(info.shape, dtype=info.merged_dtype)
+            assert whole is not None
+            writer.write(name, whole)
+
+
+def _write_piece(
+    name: str, dtype: torch.dtype, size: int, terms: Sequence[torch.Tensor | None], combination: Combination,
+    outputs: Sequence[Output], computed: list[int], writers: Sequence[PlannedShardWriter], workers: _Workers,
+    buffers: BufferPool,
+) -> None:
+    """The merge (and LiTI) of one piece of a tensor from the same piece of each input (flat `terms`), computed
+    in buffers of `size` elements taken from `buffers` and handed to the writers, which give them back."""
+    n = next(t for t in terms if t is not None).numel()
+    merged_buffer = buffers.take(dtype, (size,))
+    liti_buffers = {k: buffers.take(dtype, (size,)) for k in computed if outputs[k].eta < 1.0}
+    merged = merged_buffer[:n]
+    litis = [(b[:n], outputs[k].eta) for k, b in liti_buffers.items()]
+    workers.run(n, partial(_merge_part, merged, terms, combination, litis))
+    merged_users = sum(1 for k in computed if outputs[k].eta == 1.0)
+    merged_written = buffers.after(merged_buffer, merged_users) if merged_users else None
+    if not merged_users:  # only LiTI outputs needed it, and they are computed
+        buffers.give(merged_buffer)
+    for k in computed:
+        if outputs[k].eta == 1.0:
+            writers[k].write_piece(name, merged, merged_written)
+        else:
+            writers[k].write_piece(name, liti_buffers[k][:n], buffers.after(liti_buffers[k], 1))
+
+
 def _write_held(
     name: str,
     info: TensorInfo,
@@ -496,34 +535,17 @@ def _write_held(
     whole tensor. θ_init's own tensor (η = 0 outputs, non-float tensors) goes to the writer as the
     mapped view itself, no copy.
     """
-    init = tensors[0]
-    computed = [k for k, o in enumerate(outputs) if o.eta > 0.0] if info.mergeable and info.numel else []
-    for k, (out, writer) in enumerate(zip(outputs, writers, strict=True)):
-        if k not in computed:
-            writer.write(name, init if out.eta == 0.0 or not info.mergeable else torch.empty(info.shape, dtype=info.merged_dtype))
+    computed = _computed(info, outputs)
+    _write_uncomputed(name, info, tensors[0], outputs, writers, computed)
     if not computed:
         return
     weights = (combination.init_weight, *combination.weights)
     terms = [t.reshape(-1) if w != 0.0 or i == 0 else None for i, (w, t) in enumerate(zip(weights, tensors, strict=True))]
-    dtype, n = info.merged_dtype, info.numel
-    merged_users = sum(1 for k in computed if outputs[k].eta == 1.0)
-    size = min(n, piece_elements)  # buffers of a piece, or of the whole tensor when it is smaller
-    for s in range(0, n, size):
-        e = min(n, s + size)
-        merged_buffer = buffers.take(dtype, (size,))
-        liti_buffers = {k: buffers.take(dtype, (size,)) for k in computed if outputs[k].eta < 1.0}
-        merged = merged_buffer[: e - s]
-        litis = [(b[: e - s], outputs[k].eta) for k, b in liti_buffers.items()]
-        workers.run(e - s, partial(_merge_part, merged, [t[s:e] if t is not None else None for t in terms],
-                                   combination, litis))
-        merged_written = buffers.after(merged_buffer, merged_users) if merged_users else None
-        if not merged_users:  # only LiTI outputs needed it, and they are computed
-            buffers.give(merged_buffer)
-        for k in computed:
-            if outputs[k].eta == 1.0:
-                writers[k].write_piece(name, merged, merged_written)
-            else:
-                writers[k].write_piece(name, liti_buffers[k][: e - s], buffers.after(liti_buffers[k], 1))
+    size = min(info.numel, piece_elements)  # buffers of a piece, or of the whole tensor when it is smaller
+    for s in range(0, info.numel, size):
+        e = min(info.numel, s + size)
+        _write_piece(name, info.merged_dtype, size, [t[s:e] if t is not None else None for t in terms], combination,
+                     outputs, computed, writers, workers, buffers)
 
 
 def _write_tensor(
@@ -534,28 +556,25 @@ def _write_tensor(
     outputs: Sequence[Output],
     writers: Sequence[PlannedShardWriter],
     workers: _Workers,
+    buffers: BufferPool,
 ) -> None:
-    if info.mergeable and any(o.eta > 0.0 for o in outputs):
+    """Tensor `name` of every output, from the inputs walked in memory-mapped windows (a group too large to
+    hold): each window's merge is a piece of the output, computed in recycled buffers like a held group's."""
+    computed = _computed(info, outputs)
+    if computed:
         # Only inputs with a non-zero weight are read (and θ_init): λ = 0 or 1 reads one member.
         weights = (combination.init_weight, *combination.weights)
         used = sorted({0} | {i for i, w in enumerate(weights) if w != 0.0})
-        merged = torch.empty(info.shape, dtype=info.merged_dtype)
-        interpolated = {k: torch.empty_like(merged) for k, o in enumerate(outputs) if 0.0 < o.eta < 1.0}
+        size = 0
         for start, end, views in inputs.windows(name, used):
+            size = size or end - start  # every window but the last has the first one's length
             by_index = dict(zip(used, views, strict=True))
-            terms = [by_index.get(i) for i in range(len(weights))]
-            litis = [(t.view(-1)[start:end], outputs[k].eta) for k, t in interpolated.items()]
-            workers.run(end - start, partial(_merge_part, merged.view(-1)[start:end], terms, combination, litis))
+            _write_piece(name, info.merged_dtype, size, [by_index.get(i) for i in range(len(weights))], combination,
+                         outputs, computed, writers, workers, buffers)
     # θ_init's own tensor, unchanged: η = 0 outputs and non-float tensors are copies, not computations.
-    copies = [o.eta == 0.0 or not info.mergeable for o in outputs]
-    with inputs.whole(name, [0]) if any(copies) else nullcontext([None]) as (init,):
-        for k, (out, writer) in enumerate(zip(outputs, writers, strict=True)):  # in output order, each once
-            if copies[k]:
-                writer.write(name, init)
-            elif out.eta == 1.0:
-                writer.write(name, merged)
-            else:
-                writer.write(name, interpolated[k])
+    if len(computed) < len(outputs):
+        with inputs.whole(name, [0]) as (init,):
+            _write_uncomputed(name, info, init, outputs, writers, computed)
 
 
 _ELEMENT_SIZES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2}

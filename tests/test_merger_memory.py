@@ -89,6 +89,29 @@ def test_outputs_are_computed_in_a_few_recycled_pieces_whatever_the_model(
             assert torch.equal(got[name], expected[name]), name
 
 
+def test_a_streamed_group_is_written_window_by_window_in_recycled_buffers(
+    deep: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    """Groups too large to hold (hold_bytes=0 here) are walked in mapped windows: each window's merge is a
+    piece of the output, so the output side never holds a whole tensor (a 1 GB embedding of a 128k vocabulary)."""
+    init, members = deep
+    pool = BufferPool()
+    outputs = [Output(tmp_path / "slerp", 1.0), Output(tmp_path / "liti", 0.3), Output(tmp_path / "init", 0.0)]
+    streamed = {"hold_bytes": 0, "window_bytes": 1000}  # windows of 500 bf16 elements
+    merge_checkpoints(init, members, outputs, writer_queue_bytes=0, buffers=pool, **streamed)
+    sizes = {min(t.numel(), 500) * 2 for t in load_state(init).values()}
+    assert pool.allocated_bytes <= 2 * 2 * sum(sizes)
+    assert pool.reused_bytes > 10 * pool.allocated_bytes
+    fresh = [Output(tmp_path / "slerp-fresh", 1.0), Output(tmp_path / "liti-fresh", 0.3), Output(tmp_path / "init-fresh", 0.0)]
+    merge_checkpoints(init, members, fresh, buffers=BufferPool(idle_bytes=0), **streamed)
+    for out, expected_out in zip(outputs, fresh, strict=True):
+        got, expected = load_state(out.folder), load_state(expected_out.folder)
+        assert got.keys() == expected.keys()
+        for name in expected:
+            assert torch.equal(got[name], expected[name]), name
+    assert all(torch.equal(t, load_state(init)[n]) for n, t in load_state(outputs[2].folder).items())
+
+
 def test_a_writer_takes_a_tensor_in_pieces_that_are_exactly_its_bytes(tmp_path: Path) -> None:
     planned = [Planned("a", "F32", (2, 3)), Planned("b", "BF16", (4,))]
     a, b = torch.arange(6, dtype=torch.float32).reshape(2, 3), torch.ones(4, dtype=torch.bfloat16)
