@@ -219,7 +219,7 @@ def test_a_killed_member_pod_is_retried_alone_and_a_member_past_max_retries_fail
         # Only index 1 gets a new pod; member 0 (done) is not run again; no second Job.
         pods = wait_value(lambda: index_pods(api, "demo-i0-members"), lambda p: len(p.get(1, [])) == 2, 10,
                           message="a new pod for index 1")  # fmt: skip
-        assert pods[0] == index_pods(api, "demo-i0-members")[0] and len(pods[0]) == 1 and pods[1][0] == first[0]
+        assert len(pods[0]) == 1 and first[0] in pods[1]  # (same-second pods: no order by creation time)
         status = wait_value(api.status, lambda st: {m["member"]: (m["state"], m["attempts"]) for m in st.get("members", [])}
                             == {0: ("Succeeded", 1), 1: ("Running", 2)}, 20,
                             message=lambda: f"member 1 retried: {api.status()}")  # fmt: skip
