@@ -122,3 +122,9 @@ def test_run_killed_and_resumed(tiny_task: Path, tmp_path: Path) -> None:
     assert summary["export"]["eta"] == exported["eta"]
     assert (report / "report.html").stat().st_size > 10_000
     assert (report / "pareto.png").is_file()
+    # The timeline: every step trained by the end, the killed attempt and its successor, no admission.
+    timeline = summary["timeline"]
+    assert timeline["executor"] == "local" and timeline["admission"] is None
+    assert timeline["progress"][-1][1] == 1.0 and (report / "timeline.png").is_file()
+    member = [a["status"] for a in timeline["attempts"] if a["task"] == "i1-m0"]
+    assert len(member) >= 2 and member[-1] == "succeeded"  # the killed attempt, then the one that resumed

@@ -434,6 +434,7 @@ def test_cli_report_by_name_with_store(fabricated: Fabricated, tmp_path: Path, c
     assert kwarp_main(["report", RUN, "--store", fabricated.store.url, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"report: {out / 'report.html'}" in printed and "iterations evaluated: 2/3" in printed
+    assert "admission: An embedded run (kwarp run) has no admission" in printed  # the fabricated run's runner.json
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["iterations"]) == 3 and summary["settings"] == {}
 

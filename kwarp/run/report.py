@@ -481,4 +481,5 @@ def _main(args: argparse.Namespace) -> int:
             f"(iteration {h['iteration']}; first iteration {_fmt(h['best_reward_at_kl_first'])}); "
             f"hypervolume {_fmt(h['hypervolume'])}"
         )
+    print(f"admission: {summary['timeline']['admission_note']}")
     return 0
