@@ -910,8 +910,8 @@ class JobRunner:
     the watch resumes after it), and every `resync_seconds` as a safety net. A LIST costs the server and
     this runner work in proportion to every Job of the namespace, so it is not repeated every few seconds:
     with 9000 Jobs (benchmarks/operator.py --runs 1000) that would be most of the benchmark's cost.
-    `missed_by_watch()` counts the Jobs a LIST after the first found before the watch and that the watch
-    never delivered (0 when watches lose nothing; a Job the watch delivers later was only behind).
+    A resync keeps the watch's place; `missed_by_watch()` counts the Jobs it found that the watch then
+    went past without delivering (0 when watches lose nothing).
     """
 
     resync_seconds = 30.0
@@ -926,8 +926,9 @@ class JobRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors: list[BaseException] = []
-        self._listed_first: set[tuple[str, str]] = set()  # (name, uid) a later LIST saw before the watch
+        self._listed_first: dict[tuple[str, str], int] = {}  # (name, uid) a resync saw before the watch: its rv
         self._watched: set[tuple[str, str]] = set()  # (name, uid) the watch delivered
+        self._watch_rv = 0  # of the last event the watch delivered
         self._deadlined: set[str] = set()  # unfinished Jobs with spec.activeDeadlineSeconds
 
     def __enter__(self) -> JobRunner:
@@ -946,20 +947,22 @@ class JobRunner:
 
     def _watch(self) -> None:
         rv: str | None = None
-        listed, first = 0.0, True
+        listed = 0.0
         while not self._stop.is_set():
             try:
-                if rv is None or time.monotonic() - listed > self.resync_seconds:
-                    rv = None  # until the LIST is handled: a failure in it lists again
+                resync = rv is not None and time.monotonic() - listed > self.resync_seconds
+                if rv is None or resync:
                     listed = time.monotonic()
                     listing = self.cluster.raw("GET", f"/apis/batch/v1/namespaces/{self.namespace}/jobs")
+                    if not resync:
+                        self._listed_first.clear()  # the watch restarts after these: it will not deliver them
                     for job in listing["items"]:
                         key = (job["metadata"]["name"], job["metadata"]["uid"])
-                        if not first and key not in self._watched:
-                            self._listed_first.add(key)
+                        if resync and key not in self._watched:
+                            self._listed_first[key] = int(job["metadata"]["resourceVersion"])
                         self._on_event("ADDED", job)  # a Job seen before is only looked at again
-                    first = False
-                    rv = listing["metadata"]["resourceVersion"]
+                    if not resync:  # a resync keeps the watch's place: what it has not delivered yet still comes
+                        rv = listing["metadata"]["resourceVersion"]
                 stream = kubernetes.watch.Watch().stream(
                     self.batch.list_namespaced_job, self.namespace, resource_version=rv, timeout_seconds=1,
                 )
@@ -971,6 +974,7 @@ class JobRunner:
                     self._watched.add((job["metadata"]["name"], job["metadata"]["uid"]))
                     self._on_event(event["type"], job)
                     rv = job["metadata"]["resourceVersion"]  # after handling: a failed event is listed again
+                    self._watch_rv = int(rv)
                     if self._stop.is_set():
                         break
                 self.enforce_deadlines()
@@ -982,7 +986,10 @@ class JobRunner:
                 time.sleep(0.2)
 
     def missed_by_watch(self) -> int:
-        return len(self._listed_first - self._watched)
+        """Jobs a resync LIST found that the watch has gone past without delivering (it delivers in
+        resourceVersion order, so a Job listed at version v is seen by the time the watch reaches v)."""
+        return sum(1 for key, listed_rv in list(self._listed_first.items())
+                   if key not in self._watched and listed_rv <= self._watch_rv)
 
     def _on_event(self, kind: str, job: Obj) -> None:
         name = job["metadata"]["name"]

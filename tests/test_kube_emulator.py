@@ -177,3 +177,18 @@ def test_the_job_runner_lists_again_after_a_failed_event_and_not_every_few_secon
         before = cluster.server.examined
         time.sleep(4)  # longer than the runner's old 3-s relisting period; asserts what was read, not when
         assert cluster.server.examined - before < 31  # its watches resumed, no LIST of the 31 Jobs
+
+
+def test_the_job_runners_resyncs_find_no_job_its_watch_went_past(cluster: Cluster) -> None:
+    """Jobs created while the runner resyncs often: its watch (resumed every second, from the version of
+    the last event it handled) delivers every one of them; a resync keeps the watch's place."""
+    with StatusJobRunner(cluster) as runner:
+        runner.resync_seconds = 0.5
+        for i in range(40):
+            create(cluster, "default", f"j{i}", {})
+            if i % 10 == 9:
+                time.sleep(0.6)  # let a resync happen between creations
+        wait_for(lambda: len(runner.started) == 40, 30, message="40 Jobs started")
+        time.sleep(1.5)  # a resync after the last Job, and the watch past it
+        assert runner.missed_by_watch() == 0 and not runner.errors
+        assert sorted(runner.started) == sorted(f"j{i}" for i in range(40))
