@@ -24,7 +24,7 @@ from typing import Any
 from kwarp.core.plan import Task
 
 from .jobs import COMPLETION_INDEX_KEY, LABEL_ATTEMPT, LABEL_ITERATION, is_gang, queue_label
-from .observe import JobState, JobView, pod_failure
+from .observe import JobState, JobView, pod_failure, unready_pods
 
 
 def parse_indexes(text: str | None) -> set[int]:
@@ -114,7 +114,8 @@ def gang_views(jobs: Iterable[Mapping[str, Any]], pods: list[Mapping[str, Any]],
         meta, spec, status = job["metadata"], job.get("spec") or {}, job.get("status") or {}
         iteration, attempt = iteration_of(job), attempt_of(job)
         common = dict(name=meta["name"], attempt=attempt, queue=queue_label(job), created=meta.get("creationTimestamp"),
-                      deleting=bool(meta.get("deletionTimestamp")), gang=True, start_time=status.get("startTime"))  # fmt: skip
+                      deleting=bool(meta.get("deletionTimestamp")), gang=True, start_time=status.get("startTime"),
+                      unready_pods=unready_pods(status))  # fmt: skip
         complete = _true(job, "Complete") is not None
         failed_job = _true(job, "Failed", "FailureTarget")
         completed = parse_indexes(status.get("completedIndexes"))

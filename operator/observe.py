@@ -41,6 +41,9 @@ class JobView:
     stalled: str | None = None  # why the operator failed it for making no progress (its annotation)
     gang: bool = False  # one member of an iteration's gang Job (operator/gang.py): `name` is the gang's
     pod: str | None = None  # a gang member's failed pod, standing for one failed try (its text in `failure`)
+    # Some active pod is not ready (status.ready < status.active, or no `ready` count): only such a Job can
+    # have a pod waiting for an image or a Secret, so only then are its pods worth a LIST.
+    unready_pods: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,12 @@ def owned_by(job: Mapping[str, Any], uid: str) -> bool:
     """A run's Jobs carry its uid: a Job left by an earlier run of the same name is not one of them."""
     refs = job.get("metadata", {}).get("ownerReferences") or []
     return any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
+def unready_pods(status: Mapping[str, Any]) -> bool:
+    """A Job status with an active pod that is not ready (or no `ready` count to tell)."""
+    active, ready = status.get("active"), status.get("ready")
+    return bool(active) and (ready is None or ready < active)
 
 
 def view(job: Mapping[str, Any]) -> JobView | None:
@@ -103,6 +112,7 @@ def view(job: Mapping[str, Any]) -> JobView | None:
         created=meta.get("creationTimestamp"),
         deleting=bool(meta.get("deletionTimestamp")),
         stalled=stalled,
+        unready_pods=unready_pods(status),
     )
 
 

@@ -715,10 +715,13 @@ class Reconciler:
             if reason is not None:
                 self.kube.patch_job(namespace, v.name, fail_patch(reason))
                 self.events(body, "Warning", NO_PROGRESS, f"failing Job {v.name}: {reason}"[:1000])
-        active = [v.name for v in views if v.state in ("Pending", "Running")]
-        if active and pods is None:
+        # Pods are listed only while a Job has an active pod that is not ready (its status counts them): a
+        # pod waiting for an image or a Secret is one. A label-selected LIST costs a real API server a scan
+        # of every pod of the namespace, so a LIST at every reconcile grows with the runs there.
+        unready = [v.name for v in views if v.state in ("Pending", "Running") and v.unready_pods]
+        if unready and pods is None:
             pods = self.kube.run_pods(namespace, name)
-        stuck = stuck_pods(pods or [], active) if active else []
+        stuck = stuck_pods(pods or [], unready) if unready else []
         if stuck:
             reason, message = stuck_condition(stuck)
             conditions = C.set_condition(status.conditions, C.PODS_STUCK, True, reason, message, now=now,

@@ -159,6 +159,8 @@ class ApiServer(kmock.KubernetesEmulator):
     # Objects and journal events a LIST or a watch's backlog checked against its request: what reads cost
     # the server (tests show it follows what a request selects, not how many objects the server holds).
     examined: int = attrs.field(default=0, init=False)
+    # Requests to the object API by (apiGroup, resource[/subresource], verb): how often each call is made.
+    calls: collections.Counter[tuple[str, str, str]] = attrs.field(factory=collections.Counter, init=False)
 
     # ------------------------------------------------------------------ declarations
 
@@ -389,6 +391,7 @@ class ApiServer(kmock.KubernetesEmulator):
         resource = f"{res.plural}/{request.subresource}" if request.subresource else res.plural
         namespace = request.namespace or ""
         self.audit.add((token, res.group or "", resource, verb, namespace))
+        self.calls[res.group or "", resource, verb] += 1
         if verb == "create" and isinstance(request.data, Mapping):
             for ref in (request.data.get("metadata") or {}).get("ownerReferences") or []:
                 if not ref.get("blockOwnerDeletion"):

@@ -147,6 +147,12 @@ def set_pod_status(api: Api, name: str, containers: list[dict[str, Any]]) -> Non
                                          _content_type="application/merge-patch+json")  # fmt: skip
 
 
+def set_job_ready(api: Api, name: str, ready: int) -> None:
+    """The Job controller's count of the Job's ready pods (status.ready), as it follows its pods."""
+    api.batch.patch_namespaced_job_status(name, NS, {"status": {"ready": ready}},
+                                          _content_type="application/merge-patch+json")  # fmt: skip
+
+
 def waiting(reason: str, message: str) -> list[dict[str, Any]]:
     return [{"name": "prepare", "ready": False, "restartCount": 0, "image": "kwarp-worker:test", "imageID": "",
              "state": {"waiting": {"reason": reason, "message": message}}}]  # fmt: skip
@@ -166,6 +172,7 @@ def test_pods_that_cannot_start_raise_a_condition_naming_them(
         assert pod_name is not None
 
         set_pod_status(api, pod_name, waiting(*PULL))
+        set_job_ready(api, "demo-prepare", 0)  # a waiting container is not ready: the Job counts it so
         cond = wait_value(lambda: api.condition(C.PODS_STUCK), lambda c: c is not None and c["status"] == "True", 20,
                           message=lambda: f"PodsStuck; status {json.dumps(api.status())[:1500]}")
         assert cond["reason"] == "ImagePullBackOff"
@@ -181,9 +188,33 @@ def test_pods_that_cannot_start_raise_a_condition_naming_them(
 
         set_pod_status(api, pod_name, [{"name": "prepare", "ready": True, "restartCount": 0, "image": "kwarp-worker:test",
                                         "imageID": "", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}])
+        set_job_ready(api, "demo-prepare", 1)
         cond = wait_value(lambda: api.condition(C.PODS_STUCK), lambda c: c["status"] == "False", 20,
                           message=lambda: f"PodsStuck False; {api.condition(C.PODS_STUCK)}")
         assert cond["reason"] == C.PODS_STARTED
+
+
+def test_pods_are_listed_only_while_a_job_has_a_pod_that_is_not_ready(
+    cluster: Cluster, api: Api, runner: StatusJobRunner, store: Path
+) -> None:
+    """While every active pod of the run's Jobs is ready (their status.ready), reconciles do not LIST the
+    run's pods: for a label selector a real API server scans every pod of the namespace, so a LIST per
+    reconcile grew with the runs there. A Job with a pod that is not ready has its pods looked at."""
+    assert cluster.server is not None
+    calls = cluster.server.calls
+    with RunningOperator(cluster, options(resync_seconds=1)):
+        api.create(warprun(store))
+        finish(api, runner, "demo-prepare")
+        jobs_named(api, "demo-i0-m0", "demo-i0-m1")
+        wait_for(lambda: {"demo-i0-m0", "demo-i0-m1"} <= set(runner.running()), 10, message="members running")
+        reads = calls["kwarp.dev", "warpruns", "get"]
+        wait_for(lambda: calls["kwarp.dev", "warpruns", "get"] >= reads + 3, 20, message="3 more reconciles")
+        assert calls["", "pods", "list"] == 0
+
+        set_job_ready(api, "demo-i0-m0", 0)
+        wait_for(lambda: calls["", "pods", "list"] > 0, 20, message="the run's pods listed")
+        stuck = api.condition(C.PODS_STUCK)
+        assert stuck is None or stuck["status"] == "False"  # not ready, nothing waiting: not stuck
 
 
 def test_a_job_past_its_deadline_fails_the_task_with_the_reason(
