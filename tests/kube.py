@@ -51,6 +51,7 @@ import dataclasses
 import datetime
 import json
 import os
+import queue
 import re
 import secrets
 import signal
@@ -915,11 +916,15 @@ class JobRunner:
     with 9000 Jobs (benchmarks/operator.py --runs 1000) that would be most of the benchmark's cost.
     A resync keeps the watch's place; `missed_by_watch()` counts the Jobs it found that the watch then
     went past without delivering (0 when watches lose nothing).
+
+    With `workers` > 1 (benchmarks/operator.py), events are handled on that many threads, each Job's on
+    one thread (hash of its name) and under a lock of its own, as the Job controller syncs several Jobs
+    at once; tests keep one thread and one lock.
     """
 
     resync_seconds = 30.0
 
-    def __init__(self, cluster: Cluster, namespace: str | None = None):
+    def __init__(self, cluster: Cluster, namespace: str | None = None, workers: int = 1):
         self.cluster = cluster
         self.namespace = namespace or cluster.namespace
         self.batch = kubernetes.client.BatchV1Api(cluster.client())
@@ -933,8 +938,16 @@ class JobRunner:
         self._watched: set[tuple[str, str]] = set()  # (name, uid) the watch delivered
         self._watch_rv = 0  # of the last event the watch delivered
         self._deadlined: set[str] = set()  # unfinished Jobs with spec.activeDeadlineSeconds
+        self.workers = workers
+        self._queues: list[queue.Queue[tuple[str, Obj] | None]] = [queue.Queue() for _ in range(workers if workers > 1 else 0)]
+        self.worker_threads = [threading.Thread(target=self._work_events, args=(q,), daemon=True,
+                                                name=f"{type(self).__name__}-{i}") for i, q in enumerate(self._queues)]  # fmt: skip
+        self._job_locks: dict[str, threading.RLock] = {}
+        self._broken = threading.Event()  # a worker failed to handle an event: list again
 
     def __enter__(self) -> JobRunner:
+        for thread in self.worker_threads:
+            thread.start()
         self._thread = threading.Thread(target=self._watch, name=type(self).__name__, daemon=True)
         self._thread.start()
         return self
@@ -943,7 +956,31 @@ class JobRunner:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
+        for q in self._queues:
+            q.put(None)
+        for thread in self.worker_threads:
+            thread.join(10)
         self.shutdown()
+
+    def _lock_for(self, name: str) -> threading.RLock:
+        if self.workers <= 1:
+            return self.lock
+        with self.lock:
+            return self._job_locks.setdefault(name, threading.RLock())
+
+    def _handle(self, kind: str, job: Obj) -> None:
+        if not self._queues:
+            self._on_event(kind, job)
+        else:
+            self._queues[hash(job["metadata"]["name"]) % len(self._queues)].put((kind, job))
+
+    def _work_events(self, events: queue.Queue[tuple[str, Obj] | None]) -> None:
+        while (item := events.get()) is not None:
+            try:
+                self._on_event(*item)
+            except Exception as err:  # as in _watch: reported, and the next round lists again
+                self.errors.append(err)
+                self._broken.set()
 
     def shutdown(self) -> None:
         """Stop whatever the runner started."""
@@ -953,6 +990,9 @@ class JobRunner:
         listed = 0.0
         while not self._stop.is_set():
             try:
+                if self._broken.is_set():
+                    self._broken.clear()
+                    rv = None
                 resync = rv is not None and time.monotonic() - listed > self.resync_seconds
                 if rv is None or resync:
                     listed = time.monotonic()
@@ -963,7 +1003,7 @@ class JobRunner:
                         key = (job["metadata"]["name"], job["metadata"]["uid"])
                         if resync and key not in self._watched:
                             self._listed_first[key] = int(job["metadata"]["resourceVersion"])
-                        self._on_event("ADDED", job)  # a Job seen before is only looked at again
+                        self._handle("ADDED", job)  # a Job seen before is only looked at again
                     if not resync:  # a resync keeps the watch's place: what it has not delivered yet still comes
                         rv = listing["metadata"]["resourceVersion"]
                 stream = kubernetes.watch.Watch().stream(
@@ -975,7 +1015,7 @@ class JobRunner:
                         rv = None
                         break
                     self._watched.add((job["metadata"]["name"], job["metadata"]["uid"]))
-                    self._on_event(event["type"], job)
+                    self._handle(event["type"], job)
                     rv = job["metadata"]["resourceVersion"]  # after handling: a failed event is listed again
                     self._watch_rv = int(rv)
                     if self._stop.is_set():
@@ -996,7 +1036,7 @@ class JobRunner:
 
     def _on_event(self, kind: str, job: Obj) -> None:
         name = job["metadata"]["name"]
-        with self.lock:
+        with self._lock_for(name):
             if kind == "DELETED":
                 self._deadlined.discard(name)
                 tracked = self.jobs.pop(name, None)
@@ -1182,7 +1222,7 @@ class JobRunner:
     def _finish(self, name: str) -> _Tracked | None:
         """Mark a Job finished, once; the caller writes its pod and status outside the lock, so Jobs that
         finish on other threads (pods running side by side) do not wait for each other."""
-        with self.lock:
+        with self._lock_for(name):
             tracked = self.jobs[name]
             if tracked.finished:
                 return None
@@ -1191,7 +1231,7 @@ class JobRunner:
 
     def running(self) -> list[str]:
         with self.lock:
-            return sorted(n for n, t in self.jobs.items() if t.start and not t.finished and not t.suspended)
+            return sorted(n for n, t in list(self.jobs.items()) if t.start and not t.finished and not t.suspended)
 
 
 Outcome = Callable[[Obj], "tuple[bool, str] | None"]
@@ -1203,8 +1243,9 @@ class StatusJobRunner(JobRunner):
     to leave the Job running for the test to finish with `succeed(name)` / `fail(name, ...)`.
     """
 
-    def __init__(self, cluster: Cluster, outcome: Outcome | None = None, namespace: str | None = None):
-        super().__init__(cluster, namespace)
+    def __init__(self, cluster: Cluster, outcome: Outcome | None = None, namespace: str | None = None,
+                 workers: int = 1):  # fmt: skip
+        super().__init__(cluster, namespace, workers)
         self.outcome = outcome
         self.started: list[str] = []
 

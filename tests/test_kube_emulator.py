@@ -192,3 +192,16 @@ def test_the_job_runners_resyncs_find_no_job_its_watch_went_past(cluster: Cluste
         time.sleep(1.5)  # a resync after the last Job, and the watch past it
         assert runner.missed_by_watch() == 0 and not runner.errors
         assert sorted(runner.started) == sorted(f"j{i}" for i in range(40))
+
+
+def test_a_job_runner_on_several_threads_starts_and_completes_each_job_once(cluster: Cluster) -> None:
+    """workers=4 (the benchmark's Job controller): every Job started once, its pod made once, Complete."""
+    for i in range(40):
+        create(cluster, "default", f"w{i}", {})
+    with StatusJobRunner(cluster, outcome=lambda job: (True, ""), workers=4) as runner:
+        wait_for(lambda: len(runner.started) >= 40 and all(
+            any(c["type"] == "Complete" for c in (j.get("status") or {}).get("conditions") or [])
+            for j in get(cluster, JOBS.format(ns="default"))["items"]), 30, message="40 Jobs Complete")
+        assert sorted(runner.started) == sorted(f"w{i}" for i in range(40)) and not runner.errors
+        pods = get(cluster, "/api/v1/namespaces/default/pods")["items"]
+        assert sorted(p["metadata"]["labels"]["job-name"] for p in pods) == sorted(f"w{i}" for i in range(40))
