@@ -684,8 +684,8 @@ class ApiServer(kmock.KubernetesEmulator):
             raise _status_error(400, "BadRequest", str(err)) from None
 
     def _matching(self, request: kmock.Request) -> list[Obj]:
-        """The live objects a LIST (or a watch from no version) selects, sorted by namespace and name: only
-        the index's candidates for its namespace and label requirements are checked against it."""
+        """The live objects a LIST (or a watch from no version) selects, in creation order: only the
+        index's candidates for its namespace and label requirements are checked against it."""
         index = self._live_index.get(request.resource)
         if index is None:
             return []

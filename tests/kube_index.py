@@ -120,18 +120,22 @@ class ObjectIndex:
     """The live objects of one resource, by namespace and by label, for LISTs that read only candidates.
 
     Kept in step with the server's object store by `put` (create, update) and `remove` (erase); labels
-    changed by an update move the object between label sets.
+    changed by an update move the object between label sets. Lists come in the order in which each
+    (namespace, name) was first created, as this server always listed (a name created again keeps its
+    place; tests rely on it, e.g. pods created in the same second).
     """
 
     def __init__(self) -> None:
         self._by_ns: dict[str | None, dict[str, Obj]] = {}
         self._by_label: dict[tuple[str, str], set[tuple[str | None, str]]] = {}
+        self._seq: dict[tuple[str | None, str], int] = {}
 
     def __len__(self) -> int:
         return sum(len(names) for names in self._by_ns.values())
 
     def put(self, ns: str | None, name: str, obj: Obj) -> None:
         self.remove(ns, name)
+        self._seq.setdefault((ns, name), len(self._seq))
         self._by_ns.setdefault(ns, {})[name] = obj
         for item in (obj.get("metadata", {}).get("labels") or {}).items():
             self._by_label.setdefault(item, set()).add((ns, name))
@@ -151,12 +155,12 @@ class ObjectIndex:
                     del self._by_label[item]
 
     def candidates(self, namespace: str | None, name: str | None, requirements: tuple[Requirement, ...]) -> list[Obj]:
-        """A superset of the objects a request selects (namespace None: all namespaces), sorted by
-        (namespace, name) as a real server lists them. The caller checks each against the request."""
+        """A superset of the objects a request selects (namespace None: all namespaces), in creation order.
+        The caller checks each against the request."""
         if name is not None:
             spaces = [namespace] if namespace is not None else list(self._by_ns)
             found = [(ns, name) for ns in spaces if name in self._by_ns.get(ns, {})]
-            return [self._by_ns[ns][n] for ns, n in sorted(found, key=_order)]
+            return [self._by_ns[ns][n] for ns, n in sorted(found, key=self._seq.__getitem__)]
         narrowest: set[tuple[str | None, str]] | None = None
         for op, key, values in requirements:
             if op not in ("=", "in"):
@@ -171,8 +175,4 @@ class ObjectIndex:
             pairs = [(ns, n) for ns in spaces for n in self._by_ns.get(ns, {})]
         else:
             pairs = [k for k in narrowest if namespace is None or k[0] == namespace]
-        return [self._by_ns[ns][n] for ns, n in sorted(pairs, key=_order)]
-
-
-def _order(key: tuple[str | None, str]) -> tuple[str, str]:
-    return key[0] or "", key[1]
+        return [self._by_ns[ns][n] for ns, n in sorted(pairs, key=self._seq.__getitem__)]
