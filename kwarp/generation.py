@@ -142,6 +142,13 @@ def _decode_step(model: Any) -> _DecodeStep:
     return step
 
 
+def _plain_static(cache: Any) -> bool:
+    """Whether every layer of the static cache is a full-attention StaticLayer (no sliding window)."""
+    from transformers.cache_utils import StaticLayer
+
+    return all(type(layer) is StaticLayer for layer in cache.layers)
+
+
 def _is_compile_failure(err: BaseException) -> bool:
     from torch._dynamo.exc import TorchDynamoException
     from torch._inductor.exc import InductorError
@@ -219,23 +226,30 @@ def _decode(
     step = _decode_step(model) if compiled else None
     cache = step.cache(n, p + max_new_tokens) if step is not None else DynamicCache(config=model.config)
     positions = position_ids(prompt_mask)
-    # The prompt pass. Uncompiled, a prompt shared by `group` rows runs once and its cache is repeated
-    # (the same keys and values, up to float rounding); the static cache is filled for every row.
-    share = step is None and group > 1 and n % group == 0
+    # The prompt pass: a prompt shared by `group` rows runs once, into a dynamic cache, and its keys and
+    # values are repeated (the same numbers, up to float rounding). Compiled, they are then written into
+    # the static cache, which only full-attention layers allow (a sliding-window layer keeps another
+    # slice of the prompt); otherwise the static cache is filled by a pass over every row.
+    share = group > 1 and n % group == 0 and (step is None or _plain_static(cache))
     stride = group if share else 1
+    prefill_cache = DynamicCache(config=model.config) if share and step is not None else cache
     out = model(
         input_ids=prompt_ids[::stride],
-        attention_mask=mask if step is not None else prompt_mask[::stride],
+        # Into the static cache its full-width mask (one shape for the compiled graph), else the prompt's.
+        attention_mask=prompt_mask[::stride] if step is None or share else mask,
         position_ids=positions[::stride],
-        cache=cache,
+        cache=prefill_cache,
         use_cache=True,
         logits_to_keep=1,
     )
     logits = out.logits[:, -1]
     del out
     if share:
-        cache.batch_repeat_interleave(group)
+        prefill_cache.batch_repeat_interleave(group)
         logits = logits.repeat_interleave(group, dim=0)
+        if prefill_cache is not cache:
+            for index, layer in enumerate(prefill_cache.layers):
+                cache.update(layer.keys, layer.values, index)
     position = positions[:, -1:] + 1
     unfinished = torch.ones(n, dtype=torch.bool, device=device)
     tokens, logprobs, entropies = [], [], []

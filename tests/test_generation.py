@@ -247,3 +247,30 @@ def test_evaluation_draws_with_the_runs_decode_loop_from_the_same_distribution(p
         categories = sorted(set(a) | set(b))
         ps += [chi_square_p(x, y) for x, y in zip(_text_counts(a, categories), _text_counts(b, categories), strict=True)]
     assert min(ps) > P_FLOOR
+
+
+@pytest.mark.parametrize("path", ["auto", "compiled"])
+def test_the_prompt_pass_runs_each_prompt_once_and_the_draws_keep_their_log_probs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """k samples of a prompt: the prompt goes through the model once, its cache is repeated (into the static
+    cache on the compiled path), and every drawn token's log-probability is still the update's."""
+    monkeypatch.setattr(generation, "COMPILE_BACKEND", "eager")  # dynamo without inductor: the cache is the point
+    folder = tiny_gpt2(tmp_path / "m", n_positions=96)
+    model, tok = load_causal_lm(folder, "float32"), load_tokenizer(folder)
+    rows_seen: list[int] = []
+    hook = model.register_forward_pre_hook(lambda _m, _a, kw: rows_seen.append(kw["input_ids"].shape[0]),
+                                           with_kwargs=True)
+    try:
+        torch.manual_seed(0)
+        drawn = sample(model, tok, ["a longer prompt here", "hi"], samples_per_prompt=3, max_new_tokens=6,
+                       temperature=0.8, generation=path)
+    finally:
+        hook.remove()
+    assert rows_seen[0] == 2  # the prompt pass: one row per prompt, not 6
+    assert drawn.completion_ids.shape[0] == 6 and drawn.prompt_mask[:, 0].eq(0).any()
+    with torch.no_grad():
+        ref = sequence_logprobs(model, drawn.input_ids, drawn.attention_mask, drawn.completion_mask, temperature=0.8,
+                                with_entropy=True)
+    torch.testing.assert_close(drawn.logprob, ref.logprob, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(drawn.entropy, ref.entropy, atol=1e-4, rtol=1e-5)
