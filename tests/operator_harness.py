@@ -32,6 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "kwarp-worker:test"
 NS = "default"
 GROUP, VERSION, PLURAL = "kwarp.dev", "v1alpha1", "warpruns"
+# How long the helpers below wait for the operator to react. A wait that is met returns at once, so this
+# only bounds a failing test; it is generous because the suite also runs on loaded 2-core machines,
+# where a 20 s limit failed now and then with the operator merely slow.
+WAIT = 60.0
 
 
 # ------------------------------------------------------------------ what a task would have written
@@ -145,20 +149,20 @@ def options(**overrides: Any) -> OperatorOptions:
 
 
 def jobs_named(api: Api, *names: str) -> dict[str, dict[str, Any]]:
-    return wait_value(api.jobs, lambda jobs: set(names) <= set(jobs), 20,
+    return wait_value(api.jobs, lambda jobs: set(names) <= set(jobs), WAIT,
                       message=lambda: f"Jobs {names}; have {sorted(api.jobs())}")
 
 
 def finish(api: Api, runner: StatusJobRunner, *names: str) -> None:
     jobs = jobs_named(api, *names)
-    wait_for(lambda: set(names) <= set(runner.running()), 10, message=f"{names} running")
+    wait_for(lambda: set(names) <= set(runner.running()), WAIT, message=f"{names} running")
     for name in names:
         write_outputs(jobs[name])
         runner.succeed(name)
 
 
 def phase_is(api: Api, phase: str, name: str = "demo") -> dict[str, Any]:
-    return wait_value(lambda: api.status(name), lambda st: st.get("phase") == phase, 20,
+    return wait_value(lambda: api.status(name), lambda st: st.get("phase") == phase, WAIT,
                       message=lambda: f"phase {phase}; status {json.dumps(api.status(name))[:1500]}")
 
 

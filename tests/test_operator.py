@@ -33,6 +33,7 @@ from .operator_harness import (
     PLURAL,
     ROOT,
     VERSION,
+    WAIT,
     Api,
     completes,
     finish,
@@ -288,14 +289,14 @@ def test_suspend_holds_running_jobs_and_resume_releases_them(
     jobs_named(api, "demo-i0-m0", "demo-i0-m1")
 
     api.patch_spec({"suspend": True})
-    wait_for(lambda: all(j["spec"].get("suspend") for n, j in api.jobs().items() if "-i0-m" in n), 10,
+    wait_for(lambda: all(j["spec"].get("suspend") for n, j in api.jobs().items() if "-i0-m" in n), WAIT,
              message="member Jobs suspended")  # fmt: skip
     phase_is(api, "Suspended")
     assert api.condition(C.SUSPENDED)["status"] == "True"  # type: ignore[index]
-    wait_for(lambda: not runner.running(), 10, message="the runner stopped the pods")
+    wait_for(lambda: not runner.running(), WAIT, message="the runner stopped the pods")
 
     api.patch_spec({"suspend": False})
-    wait_for(lambda: not any(j["spec"].get("suspend") for j in api.jobs().values()), 10, message="Jobs resumed")
+    wait_for(lambda: not any(j["spec"].get("suspend") for j in api.jobs().values()), WAIT, message="Jobs resumed")
     phase_is(api, "Training")
     assert api.condition(C.SUSPENDED)["status"] == "False"  # type: ignore[index]
     finish(api, runner, "demo-i0-m0", "demo-i0-m1")
