@@ -32,7 +32,8 @@ from kwarp.core.spec import StorageSpec  # noqa: E402
 from kwarp.core.weights import save_state_dict  # noqa: E402
 from kwarp.operator.jobs import WorkerSettings  # noqa: E402
 from kwarp.operator.kube import Kube  # noqa: E402
-from kwarp.operator.reconcile import Reconciler, StoreOpener  # noqa: E402
+from kwarp.operator.reconcile import Reconciler  # noqa: E402
+from kwarp.operator.stores import StoreOpener  # noqa: E402
 from kwarp.store import layout  # noqa: E402
 from kwarp.store.s3 import S3Store  # noqa: E402
 from tests.kube import Cluster  # noqa: E402

@@ -28,8 +28,9 @@ from .jobindex import JobIndex
 from .jobs import WorkerSettings
 from .kube import Kube
 from .metrics import MetricsServer
-from .reconcile import Reconciler, StoreOpener
+from .reconcile import Reconciler
 from .store_bounds import BREAKER_COOLDOWN_S, Breakers
+from .stores import StoreOpener
 
 log = logging.getLogger(__name__)
 

@@ -414,7 +414,7 @@ def is_gang(job: Mapping[str, Any]) -> bool:
 
 def gangs_members(spec: WarpRunSpec, worker: WorkerSettings) -> bool:
     """Whether a run trains each iteration's members as one gang Job: when Kueue admits its Jobs. Multi-node
-    members are refused with a queue (reconcile.cluster_problems), so a gang's pods are one per member."""
+    members are refused with a queue (acceptance.cluster_problems), so a gang's pods are one per member."""
     return queue_of(spec, worker) is not None and spec.resources.trainer.nodes == 1
 
 

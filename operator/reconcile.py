@@ -16,47 +16,32 @@ folded into one more pass after it.
 from __future__ import annotations
 
 import logging
-import os
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
-from kwarp.core.guardrails import Guardrails, violations
+from kwarp.core.guardrails import Guardrails
 from kwarp.core.owners import claim
-from kwarp.core.ownership import Owner, Verdict, may_delete, owner_key, spec_digest, storage_allowed
+from kwarp.core.ownership import Owner, Verdict, may_delete, owner_key, storage_allowed
 from kwarp.core.plan import Action, Observed, Resume, Start, Succeed, Suspend, Task, plan, plan_without_store
-from kwarp.core.spec import (
-    API_GROUP,
-    API_VERSION,
-    KIND,
-    SAFE_TO_CHANGE,
-    SpecError,
-    WarpRun,
-    WarpRunSpec,
-    keep_images,
-    parse,
-    unsafe_changes,
-)
+from kwarp.core.spec import WarpRun, WarpRunSpec
 from kwarp.core.status import WarpRunStatus
 from kwarp.observability import telemetry
 from kwarp.observability.metrics import OperatorMetrics
-from kwarp.store import Store, StoreError, layout, open_store
+from kwarp.store import Store, StoreError, layout
 
 from . import conditions as C
+from .acceptance import effective_spec, run_document
 from .admission import AdmissionWatch, observe_progress
 from .gang import gang_views, next_attempt, per_job
 from .jobindex import JobIndex
 from .joblog import JobLog
 from .jobs import (
     COMPONENTS,
-    SECRET_KEYS,
     WorkerSettings,
     gang_manifest,
-    gang_name,
     gangs_members,
     is_gang,
     job_manifest,
@@ -64,7 +49,7 @@ from .jobs import (
     queue_of,
     service_manifest,
 )
-from .kube import ApiException, Kube
+from .kube import Kube
 from .observe import (
     JobView,
     by_task,
@@ -77,9 +62,9 @@ from .observe import (
 )
 from .progress import ProgressTracker
 from .results import RunResults
+from .serial import KeyedSerializer
 from .status import (
     Observation,
-    SpecCheck,
     blocked_status,
     build_status,
     invalid_status,
@@ -88,7 +73,7 @@ from .status import (
     status_patch,
     store_down_status,
 )
-from .store_bounds import Breakers, bounded
+from .stores import StoreOpener, owner_of, store_url
 from .watchdog import NO_PROGRESS, Heartbeat, fail_patch, parse_time, stalled, stuck_condition, stuck_pods
 
 log = logging.getLogger(__name__)
@@ -102,219 +87,6 @@ EventSink = Callable[[Mapping[str, Any], str, str, str], None]
 
 def now_rfc3339() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-# ------------------------------------------------------------------ which spec runs
-
-
-_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-
-
-def cluster_problems(spec: WarpRunSpec, run_name: str | None = None, default_queue: str | None = None) -> list[str]:
-    """What cannot work in a cluster although the spec validates: relative local paths mean nothing
-    in a pod (the CLI resolves them against the document's folder; an operator has no such folder);
-    a multi-node member's Service is named like its Job, and a Service name is a DNS-1035 label (a run
-    name is a DNS-1123 label, which may start with a digit), as is each pod's host name <job>-<index>.
-    A queued run (spec.queueName, or the operator's `default_queue`) trains an iteration's members as one
-    gang Job, one pod per member (operator/jobs.py gang_manifest): multi-node members cannot be ganged yet."""
-    locations = {
-        "spec.storage.url": spec.storage.url,
-        "spec.policy.location": spec.policy.location,
-        "spec.data.train": spec.data.train,
-        "spec.data.eval": spec.data.eval,
-    }
-    if spec.reward.location is not None:
-        locations["spec.reward.location"] = spec.reward.location
-    if spec.export is not None and spec.export.to is not None:
-        locations["spec.export.to"] = spec.export.to
-    problems = []
-    for name, value in locations.items():
-        if "://" not in value and not Path(value).is_absolute():
-            problems.append(
-                f"  - {name}: '{value}' is a relative path, which means nothing in a pod; "
-                "use s3://bucket/key (or an absolute path that every pod mounts)"
-            )
-    nodes = spec.resources.trainer.nodes
-    queue = spec.queue_name or default_queue
-    if queue and nodes > 1:
-        problems.append(
-            f"  - spec.resources.trainer.nodes: {nodes} nodes per member cannot be queued in Kueue (LocalQueue "
-            f"'{queue}' from {'spec.queueName' if spec.queue_name else 'the operator default'}): a queued run's "
-            "members are admitted together as one Indexed Job of one pod per member; set nodes: 1 (more "
-            "gpus per node), or run without a queue"
-        )
-    if run_name is not None and queue and nodes == 1:
-        # A gang's pods get the host name <job>-<index> (Indexed Job), a DNS-1123 label of at most 63 characters.
-        pod = f"{gang_name(run_name, spec.warp.iterations - 1, spec.failure_policy.max_retries)}-{spec.warp.policies - 1}"
-        if len(pod) > 63:
-            problems.append(
-                f"  - metadata.name: '{run_name}' is too long to name the pods of its queued iterations (e.g. "
-                f"'{pod}', {len(pod)} characters; a pod's host name has at most 63): use a shorter name"
-            )
-    if run_name is not None and nodes > 1:
-        last = Task.train(spec.warp.iterations - 1, spec.warp.policies - 1)
-        longest = last.job_name(run_name, spec.failure_policy.max_retries)
-        if not all(_DNS_LABEL.match(n) and len(n) <= 63 for n in (longest, f"{longest}-{nodes - 1}")):
-            problems.append(
-                f"  - metadata.name: '{run_name}' cannot name a multi-node member's Service and pods (e.g. "
-                f"'{longest}-{nodes - 1}'): those must be DNS-1035 labels (lower-case letters, digits and '-', "
-                "starting with a letter, at most 63 characters); rename the run or set resources.trainer.nodes: 1"
-            )
-    return problems
-
-
-def effective_spec(body: Mapping[str, Any], accepted: WarpRunSpec | None, guardrails: Guardrails | None = None,
-                   default_queue: str | None = None) -> tuple[WarpRunSpec | None, SpecCheck]:  # fmt: skip
-    """The spec to execute, and what is wrong with the document.
-
-    The first valid spec is accepted. Later, changes to SAFE_TO_CHANGE fields are taken (they alter how
-    or whether work proceeds, not its results: suspend, failurePolicy, cleanup, resources, queueName); a change
-    to any other field, and an image within resources, is refused and the run goes on with its accepted
-    spec. An invalid edit of a running run likewise leaves it running on the accepted spec, and so does
-    one the operator's guardrails forbid (a first spec they forbid is never accepted).
-    """
-    meta = body.get("metadata", {})
-    source = f"WarpRun {meta.get('namespace', '')}/{meta.get('name', '')}"
-    try:
-        run = parse(body, source=source)
-    except SpecError as err:
-        return accepted, SpecCheck(invalid=str(err))
-    problems = cluster_problems(run.spec, run.name, default_queue)
-    if problems:
-        n = len(problems)
-        return accepted, SpecCheck(invalid="\n".join([f"{source}: invalid WarpRun ({n} problem{'s' * (n > 1)})", *problems]))
-    forbidden = violations(run.spec, meta.get("namespace") or "default", guardrails) if guardrails is not None else []
-    if forbidden:
-        n = len(forbidden)
-        lines = [f"{source}: forbidden by the operator's guardrails ({n} field{'s' * (n > 1)}); ask the cluster "
-                 "admin, or choose what they allow", *(f"  - {path}: {why}" for path, why in forbidden)]  # fmt: skip
-        return accepted, SpecCheck(invalid="\n".join(lines), forbidden=True)
-    if accepted is None:
-        return run.spec, SpecCheck()
-    refused = unsafe_changes(accepted, run.spec)
-    if refused:
-        safe = {name: getattr(run.spec, name) for name in SAFE_TO_CHANGE}
-        safe["resources"] = keep_images(accepted, run.spec.resources)
-        return accepted.model_copy(update=safe), SpecCheck(refused=tuple(refused))
-    return run.spec, SpecCheck()
-
-
-def run_document(name: str, namespace: str, spec: WarpRunSpec, uid: str | None = None) -> WarpRun:
-    """The WarpRun the tasks receive: the effective spec, and of the API object's metadata only what
-    names the run's folder in the store (namespace, name, uid: kwarp.core.ownership.store_key)."""
-    meta = {"name": name, "namespace": namespace, **({"uid": uid} if uid else {})}
-    return WarpRun.model_validate(
-        {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "metadata": meta, "spec": spec}
-    )  # fmt: skip
-
-
-# ------------------------------------------------------------------ stores
-
-
-class StoreOpener:
-    """Opens a run's store, with the credentials of the Secret its spec names (read through the API and
-    kept for `secret_ttl` seconds). Stores are reused, so their connection pools are too.
-
-    Without `get` on Secrets (a deliberately narrower RBAC), the operator's own environment is used.
-    """
-
-    def __init__(self, kube: Kube, env: Mapping[str, str] | None = None, *, default_secret: str | None = None,
-                 secret_ttl: float = 60.0, breakers: Breakers | None = None):  # fmt: skip
-        self.kube = kube
-        self.env = dict(os.environ if env is None else env)
-        self.default_secret = default_secret
-        self.secret_ttl = secret_ttl
-        self._secrets: dict[tuple[str, str], tuple[float, dict[str, str] | None]] = {}
-        self._stores: dict[Any, Store] = {}
-        self.breakers = breakers or Breakers()
-        self._lock = threading.Lock()
-
-    def _secret(self, namespace: str, name: str) -> dict[str, str] | None:
-        key = (namespace, name)
-        with self._lock:
-            cached = self._secrets.get(key)
-        if cached is not None and time.monotonic() - cached[0] < self.secret_ttl:
-            return cached[1]
-        try:
-            data = self.kube.read_secret(namespace, name)
-        except ApiException as err:
-            if err.status != 403:
-                raise
-            log.warning("no permission to read Secret %s/%s: using the operator's own S3 credentials", namespace, name)
-            data = {}
-        if data is None:
-            raise StoreError(
-                f"spec.storage.secretName: Secret '{name}' does not exist in namespace '{namespace}'; "
-                f"create it with keys {' and '.join(SECRET_KEYS)}"
-            )
-        with self._lock:
-            self._secrets[key] = (time.monotonic(), data)
-        return data
-
-    def open(self, namespace: str, spec: WarpRunSpec) -> Store:
-        storage = spec.storage
-        if not storage.is_s3:
-            key: Any = ("file", storage.url)
-            with self._lock:
-                if key not in self._stores:
-                    self._stores[key] = open_store(storage.url, storage)
-                return self._stores[key]
-        from kwarp.store.s3 import S3Store
-        from kwarp.store.s3_config import credentials_from_env, parse_s3_url, resolve_config
-
-        env = dict(self.env)
-        secret = storage.secret_name or self.default_secret
-        if secret:
-            data = self._secret(namespace, secret) or {}
-            env.update({k: data[k] for k in SECRET_KEYS if k in data})
-        key = ("s3", storage.model_dump_json(), tuple(env.get(k) for k in SECRET_KEYS))
-        with self._lock:
-            if key not in self._stores:
-                bucket, prefix = parse_s3_url(storage.url)
-                config = bounded(resolve_config(storage, env))  # seconds, not minutes: see store_bounds
-                self._stores[key] = S3Store(bucket, prefix, config=config, credentials=credentials_from_env(env),
-                                            breaker=self.breakers.of(config))  # fmt: skip
-            return self._stores[key]
-
-
-def store_url(spec: WarpRunSpec) -> str:
-    url = spec.storage.url
-    return url if "://" in url else f"file://{url}"
-
-
-def owner_of(namespace: str, name: str, uid: str, spec: WarpRunSpec, now: str = "") -> Owner:
-    return Owner(namespace=namespace, name=name, uid=uid, spec_digest=spec_digest(spec), executor="operator", created=now)
-
-
-# ------------------------------------------------------------------ serialisation per run
-
-
-class KeyedSerializer:
-    """Runs `fn` for a key with no two runs of the same key at once. A call that arrives while the key
-    is busy returns at once and makes the running call go round once more: any number of events
-    during a reconcile cost one more reconcile, not one each, and no handler thread waits on a lock."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._busy: dict[Any, bool] = {}  # key -> another pass requested
-
-    def run(self, key: Any, fn: Callable[[], Any]) -> bool:
-        """True if this call ran fn (at least once), False if it was folded into a running call."""
-        with self._lock:
-            if key in self._busy:
-                self._busy[key] = True
-                return False
-            self._busy[key] = False
-        try:
-            while True:
-                fn()
-                with self._lock:
-                    if not self._busy[key]:
-                        return True
-                    self._busy[key] = False
-        finally:
-            with self._lock:
-                self._busy.pop(key, None)
 
 
 # ------------------------------------------------------------------ the reconciler

@@ -450,7 +450,7 @@ def test_a_queued_iteration_trains_its_members_as_one_indexed_job() -> None:
 
 
 def test_a_queued_run_refuses_multi_node_members_naming_the_field() -> None:
-    from kwarp.operator.reconcile import cluster_problems
+    from kwarp.operator.acceptance import cluster_problems
 
     multi = {"spec.resources": {"trainer": {"gpus": 8, "nodes": 2}}, "spec.storage": {"url": "s3://kwarp/runs"}}
     assert cluster_problems(run(**multi).spec, "gemma-warp") == []
@@ -463,7 +463,7 @@ def test_a_queued_run_refuses_multi_node_members_naming_the_field() -> None:
 
 def test_a_queued_run_whose_name_cannot_name_its_gang_pods_is_refused() -> None:
     """A gang pod's host name is <job>-<index>: at most 63 characters, for the last iteration, retry and member."""
-    from kwarp.operator.reconcile import cluster_problems
+    from kwarp.operator.acceptance import cluster_problems
 
     r = run(**{"spec.queueName": "team-a-gpu", "spec.warp.iterations": 10, "spec.warp.policies": 12,
                "spec.failurePolicy": {"maxRetries": 3}, "spec.storage": {"url": "s3://kwarp/runs"}})  # fmt: skip

@@ -14,9 +14,10 @@ from kwarp.core.plan import Fail, Start, Succeed, Task, TaskJobs, all_tasks
 from kwarp.core.spec import WarpRunSpec, parse
 from kwarp.core.status import Condition, ExportStatus, IterationFront, ParetoPoint, WarpRunStatus
 from kwarp.operator import conditions as C
+from kwarp.operator.acceptance import cluster_problems, effective_spec
 from kwarp.operator.observe import Failures, JobView, by_task, pod_failure, task_jobs, view
-from kwarp.operator.reconcile import KeyedSerializer, cluster_problems, effective_spec
 from kwarp.operator.results import last_evaluation
+from kwarp.operator.serial import KeyedSerializer
 from kwarp.operator.status import (
     MemberResult,
     Observation,
