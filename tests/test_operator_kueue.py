@@ -123,7 +123,9 @@ def test_the_operator_default_queue_applies_when_the_run_names_none(
 
         status = wait_value(api.status, shown, 20, message=lambda: f"the gang shown waiting: {api.status()}")
         assert "'team-a'" in next(c for c in status["conditions"] if c["type"] == C.PENDING)["message"]
-        assert not runner.running() and queue.used() == {"pods": 0, GPU: 0}
+        assert not runner.running()
+        # (prepare's quota comes back at the stand-in's next pass after it finished)
+        wait_for(lambda: queue.used() == {"pods": 0, GPU: 0}, 10, message=lambda: f"no quota held: {queue.used()}")
 
         queue.set_quota(pods=2)  # room for both: admitted together
         wait_value(api.status, lambda st: member_states(st) == {0: ("demo-i0-members", "Running"),
@@ -233,6 +235,42 @@ def test_a_killed_member_pod_is_retried_alone_and_a_member_past_max_retries_fail
         failed = next(c for c in status["conditions"] if c["type"] == C.FAILED)
         assert "i0-m1 failed 2 times" in failed["message"] and "CUDA error: out of memory" in failed["message"]
         assert "(member 1)" in failed["message"]
+    assert not queue.errors, queue.errors
+
+
+def test_raising_max_retries_resumes_a_gang_member_and_a_spent_gang_gets_a_new_attempt(
+    cluster: Cluster, api: Api, runner: StatusJobRunner, store: Path
+) -> None:
+    """What docs/cluster.md promises: a run failed by a member past maxRetries continues when maxRetries is
+    raised, and a gang Job whose budget is spent is followed by <run>-i<k>-members-r1, with every index."""
+    with kueue(cluster, pods=4, gpus=2) as queue, RunningOperator(cluster, options()):
+        api.create(warprun(store, queueName="team-a"))  # failurePolicy.maxRetries: 1 -> backoffLimit 2
+        finish(api, runner, "demo-prepare")
+        jobs_named(api, "demo-i0-members")
+        wait_for(lambda: runner.running() == ["demo-i0-members"], 10, message="the gang admitted")
+        finish_member(api, runner, "demo-i0-members", 0)
+        for _ in range(2):
+            runner.fail_index("demo-i0-members", 1, message="NCCL timeout")
+        phase_is(api, "Failed")
+
+        api.patch_spec({"failurePolicy": {"maxRetries": 2}})  # member 1's third pod is still running
+        phase_is(api, "Training")
+        runner.fail_index("demo-i0-members", 1, message="NCCL timeout")  # 3 > backoffLimit 2: the Job fails
+        wait_for(lambda: any(c["type"] == "Failed" and c["status"] == "True"
+                             for c in (api.jobs()["demo-i0-members"].get("status") or {}).get("conditions") or []),
+                 10, message="the gang Job failed")  # fmt: skip
+        phase_is(api, "Failed")  # 3 failures > maxRetries 2
+
+        api.patch_spec({"failurePolicy": {"maxRetries": 3}})
+        retry = jobs_named(api, "demo-i0-members-r1")["demo-i0-members-r1"]
+        assert retry["spec"]["completions"] == 2 and retry["spec"]["backoffLimit"] == 6  # every index, M x 3
+        wait_for(lambda: runner.running() == ["demo-i0-members-r1"], 10, message="the new gang admitted")
+        runner.succeed_index("demo-i0-members-r1", 0)  # member 0's trainer finds its checkpoint and returns
+        finish_member(api, runner, "demo-i0-members-r1", 1)
+        jobs_named(api, "demo-i0-merge")
+        status = api.status()
+        assert {m["member"]: m["state"] for m in status["members"]} == {0: "Succeeded", 1: "Succeeded"}
+        assert queue.admissions.count("demo-i0-members") == 1 and queue.admissions.count("demo-i0-members-r1") == 1
     assert not queue.errors, queue.errors
 
 
