@@ -21,7 +21,8 @@ import kubernetes
 from kwarp import __version__
 from kwarp.core.errors import UserError
 from kwarp.core.guardrails import Guardrails
-from kwarp.core.spec import API_GROUP, PodResources
+from kwarp.core.resources import PodResources
+from kwarp.core.spec import API_GROUP
 
 from . import handlers
 from .jobindex import JobIndex

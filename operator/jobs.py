@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kwarp.core.plan import Task
+from kwarp.core.resources import PodResources
 from kwarp.core.spec import (
     API_GROUP,
     API_VERSION,
     KIND,
     MEMBER_ENV,
     SPEC_ENV,
-    PodResources,
     WarpRun,
     WarpRunSpec,
 )

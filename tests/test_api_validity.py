@@ -21,7 +21,8 @@ import yaml
 
 from kwarp.core.crd import crd
 from kwarp.core.plan import Task
-from kwarp.core.spec import PodResources, parse
+from kwarp.core.resources import PodResources
+from kwarp.core.spec import parse
 from kwarp.operator.jobs import (
     WorkerSettings,
     gang_manifest,

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from kwarp.core.plan import Task
-from kwarp.core.spec import PodResources, WarpRun, parse
+from kwarp.core.resources import PodResources
+from kwarp.core.spec import WarpRun, parse
 from kwarp.operator.jobs import WorkerSettings, job_manifest, with_defaults
 
 from .test_spec import doc

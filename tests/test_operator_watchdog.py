@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from kwarp.core.plan import Task
-from kwarp.core.spec import PodResources, parse
+from kwarp.core.resources import PodResources
+from kwarp.core.spec import parse
 from kwarp.operator import conditions as C
 from kwarp.operator.jobs import WorkerSettings, job_manifest
 from kwarp.operator.observe import JobView, pod_failure, view

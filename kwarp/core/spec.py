@@ -27,6 +27,9 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from .resources import ResourcesSpec
+from .spec_model import SpecError, SpecModel, check_location
+
 API_GROUP = "kwarp.dev"
 API_VERSION = "v1alpha1"
 KIND = "WarpRun"
@@ -36,40 +39,12 @@ PLURAL = "warpruns"
 MAX_RUN_NAME = 40
 _DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-_LOCATION_SCHEMES = ("file://", "s3://", "hf://")
-
-
-class SpecError(ValueError):
-    """A WarpRun document is invalid. The message names each bad field and what is allowed."""
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        frozen=True,
-        extra="forbid",
-        validate_default=True,
-    )
-
-
-def _check_location(value: str, field: str) -> str:
-    if not value or not value.strip():
-        raise ValueError(f"{field} must not be empty; give a path, file://, s3:// or hf:// location")
-    if "://" in value and not value.startswith(_LOCATION_SCHEMES):
-        scheme = value.split("://", 1)[0]
-        raise ValueError(
-            f"{field}: unsupported scheme '{scheme}://'; use a local path, file://, s3:// or hf://org/name"
-        )
-    if value.startswith("hf://") and value.count("/") < 3:
-        raise ValueError(f"{field}: hf:// locations look like hf://org/name, got '{value}'")
-    return value
 
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
-class PolicySpec(_Model):
+class PolicySpec(SpecModel):
     """The SFT policy θ_sft: a Hugging Face causal LM folder (safetensors weights only)."""
 
     location: str = Field(description="Local path, file://, s3://bucket/key or hf://org/name of the SFT model")
@@ -82,10 +57,10 @@ class PolicySpec(_Model):
     @field_validator("location")
     @classmethod
     def _location(cls, v: str) -> str:
-        return _check_location(v, "spec.policy.location")
+        return check_location(v, "spec.policy.location")
 
 
-class RewardSpec(_Model):
+class RewardSpec(SpecModel):
     """Either a sequence-classification reward model or a Python callable `module:function`."""
 
     # The document path used in messages; GoldRewardSpec, the same shape elsewhere, sets its own.
@@ -105,7 +80,7 @@ class RewardSpec(_Model):
         if (self.location is None) == (self.callable is None):
             raise ValueError(f"{path}: give exactly one of 'location' (a model) or 'callable' (module:function)")
         if self.location is not None:
-            _check_location(self.location, f"{path}.location")
+            check_location(self.location, f"{path}.location")
         if self.callable is not None and not _CALLABLE.match(self.callable):
             raise ValueError(f"{path}.callable must look like 'package.module:function', got '{self.callable}'")
         return self
@@ -123,7 +98,7 @@ class GoldRewardSpec(RewardSpec):
     _path: ClassVar[str] = "spec.evaluation.goldReward"
 
 
-class DataSpec(_Model):
+class DataSpec(SpecModel):
     """Prompt sets: JSONL files with one object per line holding the prompt text."""
 
     train: str = Field(description="Location of the training prompts (JSONL)")
@@ -133,10 +108,10 @@ class DataSpec(_Model):
     @field_validator("train", "eval")
     @classmethod
     def _location(cls, v: str, info: Any) -> str:
-        return _check_location(v, f"spec.data.{info.field_name}")
+        return check_location(v, f"spec.data.{info.field_name}")
 
 
-class SlerpSpec(_Model):
+class SlerpSpec(SpecModel):
     granularity: Literal["layer", "tensor", "model"] = Field(
         "layer", description="One SLERP angle per transformer block (layer), per tensor, or for the whole model"
     )
@@ -145,7 +120,7 @@ class SlerpSpec(_Model):
     )
 
 
-class WarpSpec(_Model):
+class WarpSpec(SpecModel):
     iterations: int = Field(3, ge=1, le=100, description="Number of WARP iterations I")
     policies: int = Field(2, ge=1, le=64, description="Policies M trained per iteration and merged by SLERP")
     steps: int | list[int] = Field(
@@ -183,7 +158,7 @@ class WarpSpec(_Model):
         return self.slerp.lambda_ if self.slerp.lambda_ is not None else 1.0 / self.policies
 
 
-class TrainingSpec(_Model):
+class TrainingSpec(SpecModel):
     batch_size: int = Field(128, ge=1, description="Prompts per optimiser step")
     samples_per_prompt: int = Field(2, ge=1, description="Completions sampled per prompt (k)")
     micro_batch_size: int | None = Field(
@@ -235,7 +210,7 @@ class TrainingSpec(_Model):
         return self
 
 
-class EvaluationSpec(_Model):
+class EvaluationSpec(SpecModel):
     etas: list[float] = Field(
         [0.0, 0.1, 0.3, 0.5, 0.8, 1.0], description="LiTI η grid evaluated to trace the Pareto front"
     )
@@ -272,7 +247,7 @@ class EvaluationSpec(_Model):
         return sorted(v)
 
 
-class StorageSpec(_Model):
+class StorageSpec(SpecModel):
     url: str = Field(
         "kwarp-runs",
         description="Checkpoint root: s3://bucket/prefix (required on Kubernetes), a local path or file:///abs/path; "
@@ -303,103 +278,7 @@ class StorageSpec(_Model):
         return self.url.startswith("s3://")
 
 
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
-
-
-class Toleration(_Model):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid")
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
-
-
-class PodResources(_Model):
-    image: str | None = Field(None, description="Container image; default: the operator's configured worker image")
-    gpus: int | None = Field(
-        None,
-        ge=0,
-        le=16,
-        description="nvidia.com/gpu per pod; unset = the role's default (trainer 1, evaluation 1, merger 0); "
-        "a trainer with more than 1 runs under torchrun, one process per GPU",
-    )
-    nodes: int = Field(
-        1,
-        ge=1,
-        le=64,
-        description="Pods per member, each on its own node (trainer only): more than 1 makes a member an Indexed "
-        "Job of that many pods that rendezvous through a headless Service, torchrun starting `gpus` processes in each",
-    )
-    cpu: str | None = Field(None, description="CPU request and limit, e.g. '8'")
-    memory: str | None = Field(None, description="Memory request and limit, e.g. '64Gi'")
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
-    priority_class_name: str | None = None
-    service_account_name: str | None = None
-    termination_grace_period_seconds: int | None = Field(
-        None,
-        ge=0,
-        le=86400,
-        description="Seconds a pod has between SIGTERM (eviction, preemption, deletion) and SIGKILL; a trainer saves "
-        "its state at the end of the step it is in, so give it one step plus one save. Unset: trainer 120, "
-        "others the Kubernetes default (30)",
-    )
-
-    ephemeral_storage: str | None = Field(
-        None,
-        description="ephemeral-storage request and limit of the pod, e.g. '200Gi' (scratch, caches, logs); "
-        "beyond it the kubelet evicts the pod, and the task fails with that reason",
-    )
-    scratch_size_limit: str | None = Field(
-        None,
-        description="sizeLimit of the /scratch emptyDir (the S3 checkpoint cache, HOME, TMPDIR), e.g. '100Gi'; "
-        "beyond it the kubelet evicts the pod, and the task fails with that reason",
-    )
-    active_deadline_seconds: int | None = Field(
-        None,
-        ge=1,
-        description="Fail a task's Job that has been active this long (Kubernetes activeDeadlineSeconds; per attempt, "
-        "the time a Job is suspended does not count); a retry starts afresh. Unset: no deadline",
-    )
-
-    @field_validator("cpu", "memory", "ephemeral_storage", "scratch_size_limit")
-    @classmethod
-    def _quantity(cls, v: str | None, info: Any) -> str | None:
-        if v is not None and not _QUANTITY.match(v):
-            raise ValueError(
-                f"spec.resources.*.{to_camel(info.field_name)}: '{v}' is not a Kubernetes quantity (e.g. '8', '500m', '64Gi')"
-            )
-        return v
-
-
-ROLE_GPUS = {"trainer": 1, "merger": 0, "evaluation": 1}
-
-
-class ResourcesSpec(_Model):
-    trainer: PodResources = PodResources()
-    merger: PodResources = PodResources()
-    evaluation: PodResources = PodResources()
-
-    @model_validator(mode="after")
-    def _role_gpus(self) -> ResourcesSpec:
-        # A role's GPU count has no schema default, so `trainer: {cpu: "8"}` keeps the trainer's GPU
-        # (a default of 0 in the CRD would be filled in by the API server and silently drop it).
-        for role, gpus in ROLE_GPUS.items():
-            res: PodResources = getattr(self, role)
-            if res.gpus is None:
-                filled = res.model_copy(update={"gpus": gpus})
-                # "gpus" stays out of the fields the run set: the operator's per-role defaults (Helm
-                # workers.defaults) may still replace a count the run did not state (operator/jobs.py).
-                filled.__pydantic_fields_set__.discard("gpus")
-                object.__setattr__(self, role, filled)
-        for role in ("merger", "evaluation"):
-            if getattr(self, role).nodes != 1:
-                raise ValueError(f"spec.resources.{role}.nodes: only the trainer spans several nodes; leave it at 1")
-        return self
-
-
-class ExportSpec(_Model):
+class ExportSpec(SpecModel):
     """The deliverable: once the last front is evaluated, one policy on it is written (`kwarp export`) as a
     Hugging Face folder with a model card, its reward and KL measured, its location in status.export."""
 
@@ -418,7 +297,7 @@ class ExportSpec(_Model):
         if (self.kl_budget is None) == (self.eta is None):
             raise ValueError("spec.export: give exactly one of 'klBudget' (a KL budget) or 'eta' (a LiTI η)")
         if self.to is not None:
-            _check_location(self.to, "spec.export.to")
+            check_location(self.to, "spec.export.to")
             if self.to.startswith("hf://"):
                 raise ValueError("spec.export.to: kwarp writes to a path or s3://bucket/key, not to hf://")
             if self.to.startswith("s3://") and self.to[len("s3://") :].strip("/").count("/") < 1:
@@ -426,7 +305,7 @@ class ExportSpec(_Model):
         return self
 
 
-class FailurePolicy(_Model):
+class FailurePolicy(SpecModel):
     max_retries: int = Field(2, ge=0, le=100, description="Times a failed trainer, merge or evaluation is retried")
     progress_deadline_seconds: int | None = Field(
         None,
@@ -437,7 +316,7 @@ class FailurePolicy(_Model):
     )
 
 
-class WarpRunSpec(_Model):
+class WarpRunSpec(SpecModel):
     policy: PolicySpec
     reward: RewardSpec
     data: DataSpec
@@ -487,7 +366,7 @@ class Metadata(BaseModel):
         return v
 
 
-class WarpRun(_Model):
+class WarpRun(SpecModel):
     api_version: Literal["kwarp.dev/v1alpha1"] = Field(alias="apiVersion")
     kind: Literal["WarpRun"]
     metadata: Metadata
@@ -506,7 +385,7 @@ class WarpRun(_Model):
 def _yaml_names() -> dict[str, str]:
     """Python field name -> document name, for every field whose two spellings differ (lambda_ -> lambda)."""
     out: dict[str, str] = {}
-    for model in _Model.__subclasses__():
+    for model in SpecModel.__subclasses__():
         for name, info in model.model_fields.items():
             if info.alias and info.alias != name:
                 out[name] = info.alias
