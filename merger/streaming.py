@@ -36,12 +36,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 from safetensors import safe_open
@@ -49,9 +48,10 @@ from safetensors import safe_open
 from kwarp.core.checkpoints import CheckpointError
 from kwarp.core.weights import ShardWriter, copy_non_weight_files, shard_map
 from kwarp.merger.buffers import BufferPool
+from kwarp.merger.chunked import Workers, gram_part, liti_part, merge_part
 from kwarp.merger.combination import Combination, MergeMethod, step_lambdas
 from kwarp.merger.groups import Granularity, group_names
-from kwarp.merger.liti import check_eta, liti_into
+from kwarp.merger.liti import check_eta
 from kwarp.merger.methods import get_method
 from kwarp.merger.reading import WINDOW_BYTES, GroupReader, Held, WindowReader, readable
 from kwarp.merger.report import GroupReport, IOStats, MergeReport
@@ -167,156 +167,6 @@ def check_compatible(init: Path, members: Sequence[Path]) -> dict[str, TensorInf
     return {name: replace(i, merged=tags[widest[name]] if name in widest else i.dtype) for name, i in reference.items()}
 
 
-class _Scratch:
-    """Reusable float buffers of one chunk, per compute dtype (float32, or float64 for float64 checkpoints)."""
-
-    def __init__(self, members: int, chunk: int):
-        self.members = members
-        self.chunk = chunk
-        self._buffers: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-    def get(self, compute: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(base [chunk], deltas [members·chunk], work [chunk])."""
-        if compute not in self._buffers:
-            self._buffers[compute] = (
-                torch.empty(self.chunk, dtype=compute),
-                torch.empty(self.members * self.chunk, dtype=compute),
-                torch.empty(self.chunk, dtype=compute),
-            )
-        return self._buffers[compute]
-
-
-T = TypeVar("T")
-
-
-class _Workers:
-    """Shares each window out between threads, in whole chunks; each thread has its own scratch.
-
-    torch releases the GIL inside an operation, so threads that each run single-threaded operations
-    on their own slice proceed in parallel, without the barrier waits of torch's intra-op pool.
-    """
-
-    def __init__(self, threads: int, members: int, chunk: int):
-        if threads < 1:
-            raise ValueError(f"threads must be at least 1, got {threads}")
-        self.chunk = chunk
-        self.scratches = [_Scratch(members, chunk) for _ in range(threads)]
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="kwarp-merge") if threads > 1 else None
-
-    def run(self, n: int, fn: Callable[[int, int, _Scratch], T]) -> list[T]:
-        """fn(start, end, scratch) over [0, n) split into contiguous parts, results in order."""
-        chunks = (n + self.chunk - 1) // self.chunk
-        parts = min(len(self.scratches), chunks)
-        if self._pool is None or parts <= 1:
-            return [fn(0, n, self.scratches[0])]
-        per = (chunks + parts - 1) // parts * self.chunk
-        bounds = [(s, min(n, s + per)) for s in range(0, n, per)]
-        futures = [self._pool.submit(fn, s, e, sc) for (s, e), sc in zip(bounds, self.scratches, strict=False)]
-        return [f.result() for f in futures]
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-
-
-def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    return torch.float64 if torch.float64 in dtypes else torch.float32
-
-
-def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, n, size):
-        yield start, min(n, start + size)
-
-
-def chunk_grams(views: Sequence[torch.Tensor], scratch: _Scratch) -> torch.Tensor:
-    """Gram matrices of the task vectors views[1:] − views[0] (flat, one dtype), one per chunk: [chunks, M, M].
-
-    Each chunk's products are accumulated by the BLAS in float32 over at most `scratch.chunk`
-    elements; the caller sums the chunks in float64, in order, so the result does not depend on how
-    the chunks were shared out between threads.
-    """
-    base, deltas, _ = scratch.get(_compute_dtype(*(v.dtype for v in views)))
-    m = len(views) - 1
-    n = views[0].numel()
-    out = torch.empty((n + scratch.chunk - 1) // scratch.chunk, m, m, dtype=base.dtype)
-    for c, (s, e) in enumerate(_chunks(n, scratch.chunk)):
-        k = e - s
-        b = base[:k]
-        b.copy_(views[0][s:e])
-        d = deltas[: m * k].view(m, k)
-        for i in range(m):
-            d[i].copy_(views[i + 1][s:e])
-            d[i].sub_(b)
-        torch.mm(d, d.t(), out=out[c])
-    return out
-
-
-def gram_of(views: Sequence[torch.Tensor], scratch: _Scratch) -> torch.Tensor:
-    """Gram matrix (float64, M×M, symmetric) of the task vectors views[1:] − views[0]."""
-    acc = chunk_grams(views, scratch).to(torch.float64).sum(0)
-    return (acc + acc.t()) / 2  # the two triangles' float32 products may differ in the last bit
-
-
-def combine_into(
-    out: torch.Tensor, views: Sequence[torch.Tensor | None], combination: Combination, scratch: _Scratch
-) -> None:
-    """out ← (1 − Σw)·views[0] + Σ w_m·views[m+1], chunk by chunk, rounded once into out's dtype.
-
-    A view whose weight is zero is never read and may be None.
-    """
-    weights = (combination.init_weight, *combination.weights)
-    terms = []
-    for w, v in zip(weights, views, strict=True):
-        if w != 0.0:
-            if v is None:
-                raise ValueError("combine_into: an input with a non-zero weight was not fetched")
-            terms.append((w, v))
-    if not terms:
-        out.zero_()
-        return
-    _, _, work = scratch.get(_compute_dtype(out.dtype))
-    for s, e in _chunks(out.numel(), scratch.chunk):
-        acc = work[: e - s]
-        w0, v0 = terms[0]
-        acc.copy_(v0[s:e])
-        if w0 != 1.0:
-            acc.mul_(w0)
-        for w, v in terms[1:]:
-            acc.add_(v[s:e], alpha=w)  # mixed dtypes promote in place: no float copy of the input
-        out[s:e].copy_(acc)
-
-
-def liti_chunks(out: torch.Tensor, init: torch.Tensor, merged: torch.Tensor, eta: float, scratch: _Scratch) -> None:
-    """out ← (1 − η)·init + η·merged for flat tensors, chunk by chunk (0 < η < 1)."""
-    _, _, work = scratch.get(_compute_dtype(out.dtype))
-    for s, e in _chunks(out.numel(), scratch.chunk):
-        liti_into(out[s:e], init[s:e], merged[s:e], eta, work[: e - s])
-
-
-# The pieces of a window that one worker computes: [s, e) of flat views.
-Litis = Sequence[tuple[torch.Tensor, float]]  # (output window, η) for 0 < η < 1
-
-
-def _gram_part(views: Sequence[torch.Tensor], s: int, e: int, scratch: _Scratch) -> torch.Tensor:
-    return chunk_grams([v[s:e] for v in views], scratch)
-
-
-def _merge_part(
-    out: torch.Tensor, terms: Sequence[torch.Tensor | None], combination: Combination, litis: Litis,
-    s: int, e: int, scratch: _Scratch,
-) -> None:
-    combine_into(out[s:e], [t[s:e] if t is not None else None for t in terms], combination, scratch)
-    init = terms[0]
-    assert init is not None  # θ_init is always fetched
-    for lit, eta in litis:
-        liti_chunks(lit[s:e], init[s:e], out[s:e], eta, scratch)
-
-
-def _liti_part(init: torch.Tensor, merged: torch.Tensor, litis: Litis, s: int, e: int, scratch: _Scratch) -> None:
-    for lit, eta in litis:
-        liti_chunks(lit[s:e], init[s:e], merged[s:e], eta, scratch)
-
-
 _CONFIG_DTYPE_KEYS = ("dtype", "torch_dtype")  # transformers 5 writes `dtype`, earlier versions `torch_dtype`
 
 
@@ -383,7 +233,7 @@ def merge_checkpoints(
     inputs = WindowReader([init, *members], window_bytes)
     held = GroupReader([init, *members])
     buffers = buffers if buffers is not None else BufferPool()
-    workers = _Workers(threads, m, chunk_elements)
+    workers = Workers(threads, m, chunk_elements)
     order = [n for names in groups.values() for n in names]
     writers = [PlannedShardWriter(o.folder, _planned(order, infos, o), max_shard_bytes,
                                   queue_bytes=writer_queue_bytes) for o in outputs]
@@ -473,8 +323,8 @@ def _planned(order: Sequence[str], infos: dict[str, TensorInfo], out: Output) ->
     ]
 
 
-def _gram_of_views(views: Sequence[torch.Tensor], workers: _Workers) -> torch.Tensor:
-    parts = workers.run(views[0].numel(), partial(_gram_part, views))
+def _gram_of_views(views: Sequence[torch.Tensor], workers: Workers) -> torch.Tensor:
+    parts = workers.run(views[0].numel(), partial(gram_part, views))
     return torch.cat(parts).to(torch.float64).sum(0)
 
 
@@ -495,7 +345,7 @@ def _write_uncomputed(name: str, info: TensorInfo, init: torch.Tensor | None, ou
 
 def _write_piece(
     name: str, dtype: torch.dtype, size: int, terms: Sequence[torch.Tensor | None], combination: Combination,
-    outputs: Sequence[Output], computed: list[int], writers: Sequence[PlannedShardWriter], workers: _Workers,
+    outputs: Sequence[Output], computed: list[int], writers: Sequence[PlannedShardWriter], workers: Workers,
     buffers: BufferPool,
 ) -> None:
     """The merge (and LiTI) of one piece of a tensor from the same piece of each input (flat `terms`), computed
@@ -505,7 +355,7 @@ def _write_piece(
     liti_buffers = {k: buffers.take(dtype, (size,)) for k in computed if outputs[k].eta < 1.0}
     merged = merged_buffer[:n]
     litis = [(b[:n], outputs[k].eta) for k, b in liti_buffers.items()]
-    workers.run(n, partial(_merge_part, merged, terms, combination, litis))
+    workers.run(n, partial(merge_part, merged, terms, combination, litis))
     merged_users = sum(1 for k in computed if outputs[k].eta == 1.0)
     merged_written = buffers.after(merged_buffer, merged_users) if merged_users else None
     if not merged_users:  # only LiTI outputs needed it, and they are computed
@@ -524,7 +374,7 @@ def _write_held(
     combination: Combination,
     outputs: Sequence[Output],
     writers: Sequence[PlannedShardWriter],
-    workers: _Workers,
+    workers: Workers,
     buffers: BufferPool,
     piece_elements: int,
 ) -> None:
@@ -555,7 +405,7 @@ def _write_tensor(
     combination: Combination,
     outputs: Sequence[Output],
     writers: Sequence[PlannedShardWriter],
-    workers: _Workers,
+    workers: Workers,
     buffers: BufferPool,
 ) -> None:
     """Tensor `name` of every output, from the inputs walked in memory-mapped windows (a group too large to
@@ -609,7 +459,7 @@ def interpolate_checkpoints(
     init, merged = Path(init), Path(merged)
     infos = check_compatible(init, [merged])
     inputs = WindowReader([init, merged])
-    workers = _Workers(threads, 1, CHUNK_ELEMENTS)
+    workers = Workers(threads, 1, CHUNK_ELEMENTS)
     writers = [ShardWriter(o.folder, max_shard_bytes=max_shard_bytes) for o in outputs]
     try:
         for name, info in infos.items():
@@ -619,7 +469,7 @@ def interpolate_checkpoints(
             }
             for start, end, (a, b) in inputs.windows(name) if interpolated else ():
                 litis = [(t.view(-1)[start:end], outputs[k].eta) for k, t in interpolated.items()]
-                workers.run(end - start, partial(_liti_part, a, b, litis))
+                workers.run(end - start, partial(liti_part, a, b, litis))
             with inputs.whole(name, [0, 1]) as (a, b):
                 for k, (out, writer) in enumerate(zip(outputs, writers, strict=True)):
                     if k in interpolated:

@@ -14,11 +14,11 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from kwarp.merger.chunked import Scratch, combine_into, gram_of
 from kwarp.merger.combination import Combination, step_lambdas
 from kwarp.merger.linear import Linear
 from kwarp.merger.liti import liti
 from kwarp.merger.slerp import COLINEAR_COS, Slerp, slerp
-from kwarp.merger.streaming import _Scratch, combine_into, gram_of
 
 torch.set_num_threads(1)
 SLERP, LINEAR = Slerp(), Linear()
@@ -193,7 +193,7 @@ def test_chunked_gram_matches_float64(n: int, chunk: int, m: int, dtype: torch.d
     gen = torch.Generator().manual_seed(seed)
     init = torch.randn(n, generator=gen).to(dtype)
     members = [(init.float() + 0.1 * torch.randn(n, generator=gen)).to(dtype) for _ in range(m)]
-    got = gram_of([init, *members], _Scratch(m, chunk))
+    got = gram_of([init, *members], Scratch(m, chunk))
     deltas = torch.stack([x.double() - init.double() for x in members])
     want = deltas @ deltas.T
     assert got.dtype == torch.float64
@@ -211,7 +211,7 @@ def test_chunked_combination_matches_formula(n: int, chunk: int, dtype: torch.dt
     init, a, b = (torch.randn(n, generator=gen).to(dtype) for _ in range(3))
     comb = Combination(weights=(w[0], w[1]), steps=())
     out = torch.empty(n, dtype=dtype)
-    combine_into(out, [init, a, b], comb, _Scratch(2, chunk))
+    combine_into(out, [init, a, b], comb, Scratch(2, chunk))
     want = init.double() + w[0] * (a.double() - init.double()) + w[1] * (b.double() - init.double())
     # One rounding into the output dtype, after float32 arithmetic.
     torch.testing.assert_close(out.double(), want.to(dtype).double(), rtol=2 ** -7 if dtype != torch.float32 else 1e-5,
