@@ -911,7 +911,7 @@ class JobRunner:
 
     It follows Jobs as an informer does: LIST, watch from the LIST's resourceVersion, and LIST again when
     the watch breaks (an error, 410 Gone) or handling an event failed (that event would otherwise be lost:
-    the watch resumes after it), and every `resync_seconds` as a safety net. A LIST costs the server and
+    the watch resumes after it), and every `resync_seconds` (300) as a safety net. A LIST costs the server and
     this runner work in proportion to every Job of the namespace, so it is not repeated every few seconds:
     with 9000 Jobs (benchmarks/operator.py --runs 1000) that would be most of the benchmark's cost.
     A resync keeps the watch's place; `missed_by_watch()` counts the Jobs it found that the watch then
@@ -922,7 +922,7 @@ class JobRunner:
     at once; tests keep one thread and one lock.
     """
 
-    resync_seconds = 30.0
+    resync_seconds = 300.0  # a LIST of every Job: its cost grows with the Jobs, so rarely
 
     def __init__(self, cluster: Cluster, namespace: str | None = None, workers: int = 1):
         self.cluster = cluster
