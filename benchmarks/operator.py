@@ -201,18 +201,28 @@ class TimedRunner(StatusJobRunner):
                 self.errors.append(err)
 
 
+def by_run(names: Any, runs: list[str]) -> dict[str, list[str]]:
+    """Job names grouped by the run they belong to (<run>-<task>): one pass over the Jobs, not one per run
+    (that was a minute of CPU at 1000 runs x 9000 Jobs)."""
+    wanted, out = set(runs), {}
+    for name in list(names):
+        parts = name.split("-")
+        run = next((r for k in range(1, len(parts)) if (r := "-".join(parts[:k])) in wanted), None)
+        if run is not None:
+            out.setdefault(run, []).append(name)
+    return out
+
+
 def reaction_latencies(clock: JobClock, runs: list[str], spec_doc: dict[str, Any]) -> list[float]:
     """For every Job but `prepare`: its creation minus the completion of the last Job it waited for."""
     spec = parse(spec_doc).spec
     out = []
-    for run in runs:
-        for name, added in clock.added.items():
-            if not name.startswith(f"{run}-"):
-                continue
+    for run, names in by_run(clock.added, runs).items():
+        for name in names:
             task = Task.parse_id(re.sub(r"-r\d+$", "", name[len(run) + 1 :]))
             deps = [d.job_name(run) for d in dependencies(spec, task)]
             if deps and all(d in clock.completed for d in deps):
-                out.append(added - max(clock.completed[d] for d in deps))
+                out.append(clock.added[name] - max(clock.completed[d] for d in deps))
     return out
 
 
@@ -375,7 +385,7 @@ def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: 
     after = scrape(port)
     count = after["kwarp_operator_reconcile_duration_seconds_count"] - before.get("kwarp_operator_reconcile_duration_seconds_count", 0)
     total = after["kwarp_operator_reconcile_duration_seconds_sum"] - before.get("kwarp_operator_reconcile_duration_seconds_sum", 0)
-    jobs = sum(1 for name in clock.added if any(name.startswith(f"{r}-") for r in runs))
+    jobs = sum(len(names) for names in by_run(clock.added, runs).values())
     latencies = reaction_latencies(clock, runs, warprun(store, runs[0], **spec_patch))
     return {
         "runs": n_runs,
