@@ -12,6 +12,7 @@ from kwarp.core.plan import Observed, Task, all_tasks
 from kwarp.core.spec import parse
 from kwarp.run.runner import (
     LocalExecutor,
+    close_orphaned_attempts,
     default_parallel,
     disk_needed,
     failure_reason,
@@ -144,3 +145,22 @@ def test_the_runner_exports_the_exported_policys_measured_point(tmp_path: Path) 
                 sample(samples, "kwarp_run_export_kl", **run)) == (0.625, 0.41, 1.93)  # fmt: skip
     finally:
         executor.metrics_server.close()
+
+
+def test_attempts_left_running_by_a_killed_runner_are_closed_as_interrupted(tmp_path: Path) -> None:
+    """A SIGKILLed runner leaves "running" entries; the next runner (holding the lock) closes them at the
+    time their log was last written, and leaves finished attempts untouched."""
+    import os
+
+    (tmp_path / "i1-m0.log").write_text("step 3\n")
+    os.utime(tmp_path / "i1-m0.log", (130.0, 130.0))
+    timeline = [
+        {"task": "i0-m0", "attempt": 1, "start": 10.0, "end": 50.0, "status": "succeeded"},
+        {"task": "i1-m0", "attempt": 1, "start": 100.0, "end": None, "status": "running"},
+        {"task": "i1-m1", "attempt": 1, "start": 140.0, "end": None, "status": "running"},  # no log written
+    ]
+    assert close_orphaned_attempts(timeline, tmp_path) == 2
+    assert timeline[0] == {"task": "i0-m0", "attempt": 1, "start": 10.0, "end": 50.0, "status": "succeeded"}
+    assert (timeline[1]["status"], timeline[1]["end"]) == ("interrupted", 130.0)
+    assert (timeline[2]["status"], timeline[2]["end"]) == ("interrupted", 140.0)
+    assert close_orphaned_attempts(timeline, tmp_path) == 0

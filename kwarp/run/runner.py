@@ -86,6 +86,28 @@ class Proc:
     reader: threading.Thread | None = None
 
 
+def close_orphaned_attempts(timeline: list[dict[str, Any]], log_dir: Path) -> int:
+    """Mark the attempts a previous runner left open as interrupted; returns how many.
+
+    A runner killed without clean-up (SIGKILL, a lost machine) leaves its attempts "running" in
+    runner.json, and its children die with it (PR_SET_PDEATHSIG). Only the runner holding the run's
+    lock calls this, so no open attempt can belong to a live runner. The end is the last time the
+    attempt's log was written (the closest measured bound), else its start.
+    """
+    closed = 0
+    for entry in timeline:
+        if entry.get("end") is not None or entry.get("status") != "running":
+            continue
+        log = log_dir / f"{entry.get('task')}.log"
+        try:
+            end = max(log.stat().st_mtime, float(entry.get("start") or 0.0))
+        except OSError:
+            end = entry.get("start")
+        entry.update(end=end, status="interrupted")
+        closed += 1
+    return closed
+
+
 def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -225,6 +247,8 @@ class LocalExecutor:
         if not verdict.allowed:
             raise UserError(verdict.message)
         self.store.put_json(layout.spec_json(self.key), self.run.to_document())
+        if close_orphaned_attempts(self.timeline, self.log_dir):
+            self._save_timeline()
 
     def check_disk(self) -> None:
         if not isinstance(self.store, FileStore):
