@@ -88,11 +88,7 @@ def test_a_warprun_reaches_succeeded_with_its_checkpoints_in_the_bucket(
         opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"))
         with ProcessJobRunner(cluster, tmp_path / "pods", parallel=2) as runner, RunningOperator(cluster, opts):
             api.create(warprun(bucket, storage_doc))
-            try:
-                st = phase_is_within(api, "Succeeded", 300)
-            except AssertionError:
-                failing = {n: runner.log_tail(n) for n in runner.logs}
-                raise AssertionError(f"status: {json.dumps(api.status(RUN))[:3000]}\nlogs: {failing}") from None
+            st = succeeded_within(api, runner, 300)
             assert not runner.errors, runner.errors
 
             # The store can show the last task done a moment before the runner writes its Job's
@@ -161,11 +157,7 @@ def test_a_queued_run_trains_each_iteration_as_one_gang_job_of_real_member_proce
         with (KueueStandIn(cluster, "team-a", {"pods": 2, "nvidia.com/gpu": 0}) as queue,
               ProcessJobRunner(cluster, tmp_path / "pods", parallel=2) as runner, RunningOperator(cluster, opts)):  # fmt: skip
             api.create(doc)
-            try:
-                st = phase_is_within(api, "Succeeded", 300)
-            except AssertionError:
-                failing = {n: runner.log_tail(n) for n in runner.logs}
-                raise AssertionError(f"status: {json.dumps(api.status(RUN))[:3000]}\nlogs: {failing}") from None
+            st = succeeded_within(api, runner, 300)
             assert not runner.errors and not queue.errors, (runner.errors, queue.errors)
         assert queue.admissions[:2] == ["e2e-prepare", "e2e-i0-members"]
         assert sorted(api.jobs(RUN)) == ["e2e-i0-eval", "e2e-i0-members", "e2e-i0-merge", "e2e-prepare"]
@@ -177,6 +169,15 @@ def test_a_queued_run_trains_each_iteration_as_one_gang_job_of_real_member_proce
         assert store.has_checkpoint(layout.member_final(folder, 0, m))
     logs = (tmp_path / "pods" / "e2e-i0-members.log").read_text()
     assert "i0 m0 done" in logs and "i0 m1 done" in logs
+
+
+def succeeded_within(api: Api, runner: ProcessJobRunner, timeout: float) -> dict[str, Any]:
+    """The run's status once Succeeded; failing that, an error with the status and every pod's log tail."""
+    try:
+        return phase_is_within(api, "Succeeded", timeout)
+    except AssertionError:
+        failing = {n: runner.log_tail(n) for n in runner.logs}
+        raise AssertionError(f"status: {json.dumps(api.status(RUN))[:3000]}\nlogs: {failing}") from None
 
 
 def phase_is_within(api: Api, phase: str, timeout: float) -> dict[str, Any]:
@@ -208,11 +209,7 @@ def test_a_two_node_member_rendezvous_and_the_iteration_merges(tmp_path: Path, s
         opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"))
         with ProcessJobRunner(cluster, tmp_path / "pods", parallel=2) as runner, RunningOperator(cluster, opts):
             api.create(doc)
-            try:
-                st = phase_is_within(api, "Succeeded", 600)
-            except AssertionError:
-                failing = {n: runner.log_tail(n) for n in runner.logs}
-                raise AssertionError(f"status: {json.dumps(api.status(RUN))[:3000]}\nlogs: {failing}") from None
+            st = succeeded_within(api, runner, 600)
             assert not runner.errors, runner.errors
             jobs = api.jobs(RUN)
             services = {s["metadata"]["name"] for s in cluster.raw("GET", f"/api/v1/namespaces/{NS}/services")["items"]}
