@@ -6,7 +6,7 @@ to the API: peering, create, Jobs created (with blockOwnerDeletion owner referen
 fails (its pods listed for the reason) and is retried, multi-node members (their headless Services), suspend and resume (Jobs patched), an S3 store
 whose credentials come from the Secret the run names, Events, status patches, and deletion with
 `cleanup: Delete` (Jobs deleted, finalizer removed). The API server emulator records what each request
-would ask an authorizer (tests/kube.py `ApiServer.audit`); the chart is rendered with helm for the same
+would ask an authorizer (tests/kube_server.py `ApiServer.audit`); the chart is rendered with helm for the same
 mode, and the two sets are compared rule by rule, per namespace.
 """
 
