@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan-resources": ("kwarp.core.cli_memory", "bytes per GPU of a member's trainer, piece by piece, for ddp and fsdp"),
     "prepare": ("kwarp.run.prepare", "task: copy the SFT policy into the run's store (checks model, reward, data)"),
     "train": ("kwarp.trainer.cli", "task: train one WARP member (REINFORCE with the EMA anchor)"),
+    "gang-node": ("kwarp.core.cli_gang", "task entrypoint: one pod of a queued gang of multi-node members, then torchrun"),
     "merge": ("kwarp.merger.cli", "task or tool: SLERP the members' task vectors, then LiTI"),
     "eval": ("kwarp.run.evaluate", "task or tool: reward and KL along the LiTI path (the Pareto front)"),
     "export": ("kwarp.merger.export", "the deliverable: the policy on the final front within a KL budget, measured, with a model card"),

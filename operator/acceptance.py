@@ -1,5 +1,5 @@
 """Which spec a WarpRun runs in a cluster: the accepted spec plus the changes that are safe to make while it
-runs, checked against what only a cluster refuses (relative paths, DNS names, ganging) and the operator's
+runs, checked against what only a cluster refuses (relative paths, DNS names) and the operator's
 guardrails. Pure functions: operator/reconcile.py calls them on every reconcile."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from kwarp.core.spec import (
     unsafe_changes,
 )
 
-from .jobs import gang_name
+from .jobs import gang_attempts, gang_name
 from .status import SpecCheck
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -36,7 +36,7 @@ def cluster_problems(spec: WarpRunSpec, run_name: str | None = None, default_que
     a multi-node member's Service is named like its Job, and a Service name is a DNS-1035 label (a run
     name is a DNS-1123 label, which may start with a digit), as is each pod's host name <job>-<index>.
     A queued run (spec.queueName, or the operator's `default_queue`) trains an iteration's members as one
-    gang Job, one pod per member (operator/jobs.py gang_manifest): multi-node members cannot be ganged yet."""
+    gang Job of N pods per member (operator/jobs.py gang_manifest), whose pods are named <job>-<index>."""
     locations = {
         "spec.storage.url": spec.storage.url,
         "spec.policy.location": spec.policy.location,
@@ -56,22 +56,22 @@ def cluster_problems(spec: WarpRunSpec, run_name: str | None = None, default_que
             )
     nodes = spec.resources.trainer.nodes
     queue = spec.queue_name or default_queue
-    if queue and nodes > 1:
-        problems.append(
-            f"  - spec.resources.trainer.nodes: {nodes} nodes per member cannot be queued in Kueue (LocalQueue "
-            f"'{queue}' from {'spec.queueName' if spec.queue_name else 'the operator default'}): a queued run's "
-            "members are admitted together as one Indexed Job of one pod per member; set nodes: 1 (more "
-            "gpus per node), or run without a queue"
-        )
-    if run_name is not None and queue and nodes == 1:
-        # A gang's pods get the host name <job>-<index> (Indexed Job), a DNS-1123 label of at most 63 characters.
-        pod = f"{gang_name(run_name, spec.warp.iterations - 1, spec.failure_policy.max_retries)}-{spec.warp.policies - 1}"
+    if run_name is not None and queue:
+        # A gang's pods get the host name <job>-<index> (Indexed Job), a DNS-1123 label of at most 63 characters;
+        # with multi-node members the gang's Service is named like the Job, a DNS-1035 label.
+        job = gang_name(run_name, spec.warp.iterations - 1, gang_attempts(spec))
+        pod = f"{job}-{spec.warp.policies * nodes - 1}"
         if len(pod) > 63:
             problems.append(
                 f"  - metadata.name: '{run_name}' is too long to name the pods of its queued iterations (e.g. "
                 f"'{pod}', {len(pod)} characters; a pod's host name has at most 63): use a shorter name"
             )
-    if run_name is not None and nodes > 1:
+        elif nodes > 1 and not _DNS_LABEL.match(job):
+            problems.append(
+                f"  - metadata.name: '{run_name}' cannot name the Service of its queued multi-node members (e.g. "
+                f"'{job}'): a Service name is a DNS-1035 label (starting with a letter); rename the run"
+            )
+    if run_name is not None and nodes > 1 and not queue:
         last = Task.train(spec.warp.iterations - 1, spec.warp.policies - 1)
         longest = last.job_name(run_name, spec.failure_policy.max_retries)
         if not all(_DNS_LABEL.match(n) and len(n) <= 63 for n in (longest, f"{longest}-{nodes - 1}")):

@@ -1,12 +1,14 @@
 """A queued run's gang Jobs seen as the plan's per-member attempts. Pure.
 
-A queued run trains each iteration's M members as one Indexed Job (jobs.gang_manifest): pod index m is
-member m. The plan still reasons per member (Task.train(i, m)), so each gang Job is read as, per member:
+A queued run trains each iteration's M members as one Indexed Job (jobs.gang_manifest): pod index i is
+node i % N of member i // N (N = 1: pod index m is member m; kwarp.core.placement). The plan still reasons
+per member (Task.train(i, m)), so each gang Job is read as, per member:
 
-- one view per failed pod of its index (not a disruption, which the Job's podFailurePolicy ignores):
-  each is a failed try, as a failed member Job is for an unqueued run, with what the pod said;
-- and, unless the index is over, its live state: Queued (Kueue has not admitted the gang), Pending or
-  Running (admitted), Succeeded once the index is in status.completedIndexes.
+- one view per failed try (failed_tries: a failed pod of one of its indexes, not a disruption, which the
+  Job's podFailurePolicy ignores), as a failed member Job is for an unqueued run, with what the pod said;
+  a multi-node member has at most one per Job (backoffLimit 0: its first failed rank fails the Job);
+- and, unless the member is over, its live state: Queued (Kueue has not admitted the gang), Pending or
+  Running (admitted), Succeeded once all its indexes are in status.completedIndexes.
 
 The gang's backoffLimit is one budget for all members (M x maxRetries: Kubernetes < 1.29 has no per-index
 limit), so maxRetries per member is enforced here: a member whose failed tries across the iteration's
@@ -21,9 +23,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from kwarp.core.placement import member_indexes, place
 from kwarp.core.plan import Task
 
-from .jobs import COMPLETION_INDEX_KEY, LABEL_ATTEMPT, LABEL_ITERATION, is_gang, queue_label
+from .jobs import COMPLETION_INDEX_KEY, LABEL_ATTEMPT, LABEL_ITERATION, is_gang, nodes_of, queue_label
 from .observe import JobState, JobView, pod_failure, unready_pods
 
 
@@ -98,36 +101,60 @@ def _failed_when(pod: Mapping[str, Any]) -> tuple[str, str, int]:
     return ended, meta.get("creationTimestamp") or "", int(rv) if rv.isdigit() else 0
 
 
+def failed_tries(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> dict[int, list[tuple[int, Mapping[str, Any]]]]:
+    """Each member's failed tries in one gang Job, oldest first, as (node rank, the pod that failed).
+
+    One-node members: each failed pod of index m is one try of member m (the Job replaced it). Multi-node
+    members (N pods each, backoffLimit 0): the Job fails at its first failed pod and stops the rest, so a
+    member has at most one try per Job, and when several of its ranks failed, the first one to fail stands
+    for it (its peers fail because it went away: a collective or the rendezvous lost a rank)."""
+    nodes = nodes_of(job)
+    out: dict[int, list[tuple[int, Mapping[str, Any]]]] = {}
+    for index, failed in failed_pods(job, pods).items():
+        p = place(index, nodes)
+        out.setdefault(p.member, []).extend((p.node_rank, pod) for pod in failed)
+    for member, tries in out.items():
+        tries.sort(key=lambda t: _failed_when(t[1]))
+        if nodes > 1:
+            out[member] = tries[:1]
+    return out
+
+
+def _member_done(member: int, nodes: int, completed: set[int]) -> bool:
+    return all(i in completed for i in member_indexes(member, nodes))
+
+
 def gang_views(jobs: Iterable[Mapping[str, Any]], pods: list[Mapping[str, Any]], max_retries: int) -> list[JobView]:
     """Per-member views of a run's gang Jobs (the others are ignored)."""
     gangs = sorted((j for j in jobs if is_gang(j)), key=lambda j: (iteration_of(j), attempt_of(j)))
     failures: dict[Task, int] = {}
-    tried: list[tuple[Mapping[str, Any], dict[int, list[Mapping[str, Any]]]]] = []
+    tried: list[tuple[Mapping[str, Any], dict[int, list[tuple[int, Mapping[str, Any]]]]]] = []
     for job in gangs:
-        by_index = failed_pods(job, pods)
-        tried.append((job, by_index))
-        for index, failed in by_index.items():
-            task = Task.train(iteration_of(job), index)
+        by_member = failed_tries(job, pods)
+        tried.append((job, by_member))
+        for member, failed in by_member.items():
+            task = Task.train(iteration_of(job), member)
             failures[task] = failures.get(task, 0) + len(failed)
     out: list[JobView] = []
-    for job, by_index in tried:
+    for job, by_member in tried:
         meta, spec, status = job["metadata"], job.get("spec") or {}, job.get("status") or {}
-        iteration, attempt = iteration_of(job), attempt_of(job)
+        iteration, attempt, nodes = iteration_of(job), attempt_of(job), nodes_of(job)
         common = dict(name=meta["name"], attempt=attempt, queue=queue_label(job), created=meta.get("creationTimestamp"),
                       deleting=bool(meta.get("deletionTimestamp")), gang=True, start_time=status.get("startTime"),
                       unready_pods=unready_pods(status))  # fmt: skip
         complete = _true(job, "Complete") is not None
         failed_job = _true(job, "Failed", "FailureTarget")
         completed = parse_indexes(status.get("completedIndexes"))
-        for m in range(int(spec.get("completions") or 0)):
+        for m in range(int(spec.get("completions") or 0) // nodes):
             task = Task.train(iteration, m)
-            for pod in by_index.get(m, []):
+            for rank, pod in by_member.get(m, []):
                 said = pod_failure(pod) or "failed"
+                where = f"member {m}" if nodes == 1 else f"member {m}, node {rank} of {nodes}"
                 out.append(JobView(task=task, uid=pod["metadata"].get("uid", ""), state="Failed", failure_reason="PodFailed",
-                                   failure=f"pod {pod['metadata']['name']} (member {m}) {said}", pod=pod["metadata"]["name"],
+                                   failure=f"pod {pod['metadata']['name']} ({where}) {said}", pod=pod["metadata"]["name"],
                                    **common))  # type: ignore[arg-type]  # fmt: skip
             state: JobState | None
-            if complete or m in completed:
+            if complete or _member_done(m, nodes, completed):
                 state = "Succeeded"
             elif failed_job is not None or failures.get(task, 0) > max_retries:
                 state = None  # over: the member's failed tries above say why

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kwarp.core.placement import HOSTS_ENV, INDEX_ENV, NODES_ENV, hosts_pattern
 from kwarp.core.plan import Task
 from kwarp.core.resources import PodResources
 from kwarp.core.spec import (
@@ -225,9 +226,10 @@ def multinode_env(job: str, nodes: int, gpus: int) -> list[dict[str, Any]]:
 
 
 def needs_service(job: dict[str, Any]) -> bool:
-    """A multi-node member's Job (Indexed, several pods) comes with its headless Service; a gang's pods
-    (one per member, Indexed too) never talk to each other."""
-    return job["spec"].get("completionMode") == "Indexed" and not is_gang(job)
+    """A Job whose pods talk to each other (a multi-node member's, or a gang of multi-node members') comes with
+    its headless Service, which its pods name as their subdomain; a gang of one-node members has none (its
+    pods, one per member, never talk to each other)."""
+    return bool(job["spec"]["template"]["spec"].get("subdomain"))
 
 
 def service_manifest(job: dict[str, Any], job_uid: str) -> dict[str, Any]:
@@ -277,12 +279,17 @@ def job_manifest(run: WarpRun, uid: str, task: Task, attempt: int, worker: Worke
 
 
 def _manifest(run: WarpRun, uid: str, task: Task, attempt: int, worker: WorkerSettings, *, name: str,
-              labels: dict[str, str], argv: list[str] | None = None,
-              extra_env: list[dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
+              labels: dict[str, str], argv: list[str] | None = None, extra_env: list[dict[str, Any]] | None = None,
+              launcher: tuple[list[str], list[str]] | None = None,
+              nodes_env: list[dict[str, Any]] | None = None) -> dict[str, Any]:  # fmt: skip
+    """`launcher` replaces the container's (command, args) and `nodes_env` a multi-node member's torchrun
+    settings (a gang of multi-node members: kwarp gang-node computes them in the pod)."""
     namespace = run.metadata.namespace or "default"
     res = resources_for(run.spec, task, worker.defaults)
     nodes = res.nodes if task.kind == "train" else 1
-    cmd, args = command(task, res.gpus, nodes, argv)
+    cmd, args = launcher or command(task, res.gpus, nodes, argv)
+    if nodes > 1 and nodes_env is None:
+        nodes_env = multinode_env(name, nodes, res.gpus)
     component = COMPONENTS[task.kind]
 
     mounts = [{"name": "scratch", "mountPath": SCRATCH}]
@@ -299,7 +306,7 @@ def _manifest(run: WarpRun, uid: str, task: Task, attempt: int, worker: WorkerSe
         "image": res.image or worker.image,
         "command": cmd,
         "args": args,
-        "env": _env(run, worker) + (extra_env or []) + (multinode_env(name, nodes, res.gpus) if nodes > 1 else []),
+        "env": _env(run, worker) + (extra_env or []) + (nodes_env or []),
         "ports": [{"name": METRICS_PORT_NAME, "containerPort": worker.metrics_port, "protocol": "TCP"}]
         + ([{"name": RENDEZVOUS_PORT_NAME, "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}] if nodes > 1 else []),
         "volumeMounts": mounts,
@@ -390,8 +397,9 @@ def _manifest(run: WarpRun, uid: str, task: Task, attempt: int, worker: WorkerSe
 # Kueue admits a Workload all or nothing, and makes one Workload per batch/v1 Job ("Run a Kubernetes Job":
 # the Workload's pod set counts the Job's parallelism). With one Job per member, the members of an iteration
 # would be admitted one by one and could hold half their GPUs waiting for the rest. A queued run therefore
-# trains an iteration's members as ONE Indexed Job: completions = parallelism = M, pod index m is member m,
-# so one Workload asks for all M members' resources at once.
+# trains an iteration's members as ONE Indexed Job: completions = parallelism = M x N (N nodes per member),
+# pod index i is node rank i % N of member i // N (kwarp.core.placement), so one Workload asks for all M
+# members' resources at once.
 
 GANG = "members"
 
@@ -413,32 +421,73 @@ def is_gang(job: Mapping[str, Any]) -> bool:
 
 
 def gangs_members(spec: WarpRunSpec, worker: WorkerSettings) -> bool:
-    """Whether a run trains each iteration's members as one gang Job: when Kueue admits its Jobs. Multi-node
-    members are refused with a queue (acceptance.cluster_problems), so a gang's pods are one per member."""
-    return queue_of(spec, worker) is not None and spec.resources.trainer.nodes == 1
+    """Whether a run trains each iteration's members as one gang Job: when Kueue admits its Jobs."""
+    return queue_of(spec, worker) is not None
+
+
+def nodes_of(job: Mapping[str, Any]) -> int:
+    """Nodes per member of a gang Job: torchrun's PET_NNODES in its pods' environment (1: one pod per member)."""
+    containers = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or [{}]
+    value = next((e.get("value") for e in containers[0].get("env") or [] if e.get("name") == NODES_ENV), None)
+    return int(value) if value is not None and str(value).isdigit() and int(value) > 0 else 1
+
+
+def gang_attempts(spec: WarpRunSpec) -> int:
+    """The highest gang attempt of an iteration that can exist while the run has not failed: with one-node
+    members, a new gang Job follows a spent budget (each member at most maxRetries failures); with multi-node
+    members, every failed try (backoffLimit 0): at most M x maxRetries before one member is past it."""
+    retries = spec.failure_policy.max_retries
+    return retries * spec.warp.policies if spec.resources.trainer.nodes > 1 else retries
 
 
 def gang_manifest(run: WarpRun, uid: str, iteration: int, attempt: int, worker: WorkerSettings) -> dict[str, Any]:
-    """The Indexed Job that trains all M members of `iteration` (pod index = member), queued in Kueue.
+    """The Indexed Job that trains all M members of `iteration` (N pods each), queued in Kueue.
 
-    Retries stay inside the Job: a failed pod is replaced for its index only, so finished members are not
-    trained again, and the replacement resumes from the member's saved state. backoffLimit = M x
-    failurePolicy.maxRetries is the gang's budget: the same number of retries the M member Jobs of an
-    unqueued run may spend. It is shared: Kubernetes < 1.29 has no per-index limit (backoffLimitPerIndex is
-    beta from 1.29) and the chart supports 1.26, so the operator itself enforces maxRetries per member by
-    counting each index's failed pods (observe.gang_views), and fails the run when one member is past it.
-    A later gang attempt (after the Job failed) has all M indexes again: a member whose final checkpoint
-    exists returns at once (`kwarp train` skips published members).
+    One-node members (pod index = member): retries stay inside the Job. A failed pod is replaced for its
+    index only, so finished members are not trained again, and the replacement resumes from the member's
+    saved state. backoffLimit = M x failurePolicy.maxRetries is the gang's budget: the same number of
+    retries the M member Jobs of an unqueued run may spend. It is shared: Kubernetes < 1.29 has no per-index
+    limit (backoffLimitPerIndex is beta from 1.29) and the chart supports 1.26, so the operator itself
+    enforces maxRetries per member by counting each index's failed pods (gang.gang_views), and fails the run
+    when one member is past it.
+
+    Multi-node members (N > 1): pod i runs `kwarp gang-node train --iteration k`, which makes it node i % N of
+    member i // N with its rendezvous at the member's rank-0 pod <job>-<m x N>.<job> (the headless Service
+    named like the Job, service_manifest). backoffLimit 0: a member restarts whole, all its ranks together,
+    and the only way a batch Job restarts a group of its pods is to fail: the Job controller replaces a
+    failed pod of its index only, leaving the member's other ranks in a broken rendezvous. So the first
+    failed pod fails the gang Job (its other pods are stopped: trainers save their state on SIGTERM), counts
+    as one failed try of its member, and the operator creates the next gang attempt.
+
+    A later gang attempt has all M members again: a member whose final checkpoint exists returns at once
+    (`kwarp train` skips published members), the others resume from their saved state.
     """
     members = run.spec.warp.policies
     member0 = Task.train(iteration, 0)
     labels = job_labels(run.name, member0, attempt)
-    del labels[LABEL_MEMBER]  # one pod per member: the pod's completion index is its member
+    del labels[LABEL_MEMBER]  # the pod's completion index says the member
     labels[LABEL_TASK] = gang_id(iteration)
-    # `kwarp train` without --member reads its member from MEMBER_ENV (trainer/cli.py).
-    member = [{"name": MEMBER_ENV, "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}}]
-    job = _manifest(run, uid, member0, attempt, worker, name=gang_name(run.name, iteration, attempt), labels=labels,
-                    argv=["train", "--iteration", str(iteration)], extra_env=member)  # fmt: skip
-    job["spec"].update(completionMode="Indexed", completions=members, parallelism=members,
-                       backoffLimit=members * run.spec.failure_policy.max_retries)  # fmt: skip
+    name = gang_name(run.name, iteration, attempt)
+    argv = ["train", "--iteration", str(iteration)]
+    res = resources_for(run.spec, member0, worker.defaults)
+    index = {"valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}}
+    if res.nodes == 1:
+        # `kwarp train` without --member reads its member from MEMBER_ENV (trainer/cli.py).
+        job = _manifest(run, uid, member0, attempt, worker, name=name, labels=labels, argv=argv,
+                        extra_env=[{"name": MEMBER_ENV, **index}])  # fmt: skip
+        job["spec"].update(completionMode="Indexed", completions=members, parallelism=members,
+                           backoffLimit=members * run.spec.failure_policy.max_retries)  # fmt: skip
+        return job
+    nodes = res.nodes
+    # What is the same for every pod; `kwarp gang-node` adds KWARP_MEMBER, PET_NODE_RANK and PET_MASTER_ADDR.
+    gang_env = [
+        {"name": INDEX_ENV, **index},
+        {"name": HOSTS_ENV, "value": hosts_pattern(name, name)},
+        {"name": NODES_ENV, "value": str(nodes)},
+        {"name": "PET_NPROC_PER_NODE", "value": str(max(res.gpus, 1))},
+        {"name": "PET_MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+    ]
+    job = _manifest(run, uid, member0, attempt, worker, name=name, labels=labels, launcher=(["kwarp"], ["gang-node", *argv]),
+                    nodes_env=gang_env)  # fmt: skip
+    job["spec"].update(completionMode="Indexed", completions=members * nodes, parallelism=members * nodes, backoffLimit=0)
     return job

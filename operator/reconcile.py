@@ -454,7 +454,12 @@ class Reconciler:
         manifest = gang_manifest(run, uid, iteration, attempt, self.worker)
         job = manifest["metadata"]["name"]
         outcome.gangs[iteration] = job
-        if not self.kube.create_job(namespace, manifest):
+        created = self.kube.create_job(namespace, manifest)
+        if created is not None and needs_service(manifest):
+            # Multi-node members: their rendezvous names (<job>-<index>.<job>); as for a member's Job.
+            self.kube.create_service(namespace, service_manifest(manifest, created["metadata"]["uid"]))
+            self._services.add(created["metadata"]["uid"])
+        if not created:
             return
         outcome.created.append(job)
         if self.metrics is not None:

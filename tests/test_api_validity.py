@@ -112,8 +112,8 @@ def operator_jobs() -> Iterator[tuple[str, dict[str, Any]]]:
             yield label + "/stalled", stalled
         if needs_service(job):  # a multi-node member's headless Service, owned by its Job
             yield label + "/service", service_manifest(job, JOB_UID)
-    # A queued run's iterations: one Indexed gang Job of all members (multi-node members are refused with a
-    # queue), queued and as Kueue admits it, and as it runs: completedIndexes and failed pods in its status.
+    # A queued run's iterations: one Indexed gang Job of all members (M x N pods, with its headless Service when
+    # members span nodes), queued and as Kueue admits it, and as it runs: completedIndexes and failed pods.
     for (case, resources), (wname, worker), (iteration, attempt) in itertools.product(
         RESOURCE_CASES.items(), WORKERS.items(), ((0, 0), (2, 3))
     ):
@@ -131,6 +131,8 @@ def operator_jobs() -> Iterator[tuple[str, dict[str, Any]]]:
                    "status": {"active": 3, "succeeded": 1, "failed": 2, "completedIndexes": "1",
                               "startTime": "2026-01-01T00:00:00Z"}}  # fmt: skip
         yield label + "/admitted", running
+        if needs_service(job):  # multi-node members: <job>-<index>.<job> names their pods
+            yield label + "/service", service_manifest(job, JOB_UID)
 
 
 def chart_objects() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -191,6 +193,15 @@ def test_the_gang_job_shares_one_retry_budget_because_the_floor_has_no_per_index
     per_index = {**gang, "spec": {**gang["spec"], "backoffLimitPerIndex": 5}}
     assert any("backoffLimitPerIndex" in e for e in k8s_openapi.errors(per_index, "1.27"))
     assert k8s_openapi.errors(per_index, "1.29") == []
+
+
+def test_the_gang_of_multi_node_members_and_its_service_are_in_the_matrix() -> None:
+    """A queued run with nodes > 1: its gang Job (M x N pods, a subdomain) and headless Service are checked above."""
+    objects = dict(operator_jobs())
+    gangs = [label for label in objects if label.startswith("gang/multi-node/")]
+    assert any(label.endswith("/service") for label in gangs), gangs
+    job = next(objects[label] for label in gangs if label.count("/") == 4)
+    assert job["spec"]["completions"] == 4 * 4 and job["spec"]["template"]["spec"]["subdomain"] == job["metadata"]["name"]
 
 
 def test_strict_schemas_catch_what_the_api_server_refuses() -> None:

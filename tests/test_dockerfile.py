@@ -277,6 +277,16 @@ def job_commands() -> list[tuple[str, list[str], list[str]]]:
             out.append((f"{t.id}-gpus{gpus}", cmd, args))
         cmd, args = command(t, 4, nodes=2)  # a multi-node member: torchrun reads its PET_* variables
         out.append((f"{t.id}-gpus4-nodes2", cmd, args))
+    # A queued iteration's gang of multi-node members: `kwarp gang-node <task>` then torchrun.
+    from kwarp.core.spec import parse
+    from kwarp.operator.jobs import WorkerSettings, gang_manifest
+
+    from .test_spec import doc
+
+    queued = parse({**doc(**{"spec.queueName": "q", "spec.resources": {"trainer": {"gpus": 4, "nodes": 2}}}),
+                    "metadata": {"name": "gemma-warp"}})  # fmt: skip
+    container = gang_manifest(queued, "uid", 1, 0, WorkerSettings(image="i"))["spec"]["template"]["spec"]["containers"][0]
+    out.append(("i1-members-gpus4-nodes2", container["command"], container["args"]))
     return out
 
 
@@ -311,6 +321,9 @@ def test_job_command_exists_in_the_worker_image(stages: dict[str, Stage], comman
         pytest.skip(f"`kwarp {name}` lives in {COMMANDS[name][0]}, which is not written yet ({err})")
     parsed = parser.parse_args(rest)  # argparse raises SystemExit on anything it does not accept
     assert callable(parsed.func)
+    if name == "gang-node":  # it runs `torchrun --module kwarp <task>`: the task is a kwarp command too
+        task = parsed.task
+        assert task[0] in COMMANDS and callable(build_parser(task[0]).parse_args(task[1:]).func), task
 
 
 # ------------------------------------------------------------------------------ the builder stage

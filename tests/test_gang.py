@@ -14,7 +14,7 @@ QUEUE = "kueue.x-k8s.io/queue-name"
 
 
 def gang(iteration: int = 0, attempt: int = 0, *, members: int = 3, suspend: bool = False, active: int = 0,
-         completed: str = "", condition: str | None = None, deleting: bool = False) -> dict[str, Any]:  # fmt: skip
+         completed: str = "", condition: str | None = None, deleting: bool = False, nodes: int = 1) -> dict[str, Any]:  # fmt: skip
     name = f"demo-i{iteration}-members" + (f"-r{attempt}" if attempt else "")
     meta: dict[str, Any] = {"name": name, "uid": f"uid-{name}", "creationTimestamp": "2026-01-01T00:00:00Z",
                             "labels": {"kwarp.dev/task": f"i{iteration}-members", "kwarp.dev/iteration": str(iteration),
@@ -24,8 +24,11 @@ def gang(iteration: int = 0, attempt: int = 0, *, members: int = 3, suspend: boo
     status: dict[str, Any] = {"active": active or None, "completedIndexes": completed or None}
     if condition:
         status["conditions"] = [{"type": condition, "status": "True", "reason": "BackoffLimitExceeded"}]
-    return {"metadata": meta, "spec": {"completions": members, "parallelism": members, "suspend": suspend,
-                                       "completionMode": "Indexed"}, "status": status}  # fmt: skip
+    spec: dict[str, Any] = {"completions": members * nodes, "parallelism": members * nodes, "suspend": suspend,
+                            "completionMode": "Indexed"}  # fmt: skip
+    if nodes > 1:  # what gang_manifest gives the pods of multi-node members: torchrun's node count
+        spec["template"] = {"spec": {"containers": [{"name": "trainer", "env": [{"name": "PET_NNODES", "value": str(nodes)}]}]}}
+    return {"metadata": meta, "spec": spec, "status": status}
 
 
 def pod(job: dict[str, Any], index: int, n: int, *, phase: str = "Failed", disrupted: bool = False) -> dict[str, Any]:
@@ -106,3 +109,46 @@ def test_the_latest_failed_try_is_the_last_written_when_timestamps_tie() -> None
         views = [v for v in gang_views([RUNNING], pods, 5) if v.task == Task.train(0, 1)]
         assert [v.uid for v in views] == ["uid-first", "uid-second", f"{RUNNING['metadata']['uid']}/1"]
         assert task_jobs(by_task(views), frozenset())[Task.train(0, 1)].last_failure.endswith("CUDA error: out of memory")
+
+
+# ------------------------------------------------------------------------------ members of N = 2 nodes each
+# M = 2, N = 2: pods 0, 1 are member 0 (node ranks 0, 1), pods 2, 3 member 1; backoffLimit 0.
+TWO = gang(members=2, nodes=2, active=4)
+NODE_CASES = [
+    pytest.param([gang(members=2, nodes=2, suspend=True)], [], 1, {0: ["Queued"], 1: ["Queued"]}, id="queued-whole"),
+    pytest.param([TWO], [], 1, {0: ["Running"], 1: ["Running"]}, id="running"),
+    # One rank of member 0 done, the other still running: the member is not done.
+    pytest.param([gang(members=2, nodes=2, active=3, completed="0")], [], 1, {0: ["Running"], 1: ["Running"]},
+                 id="one-rank-done"),
+    # Both ranks of member 1 done: member 1 is.
+    pytest.param([gang(members=2, nodes=2, active=2, completed="2-3")], [], 1, {0: ["Running"], 1: ["Succeeded"]},
+                 id="both-ranks-done"),
+    # Node rank 1 of member 1 (pod 3) failed: one failed try of member 1, none of member 0.
+    pytest.param([TWO], [pod(TWO, 3, 1)], 1, {0: ["Running"], 1: ["Failed", "Running"]}, id="one-rank-failed"),
+    # Both ranks of member 0 failed (the second because its peer went away): still one try.
+    pytest.param([gang(members=2, nodes=2, condition="Failed")], [pod(TWO, 1, 1), pod(TWO, 0, 2)], 1,
+                 {0: ["Failed"]}, id="both-ranks-failed-one-try"),
+    # The next gang attempt: member 0's second try is past maxRetries 1, member 1 runs on.
+    pytest.param([gang(0, 0, members=2, nodes=2, condition="Failed"), gang(0, 1, members=2, nodes=2, active=4)],
+                 [pod(gang(0, 0, nodes=2), 1, 1), pod(gang(0, 1, nodes=2), 0, 2)], 1,
+                 {0: ["Failed", "Failed"], 1: ["Running"]}, id="across-attempts-past-max-retries"),
+]
+
+
+@pytest.mark.parametrize(("jobs", "pods", "max_retries", "want"), NODE_CASES)
+def test_gang_views_of_multi_node_members(jobs: list, pods: list, max_retries: int, want: dict[int, list[str]]) -> None:
+    views = gang_views(jobs, pods, max_retries)
+    assert states(views) == want
+    assert all(v.gang and v.task.kind == "train" for v in views)
+
+
+def test_a_failed_rank_is_its_members_try_named_with_its_node() -> None:
+    failed = gang(members=2, nodes=2, condition="Failed", completed="2-3")
+    views = gang_views([failed], [pod(TWO, 1, 1), pod(TWO, 0, 2)], 3)
+    jobs = task_jobs(by_task(views), frozenset({Task.train(0, 1)}))
+    assert jobs[Task.train(0, 0)].failures == 1 and not jobs[Task.train(0, 0)].active
+    # The rank that failed first stands for the try: its peer failed because it went away.
+    assert jobs[Task.train(0, 0)].last_failure == (
+        "Job demo-i0-members pod demo-i0-members-1-1 (member 0, node 1 of 2) container trainer exited with code 137 "
+        "(Error): killed 1")
+    assert [v.state for v in views if v.task == Task.train(0, 1)] == ["Succeeded"]

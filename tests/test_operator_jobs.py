@@ -450,16 +450,78 @@ def test_a_queued_iteration_trains_its_members_as_one_indexed_job() -> None:
     assert (one["metadata"]["name"], one["spec"]["completions"], one["spec"]["backoffLimit"]) == ("gemma-warp-i0-members", 2, 0)
 
 
-def test_a_queued_run_refuses_multi_node_members_naming_the_field() -> None:
+def test_a_queued_iteration_of_multi_node_members_is_one_indexed_job_of_m_times_n_pods() -> None:
+    """M = 3 members of N = 2 nodes: one Indexed Job of 6 pods (one Kueue Workload), pod i is node i % 2 of
+    member i // 2; every pod runs `kwarp gang-node`, which derives its member, node rank and rendezvous host
+    from the index (kwarp.core.placement); one headless Service for the gang; backoffLimit 0 (a member
+    restarts whole: its first failed rank fails the gang Job and the operator starts the next attempt)."""
+    from kwarp.operator.jobs import gang_manifest, gangs_members, needs_service, nodes_of, service_manifest
+
+    patches = {"spec.queueName": "team-a-gpu", "spec.warp.policies": 3, "spec.failurePolicy": {"maxRetries": 2},
+               "spec.resources": {"trainer": {"gpus": 4, "nodes": 2, "cpu": "16", "memory": "128Gi"}}}
+    r = run(**patches)
+    worker = WorkerSettings(image=IMAGE)
+    assert gangs_members(r.spec, worker)
+    got = gang_manifest(r, UID, 1, 4, worker)
+
+    name = "gemma-warp-i1-members-r4"
+    labels = {"kwarp.dev/task": "i1-members", "kwarp.dev/iteration": "1"}
+    want = expected(r, name=name, component="trainer", task_labels=labels, command=["kwarp"],
+                    args=["gang-node", "train", "--iteration", "1"], resources=gpus(4, "16", "128Gi"),
+                    gpu_volumes=True, attempt=4)  # fmt: skip
+    want["metadata"]["labels"] = {**want["metadata"]["labels"], "kueue.x-k8s.io/queue-name": "team-a-gpu"}
+    want["spec"].update(suspend=True, completionMode="Indexed", completions=6, parallelism=6, backoffLimit=0)
+    pod = want["spec"]["template"]["spec"]
+    pod["subdomain"] = name
+    container = pod["containers"][0]
+    container["ports"].append({"name": "rendezvous", "containerPort": 29500, "protocol": "TCP"})
+    container["env"] += [
+        {"name": "KWARP_POD_INDEX", "valueFrom": {"fieldRef": {
+            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+        {"name": "KWARP_GANG_HOSTS", "value": f"{name}-{{index}}.{name}"},
+        {"name": "PET_NNODES", "value": "2"},
+        {"name": "PET_NPROC_PER_NODE", "value": "4"},
+        {"name": "PET_MASTER_PORT", "value": "29500"},
+    ]  # fmt: skip
+    assert got == want
+    assert nodes_of(got) == 2 and nodes_of(gang_manifest(run(**{**patches, "spec.resources": {}}), UID, 0, 0, worker)) == 1
+
+    # One headless Service for the gang, selecting exactly this attempt's pods.
+    assert needs_service(got)
+    job_uid = "6c1f3a52-9d0e-4b7a-8e21-0d4c5b6a7f80"
+    assert service_manifest(got, job_uid) == {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "team-a", "labels": got["metadata"]["labels"], "ownerReferences": [
+            {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job_uid, "controller": True}]},
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                 "selector": {"kwarp.dev/run": "gemma-warp", "kwarp.dev/task": "i1-members", "kwarp.dev/attempt": "4"},
+                 "ports": [{"name": "rendezvous", "port": 29500, "targetPort": 29500, "protocol": "TCP"}]},
+    }  # fmt: skip
+    # A gang of one-node members has none: its pods never talk to each other.
+    assert not needs_service(gang_manifest(run(**{**patches, "spec.resources": {}}), UID, 0, 0, worker))
+
+
+def test_a_queued_run_of_multi_node_members_is_accepted_when_its_names_fit() -> None:
+    """The gang of multi-node members replaced the refusal: a queued run with nodes > 1 is valid; its pods'
+    host names (<job>-<index>, last iteration, attempt M x maxRetries, index M x N - 1) must fit 63 characters
+    and its Service's name (the Job's) must start with a letter."""
     from kwarp.operator.acceptance import cluster_problems
 
-    multi = {"spec.resources": {"trainer": {"gpus": 8, "nodes": 2}}, "spec.storage": {"url": "s3://kwarp/runs"}}
+    multi = {"spec.resources": {"trainer": {"gpus": 8, "nodes": 2}}, "spec.storage": {"url": "s3://kwarp/runs"},
+             "spec.warp.policies": 3, "spec.failurePolicy": {"maxRetries": 2}}  # fmt: skip
     assert cluster_problems(run(**multi).spec, "gemma-warp") == []
-    for r, default, source in [(run(**multi, **{"spec.queueName": "team-a-gpu"}), None, "spec.queueName"),
-                               (run(**multi), "shared", "the operator default")]:  # fmt: skip
-        (problem,) = cluster_problems(r.spec, "gemma-warp", default)
-        assert problem.startswith("  - spec.resources.trainer.nodes: 2 nodes per member cannot be queued")
-        assert source in problem and "set nodes: 1" in problem
+    assert cluster_problems(run(**multi, **{"spec.queueName": "team-a-gpu"}).spec, "gemma-warp") == []
+    assert cluster_problems(run(**multi).spec, "gemma-warp", "shared") == []  # the operator's default queue
+
+    queued = run(**multi, **{"spec.queueName": "team-a-gpu"}).spec
+    fits = "a" * (63 - len("-i2-members-r6-5"))  # 3 iterations; 3 members x 2 retries: attempt 6; 3 x 2 pods: index 5
+    assert cluster_problems(queued, fits) == []
+    (problem,) = cluster_problems(queued, fits + "b")
+    assert problem.startswith(f"  - metadata.name: '{fits}b' is too long") and f"'{fits}b-i2-members-r6-5'" in problem
+    (problem,) = cluster_problems(queued, "7-warp")
+    assert problem.startswith("  - metadata.name: '7-warp' cannot name the Service of its queued multi-node members")
+    assert cluster_problems(run(**{**multi, "spec.resources": {}}, **{"spec.queueName": "q"}).spec, "7-warp") == []
 
 
 def test_a_queued_run_whose_name_cannot_name_its_gang_pods_is_refused() -> None:

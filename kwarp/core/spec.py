@@ -331,8 +331,8 @@ class WarpRunSpec(SpecModel):
         max_length=63,
         pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$",
         description="Kueue LocalQueue of the run's Jobs (label kueue.x-k8s.io/queue-name; they are created "
-        "suspended and start when Kueue admits them; an iteration's members are one Indexed Job, admitted "
-        "together). Default: the operator's (chart value kueue.queueName)",
+        "suspended and start when Kueue admits them; an iteration's members, with all their nodes, are one "
+        "Indexed Job, admitted together). Default: the operator's (chart value kueue.queueName)",
     )
     failure_policy: FailurePolicy = FailurePolicy()
     cleanup: Literal["Retain", "Delete"] = Field(
