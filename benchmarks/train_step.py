@@ -37,14 +37,8 @@ import torch
 
 from kwarp.core.spec import RewardSpec, parse
 from kwarp.policy import load_reward, read_prompts
-from kwarp.trainer.train import (
-    Models,
-    StepConfig,
-    load_models,
-    make_accelerator,
-    make_optimizer,
-    training_step,
-)
+from kwarp.trainer.models import Models, load_models, make_accelerator, make_optimizer
+from kwarp.trainer.step import StepConfig, training_step
 
 # (n_layer, n_embd, n_head) of the random GPT-2 models, smallest first.
 GPT2_LADDER = [(2, 64, 2), (4, 128, 4), (6, 256, 4), (8, 512, 8), (12, 768, 12), (24, 1024, 16), (24, 1536, 16),

@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 from kwarp.core.spec import parse
 from kwarp.policy import Samples
 from kwarp.trainer import sharding
-from kwarp.trainer.train import StepConfig, learn, load_models, make_accelerator, make_optimizer, shard_models
+from kwarp.trainer.models import load_models, make_accelerator, make_optimizer, shard_models
+from kwarp.trainer.step import StepConfig, learn
 
 FIELDS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "rewards")
 

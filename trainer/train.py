@@ -27,19 +27,17 @@ Precision: θ is kept in float32 (Adam's updates at lr 1e-6 would vanish in bf16
 EMA's would); spec.policy.dtype is the compute dtype (autocast). Final and EMA are saved in
 float32 so the task vectors the merger takes are not rounded away. π means softmax(logits / τ),
 the distribution that was sampled (see kwarp.policy). Dropout is off throughout.
+
+This file is the run's loop (resume, steps 1 and 6, checkpoints, publishing); steps 2-5 are
+trainer/step.py, the models and optimizer they work on trainer/models.py.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
-import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -47,23 +45,10 @@ from prometheus_client import CollectorRegistry
 
 from kwarp.core.errors import UserError
 from kwarp.core.ownership import store_key
-from kwarp.core.spec import WarpRun, WarpRunSpec, member_seed
+from kwarp.core.spec import WarpRun, member_seed
 from kwarp.observability import telemetry
 from kwarp.observability.metrics import TrainerMetrics, member_labels
-from kwarp.policy import (
-    Reward,
-    Samples,
-    batched_logprobs,
-    decode_completions,
-    load_causal_lm,
-    load_reward,
-    load_tokenizer,
-    read_prompts,
-    resolve_dtype,
-    sample,
-    sequence_logprobs,
-    unique_parameters,
-)
+from kwarp.policy import Reward, load_causal_lm, load_reward, read_prompts, resolve_dtype
 from kwarp.run.evaluate import eval_settings, evaluate_policy, load_gold
 from kwarp.store import Store, layout, open_store
 
@@ -76,329 +61,14 @@ from .guards import (
     finite_or_none,
     optimizer_tensors_named,
 )
+from .models import Models, load_models, make_accelerator, make_optimizer, shard_models
 from .outputs import Heartbeat, MetricsLog, publish_model
-from .reinforce import (
-    advantages,
-    batch_indices,
-    ema_update_,
-    reinforce_loss,
-    shaped_reward,
-    step_seed,
-    warmup_lr,
-)
+from .reinforce import batch_indices, step_seed
 from .signals import StopRequest, Terminated
 from .state import Progress, load_state, save_state
+from .step import StepConfig, training_step
 
 PROGRESS_PREFIX = "KWARP_PROGRESS "
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
-
-
-@dataclass(frozen=True)
-class StepConfig:
-    samples_per_prompt: int
-    micro_batch_prompts: int
-    max_new_tokens: int
-    max_prompt_tokens: int
-    temperature: float
-    beta: float
-    baseline: str
-    ema_rate: float
-    learning_rate: float
-    warmup_steps: int
-    max_grad_norm: float | None
-    generation: str = "auto"
-    # Run each prompt once per group of its k samples (kwarp.policy._completion_logits). False only in
-    # benchmarks/train_step.py's baseline, the trainer before issue 16.
-    shared_prompts: bool = True
-
-    @classmethod
-    def from_spec(cls, spec: WarpRunSpec, prompts_per_process: int) -> StepConfig:
-        tr = spec.training
-        return cls(
-            samples_per_prompt=tr.samples_per_prompt,
-            micro_batch_prompts=min(tr.micro_batch_size or prompts_per_process, prompts_per_process),
-            max_new_tokens=tr.max_new_tokens,
-            max_prompt_tokens=tr.max_prompt_tokens,
-            temperature=tr.temperature,
-            beta=spec.warp.beta,
-            baseline=tr.baseline,
-            ema_rate=spec.warp.ema_rate,
-            learning_rate=tr.learning_rate,
-            warmup_steps=tr.warmup_steps,
-            max_grad_norm=tr.max_grad_norm,
-            generation=tr.generation,
-        )
-
-
-@dataclass
-class Models:
-    """The weights one member holds. `names[j]` names `params[j]` and `ema[j]` (tied weights once)."""
-
-    policy: Any  # what forward/backward runs through: DDP-wrapped under several processes
-    bare: Any  # the policy model itself, for generation and saving
-    tokenizer: Any
-    names: list[str]
-    params: list[torch.Tensor]
-    ema: list[torch.Tensor]  # float32; the anchor model's own parameters when anchor = ema
-    anchor: Any | None  # computes log π_anchor; None for anchor "none"
-    init: Any | None  # θ_init, frozen, for the KL to init; the anchor itself when anchor = sft
-    sharded: bool = False  # fsdp: params are DTensors, `ema` holds this process's float32 shards
-
-
-def load_models(init_dir: Path, spec: WarpRunSpec, device: torch.device, *, kl_to_init: bool) -> Models:
-    compute = resolve_dtype(spec.policy.dtype, device)
-    trust = spec.policy.trust_remote_code
-    tokenizer = load_tokenizer(init_dir, trust)
-    policy = load_causal_lm(init_dir, torch.float32, trust, device)
-    names = list(unique_parameters(policy))
-    named = dict(policy.named_parameters())
-    params = [named[n] for n in names]
-
-    def frozen() -> Any:
-        return load_causal_lm(init_dir, compute, trust, device).requires_grad_(False)
-
-    anchor: Any | None = None
-    if spec.warp.anchor == "ema":
-        # The anchor model's float32 weights ARE the EMA: no copy per step, and it runs under autocast.
-        anchor = copy.deepcopy(policy).requires_grad_(False)
-        anchor_named = dict(anchor.named_parameters())
-        ema = [anchor_named[n] for n in names]
-    else:
-        ema = [p.detach().clone() for p in params]
-        if spec.warp.anchor == "sft":
-            anchor = frozen()
-    init = None
-    if kl_to_init:
-        init = anchor if spec.warp.anchor == "sft" else frozen()
-    return Models(policy, policy, tokenizer, names, params, ema, anchor, init)
-
-
-def shard_models(models: Models, spec: WarpRunSpec, device: torch.device, world: int) -> Models:
-    """spec.training.strategy fsdp: shard the policy, the anchor and θ_init over the member's processes
-    (trainer/sharding.py). The EMA becomes this process's shards: the anchor's own when anchor = ema."""
-    mesh = sharding.device_mesh(device, world)
-    compute = resolve_dtype(spec.policy.dtype, device)
-    done: set[int] = set()
-    for model in (models.bare, models.anchor, models.init):
-        if model is not None and id(model) not in done:
-            sharding.shard(model, mesh, compute)
-            done.add(id(model))
-    named = dict(models.bare.named_parameters())
-    params = [named[n] for n in models.names]
-    if spec.warp.anchor == "ema":
-        anchor_named = dict(models.anchor.named_parameters())
-        ema = [sharding.local(anchor_named[n]) for n in models.names]
-    else:
-        ema = [sharding.local(p).detach().clone() for p in params]
-    return dataclasses.replace(models, policy=models.bare, params=params, ema=ema, sharded=True)
-
-
-def make_optimizer(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-    """Adam over the float32 parameters, fused: one kernel over every tensor instead of a Python loop
-    of ~10 ops per tensor (torch has fused Adam for CPU and CUDA float32; benchmarks/train_step.py)."""
-    return torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS, fused=True)
-
-
-# ---------------------------------------------------------------------------------------- a step
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class PhaseTimer:
-    """Time per phase of a step (device work is waited for, so the split is honest).
-
-    The clock is wall time; a benchmark on a shared CPU may pass time.process_time, which other
-    processes' load does not inflate.
-    """
-
-    def __init__(self, device: torch.device, clock: Callable[[], float] = time.perf_counter):
-        self.device = device
-        self.clock = clock
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        _sync(self.device)
-        start = self.clock()
-        yield
-        _sync(self.device)
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + self.clock() - start
-
-
-def training_step(
-    models: Models,
-    reward: Reward,
-    optimizer: torch.optim.Optimizer,
-    accelerator: Any,
-    prompts: list[str],
-    step: int,
-    cfg: StepConfig,
-    clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, Any]:
-    """One REINFORCE step on this process's prompts; returns the step's metrics (all processes).
-
-    `clock` times the phases (record["timing"]); step_seconds is always wall time.
-    """
-    timer = PhaseTimer(accelerator.device, clock)
-    t0 = time.perf_counter()
-    samples, rewards = rollout(models, reward, accelerator, prompts, cfg, timer)
-    return learn(models, samples, rewards, optimizer, accelerator, step, cfg, timer=timer, started=t0)
-
-
-def rollout(
-    models: Models, reward: Reward, accelerator: Any, prompts: list[str], cfg: StepConfig, timer: PhaseTimer
-) -> tuple[Samples, torch.Tensor]:
-    """Steps 2-3a: k completions per prompt from π_θ and their rewards."""
-    k = cfg.samples_per_prompt
-    with timer("generate"), accelerator.autocast():
-        samples: Samples = sample(
-            models.bare,
-            models.tokenizer,
-            prompts,
-            samples_per_prompt=k,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            max_prompt_tokens=cfg.max_prompt_tokens,
-            generation=cfg.generation,
-            # Sharded: every forward is a collective, so every process generates until all are done.
-            synced=models.sharded,
-        )
-    with timer("score"):
-        texts = decode_completions(models.tokenizer, samples)
-        rewards = reward.score([p for p in prompts for _ in range(k)], texts).to(accelerator.device)
-    return samples, rewards
-
-
-def _reference_logprobs(model: Any, samples: Samples, cfg: StepConfig, rows: int, group: int) -> torch.Tensor:
-    return batched_logprobs(
-        model, samples, temperature=cfg.temperature, micro_batch=rows, samples_per_prompt=group
-    ).logprob
-
-
-def learn(
-    models: Models,
-    samples: Samples,
-    rewards: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    accelerator: Any,
-    step: int,
-    cfg: StepConfig,
-    *,
-    timer: PhaseTimer | None = None,
-    started: float | None = None,
-) -> dict[str, Any]:
-    """Steps 3b-5 on this process's rows of the batch: reference log-probs, the update, the EMA; the metrics."""
-    device = accelerator.device
-    k = cfg.samples_per_prompt
-    timer = timer or PhaseTimer(device)
-    t0 = started if started is not None else time.perf_counter()
-    n = samples.completion_ids.shape[0]
-    rows = cfg.micro_batch_prompts * k
-
-    # Each prompt's k samples share it: every pass runs the prompt once per group, not k times
-    # (kwarp.policy._completion_logits). Sharded models keep one forward per pass: FSDP gathers and
-    # frees each block around a forward, and its backward is only tested on one forward per micro-batch.
-    group = k if cfg.shared_prompts and not models.sharded else 1
-    with timer("reference"), accelerator.autocast():
-        logp_anchor = logp_init = None
-        if models.anchor is not None:
-            logp_anchor = _reference_logprobs(models.anchor, samples, cfg, rows, group)
-        if models.init is models.anchor:
-            logp_init = logp_anchor
-        elif models.init is not None:
-            logp_init = _reference_logprobs(models.init, samples, cfg, rows, group)
-        if models.sharded:
-            for frozen in (models.anchor, models.init):
-                sharding.reshard(frozen)
-
-    with timer("train"):
-        logps, entropies, loss_total = [], [], 0.0
-        for start in range(0, n, rows):
-            stop = min(start + rows, n)
-            chunk = samples.rows(start, stop)
-            # DDP all-reduces gradients once, on the last micro-batch; FSDP reduce-scatters each one
-            # into the sharded gradients (holding whole gradients until the last would defeat sharding).
-            sync = nullcontext() if stop == n or models.sharded else accelerator.no_sync(models.policy)
-            with sync:
-                with accelerator.autocast():
-                    out = sequence_logprobs(
-                        models.policy,
-                        chunk.input_ids,
-                        chunk.attention_mask,
-                        chunk.completion_mask,
-                        temperature=cfg.temperature,
-                        # kwarp's decode loop measured the entropy while sampling: no second softmax here.
-                        with_entropy=chunk.entropy is None,
-                        samples_per_prompt=group,
-                    )
-                anchor_chunk = logp_anchor[start:stop] if logp_anchor is not None else None
-                r_beta = shaped_reward(rewards[start:stop], out.logprob.detach(), anchor_chunk, cfg.beta)
-                loss = reinforce_loss(out.logprob, advantages(r_beta, k, cfg.baseline), normaliser=n)
-                accelerator.backward(loss)
-            logps.append(out.logprob.detach())
-            entropies.append(out.entropy if chunk.entropy is None else chunk.entropy)
-            loss_total += float(loss.detach())
-        max_norm = cfg.max_grad_norm or float("inf")
-        if models.sharded:
-            grad_norm = sharding.clip_grad_norm_(models.params, max_norm)
-        else:
-            grad_norm = accelerator.clip_grad_norm_(models.params, max_norm)
-        lr = warmup_lr(step, cfg.learning_rate, cfg.warmup_steps)
-        # The non-finite guard (trainer/guards.py): a nan/inf loss or gradient skips the update.
-        # Gradients are all-reduced, so the norm agrees across processes; the loss is local, so the
-        # processes agree on the verdict before any of them steps.
-        finite = bool(torch.isfinite(grad_norm)) and math.isfinite(loss_total)
-        if accelerator.num_processes > 1:
-            bad = accelerator.reduce(torch.tensor(float(not finite), device=device), reduction="sum")
-            finite = float(bad) == 0.0
-        if finite:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    with timer("ema"):
-        if finite:
-            ema_update_(models.ema, [sharding.local(p) for p in models.params], cfg.ema_rate)
-
-    logp = torch.cat(logps).float()
-    entropy = torch.cat(entropies).float()  # type: ignore[arg-type]
-    zero = torch.zeros((), device=device)
-    sums = torch.stack(
-        [
-            rewards.sum(),
-            (rewards**2).sum(),
-            torch.tensor(float(n), device=device),
-            (logp - logp_anchor.float()).sum() if logp_anchor is not None else zero,
-            (logp - logp_init.float()).sum() if logp_init is not None else zero,
-            samples.lengths.sum().float(),
-            entropy.sum(),
-            torch.tensor(loss_total, device=device),
-        ]
-    )
-    sums = accelerator.reduce(sums, reduction="sum").cpu().double()
-    total = float(sums[2])
-    mean_reward = float(sums[0]) / total
-    seconds = time.perf_counter() - t0
-    record = {
-        "reward": mean_reward,
-        "reward_std": max(float(sums[1]) / total - mean_reward**2, 0.0) ** 0.5,
-        "kl_anchor": float(sums[3]) / total if logp_anchor is not None else None,
-        "kl_init": float(sums[4]) / total if logp_init is not None else None,
-        "completion_tokens": float(sums[5]) / total,
-        "entropy": float(sums[6]) / total,
-        "loss": float(sums[7]) / accelerator.num_processes,
-        "grad_norm": float(grad_norm),
-        "lr": lr,
-        "step_seconds": seconds,
-        "tokens_per_second": float(sums[5]) / seconds,
-        "timing": timer.seconds,
-    }
-    return record if finite else {**finite_or_none(record), NONFINITE_FIELD: True}
 
 
 # ------------------------------------------------------------------------------ outputs of a run
@@ -413,18 +83,6 @@ def progress_line(record: dict[str, Any], steps: int) -> str:
     if isinstance(ev, dict) and "per_prompt" in ev:
         record = {**record, "eval": {k: v for k, v in ev.items() if k != "per_prompt"}}
     return PROGRESS_PREFIX + json.dumps({"steps": steps, **finite_or_none(record)})
-
-
-def make_accelerator(dtype: str, device: str | None) -> Any:
-    from accelerate import Accelerator
-
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available; use --device cpu")
-    compute = resolve_dtype(dtype, device)
-    precision = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}[compute]
-    return Accelerator(cpu=device == "cpu", mixed_precision=precision)
 
 
 # ------------------------------------------------------------------------------------------ a run
