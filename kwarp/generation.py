@@ -7,8 +7,9 @@ Three ways to draw completions (`spec.training.generation`):
              forward under `torch.compile`. Prompts are left-padded to a multiple of PROMPT_BUCKET
              tokens, so the cache, the mask and every decode input keep one shape from step to step
              and nothing recompiles after the first step of each prompt bucket.
-- `auto`     `compiled` on CUDA; on a CPU this loop with a dynamic cache and no compilation (it
-             measured fastest there: benchmarks/train_step.py, docs/performance.md).
+- `auto`     `compiled` on CUDA; on a CPU this loop uncompiled (it measured fastest there:
+             benchmarks/train_step.py, docs/performance.md), its decode steps through
+             kwarp/lean_decode.py for GPT-2 and Llama, else transformers' forward with a dynamic cache.
 
 The distribution is exactly generate's: softmax(float32 logits / temperature) with nothing else
 applied, drawn from torch's global RNG (by inverse CDF in float64 rather than generate's
@@ -211,6 +212,7 @@ def _decode(
 ) -> Decoded:
     from transformers import DynamicCache
 
+    from kwarp import lean_decode
     from kwarp.logprobs import position_ids
 
     original_width = prompt_ids.shape[1]
@@ -245,8 +247,16 @@ def _decode(
     logits = out.logits[:, -1]
     del out
     if share:
-        prefill_cache.batch_repeat_interleave(group)
         logits = logits.repeat_interleave(group, dim=0)
+    # Uncompiled, the decode steps of a supported model skip transformers' per-forward Python
+    # (kwarp/lean_decode.py): the same logits up to float rounding, so the same distribution. It
+    # takes the prompt pass's keys and values once per prompt and repeats them into its own buffers.
+    lean = None
+    if step is None and lean_decode.supports(model) and not torch.is_autocast_enabled(device.type):
+        lean = lean_decode.LeanDecoder(model, cache, prompt_mask, max_new_tokens, group=stride)
+        del cache, prefill_cache
+    elif share:
+        prefill_cache.batch_repeat_interleave(group)
         if prefill_cache is not cache:
             for index, layer in enumerate(prefill_cache.layers):
                 cache.update(layer.keys, layer.values, index)
@@ -264,6 +274,8 @@ def _decode(
             break
         if step is not None:
             logits = step.forward(token[:, None], position, mask, cache)
+        elif lean is not None:
+            logits = lean.step(token, position)
         else:
             out = model(
                 input_ids=token[:, None],

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kwarp import generation
+from kwarp import generation, lean_decode
 from kwarp.policy import load_causal_lm, load_tokenizer, sample, sequence_logprobs
 from kwarp.run.evaluate import evaluate_policy
 from tests.models import tiny_gpt2, tiny_llama
@@ -87,6 +87,7 @@ def test_the_decode_loop_samples_the_distribution_generate_samples(peaked) -> No
     model, tok = peaked
     vocab = model.config.vocab_size
     n = 3000
+    assert lean_decode.supports(model)  # auto on a CPU: its decode steps take the lean forward
     plain = _draw(model, tok, "plain", seed=1, n=n)
     eager = _draw(model, tok, "auto", seed=2, n=n)  # auto on a CPU: the uncompiled decode loop
     assert eager.shape == plain.shape == (len(PROMPTS) * n, 3)

@@ -1,0 +1,95 @@
+"""The lean decode forward (kwarp/lean_decode.py) gives model.forward's logits, so the loop samples the same distribution.
+
+Tolerance: float32 logits allclose within atol 1e-5, rtol 1e-5 (the lean attention reduces in another
+order than SDPA's kernel; positions off by one move these tiny models' logits by over 1e-4).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from kwarp import generation, lean_decode
+from kwarp.logprobs import position_ids
+from kwarp.policy import load_causal_lm, load_tokenizer, sample
+from tests.models import tiny_gpt2, tiny_llama
+
+PROMPTS = ["a longer prompt here", "hi", "mid size"]
+
+
+@pytest.fixture(autouse=True)
+def _threads() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("group", [1, 2])
+@pytest.mark.parametrize("builder", [tiny_gpt2, tiny_llama], ids=["gpt2", "llama"])
+def test_lean_decode_logits_equal_model_forward_with_left_padding(tmp_path: Path, builder, group: int) -> None:
+    folder = builder(tmp_path / "m")
+    model, tok = load_causal_lm(folder, "float32"), load_tokenizer(folder)
+    assert lean_decode.supports(model)
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]
+    assert prompt_mask[:, 0].eq(0).any()  # left padding present
+    rows, new = len(PROMPTS) * group, 7
+    # The whole sequence (each prompt `group` times, then arbitrary continuation tokens) in one forward.
+    torch.manual_seed(0)
+    continuation = torch.randint(4, model.config.vocab_size, (rows, new))
+    full_mask = torch.cat([prompt_mask.repeat_interleave(group, 0), torch.ones_like(continuation)], dim=1)
+    full_ids = torch.cat([prompt_ids.repeat_interleave(group, 0), continuation], dim=1)
+    with torch.no_grad():
+        expected = model(input_ids=full_ids, attention_mask=full_mask, position_ids=position_ids(full_mask)).logits
+        # The lean path: each prompt's pass once (as the decode loop runs it), then one token per step.
+        cache = DynamicCache(config=model.config)
+        model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask), cache=cache,
+              use_cache=True)
+        lean = lean_decode.LeanDecoder(model, cache, prompt_mask.repeat_interleave(group, 0), new, group=group)
+        position = position_ids(prompt_mask).repeat_interleave(group, 0)[:, -1:] + 1
+        p = prompt_ids.shape[1]
+        for t in range(new):
+            logits = lean.step(continuation[:, t], position)
+            torch.testing.assert_close(logits, expected[:, p + t], atol=1e-5, rtol=1e-5)
+            position = position + 1
+    # The comparison has power: positions shifted by one move the logits ten times the tolerance or more.
+    with torch.no_grad():
+        cache = DynamicCache(config=model.config)
+        model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask), cache=cache,
+              use_cache=True)
+        wrong = lean_decode.LeanDecoder(model, cache, prompt_mask.repeat_interleave(group, 0), new, group=group)
+        shifted = wrong.step(continuation[:, 0], position_ids(prompt_mask).repeat_interleave(group, 0)[:, -1:] + 2)
+    assert (shifted - expected[:, p]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("builder", [tiny_gpt2, tiny_llama], ids=["gpt2", "llama"])
+def test_the_cpu_decode_loop_takes_the_lean_forward(tmp_path: Path, builder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """generation auto on a CPU: the decode steps run LeanDecoder.step, not model(...), after the prompt pass."""
+    folder = builder(tmp_path / "m")
+    model, tok = load_causal_lm(folder, "float32"), load_tokenizer(folder)
+    forwards: list[int] = []
+    steps: list[int] = []
+    hook = model.register_forward_pre_hook(lambda _m, _a, kw: forwards.append(kw["input_ids"].shape[0]),
+                                           with_kwargs=True)
+    real_step = lean_decode.LeanDecoder.step
+    monkeypatch.setattr(lean_decode.LeanDecoder, "step",
+                        lambda self, token, position: steps.append(token.shape[0]) or real_step(self, token, position))
+    try:
+        torch.manual_seed(0)
+        drawn = sample(model, tok, PROMPTS, samples_per_prompt=2, max_new_tokens=5, temperature=0.9, generation="auto")
+    finally:
+        hook.remove()
+    assert forwards == [len(PROMPTS)]  # the prompt pass only, each prompt once
+    assert steps and set(steps) == {len(PROMPTS) * 2}
+    assert drawn.completion_ids.shape[0] == len(PROMPTS) * 2
+
+
+def test_models_the_lean_forward_does_not_cover_keep_transformers_forward(tmp_path: Path) -> None:
+    model = load_causal_lm(tiny_gpt2(tmp_path / "m"), "float32")
+    assert lean_decode.supports(model)
+    assert not lean_decode.supports(model.train())  # dropout would be on: transformers' forward applies it
+    model.eval()
+    model.config.add_cross_attention = True
+    assert not lean_decode.supports(model)
+    assert generation.resolve("auto", torch.device("cpu")) == "eager"
