@@ -161,6 +161,15 @@ def finish(api: Api, runner: StatusJobRunner, *names: str) -> None:
         runner.succeed(name)
 
 
+def posted(api: Api, reason: str, type_: str | None = None, text: str = "") -> tuple[str, str, str]:
+    """An Event the operator posted: (type, reason, message). kopf posts Events from a queue of its own,
+    after the reconcile that asked for one has patched the status: a phase or condition can be seen before
+    its Event exists, so wait for the Event rather than read the list once. kopf posts one object's Events
+    in order: once this one is there, every Event asked for before it is too."""
+    return wait_for(lambda: next((e for e in api.events() if e[1] == reason and type_ in (None, e[0]) and text in e[2]), None),
+                    WAIT, message=lambda: f"Event {type_ or ''} {reason} {text!r}; have {api.events()}")  # fmt: skip
+
+
 def phase_is(api: Api, phase: str, name: str = "demo") -> dict[str, Any]:
     return wait_value(lambda: api.status(name), lambda st: st.get("phase") == phase, WAIT,
                       message=lambda: f"phase {phase}; status {json.dumps(api.status(name))[:1500]}")

@@ -41,6 +41,7 @@ from .operator_harness import (
     jobs_named,
     options,
     phase_is,
+    posted,
     warprun,
     write_outputs,
 )
@@ -176,9 +177,8 @@ def test_a_run_goes_through_prepare_members_merge_eval_to_succeeded(
     typed = api.batch.list_namespaced_job(NS, label_selector=f"{LABEL_RUN}=demo")
     assert {j.metadata.owner_references[0].uid for j in typed.items} == {uid}
 
-    events = api.events()
-    assert sum(1 for _, reason, _ in events if reason == "JobCreated") == 9
-    assert ("Normal", "Succeeded") in {(t, r) for t, r, _ in events}
+    posted(api, "Succeeded", "Normal")  # the last Event asked for: every JobCreated before it is posted too
+    assert sum(1 for _, reason, _ in api.events() if reason == "JobCreated") == 9
 
     # Level-triggered but quiet: a reconcile that finds nothing new writes nothing (the status the API
     # server stored, with its schema defaults filled in, reads back as unchanged).
@@ -213,7 +213,7 @@ def test_a_failed_member_is_retried_then_fails_the_run_with_the_reason(
     assert "BackoffLimitExceeded" in failed["message"]
     assert "container trainer exited with code 137 (Error): CUDA out of memory" in failed["message"]
     assert st["failures"]["i0-m1"]["count"] == 2
-    assert any(t == "Warning" and r == "Failed" for t, r, _ in api.events())
+    posted(api, "Failed", "Warning")
     assert "demo-i0-m1-r2" not in api.jobs()
 
     # Retries are a safe field: allowing one more resumes the run where it stopped.
@@ -348,7 +348,7 @@ def test_delete_with_cleanup_delete_removes_jobs_pods_and_checkpoints(
     pods = api.cluster.raw("GET", f"/api/v1/namespaces/{NS}/pods")["items"]
     assert pods == []  # Foreground deletion took the pods first
     assert not (store / folder).exists() and store.exists()
-    assert any(r == "CheckpointsDeleted" for _, r, _ in api.events())
+    posted(api, "CheckpointsDeleted")
 
 
 def test_delete_removes_the_runs_pushgateway_groups(
@@ -412,7 +412,7 @@ def test_an_invalid_spec_gets_a_condition_naming_the_field_and_no_jobs(
     assert invalid is not None and (invalid["status"], invalid["reason"]) == ("True", C.INVALID_SPEC)
     assert "spec.training.microBatchSize (4) must divide spec.training.batchSize (6)" in invalid["message"]
     assert api.jobs() == {}
-    assert any(t == "Warning" and r == "InvalidSpec" for t, r, _ in api.events())
+    posted(api, "InvalidSpec", "Warning")
 
     api.patch_spec({"training": {"microBatchSize": 2}})
     relative = wait_value(lambda: api.condition(C.INVALID), lambda c: "spec.data.train" in c["message"], 10,

@@ -19,7 +19,7 @@ from kwarp.operator.cli import options_from
 
 from . import test_chart
 from .kube import RunningOperator, StatusJobRunner, wait_for, wait_value
-from .operator_harness import NS, Api, finish, jobs_named, options, phase_is, warprun
+from .operator_harness import NS, Api, finish, jobs_named, options, phase_is, posted, warprun
 from .test_chart import env_of, operator_container, render
 
 # Fixtures of those modules, shared here.
@@ -52,7 +52,7 @@ def test_a_run_the_guardrails_forbid_starts_nothing_and_says_which_field(
             "spec.resources.trainer.image", "spec.reward.callable", "spec.policy.trustRemoteCode"]  # fmt: skip
         assert "image 'docker.io/evil/miner:1' is not allowed in namespace 'default'" in lines[1]
         assert api.jobs("bad") == {}
-        assert any(r == "InvalidSpec" for _, r, _ in api.events())
+        posted(api, "InvalidSpec", "Warning")
 
 
 def test_an_export_outside_the_allowed_prefixes_is_forbidden_and_gets_no_job(

@@ -25,7 +25,7 @@ from kwarp.operator.watchdog import Heartbeat, StuckPod, fail_patch, stalled, st
 from kwarp.store import layout
 
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for, wait_value
-from .operator_harness import NS, Api, finish, jobs_named, options, phase_is, warprun
+from .operator_harness import NS, Api, finish, jobs_named, options, phase_is, posted, warprun
 
 UID = "0c6f2a52-7f4e-4a59-9a36-3f3b2f0e8d11"
 
@@ -268,7 +268,7 @@ def test_a_trainer_that_stops_progressing_is_failed_and_retried_while_one_that_s
             reason = st["failures"]["i0-m1"]["reason"]
             assert "NoProgress: no training progress for " in reason
             assert "it has completed no step since the Job started" in reason
-            assert any(t == "Warning" and r == "NoProgress" and "demo-i0-m1" in m for t, r, m in api.events())
+            posted(api, "NoProgress", "Warning", "demo-i0-m1")
             # Member 0 stepped all along: its Job is still the first attempt, running.
             assert "demo-i0-m0" in runner.running() and "demo-i0-m0-r1" not in api.jobs()
             assert "kwarp.dev/stalled" not in (api.jobs()["demo-i0-m0"]["metadata"].get("annotations") or {})
