@@ -42,6 +42,7 @@ from kwarp.observability.metrics import (
     iteration_labels,
     member_labels,
 )
+from tests.kube import wait_value
 from tests.prom import (
     Prometheus,
     Pushgateway,
@@ -526,16 +527,19 @@ def test_pusher_survives_a_gateway_that_is_down() -> None:
 
 
 def test_delete_run_groups_removes_only_that_run(pushgateway: Pushgateway) -> None:
-    registry = CollectorRegistry()
-    metrics = TrainerMetrics.create(registry)
+    # One registry per task, as in a pod: a registry holding another member's series is refused (400).
     for ns, run, m in (("a", "one", 0), ("a", "one", 1), ("a", "two", 0), ("b", "one", 0)):
-        metrics.step.labels(**member_labels(ns, run, 0, m)).set(1)
-        telemetry.Pusher(pushgateway.address, registry, telemetry.grouping_key("trainer", ns, run, 0, m)).push()
-    telemetry.Pusher(pushgateway.address, registry, telemetry.grouping_key("merger", "a", "one", 0)).push()
+        registry = CollectorRegistry()
+        TrainerMetrics.create(registry).step.labels(**member_labels(ns, run, 0, m)).set(1)
+        assert telemetry.Pusher(pushgateway.address, registry, telemetry.grouping_key("trainer", ns, run, 0, m)).push()
+    assert telemetry.Pusher(pushgateway.address, CollectorRegistry(), telemetry.grouping_key("merger", "a", "one", 0)).push()
     assert len(pushgateway.groups()) == 5
 
     assert telemetry.delete_run_groups(pushgateway.address, "one", namespace="a") == 3
-    left = sorted((g["labels"]["namespace"], g["labels"]["run"]) for g in pushgateway.groups())
+    # The gateway answers a DELETE with 202 and applies it from its write queue: a listing right after
+    # can still hold the group (seen under load), so wait until it is gone.
+    left = wait_value(lambda: sorted((g["labels"]["namespace"], g["labels"]["run"]) for g in pushgateway.groups()),
+                      lambda groups: len(groups) == 2, 30, message=lambda: f"the deletions applied: {pushgateway.groups()}")
     assert left == [("a", "two"), ("b", "one")]
     assert telemetry.delete_run_groups(f"http://{pushgateway.address}/", "one", namespace="a") == 0
 

@@ -366,11 +366,10 @@ def test_delete_removes_the_runs_pushgateway_groups(
 
     gw = Pushgateway.start(tmp_path)
     try:
-        registry = CollectorRegistry()
-        metrics = TrainerMetrics.create(registry)
         for ns, run, m in ((NS, "demo", 0), (NS, "demo", 1), (NS, "other", 0), ("elsewhere", "demo", 0)):
-            metrics.step.labels(**member_labels(ns, run, 0, m)).set(1)
-            telemetry.Pusher(gw.address, registry, telemetry.grouping_key("trainer", ns, run, 0, m)).push()
+            registry = CollectorRegistry()  # one per task, as in a pod: another member's series would be refused
+            TrainerMetrics.create(registry).step.labels(**member_labels(ns, run, 0, m)).set(1)
+            assert telemetry.Pusher(gw.address, registry, telemetry.grouping_key("trainer", ns, run, 0, m)).push()
         assert len(gw.groups()) == 4
         worker = WorkerSettings(image=IMAGE, env={"KWARP_PUSHGATEWAY": gw.address})
         with RunningOperator(cluster, options(worker=worker)):
