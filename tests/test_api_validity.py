@@ -137,7 +137,7 @@ def operator_jobs() -> Iterator[tuple[str, dict[str, Any]]]:
 
 def chart_objects() -> Iterator[tuple[str, dict[str, Any]]]:
     helm = pytest.importorskip("helm_python", reason="helm-python-sdk (Helm's library) is not installed")
-    from .test_chart import ALL_SCENARIOS, CHART, render
+    from .helm_chart import ALL_SCENARIOS, CHART, render
 
     with helm.Chart.load(CHART) as chart:
         for scenario, values in sorted(ALL_SCENARIOS.items()):
@@ -267,7 +267,7 @@ def test_example_warpruns_are_admitted_and_mean_the_same(name: str, document: di
 
 def test_kopf_peering_objects_are_admitted_by_their_crd() -> None:
     helm = pytest.importorskip("helm_python", reason="helm-python-sdk (Helm's library) is not installed")
-    from .test_chart import CHART, render
+    from .helm_chart import CHART, render
 
     schemas = {c["spec"]["names"]["kind"]: (c["spec"]["versions"][0]["schema"]["openAPIV3Schema"],
                                             c["spec"]["scope"] == "Namespaced") for c in shipped_crds()}

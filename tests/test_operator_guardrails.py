@@ -17,13 +17,11 @@ from kwarp.operator import conditions as C
 from kwarp.operator.app import guardrails_from
 from kwarp.operator.cli import options_from
 
-from . import test_chart
+from .helm_chart import env_of, loaded_chart, operator_container, render
 from .kube import RunningOperator, StatusJobRunner, wait_for, wait_value
 from .operator_harness import NS, Api, finish, jobs_named, options, phase_is, posted, warprun
-from .test_chart import env_of, operator_container, render
 
-# Fixtures of those modules, shared here.
-chart = test_chart.chart
+chart = pytest.fixture(scope="module")(loaded_chart)
 
 RULES = Guardrails.model_validate({
     "images": ["reg.example/kwarp-worker"],

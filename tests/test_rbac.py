@@ -24,10 +24,10 @@ from kwarp.core.crd import crd
 from kwarp.core.spec import StorageSpec
 from kwarp.store.s3 import S3Store
 
+from .helm_chart import RELEASE, grants, helm, of_kind, render
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for
 from .operator_harness import NS, ROOT, Api, jobs_named, options, phase_is, s3_secret, warprun
 from .s3server import S3Server
-from .test_chart import RELEASE, grants, helm, of_kind, render
 from .test_operator_outage import publish
 
 OPERATOR_TOKEN = "kwarp-operator-token"
