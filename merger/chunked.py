@@ -163,7 +163,3 @@ def merge_part(
     for lit, eta in litis:
         liti_chunks(lit[s:e], init[s:e], out[s:e], eta, scratch)
 
-
-def liti_part(init: torch.Tensor, merged: torch.Tensor, litis: Litis, s: int, e: int, scratch: Scratch) -> None:
-    for lit, eta in litis:
-        liti_chunks(lit[s:e], init[s:e], merged[s:e], eta, scratch)

@@ -139,8 +139,10 @@ def merge_folders(
     max_shard_bytes: int | None = None,
     threads: int = 1,
     console: Console | None = None,
+    direct_writes: bool = True,
 ) -> MergeReport:
-    """Merge checkpoint folders into `out` (a complete checkpoint, manifest last)."""
+    """Merge checkpoint folders into `out` (a complete checkpoint, manifest last); `direct_writes` as in
+    merge_checkpoints."""
     from kwarp.core.checkpoints import MANIFEST, staging, verify, write_manifest
     from kwarp.merger.liti import check_eta
     from kwarp.merger.streaming import Output, merge_checkpoints
@@ -158,6 +160,7 @@ def merge_folders(
         report = merge_checkpoints(
             init, members, [Output(tmp, eta)], method=method, lam=lam, granularity=granularity,
             max_shard_bytes=max_shard_bytes or DEFAULT_MAX_SHARD_BYTES, threads=threads, progress=progress,
+            direct_writes=direct_writes,
         )
         write_manifest(tmp, _meta(report, kind=report.method if eta == 1.0 else "liti", eta=eta))
     return replace(

@@ -11,8 +11,12 @@ For each group (a transformer block, a tensor, or the model):
    checkpoints) from the same tensors, rounded once to the output dtype into a recycled buffer
    (kwarp.merger.buffers), and handed, with any LiTI interpolation of it, to one PlannedShardWriter
    per output: shards laid out in advance, written on a thread of their own while the next group is
-   computed, sha256 taken as the bytes are written (the manifest does not read the output again),
-   the buffer given back once written.
+   computed, by direct I/O where the filesystem takes it (no page cache for the output), sha256 taken
+   as the bytes are written (the manifest does not read the output again), the buffer given back once
+   written.
+
+interpolate_checkpoints (LiTI from a stored merge) runs the same loop with the stored merge as the only
+member and a fixed weight of 1 (no Gram pass).
 
 Writing the merge as a weighted sum of the checkpoints (not θ_init + Σ w δ) keeps the endpoints
 exact: at λ = 0 or 1 a single term with weight 1 remains and the member is copied bit for bit.
@@ -23,7 +27,8 @@ bf16) is not held: its tensors are walked twice in memory-mapped windows of WIND
 window per input. Peak memory is therefore about
 
     2 · hold_bytes (this group and the next, mapped page cache) + outputs · (writer queue (64 MiB)
-    + two pieces of PIECE_ELEMENTS or one window) + idle recycled output buffers (256 MiB)
+    + two pieces of PIECE_ELEMENTS or one window + the writer's 8 MiB staging buffer for direct I/O)
+    + idle recycled output buffers (256 MiB)
     + threads · a few MiB of scratch
 
 independent of the model's size. Chunks are shared out between worker threads whole, each thread
@@ -46,9 +51,9 @@ import torch
 from safetensors import safe_open
 
 from kwarp.core.checkpoints import CheckpointError
-from kwarp.core.weights import ShardWriter, copy_non_weight_files, shard_map
+from kwarp.core.weights import copy_non_weight_files, shard_map
 from kwarp.merger.buffers import BufferPool
-from kwarp.merger.chunked import Workers, gram_part, liti_part, merge_part
+from kwarp.merger.chunked import Workers, gram_part, merge_part
 from kwarp.merger.combination import Combination, MergeMethod, step_lambdas
 from kwarp.merger.groups import Granularity, group_names
 from kwarp.merger.liti import check_eta
@@ -65,8 +70,8 @@ CHUNK_ELEMENTS = 1 << 18
 # a larger one (a 128k-vocabulary embedding) is streamed in windows and read twice. With the next group
 # prefetched while this one is computed, up to twice this is held.
 HOLD_BYTES = 768 << 20
-# Outputs are written in shards of this size; a pending shard is the largest term of peak memory
-# (the ShardWriter keeps a shard's tensors until it writes the file).
+# Outputs are written in shards of this size (laid out in advance and written as tensors arrive: no shard is
+# held in memory).
 DEFAULT_MAX_SHARD_BYTES = 256 << 20
 # Computed tensors waiting for a writer thread, per output. The writer gives their buffers back once written
 # (kwarp.merger.buffers); what waits longer is allocated afresh. On the 2-core VM, 256 MiB let the engine
@@ -206,12 +211,14 @@ def merge_checkpoints(
     writer_queue_bytes: int = WRITER_QUEUE_BYTES,
     piece_elements: int = PIECE_ELEMENTS,
     buffers: BufferPool | None = None,
+    direct_writes: bool = True,
 ) -> MergeReport:
     """Merge the members' task vectors relative to θ_init group by group and write `outputs`.
 
     With no outputs only the report is computed (one pass over the inputs). The result does not
     depend on `threads` (chunks are shared out whole and summed in order). Computed tensors are held in
-    `buffers` (a fresh pool by default), piece_elements at a time, until written.
+    `buffers` (a fresh pool by default), piece_elements at a time, until written. With `direct_writes`, the
+    outputs are written by direct I/O where the filesystem takes it (kwarp.merger.writer).
     """
     started = time.perf_counter()
     merge_method = get_method(method) if isinstance(method, str) else method
@@ -219,30 +226,118 @@ def merge_checkpoints(
         check_eta(out.eta)
     init, members = Path(init), [Path(m) for m in members]
     infos = check_compatible(init, members)
-    groups = group_names(infos, granularity)
+    settings = _Settings(max_shard_bytes, chunk_elements, window_bytes, hold_bytes, threads, writer_queue_bytes,
+                         piece_elements, direct_writes)
+    reports, bytes_read = _stream(init, members, outputs, infos, group_names(infos, granularity), settings,
+                                  buffers, lambda gram: merge_method.combine(gram, lam), progress)
+    io = IOStats(
+        input_bytes=sum(_weight_bytes(f) for f in (init, *members)),
+        bytes_read=bytes_read,
+        bytes_written=sum(_weight_bytes(o.folder) for o in outputs),
+        seconds=time.perf_counter() - started,
+    )
+    return MergeReport(
+        method=merge_method.name,
+        granularity=granularity,
+        members=len(members),
+        step_lambdas=tuple(step_lambdas(len(members), lam)),
+        groups=tuple(reports),
+        io=io,
+        outputs=tuple({"eta": o.eta, "location": str(o.folder)} for o in outputs),
+        inputs={"init": str(init), "members": [str(p) for p in members]},
+    )
+
+
+def interpolate_checkpoints(
+    init: Path,
+    merged: Path,
+    outputs: Sequence[Output],
+    *,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    threads: int = 1,
+    hold_bytes: int = HOLD_BYTES,
+    window_bytes: int = WINDOW_BYTES,
+    piece_elements: int = PIECE_ELEMENTS,
+    writer_queue_bytes: int = WRITER_QUEUE_BYTES,
+    buffers: BufferPool | None = None,
+    direct_writes: bool = True,
+) -> IOStats:
+    """LiTI between θ_init and a stored merge (the merge is not recomputed), on the merge's own path.
+
+    The stored merge is the single "member" of a combination with weight 1 (θ_merged = 1·merged + 0·θ_init,
+    copied through the float scratch, exact), so a LiTI output here is computed exactly as
+    merge_checkpoints computes one from the merge it has just rounded: mapped inputs, read once, pieces
+    in recycled buffers, direct writes; the two are equal bit for bit. No Gram matrix is computed.
+    """
+    started = time.perf_counter()
+    for out in outputs:
+        check_eta(out.eta)
+    init, merged = Path(init), Path(merged)
+    infos = check_compatible(init, [merged])
+    settings = _Settings(max_shard_bytes, CHUNK_ELEMENTS, window_bytes, hold_bytes, threads, writer_queue_bytes,
+                         piece_elements, direct_writes)
+    stored = Combination(weights=(1.0,), steps=())
+    _, bytes_read = _stream(init, [merged], outputs, infos, group_names(infos, "layer"), settings, buffers,
+                            None, None, fixed=stored)
+    return IOStats(
+        input_bytes=_weight_bytes(init) + _weight_bytes(merged),
+        bytes_read=bytes_read,
+        bytes_written=sum(_weight_bytes(o.folder) for o in outputs),
+        seconds=time.perf_counter() - started,
+    )
+
+
+@dataclass(frozen=True)
+class _Settings:
+    max_shard_bytes: int
+    chunk_elements: int
+    window_bytes: int
+    hold_bytes: int
+    threads: int
+    writer_queue_bytes: int
+    piece_elements: int
+    direct_writes: bool
+
+
+def _stream(
+    init: Path,
+    members: Sequence[Path],
+    outputs: Sequence[Output],
+    infos: dict[str, TensorInfo],
+    groups: dict[str, list[str]],
+    settings: _Settings,
+    buffers: BufferPool | None,
+    combine: Callable[[list[list[float]]], Combination] | None,
+    progress: Progress | None,
+    *,
+    fixed: Combination | None = None,
+) -> tuple[list[GroupReport], int]:
+    """Compute and write `outputs` group by group: the Gram pass and `combine` per group, or the `fixed`
+    combination for every group (no Gram pass, no group reports). Returns the group reports and the input
+    bytes read."""
     m = len(members)
-    lambdas = tuple(step_lambdas(m, lam))
 
     def nbytes(name: str) -> int:  # of θ_init's tensor: a measure of work for the progress bar
         info = infos[name]
         return info.numel * _element_size(info.dtype)
 
     float_bytes = sum(nbytes(n) for n in infos if infos[n].mergeable)
-    total_work = (m + 1) * float_bytes + (sum(nbytes(n) for n in infos) if outputs else 0)
+    total_work = (m + 1) * float_bytes * (fixed is None) + (sum(nbytes(n) for n in infos) if outputs else 0)
 
-    inputs = WindowReader([init, *members], window_bytes)
+    inputs = WindowReader([init, *members], settings.window_bytes)
     held = GroupReader([init, *members])
     buffers = buffers if buffers is not None else BufferPool()
-    workers = Workers(threads, m, chunk_elements)
+    workers = Workers(settings.threads, m, settings.chunk_elements)
     order = [n for names in groups.values() for n in names]
-    writers = [PlannedShardWriter(o.folder, _planned(order, infos, o), max_shard_bytes,
-                                  queue_bytes=writer_queue_bytes) for o in outputs]
+    writers = [PlannedShardWriter(o.folder, _planned(order, infos, o), settings.max_shard_bytes,
+                                  queue_bytes=settings.writer_queue_bytes, direct=settings.direct_writes)
+               for o in outputs]
     # One thread maps the next held group and enters its pages while the workers compute this one (madvise
     # through ctypes releases the GIL; on a cold disk that is where the reading happens).
     prefetch = ThreadPoolExecutor(1, thread_name_prefix="kwarp-merge-read")
 
     def read(names: list[str]) -> Held | None:
-        if held.nbytes(names) > hold_bytes or not all(readable(infos[n].dtype) for n in names):
+        if held.nbytes(names) > settings.hold_bytes or not all(readable(infos[n].dtype) for n in names):
             return None
         return held.read(names)
 
@@ -256,23 +351,30 @@ def merge_checkpoints(
             if k + 1 < len(group_list):
                 pending.append(prefetch.submit(read, group_list[k + 1][1]))
             float_names = [n for n in names if infos[n].mergeable]
-            gram = torch.zeros(m, m, dtype=torch.float64)
-            for name in float_names:
-                if tensors is not None:
-                    views = [t[name].reshape(-1) for t in tensors]
-                    gram += _gram_of_views(views, workers)
-                else:
-                    for _, _, views in inputs.windows(name):
+            if fixed is not None:
+                combination = fixed
+            else:
+                assert combine is not None
+                gram = torch.zeros(m, m, dtype=torch.float64)
+                for name in float_names:
+                    if tensors is not None:
+                        views = [t[name].reshape(-1) for t in tensors]
                         gram += _gram_of_views(views, workers)
-                if progress:
-                    progress((m + 1) * nbytes(name), total_work)
-            gram = (gram + gram.t()) / 2  # the two triangles' float32 products may differ in the last bit
-            _check_finite(gram, group, members)
-            combination = merge_method.combine(gram.tolist(), lam)
+                    else:
+                        for _, _, views in inputs.windows(name):
+                            gram += _gram_of_views(views, workers)
+                    if progress:
+                        progress((m + 1) * nbytes(name), total_work)
+                gram = (gram + gram.t()) / 2  # the two triangles' float32 products may differ in the last bit
+                _check_finite(gram, group, members)
+                combination = combine(gram.tolist())
+                if float_names:  # a group of integer buffers only is copied and has no angle to report
+                    params = sum(infos[n].numel for n in float_names)
+                    reports.append(GroupReport.from_gram(group, len(float_names), params, gram.tolist(), combination))
             for name in names if outputs else ():
                 if tensors is not None:
                     _write_held(name, infos[name], [t[name] for t in tensors], combination, outputs, writers, workers,
-                                buffers, piece_elements)
+                                buffers, settings.piece_elements)
                 else:
                     _write_tensor(name, infos[name], inputs, combination, outputs, writers, workers, buffers)
                 if progress:
@@ -280,9 +382,6 @@ def merge_checkpoints(
             del tensors
             if group_held is not None:
                 held.release(group_held)  # its mappings go once the writers hold no copy of its tensors
-            if float_names:  # a group of integer buffers only is copied and has no angle to report
-                params = sum(infos[n].numel for n in float_names)
-                reports.append(GroupReport.from_gram(group, len(float_names), params, gram.tolist(), combination))
         for writer in writers:
             writer.close()
     except BaseException:
@@ -293,25 +392,9 @@ def merge_checkpoints(
         prefetch.shutdown(wait=True, cancel_futures=True)
         held.close()
         workers.close()
-
     for out in outputs:
         _copy_non_weight_files(init, out, infos)
-    io = IOStats(
-        input_bytes=sum(_weight_bytes(f) for f in (init, *members)),
-        bytes_read=inputs.bytes_read + held.bytes_read,
-        bytes_written=sum(_weight_bytes(o.folder) for o in outputs),
-        seconds=time.perf_counter() - started,
-    )
-    return MergeReport(
-        method=merge_method.name,
-        granularity=granularity,
-        members=m,
-        step_lambdas=lambdas,
-        groups=tuple(reports),
-        io=io,
-        outputs=tuple({"eta": o.eta, "location": str(o.folder)} for o in outputs),
-        inputs={"init": str(init), "members": [str(p) for p in members]},
-    )
+    return reports, inputs.bytes_read + held.bytes_read
 
 
 def _planned(order: Sequence[str], infos: dict[str, TensorInfo], out: Output) -> list[Planned]:
@@ -443,47 +526,3 @@ def _check_finite(gram: torch.Tensor, group: str, members: Sequence[Path]) -> No
         "the run diverged; retrain that member or merge without it"
     )
 
-
-def interpolate_checkpoints(
-    init: Path,
-    merged: Path,
-    outputs: Sequence[Output],
-    *,
-    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-    threads: int = 1,
-) -> IOStats:
-    """LiTI between θ_init and a stored merge, tensor by tensor (the merge is not recomputed)."""
-    started = time.perf_counter()
-    for out in outputs:
-        check_eta(out.eta)
-    init, merged = Path(init), Path(merged)
-    infos = check_compatible(init, [merged])
-    inputs = WindowReader([init, merged])
-    workers = Workers(threads, 1, CHUNK_ELEMENTS)
-    writers = [ShardWriter(o.folder, max_shard_bytes=max_shard_bytes) for o in outputs]
-    try:
-        for name, info in infos.items():
-            interpolated = {
-                k: torch.empty(info.shape, dtype=info.merged_dtype)
-                for k, o in enumerate(outputs) if 0.0 < o.eta < 1.0 and info.mergeable
-            }
-            for start, end, (a, b) in inputs.windows(name) if interpolated else ():
-                litis = [(t.view(-1)[start:end], outputs[k].eta) for k, t in interpolated.items()]
-                workers.run(end - start, partial(liti_part, a, b, litis))
-            with inputs.whole(name, [0, 1]) as (a, b):
-                for k, (out, writer) in enumerate(zip(outputs, writers, strict=True)):
-                    if k in interpolated:
-                        writer.add(name, interpolated[k])
-                    else:
-                        writer.add(name, a if out.eta == 0.0 or not info.mergeable else b)
-    finally:
-        workers.close()
-    for writer, out in zip(writers, outputs, strict=True):
-        writer.close()
-        _copy_non_weight_files(init, out, infos)
-    return IOStats(
-        input_bytes=_weight_bytes(init) + _weight_bytes(merged),
-        bytes_read=inputs.bytes_read,
-        bytes_written=sum(_weight_bytes(o.folder) for o in outputs),
-        seconds=time.perf_counter() - started,
-    )

@@ -10,12 +10,26 @@ works while the next group is computed; at most `queue_bytes` of computed tensor
 
 A file written here is an ordinary safetensors file: an 8-byte little-endian header length, the
 JSON header (padded with spaces to 8 bytes), then the tensors' bytes back to back in header order.
+
+The bytes go to the file with direct I/O (O_DIRECT) where the filesystem takes it: the writer copies them
+into an aligned staging buffer of its own and writes it out in whole blocks, so no page-cache page is
+allocated for the output. On the 2-core VM the merge's buffered write was the largest item of its CPU
+time: a profile put 1.17 CPU s of the 0.49 GB benchmark in copy_folio_from_iter_atomic, the kernel's
+copy into freshly allocated page-cache folios (writing 480 MiB into a new file cost 1.1-1.3 CPU s by
+any write size from 64 KiB to 240 MiB, with or without fallocate/ftruncate first), and direct I/O
+0.02 s. The price: the output is not left in the page cache, so a reader in the same machine reads it
+from the disk; and the disk write is done, and waited for, by the writer thread rather than later by
+the kernel's writeback. A filesystem that refuses direct I/O (EINVAL at open or at a write) gets the
+ordinary buffered writes.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
+import mmap
 import os
 import queue
 import struct
@@ -82,24 +96,108 @@ def header_bytes(shard: Sequence[Planned], metadata: dict[str, str]) -> bytes:
     return struct.pack("<Q", len(text)) + text
 
 
-class _File:
-    """One shard being written: its descriptor, running sha256 and size."""
+# Direct I/O needs the buffer's address, the file offset and the length aligned to the device's logical
+# block (512 or 4096 bytes on common disks; statx's STATX_DIOALIGN is not in Python's os): 4096 covers both.
+DIRECT_BLOCK = 4096
+# Bytes staged before each direct write: one write call per 8 MiB (the disk of the 2-core VM took 480 MiB
+# in 8 MiB direct writes at 1.5 GB/s).
+STAGING_BYTES = 8 << 20
+_O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux; elsewhere the writes are buffered
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self.sha = hashlib.sha256()
-        self.size = 0
 
-    def write(self, data: memoryview) -> None:
-        self.sha.update(data)  # hashlib releases the GIL on large buffers, as os.write does
-        written = 0
-        while written < len(data):
-            written += os.write(self.fd, data[written:])
-        self.size += len(data)
+class _Staging:
+    """A page-aligned buffer (an anonymous mapping) that collects a file's bytes for whole-block direct writes;
+    one per writer, reused for every shard."""
+
+    def __init__(self, nbytes: int):
+        # Private: plain process memory, not Python's default shared anonymous mapping (shmem, counted as such).
+        self.map = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.tensor = torch.frombuffer(self.map, dtype=torch.uint8)  # copies into it run without the GIL
+        self.view = memoryview(self.map)
 
     def close(self) -> None:
-        os.close(self.fd)
+        self.view.release()
+        del self.tensor
+        self.map.close()
+
+
+class _File:
+    """One shard being written: its descriptor, running sha256 and size; with `staging`, by direct I/O."""
+
+    def __init__(self, path: Path, staging: _Staging | None, block: int):
+        self.path = path
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.block = block
+        self.staging = staging if _O_DIRECT else None
+        self.filled = 0  # bytes waiting in the staging buffer
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        try:
+            self.fd = os.open(path, flags | (_O_DIRECT if self.staging is not None else 0), 0o644)
+        except OSError as err:  # a filesystem without direct I/O
+            if self.staging is None or err.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            self.staging = None
+            self.fd = os.open(path, flags, 0o644)
+
+    @property
+    def direct(self) -> bool:
+        """Whether the bytes still go to the file by direct I/O."""
+        return self.staging is not None
+
+    def write(self, data: memoryview | torch.Tensor) -> None:
+        """Append `data` (bytes, or a flat uint8 tensor) to the file."""
+        view = memoryview(data.numpy()) if isinstance(data, torch.Tensor) else data
+        self.sha.update(view)  # hashlib releases the GIL on large buffers, as os.write does
+        self.size += len(view)
+        pos = 0
+        while pos < len(view):
+            staging = self.staging
+            if staging is None:
+                self._write_all(view[pos:])
+                return
+            n = min(len(view) - pos, len(staging.view) - self.filled)
+            if isinstance(data, torch.Tensor) and n >= 1 << 16:  # large copies without the GIL
+                staging.tensor[self.filled : self.filled + n].copy_(data[pos : pos + n])
+            else:
+                staging.view[self.filled : self.filled + n] = view[pos : pos + n]
+            self.filled += n
+            pos += n
+            if self.filled == len(staging.view):
+                self._flush()
+
+    def _flush(self) -> None:
+        """Write the staged bytes (a whole number of blocks) at the file's end; empty the staging buffer."""
+        assert self.staging is not None
+        staged = self.staging.view[: self.filled]
+        self.filled = 0
+        try:
+            self._write_all(staged)
+        except OSError as err:
+            if err.errno != errno.EINVAL:
+                raise
+            # The filesystem wants another alignment (a failed direct write writes nothing): buffered from
+            # here on, this block included; Linux lets a descriptor drop O_DIRECT.
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~_O_DIRECT)
+            self.staging = None
+            self._write_all(staged)
+
+    def _write_all(self, view: memoryview) -> None:
+        written = 0
+        while written < len(view):
+            written += os.write(self.fd, view[written:])
+
+    def close(self) -> None:
+        try:
+            if self.staging is not None and self.filled:
+                # The last block zero-padded to a whole block, then the file cut back to its true size.
+                end = -(-self.filled // self.block) * self.block
+                self.staging.view[self.filled : end] = bytes(end - self.filled)
+                self.filled = end
+                self._flush()
+                os.ftruncate(self.fd, self.size)
+        finally:
+            os.close(self.fd)
 
 
 _STOP = object()
@@ -111,11 +209,16 @@ class PlannedShardWriter:
     `write` hands a tensor (or `write_piece` a piece of one) to the writer thread and returns; at most
     `queue_bytes` wait for the thread (a larger tensor goes alone). `close` waits for the thread, writes the
     index (for more than one shard) and records every shard's sha256 for the manifest. An error of
-    the thread is raised by the next `write` or by `close`.
+    the thread is raised by the next `write` or by `close`. With `direct` (the default) the shards are
+    written by direct I/O in blocks of `direct_block` bytes where the filesystem takes it (see above);
+    `direct_shards` then names the shards written entirely that way.
     """
 
     def __init__(self, folder: Path, tensors: Sequence[Planned], max_shard_bytes: int,
-                 metadata: dict[str, str] | None = None, queue_bytes: int = 256 << 20):
+                 metadata: dict[str, str] | None = None, queue_bytes: int = 256 << 20, *, direct: bool = True,
+                 direct_block: int = DIRECT_BLOCK, staging_bytes: int = STAGING_BYTES):
+        if direct and (direct_block <= 0 or staging_bytes % direct_block):
+            raise ValueError(f"staging_bytes ({staging_bytes}) must be a multiple of direct_block ({direct_block})")
         if not tensors:
             raise CheckpointError(f"{folder}: no tensors to write")
         self.folder = Path(folder)
@@ -128,6 +231,10 @@ class PlannedShardWriter:
         self._next = 0  # the planned tensor that comes next
         self._offset = 0  # bytes of it already given in pieces
         self._digests: dict[str, str] = {}
+        self._direct = direct and bool(_O_DIRECT)
+        self._direct_block = direct_block
+        self._staging_bytes = staging_bytes
+        self.direct_shards: list[str] = []  # the shards written entirely by direct I/O
         self._queue: queue.Queue[Any] = queue.Queue()
         self._queue_bytes = queue_bytes
         self._waiting = 0  # bytes handed to the thread and not yet written
@@ -208,6 +315,7 @@ class PlannedShardWriter:
 
     def _run(self) -> None:
         current: _File | None = None
+        staging = _Staging(self._staging_bytes) if self._direct else None  # one per writer, for every shard
         shard = -1
         try:
             for k, planned in self._order:
@@ -219,15 +327,15 @@ class PlannedShardWriter:
                     tensor, nbytes, written = item
                     if k != shard:
                         if current is not None:
-                            self._finish(current)
+                            done, current = current, None  # closed once, even if closing fails
+                            self._finish(done)
                         shard = k
-                        current = _File(self.folder / self.names[k])
+                        current = _File(self.folder / self.names[k], staging, self._direct_block)
                         current.write(memoryview(header_bytes(self.shards[k], self.metadata)))
                     assert current is not None
-                    data = tensor.reshape(-1).view(torch.uint8).numpy() if nbytes else b""
-                    current.write(memoryview(data).cast("B"))
-                    del data
-                    if written is not None:
+                    if nbytes:
+                        current.write(tensor.reshape(-1).view(torch.uint8))
+                    if written is not None:  # its bytes are in the file or the staging buffer: reusable
                         written(tensor)
                     del tensor, written
                     with self._room:
@@ -237,16 +345,24 @@ class PlannedShardWriter:
                     if left <= 0:
                         break
             if current is not None:
-                self._finish(current)
-                current = None
+                done, current = current, None
+                self._finish(done)
             self._queue.get()  # the stop marker
         except BaseException as err:  # handed to the caller's thread
             with self._room:
                 self._error = err
                 self._room.notify_all()
-            if current is not None:
-                current.close()
+        finally:
+            if current is not None:  # an error or an abort: the file is incomplete; the folder is the caller's
+                try:
+                    current.close()
+                except OSError:
+                    pass
+            if staging is not None:
+                staging.close()
 
     def _finish(self, f: _File) -> None:
         f.close()
         self._digests[f.path.name] = f.sha.hexdigest()
+        if f.direct:
+            self.direct_shards.append(f.path.name)
