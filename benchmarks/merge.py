@@ -8,7 +8,10 @@ for each M, it runs in child processes:
 
 - copy:     every input checkpoint (θ_init and the M members) loaded shard by shard with safetensors,
             and one of them saved again: the I/O floor of a merge (read M + 1, write 1);
-- merge:    `kwarp merge` in folder mode (SLERP, layer granularity, manifest included);
+- merge:    `kwarp merge` in folder mode (SLERP, layer granularity, manifest included), its output written
+            by direct I/O where the filesystem takes it (kwarp.merger.writer);
+- buffered: the same merge with buffered writes (direct_writes=False, the engine before direct I/O): the
+            before/after of the output write in one run;
 - mergekit: for M = 2, when mergekit is installed (`mergekit-yaml` on PATH or --mergekit-yaml), its
             `nuslerp` (SLERP of the two task vectors) on the same files, timed as a whole command;
 - idle:     the interpreter with torch and kwarp imported (the memory every child starts with).
@@ -149,13 +152,13 @@ def _child(kind: str, params: dict[str, Any]) -> dict[str, Any]:
                 del tensors
         return {"seconds": time.perf_counter() - imported, "import_seconds": imported - started,
                 "work_cpu": _cpu() - cpu, "bytes_written": written}
-    if kind == "merge":
+    if kind in ("merge", "buffered"):
         from kwarp.merger.cli import configure_threads, merge_folders
 
         threads = configure_threads(params["threads"])
         imported, cpu = time.perf_counter(), _cpu()
         report = merge_folders(Path(params["init"]), [Path(m) for m in params["members"]], Path(params["out"]),
-                               granularity=params["granularity"], threads=threads)
+                               granularity=params["granularity"], threads=threads, direct_writes=kind == "merge")
         doc = report.to_json()
         return {"seconds": time.perf_counter() - imported, "import_seconds": imported - started,
                 "work_cpu": _cpu() - cpu, "threads": threads, "engine_seconds": doc["seconds"],
@@ -263,7 +266,7 @@ def run(root: Path, args: argparse.Namespace) -> int:
         # which child got that memory would depend on the order, not on the code.
         written: list[Path] = []
         for rep in range(args.repeat):
-            for kind in ("copy", "merge"):
+            for kind in ("copy", "merge", "buffered"):
                 out = root / f"out-{kind}-{m}-{rep}"
                 written.append(out)
                 params = {"inputs": inputs, "out": str(out)} if kind == "copy" else {
@@ -286,7 +289,7 @@ def run(root: Path, args: argparse.Namespace) -> int:
                 mergekit = result if mergekit is None or result.wall < mergekit.wall else mergekit
         for out in written:
             shutil.rmtree(out, ignore_errors=True)
-        copy, merge = best["copy"], best["merge"]
+        copy, merge, buffered = best["copy"], best["merge"], best["buffered"]
         in_bytes = (m + 1) * size
         rows.append({
             "M": m,
@@ -313,6 +316,12 @@ def run(root: Path, args: argparse.Namespace) -> int:
             "copy_work_cpu_s": copy.inner["work_cpu"],
             "merge_work_cpu_s": merge.inner["work_cpu"],
             "work_cpu_ratio": merge.inner["work_cpu"] / copy.inner["work_cpu"],
+            "buffered_s": buffered.wall,
+            "buffered_work_s": buffered.inner["seconds"],
+            "buffered_cpu_s": buffered.cpu,
+            "buffered_work_cpu_s": buffered.inner["work_cpu"],
+            "buffered_work_cpu_ratio": buffered.inner["work_cpu"] / copy.inner["work_cpu"],
+            "buffered_rss_MiB": buffered.peak_rss / 2**20,
             "mergekit_cpu_s": mergekit.cpu if mergekit else None,
             "vs_mergekit_cpu": merge.cpu / mergekit.cpu if mergekit else None,
             "mergekit_s": mergekit.wall if mergekit else None,
@@ -337,6 +346,10 @@ def run(root: Path, args: argparse.Namespace) -> int:
     print("CPU seconds of the work after imports (the imports, mostly torch, are common to both): "
           + ", ".join(f"M={r['M']} copy {r['copy_work_cpu_s']:.2f} s, merge {r['merge_work_cpu_s']:.2f} s "
                       f"({r['work_cpu_ratio']:.2f}x)" for r in rows))
+    print("The same merge with buffered writes (direct_writes=False; the engine before direct I/O): "
+          + ", ".join(f"M={r['M']} work {r['buffered_work_s']:.2f} s, work CPU {r['buffered_work_cpu_s']:.2f} s "
+                      f"({r['buffered_work_cpu_ratio']:.2f}x copy), child {r['buffered_s']:.2f} s wall, "
+                      f"{r['buffered_cpu_s']:.2f} s CPU, peak RSS {r['buffered_rss_MiB']:.0f} MiB" for r in rows))
     for r in rows:
         if r["mergekit_s"] is not None:
             print(f"M={r['M']}: mergekit nuslerp {r['mergekit_s']:.2f} s wall, {r['mergekit_cpu_s']:.2f} s CPU, peak RSS "
