@@ -40,7 +40,10 @@ SERIES_PANELS = (
     ("Tokens per second", "tokens/s"),
     ("Merge throughput", "MiB/s"),
     ("SLERP angle between task vectors", "degrees"),
+    ("Run progress", "fraction done"),
+    ("Estimated time left", "seconds"),
 )
+EXPORT_PANEL = "Exported policy"
 PHASE_COLORS = {"Pending": "#bbbbbb", "Training": "#3274d9", "Merging": "#8f3bb8", "Evaluating": "#ff9830",
                 "Succeeded": "#56a64b", "Failed": "#e02f44", "Suspended": "#f2cc0c"}
 
@@ -69,17 +72,24 @@ def legend(fmt: str, labels: Mapping[str, str]) -> str:
 
 
 def run_span(prom: Prom, variables: Mapping[str, str], lookback: str = "7d") -> tuple[float, float] | None:
-    """When the run has data: from its trainers' first sample to its tasks' last push (Pushgateway groups
-    keep their values forever, so the last sample says nothing) or, without a gateway, its last sample."""
+    """When the run has data: from its trainers' first sample to its tasks' last push plus a scrape interval
+    (Pushgateway groups keep their values forever, so the last sample says nothing) or, without a gateway,
+    to its last sample, found over the lookback (a run that ended more than 5 minutes ago has no sample at
+    `now`), and not later: once the endpoint is gone Prometheus marks its series stale."""
     sel = f'namespace="{variables["namespace"]}", run="{variables["run"]}"'
     now = time.time()
-    first = prom.instant(f"min(min_over_time(timestamp(kwarp_trainer_step{{{sel}}})[{lookback}:15s]))", now)
+    # Subquery steps fall on multiples of 15 s: evaluated at `now`, a run that began less than 15 s ago has
+    # no step after its first sample. Evaluated 15 s later, the last step looks back over every sample.
+    ahead = now + 15
+    first = prom.instant(f"min(min_over_time(timestamp(kwarp_trainer_step{{{sel}}})[{lookback}:15s]))", ahead)
     if not first:
         return None
-    last = prom.instant(f"max(push_time_seconds{{{sel}}})", now) or prom.instant(
-        f"max(timestamp(kwarp_trainer_step{{{sel}}}))", now
-    )
-    return float(first[0]["value"][1]), min(now, float(last[0]["value"][1]) if last else now)
+    start = float(first[0]["value"][1]) - 15
+    pushed = prom.instant(f"max(push_time_seconds{{{sel}}})", now)
+    if pushed:
+        return start, min(now, float(pushed[0]["value"][1]) + 15)
+    last = prom.instant(f"max(max_over_time(timestamp(kwarp_trainer_step{{{sel}}})[{lookback}:15s]))", ahead)
+    return start, float(last[0]["value"][1]) if last else now
 
 
 def draw_series(ax: Any, prom: Prom, queries: list[dashboard.PanelQuery], variables: Mapping[str, str],
@@ -151,6 +161,19 @@ def draw_timeline(ax: Any, prom: Prom, queries: list[dashboard.PanelQuery], vari
     return drawn
 
 
+def draw_export(ax: Any, prom: Prom, queries: list[dashboard.PanelQuery], variables: Mapping[str, str], at: float) -> int:
+    """The Deliverable row's stat panel: the exported policy's η, reward and KL at the end of the run."""
+    lines, found = [], 0
+    for q in queries:
+        result = prom.instant(dashboard.substitute(q.expr, variables), at)
+        value = f"{float(result[0]['value'][1]):.3f}" if result else "no data"
+        found += len(result)
+        lines.append(f"{q.legend}: {value}")
+    ax.axis("off")
+    ax.text(0.05, 0.5, "\n".join(lines), fontsize=14, va="center", family="monospace", transform=ax.transAxes)
+    return found
+
+
 def render(prometheus: str, namespace: str, run: str, out: str, start: float | None = None,
            end: float | None = None, rate_interval: str = "1m") -> dict[str, int]:
     """Draw the panels; returns how many series (or front points) each panel got."""
@@ -161,18 +184,18 @@ def render(prometheus: str, namespace: str, run: str, out: str, start: float | N
         span = run_span(prom, variables)
         if span is None:
             raise SystemExit(f"no trainer metrics for run {namespace}/{run} in {prometheus}")
-        start = span[0] - 15 if start is None else start
-        end = span[1] + 15 if end is None else end
+        start = span[0] if start is None else start
+        end = span[1] if end is None else end
     step = max(1.0, (end - start) / 300)
     queries = dashboard.panel_queries(json.loads(dashboard.render()))
     by_panel: dict[str, list[dashboard.PanelQuery]] = defaultdict(list)
     for q in queries:
         by_panel[q.panel].append(q)
 
-    fig, axes = plt.subplots(3, 3, figsize=(18, 12))
+    fig, axes = plt.subplots(4, 3, figsize=(18, 16))
     fig.suptitle(f"kwarp: WARP run {namespace}/{run}", fontsize=14)
     counts: dict[str, int] = {}
-    front_ax, timeline_ax, *series_axes = axes.flat
+    front_ax, timeline_ax, *series_axes, export_ax = axes.flat
     counts["KL-reward front per iteration"] = draw_front(
         front_ax, prom, by_panel["KL-reward front per iteration"], variables, end
     )
@@ -187,6 +210,8 @@ def render(prometheus: str, namespace: str, run: str, out: str, start: float | N
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.set_xlabel("minutes")
+    counts[EXPORT_PANEL] = draw_export(export_ax, prom, by_panel[EXPORT_PANEL], variables, end)
+    export_ax.set_title(EXPORT_PANEL)
     for ax in axes.flat:
         ax.grid(True, alpha=0.3)
         if ax is not timeline_ax and ax.get_legend_handles_labels()[0]:

@@ -480,6 +480,8 @@ def test_render_script_draws_every_main_panel_from_prometheus(stack: Stack, tmp_
     counts = dict(line.rsplit(maxsplit=1) for line in proc.stdout.splitlines() if not line.startswith("wrote"))
     assert int(counts["KL-reward front per iteration"]) == ITERATIONS * len(ETAS)
     assert int(counts["Reward"]) == ITERATIONS * MEMBERS
+    # The Progress and Deliverable rows: the run's one progress and time-left series, the exported η, reward, KL.
+    assert (int(counts["Run progress"]), int(counts["Estimated time left"]), int(counts["Exported policy"])) == (1, 1, 3)
     assert out.read_bytes().startswith(b"\x89PNG") and out.stat().st_size > 20_000
 
 
