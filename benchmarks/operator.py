@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 import kubernetes  # noqa: E402
 
+from benchmarks.operator_trace import Tracer  # noqa: E402
 from kwarp.core.crd import crd  # noqa: E402
 from kwarp.core.plan import Task, dependencies  # noqa: E402
 from kwarp.core.spec import parse  # noqa: E402
@@ -213,8 +214,8 @@ def by_run(names: Any, runs: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def reaction_latencies(clock: JobClock, runs: list[str], spec_doc: dict[str, Any]) -> list[float]:
-    """For every Job but `prepare`: its creation minus the completion of the last Job it waited for."""
+def reaction_edges(clock: JobClock, runs: list[str], spec_doc: dict[str, Any]) -> list[tuple[str, str, str, float, float]]:
+    """For every Job but `prepare`: (run, the last Job it waited for, the Job, that one's completion, its creation)."""
     spec = parse(spec_doc).spec
     out = []
     for run, names in by_run(clock.added, runs).items():
@@ -222,8 +223,14 @@ def reaction_latencies(clock: JobClock, runs: list[str], spec_doc: dict[str, Any
             task = Task.parse_id(re.sub(r"-r\d+$", "", name[len(run) + 1 :]))
             deps = [d.job_name(run) for d in dependencies(spec, task)]
             if deps and all(d in clock.completed for d in deps):
-                out.append(clock.added[name] - max(clock.completed[d] for d in deps))
+                last = max(deps, key=lambda d: clock.completed[d])
+                out.append((run, last, name, clock.completed[last], clock.added[name]))
     return out
+
+
+def reaction_latencies(clock: JobClock, runs: list[str], spec_doc: dict[str, Any]) -> list[float]:
+    """For every Job but `prepare`: its creation minus the completion of the last Job it waited for."""
+    return [seen - completed for _, _, _, completed, seen in reaction_edges(clock, runs, spec_doc)]
 
 
 def api_floor(cluster: Cluster, clock: JobClock, n: int = 50) -> list[float]:
@@ -354,12 +361,16 @@ class Sampler:
 
 
 def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: int, prefix: str,
-             iterations: int, members: int, cpu: Components) -> dict[str, Any]:  # fmt: skip
+             iterations: int, members: int, cpu: Components, tracer: Tracer | None = None) -> dict[str, Any]:  # fmt: skip
     spec_patch = {"warp": {"iterations": iterations, "policies": members, "steps": 3}}
     runs = [f"{prefix}-{i:03d}" for i in range(n_runs)]
     custom = kubernetes.client.CustomObjectsApi(cluster.client())
+    if tracer is not None:
+        tracer.reset()
+    loop = next((t for t in threading.enumerate() if t.name == "kwarp-operator"), None)  # kopf's event loop
     before = scrape(port)
     cpu0 = cpu.read()
+    loop0 = thread_cpu(loop)
     t0 = time.monotonic()
     for run in runs:
         custom.create_namespaced_custom_object("kwarp.dev", "v1alpha1", NS, "warpruns", warprun(store, run, **spec_patch))
@@ -386,7 +397,12 @@ def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: 
     count = after["kwarp_operator_reconcile_duration_seconds_count"] - before.get("kwarp_operator_reconcile_duration_seconds_count", 0)
     total = after["kwarp_operator_reconcile_duration_seconds_sum"] - before.get("kwarp_operator_reconcile_duration_seconds_sum", 0)
     jobs = sum(len(names) for names in by_run(clock.added, runs).values())
-    latencies = reaction_latencies(clock, runs, warprun(store, runs[0], **spec_patch))
+    edges = reaction_edges(clock, runs, warprun(store, runs[0], **spec_patch))
+    latencies = [seen - completed for _, _, _, completed, seen in edges]
+    loop_cpu = thread_cpu(loop) - loop0
+    traced = {} if tracer is None else {"trace": {"kopf_loop_cpu_ms_per_job": round(1000 * loop_cpu / max(jobs, 1), 1),
+                                                  "per_reconcile": tracer.per_reconcile(names),
+                                                  "kopf": tracer.kopf_overhead(), "reaction": tracer.breakdown(edges)}}
     return {
         "runs": n_runs,
         "jobs": jobs,
@@ -405,6 +421,7 @@ def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: 
         "cpu_ms_per_job": {k: round(1000 * (cpu1[k] - cpu0[k]) / jobs, 1) for k in cpu1},
         "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
         "jobs_missed_by_the_job_controllers_watch": cpu.runner.missed_by_watch(),
+        **traced,
     }
 
 
@@ -416,6 +433,8 @@ def main() -> int:
     parser.add_argument("--out", help="also write the figures as JSON here")
     parser.add_argument("--profile", action="store_true", help="sample the operator's threads (load scenario)")
     parser.add_argument("--skip-baseline", action="store_true", help="only the load scenario")
+    parser.add_argument("--trace", action="store_true",
+                        help="break each reaction and reconcile down (API calls, store, kopf's queues): operator_trace.py")
     args = parser.parse_args()
 
     import logging
@@ -436,20 +455,25 @@ def main() -> int:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         opts = options(metrics_port=port, bind_address="127.0.0.1", worker=WorkerSettings(image="kwarp-worker:bench"))
+        tracer = Tracer() if args.trace else None
+        if tracer is not None:
+            tracer.install()  # before the operator starts: it wraps what the operator builds
         with JobClock(cluster) as clock, RunPhases(cluster) as phases, TimedRunner(cluster, clock) as runner, \
                 RunningOperator(cluster, opts):
             cpu = Components(server.pid, runner, clock, phases)
             floor = api_floor(cluster, clock)
             baseline = None if args.skip_baseline else scenario(
-                cluster, store, port, clock, 1, "solo", args.iterations, args.members, cpu)
+                cluster, store, port, clock, 1, "solo", args.iterations, args.members, cpu, tracer)
             exclude = {t.ident for t in (threading.main_thread(), runner._thread, clock._thread, phases._thread,
                                          *runner.pods, *runner.worker_threads) if t is not None}
             if args.profile:
                 with Sampler(exclude) as sampler:
-                    load = scenario(cluster, store, port, clock, args.runs, "load", args.iterations, args.members, cpu)
+                    load = scenario(cluster, store, port, clock, args.runs, "load", args.iterations, args.members,
+                                    cpu, tracer)
                 load["profile_operator_inclusive_pct"] = dict(sampler.top())
             else:
-                load = scenario(cluster, store, port, clock, args.runs, "load", args.iterations, args.members, cpu)
+                load = scenario(cluster, store, port, clock, args.runs, "load", args.iterations, args.members, cpu,
+                                tracer)
             if runner.errors:
                 raise SystemExit(f"the Job controller failed: {runner.errors[:3]}")
             # Written before the operator is stopped: stopping it can take longer than RunningOperator
