@@ -57,7 +57,7 @@ class OperatorOptions:
     storage_secret: str | None = None
     # Where runs may keep their data (Helm storage.allowedPrefixes); empty: anywhere.
     storage_prefixes: tuple[str, ...] = ()
-    max_workers: int = 8  # threads running handlers (reconciles of different runs run in parallel)
+    max_workers: int = 8  # threads running reconciles (of different runs, in parallel)
     cleanup_grace_seconds: float = 300.0  # cleanup: Delete waits this long for an unreachable store
     guardrails: Guardrails = field(default_factory=Guardrails)  # what a WarpRun may choose (KWARP_GUARDRAILS)
     progress_seconds: float = 30.0  # a run's metrics are read from the store at most this often (progress, ETA)
@@ -106,7 +106,9 @@ def kopf_settings(options: OperatorOptions) -> kopf.OperatorSettings:
     )
     # Log lines do not become Events below WARNING: the reconciler posts the Events users need.
     settings.posting.level = logging.WARNING
-    settings.execution.max_workers = options.max_workers
+    # kopf's handler threads run only the delete-time cleanup now (the other handlers queue a reconcile
+    # in the event loop; reconciles have the reconciler's own threads).
+    settings.execution.max_workers = 4
     # Only the operator's Jobs are watched (filtered by the API server, not in the operator).
     settings.watching.label_selectors["batch", "jobs"] = handlers.LABEL_RUN
     # Reconnect watches now and then, as real API servers drop long ones anyway.
@@ -145,6 +147,7 @@ def build(options: OperatorOptions, *, configuration: Callable[[], kubernetes.cl
         guardrails=options.guardrails,
         progress_seconds=options.progress_seconds,
         job_index=JobIndex(),
+        workers=options.max_workers,
     )
     registry = kopf.OperatorRegistry()
     handlers.register(registry, reconciler, configuration, resync_seconds=options.resync_seconds,
@@ -160,8 +163,9 @@ async def serve(options: OperatorOptions, *, stop_flag: threading.Event | asynci
                 ready_flag: threading.Event | asyncio.Event | None = None,
                 configuration: Callable[[], kubernetes.client.Configuration] = kube_configuration) -> None:  # fmt: skip
     metrics = MetricsServer(options.metrics_port, options.bind_address).start() if options.metrics_port is not None else None
+    reconciler: Reconciler | None = None
     try:
-        registry, _ = build(options, configuration=configuration, metrics=metrics)
+        registry, reconciler = build(options, configuration=configuration, metrics=metrics)  # starts its queue at kopf's startup
         liveness = (
             f"http://{options.bind_address}:{options.liveness_port}/healthz" if options.liveness_port is not None else None
         )
@@ -183,6 +187,8 @@ async def serve(options: OperatorOptions, *, stop_flag: threading.Event | asynci
             ready_flag=ready_flag,
         )
     finally:
+        if reconciler is not None:  # stopped by kopf's cleanup too, unless kopf failed before that
+            reconciler.queue.stop(timeout=10)
         if metrics is not None:
             metrics.stop()
 

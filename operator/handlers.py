@@ -1,19 +1,24 @@
 """The kopf handlers: thin triggers of the one reconcile, plus the delete-time cleanup and a probe.
 
-    WarpRun created / resumed / spec or labels changed  -> reconcile the run
-    a Job labelled kwarp.dev/run changed (any event)     -> reconcile the run that owns it
-    every `resync` seconds, per WarpRun (timer)          -> reconcile the run (safety net)
+    WarpRun created / resumed / spec or labels changed  -> queue a reconcile of the run
+    a Job labelled kwarp.dev/run changed (any event)     -> queue a reconcile of the run that owns it
+                                                            (ahead of bookkeeping if the Job finished)
+    every `resync` seconds, per WarpRun (timer)          -> queue a reconcile of the run (safety net)
     WarpRun deleted (finalizer kwarp.dev/finalizer)      -> cleanup: Delete removes <run>/ from the store
                                                             (a store still down after the grace period:
                                                             the data stays, an Event says where)
 
 The Job handler is `on.event`: kopf keeps no state for such handlers, so it never writes annotations
-or finalizers to the Jobs (the integration tests check it). Handlers are registered on a registry the
+or finalizers to the Jobs (the integration tests check it). The queueing handlers are coroutines: they
+run in kopf's event loop, take a lock for microseconds and return, so no event waits for a handler
+thread; reconciles run on the reconciler's own threads (operator/workqueue.py). Handlers are registered on a registry the
 caller owns, so that tests can start several operators in one process.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import time
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -26,7 +31,7 @@ from kwarp.core.spec import API_GROUP, API_VERSION, KIND, PLURAL
 from kwarp.store import StoreError
 
 from .jobs import LABEL_RUN
-from .reconcile import CleanupPending, Reconciler
+from .reconcile import CleanupPending, Reconciler, job_finished
 
 RUNS = (API_GROUP, API_VERSION, PLURAL)
 
@@ -71,26 +76,37 @@ def register(
         # Called again whenever the API answers 401: a fresh configuration re-reads a rotated token.
         return connection_info(configuration())
 
+    def queue(namespace: str, name: str, *, urgent: bool = False) -> None:
+        # The reconcile threads start at the first event, in its handler's context: a reconcile posts
+        # Events through kopf (kopf.event), which finds kopf's event queue in context variables that kopf
+        # sets for resource handlers (not for startup handlers). Starting again is a no-op.
+        reconciler.queue.start(context=contextvars.copy_context())
+        reconciler.request(namespace, name, urgent=urgent)
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_reconciling(**_: Any) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, reconciler.queue.stop, 10.0)
+
     @kopf.on.resume(*RUNS, registry=registry, backoff=10)
     @kopf.on.create(*RUNS, registry=registry, backoff=10)
     @kopf.on.update(*RUNS, registry=registry, backoff=10)
-    def run_changed(name: str, namespace: str, **_: Any) -> None:
-        reconciler.request(namespace, name)
+    async def run_changed(name: str, namespace: str, **_: Any) -> None:
+        queue(namespace, name)
 
     @kopf.on.event("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)
-    def job_changed(body: Mapping[str, Any], namespace: str, type: str | None, **kwargs: Any) -> None:
+    async def job_changed(body: Mapping[str, Any], namespace: str, type: str | None, **kwargs: Any) -> None:
         run = owning_run(body)
         if run:
             if reconciler.job_index is not None:
                 raw = (kwargs.get("event") or {}).get("object") or dict(body)
                 reconciler.job_index.event(namespace, run, raw, deleted=type == "DELETED")
-            reconciler.request(namespace, run)
+            queue(namespace, run, urgent=type != "DELETED" and job_finished(body))
 
     @kopf.timer(*RUNS, interval=resync_seconds, initial_delay=resync_seconds, registry=registry)
-    def resync(name: str, namespace: str, **_: Any) -> None:
+    async def resync(name: str, namespace: str, **_: Any) -> None:
         if reconciler.job_index is not None:
             reconciler.job_index.stale(namespace, name)  # LIST again: drops a Job whose deletion the watch missed
-        reconciler.request(namespace, name)
+        queue(namespace, name)
 
     @kopf.on.delete(*RUNS, registry=registry, backoff=2)
     def run_deleted(name: str, namespace: str, body: Mapping[str, Any], runtime: timedelta, **_: Any) -> None:

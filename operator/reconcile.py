@@ -9,8 +9,9 @@
 Every handler (WarpRun create/resume/update, a Job event, the timer) calls `reconcile(ns, name)`;
 whatever triggered it, the same inputs give the same actions, so a replayed event or a restarted
 operator never starts a task twice: Job names are deterministic and creating an existing one is a
-no-op. Calls for one run never overlap (`KeyedSerializer`); a call that arrives while one runs is
-folded into one more pass after it.
+no-op. Handlers only queue the run (`WorkQueue`, operator/workqueue.py): passes of one run never
+overlap, the events that arrive while it waits or runs cost one more pass, and a run one of whose Jobs
+finished goes ahead of bookkeeping.
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ from .observe import (
 )
 from .progress import ProgressTracker
 from .results import RunResults
-from .serial import KeyedSerializer
 from .status import (
     Observation,
     blocked_status,
@@ -75,6 +75,7 @@ from .status import (
 )
 from .stores import StoreOpener, owner_of, store_url
 from .watchdog import NO_PROGRESS, Heartbeat, fail_patch, parse_time, stalled, stuck_condition, stuck_pods
+from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 # Seconds per Pushgateway request when a deleted run's groups are removed (bounded: it runs in a handler).
@@ -132,6 +133,7 @@ class Reconciler:
         guardrails: Guardrails | None = None,
         progress_seconds: float = 30.0,
         job_index: JobIndex | None = None,
+        workers: int = 8,
     ):
         self.kube = kube
         self.guardrails = guardrails  # None: no limits (library use); the CLI and the chart always set them
@@ -151,7 +153,8 @@ class Reconciler:
         self.admission = AdmissionWatch(metrics)
         self.job_log = JobLog()
         self.job_index = job_index  # None: every reconcile LISTs the run's Jobs
-        self.serializer = KeyedSerializer()
+        # Threads running reconciles (of different runs), started and stopped by the operator (app.serve).
+        self.queue = WorkQueue(self._process, workers=workers)
         self.last_success = time.monotonic()
         self._pod_details: dict[str, str | None] = {}  # failed Job uid -> what its pod said
         self._counted_failures: set[str] = set()  # Job uids already counted in the failures metric
@@ -159,9 +162,13 @@ class Reconciler:
         self._lock = threading.Lock()
 
     # -- entry points
-    def request(self, namespace: str, name: str) -> bool:
-        """Reconcile now, or fold into the reconcile of this run already running. Thread-safe."""
-        return self.serializer.run((namespace, name), lambda: self.reconcile(namespace, name))
+    def request(self, namespace: str, name: str, *, urgent: bool = False) -> None:
+        """Queue a reconcile of the run (once, however often asked before it starts); `urgent`: one of its
+        Jobs finished, so the next task may be waiting to start. Thread-safe, returns at once."""
+        self.queue.add((namespace, name), urgent=urgent)
+
+    def _process(self, key: Any) -> None:
+        self.reconcile(*key)
 
     def reconcile(self, namespace: str, name: str) -> Outcome | None:
         start = time.perf_counter()
@@ -314,7 +321,6 @@ class Reconciler:
             status = self._watchdog(body, spec, None, views, status, now, pods)  # pods need no store
             return self._report(body, raw_status, previous, status, outcome)
 
-        self.job_log.record(store, folder, views)  # for `kwarp report`: admissions and timings of the Jobs
         attempts = by_task(views)
         recorded = recorded_failures(previous)
         messages = self._failure_messages(namespace, views)
@@ -361,7 +367,11 @@ class Reconciler:
         conds = C.clear_condition(conds, C.STORE_CONFLICT, C.STORE_OWNED, "", now=now, generation=generation)
         conds = C.clear_condition(conds, C.STORAGE_NOT_ALLOWED, C.INSIDE_ALLOWED_PREFIXES, "", now=now, generation=generation)
         status = status.model_copy(update={"conditions": conds})
-        return self._report(body, raw_status, previous, status, outcome)
+        outcome = self._report(body, raw_status, previous, status, outcome)
+        # Bookkeeping last: the next Jobs are created and the status written before jobs.json (for
+        # `kwarp report`: admissions and timings of the Jobs) is brought up to date.
+        self.job_log.record(store, folder, views)
+        return outcome
 
     def _ownership(self, store: Store, me: Owner, spec: WarpRunSpec) -> Verdict:
         """The run folder's ownership, claimed on first sight; asked of the store once per (run, spec):
@@ -513,7 +523,7 @@ class Reconciler:
         per operator lifetime. The pods retry the rendezvous until its name resolves."""
         for job in jobs:
             job_uid = job["metadata"]["uid"]
-            if not needs_service(job) or job_uid in self._services or _finished(job):
+            if not needs_service(job) or job_uid in self._services or job_finished(job):
                 continue
             self.kube.create_service(namespace, service_manifest(job, job_uid))
             self._services.add(job_uid)
@@ -581,7 +591,7 @@ class Reconciler:
         return outcome
 
 
-def _finished(job: Mapping[str, Any]) -> bool:
+def job_finished(job: Mapping[str, Any]) -> bool:
     return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
                for c in (job.get("status") or {}).get("conditions") or [])  # fmt: skip
 

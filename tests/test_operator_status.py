@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from typing import Any
 
 import pytest
@@ -17,7 +15,6 @@ from kwarp.operator import conditions as C
 from kwarp.operator.acceptance import cluster_problems, effective_spec
 from kwarp.operator.observe import Failures, JobView, by_task, pod_failure, task_jobs, view
 from kwarp.operator.results import last_evaluation
-from kwarp.operator.serial import KeyedSerializer
 from kwarp.operator.status import (
     MemberResult,
     Observation,
@@ -384,33 +381,6 @@ def test_last_evaluation_reads_the_latest_eval_block() -> None:
     data = "\n".join(json.dumps(x) for x in lines).encode() + b"\n{broken"
     assert last_evaluation(data) == MemberResult(0.4, 0.9)
     assert last_evaluation(None) == MemberResult() and last_evaluation(b'{"step": 1}') == MemberResult()
-
-
-# ------------------------------------------------------------------ serialisation per run
-
-
-def test_keyed_serializer_folds_concurrent_requests_into_one_more_pass() -> None:
-    serializer = KeyedSerializer()
-    calls: list[str] = []
-    entered, release = threading.Event(), threading.Event()
-
-    def slow() -> None:
-        calls.append("pass")
-        if len(calls) == 1:
-            entered.set()
-            release.wait(5)
-
-    first = threading.Thread(target=serializer.run, args=("run-a", slow))
-    first.start()
-    entered.wait(5)
-    folded = [serializer.run("run-a", slow) for _ in range(5)]  # five events while the first pass runs
-    assert folded == [False] * 5
-    assert serializer.run("run-b", lambda: calls.append("other")) is True  # other runs are not held up
-    release.set()
-    first.join(5)
-    assert calls == ["pass", "other", "pass"]  # the five requests cost one more pass
-    time.sleep(0.01)
-    assert serializer.run("run-a", lambda: calls.append("later")) is True
 
 
 # ------------------------------------------------------------------ while the store is unreachable
