@@ -30,6 +30,7 @@ from .jobs import WorkerSettings
 from .kube import Kube
 from .metrics import MetricsServer
 from .reconcile import Reconciler
+from .runcache import RunCache
 from .store_bounds import BREAKER_COOLDOWN_S, Breakers
 from .stores import StoreOpener
 
@@ -147,6 +148,7 @@ def build(options: OperatorOptions, *, configuration: Callable[[], kubernetes.cl
         guardrails=options.guardrails,
         progress_seconds=options.progress_seconds,
         job_index=JobIndex(),
+        runs=RunCache(),
         workers=options.max_workers,
     )
     registry = kopf.OperatorRegistry()

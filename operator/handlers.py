@@ -4,6 +4,7 @@
     a Job labelled kwarp.dev/run changed (any event)     -> queue a reconcile of the run that owns it
                                                             (ahead of bookkeeping if the Job finished)
     every `resync` seconds, per WarpRun (timer)          -> queue a reconcile of the run (safety net)
+    any WarpRun event                                    -> the run's cache (reconciles read the run there)
     WarpRun deleted (finalizer kwarp.dev/finalizer)      -> cleanup: Delete removes <run>/ from the store
                                                             (a store still down after the grace period:
                                                             the data stays, an Event says where)
@@ -86,6 +87,17 @@ def register(
     @kopf.on.cleanup(registry=registry)
     async def stop_reconciling(**_: Any) -> None:
         await asyncio.get_running_loop().run_in_executor(None, reconciler.queue.stop, 10.0)
+
+    @kopf.on.event(*RUNS, registry=registry)
+    async def run_seen(body: Mapping[str, Any], type: str | None, **kwargs: Any) -> None:
+        # Before the other handlers of this event (kopf calls event handlers first): a reconcile they
+        # queue reads this version of the run from the cache.
+        if reconciler.runs is not None:
+            raw = (kwargs.get("event") or {}).get("object") or dict(body)
+            if type == "DELETED":
+                reconciler.runs.deleted(raw)
+            elif reconciler.runs.put(raw):  # first seen: a Job event may have asked for it before
+                queue(raw["metadata"].get("namespace") or "default", raw["metadata"]["name"])
 
     @kopf.on.resume(*RUNS, registry=registry, backoff=10)
     @kopf.on.create(*RUNS, registry=registry, backoff=10)

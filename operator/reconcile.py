@@ -63,6 +63,7 @@ from .observe import (
 )
 from .progress import ProgressTracker
 from .results import RunResults
+from .runcache import RunCache
 from .status import (
     Observation,
     blocked_status,
@@ -133,6 +134,7 @@ class Reconciler:
         guardrails: Guardrails | None = None,
         progress_seconds: float = 30.0,
         job_index: JobIndex | None = None,
+        runs: RunCache | None = None,
         workers: int = 8,
     ):
         self.kube = kube
@@ -153,6 +155,7 @@ class Reconciler:
         self.admission = AdmissionWatch(metrics)
         self.job_log = JobLog()
         self.job_index = job_index  # None: every reconcile LISTs the run's Jobs
+        self.runs = runs  # None: every reconcile GETs its run
         # Threads running reconciles (of different runs), started and stopped by the operator (app.serve).
         self.queue = WorkQueue(self._process, workers=workers)
         self.last_success = time.monotonic()
@@ -262,8 +265,15 @@ class Reconciler:
         log.info("run %s/%s: deleted %d Pushgateway group(s)", namespace, name, deleted)
 
     # -- one pass
+    def _run(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The WarpRun: from the watch-fed cache when there is one (None: not shown by the watch yet, or
+        gone; its first sighting queues a reconcile), else a GET."""
+        if self.runs is not None:
+            return self.runs.get(namespace, name)
+        return self.kube.get_run(namespace, name)
+
     def _reconcile(self, namespace: str, name: str) -> Outcome | None:
-        body = self.kube.get_run(namespace, name)
+        body = self._run(namespace, name)
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
             return None  # gone, or going: the delete handler owns it now
         meta = body["metadata"]
@@ -562,7 +572,9 @@ class Reconciler:
         namespace, name = meta.get("namespace", "default"), meta["name"]
         patch = status_patch(raw_status, status)
         if patch is not None:
-            self.kube.patch_run_status(namespace, name, patch)
+            stored = self.kube.patch_run_status(namespace, name, patch)
+            if self.runs is not None:
+                self.runs.put(stored)  # the next pass compares with what it wrote, before the watch says so
             outcome.status_patched = True
         outcome.phase = status.phase
         if status.phase is not None and status.phase != previous.phase:

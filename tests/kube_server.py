@@ -97,6 +97,8 @@ class ApiServer(ObjectStore):
     audit: set[tuple[str, str, str, str, str]] = attrs.field(factory=set, init=False)  # ..., namespace
     # Requests to the object API by (apiGroup, resource[/subresource], verb): how often each call is made.
     calls: collections.Counter[tuple[str, str, str]] = attrs.field(factory=collections.Counter, init=False)
+    # The same by bearer token first: one client's calls (the operator's, given a token of its own).
+    calls_by: collections.Counter[tuple[str, str, str, str]] = attrs.field(factory=collections.Counter, init=False)
 
     # ------------------------------------------------------------------ declarations
 
@@ -276,6 +278,7 @@ class ApiServer(ObjectStore):
         namespace = request.namespace or ""
         self.audit.add((token, res.group or "", resource, verb, namespace))
         self.calls[res.group or "", resource, verb] += 1
+        self.calls_by[token, res.group or "", resource, verb] += 1
         if verb == "create" and isinstance(request.data, Mapping):
             for ref in (request.data.get("metadata") or {}).get("ownerReferences") or []:
                 if not ref.get("blockOwnerDeletion"):

@@ -35,12 +35,12 @@ chart = pytest.fixture(scope="module")(loaded_chart)
 
 
 # What the operator does with the API: kopf (watches, finalizer and progress annotations by PATCH,
-# core/v1 Events by POST) and kwarp.operator.kube (get runs, merge-patch status, list/create/patch/delete
+# core/v1 Events by POST) and kwarp.operator.kube (merge-patch status, list/create/patch/delete
 # Jobs, list pods, create a multi-node member's Service). tests/test_rbac.py checks it against the calls
 # a running operator makes; docs/cluster.md ("RBAC, verb by verb") names the code behind each. The chart must grant exactly this, no more (least
 # privilege) and no less (a missing verb is a 403 at run time).
 OPERATOR_NEEDS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("kwarp.dev", "warpruns"): ("get", "list", "watch", "patch"),
+    ("kwarp.dev", "warpruns"): ("list", "watch", "patch"),  # the reconciler reads runs from kopf's watch
     ("kwarp.dev", "warpruns/status"): ("patch",),
     ("kwarp.dev", "warpruns/finalizers"): ("update",),
     ("batch", "jobs"): ("list", "watch", "create", "patch", "delete"),

@@ -1,0 +1,80 @@
+"""What the operator asks of the API server, counted by the emulator (tests/kube_server.py `calls_by`, the
+operator with a bearer token of its own): under load every call waits on a busy API server, and a Job's
+completion waits for the calls of the reconcile before it."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import kubernetes
+
+from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for
+from .operator_harness import Api, finish, jobs_named, options, phase_is, warprun
+from .prom import free_port
+
+
+def reconciles(port: int) -> float:
+    """How many reconciles the operator has done (its /metrics)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return next(float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith("kwarp_operator_reconcile_duration_seconds_count"))  # fmt: skip
+
+
+TOKEN = "operator-token"
+
+
+def as_operator(cluster: Cluster) -> kubernetes.client.Configuration:
+    cfg = cluster.configuration()
+    cfg.api_key = {"authorization": f"Bearer {TOKEN}"}
+    cfg.refresh_api_key_hook = None  # the kubeconfig loader's hook would put the tester's token back
+    return cfg
+
+
+def operator_calls(cluster: Cluster) -> dict[tuple[str, str, str], int]:
+    """The operator's requests by (group, resource, verb), watches aside."""
+    assert cluster.server is not None
+    return {(g, r, v): n for (t, g, r, v), n in list(cluster.server.calls_by.items()) if t == TOKEN and v != "watch"}
+
+
+def test_a_reconcile_with_nothing_changed_makes_no_api_call(
+    cluster: Cluster, api: Api, runner: StatusJobRunner, store: Path
+) -> None:
+    """The run is read from the operator's watch (no GET), its Jobs from the Job watch, and the status is
+    written only when it changed: the resync timer's passes over a run whose members are running ask
+    nothing else of the API server. (Before, each pass began with a GET of the WarpRun.)"""
+    port = free_port()
+    opts = options(resync_seconds=1, metrics_port=port, bind_address="127.0.0.1")
+    with RunningOperator(cluster, opts, configuration=lambda: as_operator(cluster)):
+        api.create(warprun(store))
+        finish(api, runner, "demo-prepare")
+        jobs_named(api, "demo-i0-m0", "demo-i0-m1")
+        wait_for(lambda: {"demo-i0-m0", "demo-i0-m1"} <= set(runner.running()), 10, message="members running")
+        wait_for(lambda: api.status().get("phase") == "Training", 20, message="phase Training")
+        passes = reconciles(port)
+        wait_for(lambda: reconciles(port) >= passes + 1, 20, message="a reconcile after the members started")
+        before, passes = operator_calls(cluster), reconciles(port)
+        wait_for(lambda: reconciles(port) >= passes + 3, 20, message="3 more reconciles")
+        after = operator_calls(cluster)
+        # The resync timer's LIST of the run's Jobs is its purpose (a deletion the Job watch missed).
+        timer = ("batch", "jobs", "list")
+        assert {k: v for k, v in after.items() if k != timer} == {k: v for k, v in before.items() if k != timer}
+
+
+def test_a_run_reaches_succeeded_without_reading_the_warprun_by_get(
+    cluster: Cluster, api: Api, runner: StatusJobRunner, store: Path
+) -> None:
+    """Every reconcile of a whole run reads the WarpRun from the watch-fed cache (kept up to date with the
+    status each pass writes, from the PATCH's answer)."""
+    port = free_port()
+    opts = options(metrics_port=port, bind_address="127.0.0.1")
+    with RunningOperator(cluster, opts, configuration=lambda: as_operator(cluster)):
+        api.create(warprun(store))
+        for names in (["demo-prepare"], ["demo-i0-m0", "demo-i0-m1"], ["demo-i0-merge"], ["demo-i0-eval"],
+                      ["demo-i1-m0", "demo-i1-m1"], ["demo-i1-merge"], ["demo-i1-eval"]):  # fmt: skip
+            finish(api, runner, *names)
+        phase_is(api, "Succeeded")
+        assert reconciles(port) > 0
+    calls = operator_calls(cluster)
+    assert calls.get(("kwarp.dev", "warpruns", "get"), 0) == 0
+    assert calls[("kwarp.dev", "warpruns/status", "patch")] > 0  # the operator's own calls were counted
