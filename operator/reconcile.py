@@ -101,6 +101,7 @@ class Outcome:
     phase: str | None = None
     actions: list[Action] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
+    announced: list[str] = field(default_factory=list)  # each created Job with what it runs, for one Event
     suspended: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
     withdrawn: list[str] = field(default_factory=list)  # Kueue workloads deleted by a suspend
@@ -326,6 +327,7 @@ class Reconciler:
             run = run_document(name, namespace, spec, uid)
             for action in actions:
                 self._act(body, run, uid, attempts, action, outcome)
+            self._announce(body, outcome)
             status = store_down_status(spec=spec, generation=generation, previous=previous, check=check, jobs=jobs,
                                        known_done=known, error=str(err), now=now)  # fmt: skip
             status = self._watchdog(body, spec, None, views, status, now, pods)  # pods need no store
@@ -345,6 +347,7 @@ class Reconciler:
         gangs = gang_jobs if gangs_members(spec, self.worker) else None
         for action in sorted(actions, key=lambda a: not (isinstance(a, Suspend) and _queued(attempts, a.task))):
             self._act(body, run, uid, attempts, action, outcome, gangs)
+        self._announce(body, outcome)
 
         if outcome.created:  # the Jobs just created, as the next observation will see them
             queue = queue_of(spec, self.worker)
@@ -435,7 +438,7 @@ class Reconciler:
                 if action.attempt > 0:
                     self.metrics.retries.labels(kind=kind).inc()
             retry = f", retry {action.attempt} of {run.spec.failure_policy.max_retries}" if action.attempt else ""
-            self.events(body, "Normal", "JobCreated", f"created Job {job} ({COMPONENTS[kind]} {action.task.id}{retry})")
+            outcome.announced.append(f"{job} ({COMPONENTS[kind]} {action.task.id}{retry})")
         elif isinstance(action, Suspend):
             for attempt in attempts.get(action.task, []):
                 if attempt.deleting or attempt.state not in ("Pending", "Queued", "Running"):
@@ -462,6 +465,13 @@ class Reconciler:
             pass  # the status records it
         # Fail: the status records it; other tasks' Jobs keep running (raising maxRetries resumes the run).
 
+    def _announce(self, body: Mapping[str, Any], outcome: Outcome) -> None:
+        """One Event for the Jobs a pass created (an iteration's members are created together): each Event is
+        a POST the API server serves, and kopf posts them one at a time."""
+        if outcome.announced:
+            jobs = "Job" if len(outcome.announced) == 1 else "Jobs"
+            self.events(body, "Normal", "JobCreated", f"created {jobs} {', '.join(outcome.announced)}"[:1000])
+
     def _start_gang(self, body: Mapping[str, Any], run: WarpRun, uid: str, iteration: int,
                     gangs: list[dict[str, Any]], outcome: Outcome) -> None:  # fmt: skip
         """Create the gang Job of an iteration's members: the next attempt after the gang Jobs that exist
@@ -487,8 +497,8 @@ class Reconciler:
             if attempt > 0:
                 self.metrics.retries.labels(kind="train").inc()
         again = f", attempt {attempt}" if attempt else ""
-        self.events(body, "Normal", "JobCreated", f"created Job {job} (trainer: the {run.spec.warp.policies} members "
-                                                  f"of iteration {iteration} as one gang{again})")  # fmt: skip
+        outcome.announced.append(f"{job} (trainer: the {run.spec.warp.policies} members of iteration {iteration} "
+                                 f"as one gang{again})")  # fmt: skip
 
     def _watchdog(self, body: Mapping[str, Any], spec: WarpRunSpec, store: Store | None, views: list[JobView],
                   status: WarpRunStatus, now: str, pods: list[dict[str, Any]] | None = None) -> WarpRunStatus:  # fmt: skip
