@@ -61,6 +61,7 @@ from benchmarks.operator_trace import Tracer  # noqa: E402
 from kwarp.core.crd import crd  # noqa: E402
 from kwarp.core.plan import Task, dependencies  # noqa: E402
 from kwarp.core.spec import parse  # noqa: E402
+from kwarp.operator.app import OperatorOptions  # noqa: E402
 from kwarp.operator.jobs import LABEL_RUN, WorkerSettings  # noqa: E402
 from tests.kube import Cluster, RunningOperator, StatusJobRunner, wait_for  # noqa: E402
 from tests.operator_harness import options, warprun, write_outputs  # noqa: E402
@@ -433,6 +434,8 @@ def main() -> int:
     parser.add_argument("--out", help="also write the figures as JSON here")
     parser.add_argument("--profile", action="store_true", help="sample the operator's threads (load scenario)")
     parser.add_argument("--skip-baseline", action="store_true", help="only the load scenario")
+    parser.add_argument("--workers", type=int, default=OperatorOptions().max_workers,
+                        help="the operator's reconcile threads (OperatorOptions.max_workers)")
     parser.add_argument("--trace", action="store_true",
                         help="break each reaction and reconcile down (API calls, store, kopf's queues): operator_trace.py")
     args = parser.parse_args()
@@ -454,7 +457,8 @@ def main() -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        opts = options(metrics_port=port, bind_address="127.0.0.1", worker=WorkerSettings(image="kwarp-worker:bench"))
+        opts = options(metrics_port=port, bind_address="127.0.0.1", worker=WorkerSettings(image="kwarp-worker:bench"),
+                       max_workers=args.workers)  # fmt: skip
         tracer = Tracer() if args.trace else None
         if tracer is not None:
             tracer.install()  # before the operator starts: it wraps what the operator builds
@@ -480,6 +484,7 @@ def main() -> int:
             # waits with 1000 runs on a loaded machine, and that must not lose the figures.
             figures = {
                 "machine": {"cpus": os.cpu_count()},
+                "operator_reconcile_threads": args.workers,
                 "api_floor_create_to_watch_ms": {"p50": round(1000 * statistics.median(floor), 2),
                                                  "p99": round(1000 * pct(floor, 0.99), 2)},  # fmt: skip
                 "load_average": os.getloadavg(),
