@@ -36,12 +36,45 @@ def supports(model: Any) -> bool:
         return False
     name, config = type(model).__name__, model.config
     if name == "GPT2LMHeadModel":
-        return not config.add_cross_attention and not (
+        ok = not config.add_cross_attention and not (
             config.reorder_and_upcast_attn and config._attn_implementation == "eager"
         )
-    if name == "LlamaForCausalLM":
-        return getattr(config, "sliding_window", None) is None and len(model.model.layers) == config.num_hidden_layers
-    return False
+    elif name == "LlamaForCausalLM":
+        ok = getattr(config, "sliding_window", None) is None and len(model.model.layers) == config.num_hidden_layers
+    else:
+        return False
+    return ok and not _bypassed_hooks(model)
+
+
+def _layers(model: Any) -> list[tuple[Any, ...]]:
+    """Per block, the modules the lean forward calls, in order (looked up once, not per token)."""
+    if type(model).__name__ == "GPT2LMHeadModel":
+        return [(b.ln_1, b.attn.c_attn, b.attn.c_proj, b.ln_2, b.mlp.c_fc, b.mlp.act, b.mlp.c_proj,
+                 b.attn.head_dim, b.attn.scaling) for b in model.transformer.h]
+    return [(d.input_layernorm, d.self_attn.q_proj, d.self_attn.k_proj, d.self_attn.v_proj, d.self_attn.o_proj,
+             d.post_attention_layernorm, d.mlp, d.self_attn.head_dim, d.self_attn.scaling) for d in model.model.layers]
+
+
+def _called(model: Any) -> set[int]:
+    if type(model).__name__ == "GPT2LMHeadModel":
+        ends = [model.transformer.wte, model.transformer.wpe, model.transformer.ln_f]
+    else:
+        ends = [model.model.embed_tokens, model.model.rotary_emb, model.model.norm]
+    modules = [m for layer in _layers(model) for m in layer if isinstance(m, torch.nn.Module)]
+    return {id(m) for m in [*modules, *ends, model.lm_head, *(m for x in modules for m in x.modules())]}
+
+
+def _bypassed_hooks(model: Any) -> bool:
+    """Whether a forward hook sits on a module the lean forward does not call (a block, an attention, a
+    dropout): it would silently not run. Hooks on the modules it calls (the output head, a projection) run."""
+    from torch.nn.modules import module as nn_module
+
+    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+        return True
+    called = _called(model)
+    return any(
+        (m._forward_hooks or m._forward_pre_hooks) and id(m) not in called for m in model.modules() if m is not model
+    )
 
 
 class LeanDecoder:
@@ -54,9 +87,13 @@ class LeanDecoder:
 
     def __init__(self, model: Any, cache: Any, prompt_mask: torch.Tensor, new_tokens: int, group: int = 1):
         self.model = model
+        self.gpt2 = type(model).__name__ == "GPT2LMHeadModel"
+        self.layers = _layers(model)
         rows, p = prompt_mask.shape
         self.length = p  # columns written so far
         first = cache.layers[0].keys
+        # Per layer, keys and values as [rows · kv heads, columns, head dim]: one batched product per
+        # layer and step (baddbmm), where a 4-D matmul spends as long again on expanding and reshaping.
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         for layer in cache.layers:
@@ -65,12 +102,12 @@ class LeanDecoder:
             # The prompt pass ran each prompt once for its `group` rows: broadcast, not repeat_interleave + copy.
             for buffer, prefilled in ((keys, layer.keys), (values, layer.values)):
                 buffer.view(rows // group, group, *shape[1:])[:, :, :, :p] = prefilled[:, None]
-            self.keys.append(keys)
-            self.values.append(values)
-        bias = torch.zeros((rows, 1, 1, p + new_tokens), dtype=first.dtype, device=first.device)
-        bias[:, 0, 0, :p].masked_fill_(prompt_mask == 0, torch.finfo(first.dtype).min)
-        self.bias = bias
-        self.gpt2 = type(model).__name__ == "GPT2LMHeadModel"
+            self.keys.append(keys.view(-1, *shape[2:]))
+            self.values.append(values.view(-1, *shape[2:]))
+        kv_heads = cache.layers[0].keys.shape[1]
+        bias = torch.zeros((rows, kv_heads, 1, p + new_tokens), dtype=first.dtype, device=first.device)
+        bias[:, :, 0, :p].masked_fill_((prompt_mask == 0)[:, None], torch.finfo(first.dtype).min)
+        self.bias = bias.view(rows * kv_heads, 1, -1)
 
     def step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """Logits [rows, vocab] of the next token after `token` [rows] at `position` [rows, 1]; appends its keys."""
@@ -82,26 +119,26 @@ class LeanDecoder:
                 ) -> torch.Tensor:
         """One query per row and head: q [rows, heads, dh], k and v [rows, kv heads, dh] of this token."""
         keys, values = self.keys[index], self.values[index]
-        keys[:, :, column] = k
-        values[:, :, column] = v
-        rows, kv_heads = keys.shape[:2]
+        rows = q.shape[0]
+        keys[:, column] = k.reshape(keys.shape[0], -1)
+        values[:, column] = v.reshape(values.shape[0], -1)
         end = column + 1
-        # Heads j·g … j·g+g−1 share key/value head j (transformers' repeat_kv): group them, no copy.
-        q = q.reshape(rows, kv_heads, -1, q.shape[-1])
-        scores = torch.matmul(q, keys[:, :, :end].transpose(2, 3)) * scale + self.bias[..., :end]
+        # Heads j·g … j·g+g−1 share key/value head j (transformers' repeat_kv): g query rows against one
+        # key matrix, no copy of it.
+        q = q.reshape(keys.shape[0], -1, q.shape[-1])
+        scores = torch.baddbmm(self.bias[:, :, :end], q, keys[:, :end].transpose(1, 2), alpha=scale)
         weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        return torch.matmul(weights, values[:, :, :end]).reshape(rows, -1)
+        return torch.bmm(weights, values[:, :end]).view(rows, -1)
 
     def _gpt2(self, token: torch.Tensor, position: torch.Tensor, column: int) -> torch.Tensor:
         body = self.model.transformer
         hidden = body.wte(token) + body.wpe(position[:, 0])
         rows = hidden.shape[0]
-        for index, block in enumerate(body.h):
-            attn = block.attn
-            q, k, v = attn.c_attn(block.ln_1(hidden)).view(rows, 3, -1, attn.head_dim).unbind(1)
-            out = self._attend(index, q, k, v, column, attn.scaling)
-            hidden = attn.c_proj(out) + hidden
-            hidden = hidden + block.mlp(block.ln_2(hidden))
+        # GPT2Block's arithmetic; its dropouts are identities in eval mode (supports() requires it).
+        for index, (ln_1, c_attn, c_proj, ln_2, c_fc, act, mlp_proj, head_dim, scale) in enumerate(self.layers):
+            q, k, v = c_attn(ln_1(hidden)).view(rows, 3, -1, head_dim).unbind(1)
+            hidden = c_proj(self._attend(index, q, k, v, column, scale)) + hidden
+            hidden = hidden + mlp_proj(act(c_fc(ln_2(hidden))))
         return self.model.lm_head(body.ln_f(hidden))
 
     def _llama(self, token: torch.Tensor, position: torch.Tensor, column: int) -> torch.Tensor:
@@ -111,14 +148,12 @@ class LeanDecoder:
         hidden = body.embed_tokens(token)[:, None]  # [rows, 1, d]: the rotary embedding wants a sequence axis
         cos, sin = body.rotary_emb(hidden, position_ids=position)
         rows = hidden.shape[0]
-        for index, layer in enumerate(body.layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(hidden)
-            q = attn.q_proj(x).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
-            k = attn.k_proj(x).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
+        for index, (norm_1, q_proj, k_proj, v_proj, o_proj, norm_2, mlp, head_dim, scale) in enumerate(self.layers):
+            x = norm_1(hidden)
+            q = q_proj(x).view(rows, 1, -1, head_dim).transpose(1, 2)
+            k = k_proj(x).view(rows, 1, -1, head_dim).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            v = attn.v_proj(x).view(rows, -1, attn.head_dim)
-            out = self._attend(index, q[:, :, 0], k[:, :, 0], v, column, attn.scaling)
-            hidden = hidden + attn.o_proj(out)[:, None]
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            v = v_proj(x).view(rows, -1, head_dim)
+            hidden = hidden + o_proj(self._attend(index, q[:, :, 0], k[:, :, 0], v, column, scale))[:, None]
+            hidden = hidden + mlp(norm_2(hidden))
         return self.model.lm_head(body.norm(hidden))[:, 0]

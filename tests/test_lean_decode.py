@@ -90,6 +90,13 @@ def test_models_the_lean_forward_does_not_cover_keep_transformers_forward(tmp_pa
     assert lean_decode.supports(model)
     assert not lean_decode.supports(model.train())  # dropout would be on: transformers' forward applies it
     model.eval()
+    # A hook on a module the lean forward calls still runs; one on a block it bypasses would not: fall back.
+    head_hook = model.lm_head.register_forward_hook(lambda _m, _i, out: out)
+    assert lean_decode.supports(model)
+    block_hook = model.transformer.h[0].register_forward_hook(lambda _m, _i, out: out)
+    assert not lean_decode.supports(model)
+    block_hook.remove()
+    head_hook.remove()
     model.config.add_cross_attention = True
     assert not lean_decode.supports(model)
     assert generation.resolve("auto", torch.device("cpu")) == "eager"
