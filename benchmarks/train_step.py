@@ -185,13 +185,14 @@ def compare_trl(args: Any, model_dir: Path, prompts: list[str], spec: Any, runs:
         print("trl: compared with the built-in callable reward only; skipped")
         return
     tr = spec.training
-    seconds = trl_step.time_trl(
+    seconds, walls = trl_step.time_trl(
         model_dir, prompts, vowel_fraction, batch=args.batch, samples=args.samples, max_new_tokens=args.max_new_tokens,
         temperature=tr.temperature, beta=spec.warp.beta, ema_rate=spec.warp.ema_rate, steps=args.steps, clock=clock,
         device=device.type,
     )
     trl_ms = 1e3 * statistics.mean(seconds)
-    print(f"trl RLOOTrainer ms_per_step {trl_ms:.1f} ({', '.join(f'{s:.3f}s' for s in seconds)})")
+    print(f"trl RLOOTrainer ms_per_step {trl_ms:.1f} ({', '.join(f'{s:.3f}s' for s in seconds)}), wall "
+          f"{1e3 * statistics.mean(walls):.1f} ms")
     for run in runs:
         ms = 1e3 * statistics.mean(r["step_seconds"] for r in run.records)
         print(f"{run.name} / trl: {ms / trl_ms:.2f}x")
@@ -328,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         peak = peak_tflops(device, args.peak_tflops)
         mfu = f", MFU {100 * achieved / peak:.1f}% of {peak:.0f} TFLOP/s" if peak else ""
         print(f"{run.name} update: {flops / 1e9:.1f} GFLOP per step, {achieved:.3f} TFLOP/s{mfu}")
-        print(f"{run.name} ms_per_step {mean_step * 1e3:.1f}")
+        wall = statistics.mean(r["wall_seconds"] for r in run.records)
+        print(f"{run.name} ms_per_step {mean_step * 1e3:.1f}, wall {wall * 1e3:.1f} ms")
         if run is not runs[0]:
             ratios = ", ".join(f"{ph} {summary[ph] / max(base[2][ph], 1e-9):.2f}x" for ph in PHASES)
             print(f"{run.name} / {base[0]}: step {mean_step / base[1]:.2f}x ({ratios})")

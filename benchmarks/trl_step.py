@@ -8,13 +8,15 @@ B prompts × k completions per optimiser step (one generation per step), the sam
 completion length, no top-k/top-p, a KL penalty β against a reference model that follows the policy
 as an EMA (sync_ref_model, mixup α = μ, every step: WARP's EMA anchor), Adam at the same learning rate,
 dropout off. kwarp's step does more than this: it also computes the KL to θ_init (a third model).
-Each step is timed by the same clock as kwarp's (a TrainerCallback around every optimiser step).
+Each step is timed by the same clock as kwarp's (a TrainerCallback around every optimiser step), and
+by wall time as well.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,8 +40,9 @@ def time_trl(
     steps: int,
     clock: Callable[[], float],
     device: str,
-) -> list[float]:
-    """Seconds (by `clock`) of each of `steps` RLOO optimiser steps, after one untimed warm-up step."""
+) -> tuple[list[float], list[float]]:
+    """Seconds (by `clock`, and by wall time) of each of `steps` RLOO optimiser steps, after one untimed
+    warm-up step."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import RLOOConfig, RLOOTrainer
@@ -54,15 +57,18 @@ def time_trl(
         return list(reward(prompts, completions))
 
     seconds: list[float] = []
+    walls: list[float] = []
 
     class StepClock(TrainerCallback):
         start = 0.0
+        wall = 0.0
 
         def on_step_begin(self, *_: Any, **__: Any) -> None:
-            StepClock.start = clock()
+            StepClock.start, StepClock.wall = clock(), time.perf_counter()
 
         def on_step_end(self, *_: Any, **__: Any) -> None:
             seconds.append(clock() - StepClock.start)
+            walls.append(time.perf_counter() - StepClock.wall)
 
     with tempfile.TemporaryDirectory(prefix="kwarp-trl-") as out:
         config = RLOOConfig(
@@ -98,4 +104,4 @@ def time_trl(
             callbacks=[StepClock()],
         )
         trainer.train()
-    return seconds[1:]  # the first step warms up, as kwarp's does
+    return seconds[1:], walls[1:]  # the first step warms up, as kwarp's does
