@@ -31,8 +31,8 @@ class ProcessJobRunner(JobRunner):
     At most `parallel` Jobs run at once: further Jobs wait, as on a full node. An Indexed Job runs one
     process per index (its pods), each with its index (JOB_COMPLETION_INDEX and the annotation's
     fieldRef) and the pods' stable host names (<pod>.<subdomain>) resolving to loopback; the ports the
-    pods of a Job with a subdomain declare are one set per Job, so they reach each other (a gang's pods
-    each get their own). It succeeds when every pod has, and fails at the first pod that fails (the
+    pods of a Job with a subdomain declare are one set per member (PET_NNODES consecutive pods), so a
+    member's pods reach each other (a gang of one-node members' pods each get their own). It succeeds when every pod has, and fails at the first pod that fails (the
     others are stopped), as with backoffLimit 0.
     """
 
@@ -72,8 +72,13 @@ class ProcessJobRunner(JobRunner):
         if job["spec"].get("completionMode") != "Indexed":
             return self._spawn_pod(job, name, ports, log)
         indexes = range(int(job["spec"]["completions"]))
-        if pod.get("subdomain"):  # a multi-node member: its pods reach each other on the ports index 0 declares
-            return _Pods([self._spawn_pod(job, f"{name}-{i}", ports, log, index=i) for i in indexes])
+        if pod.get("subdomain"):
+            # Pods that talk to each other: a multi-node member's, or a gang of them (PET_NNODES pods per
+            # member, consecutive indexes, kwarp.core.placement). On loopback the pods of one member meet on
+            # one set of ports; each member has its own, as each pod has its own network in a cluster.
+            nodes = int(next((e["value"] for e in container.get("env", []) if e["name"] == "PET_NNODES"), len(indexes)))
+            sets = [ports] + [{k: str(_free_port()) for k in ports} for _ in range(1, -(-len(indexes) // nodes))]
+            return _Pods([self._spawn_pod(job, f"{name}-{i}", sets[i // nodes], log, index=i) for i in indexes])
         # A gang of members (operator/jobs.py gang_manifest): each pod has its own network, so its own ports.
         return _Pods([self._spawn_pod(job, f"{name}-{i}", {k: str(_free_port()) for k in ports}, log, index=i)
                       for i in indexes])  # fmt: skip

@@ -228,3 +228,56 @@ def test_a_two_node_member_rendezvous_and_the_iteration_merges(tmp_path: Path, s
         assert state["world_size"] == 2
     assert store.has_checkpoint(layout.slerp(folder, 0))  # the members merged
     assert sorted((m["member"], m["state"]) for m in st["members"]) == [(0, "Succeeded"), (1, "Succeeded")]
+
+
+def test_a_queued_gang_of_two_node_members_is_admitted_whole_and_each_member_meets_at_its_rank_zero_pod(
+    tmp_path: Path, s3: S3Server
+) -> None:
+    """spec.queueName with resources.trainer.nodes: 2 and M = 2: the iteration is ONE Indexed Job of 4 pods,
+    admitted whole by the Kueue stand-in (quota: 4 pods). Each pod runs `kwarp gang-node`, which makes pods 0, 1
+    member 0 and pods 2, 3 member 1 and points each pair at its rank-0 pod (<job>-0 / <job>-2 in the gang's
+    Service) before torchrun; each pair trains one member over gloo (world size 2), and the members merge."""
+    from .kueue import KueueStandIn
+
+    bucket = s3.create_bucket()
+    storage_doc = {"url": f"s3://{bucket}/runs", "endpoint": s3.endpoint, "secure": False, "secretName": "kwarp-s3"}
+    storage = StorageSpec.model_validate(storage_doc)
+    upload_inputs(s3, bucket, storage, tmp_path)
+    doc = warprun(bucket, storage_doc)
+    doc["spec"]["queueName"] = "team-a"
+    doc["spec"]["warp"]["iterations"] = 1
+    doc["spec"]["resources"]["trainer"] = {"gpus": 0, "nodes": 2}
+
+    with Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
+        api = Api(cluster)
+        api.core.create_namespaced_secret(NS, s3_secret())
+        opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"))
+        with (KueueStandIn(cluster, "team-a", {"pods": 4, "nvidia.com/gpu": 0}) as queue,
+              ProcessJobRunner(cluster, tmp_path / "pods", parallel=2) as runner, RunningOperator(cluster, opts)):  # fmt: skip
+            api.create(doc)
+            st = succeeded_within(api, runner, 600)
+            assert not runner.errors and not queue.errors, (runner.errors, queue.errors)
+            gang = api.jobs(RUN)["e2e-i0-members"]
+            services = {s["metadata"]["name"]: s for s in cluster.raw("GET", f"/api/v1/namespaces/{NS}/services")["items"]}
+            folder = f"{NS}/{RUN}/{api.get(RUN)['metadata']['uid']}"
+        assert queue.admissions[:2] == ["e2e-prepare", "e2e-i0-members"]
+        assert sorted(api.jobs(RUN)) == ["e2e-i0-eval", "e2e-i0-members", "e2e-i0-merge", "e2e-prepare"]
+
+    assert (gang["spec"]["completionMode"], gang["spec"]["completions"], gang["spec"]["parallelism"]) == ("Indexed", 4, 4)
+    assert any(c["type"] == "Complete" and c["status"] == "True" for c in gang["status"]["conditions"])
+    service = services["e2e-i0-members"]  # the gang's headless Service, owned by its Job
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["metadata"]["ownerReferences"][0]["uid"] == gang["metadata"]["uid"]
+    log = (tmp_path / "pods" / "e2e-i0-members.log").read_text()
+    for m in (0, 1):  # each pod found its place, and each member trained as 2 processes
+        for rank in (0, 1):
+            assert f"kwarp gang-node: node {rank} of member {m} (2 nodes), rendezvous at 127.0.0.1:" in log
+        assert f"i0 m{m} done" in log
+    assert log.count("2 process(es) on cpu (ddp)") == 2, log[-3000:]
+    store = S3Store.from_url(f"s3://{bucket}/runs", storage, env=s3.env())
+    for m in (0, 1):
+        state = json.loads((store.open_checkpoint(layout.member_state(folder, 0, m)) / "trainer_state.json").read_text())
+        assert state["world_size"] == 2
+    assert store.has_checkpoint(layout.slerp(folder, 0))  # the members merged
+    assert sorted((m["member"], m["job"], m["state"]) for m in st["members"]) == [
+        (0, "e2e-i0-members", "Succeeded"), (1, "e2e-i0-members", "Succeeded")]

@@ -330,3 +330,77 @@ def test_admission_wait_and_waiting_jobs_reach_the_operators_metrics_and_go_with
 def jobs_named_in(api: Api, run: str, *names: str) -> dict[str, dict[str, Any]]:
     return wait_value(lambda: api.jobs(run), lambda jobs: set(names) <= set(jobs), 20,
                       message=lambda: f"Jobs {names}; have {sorted(api.jobs(run))}")
+
+
+def services(api: Api) -> set[str]:
+    return {s["metadata"]["name"] for s in api.cluster.raw("GET", f"/api/v1/namespaces/{NS}/services")["items"]}
+
+
+def finish_node_member(api: Api, runner: StatusJobRunner, gang: str, member: int, nodes: int = 2) -> None:
+    """Member `member` of a gang of multi-node members publishes its outputs and its N pods exit 0."""
+    job = api.jobs()[gang]
+    labels = job["metadata"]["labels"]
+    write_outputs({**job, "metadata": {**job["metadata"], "labels": {**labels, LABEL_TASK: f"i0-m{member}"}}})
+    for rank in range(nodes):
+        runner.succeed_index(gang, member * nodes + rank)
+
+
+def test_a_gang_of_two_node_members_waits_whole_and_a_failed_rank_restarts_its_member_whole(
+    cluster: Cluster, api: Api, runner: StatusJobRunner, store: Path
+) -> None:
+    """M = 2 members of N = 2 nodes: one Job of 4 pods (and its Service), admitted only when all 4 fit; a
+    failed rank of member 1 is one failed try of member 1 and fails the gang Job (backoffLimit 0: the member
+    restarts whole), the next attempt -r1 comes with its own Service; member 0, published, is not counted
+    again; a suspend withdraws the queued gang and its Service goes with it."""
+    trainer = {"trainer": {"gpus": 1, "nodes": 2}}
+    with kueue(cluster, pods=3, gpus=4) as queue, RunningOperator(cluster, options()):
+        api.create(warprun(store, queueName="team-a", resources=trainer))  # maxRetries 1
+        finish(api, runner, "demo-prepare")
+        gang = jobs_named(api, "demo-i0-members")["demo-i0-members"]
+        assert (gang["spec"]["completions"], gang["spec"]["backoffLimit"]) == (4, 0)
+        wait_for(lambda: "demo-i0-members" in services(api), 10, message="the gang's Service")
+        # 3 pods of quota for a gang of 4: it waits whole, both members Queued, no pod.
+        status = wait_value(api.status, lambda st: member_states(st) == {0: ("demo-i0-members", "Queued"),
+                                                                         1: ("demo-i0-members", "Queued")}, 20,
+                            message=lambda: f"both members queued: {api.status()}")  # fmt: skip
+        assert "demo-i0-members" in pending(api)["message"] and not index_pods(api, "demo-i0-members")  # type: ignore[index]
+
+        queue.set_quota(pods=4)
+        wait_for(lambda: runner.running() == ["demo-i0-members"], 10, message="the gang admitted whole")
+        assert sorted(index_pods(api, "demo-i0-members")) == [0, 1, 2, 3]
+        finish_node_member(api, runner, "demo-i0-members", 0)
+        runner.fail_index("demo-i0-members", 3, exit_code=1, message="NCCL error: remote process exited")
+
+        # Node 1 of member 1 failed: the gang Job failed (its pod of index 2 stopped), member 1 has one failed
+        # try and restarts whole in the next attempt, which has its own Service.
+        retry = jobs_named(api, "demo-i0-members-r1")["demo-i0-members-r1"]
+        assert retry["spec"]["completions"] == 4
+        wait_for(lambda: "demo-i0-members-r1" in services(api), 10, message="the retry's Service")
+        # (member 0's attempts count the gang Jobs it is part of: -r1 has every member.)
+        status = wait_value(api.status, lambda st: {m["member"]: (m["state"], m["attempts"]) for m in st.get("members", [])}
+                            == {0: ("Succeeded", 2), 1: ("Running", 2)}, 20,
+                            message=lambda: f"member 1 retried: {api.status()}")  # fmt: skip
+        assert status["phase"] == "Training"
+        assert status["failures"] == {"i0-m1": {"count": 1, "reason": status["failures"]["i0-m1"]["reason"]}}
+        assert "(member 1, node 1 of 2)" in status["failures"]["i0-m1"]["reason"]
+        assert status["failures"]["i0-m1"]["reason"].endswith("NCCL error: remote process exited")
+
+        wait_for(lambda: runner.running() == ["demo-i0-members-r1"], 10, message="the retry admitted")
+        for rank in (0, 1):  # member 0's pods find its checkpoint and return at once
+            runner.succeed_index("demo-i0-members-r1", rank)
+        finish_node_member(api, runner, "demo-i0-members-r1", 1)
+        jobs_named(api, "demo-i0-merge")
+        status = api.status()
+        assert {m["member"]: m["state"] for m in status["members"]} == {0: "Succeeded", 1: "Succeeded"}
+        finish(api, runner, "demo-i0-merge")
+        finish(api, runner, "demo-i0-eval")
+
+        # Iteration 1's gang waits (quota 3 pods); a suspend withdraws it, and its Service goes with its Job.
+        queue.set_quota(pods=3)
+        jobs_named(api, "demo-i1-members")
+        wait_for(lambda: "demo-i1-members" in services(api), 10, message="iteration 1's Service")
+        api.patch_spec({"suspend": True})
+        wait_for(lambda: "demo-i1-members" not in api.jobs(), 20, message="the queued gang withdrawn")
+        wait_for(lambda: "demo-i1-members" not in services(api), 20, message="its Service garbage-collected")
+        phase_is(api, "Suspended")
+    assert not queue.errors, queue.errors
