@@ -25,6 +25,7 @@ ordinary buffered writes.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -112,12 +113,13 @@ class _Staging:
     def __init__(self, nbytes: int):
         # Private: plain process memory, not Python's default shared anonymous mapping (shmem, counted as such).
         self.map = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        self.tensor = torch.frombuffer(self.map, dtype=torch.uint8)  # copies into it run without the GIL
         self.view = memoryview(self.map)
+        anchor = ctypes.c_char.from_buffer(self.map)
+        self.address = ctypes.addressof(anchor)
+        del anchor  # (an exported buffer would keep the mapping from closing)
 
     def close(self) -> None:
         self.view.release()
-        del self.tensor
         self.map.close()
 
 
@@ -157,8 +159,11 @@ class _File:
                 self._write_all(view[pos:])
                 return
             n = min(len(view) - pos, len(staging.view) - self.filled)
-            if isinstance(data, torch.Tensor) and n >= 1 << 16:  # large copies without the GIL
-                staging.tensor[self.filled : self.filled + n].copy_(data[pos : pos + n])
+            if isinstance(data, torch.Tensor) and n >= 1 << 16:
+                # ctypes releases the GIL for the call; a torch copy_ would run on torch's intra-op threads
+                # where the caller has not made torch single-threaded (their OpenMP spin-waits cost more
+                # CPU than the copy).
+                ctypes.memmove(staging.address + self.filled, data.data_ptr() + pos, n)
             else:
                 staging.view[self.filled : self.filled + n] = view[pos : pos + n]
             self.filled += n
