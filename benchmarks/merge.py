@@ -1,6 +1,6 @@
 """Benchmark the streaming merge against a plain safetensors copy of the same inputs, in one run.
 
-    python benchmarks/merge.py [--size-gb 1.0] [--shards 4] [--members 2 4] [--out DIR] [--keep]
+    python benchmarks/merge.py [--size-gb 1.0] [--shards 4] [--members 2 4] [--out DIR] [--keep] [--baseline REV]
 
 Builds a synthetic bf16 checkpoint of about --size-gb (Llama-like names: `model.layers.<i>.*`, an
 embedding and a head) in --shards shards, plus members (θ_init + a small random task vector). Then,
@@ -12,6 +12,9 @@ for each M, it runs in child processes:
             by direct I/O where the filesystem takes it (kwarp.merger.writer);
 - buffered: the same merge with buffered writes (direct_writes=False, the engine before direct I/O): the
             before/after of the output write in one run;
+- baseline: with --baseline REV, the same merge by the kwarp of git revision REV (`git archive` of this
+            repository, its folders laid out as the kwarp package its pyproject maps them to, first on
+            the child's PYTHONPATH): an older engine before/after in the same run, on the same files;
 - mergekit: for M = 2, when mergekit is installed (`mergekit-yaml` on PATH or --mergekit-yaml), its
             `nuslerp` (SLERP of the two task vectors) on the same files, timed as a whole command;
 - idle:     the interpreter with torch and kwarp imported (the memory every child starts with).
@@ -27,6 +30,7 @@ printed, never asserted.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -34,8 +38,10 @@ import resource
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,13 +158,15 @@ def _child(kind: str, params: dict[str, Any]) -> dict[str, Any]:
                 del tensors
         return {"seconds": time.perf_counter() - imported, "import_seconds": imported - started,
                 "work_cpu": _cpu() - cpu, "bytes_written": written}
-    if kind in ("merge", "buffered"):
+    if kind in ("merge", "buffered", "baseline"):
         from kwarp.merger.cli import configure_threads, merge_folders
 
         threads = configure_threads(params["threads"])
         imported, cpu = time.perf_counter(), _cpu()
+        # (a baseline's merge_folders may predate direct_writes: it is given no such argument)
+        options = {} if kind == "baseline" else {"direct_writes": kind == "merge"}
         report = merge_folders(Path(params["init"]), [Path(m) for m in params["members"]], Path(params["out"]),
-                               granularity=params["granularity"], threads=threads, direct_writes=kind == "merge")
+                               granularity=params["granularity"], threads=threads, **options)
         doc = report.to_json()
         return {"seconds": time.perf_counter() - imported, "import_seconds": imported - started,
                 "work_cpu": _cpu() - cpu, "threads": threads, "engine_seconds": doc["seconds"],
@@ -175,9 +183,29 @@ class Measured:
     cpu: float = 0.0  # user + system seconds of the child: what a shared, loaded machine distorts least
 
 
-def measure(kind: str, params: dict[str, Any], argv: list[str] | None = None) -> Measured:
-    """Run a child (this script in --child mode, or `argv`) and take its wall time and peak RSS."""
+def baseline_tree(rev: str, root: Path) -> Path:
+    """kwarp as of git revision `rev`, importable from the returned folder: the revision's files (git archive)
+    with each folder placed where its pyproject's [tool.setuptools] package-dir maps it (merger/ ->
+    kwarp/merger, ...)."""
+    repo = Path(__file__).resolve().parent.parent
+    src, tree = root / "src", root / "tree"
+    shutil.rmtree(root, ignore_errors=True)
+    src.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", rev], check=True,
+                             capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(src, filter="data")
+    mapping = tomllib.loads((src / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for package, folder in sorted(mapping.items()):  # "kwarp" first, then its mapped subpackages
+        shutil.copytree(src / folder, tree / package.replace(".", "/"), dirs_exist_ok=True)
+    return tree
+
+
+def measure(kind: str, params: dict[str, Any], argv: list[str] | None = None, pythonpath: Path | None = None) -> Measured:
+    """Run a child (this script in --child mode, or `argv`) and take its wall time and peak RSS; with
+    `pythonpath`, that folder's kwarp is imported instead of this checkout's."""
     os.sync()  # earlier writes must not be flushed on this measurement's time
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)} if pythonpath is not None else None
     with tempfile.TemporaryFile("w+") as result:
         started = time.perf_counter()
         if argv is not None:
@@ -186,7 +214,7 @@ def measure(kind: str, params: dict[str, Any], argv: list[str] | None = None) ->
             if os.waitstatus_to_exitcode(status) != 0:
                 raise SystemExit(f"{argv[0]} failed with exit code {os.waitstatus_to_exitcode(status)}")
             return Measured(time.perf_counter() - started, usage.ru_maxrss * 1024, {}, usage.ru_utime + usage.ru_stime)
-        proc = subprocess.Popen([sys.executable, __file__, "--child", kind, json.dumps(params)], stdout=result)
+        proc = subprocess.Popen([sys.executable, __file__, "--child", kind, json.dumps(params)], stdout=result, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -195,6 +223,13 @@ def measure(kind: str, params: dict[str, Any], argv: list[str] | None = None) ->
         result.seek(0)
         inner = json.loads(result.read().strip().splitlines()[-1])
     return Measured(wall, usage.ru_maxrss * 1024, inner, usage.ru_utime + usage.ru_stime)
+
+
+def _figures(merge: Measured, copy: Measured) -> dict[str, float]:
+    """A merge child's figures and their ratios to the copy's."""
+    return {"s": merge.wall, "work_s": merge.inner["seconds"], "cpu_s": merge.cpu, "work_cpu_s": merge.inner["work_cpu"],
+            "work_cpu_ratio": merge.inner["work_cpu"] / copy.inner["work_cpu"], "time_ratio": merge.wall / copy.wall,
+            "cpu_ratio": merge.cpu / copy.cpu, "rss_MiB": merge.peak_rss / 2**20}
 
 
 def folder_bytes(folder: Path) -> int:
@@ -218,6 +253,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="measure each case N times, keep the fastest")
     parser.add_argument("--out", type=Path, help="working folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints and outputs")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run the merge of this git revision (an older engine) on the same files")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -254,6 +291,7 @@ def run(root: Path, args: argparse.Namespace) -> int:
         shutil.rmtree(leftover, ignore_errors=True)
     mergekit_yaml = args.mergekit_yaml or shutil.which("mergekit-yaml") or next(
         (str(p) for p in [Path(sys.executable).parent / "mergekit-yaml"] if p.exists()), None)
+    baseline = baseline_tree(args.baseline, root / "baseline") if args.baseline else None
     idle = measure("idle", {})
     print(f"idle child (python + torch + kwarp.merger): peak RSS {idle.peak_rss / 2**20:.0f} MiB\n")
     rows = []
@@ -266,13 +304,13 @@ def run(root: Path, args: argparse.Namespace) -> int:
         # which child got that memory would depend on the order, not on the code.
         written: list[Path] = []
         for rep in range(args.repeat):
-            for kind in ("copy", "merge", "buffered"):
+            for kind in ("copy", "merge", "buffered", *(["baseline"] if baseline else [])):
                 out = root / f"out-{kind}-{m}-{rep}"
                 written.append(out)
                 params = {"inputs": inputs, "out": str(out)} if kind == "copy" else {
                     "init": inputs[0], "members": inputs[1:], "out": str(out), "granularity": args.granularity,
                     "threads": args.threads}
-                result = measure(kind, params)
+                result = measure(kind, params, pythonpath=baseline if kind == "baseline" else None)
                 if kind not in best or result.wall < best[kind].wall:
                     best[kind] = result
         mergekit = None
@@ -322,6 +360,7 @@ def run(root: Path, args: argparse.Namespace) -> int:
             "buffered_work_cpu_s": buffered.inner["work_cpu"],
             "buffered_work_cpu_ratio": buffered.inner["work_cpu"] / copy.inner["work_cpu"],
             "buffered_rss_MiB": buffered.peak_rss / 2**20,
+            **({f"baseline_{k}": v for k, v in _figures(best["baseline"], copy).items()} if baseline else {}),
             "mergekit_cpu_s": mergekit.cpu if mergekit else None,
             "vs_mergekit_cpu": merge.cpu / mergekit.cpu if mergekit else None,
             "mergekit_s": mergekit.wall if mergekit else None,
@@ -350,6 +389,13 @@ def run(root: Path, args: argparse.Namespace) -> int:
           + ", ".join(f"M={r['M']} work {r['buffered_work_s']:.2f} s, work CPU {r['buffered_work_cpu_s']:.2f} s "
                       f"({r['buffered_work_cpu_ratio']:.2f}x copy), child {r['buffered_s']:.2f} s wall, "
                       f"{r['buffered_cpu_s']:.2f} s CPU, peak RSS {r['buffered_rss_MiB']:.0f} MiB" for r in rows))
+    if baseline:
+        print(f"The same merge by kwarp {args.baseline} (the baseline): "
+              + ", ".join(f"M={r['M']} work {r['baseline_work_s']:.2f} s, work CPU {r['baseline_work_cpu_s']:.2f} s "
+                          f"({r['baseline_work_cpu_ratio']:.2f}x copy), child {r['baseline_s']:.2f} s wall "
+                          f"({r['baseline_time_ratio']:.2f}x copy), {r['baseline_cpu_s']:.2f} s CPU "
+                          f"({r['baseline_cpu_ratio']:.2f}x copy), peak RSS {r['baseline_rss_MiB']:.0f} MiB"
+                          for r in rows))
     for r in rows:
         if r["mergekit_s"] is not None:
             print(f"M={r['M']}: mergekit nuslerp {r['mergekit_s']:.2f} s wall, {r['mergekit_cpu_s']:.2f} s CPU, peak RSS "
