@@ -176,16 +176,18 @@ class _File:
         assert self.staging is not None
         staged = self.staging.view[: self.filled]
         self.filled = 0
+        written = 0
         try:
-            self._write_all(staged)
+            while written < len(staged):
+                written += os.write(self.fd, staged[written:])
         except OSError as err:
             if err.errno != errno.EINVAL:
                 raise
-            # The filesystem wants another alignment (a failed direct write writes nothing): buffered from
-            # here on, this block included; Linux lets a descriptor drop O_DIRECT.
+            # The filesystem wants another alignment (a refused direct write writes nothing): buffered from
+            # here on, from the first byte not written; Linux lets a descriptor drop O_DIRECT.
             fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~_O_DIRECT)
             self.staging = None
-            self._write_all(staged)
+            self._write_all(staged[written:])
 
     def _write_all(self, view: memoryview) -> None:
         written = 0
