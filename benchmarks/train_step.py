@@ -13,7 +13,8 @@ Variants (--variants, taking turns step by step in one process, ratios against t
 `baseline` is the trainer before issue 16 (transformers' generate, the entropy recomputed in the
 update, Adam's per-tensor loop, every row's prompt run through each model pass, GPT-2's GELU as
 Python arithmetic), `kwarp` the trainer as it is (--generation), `trl` TRL's
-RLOOTrainer on the same step shape when trl is installed (benchmarks/trl_step.py). On a CPU the
+RLOOTrainer on the same step shape when trl is installed (benchmarks/trl_step.py), run after the
+other variants, which are then timed again: their ratio to TRL is printed against both timings. On a CPU the
 phases are timed by process CPU time (--clock), which other processes' load does not inflate.
 The update's FLOPs and TFLOP/s are printed, and its MFU on a GPU. docs/performance.md has figures.
 
@@ -110,6 +111,7 @@ class Variant:
     models: Models
     optimizer: torch.optim.Optimizer
     records: list[dict[str, Any]] = field(default_factory=list)
+    after: list[dict[str, Any]] = field(default_factory=list)  # timed again after TRL (--variants ...,trl)
 
 
 def variants(names: list[str], spec: Any, model_dir: Path, accelerator: Any, batch: int) -> list[Variant]:
@@ -173,17 +175,17 @@ def peak_tflops(device: torch.device, given: float | None) -> float | None:
 
 
 def compare_trl(args: Any, model_dir: Path, prompts: list[str], spec: Any, runs: list[Variant], clock: Any,
-                device: torch.device) -> None:
-    """TRL's RLOOTrainer on the same model and step shape (benchmarks/trl_step.py), and kwarp's ratio to it."""
+                device: torch.device) -> float | None:
+    """TRL's RLOOTrainer on the same model and step shape (benchmarks/trl_step.py): its mean ms per step."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # run with -P: this folder is not on sys.path
     import trl_step
 
     if not trl_step.available():
         print("trl: not installed (pip install trl beside kwarp to compare); skipped")
-        return
+        return None
     if args.reward != "__main__:vowel_fraction":
         print("trl: compared with the built-in callable reward only; skipped")
-        return
+        return None
     tr = spec.training
     seconds, walls = trl_step.time_trl(
         model_dir, prompts, vowel_fraction, batch=args.batch, samples=args.samples, max_new_tokens=args.max_new_tokens,
@@ -193,9 +195,7 @@ def compare_trl(args: Any, model_dir: Path, prompts: list[str], spec: Any, runs:
     trl_ms = 1e3 * statistics.mean(seconds)
     print(f"trl RLOOTrainer ms_per_step {trl_ms:.1f} ({', '.join(f'{s:.3f}s' for s in seconds)}), wall "
           f"{1e3 * statistics.mean(walls):.1f} ms")
-    for run in runs:
-        ms = 1e3 * statistics.mean(r["step_seconds"] for r in run.records)
-        print(f"{run.name} / trl: {ms / trl_ms:.2f}x")
+    return trl_ms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,30 +287,35 @@ def main(argv: list[str] | None = None) -> int:
     use_cpu_clock = args.clock == "cpu" or (args.clock == "auto" and device.type == "cpu")
     clock = time.process_time if use_cpu_clock else time.perf_counter
     print(f"phases and steps timed by {'process CPU time' if use_cpu_clock else 'wall time'}")
-    peaks = {}
-    for step in range(args.steps + 1):
-        # Variants take turns within a step (the order alternating), so load on a shared machine hits both alike.
-        for run in runs if step % 2 == 0 else runs[::-1]:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            torch.manual_seed(step)
-            batch = [prompts[(step * args.batch + i) % len(prompts)] for i in range(args.batch)]
-            record = training_step(run.models, reward, run.optimizer, accelerator, batch, step, run.cfg, clock=clock)
-            record["wall_seconds"] = record["step_seconds"]
-            record["step_seconds"] = sum(record["timing"].values())
-            prompt_width = len(run.models.tokenizer(batch, padding=True)["input_ids"][0])
-            record["update_flops"] = update_flops(
-                run.models.bare, args.batch * args.samples, prompt_width, args.max_new_tokens,
-                args.samples if run.cfg.shared_prompts else 1,
-            )
-            if device.type == "cuda":
-                peaks[run.name] = max(peaks.get(run.name, 0), torch.cuda.max_memory_allocated(device))
-            if step == 0:
-                continue  # warm-up: kernels, caches, allocator, compilation
-            run.records.append(record)
-            split = " ".join(f"{ph} {record['timing'][ph]:.3f}s" for ph in PHASES)
-            print(f"step {step} {run.name}: {record['step_seconds']:.3f}s ({split}; wall {record['wall_seconds']:.3f}s), "
-                  f"{record['tokens_per_second']:.0f} tok/s, {record['completion_tokens']:.1f} tokens/completion")
+    peaks: dict[str, int] = {}
+
+    def play(steps: range, into: str) -> None:
+        """Time `steps` of every variant, their records into run.<into>; step 0 is an untimed warm-up."""
+        for step in steps:
+            # Variants take turns within a step (the order alternating), so load on a shared machine hits both alike.
+            for run in runs if step % 2 == 0 else runs[::-1]:
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                torch.manual_seed(step)
+                batch = [prompts[(step * args.batch + i) % len(prompts)] for i in range(args.batch)]
+                record = training_step(run.models, reward, run.optimizer, accelerator, batch, step, run.cfg, clock=clock)
+                record["wall_seconds"] = record["step_seconds"]
+                record["step_seconds"] = sum(record["timing"].values())
+                prompt_width = len(run.models.tokenizer(batch, padding=True)["input_ids"][0])
+                record["update_flops"] = update_flops(
+                    run.models.bare, args.batch * args.samples, prompt_width, args.max_new_tokens,
+                    args.samples if run.cfg.shared_prompts else 1,
+                )
+                if device.type == "cuda":
+                    peaks[run.name] = max(peaks.get(run.name, 0), torch.cuda.max_memory_allocated(device))
+                if step == 0:
+                    continue  # warm-up: kernels, caches, allocator, compilation
+                getattr(run, into).append(record)
+                split = " ".join(f"{ph} {record['timing'][ph]:.3f}s" for ph in PHASES)
+                print(f"step {step} {run.name}: {record['step_seconds']:.3f}s ({split}; wall {record['wall_seconds']:.3f}s), "
+                      f"{record['tokens_per_second']:.0f} tok/s, {record['completion_tokens']:.1f} tokens/completion")
+
+    play(range(args.steps + 1), "records")
 
     base = None
     for run in runs:
@@ -334,8 +339,16 @@ def main(argv: list[str] | None = None) -> int:
         if run is not runs[0]:
             ratios = ", ".join(f"{ph} {summary[ph] / max(base[2][ph], 1e-9):.2f}x" for ph in PHASES)
             print(f"{run.name} / {base[0]}: step {mean_step / base[1]:.2f}x ({ratios})")
-    if with_trl:
-        compare_trl(args, model_dir, prompts, spec, runs, clock, device)
+    trl_ms = compare_trl(args, model_dir, prompts, spec, runs, clock, device) if with_trl else None
+    if trl_ms is not None:
+        # TRL runs after the kwarp variants, not in turns with them: time them again after it, so a load
+        # that changed while TRL ran shows as a difference between the two ratios.
+        play(range(args.steps + 1, 2 * args.steps + 1), "after")
+        for run in runs:
+            before = 1e3 * statistics.mean(r["step_seconds"] for r in run.records)
+            after = 1e3 * statistics.mean(r["step_seconds"] for r in run.after)
+            print(f"{run.name} / trl: {(before + after) / 2 / trl_ms:.2f}x ({before:.1f} ms before TRL: "
+                  f"{before / trl_ms:.2f}x; {after:.1f} ms after: {after / trl_ms:.2f}x)")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     tmp.cleanup()
     return 0
