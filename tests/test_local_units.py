@@ -10,15 +10,8 @@ from rich.console import Console
 from kwarp.core.errors import UserError
 from kwarp.core.plan import Observed, Task, all_tasks
 from kwarp.core.spec import parse
-from kwarp.run.runner import (
-    LocalExecutor,
-    close_orphaned_attempts,
-    default_parallel,
-    disk_needed,
-    failure_reason,
-    threads_per_task,
-    with_store,
-)
+from kwarp.run.children import PROGRESS_PREFIX, close_orphaned_attempts, failure_reason
+from kwarp.run.runner import LocalExecutor, default_parallel, disk_needed, threads_per_task, with_store
 from kwarp.store import FileStore, layout
 
 from .prom import sample, scrape
@@ -164,3 +157,10 @@ def test_attempts_left_running_by_a_killed_runner_are_closed_as_interrupted(tmp_
     assert (timeline[1]["status"], timeline[1]["end"]) == ("interrupted", 130.0)
     assert (timeline[2]["status"], timeline[2]["end"]) == ("interrupted", 140.0)
     assert close_orphaned_attempts(timeline, tmp_path) == 0
+
+
+def test_the_runner_reads_the_progress_lines_the_trainer_writes() -> None:
+    """The runner (no torch) keeps its own copy of the trainer's progress prefix: they must agree."""
+    from kwarp.trainer.train import PROGRESS_PREFIX as TRAINER_PREFIX
+
+    assert PROGRESS_PREFIX == TRAINER_PREFIX

@@ -15,7 +15,6 @@ stops two runners from working on one run at once, so no work is ever done twice
 from __future__ import annotations
 
 import argparse
-import ctypes
 import fcntl
 import json
 import os
@@ -25,8 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -43,10 +40,10 @@ from kwarp.core.owners import claim
 from kwarp.core.ownership import Owner, spec_digest, store_key
 from kwarp.core.plan import Fail, Observed, Start, Succeed, Task, TaskJobs, plan, progress
 from kwarp.core.spec import WarpRun, load
+from kwarp.run.children import Proc, close_orphaned_attempts, failure_reason, pump_output, set_pdeathsig
 from kwarp.run.identity import identify
 from kwarp.store import FileStore, Store, layout, open_store
 
-PROGRESS_PREFIX = "KWARP_PROGRESS "
 _POLL_SECONDS = 0.5
 METRICS_LINGER_SECONDS = 5.0
 
@@ -72,78 +69,6 @@ def disk_needed(spec_members: int, iterations_left: int, base_bytes: int) -> int
     (policy + EMA + 2 Adam moments ≈ 4 copies), the SLERP and the next init."""
     per_iteration = base_bytes * (spec_members * (1 + 1 + 4) + 2)
     return per_iteration * iterations_left
-
-
-@dataclass
-class Proc:
-    task: Task
-    attempt: int
-    popen: subprocess.Popen[str]
-    log_path: Path
-    started: float
-    progress: dict[str, Any] = field(default_factory=dict)
-    tail: deque[str] = field(default_factory=lambda: deque(maxlen=30))
-    reader: threading.Thread | None = None
-
-
-def close_orphaned_attempts(timeline: list[dict[str, Any]], log_dir: Path) -> int:
-    """Mark the attempts a previous runner left open as interrupted; returns how many.
-
-    A runner killed without clean-up (SIGKILL, a lost machine) leaves its attempts "running" in
-    runner.json, and its children die with it (PR_SET_PDEATHSIG). Only the runner holding the run's
-    lock calls this, so no open attempt can belong to a live runner. The end is the last time the
-    attempt's log was written (the closest measured bound), else its start.
-    """
-    closed = 0
-    for entry in timeline:
-        if entry.get("end") is not None or entry.get("status") != "running":
-            continue
-        log = log_dir / f"{entry.get('task')}.log"
-        try:
-            end = max(log.stat().st_mtime, float(entry.get("start") or 0.0))
-        except OSError:
-            end = entry.get("start")
-        entry.update(end=end, status="interrupted")
-        closed += 1
-    return closed
-
-
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die when the runner dies
-    except OSError:
-        pass
-
-
-def _pump(proc: Proc, log: TextIO, metrics: Any = None) -> None:
-    """Copy a child's output to its log file; keep progress records and the last lines."""
-    assert proc.popen.stdout is not None
-    for line in proc.popen.stdout:
-        log.write(line)
-        log.flush()
-        stripped = line.rstrip("\n")
-        if stripped.startswith(PROGRESS_PREFIX):
-            try:
-                proc.progress = json.loads(stripped[len(PROGRESS_PREFIX) :])
-            except ValueError:
-                continue  # a torn line: the next one carries the same fields
-            if metrics is not None and proc.task.kind == "train":
-                metrics.record_step(proc.task.iteration, proc.task.member, proc.progress)
-        elif stripped.strip():
-            proc.tail.append(stripped)
-    log.close()
-
-
-def failure_reason(tail: list[str], returncode: int) -> str:
-    """The most useful line of a failed task's output: its own error message, else the last lines."""
-    for line in reversed(tail):
-        if ": error: " in line or line.startswith(("Error", "UserError", "RuntimeError", "ValueError")):
-            return f"{line.strip()} (exit code {returncode})"
-    last = " | ".join(s.strip() for s in tail[-3:]) or "no output"
-    if returncode < 0:
-        return f"killed by signal {-returncode}; last output: {last}"
-    return f"exit code {returncode}; last output: {last}"
 
 
 class LocalExecutor:
@@ -351,10 +276,10 @@ class LocalExecutor:
             text=True,
             env=env,
             start_new_session=True,  # Ctrl-C reaches the runner only; it stops children in order
-            preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
+            preexec_fn=set_pdeathsig if sys.platform.startswith("linux") else None,
         )
         proc = Proc(task=task, attempt=attempt, popen=popen, log_path=log_path, started=time.time())
-        proc.reader = threading.Thread(target=_pump, args=(proc, log, self.metrics), daemon=True)
+        proc.reader = threading.Thread(target=pump_output, args=(proc, log, self.metrics), daemon=True)
         proc.reader.start()
         self.procs[task] = proc
         self.started_this_session.add(task)
