@@ -320,8 +320,8 @@ class Sampler:
     """A sampling profiler of the operator's threads: every `interval` s, each thread's stack; a function
     is counted once per sample it is on the stack of (inclusive)."""
 
-    def __init__(self, exclude: set[int], interval: float = 0.005):
-        self.exclude, self.interval = exclude, interval
+    def __init__(self, exclude: set[int], interval: float = 0.005, only: int | None = None):
+        self.exclude, self.interval, self.only = exclude, interval, only  # only: that thread alone
         self.inclusive: dict[str, int] = {}
         self.samples = 0
         self._stop = threading.Event()
@@ -340,7 +340,7 @@ class Sampler:
         me = threading.get_ident()
         while not self._stop.wait(self.interval):
             for ident, frame in sys._current_frames().items():
-                if ident in self.exclude or ident == me:
+                if ident in self.exclude or ident == me or (self.only is not None and ident != self.only):
                     continue
                 seen: set[str] = set()
                 f = frame
@@ -433,6 +433,8 @@ def main() -> int:
     parser.add_argument("--members", type=int, default=2)
     parser.add_argument("--out", help="also write the figures as JSON here")
     parser.add_argument("--profile", action="store_true", help="sample the operator's threads (load scenario)")
+    parser.add_argument("--profile-loop", action="store_true",
+                        help="sample kopf's event-loop thread alone (load scenario): what delays a Job event's handler")
     parser.add_argument("--skip-baseline", action="store_true", help="only the load scenario")
     parser.add_argument("--workers", type=int, default=OperatorOptions().max_workers,
                         help="the operator's reconcile threads (OperatorOptions.max_workers)")
@@ -470,11 +472,13 @@ def main() -> int:
                 cluster, store, port, clock, 1, "solo", args.iterations, args.members, cpu, tracer)
             exclude = {t.ident for t in (threading.main_thread(), runner._thread, clock._thread, phases._thread,
                                          *runner.pods, *runner.worker_threads) if t is not None}
-            if args.profile:
-                with Sampler(exclude) as sampler:
+            if args.profile or args.profile_loop:
+                loop = next(t.ident for t in threading.enumerate() if t.name == "kwarp-operator")
+                with Sampler(exclude, only=loop if args.profile_loop else None) as sampler:
                     load = scenario(cluster, store, port, clock, args.runs, "load", args.iterations, args.members,
                                     cpu, tracer)
-                load["profile_operator_inclusive_pct"] = dict(sampler.top())
+                load["profile_operator_inclusive_pct" if args.profile else "profile_kopf_loop_inclusive_pct"] = dict(
+                    sampler.top(40 if args.profile_loop else 20))
             else:
                 load = scenario(cluster, store, port, clock, args.runs, "load", args.iterations, args.members, cpu,
                                 tracer)
