@@ -16,7 +16,7 @@ import torch
 
 from kwarp.core.checkpoints import DIGESTS
 from kwarp.merger.streaming import Output, merge_checkpoints
-from kwarp.merger.writer import Planned, PlannedShardWriter
+from kwarp.merger.writer import STAGING_BYTES, Planned, PlannedShardWriter
 
 from .models import load_state, perturbed, tiny_llama
 
@@ -92,24 +92,28 @@ def test_merge_outputs_leave_no_page_in_the_page_cache_where_direct_io_is_taken(
         assert resident_pages(next(ref.folder.glob("*.safetensors")))[0] > 0
 
 
-@pytest.mark.parametrize("block,staging", [(4096, 8192), (256, 768), (512, 512)])
+@pytest.mark.parametrize("block,staging", [(4096, STAGING_BYTES), (4096, 128 << 10), (4096, 8192), (256, 768),
+                                           (512, 512)])
 def test_a_direct_writer_writes_exactly_the_bytes_of_a_buffered_one(tmp_path: Path, block: int, staging: int) -> None:
-    """Tensors of odd byte sizes, a tensor larger than the staging buffer, pieces, several shards. A block of
-    256 bytes (768 staged) is below the 512-byte sector of common disks: the filesystem refuses that direct
-    write and the writer goes on buffered; where it is taken (tmpfs) it is written directly. Either way the
-    files and their recorded sha256 must be exact."""
+    """Tensors of odd byte sizes, tensors larger than the staging buffer, pieces, several shards; large runs of
+    bytes are staged by memmove (from 64 KiB), small ones by memoryview. A block of 256 bytes (768 staged) is
+    below the 512-byte sector of common disks: the filesystem refuses that direct write and the writer goes on
+    buffered; where it is taken (tmpfs) it is written directly. Either way the files and their recorded
+    sha256 must be exact."""
     planned = [Planned("a", "F32", (3, 7)), Planned("b", "BF16", (1001,)), Planned("c", "U8", (5,)),
-               Planned("d", "F32", (40, 50)), Planned("e", "BF16", (0,)), Planned("f", "I64", (3,))]
+               Planned("d", "F32", (40, 50)), Planned("e", "BF16", (0,)), Planned("f", "I64", (3,)),
+               Planned("g", "F32", (300, 170))]
     gen = torch.Generator().manual_seed(0)
     tensors = {
         "a": torch.randn(3, 7, generator=gen), "b": torch.randn(1001, generator=gen).to(torch.bfloat16),
         "c": torch.arange(5, dtype=torch.uint8), "d": torch.randn(40, 50, generator=gen),
         "e": torch.empty(0, dtype=torch.bfloat16), "f": torch.tensor([1, -2, 3]),
+        "g": torch.randn(300, 170, generator=gen),  # 204 000 bytes: memmove, across 128 KiB staging buffers
     }
     folders = {}
     for mode in ("buffered", "direct"):
         folder = folders[mode] = tmp_path / mode
-        writer = PlannedShardWriter(folder, planned, max_shard_bytes=6000, queue_bytes=0,
+        writer = PlannedShardWriter(folder, planned, max_shard_bytes=6000 if staging < 64 << 10 else 100_000, queue_bytes=0,
                                     direct=mode == "direct", direct_block=block, staging_bytes=staging)
         for p in planned:
             if p.name == "d":  # in pieces, one larger than the staging buffer
