@@ -584,7 +584,12 @@ class Reconciler:
         if patch is not None:
             stored = self.kube.patch_run_status(namespace, name, patch)
             if self.runs is not None:
-                self.runs.put(stored)  # the next pass compares with what it wrote, before the watch says so
+                if stored is None:
+                    # Gone (404), though the cache still had it: kopf reports no deletion that happened while
+                    # its watch was reconnecting. Forget it, so that no further pass acts for it.
+                    self.runs.deleted(body)
+                else:
+                    self.runs.put(stored)  # the next pass compares with what it wrote, before the watch says so
             outcome.status_patched = True
         outcome.phase = status.phase
         if status.phase is not None and status.phase != previous.phase:
