@@ -24,6 +24,7 @@ from kwarp.core.owners import read_owners
 from kwarp.core.plan import all_tasks
 from kwarp.core.spec import load
 from kwarp.store import FileStore, layout
+from tests.processes import freeze, send, wait_gone
 from tests.tinytask import tiny_document
 
 
@@ -54,8 +55,10 @@ def test_run_killed_and_resumed(tiny_task: Path, tmp_path: Path) -> None:
     store = FileStore(store_root)
     env = {**os.environ, "KWARP_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
 
-    # 1. Start, and kill the runner (SIGKILL: no clean-up) once iteration 0 is merged and
-    #    iteration 1's members have saved a resumable state.
+    # 1. Start, and kill the runner (SIGKILL: no clean-up) once iteration 0 is merged and an iteration-1
+    #    member has saved a resumable state. The run is frozen (SIGSTOP, the runner and its children) before
+    #    it is looked at again and killed: a member polled mid-training can otherwise finish before the kill
+    #    (a faster machine trains the tiny member's last steps in well under a second).
     first = _kwarp("run", str(doc_path), "--plain", "--parallel", "2", "--no-report", env=env)
 
     def folder() -> str | None:
@@ -68,21 +71,22 @@ def test_run_killed_and_resumed(tiny_task: Path, tmp_path: Path) -> None:
         return [m for m in range(2) if store.has_checkpoint(layout.member_state(key, 1, m))
                 and not store.has_checkpoint(layout.member_final(key, 1, m))]  # fmt: skip
 
-    _wait_for(
-        lambda: (key := folder()) is not None and store.has_checkpoint(layout.init(key, 1)) and bool(resumable(key)),
-        timeout=600,
-        proc=first,
-        poll=0.02,  # a fast machine trains the tiny member's last steps in well under a second
-    )
+    def kill_point() -> bool:
+        return (key := folder()) is not None and store.has_checkpoint(layout.init(key, 1)) and bool(resumable(key))
+
+    deadline = time.monotonic() + 600
+    while True:
+        _wait_for(kill_point, timeout=deadline - time.monotonic(), proc=first, poll=0.02)
+        tree = freeze(first.pid)
+        if kill_point():  # frozen: still true when the kill lands
+            break
+        send(tree, signal.SIGCONT)  # both members finished between the poll and the freeze: look again
     key = folder()
     assert key is not None and key.startswith("local/resume/")
+    interrupted = resumable(key)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    time.sleep(1.0)  # children die with the runner (PR_SET_PDEATHSIG)
-    # The member checked: one that was mid-training when the runner died. Both finishing in the few ms
-    # between the check and the kill would leave nothing to resume; the test says so rather than pass.
-    interrupted = resumable(key)
-    assert interrupted, "both members of iteration 1 finished between the kill point and the kill"
+    wait_gone(tree[1:], 60)  # its children die with it (PR_SET_PDEATHSIG: SIGKILL, stopped or not)
     member_id = f"i1-m{interrupted[0]}"
 
     done_before = completed_tasks(store, run.spec, key)
