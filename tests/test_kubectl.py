@@ -110,6 +110,12 @@ def test_a_user_drives_a_run_with_kubectl(cluster: Cluster, tmp_path: Path, requ
         assert f"warprun.kwarp.dev/{RUN} created" in kubectl("apply", "-k", str(overlay)).stdout
         watch = kubectl.watch("wr")  # what a user leaves open in another terminal
         request.addfinalizer(lambda: watch.poll() is None and watch.kill())
+        # Its first listing (the header and the run's row) before anything changes: the watch goes on from
+        # that listing, and a kubectl that starts slowly on a loaded machine would otherwise list after the
+        # suspension below and never show it.
+        assert watch.stdout is not None
+        listed = [watch.stdout.readline(), watch.stdout.readline()]
+        assert listed[1].startswith(RUN), listed
 
         def row() -> dict[str, str]:
             rows = kubectl.table("wr")
@@ -141,7 +147,8 @@ def test_a_user_drives_a_run_with_kubectl(cluster: Cluster, tmp_path: Path, requ
         wait_for(lambda: not kubectl.table("jobs"), 30, message="the run's Jobs collected")
 
     watch.terminate()
-    seen, complaints = watch.communicate(timeout=30)
+    rest, complaints = watch.communicate(timeout=30)
+    seen = "".join(listed) + rest
     assert "Warning" not in complaints, complaints
     phases = [line.split()[1] for line in seen.splitlines()[1:] if line.startswith(RUN) and len(line.split()) > 2]
     assert {"Training", "Suspended"} <= set(phases), seen
