@@ -12,6 +12,7 @@ that step to the end: the member's log holds every step once.
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from kwarp.trainer.train import PROGRESS_PREFIX
 
 from .kube import Cluster, ProcessJobRunner, RunningOperator, wait_for, wait_value
 from .operator_harness import NS, Api, options, s3_secret
+from .processes import freeze, pending, send
 from .s3server import S3Server
 from .test_operator_e2e import s3, upload_inputs, warprun  # noqa: F401 - s3 is the fixture
 
@@ -59,8 +61,16 @@ def test_a_stopped_trainer_saves_its_step_and_the_retry_resumes_it(tmp_path: Pat
             job = "e2e-i0-m0"
             wait_for(lambda: last_step(runner.log_tail(job, 400)) >= 3, 500,
                      message=lambda: f"{job} at step 3; log: {runner.log_tail(job)}")
+            # The pod is frozen (SIGSTOP) from here until the Job controller's SIGTERM has reached it: the
+            # patch, the watch and the controller's reaction take longer than a fast machine's trainer
+            # needs for its last steps, and then nothing would be left to stop.
+            pod = freeze(runner.procs[job].pid)
+            frozen_at = last_step(runner.log_tail(job, 400))
+            assert frozen_at < STEPS - 1, f"{job} was at its last step when frozen: nothing left to stop"
             reason = "NoProgress: stopped by the test as the watchdog stops a stalled trainer"
             api.batch.patch_namespaced_job(job, NS, fail_patch(reason))
+            wait_for(lambda: pending(pod[0], signal.SIGTERM), 60, message=f"the Job controller's SIGTERM to {job}")
+            send(pod, signal.SIGCONT)  # it has 10 s from its SIGTERM to save and exit (tests/kube_pods.py)
 
             def status() -> dict[str, Any]:
                 st = api.status(RUN)
@@ -77,7 +87,7 @@ def test_a_stopped_trainer_saves_its_step_and_the_retry_resumes_it(tmp_path: Pat
     # The first attempt saved at the step it reached when SIGTERM came, between checkpoint intervals ...
     saved = next(int(ln.split(" saved at step ")[1].split("/")[0]) for ln in first.splitlines()
                  if "SIGTERM:" in ln and " saved at step " in ln)  # fmt: skip
-    assert 3 <= saved < STEPS
+    assert frozen_at <= saved <= frozen_at + 1  # the step it was in when frozen, or the one after
     assert last_step(first) == saved  # it stopped at that step boundary
     # ... the Job failed with the watchdog's reason, and the retry went on from there to the end.
     assert reason in st["failures"]["i0-m0"]["reason"]
