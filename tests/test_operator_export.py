@@ -31,7 +31,7 @@ from kwarp.store.s3 import S3Store
 
 from .kube import Cluster, ProcessJobRunner, RunningOperator, wait_value
 from .models import tiny_gpt2
-from .operator_harness import NS, Api, options, s3_secret
+from .operator_harness import NS, WAIT, Api, options, s3_secret
 from .prom import free_port, sample, scrape
 from .s3server import S3Server, s3_server
 from .test_export import REWARD_MODULE, _towards_vowels
@@ -138,7 +138,7 @@ def test_the_operator_exports_the_policy_in_a_final_job_and_reports_it_in_status
             url, labels = f"http://127.0.0.1:{port}/metrics", {"namespace": NS, "run": RUN}
             point = wait_value(lambda: tuple(sample(scrape(url), f"kwarp_run_export_{k}", **labels)
                                              for k in ("eta", "reward", "kl")),
-                               lambda p: None not in p, 20, message="kwarp_run_export_* in /metrics")  # fmt: skip
+                               lambda p: None not in p, WAIT, message="kwarp_run_export_* in /metrics")  # fmt: skip
 
     # Only the export was left to do: one Job, the export component, complete.
     assert list(jobs) == [f"{RUN}-export"], list(jobs)

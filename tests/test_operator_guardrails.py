@@ -19,7 +19,7 @@ from kwarp.operator.cli import options_from
 
 from .helm_chart import env_of, loaded_chart, operator_container, render
 from .kube import RunningOperator, StatusJobRunner, wait_for, wait_value
-from .operator_harness import NS, Api, finish, jobs_named, options, phase_is, posted, warprun
+from .operator_harness import NS, WAIT, Api, finish, jobs_named, options, phase_is, posted, warprun
 
 chart = pytest.fixture(scope="module")(loaded_chart)
 
@@ -71,7 +71,7 @@ def test_an_export_outside_the_allowed_prefixes_is_forbidden_and_gets_no_job(
             assert len(lines) == 2 and lines[1].startswith(f"  - spec.export.to: '{to}' is not an allowed export "
                                                             "location in namespace 'default' (allowed: s3://kwarp/models;")  # fmt: skip
             assert api.jobs(name) == {}
-        wait_value(lambda: api.jobs("ok"), lambda jobs: "ok-prepare" in jobs, 20, message="ok-prepare")  # accepted: it starts
+        wait_value(lambda: api.jobs("ok"), lambda jobs: "ok-prepare" in jobs, WAIT, message="ok-prepare")  # accepted: it starts
         assert (api.condition(C.INVALID, name="ok") or {}).get("status") != "True"
 
 
@@ -86,10 +86,10 @@ def test_a_mid_run_image_change_is_refused_and_a_forbidden_change_leaves_the_run
 
         # The image is code: a new one mid-run is refused; the safe part of the same edit (cpu) is taken.
         api.patch_spec({"resources": {"trainer": {"image": "reg.example/kwarp-worker:2", "cpu": "3"}}})
-        refused = wait_for(lambda: (c := api.condition(C.SPEC_CHANGE_REFUSED)) and c["status"] == "True" and c, 20,
+        refused = wait_for(lambda: (c := api.condition(C.SPEC_CHANGE_REFUSED)) and c["status"] == "True" and c, WAIT,
                            message=lambda: f"SpecChangeRefused; status {json.dumps(api.status())[:1500]}")  # fmt: skip
         assert refused["message"].startswith("spec.resources.trainer.image changed while the run is running")
-        wait_for(lambda: "demo-i0-m1" in runner.running(), 10, message="i0-m1 running")
+        wait_for(lambda: "demo-i0-m1" in runner.running(), WAIT, message="i0-m1 running")
         runner.fail("demo-i0-m1", exit_code=1, message="boom")
         retry = jobs_named(api, "demo-i0-m1-r1")["demo-i0-m1-r1"]
         assert image_and_cpu(retry) == ("reg.example/kwarp-worker:1", "3")
@@ -97,7 +97,7 @@ def test_a_mid_run_image_change_is_refused_and_a_forbidden_change_leaves_the_run
         # A change the guardrails forbid is refused whole, with the reason; the run goes on as accepted.
         api.patch_spec({"resources": {"trainer": {"image": "reg.example/kwarp-worker:1", "cpu": "4",
                                                   "tolerations": [{"operator": "Exists"}]}}})  # fmt: skip
-        invalid = wait_for(lambda: (c := api.condition(C.INVALID)) and c["status"] == "True" and c, 20,
+        invalid = wait_for(lambda: (c := api.condition(C.INVALID)) and c["status"] == "True" and c, WAIT,
                            message=lambda: f"Invalid; status {json.dumps(api.status())[:1500]}")  # fmt: skip
         assert invalid["reason"] == C.FORBIDDEN and "spec.resources.trainer.tolerations[0].key" in invalid["message"]
         assert api.status()["phase"] == "Training"

@@ -23,7 +23,18 @@ from kwarp.store import FileStore, layout
 
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for, wait_value
 from .kueue import GPU, QUEUE_LABEL, KueueStandIn
-from .operator_harness import IMAGE, NS, Api, finish, jobs_named, options, phase_is, warprun, write_outputs
+from .operator_harness import (
+    IMAGE,
+    NS,
+    WAIT,
+    Api,
+    finish,
+    jobs_named,
+    options,
+    phase_is,
+    warprun,
+    write_outputs,
+)
 from .prom import free_port, sample, scrape
 
 
@@ -33,7 +44,7 @@ def pending(api: Api) -> dict[str, Any] | None:
 
 def reconciled(api: Api, generation: int) -> None:
     """Wait until the operator has reconciled the run at `generation` (it wrote observedGeneration)."""
-    wait_for(lambda: (api.status().get("observedGeneration") or 0) >= generation, 20,
+    wait_for(lambda: (api.status().get("observedGeneration") or 0) >= generation, WAIT,
              message=f"a reconcile at generation {generation}")  # fmt: skip
 
 
@@ -47,7 +58,7 @@ def finish_member(api: Api, runner: StatusJobRunner, gang: str, member: int, run
 
 
 def finish_gang(api: Api, runner: StatusJobRunner, gang: str, run: str = "demo", members: int = 2) -> None:
-    wait_for(lambda: gang in runner.running(), 10, message=f"{gang} admitted and running")
+    wait_for(lambda: gang in runner.running(), WAIT, message=f"{gang} admitted and running")
     for m in range(members):
         finish_member(api, runner, gang, m, run)
 
@@ -78,7 +89,7 @@ def test_queued_jobs_wait_for_kueue_and_the_operator_never_unsuspends_them(
         api.create(warprun(store, queueName="team-a"))
         job = jobs_named(api, "demo-prepare")["demo-prepare"]
         assert job["metadata"]["labels"][QUEUE_LABEL] == "team-a" and job["spec"]["suspend"] is True
-        cond = wait_value(lambda: pending(api), lambda c: c and c["status"] == "True", 20, message="Pending condition")
+        cond = wait_value(lambda: pending(api), lambda c: c and c["status"] == "True", WAIT, message="Pending condition")
         assert cond["reason"] == C.WAITING_FOR_ADMISSION and "'team-a'" in cond["message"]
         assert "demo-prepare" in cond["message"]
 
@@ -89,10 +100,10 @@ def test_queued_jobs_wait_for_kueue_and_the_operator_never_unsuspends_them(
         assert api.status()["phase"] == "Pending"
 
         queue.set_quota(pods=4, gpus=2)  # Kueue admits: unsuspends and injects the flavor's node labels
-        wait_for(lambda: "demo-prepare" in runner.running(), 10, message="prepare admitted and running")
+        wait_for(lambda: "demo-prepare" in runner.running(), WAIT, message="prepare admitted and running")
         admitted = api.jobs()["demo-prepare"]
         assert admitted["spec"]["template"]["spec"]["nodeSelector"] == {"cloud.example/gpu": "h100"}
-        wait_value(lambda: pending(api), lambda c: c["status"] == "False" and c["reason"] == C.ADMITTED, 20,
+        wait_value(lambda: pending(api), lambda c: c["status"] == "False" and c["reason"] == C.ADMITTED, WAIT,
                    message="Pending cleared once admitted")  # fmt: skip
 
         finish(api, runner, "demo-prepare")
@@ -121,15 +132,15 @@ def test_the_operator_default_queue_applies_when_the_run_names_none(
             return (cond.get("status") == "True" and "1 Job(s)" in cond["message"] and "demo-i0-members" in cond["message"]
                     and member_states(status) == {0: ("demo-i0-members", "Queued"), 1: ("demo-i0-members", "Queued")})  # fmt: skip
 
-        status = wait_value(api.status, shown, 20, message=lambda: f"the gang shown waiting: {api.status()}")
+        status = wait_value(api.status, shown, WAIT, message=lambda: f"the gang shown waiting: {api.status()}")
         assert "'team-a'" in next(c for c in status["conditions"] if c["type"] == C.PENDING)["message"]
         assert not runner.running()
         # (prepare's quota comes back at the stand-in's next pass after it finished)
-        wait_for(lambda: queue.used() == {"pods": 0, GPU: 0}, 10, message=lambda: f"no quota held: {queue.used()}")
+        wait_for(lambda: queue.used() == {"pods": 0, GPU: 0}, WAIT, message=lambda: f"no quota held: {queue.used()}")
 
         queue.set_quota(pods=2)  # room for both: admitted together
         wait_value(api.status, lambda st: member_states(st) == {0: ("demo-i0-members", "Running"),
-                                                                1: ("demo-i0-members", "Running")}, 20,
+                                                                1: ("demo-i0-members", "Running")}, WAIT,
                    message=lambda: f"both members running: {api.status()}")  # fmt: skip
         assert index_pods(api, "demo-i0-members").keys() == {0, 1}
     assert not queue.errors, queue.errors
@@ -147,22 +158,22 @@ def test_suspend_withdraws_a_queued_and_an_admitted_gang_and_resume_queues_it_ag
                  20, message="the gang waits for admission")  # fmt: skip
 
         api.patch_spec({"suspend": True})  # suspend while queued: withdrawn
-        wait_for(lambda: "demo-i0-members" not in api.jobs(), 20, message="queued gang withdrawn")
+        wait_for(lambda: "demo-i0-members" not in api.jobs(), WAIT, message="queued gang withdrawn")
         phase_is(api, "Suspended")
         assert "withdrawn from Kueue" in api.condition(C.SUSPENDED)["message"]  # type: ignore[index]
-        wait_for(lambda: pending(api)["status"] == "False", 10, message="nothing pending while suspended")  # type: ignore[index]
+        wait_for(lambda: pending(api)["status"] == "False", WAIT, message="nothing pending while suspended")  # type: ignore[index]
 
         queue.set_quota(gpus=2)
         api.patch_spec({"suspend": False})  # the same Job again, queued, admitted whole
         assert jobs_named(api, "demo-i0-members")["demo-i0-members"]["metadata"]["labels"][QUEUE_LABEL] == "team-a"
-        wait_for(lambda: runner.running() == ["demo-i0-members"], 10, message="the gang admitted")
+        wait_for(lambda: runner.running() == ["demo-i0-members"], WAIT, message="the gang admitted")
         finish_member(api, runner, "demo-i0-members", 0)  # member 0 publishes its checkpoint
 
         api.patch_spec({"suspend": True})  # suspend after admission: withdrawn too (Kueue would restart it)
-        wait_for(lambda: "demo-i0-members" not in api.jobs(), 20, message="admitted gang withdrawn")
+        wait_for(lambda: "demo-i0-members" not in api.jobs(), WAIT, message="admitted gang withdrawn")
         phase_is(api, "Suspended")
         assert not runner.running()
-        wait_for(lambda: queue.used()["pods"] == 0, 10, message="the quota is free for others")
+        wait_for(lambda: queue.used()["pods"] == 0, WAIT, message="the quota is free for others")
 
         api.patch_spec({"suspend": False})
         finish_gang(api, runner, "demo-i0-members")  # (member 0 would find its checkpoint and return at once)
@@ -181,13 +192,13 @@ def test_two_queued_runs_against_three_gpus_one_is_admitted_whole_the_other_wait
             api.create(warprun(store, name=run, queueName="team-a"))
         for run in ("a", "b"):
             jobs_named_in(api, run, f"{run}-prepare")
-            wait_for(lambda: f"{run}-prepare" in runner.running(), 10, message=f"{run}-prepare running")  # noqa: B023
+            wait_for(lambda: f"{run}-prepare" in runner.running(), WAIT, message=f"{run}-prepare running")  # noqa: B023
             prepare = api.jobs(run)[f"{run}-prepare"]
             write_outputs(prepare)
             runner.succeed(f"{run}-prepare")
         for run in ("a", "b"):
             jobs_named_in(api, run, f"{run}-i0-members")
-        first = wait_value(lambda: [n for n in runner.running() if n.endswith("-i0-members")], lambda r: len(r) == 1, 10,
+        first = wait_value(lambda: [n for n in runner.running() if n.endswith("-i0-members")], lambda r: len(r) == 1, WAIT,
                            message="one gang admitted")[0]  # fmt: skip
         other = "b" if first.startswith("a") else "a"
         second = f"{other}-i0-members"
@@ -198,7 +209,7 @@ def test_two_queued_runs_against_three_gpus_one_is_admitted_whole_the_other_wait
         assert index_pods(api, second) == {} and len(index_pods(api, first)) == 2
 
         finish_gang(api, runner, first, run=first[0])  # the first run's members finish: their GPUs come back
-        wait_for(lambda: second in runner.running(), 10, message=f"{second} admitted once the first finished")
+        wait_for(lambda: second in runner.running(), WAIT, message=f"{second} admitted once the first finished")
         assert queue.admissions.index(second) > queue.admissions.index(first)
         wait_value(lambda: api.status(other), lambda st: member_states(st) == {0: (second, "Running"), 1: (second, "Running")},
                    20, message=lambda: f"{other} running: {api.status(other)}")  # fmt: skip
@@ -213,17 +224,17 @@ def test_a_killed_member_pod_is_retried_alone_and_a_member_past_max_retries_fail
         finish(api, runner, "demo-prepare")
         gang = jobs_named(api, "demo-i0-members")["demo-i0-members"]
         assert gang["spec"]["backoffLimit"] == 2  # M x maxRetries
-        wait_for(lambda: runner.running() == ["demo-i0-members"], 10, message="the gang admitted")
+        wait_for(lambda: runner.running() == ["demo-i0-members"], WAIT, message="the gang admitted")
         finish_member(api, runner, "demo-i0-members", 0)
         first = index_pods(api, "demo-i0-members")[1]
         runner.fail_index("demo-i0-members", 1, exit_code=137, message="Killed")  # member 1's pod killed
 
         # Only index 1 gets a new pod; member 0 (done) is not run again; no second Job.
-        pods = wait_value(lambda: index_pods(api, "demo-i0-members"), lambda p: len(p.get(1, [])) == 2, 10,
+        pods = wait_value(lambda: index_pods(api, "demo-i0-members"), lambda p: len(p.get(1, [])) == 2, WAIT,
                           message="a new pod for index 1")  # fmt: skip
         assert len(pods[0]) == 1 and first[0] in pods[1]  # (same-second pods: no order by creation time)
         status = wait_value(api.status, lambda st: {m["member"]: (m["state"], m["attempts"]) for m in st.get("members", [])}
-                            == {0: ("Succeeded", 1), 1: ("Running", 2)}, 20,
+                            == {0: ("Succeeded", 1), 1: ("Running", 2)}, WAIT,
                             message=lambda: f"member 1 retried: {api.status()}")  # fmt: skip
         assert status["phase"] == "Training"
         assert [n for n in api.jobs() if "-i0-" in n] == ["demo-i0-members"]
@@ -247,7 +258,7 @@ def test_raising_max_retries_resumes_a_gang_member_and_a_spent_gang_gets_a_new_a
         api.create(warprun(store, queueName="team-a"))  # failurePolicy.maxRetries: 1 -> backoffLimit 2
         finish(api, runner, "demo-prepare")
         jobs_named(api, "demo-i0-members")
-        wait_for(lambda: runner.running() == ["demo-i0-members"], 10, message="the gang admitted")
+        wait_for(lambda: runner.running() == ["demo-i0-members"], WAIT, message="the gang admitted")
         finish_member(api, runner, "demo-i0-members", 0)
         for _ in range(2):
             runner.fail_index("demo-i0-members", 1, message="NCCL timeout")
@@ -264,7 +275,7 @@ def test_raising_max_retries_resumes_a_gang_member_and_a_spent_gang_gets_a_new_a
         api.patch_spec({"failurePolicy": {"maxRetries": 3}})
         retry = jobs_named(api, "demo-i0-members-r1")["demo-i0-members-r1"]
         assert retry["spec"]["completions"] == 2 and retry["spec"]["backoffLimit"] == 6  # every index, M x 3
-        wait_for(lambda: runner.running() == ["demo-i0-members-r1"], 10, message="the new gang admitted")
+        wait_for(lambda: runner.running() == ["demo-i0-members-r1"], WAIT, message="the new gang admitted")
         runner.succeed_index("demo-i0-members-r1", 0)  # member 0's trainer finds its checkpoint and returns
         finish_member(api, runner, "demo-i0-members-r1", 1)
         jobs_named(api, "demo-i0-merge")
@@ -292,13 +303,13 @@ def test_admission_wait_and_waiting_jobs_reach_the_operators_metrics_and_go_with
         queue.set_quota(pods=1, gpus=2)  # one pod at a time: prepare, then the gang of two waits
         finish(api, runner, "demo-prepare")
         jobs_named(api, "demo-i0-members")
-        wait_for(lambda: (pending(api) or {}).get("message", "").startswith("1 Job(s)"), 20, message="the gang waits")
+        wait_for(lambda: (pending(api) or {}).get("message", "").startswith("1 Job(s)"), WAIT, message="the gang waits")
 
         def seen(s: dict[Any, float]) -> bool:  # the gang waits as one Job, not one per member
             return (sample(s, "kwarp_operator_admission_wait_seconds_count", **queue_of) == 1
                     and sample(s, "kwarp_operator_admission_waiting_jobs", **queue_of) == 1)  # fmt: skip
 
-        samples = wait_value(lambda: scrape(url), seen, 20, message=lambda: f"one admission, one waiting: {scrape(url)}")
+        samples = wait_value(lambda: scrape(url), seen, WAIT, message=lambda: f"one admission, one waiting: {scrape(url)}")
         # The waits are the API server's own: startTime (set when Kueue unsuspended the Job) - creationTimestamp.
         started = [j for j in api.jobs().values() if (j.get("status") or {}).get("startTime")]
         assert len(started) == 1
@@ -310,7 +321,7 @@ def test_admission_wait_and_waiting_jobs_reach_the_operators_metrics_and_go_with
         # The same waits in the run's folder (jobs.json), where `kwarp report` reads them after the Jobs are gone.
         folder = api.folder()
         recorded = wait_value(lambda: (FileStore(store).get_json(layout.jobs_json(folder)) or {}).get("tasks", []),
-                              lambda tasks: len(tasks) == 1, 20, message="the started Job in jobs.json")  # fmt: skip
+                              lambda tasks: len(tasks) == 1, WAIT, message="the started Job in jobs.json")  # fmt: skip
         assert sorted(e["admission_wait_seconds"] for e in recorded) == sorted(waits)
         assert {e["queue"] for e in recorded} == {"team-a"}
         summary = json.loads((report.write_report(FileStore(store), folder, out_dir=store.parent / "report").parent
@@ -321,14 +332,14 @@ def test_admission_wait_and_waiting_jobs_reach_the_operators_metrics_and_go_with
         api.delete()  # the run goes with a Job still waiting: its share of the gauge and its series go too
         gone = wait_value(lambda: scrape(url),
                           lambda s: sample(s, "kwarp_operator_admission_waiting_jobs", **queue_of) == 0
-                          and not any(dict(k[1]).get("run") == "demo" for k in s), 20,
+                          and not any(dict(k[1]).get("run") == "demo" for k in s), WAIT,
                           message=lambda: f"the run's series removed: {scrape(url)}")  # fmt: skip
         assert sample(gone, "kwarp_operator_admission_wait_seconds_count", **queue_of) == 1  # history stays
     assert not queue.errors, queue.errors
 
 
 def jobs_named_in(api: Api, run: str, *names: str) -> dict[str, dict[str, Any]]:
-    return wait_value(lambda: api.jobs(run), lambda jobs: set(names) <= set(jobs), 20,
+    return wait_value(lambda: api.jobs(run), lambda jobs: set(names) <= set(jobs), WAIT,
                       message=lambda: f"Jobs {names}; have {sorted(api.jobs(run))}")
 
 

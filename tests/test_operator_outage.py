@@ -31,7 +31,18 @@ from kwarp.store import layout
 from kwarp.store.s3 import S3Store
 
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for
-from .operator_harness import NS, Api, job_run, jobs_named, options, phase_is, posted, s3_secret, warprun
+from .operator_harness import (
+    NS,
+    WAIT,
+    Api,
+    job_run,
+    jobs_named,
+    options,
+    phase_is,
+    posted,
+    s3_secret,
+    warprun,
+)
 from .s3server import FaultyProxy, S3Server
 
 
@@ -74,7 +85,7 @@ def test_suspend_resume_and_delete_act_while_the_store_is_unreachable(tmp_path: 
             runner.succeed("demo-prepare")
             jobs_named(api, "demo-i0-m0", "demo-i0-m1")
             phase_is(api, "Training")
-            wait_for(lambda: len(runner.running()) == 2, 10, message="members running")
+            wait_for(lambda: len(runner.running()) == 2, WAIT, message="members running")
 
             proxy.reset_counters()
             if fault == "blackhole":
@@ -90,10 +101,10 @@ def test_suspend_resume_and_delete_act_while_the_store_is_unreachable(tmp_path: 
             assert unavailable is not None and unavailable["status"] == "True", (proxy.connections, proxy.dropped, api.status()["conditions"])
             assert proxy.endpoint in unavailable["message"]
             assert api.condition(C.SUSPENDED)["status"] == "True"  # type: ignore[index]
-            wait_for(lambda: not runner.running(), 10, message="the runner stopped the pods")
+            wait_for(lambda: not runner.running(), WAIT, message="the runner stopped the pods")
 
             api.patch_spec({"suspend": False})
-            wait_for(lambda: not any(j["spec"].get("suspend") for j in api.jobs().values()), 30, message="Jobs resumed")
+            wait_for(lambda: not any(j["spec"].get("suspend") for j in api.jobs().values()), WAIT, message="Jobs resumed")
             phase_is(api, "Training")
             assert api.condition(C.STORE_UNAVAILABLE)["status"] == "True"  # type: ignore[index]
             assert api.condition(C.SUSPENDED)["status"] == "False"  # type: ignore[index]

@@ -11,7 +11,7 @@ from typing import Any
 from kwarp.store import layout
 
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_value
-from .operator_harness import NS, Api, finish, jobs_named, options, warprun
+from .operator_harness import NS, WAIT, Api, finish, jobs_named, options, warprun
 from .prom import free_port, sample, scrape
 
 
@@ -44,7 +44,7 @@ def test_status_shows_each_members_steps_and_the_runs_progress_and_eta(
         def read(status: dict[str, Any]) -> bool:
             return (status.get("progress") or {}).get("stepsDone") == 6
 
-        status = wait_value(api.status, read, 20, message=lambda: f"progress read: {api.status().get('progress')}")
+        status = wait_value(api.status, read, WAIT, message=lambda: f"progress read: {api.status().get('progress')}")
         members = {m["member"]: m for m in status["members"]}
         assert (members[0]["step"], members[0]["steps"], members[1]["step"], members[1]["steps"]) == (4, 10, 2, 10)
         assert members[0]["lastReward"] == 0.4 and members[0]["lastKl"] == 0.04 and members[1]["lastReward"] == 0.2
@@ -62,16 +62,16 @@ def test_status_shows_each_members_steps_and_the_runs_progress_and_eta(
             return (sample(samples, "kwarp_run_progress_ratio", **run) == 0.15 and eta is not None
                     and sample(samples, "kwarp_run_estimated_completion_timestamp_seconds", **run) == unix(eta))
 
-        wait_value(lambda: (scrape(url), api.status()), agree, 10,
+        wait_value(lambda: (scrape(url), api.status()), agree, WAIT,
                    message=lambda: f"progress in /metrics: {scrape(url)}; status {api.status().get('progress')}")
 
         finish(api, runner, "demo-i0-m0", "demo-i0-m1")
-        done = wait_value(api.status, lambda st: (st.get("progress") or {}).get("stepsDone") == 20, 20,
+        done = wait_value(api.status, lambda st: (st.get("progress") or {}).get("stepsDone") == 20, WAIT,
                           message=lambda: f"members done: {api.status().get('progress')}")  # fmt: skip
         assert {(m["iteration"], m["member"], m["step"]) for m in done["members"] if m["iteration"] == 0} == {
             (0, 0, 10), (0, 1, 10)}
 
         # A deleted run's series go: per-run labels stay bounded by the runs that exist.
         api.delete()
-        wait_value(lambda: scrape(url), lambda s: not any(dict(k[1]).get("run") == "demo" for k in s), 20,
+        wait_value(lambda: scrape(url), lambda s: not any(dict(k[1]).get("run") == "demo" for k in s), WAIT,
                    message=lambda: f"the run's series removed: {scrape(url)}")  # fmt: skip

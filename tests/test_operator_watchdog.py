@@ -26,7 +26,7 @@ from kwarp.operator.watchdog import Heartbeat, StuckPod, fail_patch, stalled, st
 from kwarp.store import layout
 
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for, wait_value
-from .operator_harness import NS, Api, finish, jobs_named, options, phase_is, posted, warprun
+from .operator_harness import NS, WAIT, Api, finish, jobs_named, options, phase_is, posted, warprun
 from .prom import free_port
 
 UID = "0c6f2a52-7f4e-4a59-9a36-3f3b2f0e8d11"
@@ -170,29 +170,29 @@ def test_pods_that_cannot_start_raise_a_condition_naming_them(
     with RunningOperator(cluster, options(resync_seconds=1)):
         api.create(warprun(store))
         jobs_named(api, "demo-prepare")
-        wait_for(lambda: "demo-prepare" in runner.running(), 10, message="prepare running")
+        wait_for(lambda: "demo-prepare" in runner.running(), WAIT, message="prepare running")
         pod_name = runner.jobs["demo-prepare"].pod
         assert pod_name is not None
 
         set_pod_status(api, pod_name, waiting(*PULL))
         set_job_ready(api, "demo-prepare", 0)  # a waiting container is not ready: the Job counts it so
-        cond = wait_value(lambda: api.condition(C.PODS_STUCK), lambda c: c is not None and c["status"] == "True", 20,
+        cond = wait_value(lambda: api.condition(C.PODS_STUCK), lambda c: c is not None and c["status"] == "True", WAIT,
                           message=lambda: f"PodsStuck; status {json.dumps(api.status())[:1500]}")
         assert cond["reason"] == "ImagePullBackOff"
         assert cond["message"] == (f"pod {pod_name} (Job demo-prepare, container prepare): ImagePullBackOff: "
                                    'Back-off pulling image "registry.example/kwarp:typo"')
-        wait_for(lambda: any(t == "Warning" and r == "PodsStuck" and pod_name in m for t, r, m in api.events()), 10,
+        wait_for(lambda: any(t == "Warning" and r == "PodsStuck" and pod_name in m for t, r, m in api.events()), WAIT,
                  message="a PodsStuck Warning Event")
 
         set_pod_status(api, pod_name, waiting(*SECRET))
-        cond = wait_value(lambda: api.condition(C.PODS_STUCK), lambda c: c["reason"] == "CreateContainerConfigError", 20,
+        cond = wait_value(lambda: api.condition(C.PODS_STUCK), lambda c: c["reason"] == "CreateContainerConfigError", WAIT,
                           message=lambda: f"CreateContainerConfigError; {api.condition(C.PODS_STUCK)}")
         assert cond["status"] == "True" and 'secret "kwarp-s3" not found' in cond["message"]
 
         set_pod_status(api, pod_name, [{"name": "prepare", "ready": True, "restartCount": 0, "image": "kwarp-worker:test",
                                         "imageID": "", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}])
         set_job_ready(api, "demo-prepare", 1)
-        cond = wait_value(lambda: api.condition(C.PODS_STUCK), lambda c: c["status"] == "False", 20,
+        cond = wait_value(lambda: api.condition(C.PODS_STUCK), lambda c: c["status"] == "False", WAIT,
                           message=lambda: f"PodsStuck False; {api.condition(C.PODS_STUCK)}")
         assert cond["reason"] == C.PODS_STARTED
 
@@ -217,13 +217,13 @@ def test_pods_are_listed_only_while_a_job_has_a_pod_that_is_not_ready(
         api.create(warprun(store))
         finish(api, runner, "demo-prepare")
         jobs_named(api, "demo-i0-m0", "demo-i0-m1")
-        wait_for(lambda: {"demo-i0-m0", "demo-i0-m1"} <= set(runner.running()), 10, message="members running")
+        wait_for(lambda: {"demo-i0-m0", "demo-i0-m1"} <= set(runner.running()), WAIT, message="members running")
         passes = reconciles(port)
-        wait_for(lambda: reconciles(port) >= passes + 3, 20, message="3 more reconciles")
+        wait_for(lambda: reconciles(port) >= passes + 3, WAIT, message="3 more reconciles")
         assert calls["", "pods", "list"] == 0
 
         set_job_ready(api, "demo-i0-m0", 0)
-        wait_for(lambda: calls["", "pods", "list"] > 0, 20, message="the run's pods listed")
+        wait_for(lambda: calls["", "pods", "list"] > 0, WAIT, message="the run's pods listed")
         stuck = api.condition(C.PODS_STUCK)
         assert stuck is None or stuck["status"] == "False"  # not ready, nothing waiting: not stuck
 
@@ -273,7 +273,7 @@ def test_a_trainer_that_stops_progressing_is_failed_and_retried_while_one_that_s
             assert retry["demo-i0-m1-r1"]["metadata"]["labels"]["kwarp.dev/attempt"] == "1"
             stalled_job = api.jobs()["demo-i0-m1"]
             assert stalled_job["metadata"]["annotations"]["kwarp.dev/stalled"].startswith("NoProgress: ")
-            st = wait_value(api.status, lambda s: "i0-m1" in s.get("failures", {}), 10,
+            st = wait_value(api.status, lambda s: "i0-m1" in s.get("failures", {}), WAIT,
                             message=lambda: f"failures in status {api.status()}")
             reason = st["failures"]["i0-m1"]["reason"]
             assert "NoProgress: no training progress for " in reason

@@ -26,7 +26,7 @@ from kwarp.store.s3 import S3Store
 
 from .helm_chart import RELEASE, grants, helm, of_kind, render
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for
-from .operator_harness import NS, ROOT, Api, jobs_named, options, phase_is, s3_secret, warprun
+from .operator_harness import NS, ROOT, WAIT, Api, jobs_named, options, phase_is, s3_secret, warprun
 from .s3server import S3Server
 from .test_operator_outage import publish
 
@@ -77,7 +77,7 @@ def operator_calls(tmp_path: Path, s3: S3Server, *, clusterwide: bool) -> set[Ca
             publish(direct, jobs_named(api, "demo-prepare")["demo-prepare"], tmp_path / "out")
             runner.succeed("demo-prepare")
             jobs_named(api, "demo-i0-m0", "demo-i0-m1")
-            wait_for(lambda: "demo-i0-m1" in runner.running(), 10, message="i0-m1 running")
+            wait_for(lambda: "demo-i0-m1" in runner.running(), WAIT, message="i0-m1 running")
             runner.fail("demo-i0-m1", exit_code=137, message="Killed")
             jobs_named(api, "demo-i0-m1-r1")
             api.patch_spec({"suspend": True})
@@ -85,7 +85,7 @@ def operator_calls(tmp_path: Path, s3: S3Server, *, clusterwide: bool) -> set[Ca
             api.patch_spec({"suspend": False})
             phase_is(api, "Training")
             api.delete()
-            wait_for(lambda: api.get() is None and not api.jobs(), 30, message="the WarpRun and its Jobs gone")
+            wait_for(lambda: api.get() is None and not api.jobs(), WAIT, message="the WarpRun and its Jobs gone")
         assert cluster.server is not None
         return {(g, r, v, ns) for token, g, r, v, ns in cluster.server.audit if token == OPERATOR_TOKEN}
 
