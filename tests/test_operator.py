@@ -123,7 +123,7 @@ def test_a_run_goes_through_prepare_members_merge_eval_to_succeeded(
     assert phase_is(api, "Training")["iteration"] == 0
 
     finish(api, runner, "demo-i0-m0")
-    wait_for(lambda: api.status().get("membersDone") == "1/2", 10, message="one member done")
+    wait_for(lambda: api.status().get("membersDone") == "1/2", WAIT, message="one member done")
     assert "demo-i0-merge" not in api.jobs()  # the merge waits for every member
 
     finish(api, runner, "demo-i0-m1")
@@ -134,7 +134,7 @@ def test_a_run_goes_through_prepare_members_merge_eval_to_succeeded(
     # Evaluation of iteration 0 runs beside the training of iteration 1.
     jobs_named(api, "demo-i0-eval", "demo-i1-m0", "demo-i1-m1")
     finish(api, runner, "demo-i0-eval")
-    st = wait_value(api.status, lambda s: s.get("pareto"), 10, message="the first front")
+    st = wait_value(api.status, lambda s: s.get("pareto"), WAIT, message="the first front")
     assert (st["reward"], st["kl"]) == (0.5, 1.5)  # iteration 0's front at η = litiEta = 0.3
 
     finish(api, runner, "demo-i1-m0", "demo-i1-m1")
@@ -201,14 +201,14 @@ def test_a_failed_member_is_retried_then_fails_the_run_with_the_reason(
     api.create(warprun(store))
     finish(api, runner, "demo-prepare")
     jobs_named(api, "demo-i0-m0", "demo-i0-m1")
-    wait_for(lambda: "demo-i0-m1" in runner.running(), 10, message="i0-m1 running")
+    wait_for(lambda: "demo-i0-m1" in runner.running(), WAIT, message="i0-m1 running")
     runner.fail("demo-i0-m1", exit_code=137, message="Killed\nCUDA out of memory. Tried to allocate 2.00 GiB")
 
     retry = jobs_named(api, "demo-i0-m1-r1")["demo-i0-m1-r1"]
     assert retry["metadata"]["labels"]["kwarp.dev/attempt"] == "1"
-    wait_for(lambda: "demo-i0-m1-r1" in runner.running(), 10, message="the retry running")
+    wait_for(lambda: "demo-i0-m1-r1" in runner.running(), WAIT, message="the retry running")
     member = wait_for(lambda: next((m for m in api.status().get("members", []) if m["member"] == 1
-                                    and m.get("job") == "demo-i0-m1-r1"), None), 10, message="retry in status")  # fmt: skip
+                                    and m.get("job") == "demo-i0-m1-r1"), None), WAIT, message="retry in status")  # fmt: skip
     assert member["attempts"] == 2
 
     runner.fail("demo-i0-m1-r1", exit_code=137, message="CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -239,7 +239,7 @@ def test_a_multi_node_member_is_an_indexed_job_with_a_headless_service_that_goes
     api.create(warprun(store, resources={"trainer": {"gpus": 2, "nodes": 2}}))
     finish(api, runner, "demo-prepare")
     jobs = jobs_named(api, "demo-i0-m0", "demo-i0-m1")
-    have = wait_value(services, lambda s: {"demo-i0-m0", "demo-i0-m1"} <= set(s), 20,
+    have = wait_value(services, lambda s: {"demo-i0-m0", "demo-i0-m1"} <= set(s), WAIT,
                       message=lambda: f"the members' Services; have {sorted(services())}")  # fmt: skip
     assert "completionMode" not in jobs["demo-prepare"]["spec"] and "demo-prepare" not in have  # members only
     for name in ("demo-i0-m0", "demo-i0-m1"):
@@ -251,13 +251,13 @@ def test_a_multi_node_member_is_an_indexed_job_with_a_headless_service_that_goes
         assert [(o["kind"], o["uid"]) for o in svc["metadata"]["ownerReferences"]] == [("Job", job["metadata"]["uid"])]
 
     # A failed member is retried as a whole: a new Indexed Job with its own Service.
-    wait_for(lambda: "demo-i0-m1" in runner.running(), 10, message="i0-m1 running")
+    wait_for(lambda: "demo-i0-m1" in runner.running(), WAIT, message="i0-m1 running")
     runner.fail("demo-i0-m1", exit_code=1, message="torch.distributed: rendezvous lost")
     jobs_named(api, "demo-i0-m1-r1")
-    wait_for(lambda: "demo-i0-m1-r1" in services(), 20, message="the retry's Service")
+    wait_for(lambda: "demo-i0-m1-r1" in services(), WAIT, message="the retry's Service")
     # The failed attempt's Service goes with its Job (garbage collection through the owner reference).
     api.batch.delete_namespaced_job("demo-i0-m1", NS, propagation_policy="Background")
-    wait_for(lambda: "demo-i0-m1" not in services(), 20, message="the failed attempt's Service collected")
+    wait_for(lambda: "demo-i0-m1" not in services(), WAIT, message="the failed attempt's Service collected")
     assert {"demo-i0-m0", "demo-i0-m1-r1"} <= set(services())
 
     # Observed as one task each: when both members are done, the iteration merges.
@@ -277,12 +277,12 @@ def test_a_restarted_operator_restores_a_missing_member_service(
         api.create(warprun(store, resources={"trainer": {"nodes": 2}}))
         finish(api, runner, "demo-prepare")
         jobs = jobs_named(api, "demo-i0-m0", "demo-i0-m1")
-        wait_for(lambda: {"demo-i0-m0", "demo-i0-m1"} <= set(services()), 20, message="the members' Services")
+        wait_for(lambda: {"demo-i0-m0", "demo-i0-m1"} <= set(services()), WAIT, message="the members' Services")
     api.core.delete_namespaced_service("demo-i0-m1", NS)  # as if the operator had stopped before creating it
     assert "demo-i0-m1" not in services()
 
     with RunningOperator(cluster, options()):
-        svc = wait_value(services, lambda s: "demo-i0-m1" in s, 20, message="the Service restored")["demo-i0-m1"]
+        svc = wait_value(services, lambda s: "demo-i0-m1" in s, WAIT, message="the Service restored")["demo-i0-m1"]
     assert svc["metadata"]["ownerReferences"][0]["uid"] == jobs["demo-i0-m1"]["metadata"]["uid"]
     assert sorted(api.jobs()) == ["demo-i0-m0", "demo-i0-m1", "demo-prepare"]  # nothing else was started
 
@@ -323,7 +323,7 @@ def test_a_restarted_operator_creates_no_duplicate_jobs(
     before = {n: j["metadata"]["uid"] for n, j in api.jobs().items()}
 
     with RunningOperator(cluster, options()):
-        wait_for(lambda: api.status().get("membersDone") == "1/2", 20, message="the restarted operator caught up")
+        wait_for(lambda: api.status().get("membersDone") == "1/2", WAIT, message="the restarted operator caught up")
         assert {n: j["metadata"]["uid"] for n, j in api.jobs().items()} == before  # same Jobs, nothing new
         finish(api, runner, "demo-i0-m1")
         jobs_named(api, "demo-i0-merge")
@@ -343,13 +343,13 @@ def test_delete_with_cleanup_delete_removes_jobs_pods_and_checkpoints(
     api.create(warprun(store, cleanup="Delete"))
     finish(api, runner, "demo-prepare")
     jobs_named(api, "demo-i0-m0", "demo-i0-m1")
-    wait_for(lambda: len(runner.running()) == 2, 10, message="members running")
+    wait_for(lambda: len(runner.running()) == 2, WAIT, message="members running")
     folder = api.folder()
     assert (store / folder / "base" / "MANIFEST.json").is_file()
     assert api.get()["metadata"]["finalizers"] == ["kwarp.dev/finalizer"]  # type: ignore[index]
 
     api.delete()
-    wait_for(lambda: api.get() is None, 20, message="the WarpRun gone")
+    wait_for(lambda: api.get() is None, WAIT, message="the WarpRun gone")
     assert api.jobs() == {}
     pods = api.cluster.raw("GET", f"/api/v1/namespaces/{NS}/pods")["items"]
     assert pods == []  # Foreground deletion took the pods first
@@ -383,9 +383,9 @@ def test_delete_removes_the_runs_pushgateway_groups(
             finish(api, runner, "demo-prepare")
             jobs_named(api, "demo-i0-m0", "demo-i0-m1")
             api.delete()
-            wait_for(lambda: api.get() is None, 20, message="the WarpRun gone")
+            wait_for(lambda: api.get() is None, WAIT, message="the WarpRun gone")
             left = wait_value(lambda: sorted((g["labels"]["namespace"], g["labels"]["run"]) for g in gw.groups()),
-                              lambda groups: len(groups) == 2, 10, message="the run's groups deleted")
+                              lambda groups: len(groups) == 2, WAIT, message="the run's groups deleted")
         assert left == [(NS, "other"), ("elsewhere", "demo")]
     finally:
         gw.stop()
@@ -400,7 +400,7 @@ def test_delete_with_retain_keeps_checkpoints_and_collects_jobs(
     folder = api.folder()
 
     api.delete()
-    wait_for(lambda: api.get() is None and not api.jobs(), 20, message="the WarpRun and its Jobs gone")
+    wait_for(lambda: api.get() is None and not api.jobs(), WAIT, message="the WarpRun and its Jobs gone")
     assert (store / folder / "base" / "MANIFEST.json").is_file()
 
 
@@ -420,7 +420,7 @@ def test_an_invalid_spec_gets_a_condition_naming_the_field_and_no_jobs(
     posted(api, "InvalidSpec", "Warning")
 
     api.patch_spec({"training": {"microBatchSize": 2}})
-    relative = wait_value(lambda: api.condition(C.INVALID), lambda c: "spec.data.train" in c["message"], 10,
+    relative = wait_value(lambda: api.condition(C.INVALID), lambda c: "spec.data.train" in c["message"], WAIT,
                           message="the next problem named")
     assert relative["message"].endswith("use s3://bucket/key (or an absolute path that every pod mounts)")
     assert api.jobs() == {}
@@ -439,7 +439,7 @@ def test_an_unsafe_spec_change_is_refused_and_the_run_goes_on(
     jobs_named(api, "demo-i0-m0", "demo-i0-m1")
 
     api.patch_spec({"warp": {"iterations": 3, "policies": 2, "steps": 3}, "training": {"learningRate": 0.1}})
-    refused = wait_value(lambda: api.condition(C.SPEC_CHANGE_REFUSED), lambda c: c and c["status"] == "True", 10,
+    refused = wait_value(lambda: api.condition(C.SPEC_CHANGE_REFUSED), lambda c: c and c["status"] == "True", WAIT,
                          message="SpecChangeRefused")
     assert refused["message"].startswith("spec.warp, spec.training changed")
     assert api.status()["acceptedSpec"]["warp"]["iterations"] == 2
@@ -495,10 +495,10 @@ def test_the_timer_reconciles_when_an_event_is_missed(cluster: Cluster, api: Api
     with StatusJobRunner(cluster) as runner, RunningOperator(cluster, options(resync_seconds=1)):
         api.create(warprun(store))
         job = jobs_named(api, "demo-prepare")["demo-prepare"]
-        wait_for(lambda: "demo-prepare" in runner.running(), 10, message="prepare running")
+        wait_for(lambda: "demo-prepare" in runner.running(), WAIT, message="prepare running")
         # The outputs appear in the store without any change to a Job or the WarpRun: only the timer can see it.
         write_outputs(job)
-        wait_for(lambda: api.status().get("phase") == "Training", 10, message="the timer's reconcile")
+        wait_for(lambda: api.status().get("phase") == "Training", WAIT, message="the timer's reconcile")
 
 
 def test_peering_with_the_shipped_crds(tmp_path: Path, store: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import kubernetes
 
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for
-from .operator_harness import Api, finish, jobs_named, options, phase_is, warprun
+from .operator_harness import WAIT, Api, finish, jobs_named, options, phase_is, warprun
 from .prom import free_port
 
 
@@ -49,12 +49,12 @@ def test_a_reconcile_with_nothing_changed_makes_no_api_call(
         api.create(warprun(store))
         finish(api, runner, "demo-prepare")
         jobs_named(api, "demo-i0-m0", "demo-i0-m1")
-        wait_for(lambda: {"demo-i0-m0", "demo-i0-m1"} <= set(runner.running()), 10, message="members running")
-        wait_for(lambda: api.status().get("phase") == "Training", 20, message="phase Training")
+        wait_for(lambda: {"demo-i0-m0", "demo-i0-m1"} <= set(runner.running()), WAIT, message="members running")
+        wait_for(lambda: api.status().get("phase") == "Training", WAIT, message="phase Training")
         passes = reconciles(port)
-        wait_for(lambda: reconciles(port) >= passes + 1, 20, message="a reconcile after the members started")
+        wait_for(lambda: reconciles(port) >= passes + 1, WAIT, message="a reconcile after the members started")
         before, passes = operator_calls(cluster), reconciles(port)
-        wait_for(lambda: reconciles(port) >= passes + 3, 20, message="3 more reconciles")
+        wait_for(lambda: reconciles(port) >= passes + 3, WAIT, message="3 more reconciles")
         after = operator_calls(cluster)
         # The resync timer's LIST of the run's Jobs is its purpose (a deletion the Job watch missed).
         timer = ("batch", "jobs", "list")

@@ -369,15 +369,15 @@ def test_a_gang_of_two_node_members_waits_whole_and_a_failed_rank_restarts_its_m
         finish(api, runner, "demo-prepare")
         gang = jobs_named(api, "demo-i0-members")["demo-i0-members"]
         assert (gang["spec"]["completions"], gang["spec"]["backoffLimit"]) == (4, 0)
-        wait_for(lambda: "demo-i0-members" in services(api), 10, message="the gang's Service")
+        wait_for(lambda: "demo-i0-members" in services(api), WAIT, message="the gang's Service")
         # 3 pods of quota for a gang of 4: it waits whole, both members Queued, no pod.
         status = wait_value(api.status, lambda st: member_states(st) == {0: ("demo-i0-members", "Queued"),
-                                                                         1: ("demo-i0-members", "Queued")}, 20,
+                                                                         1: ("demo-i0-members", "Queued")}, WAIT,
                             message=lambda: f"both members queued: {api.status()}")  # fmt: skip
         assert "demo-i0-members" in pending(api)["message"] and not index_pods(api, "demo-i0-members")  # type: ignore[index]
 
         queue.set_quota(pods=4)
-        wait_for(lambda: runner.running() == ["demo-i0-members"], 10, message="the gang admitted whole")
+        wait_for(lambda: runner.running() == ["demo-i0-members"], WAIT, message="the gang admitted whole")
         assert sorted(index_pods(api, "demo-i0-members")) == [0, 1, 2, 3]
         finish_node_member(api, runner, "demo-i0-members", 0)
         runner.fail_index("demo-i0-members", 3, exit_code=1, message="NCCL error: remote process exited")
@@ -386,17 +386,17 @@ def test_a_gang_of_two_node_members_waits_whole_and_a_failed_rank_restarts_its_m
         # try and restarts whole in the next attempt, which has its own Service.
         retry = jobs_named(api, "demo-i0-members-r1")["demo-i0-members-r1"]
         assert retry["spec"]["completions"] == 4
-        wait_for(lambda: "demo-i0-members-r1" in services(api), 10, message="the retry's Service")
+        wait_for(lambda: "demo-i0-members-r1" in services(api), WAIT, message="the retry's Service")
         # (member 0's attempts count the gang Jobs it is part of: -r1 has every member.)
         status = wait_value(api.status, lambda st: {m["member"]: (m["state"], m["attempts"]) for m in st.get("members", [])}
-                            == {0: ("Succeeded", 2), 1: ("Running", 2)}, 20,
+                            == {0: ("Succeeded", 2), 1: ("Running", 2)}, WAIT,
                             message=lambda: f"member 1 retried: {api.status()}")  # fmt: skip
         assert status["phase"] == "Training"
         assert status["failures"] == {"i0-m1": {"count": 1, "reason": status["failures"]["i0-m1"]["reason"]}}
         assert "(member 1, node 1 of 2)" in status["failures"]["i0-m1"]["reason"]
         assert status["failures"]["i0-m1"]["reason"].endswith("NCCL error: remote process exited")
 
-        wait_for(lambda: runner.running() == ["demo-i0-members-r1"], 10, message="the retry admitted")
+        wait_for(lambda: runner.running() == ["demo-i0-members-r1"], WAIT, message="the retry admitted")
         for rank in (0, 1):  # member 0's pods find its checkpoint and return at once
             runner.succeed_index("demo-i0-members-r1", rank)
         finish_node_member(api, runner, "demo-i0-members-r1", 1)
@@ -409,9 +409,9 @@ def test_a_gang_of_two_node_members_waits_whole_and_a_failed_rank_restarts_its_m
         # Iteration 1's gang waits (quota 3 pods); a suspend withdraws it, and its Service goes with its Job.
         queue.set_quota(pods=3)
         jobs_named(api, "demo-i1-members")
-        wait_for(lambda: "demo-i1-members" in services(api), 10, message="iteration 1's Service")
+        wait_for(lambda: "demo-i1-members" in services(api), WAIT, message="iteration 1's Service")
         api.patch_spec({"suspend": True})
-        wait_for(lambda: "demo-i1-members" not in api.jobs(), 20, message="the queued gang withdrawn")
-        wait_for(lambda: "demo-i1-members" not in services(api), 20, message="its Service garbage-collected")
+        wait_for(lambda: "demo-i1-members" not in api.jobs(), WAIT, message="the queued gang withdrawn")
+        wait_for(lambda: "demo-i1-members" not in services(api), WAIT, message="its Service garbage-collected")
         phase_is(api, "Suspended")
     assert not queue.errors, queue.errors
