@@ -1,4 +1,4 @@
-"""Real Prometheus and Pushgateway servers for tests, on free loopback ports.
+"""Real Prometheus and Pushgateway servers for tests, on loopback ports they pick themselves.
 
 The binaries come from Debian's packages (`apt-get install -y prometheus prometheus-pushgateway`, which also
 brings promtool). A test that needs them fails with that command when they are missing: observability that
@@ -114,30 +114,60 @@ class Server:
                 self.proc.wait(timeout=5)
 
 
-def _spawn(name: str, argv: list[str], port: int, workdir: Path) -> Server:
+def _spawn(name: str, argv: list[str], workdir: Path) -> Server:
+    """Start a server that listens on port 0 and find the port it got. A port picked free beforehand
+    (free_port) can be taken by another process before the server binds it, and on a machine shared by
+    several test runs a readiness probe could then reach someone else's server."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{name}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
+    deadline = time.monotonic() + 30
+    while (port := listening_port(proc.pid)) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            Server(name, 0, proc, log_path).stop()
+            log_text = log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{name} is not listening (exit code {proc.poll()}):\n{log_text}")
+        time.sleep(0.05)
     server = Server(name, port, proc, log_path)
     server.wait_ready()
     return server
 
 
+def listening_port(pid: int) -> int | None:
+    """The TCP port a process listens on, from its sockets in /proc (Linux), or None while it has none."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    except OSError:
+        return None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                return int(fields[1].rsplit(":", 1)[1], 16)
+    return None
+
+
+
 class Pushgateway(Server):
     @classmethod
     def start(cls, workdir: Path) -> Pushgateway:
-        port = free_port()
         s = _spawn(
             "pushgateway",
             [
                 binary("prometheus-pushgateway"),
-                f"--web.listen-address=127.0.0.1:{port}",
+                "--web.listen-address=127.0.0.1:0",
                 # Debian's build persists to /var/lib/prometheus/pushgateway.data by default: keep tests in memory.
                 "--persistence.file=",
                 "--log.level=warn",
             ],
-            port,
             workdir / "pushgateway",
         )
         return cls(s.name, s.port, s.proc, s.log_path)
@@ -182,7 +212,6 @@ class Prometheus(Server):
     def start(
         cls, workdir: Path, jobs: Mapping[str, ScrapeJob], *, interval: str = "1s", rule_files: list[str] | None = None
     ) -> Prometheus:
-        port = free_port()
         root = workdir / "prometheus"
         root.mkdir(parents=True, exist_ok=True)
         config = root / "prometheus.yml"
@@ -194,11 +223,10 @@ class Prometheus(Server):
                 binary("prometheus"),
                 f"--config.file={config}",
                 f"--storage.tsdb.path={root / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
+                "--web.listen-address=127.0.0.1:0",
                 "--web.enable-lifecycle",
                 "--log.level=warn",
             ],
-            port,
             root,
         )
         return cls(s.name, s.port, s.proc, s.log_path)

@@ -26,6 +26,7 @@ from kwarp.store import layout, open_store
 from kwarp.trainer.state import STATE_JSON
 from kwarp.trainer.train import PROGRESS_PREFIX, train
 from tests.models import load_state, tiny_gpt2
+from tests.prom import Pushgateway
 
 REWARD_MODULE = '''
 def vowels(prompts, completions):
@@ -228,28 +229,13 @@ def _free_port() -> int:
 
 @pytest.fixture
 def pushgateway(tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("prometheus-pushgateway")
-    if binary is None:
+    if shutil.which("prometheus-pushgateway") is None:
         pytest.skip("prometheus-pushgateway is not installed")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],  # memory only: nothing leaks
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    gw = Pushgateway.start(tmp_path)  # on a port it picks itself (tests/prom.py)
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("prometheus-pushgateway did not become ready")
-        yield f"127.0.0.1:{port}"
+        yield gw.address
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        gw.stop()
 
 
 def test_metrics_are_served_and_pushed(make_run, monkeypatch: pytest.MonkeyPatch, pushgateway: str) -> None:
