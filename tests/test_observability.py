@@ -17,7 +17,7 @@ import math
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,7 +121,7 @@ def evaluate(env: dict[str, str], iteration: int) -> None:
     registry = CollectorRegistry()
     metrics = EvaluationMetrics.create(registry)
     with telemetry.export(registry, component="eval", namespace=NAMESPACE, run=RUN, iteration=iteration, environ=env):
-        time.sleep(1.2)  # sampling along the LiTI path: long enough for the phase to be scraped
+        time.sleep(1.2)  # sampling along the LiTI path
         metrics.record_eval(iteration_labels(NAMESPACE, RUN, iteration), eval_doc(iteration))
 
 
@@ -180,8 +180,11 @@ def export_record() -> dict[str, Any]:
                                      "kl": point["kl"] + 0.05, "kl_stderr": 0.03}}  # fmt: skip
 
 
-def run_demo(env: dict[str, str], operator: OperatorMetrics, local: telemetry.EmbeddedMetrics) -> None:
-    """Two WARP iterations of the pushed run, and the embedded runner's run fed from the same task outputs."""
+def run_demo(env: dict[str, str], operator: OperatorMetrics, local: telemetry.EmbeddedMetrics,
+             scraped: Callable[[str], None]) -> None:
+    """Two WARP iterations of the pushed run, and the embedded runner's run fed from the same task outputs.
+    Each phase lasts until `scraped(phase)` returns (Prometheus has stored it): a phase held for a fixed
+    time can fall between two scrapes of a loaded Prometheus, and the phase timeline would miss it."""
     from kwarp.operator.admission import AdmissionWatch
 
     watch = AdmissionWatch(operator, since=0)
@@ -206,16 +209,19 @@ def run_demo(env: dict[str, str], operator: OperatorMetrics, local: telemetry.Em
                 set_progress(operator, local, i, step)
             for t in members:
                 t.join()
+            scraped("Training")
             operator.observe_run(NAMESPACE, RUN, "Merging", i)
             local.set_phase("Merging", i)
             operator.jobs_created.labels(kind="merge").inc()
             merge(env, i)
             local.record_merge(i, merge_summary(i, 4 << 20))
+            scraped("Merging")
             operator.observe_run(NAMESPACE, RUN, "Evaluating", i)
             local.set_phase("Evaluating", i)
             operator.jobs_created.labels(kind="eval").inc()
             evaluate(env, i)
             local.record_eval(i, eval_doc(i))
+            scraped("Evaluating")
         # spec.export: the exported policy's measured point, from status.export and from export.json.
         operator.jobs_created.labels(kind="export").inc()
         exported = export_record()
@@ -259,7 +265,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         # Scraping must run before the work does, or rate() would see only the final values.
         prom.wait_for('count(up == 1) == 3', timeout=30)
-        run_demo({**PUSH_ENV, "KWARP_PUSHGATEWAY": gw.address}, operator, local)
+        def scraped(phase: str) -> None:
+            for run in (RUN, LOCAL_RUN):
+                prom.wait_for(f'kwarp_run_phase{{run="{run}", phase="{phase}"}} == 1')
+
+        run_demo({**PUSH_ENV, "KWARP_PUSHGATEWAY": gw.address}, operator, local, scraped)
         prom.wait_for(f'kwarp_run_phase{{run="{RUN}", phase="Succeeded"}} == 1')
         prom.wait_for(f'kwarp_run_phase{{run="{LOCAL_RUN}", phase="Succeeded"}} == 1')
         prom.wait_for(
