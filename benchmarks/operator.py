@@ -2,9 +2,11 @@
 
     python benchmarks/operator.py [--runs 100] [--iterations 2] [--members 2] [--out FILE]
 
-The API server (tests/kube.py's emulator) runs in a child process, as a real one would; the operator
-(kopf, `kwarp.operator.app.serve`) and the test Job controller run in this process. Every Job is
-"run" by the controller at once: it writes the task's outputs into a file:// store (tiny checkpoints
+The API server (tests/kube.py's emulator) runs in a child process, as a real one would, and so does the
+test Job controller with its pod threads (as kube-controller-manager and the kubelets are processes of
+their own in a cluster; `--controller-in-process` runs it in this process, beside the operator, as
+before); the operator (kopf, `kwarp.operator.app.serve`) runs in this process. Every Job is "run" by
+the controller at once: it writes the task's outputs into a file:// store (tiny checkpoints
 with manifests, eval.json) and marks the Job Complete through its status subresource. The operator's
 resync timer is set far out, so all progress is driven by watch events.
 
@@ -23,8 +25,9 @@ Figures (printed, never asserted):
   duration (from the operator's own histogram, scraped from /metrics); reconciles per created Job;
 - wall time until every run Succeeded;
 - CPU time of each component while the runs are in flight: the API server (its process), the Job
-  controller and the benchmark's watches of Jobs and WarpRuns (their threads), and the operator (the rest of this
-  process: kopf's loop and handler threads); CPU per created Job for each;
+  controller with its pods (its process; with --controller-in-process, its threads), the benchmark's
+  watches of Jobs and WarpRuns (their threads), and the operator (the rest of this process: kopf's loop
+  and the reconcile threads); CPU per created Job for each;
 - with --profile, where the operator's time goes: a sampling profiler over the operator's threads
   (every 5 ms, inclusive samples per function, the top 20 printed).
 
@@ -77,6 +80,61 @@ def serve_api(workdir: str, ready: Any, stop: Any) -> None:
     with Cluster(Path(workdir), crds=[crd()]):
         ready.set()
         stop.wait()
+
+
+# ------------------------------------------------------------------ the Job controller, in a child process
+
+
+def serve_controller(workdir: str, conn: Any) -> None:
+    """The Job controller and its pods in a process of their own, talking to the API server over HTTP as
+    in this process: in a cluster the Job controller is kube-controller-manager, not a thread beside the
+    operator, and one GIL shared with kopf's event loop delayed the operator's Job events (issue 17).
+    Answers each request on `conn` with what the benchmark reads of it: the completion times (monotonic
+    clock: one clock for every process on the machine), the Jobs its watch missed, its errors."""
+    sys.path.insert(0, str(ROOT))
+    cluster = Cluster(Path(workdir))  # the client side only
+    with TimedRunner(cluster, {}) as runner:
+        conn.send("ready")
+        while conn.recv() != "stop":
+            conn.send({"completed": dict(runner.completed), "missed_by_watch": runner.missed_by_watch(),
+                       "errors": [repr(err) for err in runner.errors]})  # fmt: skip
+    conn.send("stopped")
+
+
+class ControllerProcess:
+    """The parent's side of serve_controller: what the benchmark reads of the Job controller, fetched on
+    request (the main thread only: one request in flight on the pipe at a time)."""
+
+    def __init__(self, ctx: Any, workdir: Path):
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=serve_controller, args=(str(workdir), child), daemon=True,
+                                   name="job-controller")  # fmt: skip
+        self.errors: list[str] = []
+
+    def __enter__(self) -> ControllerProcess:
+        self.process.start()
+        if not self.conn.poll(600) or self.conn.recv() != "ready":  # it imports torch: minutes when loaded
+            raise SystemExit("the Job controller did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.conn.send("stop")
+            if self.conn.poll(30):
+                self.conn.recv()
+        except OSError:
+            pass
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+
+    def sync(self, completed: dict[str, float]) -> int:
+        """Copy the completion times into `completed`; the number of Jobs the watch missed."""
+        self.conn.send("report")
+        report = self.conn.recv()
+        completed.update(report["completed"])
+        self.errors = report["errors"]
+        return report["missed_by_watch"]
 
 
 # ------------------------------------------------------------------ observation
@@ -168,9 +226,9 @@ class TimedRunner(StatusJobRunner):
     controller handles Jobs on `workers` threads. (One thread doing both was the benchmark's bottleneck:
     busy 96% of the time, a third of it writing outputs.)"""
 
-    def __init__(self, cluster: Cluster, clock: JobClock, pods: int = 4, workers: int = 4):
+    def __init__(self, cluster: Cluster, completed: dict[str, float], pods: int = 4, workers: int = 4):
         super().__init__(cluster, outcome=self._work, workers=workers)
-        self.clock = clock
+        self.completed = completed  # Job name -> when its Complete status patch was acknowledged
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.pods = [threading.Thread(target=self._pod, daemon=True, name=f"pod-{i}") for i in range(pods)]
 
@@ -198,7 +256,7 @@ class TimedRunner(StatusJobRunner):
                 write_outputs(job)
                 name = job["metadata"]["name"]
                 self.succeed(name)
-                self.clock.completed[name] = time.monotonic()
+                self.completed[name] = time.monotonic()
             except Exception as err:  # reported at the end, as the runner's own errors are
                 self.errors.append(err)
 
@@ -300,15 +358,30 @@ def thread_cpu(thread: threading.Thread | None) -> float:
 
 
 class Components:
-    """CPU seconds of the API server (child process), the Job controller and the benchmark's watches of
-    Jobs and WarpRuns (threads) and
-    the operator (this process minus those threads and the main thread, which only polls)."""
+    """CPU seconds of the API server (child process), the Job controller with its pods (child process, or
+    threads of this one with --controller-in-process), the benchmark's watches of Jobs and WarpRuns
+    (threads) and the operator (this process minus those threads and the main thread, which only polls)."""
 
-    def __init__(self, server_pid: int, runner: TimedRunner, clock: JobClock, phases: RunPhases):
+    def __init__(self, server_pid: int, runner: TimedRunner | ControllerProcess, clock: JobClock, phases: RunPhases):
         self.server_pid, self.runner, self.clock, self.phases = server_pid, runner, clock, phases
+
+    def missed_by_watch(self) -> int:
+        """The Jobs the controller's watch missed (found by a LIST); in the child's case, also brings its
+        completion times into the clock."""
+        if isinstance(self.runner, ControllerProcess):
+            return self.runner.sync(self.clock.completed)
+        return self.runner.missed_by_watch()
+
+    def errors(self) -> list[Any]:
+        return self.runner.errors
 
     def read(self) -> dict[str, float]:
         process = proc_cpu("/proc/self/stat")
+        if isinstance(self.runner, ControllerProcess):  # its own process: none of this one's CPU
+            return {"api_server": proc_cpu(f"/proc/{self.server_pid}/stat"),
+                    "job_controller": proc_cpu(f"/proc/{self.runner.process.pid}/stat"),
+                    "watches": (clock := thread_cpu(self.clock._thread) + thread_cpu(self.phases._thread)),
+                    "operator": process - clock - thread_cpu(threading.main_thread())}  # fmt: skip
         runner = thread_cpu(self.runner._thread) + sum(thread_cpu(t) for t in [*self.runner.pods, *self.runner.worker_threads])
         clock = thread_cpu(self.clock._thread) + thread_cpu(self.phases._thread)
         main = thread_cpu(threading.main_thread())
@@ -387,13 +460,14 @@ def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: 
             jobs = sum(1 for name in list(clock.added) if name.startswith(f"{prefix}-"))
             used = cpu.read()
             print(f"[{prefix}] {time.monotonic() - t0:6.0f} s: {succeeded}/{n_runs} runs Succeeded, {jobs} Jobs "
-                  f"(missed by the Job controller's watch, found by a LIST: {cpu.runner.missed_by_watch()}); load "
+                  f"(missed by the Job controller's watch, found by a LIST: {cpu.missed_by_watch()}); load "
                   f"{os.getloadavg()[0]:.1f}; CPU s " + ", ".join(f"{k} {used[k] - cpu0[k]:.1f}" for k in used), file=sys.stderr, flush=True)
         return len(phases) == n_runs and succeeded == n_runs
 
     wait_for(all_succeeded, 60 + 5 * n_runs, interval=1.0, message=f"{n_runs} runs Succeeded")
     wall = time.monotonic() - t0
     cpu1 = cpu.read()
+    missed = cpu.missed_by_watch()  # and, from a child controller, every completion time so far
     after = scrape(port)
     count = after["kwarp_operator_reconcile_duration_seconds_count"] - before.get("kwarp_operator_reconcile_duration_seconds_count", 0)
     total = after["kwarp_operator_reconcile_duration_seconds_sum"] - before.get("kwarp_operator_reconcile_duration_seconds_sum", 0)
@@ -421,7 +495,7 @@ def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: 
         "cpu_s": {k: round(cpu1[k] - cpu0[k], 1) for k in cpu1},
         "cpu_ms_per_job": {k: round(1000 * (cpu1[k] - cpu0[k]) / jobs, 1) for k in cpu1},
         "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
-        "jobs_missed_by_the_job_controllers_watch": cpu.runner.missed_by_watch(),
+        "jobs_missed_by_the_job_controllers_watch": missed,
         **traced,
     }
 
@@ -438,6 +512,9 @@ def main() -> int:
     parser.add_argument("--skip-baseline", action="store_true", help="only the load scenario")
     parser.add_argument("--workers", type=int, default=OperatorOptions().max_workers,
                         help="the operator's reconcile threads (OperatorOptions.max_workers)")
+    parser.add_argument("--controller-in-process", action="store_true",
+                        help="run the Job controller and its pods as threads of this process, beside the operator "
+                             "(one GIL), not in a child process of their own (the default, as in a cluster)")
     parser.add_argument("--trace", action="store_true",
                         help="break each reaction and reconcile down (API calls, store, kopf's queues): operator_trace.py")
     args = parser.parse_args()
@@ -464,14 +541,16 @@ def main() -> int:
         tracer = Tracer() if args.trace else None
         if tracer is not None:
             tracer.install()  # before the operator starts: it wraps what the operator builds
-        with JobClock(cluster) as clock, RunPhases(cluster) as phases, TimedRunner(cluster, clock) as runner, \
-                RunningOperator(cluster, opts):
+        with JobClock(cluster) as clock, RunPhases(cluster) as phases, \
+                (TimedRunner(cluster, clock.completed) if args.controller_in_process
+                 else ControllerProcess(ctx, workdir / "api")) as runner, RunningOperator(cluster, opts):
             cpu = Components(server.pid, runner, clock, phases)
             floor = api_floor(cluster, clock)
             baseline = None if args.skip_baseline else scenario(
                 cluster, store, port, clock, 1, "solo", args.iterations, args.members, cpu, tracer)
-            exclude = {t.ident for t in (threading.main_thread(), runner._thread, clock._thread, phases._thread,
-                                         *runner.pods, *runner.worker_threads) if t is not None}
+            exclude = {t.ident for t in (threading.main_thread(), clock._thread, phases._thread) if t is not None}
+            if isinstance(runner, TimedRunner):
+                exclude |= {t.ident for t in (runner._thread, *runner.pods, *runner.worker_threads) if t is not None}
             if args.profile or args.profile_loop:
                 loop = next(t.ident for t in threading.enumerate() if t.name == "kwarp-operator")
                 with Sampler(exclude, only=loop if args.profile_loop else None) as sampler:
@@ -482,13 +561,15 @@ def main() -> int:
             else:
                 load = scenario(cluster, store, port, clock, args.runs, "load", args.iterations, args.members, cpu,
                                 tracer)
-            if runner.errors:
-                raise SystemExit(f"the Job controller failed: {runner.errors[:3]}")
+            cpu.missed_by_watch()  # the child's errors, as of now
+            if cpu.errors():
+                raise SystemExit(f"the Job controller failed: {cpu.errors()[:3]}")
             # Written before the operator is stopped: stopping it can take longer than RunningOperator
             # waits with 1000 runs on a loaded machine, and that must not lose the figures.
             figures = {
                 "machine": {"cpus": os.cpu_count()},
                 "operator_reconcile_threads": args.workers,
+                "job_controller": "in this process" if args.controller_in_process else "a child process",
                 "api_floor_create_to_watch_ms": {"p50": round(1000 * statistics.median(floor), 2),
                                                  "p99": round(1000 * pct(floor, 0.99), 2)},  # fmt: skip
                 "load_average": os.getloadavg(),
