@@ -63,8 +63,10 @@ def finish_gang(api: Api, runner: StatusJobRunner, gang: str, run: str = "demo",
         finish_member(api, runner, gang, m, run)
 
 
-def member_states(status: dict[str, Any]) -> dict[int, tuple[str, str]]:
-    return {m["member"]: (m["job"], m["state"]) for m in status.get("members", [])}
+def member_states(status: dict[str, Any]) -> dict[int, tuple[str | None, str]]:
+    """Each listed member's Job and state; a member is listed from the pass that reaches its iteration, and has no
+    `job` until a pass has seen its (gang) Job, so a fast operator shows it without one for a moment."""
+    return {m["member"]: (m.get("job"), m["state"]) for m in status.get("members", [])}
 
 
 def index_pods(api: Api, gang: str) -> dict[int, list[str]]:
