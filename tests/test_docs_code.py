@@ -8,12 +8,14 @@ file checks the other direction, where a new piece of code would otherwise go un
 - every option of the commands a user types (run, export, report, task build) is in README.md or docs/,
   and every option of `kwarp operator` is in docs/internals.md (its settings);
 - docs/cluster.md's tables of conditions and Events list exactly the condition types the operator sets
-  (operator/conditions.py) and the Event reasons it posts (operator/reconcile.py).
+  (operator/conditions.py) and the Event reasons it posts (operator/reconcile.py);
+- docs/internals.md's storage layout shows every key kwarp/store/layout.py builds.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import re
 import subprocess
 from pathlib import Path
@@ -23,6 +25,7 @@ import pytest
 
 from kwarp.cli import build_parser
 from kwarp.core.plan import Phase
+from kwarp.store import layout
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -148,3 +151,22 @@ def test_the_cluster_docs_list_every_event_reason() -> None:
     assert shown == code, (
         f"docs/cluster.md, Events: missing {sorted(code - shown)}, not posted {sorted(shown - code)}"
     )
+
+
+# ------------------------------------------------------------------ storage layout
+
+
+def layout_keys() -> dict[str, str]:
+    """Every key kwarp/store/layout.py builds, with its arguments as the docs write them (<run>, <i>, <m>)."""
+    names = {"run": "<run>", "i": "<i>", "m": "<m>"}
+    return {
+        name: fn(*(names[p] for p in inspect.signature(fn).parameters)).rstrip("/")
+        for name, fn in inspect.getmembers(layout, inspect.isfunction)
+        if fn.__module__ == layout.__name__
+    }
+
+
+def test_the_internals_show_every_key_of_the_storage_layout() -> None:
+    shown = section((ROOT / "docs" / "internals.md").read_text(), "## Storage layout")
+    missing = sorted(f"{name}: {key}" for name, key in layout_keys().items() if key not in shown)
+    assert not missing, f"docs/internals.md, Storage layout, does not show {missing}"
