@@ -327,7 +327,6 @@ class Reconciler:
             run = run_document(name, namespace, spec, uid)
             for action in actions:
                 self._act(body, run, uid, attempts, action, outcome)
-            self._announce(body, outcome)
             status = store_down_status(spec=spec, generation=generation, previous=previous, check=check, jobs=jobs,
                                        known_done=known, error=str(err), now=now)  # fmt: skip
             status = self._watchdog(body, spec, None, views, status, now, pods)  # pods need no store
@@ -347,7 +346,6 @@ class Reconciler:
         gangs = gang_jobs if gangs_members(spec, self.worker) else None
         for action in sorted(actions, key=lambda a: not (isinstance(a, Suspend) and _queued(attempts, a.task))):
             self._act(body, run, uid, attempts, action, outcome, gangs)
-        self._announce(body, outcome)
 
         if outcome.created:  # the Jobs just created, as the next observation will see them
             queue = queue_of(spec, self.worker)
@@ -465,12 +463,11 @@ class Reconciler:
             pass  # the status records it
         # Fail: the status records it; other tasks' Jobs keep running (raising maxRetries resumes the run).
 
-    def _announce(self, body: Mapping[str, Any], outcome: Outcome) -> None:
-        """One Event for the Jobs a pass created (an iteration's members are created together): each Event is
-        a POST the API server serves, and kopf posts them one at a time."""
-        if outcome.announced:
-            jobs = "Job" if len(outcome.announced) == 1 else "Jobs"
-            self.events(body, "Normal", "JobCreated", f"created {jobs} {', '.join(outcome.announced)}"[:1000])
+    def _created(self, outcome: Outcome) -> str:
+        """The Jobs a pass created, each with what it runs, for its Event ("" when none)."""
+        if not outcome.announced:
+            return ""
+        return f"created {'Job' if len(outcome.announced) == 1 else 'Jobs'} {', '.join(outcome.announced)}"
 
     def _start_gang(self, body: Mapping[str, Any], run: WarpRun, uid: str, iteration: int,
                     gangs: list[dict[str, Any]], outcome: Outcome) -> None:  # fmt: skip
@@ -577,12 +574,21 @@ class Reconciler:
 
     def _report(self, body: Mapping[str, Any], raw_status: Mapping[str, Any], previous: WarpRunStatus,
                 status: WarpRunStatus, outcome: Outcome) -> Outcome:  # fmt: skip
-        """Patch the status if it changed; post an Event for a new phase and for each new problem."""
+        """Patch the status if it changed; post one Event for a new phase and the Jobs the pass created (an
+        iteration's members are created together, and every pass that creates Jobs but the first of a run's
+        tasks also changes its phase), and one for each new problem. Each Event is a POST the API server
+        serves, and kopf posts them one at a time from the event loop that delivers the Job events."""
         meta = body["metadata"]
         namespace, name = meta.get("namespace", "default"), meta["name"]
+        created = self._created(outcome)
         patch = status_patch(raw_status, status)
         if patch is not None:
-            stored = self.kube.patch_run_status(namespace, name, patch)
+            try:
+                stored = self.kube.patch_run_status(namespace, name, patch)
+            except Exception:
+                if created:  # the Jobs exist: no later pass creates (or announces) them again
+                    self.events(body, "Normal", "JobCreated", created[:1000])
+                raise
             if self.runs is not None:
                 if stored is None:
                     # Gone (404), though the cache still had it: kopf reports no deletion that happened while
@@ -597,7 +603,10 @@ class Reconciler:
             why = C.find(status.conditions, (C.FAILED if C.is_true(status.conditions, C.FAILED) else C.INVALID)
                          if failed else C.READY)  # fmt: skip
             message = f"{previous.phase or 'new'} -> {status.phase}" + (f": {why.message}" if why else "")
+            message += f"; {created}" if created else ""
             self.events(body, "Warning" if failed else "Normal", status.phase, message[:1000])
+        elif created:
+            self.events(body, "Normal", "JobCreated", created[:1000])
         for type_, reason in PROBLEM_EVENTS:
             cond = C.find(status.conditions, type_)
             if cond is not None and cond.status == C.TRUE and not C.is_true(previous.conditions, type_):

@@ -178,13 +178,16 @@ def test_a_run_goes_through_prepare_members_merge_eval_to_succeeded(
     typed = api.batch.list_namespaced_job(NS, label_selector=f"{LABEL_RUN}=demo")
     assert {j.metadata.owner_references[0].uid for j in typed.items} == {uid}
 
-    posted(api, "Succeeded", "Normal")  # the last Event asked for: every JobCreated before it is posted too
-    # One Event per pass that created Jobs: an iteration's members share theirs, and the merge's completion
-    # starts the evaluation and the next iteration's members in one pass (9 Jobs, 6 Events).
-    created = [message for _, reason, message in api.events() if reason == "JobCreated"]
-    assert len(created) == 6, created
-    assert "created Jobs demo-i0-m0 (trainer i0-m0), demo-i0-m1 (trainer i0-m1)" in created
-    assert sorted(n for m in created for n in re.findall(r"demo-[a-z0-9-]+(?= \()", m)) == sorted(jobs)
+    posted(api, "Succeeded", "Normal")  # the last Event asked for: every Event before it is posted too
+    # One Event per pass that changed the phase or created Jobs, naming the Jobs it created: an iteration's
+    # members share theirs, the merge's completion starts the evaluation and the next iteration's members
+    # in one pass, and each pass that creates Jobs also moves the phase (9 Jobs, 7 Events).
+    events = [(reason, message) for _, reason, message in api.events()]
+    assert [r for r, _ in events] == ["Pending", "Training", "Merging", "Training", "Merging", "Evaluating",
+                                      "Succeeded"], events  # fmt: skip
+    assert ("Pending -> Training: iteration 0 of 2 (0-based): 0/2 members trained; "
+            "created Jobs demo-i0-m0 (trainer i0-m0), demo-i0-m1 (trainer i0-m1)") in [m for _, m in events]  # fmt: skip
+    assert sorted(n for _, m in events for n in re.findall(r"demo-[a-z0-9-]+(?= \()", m)) == sorted(jobs)
 
     # Level-triggered but quiet: a reconcile that finds nothing new writes nothing (the status the API
     # server stored, with its schema defaults filled in, reads back as unchanged).

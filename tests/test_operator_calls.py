@@ -77,4 +77,7 @@ def test_a_run_reaches_succeeded_without_reading_the_warprun_by_get(
         assert reconciles(port) > 0
     calls = operator_calls(cluster)
     assert calls.get(("kwarp.dev", "warpruns", "get"), 0) == 0
+    # One Event per pass that moved the phase, naming the Jobs it created (each of the 6 passes that created
+    # Jobs moved it too): 7 POSTs for the run's 7 phases, where a JobCreated Event of its own made 13.
+    assert calls[("", "events", "create")] == 7, calls
     assert calls[("kwarp.dev", "warpruns/status", "patch")] > 0  # the operator's own calls were counted
