@@ -24,6 +24,9 @@ Figures (printed, never asserted):
 - reconcile rate: reconciles per second while the runs are in flight, and the mean and p99 reconcile
   duration (from the operator's own histogram, scraped from /metrics); reconciles per created Job;
 - wall time until every run Succeeded;
+- API requests per created Job, by client (each with a bearer token of its own: the operator, kopf's own
+  requests included; the Job controller; the benchmark's runs and watches), then by verb and resource,
+  as the API server counted them: where the API server's work comes from;
 - CPU time of each component while the runs are in flight: the API server (its process), the Job
   controller with its pods (its process; with --controller-in-process, its threads), the benchmark's
   watches of Jobs and WarpRuns (their threads), and the operator (the rest of this process: kopf's loop
@@ -70,16 +73,61 @@ from tests.kube import Cluster, RunningOperator, StatusJobRunner, wait_for  # no
 from tests.operator_harness import options, warprun, write_outputs  # noqa: E402
 
 NS = "default"
+# The clients' bearer tokens: the API server counts each one's requests apart.
+OPERATOR, CONTROLLER, BENCHMARK = "operator", "job-controller", "benchmark"
 
 
 # ------------------------------------------------------------------ the API server, in a child process
 
 
-def serve_api(workdir: str, ready: Any, stop: Any) -> None:
+def serve_api(workdir: str, ready: Any, stop: Any, conn: Any) -> None:
+    """The API server; answers each request on `conn` with the requests it has served so far, by client
+    (bearer token), group, resource and verb (tests/kube_server.py `calls_by`)."""
     sys.path.insert(0, str(ROOT))
-    with Cluster(Path(workdir), crds=[crd()]):
+    with Cluster(Path(workdir), crds=[crd()]) as cluster:
         ready.set()
-        stop.wait()
+        while not stop.is_set():
+            if conn.poll(0.5):
+                conn.recv()
+                assert cluster.server is not None
+                while True:
+                    try:  # the server's loop thread counts on while this copies
+                        conn.send(dict(cluster.server.calls_by))
+                        break
+                    except RuntimeError:
+                        continue
+
+
+class Client(Cluster):
+    """The client side of the API server in `workdir`, as one client with a bearer token of its own, so that
+    the server counts each client's requests apart: the operator (kopf's own requests too), the Job
+    controller, the benchmark (its runs and watches)."""
+
+    def __init__(self, workdir: Path, token: str):
+        super().__init__(workdir)
+        self.token = token
+
+    def configuration(self) -> kubernetes.client.Configuration:
+        cfg = super().configuration()
+        cfg.api_key = {"authorization": f"Bearer {self.token}"}
+        cfg.refresh_api_key_hook = None  # the kubeconfig loader's hook would put the kubeconfig's token back
+        return cfg
+
+
+def requests_per_job(before: dict[tuple[str, ...], int], after: dict[tuple[str, ...], int], jobs: int) -> dict[str, Any]:
+    """The requests served between two counts, per created Job: by client, then 'verb resource'."""
+    out: dict[str, dict[str, float]] = {}
+    for key, n in after.items():
+        token, group, resource, verb = key
+        d = n - before.get(key, 0)
+        if d:
+            out.setdefault(token, {})[f"{verb} {resource}" + (f".{group}" if group else "")] = d / jobs
+    figures: dict[str, Any] = {}
+    for token, kinds in sorted(out.items()):
+        figures[token] = {"total": round(sum(kinds.values()), 2),
+                          **{k: round(v, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}}  # fmt: skip
+    figures["all_clients"] = round(sum(f["total"] for f in figures.values()), 2)
+    return figures
 
 
 # ------------------------------------------------------------------ the Job controller, in a child process
@@ -92,7 +140,7 @@ def serve_controller(workdir: str, conn: Any) -> None:
     Answers each request on `conn` with what the benchmark reads of it: the completion times (monotonic
     clock: one clock for every process on the machine), the Jobs its watch missed, its errors."""
     sys.path.insert(0, str(ROOT))
-    cluster = Cluster(Path(workdir))  # the client side only
+    cluster = Client(Path(workdir), CONTROLLER)  # the client side only
     with TimedRunner(cluster, {}) as runner:
         conn.send("ready")
         while conn.recv() != "stop":
@@ -362,8 +410,15 @@ class Components:
     threads of this one with --controller-in-process), the benchmark's watches of Jobs and WarpRuns
     (threads) and the operator (this process minus those threads and the main thread, which only polls)."""
 
-    def __init__(self, server_pid: int, runner: TimedRunner | ControllerProcess, clock: JobClock, phases: RunPhases):
+    def __init__(self, server_pid: int, runner: TimedRunner | ControllerProcess, clock: JobClock, phases: RunPhases,
+                 api: Any = None):  # fmt: skip
         self.server_pid, self.runner, self.clock, self.phases = server_pid, runner, clock, phases
+        self.api = api  # the API server's end of the pipe to serve_api
+
+    def requests(self) -> dict[tuple[str, ...], int]:
+        """The requests the API server has served so far, by (client, group, resource, verb); main thread only."""
+        self.api.send("calls")
+        return self.api.recv()
 
     def missed_by_watch(self) -> int:
         """The Jobs the controller's watch missed (found by a LIST); in the child's case, also brings its
@@ -444,6 +499,7 @@ def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: 
     loop = next((t for t in threading.enumerate() if t.name == "kwarp-operator"), None)  # kopf's event loop
     before = scrape(port)
     cpu0 = cpu.read()
+    requests0 = cpu.requests()
     loop0 = thread_cpu(loop)
     t0 = time.monotonic()
     for run in runs:
@@ -467,6 +523,7 @@ def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: 
     wait_for(all_succeeded, 60 + 5 * n_runs, interval=1.0, message=f"{n_runs} runs Succeeded")
     wall = time.monotonic() - t0
     cpu1 = cpu.read()
+    requests1 = cpu.requests()
     missed = cpu.missed_by_watch()  # and, from a child controller, every completion time so far
     after = scrape(port)
     count = after["kwarp_operator_reconcile_duration_seconds_count"] - before.get("kwarp_operator_reconcile_duration_seconds_count", 0)
@@ -475,6 +532,11 @@ def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: 
     edges = reaction_edges(clock, runs, warprun(store, runs[0], **spec_patch))
     latencies = [seen - completed for _, _, _, completed, seen in edges]
     loop_cpu = thread_cpu(loop) - loop0
+    requests = requests_per_job(requests0, requests1, jobs)
+    for client in (OPERATOR, CONTROLLER, BENCHMARK):  # where the API server's work comes from, readable
+        kinds = requests.get(client, {})
+        print(f"[{prefix}] API requests per Job, {client}: " + ", ".join(f"{k} {v}" for k, v in kinds.items()),
+              file=sys.stderr, flush=True)  # fmt: skip
     traced = {} if tracer is None else {"trace": {"kopf_loop_cpu_ms_per_job": round(1000 * loop_cpu / max(jobs, 1), 1),
                                                   "per_reconcile": tracer.per_reconcile(names),
                                                   "kopf": tracer.kopf_overhead(), "reaction": tracer.breakdown(edges)}}
@@ -494,6 +556,8 @@ def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: 
         "edges": len(latencies),
         "cpu_s": {k: round(cpu1[k] - cpu0[k], 1) for k in cpu1},
         "cpu_ms_per_job": {k: round(1000 * (cpu1[k] - cpu0[k]) / jobs, 1) for k in cpu1},
+        # Watches count once per watch request (kopf's last server_timeout, the benchmark's 1 s), not per event.
+        "api_requests_per_job": requests,
         "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
         "jobs_missed_by_the_job_controllers_watch": missed,
         **traced,
@@ -527,12 +591,13 @@ def main() -> int:
     store.mkdir()
     ctx = multiprocessing.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
-    server = ctx.Process(target=serve_api, args=(str(workdir / "api"), ready, stop), daemon=True)
+    api_conn, api_child = ctx.Pipe()
+    server = ctx.Process(target=serve_api, args=(str(workdir / "api"), ready, stop, api_child), daemon=True)
     server.start()
     try:
         if not ready.wait(600):  # the child imports torch (tests.test_operator): minutes on a loaded machine
             raise SystemExit("the API server did not start")
-        cluster = Cluster(workdir / "api")  # the client side only: the child process serves it
+        cluster = Client(workdir / "api", BENCHMARK)  # the client side only: the child process serves it
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -542,9 +607,10 @@ def main() -> int:
         if tracer is not None:
             tracer.install()  # before the operator starts: it wraps what the operator builds
         with JobClock(cluster) as clock, RunPhases(cluster) as phases, \
-                (TimedRunner(cluster, clock.completed) if args.controller_in_process
-                 else ControllerProcess(ctx, workdir / "api")) as runner, RunningOperator(cluster, opts):
-            cpu = Components(server.pid, runner, clock, phases)
+                (TimedRunner(Client(workdir / "api", CONTROLLER), clock.completed) if args.controller_in_process
+                 else ControllerProcess(ctx, workdir / "api")) as runner, \
+                RunningOperator(cluster, opts, configuration=Client(workdir / "api", OPERATOR).configuration):
+            cpu = Components(server.pid, runner, clock, phases, api_conn)
             floor = api_floor(cluster, clock)
             baseline = None if args.skip_baseline else scenario(
                 cluster, store, port, clock, 1, "solo", args.iterations, args.members, cpu, tracer)
