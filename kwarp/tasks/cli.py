@@ -18,7 +18,7 @@ from kwarp.core.errors import UserError
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="{build,path,show}", required=True)
 
-    build = sub.add_parser("build", help="build the task (about two minutes on a CPU; cached afterwards)")
+    build = sub.add_parser("build", help="build the task (the CPU demo: about 13 CPU-minutes, measured; cached afterwards)")
     build.add_argument("--force", action="store_true", help="rebuild even if a complete build exists")
     build.add_argument("--out", type=Path, default=None, help="build into this folder instead of the cache")
     build.add_argument("--seed", type=int, default=0, help="seed of the texts and of the training runs")
