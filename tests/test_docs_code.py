@@ -4,7 +4,7 @@ tests/test_docs.py checks that what the docs name exists (paths, command lines, 
 file checks the other direction, where a new piece of code would otherwise go undocumented:
 
 - README's Layout names every top-level folder of the repository and every package and module of kwarp/;
-- README names every target `make help` lists;
+- README names every target `make help` lists and every page of docs/;
 - every option of the commands a user types (run, export, report, task build) is in README.md or docs/,
   and every option of `kwarp operator` is in docs/internals.md (its settings);
 - docs/cluster.md's tables of conditions and Events list exactly the condition types the operator sets
@@ -84,6 +84,12 @@ def test_the_readme_names_every_target_make_help_lists() -> None:
     assert listed, "the Makefile's help lists no target"
     missing = [t for t in listed if f"make {t}" not in README]
     assert not missing, f"README.md does not name {[f'make {t}' for t in missing]}"
+
+
+def test_the_readme_names_every_page_of_the_docs() -> None:
+    missing = [p.relative_to(ROOT).as_posix() for p in sorted((ROOT / "docs").glob("*.md"))
+               if p.relative_to(ROOT).as_posix() not in README]  # fmt: skip
+    assert not missing, f"README.md does not lead to {missing}"
 
 
 # ------------------------------------------------------------------ options
