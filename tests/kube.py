@@ -150,17 +150,38 @@ class Cluster:
         data = response.data
         return json.loads(data) if data else None
 
+
+# What a predicate raises while the state it reads is still partial: a key or item not there yet (a status
+# member listed before it has a Job, a condition not yet set: `m["job"]`, `cond["status"]`), or None
+# where a dict will be (`None["x"]`, `None >= 3`). That is "not yet", as on a slower machine, where the
+# first poll comes after the field is written; any other exception is raised at once.
+NOT_YET = (LookupError, TypeError)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
              message: str | Callable[[], str] = "condition") -> Any:
-    """Poll until predicate() is truthy; return its value, or fail naming what was awaited."""
+    """Poll until predicate() is truthy; return its value, or fail naming what was awaited.
+
+    A predicate raising one of NOT_YET counts as not met; if the wait times out, the failure names the
+    last such exception (and is raised from it, with its traceback), so that a field that never appears
+    reads as what it is rather than as a bare timeout."""
     deadline = time.monotonic() + timeout
+    raised = 0
+    last: Exception | None = None
     while True:
-        value = predicate()
+        try:
+            value = predicate()
+        except NOT_YET as err:
+            value, raised, last = None, raised + 1, err
         if value:
             return value
         if time.monotonic() > deadline:
-            text = message() if callable(message) else message
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {text}")
+            try:
+                text = message() if callable(message) else message
+            except NOT_YET as err:
+                text = f"a condition (its message raised {err!r})"
+            why = f"; the predicate raised {raised} time(s), last: {last!r}" if last is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {text}{why}") from last
         time.sleep(interval)
 
 
@@ -207,7 +228,8 @@ class RunningOperator:
 
 def wait_value(fetch: Callable[[], Any], accept: Callable[[Any], Any], timeout: float = 30.0,
                message: str | Callable[[], str] = "value") -> Any:
-    """Poll fetch() until accept(value) holds; return that value."""
+    """Poll fetch() until accept(value) holds; return that value. Either raising one of NOT_YET is "not
+    yet", as in wait_for."""
     box: list[Any] = []
 
     def ready() -> bool:

@@ -38,8 +38,24 @@ pytestmark = pytest.mark.timeout(1500)  # four task processes on a loaded 2-core
 
 
 def last_step(log: str) -> int:
-    steps = [json.loads(ln[len(PROGRESS_PREFIX):])["step"] for ln in log.splitlines() if ln.startswith(PROGRESS_PREFIX)]
+    """The last step a pod's log reports. The log is read while the pod writes it: its last line can be
+    half there (a write crossing a page of the file), and is then read at the next poll."""
+    lines = [ln[len(PROGRESS_PREFIX):] for ln in log.splitlines() if ln.startswith(PROGRESS_PREFIX)]
+    steps = []
+    for i, line in enumerate(lines):
+        try:
+            steps.append(json.loads(line)["step"])
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:  # only the line being written may be cut
+                raise
     return max(steps, default=0)
+
+
+def test_last_step_reads_past_a_line_being_written() -> None:
+    written = f'{PROGRESS_PREFIX}{{"step": 2, "reward": 0.1}}\n{PROGRESS_PREFIX}{{"step": 3, "rew'
+    assert last_step(written) == 2
+    with pytest.raises(json.JSONDecodeError):  # a cut line before the last is no write in progress
+        last_step(f'{PROGRESS_PREFIX}{{"st\n{PROGRESS_PREFIX}{{"step": 3}}')
 
 
 def test_a_stopped_trainer_saves_its_step_and_the_retry_resumes_it(tmp_path: Path, s3: S3Server) -> None:  # noqa: F811

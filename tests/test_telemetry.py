@@ -25,7 +25,7 @@ from kwarp.observability.metrics import (
     iteration_labels,
     member_labels,
 )
-from tests.kube import wait_value
+from tests.kube import wait_for, wait_value
 from tests.prom import Pushgateway, free_port, http_get
 
 
@@ -78,8 +78,8 @@ def test_pusher_survives_a_gateway_that_is_down() -> None:
     registry = CollectorRegistry()
     TrainerMetrics.create(registry).step.labels(**member_labels("ns", "r", 0, 0)).set(3)
     pusher = telemetry.Pusher(f"127.0.0.1:{free_port()}", registry, {"run": "r"}, interval=0.05, timeout=1)
-    with pusher:
-        time.sleep(0.3)
+    with pusher:  # (a pusher whose thread raised would try no more: the wait would time out)
+        wait_for(lambda: pusher.failures >= 2, 30, message=lambda: f"two failed pushes; {pusher.failures}")
     assert pusher.pushes == 0 and pusher.failures >= 2  # kept trying, never raised
 
 
