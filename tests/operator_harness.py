@@ -133,6 +133,17 @@ class Api:
         items = self.cluster.raw("GET", f"/api/v1/namespaces/{NS}/events")["items"]
         return [(e.get("type"), e.get("reason"), e.get("message")) for e in items]
 
+    def history(self, path: str) -> list[dict[str, Any]]:
+        """Every version of the objects at `path` (e.g. /apis/batch/v1/namespaces/default/jobs) the API
+        server journalled, oldest first: a watch from resourceVersion 1, as a real API server serves one
+        within its compaction window. Ends after 1 s without news."""
+        response = self.custom.api_client.call_api(
+            path, "GET", query_params=[("watch", "true"), ("resourceVersion", "1"), ("timeoutSeconds", "1")],
+            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"], _preload_content=False,
+            _return_http_data_only=True,
+        )  # fmt: skip
+        return [json.loads(line)["object"] for line in response.data.decode().splitlines() if line.strip()]
+
     def folder(self, name: str = "demo", namespace: str = NS) -> str:
         """The run's own folder in its store: <namespace>/<name>/<uid>."""
         return f"{namespace}/{name}/{(self.get(name) or {})['metadata']['uid']}"

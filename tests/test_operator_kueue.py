@@ -10,10 +10,13 @@ unfinished Jobs and creates them again on resume.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from kwarp.operator import conditions as C
 from kwarp.operator.jobs import LABEL_TASK, WorkerSettings
@@ -64,8 +67,9 @@ def finish_gang(api: Api, runner: StatusJobRunner, gang: str, run: str = "demo",
 
 
 def member_states(status: dict[str, Any]) -> dict[int, tuple[str | None, str]]:
-    """Each listed member's Job and state; a member is listed from the pass that reaches its iteration, and has no
-    `job` until a pass has seen its (gang) Job, so a fast operator shows it without one for a moment."""
+    """Each listed member's Job and state. A member is listed from the pass that reaches its iteration (while
+    the run prepares, for iteration 0) and has no `job` until the pass that creates its (gang) Job: a poll
+    between that creation and the pass's status patch reads it without one."""
     return {m["member"]: (m.get("job"), m["state"]) for m in status.get("members", [])}
 
 
@@ -338,6 +342,42 @@ def test_admission_wait_and_waiting_jobs_reach_the_operators_metrics_and_go_with
                           message=lambda: f"the run's series removed: {scrape(url)}")  # fmt: skip
         assert sample(gone, "kwarp_operator_admission_wait_seconds_count", **queue_of) == 1  # history stays
     assert not queue.errors, queue.errors
+
+
+@pytest.mark.parametrize("queued", [False, True])
+def test_a_member_names_its_job_from_the_pass_that_creates_it(
+    cluster: Cluster, api: Api, runner: StatusJobRunner, store: Path, queued: bool
+) -> None:
+    """status.members lists an iteration's members before their Jobs exist (state Pending, attempts 0, no
+    `job`), and the pass that creates a member's Job names it (a queued run: the iteration's gang Job,
+    Queued), as `kubectl get wr -o yaml` shows at any moment. Read from every version of the run the API
+    server journalled, so no version written between two polls is missed."""
+    names = ["demo-i0-members"] if queued else ["demo-i0-m0", "demo-i0-m1"]
+    with (kueue(cluster, pods=1) if queued else contextlib.nullcontext()), RunningOperator(cluster, options()):
+        api.create(warprun(store, **({"queueName": "team-a"} if queued else {})))
+        finish(api, runner, "demo-prepare")  # (the one pod of quota admits prepare, not the gang of two)
+        jobs_named(api, *names)
+        want = {m: (names[0] if queued else names[m], "Queued" if queued else "Running") for m in (0, 1)}
+        wait_value(api.status, lambda st: member_states(st) == want, WAIT, message=lambda: f"{want}: {api.status()}")
+
+    firsts: dict[str, int] = {}  # each member Job's first version: its creation
+    for job in api.history(f"/apis/batch/v1/namespaces/{NS}/jobs"):
+        firsts.setdefault(job["metadata"]["name"], int(job["metadata"]["resourceVersion"]))
+    created = max(firsts[n] for n in names)
+    statuses, last = [], None  # (resourceVersion, status) of each version whose status changed
+    for run in api.history(f"/apis/kwarp.dev/v1alpha1/namespaces/{NS}/warpruns"):
+        if run.get("status") != last:
+            last = run.get("status")
+            statuses.append((int(run["metadata"]["resourceVersion"]), last or {}))
+    for _, st in statuses:
+        for m in st.get("members", []):
+            assert "job" in m or (m["state"], m["attempts"]) == ("Pending", 0), st["members"]
+    before = [st for rv, st in statuses if rv < created]
+    assert before and [m.get("job") for m in before[-1]["members"]] == [None, None]  # listed while preparing
+    first = next(st for rv, st in statuses if rv > created)  # the creating pass's
+    assert {m["member"]: m.get("job") for m in first["members"]} == {m: job for m, (job, _) in want.items()}
+    if queued:
+        assert {m["state"] for m in first["members"]} == {"Queued"}
 
 
 def jobs_named_in(api: Api, run: str, *names: str) -> dict[str, dict[str, Any]]:

@@ -28,7 +28,10 @@ class Condition(_Model):
 class MemberStatus(_Model):
     iteration: int
     member: int
-    job: str | None = None
+    job: str | None = Field(None, description=(
+        "The member's latest Job (a queued run's iteration: its gang Job <run>-i<k>-members, shared by the "
+        "members). Absent until that Job is created: a member is listed, Pending, from the moment its "
+        "iteration is reached (iteration 0 while the run prepares); the pass that creates its Job names it"))
     state: str = Field("Pending", description="Pending, Queued (waiting for Kueue), Running, Suspended, Succeeded, Failed")
     attempts: int = 0
     start_time: str | None = None
