@@ -9,7 +9,8 @@ file checks the other direction, where a new piece of code would otherwise go un
   and every option of `kwarp operator` is in docs/internals.md (its settings);
 - docs/cluster.md's tables of conditions and Events list exactly the condition types the operator sets
   (operator/conditions.py) and the Event reasons it posts (operator/reconcile.py);
-- docs/internals.md's storage layout shows every key kwarp/store/layout.py builds.
+- docs/internals.md's storage layout shows every key kwarp/store/layout.py builds, and it names every module
+  of the three components (trainer/, merger/, operator/).
 """
 
 from __future__ import annotations
@@ -176,3 +177,11 @@ def test_the_internals_show_every_key_of_the_storage_layout() -> None:
     shown = section((ROOT / "docs" / "internals.md").read_text(), "## Storage layout")
     missing = sorted(f"{name}: {key}" for name, key in layout_keys().items() if key not in shown)
     assert not missing, f"docs/internals.md, Storage layout, does not show {missing}"
+
+
+@pytest.mark.parametrize("component", ["trainer", "merger", "operator"])
+def test_the_internals_name_every_module_of_a_component(component: str) -> None:
+    internals = (ROOT / "docs" / "internals.md").read_text()
+    modules = sorted(p.name for p in (ROOT / component).glob("*.py") if p.name != "__init__.py")
+    missing = [m for m in modules if not re.search(rf"(?<![\w.]){re.escape(m)}", internals)]
+    assert not missing, f"docs/internals.md (Packages and layers) does not name {component}/'s {missing}"
