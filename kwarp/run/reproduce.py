@@ -470,7 +470,7 @@ def _loadavg() -> list[float]:
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", choices=sorted(SCALES), default="cpu",
-                        help="cpu: the committed CPU run (about 40 min on 2 cores); quick: a small check; "
+                        help="cpu: the committed CPU run (47 CPU-minutes measured, docs/reproduction.md); quick: a small check; "
                         "gpu: the medium task on one GPU")
     parser.add_argument("--quick", action="store_true", help="same as --scale quick")
     parser.add_argument("--seeds", type=int, help="number of seeds (default: the scale's)")
