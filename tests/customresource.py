@@ -366,3 +366,34 @@ def admit(obj: Mapping[str, Any], schema: Schema, *, namespaced: bool = True, na
     if causes:
         raise InvalidError(causes)
     return out, warnings
+
+
+# Root keywords under which a /status write changes nothing the root checks: the root's other fields are
+# as the last admission left them, and the status is present before and after (or the whole object is admitted).
+_STATUS_ALONE_ROOT = frozenset({"type", "description", "properties", "required"})
+
+
+def admit_status(obj: Mapping[str, Any], schema: Schema, *, field_validation: str = "Warn") -> tuple[dict[str, Any], list[str]] | None:
+    """`admit` for a /status write, whose object is the stored one (admitted: pruned, defaulted, valid) with
+    only its status replaced: the status alone is pruned, defaulted and validated, at the paths and with the
+    messages `admit` gives it, and everything else is kept. The same result without walking the spec again
+    on each status write (most of the API server's work under an operator's status writes). None when the
+    root schema constrains more than its fields, or the status is not an object: then `admit` decides."""
+    sub = (schema.get("properties") or {}).get("status")
+    status = obj.get("status")
+    if sub is None or not isinstance(status, dict) or not set(schema) <= _STATUS_ALONE_ROOT:
+        return None
+    out = dict(obj)  # the rest as stored; only the status is a copy of its own
+    out["status"] = status = copy.deepcopy(status)
+    unknown = prune(status, sub, path="status")
+    warnings: list[str] = []
+    if unknown and field_validation == "Strict":
+        raise FieldValidationError(unknown)
+    if unknown and field_validation != "Ignore":
+        warnings = [f'unknown field "{p}"' for p in unknown]
+    prune_nulls(status, sub)
+    default(status, sub)
+    causes = validate(status, sub, "status")
+    if causes:
+        raise InvalidError(causes)
+    return out, warnings

@@ -89,9 +89,23 @@ def errors(obj: Mapping[str, Any], version: str) -> list[str]:
     return out
 
 
+def status_errors(obj: Mapping[str, Any], version: str) -> list[str] | None:
+    """`errors` of an object's status alone (paths from the object's root: 'status.active: ...'), against the
+    status property's schema; None when the kind's schema has no status property."""
+    check = validator(version, obj["apiVersion"], obj["kind"])
+    sub = (check.schema.get("properties") or {}).get("status")
+    if sub is None:
+        return None
+    out = []
+    # evolve keeps the whole schema's resolver: the status schema's $refs resolve as in the whole object's check
+    for err in sorted(check.evolve(schema=sub).iter_errors(obj["status"]), key=lambda e: list(map(str, e.absolute_path))):
+        out.append(".".join(["status", *(str(p) for p in err.absolute_path)]) + f": {_best(err).message}")
+    return out
+
+
 def _best(err: jsonschema.ValidationError) -> jsonschema.ValidationError:
     """The deepest cause of an anyOf/oneOf failure (the schemas wrap most fields in one)."""
     return jsonschema.exceptions.best_match([err]) if err.context else err
 
 
-__all__ = ["SchemaNotFound", "chart_floor", "chart_versions", "errors", "known_versions", "kubernetes_validate", "validator"]
+__all__ = ["SchemaNotFound", "chart_floor", "chart_versions", "errors", "status_errors", "known_versions", "kubernetes_validate", "validator"]

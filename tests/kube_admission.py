@@ -78,8 +78,19 @@ def _job_errors(job: Mapping[str, Any]) -> list[str]:
             "batch.kubernetes.io/job-name label)" for e in k8s_names.label_value(name)]
 
 
-def admit_builtin(obj: Obj, *, kind: str, group: str, namespaced: bool) -> None:
-    errs = builtin_errors(obj, namespaced)
+def admit_builtin(obj: Obj, *, kind: str, group: str, namespaced: bool, status_only: bool = False) -> None:
+    """Refused if the object is invalid. `status_only`: a /status write, whose object is the stored one (valid)
+    with only its status replaced: the status alone is checked, against the kind's status schema, with the
+    paths and messages the whole object's check gives it (a Job's pod template, most of its schema, is not
+    walked again on each status write)."""
+    errs = None
+    if status_only and isinstance(obj.get("status"), dict):
+        try:
+            errs = k8s_openapi.status_errors(obj, BUILTIN_VERSION)
+        except k8s_openapi.SchemaNotFound:
+            errs = []
+    if errs is None:
+        errs = builtin_errors(obj, namespaced)
     if errs:
         raise _invalid(kind, group, (obj.get("metadata") or {}).get("name", ""), errs)
 
@@ -126,10 +137,13 @@ def field_validation(params: Mapping[str, str]) -> str:
 
 
 def admit_custom(obj: Obj, schema: Mapping[str, Any], *, kind: str, group: str, namespaced: bool,
-                 mode: str) -> tuple[Obj, list[str]]:
-    """A custom resource as stored, and the warnings for the response; or Refused."""
+                 mode: str, status_only: bool = False) -> tuple[Obj, list[str]]:
+    """A custom resource as stored, and the warnings for the response; or Refused. `status_only`: a /status
+    write (the stored object with only its status replaced; customresource.admit_status)."""
     name = (obj.get("metadata") or {}).get("name", "")
     try:
+        if status_only and (admitted := customresource.admit_status(obj, schema, field_validation=mode)) is not None:
+            return admitted
         return customresource.admit(obj, schema, namespaced=namespaced, field_validation=mode)
     except customresource.FieldValidationError as err:
         raise Refused(400, "BadRequest", str(err)) from None

@@ -158,8 +158,10 @@ class ApiServer(ObjectStore):
                 entry["shortNames"], entry["categories"] = [], []
         return listing
 
-    def _admit(self, res: Resource, obj: Obj, request: kmock.Request) -> tuple[Obj, list[str]]:
-        """The object as stored and the response's warnings, or Refused (see tests/kube_admission.py)."""
+    def _admit(self, res: Resource, obj: Obj, request: kmock.Request, *, status_only: bool = False) -> tuple[Obj, list[str]]:
+        """The object as stored and the response's warnings, or Refused (see tests/kube_admission.py).
+        `status_only`: a /status write (the stored object, admitted when stored, with only its status
+        replaced): its status alone is admitted."""
         info = self._info(res)
         kind = info.kind if info is not None and info.kind else str(res.plural)
         namespaced = bool(info.namespaced) if info is not None else True
@@ -169,8 +171,9 @@ class ApiServer(ObjectStore):
         schema = next((s for r, s in self._schemas.items() if r == res), None)
         if schema is not None:
             mode = kube_admission.field_validation(request.params)
-            return kube_admission.admit_custom(obj, schema, kind=kind, group=group, namespaced=namespaced, mode=mode)
-        kube_admission.admit_builtin(obj, kind=kind, group=group, namespaced=namespaced)
+            return kube_admission.admit_custom(obj, schema, kind=kind, group=group, namespaced=namespaced, mode=mode,
+                                               status_only=status_only)  # fmt: skip
+        kube_admission.admit_builtin(obj, kind=kind, group=group, namespaced=namespaced, status_only=status_only)
         return obj, []
 
     def _served(self) -> list[tuple[str, str, str, str, bool]]:
@@ -392,7 +395,7 @@ class ApiServer(ObjectStore):
         if res == CRDS and request.subresource == "status":
             pass  # the CRD's own status is the server's; nothing to admit
         else:
-            new, warnings = self._admit(res, new, request)
+            new, warnings = self._admit(res, new, request, status_only=request.subresource == "status")
             if res == CRDS:
                 new["status"] = current.get("status", new.get("status"))
         if new == current:

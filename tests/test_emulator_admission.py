@@ -19,8 +19,10 @@ from kwarp.core.plan import Task
 from kwarp.core.spec import parse
 from kwarp.operator.jobs import WorkerSettings, job_manifest
 
+from . import customresource
 from .kube import Cluster
-from .kube_admission import BUILTIN_VERSION, human_age
+from .kube_admission import BUILTIN_VERSION, _invalid, builtin_errors, human_age
+from .kube_server import merge_patch
 from .operator_harness import warprun
 from .test_spec import doc
 
@@ -159,6 +161,51 @@ def test_custom_resources_are_validated_on_create_update_and_status(cluster: Clu
     assert code == 422 and "status.iteration in body must be of type integer" in body["message"]
     code, _, body = call(cluster, "PATCH", f"{RUNS}/ok/status", {"status": {"iteration": 1}}, content_type=merge)
     assert code == 200 and body["status"]["iteration"] == 1
+
+
+MINIMAL_JOB = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"}, "spec": {"template": {"spec": {
+    "restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}}}  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "status"), [
+    ("job", {"active": 1, "startTime": "2026-01-01T00:00:00Z"}),
+    ("job", {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}),
+    ("job", {"active": "one", "unknownField": 1}),
+    ("job", {"conditions": [{"type": "Complete"}]}),
+    ("job", {"failed": None}),
+    ("run", {"phase": "Training", "iteration": 0, "membersDone": "0/2"}),
+    ("run", {"phase": "Training", "unknownField": {"a": 1}, "iteration": 1}),
+    ("run", {"iteration": "first", "reward": "high"}),
+    ("run", {"phase": None, "conditions": [{"type": "Ready", "status": "True"}]}),
+    ("run", {"phase": "Resting"}),
+])  # fmt: skip
+def test_a_status_write_is_admitted_as_the_whole_object_would_be(cluster: Cluster, kind: str, status: Any) -> None:
+    """A /status write is admitted by checking the status alone (the rest is the stored, admitted object), and
+    must answer what admitting the whole object gives: the same refusal and causes, the same stored status
+    (pruned, defaulted) and warnings."""
+    path, body = (JOBS, MINIMAL_JOB) if kind == "job" else (RUNS, warprun(Path("/runs"), name="r"))
+    code, _, current = call(cluster, "POST", path, body)
+    assert code == 201
+    name = current["metadata"]["name"]
+    whole = merge_patch(current, {"status": status})
+    if kind == "job":
+        errs = builtin_errors(whole, namespaced=True)
+        expected = (422, _invalid("Job", "batch", name, errs).message) if errs else (200, whole["status"])
+        warnings = None
+    else:
+        schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        try:
+            stored, warned = customresource.admit(whole, schema)
+            expected, warnings = (200, stored["status"]), warned
+        except customresource.InvalidError as err:
+            expected, warnings = (422, _invalid("WarpRun", "kwarp.dev", name, err.causes).message), None
+    code, headers, answer = call(cluster, "PATCH", f"{path}/{name}/status", {"status": status},
+                                 content_type="application/merge-patch+json")  # fmt: skip
+    assert (code, answer["message"] if code == 422 else answer["status"]) == expected
+    if warnings:
+        assert headers.get("Warning") == ", ".join(f"299 - {json.dumps(w)}" for w in warnings)
+    else:
+        assert "Warning" not in headers
 
 
 def test_get_serves_the_table_kubectl_prints(cluster: Cluster) -> None:
