@@ -137,13 +137,13 @@ class Tracer:
         self._wrap(app, "kopf_settings", settings_with_timed_executor)
 
         def index_event(original: Any) -> Any:
-            def event(self_: Any, namespace: str, run: str, job: Any, *, deleted: bool) -> None:
+            def event(self_: Any, namespace: str, run: str, job: Any, *, deleted: bool) -> bool:
                 done = any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
                            for c in (job.get("status") or {}).get("conditions") or [])  # fmt: skip
                 name = (job.get("metadata") or {}).get("name")
                 with tracer._lock:
                     tracer.job_events[name].append((done, getattr(tracer._local, "handler", None), time.monotonic()))
-                original(self_, namespace, run, job, deleted=deleted)
+                return original(self_, namespace, run, job, deleted=deleted)  # whether the handler queues a pass
 
             return event
 

@@ -29,6 +29,7 @@ from .jobindex import JobIndex
 from .jobs import WorkerSettings
 from .kube import Kube
 from .metrics import MetricsServer
+from .observe import read_alike
 from .reconcile import Reconciler
 from .runcache import RunCache
 from .store_bounds import BREAKER_COOLDOWN_S, Breakers
@@ -147,7 +148,7 @@ def build(options: OperatorOptions, *, configuration: Callable[[], kubernetes.cl
         events=post_event,
         guardrails=options.guardrails,
         progress_seconds=options.progress_seconds,
-        job_index=JobIndex(),
+        job_index=JobIndex(same=read_alike),
         runs=RunCache(),
         workers=options.max_workers,
     )

@@ -111,7 +111,8 @@ def register(
         if run:
             if reconciler.job_index is not None:
                 raw = (kwargs.get("event") or {}).get("object") or dict(body)
-                reconciler.job_index.event(namespace, run, raw, deleted=type == "DELETED")
+                if not reconciler.job_index.event(namespace, run, raw, deleted=type == "DELETED"):
+                    return  # nothing a reconcile reads changed (the ADDED event of a Job a pass created, ...)
             queue(namespace, run, urgent=type != "DELETED" and job_finished(body))
 
     @kopf.timer(*RUNS, interval=resync_seconds, initial_delay=resync_seconds, registry=registry)

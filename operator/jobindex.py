@@ -10,15 +10,20 @@ resourceVersions order them (a newer version of an object wins) and a Job seen d
 by an older LIST (tombstones). The resync timer re-LISTs each run (`stale`), which also drops a Job whose
 deletion the watch missed (kopf re-lists after a watch error but reports no deletions from the gap).
 Without an index (Reconciler(job_index=None)) the reconcile LISTs, as before.
+
+`event` says whether the event brought anything a reconcile reads (`same`: operator/observe.read_alike):
+a Job's ADDED event after the pass that created it put the POST's answer here, or a label someone else
+set, queues no pass (each pass costs the operator CPU and store reads, and delays the runs queued behind).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 Key = tuple[str, str]  # (namespace, run)
+Same = Callable[[Mapping[str, Any], Mapping[str, Any]], bool]
 
 
 def _rv(obj: Mapping[str, Any]) -> int | None:
@@ -40,18 +45,22 @@ def _newer(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
 
 
 class JobIndex:
-    def __init__(self) -> None:
+    def __init__(self, same: Same | None = None) -> None:
+        self._same = same  # (cached, newer version) -> a reconcile reads them alike; None: never alike
         self._jobs: dict[Key, dict[str, dict[str, Any]]] = {}
         self._seeded: set[Key] = set()
         self._deleted: dict[Key, dict[str, int | None]] = {}  # Job uid -> resourceVersion it was deleted at
         self._lock = threading.Lock()
 
-    def event(self, namespace: str, run: str, job: Mapping[str, Any], *, deleted: bool) -> None:
-        """A watch event about one Job of a run (ADDED/MODIFIED/DELETED, or kopf's initial listing)."""
+    def event(self, namespace: str, run: str, job: Mapping[str, Any], *, deleted: bool) -> bool:
+        """A watch event about one Job of a run (ADDED/MODIFIED/DELETED, or kopf's initial listing), or a Job
+        as the API server answered its creation. Returns whether a reconcile of the run could read anything
+        new from it: not for a version older than the cached one, a late event about a deleted Job, or a
+        version the cached one reads alike (`same`)."""
         meta = job.get("metadata") or {}
         name, uid = meta.get("name"), meta.get("uid")
         if not name:
-            return
+            return True
         key = (namespace, run)
         with self._lock:
             jobs = self._jobs.setdefault(key, {})
@@ -61,11 +70,16 @@ class JobIndex:
                     del jobs[name]
                 if uid:
                     self._deleted.setdefault(key, {})[uid] = _rv(job)
-                return
+                return True
             if uid and uid in self._deleted.get(key, {}):
-                return  # a late event about a Job already seen deleted
-            if _newer(job, jobs.get(name)):
-                jobs[name] = dict(job)
+                return False  # a late event about a Job already seen deleted
+            cached = jobs.get(name)
+            if not _newer(job, cached):
+                return False
+            jobs[name] = dict(job)
+            if cached is None or self._same is None or (cached.get("metadata") or {}).get("uid") != uid:
+                return True
+            return not self._same(cached, job)
 
     def jobs(self, namespace: str, run: str) -> list[dict[str, Any]] | None:
         """The run's Jobs, or None when its entry has not been seeded by a LIST (or is due for another)."""

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from kwarp.core.plan import Task, TaskJobs
 
-from .jobs import ANNOTATION_STALLED, LABEL_ATTEMPT, LABEL_TASK, queue_label
+from .jobs import ANNOTATION_STALLED, LABEL_ATTEMPT, LABEL_TASK, is_gang, queue_label
 
 # Queued: a Kueue workload not admitted yet (or evicted by Kueue and back in its queue). Kueue alone
 # unsuspends it, so the plan sees it active but not paused: it is never resumed by the operator.
@@ -62,6 +62,18 @@ def owned_by(job: Mapping[str, Any], uid: str) -> bool:
     """A run's Jobs carry its uid: a Job left by an earlier run of the same name is not one of them."""
     refs = job.get("metadata", {}).get("ownerReferences") or []
     return any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
+def read_alike(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether a reconcile reads the same from two versions of a Job: the attempt `view` makes of it and its
+    owners. A label or annotation of someone else's, a new resourceVersion, pod counts that change no state:
+    another pass would find nothing to do. A gang Job's members are its pods: never alike. Nor is a Job that
+    waits in Kueue's queue: the passes that see it count it in the admission metrics."""
+    if is_gang(new) or is_gang(old):
+        return False
+    owners = [((j.get("metadata") or {}).get("ownerReferences") or []) for j in (old, new)]
+    a = view(old)
+    return a is not None and a.state != "Queued" and a == view(new) and owners[0] == owners[1]
 
 
 def unready_pods(status: Mapping[str, Any]) -> bool:

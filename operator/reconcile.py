@@ -41,6 +41,7 @@ from .jobindex import JobIndex
 from .joblog import JobLog
 from .jobs import (
     COMPONENTS,
+    LABEL_RUN,
     WorkerSettings,
     gang_manifest,
     gangs_members,
@@ -423,6 +424,7 @@ class Reconciler:
             manifest = job_manifest(run, uid, action.task, action.attempt, self.worker)
             job = manifest["metadata"]["name"]
             created = self.kube.create_job(namespace, manifest)
+            self._created_job(namespace, created)
             if created is not None and needs_service(manifest):
                 # Right after the Job, which owns it (by uid); _ensure_services covers a stop in between.
                 self.kube.create_service(namespace, service_manifest(manifest, created["metadata"]["uid"]))
@@ -463,6 +465,13 @@ class Reconciler:
             pass  # the status records it
         # Fail: the status records it; other tasks' Jobs keep running (raising maxRetries resumes the run).
 
+    def _created_job(self, namespace: str, job: Mapping[str, Any] | None) -> None:
+        """A Job this pass created, as the API server stored it, into the Job index: its ADDED event then
+        brings nothing new and queues no pass of its own (the pass that created it has accounted for it)."""
+        run = ((job or {}).get("metadata", {}).get("labels") or {}).get(LABEL_RUN)
+        if job is not None and run and self.job_index is not None:
+            self.job_index.event(namespace, run, job, deleted=False)
+
     def _created(self, outcome: Outcome) -> str:
         """The Jobs a pass created, each with what it runs, for its Event ("" when none)."""
         if not outcome.announced:
@@ -482,6 +491,7 @@ class Reconciler:
         job = manifest["metadata"]["name"]
         outcome.gangs[iteration] = job
         created = self.kube.create_job(namespace, manifest)
+        self._created_job(namespace, created)
         if created is not None and needs_service(manifest):
             # Multi-node members: their rendezvous names (<job>-<index>.<job>); as for a member's Job.
             self.kube.create_service(namespace, service_manifest(manifest, created["metadata"]["uid"]))

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from kwarp.operator.jobindex import JobIndex
+from kwarp.operator.jobs import GANG, LABEL_ATTEMPT, LABEL_KUEUE_QUEUE, LABEL_RUN, LABEL_TASK
+from kwarp.operator.observe import read_alike
 
 
 def job(name: str, rv: int, uid: str | None = None, state: str = "v") -> dict[str, Any]:
@@ -62,3 +66,51 @@ def test_forget_drops_a_run() -> None:
     index.seed("ns", "r", [job("a", 1)], "1")
     index.forget("ns", "r")
     assert names(index) is None
+
+
+def task_job(rv: int, *, status: dict[str, Any] | None = None, labels: dict[str, str] | None = None,
+             task: str = "i0-m0", owner: str = "run-uid", suspend: bool = False) -> dict[str, Any]:
+    """A kwarp task Job as the watch shows it."""
+    return {"metadata": {"name": f"r-{task}", "uid": "uid-job", "resourceVersion": str(rv),
+                         "labels": {LABEL_RUN: "r", LABEL_TASK: task, LABEL_ATTEMPT: "0", **(labels or {})},
+                         "ownerReferences": [{"kind": "WarpRun", "uid": owner, "controller": True}]},
+            "spec": {"suspend": suspend}, "status": status or {}}  # fmt: skip
+
+
+RUNNING = {"startTime": "2026-01-01T00:00:00Z", "active": 1, "ready": 1}
+COMPLETE = {"startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T00:01:00Z", "succeeded": 1,
+            "conditions": [{"type": "Complete", "status": "True"}]}  # fmt: skip
+
+
+@pytest.mark.parametrize(("cached", "event", "news"), [
+    (None, task_job(5), True),  # first sight
+    (task_job(5), task_job(5), False),  # the ADDED event of a Job the creating pass put here
+    (task_job(5), task_job(6, labels={"touched": "yes"}), False),  # a label of someone else's
+    (task_job(5, status=RUNNING), task_job(6, status={**RUNNING, "ready": 1, "terminating": 0}), False),
+    (task_job(5), task_job(6, status=RUNNING), True),  # started
+    (task_job(6, status=RUNNING), task_job(7, status=COMPLETE), True),  # finished
+    (task_job(6, status=RUNNING), task_job(5), False),  # older than the cached version
+    (task_job(5), task_job(6, owner="another-run"), True),  # owners changed
+    (task_job(5, suspend=True), task_job(6, suspend=False), True),  # resumed
+    (task_job(5, suspend=True, labels={LABEL_KUEUE_QUEUE: "q"}),  # waiting for Kueue: every pass counts it
+     task_job(6, suspend=True, labels={LABEL_KUEUE_QUEUE: "q", "touched": "yes"}), True),
+    (task_job(5, task=f"i0-{GANG}"), task_job(6, task=f"i0-{GANG}"), True),  # a gang's members are its pods
+])  # fmt: skip
+def test_an_event_says_whether_a_reconcile_could_read_anything_new(cached: Any, event: Any, news: bool) -> None:
+    index = JobIndex(same=read_alike)
+    if cached is not None:
+        index.event("ns", "r", cached, deleted=False)
+    assert index.event("ns", "r", event, deleted=False) is news
+
+
+def test_deletions_are_news_and_later_events_about_the_deleted_job_are_not() -> None:
+    index = JobIndex(same=read_alike)
+    index.event("ns", "r", task_job(5), deleted=False)
+    assert index.event("ns", "r", task_job(6), deleted=True) is True
+    assert index.event("ns", "r", task_job(7, status=RUNNING), deleted=False) is False
+
+
+def test_without_a_comparison_every_newer_version_is_news() -> None:
+    index = JobIndex()
+    index.event("ns", "r", task_job(5), deleted=False)
+    assert index.event("ns", "r", task_job(5), deleted=False) is True

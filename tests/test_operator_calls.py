@@ -4,13 +4,14 @@ completion waits for the calls of the reconcile before it."""
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from pathlib import Path
 
 import kubernetes
 
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for
-from .operator_harness import WAIT, Api, finish, jobs_named, options, phase_is, warprun
+from .operator_harness import NS, WAIT, Api, finish, jobs_named, options, phase_is, warprun
 from .prom import free_port
 
 
@@ -81,3 +82,50 @@ def test_a_run_reaches_succeeded_without_reading_the_warprun_by_get(
     # Jobs moved it too): 7 POSTs for the run's 7 phases, where a JobCreated Event of its own made 13.
     assert calls[("", "events", "create")] == 7, calls
     assert calls[("kwarp.dev", "warpruns/status", "patch")] > 0  # the operator's own calls were counted
+
+
+def settled(port: int) -> float:
+    """The reconcile count once it has stayed the same for a second (the passes queued so far are done)."""
+    last = [reconciles(port), time.monotonic()]
+
+    def still() -> bool:
+        now = reconciles(port)
+        if now != last[0]:
+            last[:] = [now, time.monotonic()]
+        return time.monotonic() - last[1] >= 1.0
+
+    wait_for(still, WAIT, interval=0.1, message="reconciles settled")
+    return last[0]
+
+
+def test_job_events_that_change_nothing_a_reconcile_reads_queue_no_reconcile(
+    cluster: Cluster, api: Api, runner: StatusJobRunner, store: Path
+) -> None:
+    """A Job event whose Job reads as before to a reconcile (a label someone else set; the ADDED event of a Job
+    the creating pass already put in the Job index) queues no pass: a pass would find nothing to do, and
+    each costs the operator CPU and store reads while other runs wait in the queue. kopf handles one Job's
+    events in order, so once the completion's pass is done, so are the label events before it."""
+    port = free_port()
+    opts = options(metrics_port=port, bind_address="127.0.0.1")
+    with RunningOperator(cluster, opts, configuration=lambda: as_operator(cluster)):
+        api.create(warprun(store))
+        finish(api, runner, "demo-prepare")
+        jobs_named(api, "demo-i0-m0", "demo-i0-m1")
+        wait_for(lambda: {"demo-i0-m0", "demo-i0-m1"} <= set(runner.running()), WAIT, message="members running")
+        wait_for(lambda: [m.get("state") for m in api.status().get("members", [])][:2] == ["Running", "Running"],
+                 WAIT, message="members Running in the status")  # fmt: skip
+        before = settled(port)
+        for i in range(3):
+            api.batch.patch_namespaced_job("demo-i0-m0", NS, {"metadata": {"labels": {"touched": str(i)}}},
+                                           _content_type="application/merge-patch+json")  # fmt: skip
+            time.sleep(0.5)  # apart, so that kopf does not batch them into one (a test of the label events)
+        finish(api, runner, "demo-i0-m0")
+        wait_for(lambda: api.status()["members"][0].get("state") == "Succeeded", WAIT, message="member 0 Succeeded")
+        passes = settled(port) - before
+        assert passes == 1, f"{passes} reconciles for 3 label changes and one completion"
+        # The last member's completion: one pass creates the merge, whose ADDED event brings nothing new; the
+        # merge's start is one more pass.
+        finish(api, runner, "demo-i0-m1")
+        wait_for(lambda: "demo-i0-merge" in runner.running(), WAIT, message="the merge running")
+        passes = settled(port) - before - passes
+    assert passes == 2, f"{passes} reconciles for a completion that created a Job, and that Job's start"
