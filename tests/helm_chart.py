@@ -42,6 +42,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                                  "accessKey": "kwarp", "secretKey": "not-a-real-secret"}},
     "s3-existing-secret": {"s3": {"endpoint": "minio.kwarp.svc.cluster.local:9000", "existingSecret": "kwarp-s3"}},
     "digests": {"image": {"digest": "sha256:" + "a" * 64}, "workers": {"image": {"digest": "sha256:" + "b" * 64}}},
+    "private-registry": {"imagePullSecrets": [{"name": "regcred"}],
+                         "workers": {"serviceAccount": {"imagePullSecrets": [{"name": "regcred"}],
+                                                        "namespaces": ["research"]}}},
     "worker-defaults": {"workers": {"defaults": {"trainer": {
         "gpus": 1, "nodeSelector": {"nvidia.com/gpu.present": "true"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],

@@ -179,6 +179,20 @@ def test_worker_service_account_in_extra_namespaces(chart: Any) -> None:
     assert sorted(sa["metadata"]["namespace"] for sa in workers) == ["kwarp", "research"]
 
 
+def test_worker_pull_secrets_go_on_the_worker_service_account_in_every_namespace(chart: Any) -> None:
+    """Task pods run as the worker ServiceAccount, so Kubernetes adds its imagePullSecrets to each of them; the
+    top-level imagePullSecrets stay on the operator's pod only."""
+    docs = render(chart, SCENARIOS["private-registry"])
+    workers = {sa["metadata"]["namespace"]: sa for sa in of_kind(docs, "ServiceAccount")
+               if sa["metadata"]["name"] == "kwarp-worker"}  # fmt: skip
+    assert sorted(workers) == ["kwarp", "research"]
+    assert all(sa["imagePullSecrets"] == [{"name": "regcred"}] for sa in workers.values())
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    default = [sa for sa in of_kind(render(chart, {}), "ServiceAccount") if sa["metadata"]["name"] == "kwarp-worker"]
+    assert default and all("imagePullSecrets" not in sa for sa in default)
+
+
 # ------------------------------------------------------------------------------ static security scan
 
 
