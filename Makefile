@@ -13,9 +13,11 @@ LOCK_DEV := requirements/dev.txt
 LOCK_CHECKOV := requirements/checkov.txt
 PIP_VERSION := 26.3
 UV_VERSION := 0.13.9
-# torch is installed first, at the locked version (requirements/torch.in): the CPU build by default (on this
-# project's machines it lies on disk). For a CUDA build pass e.g.
-#   TORCH_SPEC='torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cu130'
+# torch is installed first, at the locked version (requirements/torch.in), as plain `torch==X`: from PyPI that
+# is the CUDA build on Linux (gigabytes of CUDA wheels); this project's machines have a CPU build on disk that
+# pip takes instead. Elsewhere, for the CPU build pass (as README says)
+#   TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu'
+# and for one CUDA release e.g. TORCH_SPEC='torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cu130'
 TORCH_SPEC ?= torch==$(shell sed -n 's/^torch==//p' requirements/torch.in)
 DEMO_DIR ?= demo
 S3RVER_DIR := tests/peers/s3rver
@@ -27,7 +29,7 @@ help:
 	@echo "make demo       create .venv, install kwarp, build the demo task, run an embedded WARP run, export its policy, write its report"
 	@echo "make test       install test needs (Python extras, Prometheus), run the suite (slow checks skipped)"
 	@echo "make test-slow  the long checks (reproduction --quick, long end-to-end runs)"
-	@echo "make lint       ruff and the import-layer contracts"
+	@echo "make lint       ruff (the import-layer contracts are tests/test_layers.py, in make test)"
 	@echo "make bench      the benchmarks (merge, store, train step, operator, admission checks)"
 	@echo "make lock       re-resolve requirements/*.txt from pyproject.toml (then commit them)"
 

@@ -1,4 +1,4 @@
-"""The storage layout, identical for a local folder and an S3 bucket (docs/architecture.md).
+"""The storage layout, identical for a local folder and an S3 bucket (docs/internals.md, "Storage layout").
 
 Iterations and members are 0-based. Every key is relative to the store root and '/'-separated.
 """

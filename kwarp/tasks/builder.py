@@ -1,6 +1,6 @@
 """Building the demo task into a cache folder, once.
 
-    kwarp task build            # about two minutes on two CPU cores, then cached
+    kwarp task build            # the CPU demo: about 13 CPU-minutes measured (README), then cached
     kwarp task path             # the folder: policy/, reward/, data/, warprun.yaml, build.json
 
 The folder is `$KWARP_CACHE/tasks/sentiment-v1-<fingerprint>` (default cache `~/.cache/kwarp`).
@@ -85,7 +85,7 @@ class BuildConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "device"}
 
 
-# The task sizes `kwarp task build --size` knows. small: the demo, built on a CPU in one or two minutes.
+# The task sizes `kwarp task build --size` knows. small: the demo, built on a CPU in about 13 CPU-minutes (README).
 # medium: the GPU reproduction's task: a 27M-parameter policy (8 layers of 512), a 4096-token vocabulary,
 # reviews of up to four clauses, ten times the texts; trained from scratch on a GPU in a few minutes.
 # tiny: a smoke-test size (one layer of 48, built in seconds), for tests and for trying a pipeline end to end.
