@@ -77,6 +77,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (SpecError, CheckpointError, StoreError, UserError)
 
 
+def _fenced_out() -> type[BaseException]:
+    from kwarp.store.base import FencedOut
+
+    return FencedOut
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-"):
@@ -99,6 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kwarp {name}: needs {err.name}, which comes with kwarp's '{extra}' extra: "
               f"pip install 'kwarp[{extra}]' (or 'kwarp[all]')", file=sys.stderr)  # fmt: skip
         return 2
+    except _fenced_out() as err:
+        # Not this task's failure: a newer attempt of it runs (kwarp.store.fencing); its executor does not
+        # count this exit against failurePolicy.maxRetries.
+        from kwarp.store.fencing import FENCED_EXIT_CODE
+
+        print(f"kwarp {name}: fenced out: {err}", file=sys.stderr)
+        return FENCED_EXIT_CODE
     except _user_errors() as err:
         print(f"kwarp {name}: error: {err}", file=sys.stderr)
         return 2

@@ -108,7 +108,7 @@ def test_a_stale_attempt_cannot_publish_over_a_newer_one(store: Store, tmp_path:
     assert (old.epoch, new.epoch) == (1, 2)
 
     # Once the newer attempt started, the older one publishes nothing: no checkpoint, no small object.
-    with pytest.raises(FencedOut, match=r"a newer attempt of this task \(pod new, epoch 2.*this attempt \(pod old, epoch 1\)"):
+    with pytest.raises(FencedOut, match=r"a newer attempt of task i0-m0 holds the lease \(epoch 2, holder pod new.*this attempt \(epoch 1, pod old\) publishes nothing more"):
         store.put_checkpoint(folder(tmp_path / "b", b"b"), KEY, fence=old)
     with pytest.raises(FencedOut):
         store.put_bytes("ns/run/uid/iter-0/member-0/metrics.jsonl", b"{}", fence=old)

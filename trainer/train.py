@@ -45,12 +45,14 @@ from prometheus_client import CollectorRegistry
 
 from kwarp.core.errors import UserError
 from kwarp.core.ownership import store_key
+from kwarp.core.plan import Task
 from kwarp.core.spec import WarpRun, member_seed
 from kwarp.observability import telemetry
 from kwarp.observability.metrics import TrainerMetrics, member_labels
 from kwarp.policy import Reward, load_causal_lm, load_reward, read_prompts, resolve_dtype
 from kwarp.run.evaluate import eval_settings, evaluate_policy, load_gold
 from kwarp.store import Store, layout, open_store
+from kwarp.store.fencing import claim_task
 
 from . import sharding
 from .guards import (
@@ -110,6 +112,10 @@ def train(
     T = steps if steps is not None else spec.warp.steps_for(iteration)
     accelerator = make_accelerator(spec.policy.dtype, device)
     main, world = accelerator.is_main_process, accelerator.num_processes
+    # The publishing process (rank 0: the only one that writes to the store) claims the member's lease
+    # before it reads any state: an older attempt still running is refused from its next write on, and
+    # this one resumes from whatever that one published before (kwarp.store.fencing).
+    fence = claim_task(store, run_folder, Task.train(iteration, member).id) if main else None
     if spec.training.batch_size % world:
         raise UserError(f"spec.training.batchSize ({spec.training.batch_size}) must divide by the {world} processes")
     per_process = spec.training.batch_size // world
@@ -129,7 +135,7 @@ def train(
     prompts = read_prompts(spec.data.train, spec.data.prompt_field, storage=spec.storage, spec_field="spec.data.train")
 
     state_key = layout.member_state(run_folder, iteration, member)
-    log = MetricsLog(store, layout.member_log(run_folder, iteration, member))
+    log = MetricsLog(store, layout.member_log(run_folder, iteration, member), fence)
     start = 0
     guard = NonFiniteGuard(spec.training.max_non_finite_steps)
     if store.has_checkpoint(state_key):
@@ -191,12 +197,12 @@ def train(
         if main:
             log.upload()
             progress = Progress(step, T, step * spec.training.batch_size, seed, world, iteration, member, guard.state())
-            with store.write_checkpoint(state_key, {"step": step}) as folder:
+            with store.write_checkpoint(state_key, {"step": step}, fence=fence) as folder:
                 save_state(folder, progress, names=models.names, policy=policy, ema=ema, optimizer=opt_state)
         accelerator.wait_for_everyone()
 
     stop = StopRequest()
-    heartbeat = Heartbeat(store, layout.member_heartbeat(run_folder, iteration, member), T)
+    heartbeat = Heartbeat(store, layout.member_heartbeat(run_folder, iteration, member), T, fence=fence)
     with exporting, stop.installed():
         if main:
             heartbeat.beat(start, force=True)  # loaded: the watchdog's clock restarts here
@@ -241,8 +247,10 @@ def train(
             meta = {"run": name, "iteration": iteration, "member": member, "steps": T, "seed": seed}
             # EMA first: `final` marks the member done, so everything else must exist before it.
             ema_key = layout.member_ema(run_folder, iteration, member)
-            publish_model(store, ema_key, models.bare, models.tokenizer, models.names, ema, {**meta, "kind": "ema"})
-            publish_model(store, final_key, models.bare, models.tokenizer, models.names, policy, {**meta, "kind": "final"})
+            publish_model(store, ema_key, models.bare, models.tokenizer, models.names, ema, {**meta, "kind": "ema"}, fence)
+            publish_model(
+                store, final_key, models.bare, models.tokenizer, models.names, policy, {**meta, "kind": "final"}, fence
+            )
             print(f"kwarp train: {name} i{iteration} m{member} done: {final_key}", flush=True)
         accelerator.wait_for_everyone()
     return True

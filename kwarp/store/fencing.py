@@ -11,6 +11,11 @@ the store) gets the next epoch and the process's nonce. The epoch is the process
 
 Claims are compare-and-swap writes (S3 conditional PUTs; a lock on file://), retried when another
 claim got in between, so two attempts never hold the same epoch.
+
+Every task command (prepare, train, merge, eval, export) claims `<run>/leases/<task>.json`
+(kwarp.store.layout.lease) once at its start, through `claim_task`, and passes the Fence to every write
+it makes for its task. A fenced-out attempt exits with FENCED_EXIT_CODE (kwarp.cli), which neither
+executor counts as a failure of the task: a newer attempt of it is running (docs/internals.md).
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ if TYPE_CHECKING:
     from kwarp.store.base import Store
 
 _CLAIM_ATTEMPTS = 20
+
+# The exit code of a task process that a newer attempt of its task fenced out (kwarp.cli). 75 is
+# sysexits' EX_TEMPFAIL; no other kwarp exit means it (0, 1, 2 user errors, 130 Ctrl-C, 143 SIGTERM).
+FENCED_EXIT_CODE = 75
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,19 @@ def claim(store: Store, lease: str, holder: str | None = None) -> Fence:
     return Fence(lease=lease, epoch=epoch, holder=holder, nonce=nonce)
 
 
+def claim_task(store: Store, run_folder: str, task_id: str, holder: str | None = None) -> Fence:
+    """Claim the lease of task `task_id` (Task.id: prepare, i0-m1, i0-merge, ...) of the run in `run_folder`."""
+    from kwarp.store import layout
+
+    return claim(store, layout.lease(run_folder, task_id), holder)
+
+
+def lease_task(lease: str) -> str:
+    """The task a lease key belongs to, for messages: `<run>/leases/i0-m1.json` -> `task i0-m1`."""
+    name = lease.rsplit("/", 1)[-1]
+    return f"task {name.removesuffix('.json')}" if "/leases/" in f"/{lease}" else "this task"
+
+
 def check(store: Store, fence: Fence, what: str) -> None:
     """Raise FencedOut if a newer attempt has claimed the lease since `fence` was taken."""
     doc = _parse(store.get_bytes(fence.lease))
@@ -90,6 +112,7 @@ def check(store: Store, fence: Fence, what: str) -> None:
                         f"this attempt ({fence.holder}) stops without publishing")
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(doc.get("claimed") or 0)))
     raise FencedOut(
-        f"{what}: a newer attempt of this task ({doc.get('holder')}, epoch {doc['epoch']}, started {since} UTC) "
-        f"has taken over; this attempt ({fence.holder}, epoch {fence.epoch}) stops without publishing"
+        f"{what}: a newer attempt of {lease_task(fence.lease)} holds the lease (epoch {doc['epoch']}, holder "
+        f"{doc.get('holder')}, since {since} UTC); this attempt (epoch {fence.epoch}, {fence.holder}) "
+        f"publishes nothing more"
     )

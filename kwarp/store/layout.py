@@ -25,6 +25,12 @@ def jobs_json(run: str) -> str:
     return f"{run}/jobs.json"
 
 
+def lease(run: str, task_id: str) -> str:
+    """The lease of one task (kwarp.store.fencing): its current attempt's epoch, holder and nonce (JSON).
+    `task_id` is the plan's Task.id: prepare, i0-m1, i0-merge, i0-eval, export."""
+    return f"{run}/leases/{task_id}.json"
+
+
 def base(run: str) -> str:
     """θ_sft: the policy the run started from (copied in so a run is self-contained)."""
     return f"{run}/base"
