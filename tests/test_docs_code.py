@@ -164,8 +164,8 @@ def test_the_cluster_docs_list_every_event_reason() -> None:
 
 
 def layout_keys() -> dict[str, str]:
-    """Every key kwarp/store/layout.py builds, with its arguments as the docs write them (<run>, <i>, <m>)."""
-    names = {"run": "<run>", "i": "<i>", "m": "<m>"}
+    """Every key kwarp/store/layout.py builds, with its arguments as the docs write them (<run>, <i>, <m>, <task>)."""
+    names = {"run": "<run>", "i": "<i>", "m": "<m>", "task_id": "<task>"}
     return {
         name: fn(*(names[p] for p in inspect.signature(fn).parameters)).rstrip("/")
         for name, fn in inspect.getmembers(layout, inspect.isfunction)
