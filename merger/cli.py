@@ -199,8 +199,10 @@ def merge_iteration(run: WarpRun, iteration: int, *, console: Console | None = N
                     max_shard_bytes: int | None = None, threads: int = 1) -> MergeReport | None:
     """Write slerp(I), then init(I+1) unless I is last, then merge.json; skip what is already complete."""
     from kwarp.core.ownership import store_key
+    from kwarp.core.plan import Task
     from kwarp.merger.streaming import Output, interpolate_checkpoints, merge_checkpoints
     from kwarp.store import layout, open_store
+    from kwarp.store.fencing import claim_task
 
     spec, name = run.spec, store_key(run)  # name: the run's own folder in the store (layout keys)
     warp = spec.warp
@@ -225,6 +227,8 @@ def merge_iteration(run: WarpRun, iteration: int, *, console: Console | None = N
             f"cannot merge iteration {iteration}: incomplete or absent checkpoint(s) {', '.join(missing)} in "
             f"{store.describe()}; train every member first (kwarp train --iteration {iteration} --member M)"
         )
+    # This attempt's lease: an older attempt of the merge still running publishes nothing more (fencing.py).
+    fence = claim_task(store, name, Task.merge(iteration).id)
     started = time.perf_counter()
     init_dir = store.open_checkpoint(init_key)
     member_dirs = [store.open_checkpoint(k) for k in member_keys]
@@ -232,11 +236,11 @@ def merge_iteration(run: WarpRun, iteration: int, *, console: Console | None = N
     with ExitStack() as stack:
         # Entered in this order so that slerp(I) is published before init(I+1) (exits run in reverse).
         next_dir = (
-            stack.enter_context(store.write_checkpoint(next_key, _task_meta(run, iteration, "liti", eta)))
+            stack.enter_context(store.write_checkpoint(next_key, _task_meta(run, iteration, "liti", eta), fence=fence))
             if need_next and next_key is not None else None
         )
         slerp_dir = (
-            stack.enter_context(store.write_checkpoint(slerp_key, _task_meta(run, iteration, "slerp", 1.0)))
+            stack.enter_context(store.write_checkpoint(slerp_key, _task_meta(run, iteration, "slerp", 1.0), fence=fence))
             if need_slerp else None
         )
         progress = stack.enter_context(_progress(console, f"merging iteration {iteration}"))
@@ -263,7 +267,7 @@ def merge_iteration(run: WarpRun, iteration: int, *, console: Console | None = N
         ),
         io=replace(report.io, seconds=time.perf_counter() - started),
     )
-    store.put_json(report_key, report.to_json())  # last: its existence marks the merge done
+    store.put_json(report_key, report.to_json(), fence=fence)  # last: its existence marks the merge done
     return report
 
 

@@ -34,8 +34,10 @@ from typing import Any
 from kwarp.core.errors import UserError
 from kwarp.core.front import Choice, FrontError, at_eta, points_of, table, within_budget
 from kwarp.core.ownership import namespace_of, store_key
+from kwarp.core.plan import Task
 from kwarp.core.spec import WarpRun, load, parse
 from kwarp.store import Store, layout, open_store
+from kwarp.store.fencing import Fence, claim_task
 
 RECORD = "kwarp-export.json"
 CARD = "README.md"
@@ -117,9 +119,10 @@ def export_policy(
     device: str | None = None,
     threads: int = 1,
     say: Any = print,
+    fence: Fence | None = None,
 ) -> dict[str, Any]:
     """Choose, write, measure, describe and publish the policy; return its export record. `out` None: into the
-    run's own store at <run>/export."""
+    run's own store at <run>/export. `fence`: the export task's lease (the tool mode has none)."""
     from kwarp.core.checkpoints import write_manifest
     from kwarp.merger.streaming import Output, interpolate_checkpoints
     from kwarp.run.card import model_card
@@ -167,8 +170,10 @@ def export_policy(
         (folder / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         write_manifest(folder, {"kind": "export", "run": name, "iteration": iteration, "eta": choice.eta})
         if out is None:
-            store.put_checkpoint(folder, layout.export(store_key(run)))
+            store.put_checkpoint(folder, layout.export(store_key(run)), fence=fence)
         else:
+            # Outside the run's store no pointer records a generation: the lease is checked just before.
+            store.check_fence(fence, f"publishing {out}")
             publish(folder, out, run)
     say(f"kwarp export: wrote {location}")
     return record
@@ -212,8 +217,10 @@ def run_task(run: WarpRun, *, device: str | None = None, threads: int = 1) -> di
     if store.exists(key):
         print(f"kwarp export: {store.describe()}/{key} exists; nothing to do")
         return None
-    record = export_policy(run, export.to, kl_budget=export.kl_budget, eta=export.eta, device=device, threads=threads)
-    store.put_json(key, record)  # last: its existence marks the task done
+    fence = claim_task(store, store_key(run), Task.export().id)  # an older attempt publishes nothing more
+    record = export_policy(run, export.to, kl_budget=export.kl_budget, eta=export.eta, device=device, threads=threads,
+                           fence=fence)  # fmt: skip
+    store.put_json(key, record, fence=fence)  # last: its existence marks the task done
     return record
 
 

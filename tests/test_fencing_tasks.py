@@ -9,21 +9,30 @@ attempt's, whole.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from kwarp.core.observe import completed_tasks
+from kwarp.core.plan import Observed, Start, Task, TaskJobs, plan
+from kwarp.core.spec import parse
+from kwarp.run.runner import LocalExecutor
 from kwarp.store import layout, open_store
-from kwarp.store.fencing import FENCED_EXIT_CODE
+from kwarp.store.fencing import FENCED_EXIT_CODE, claim_task
 from kwarp.store.versions import generation_of
 from kwarp.trainer.state import STATE_JSON
 from kwarp.trainer.train import PROGRESS_PREFIX
+from tests.models import perturbed, tiny_gpt2
 from tests.processes import freeze, send
+from tests.s3server import FaultyProxy, S3Server, s3_server
 from tests.test_trainer import make_run  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -84,3 +93,144 @@ def test_an_older_member_attempt_is_fenced_out_and_the_final_checkpoint_is_the_n
     assert final_state["step"] == saved + 2  # the newer attempt's, not a later state of the older one
     steps = [json.loads(ln)["step"] for ln in (root / layout.member_log("r", 0, 0)).read_text().splitlines()]
     assert steps == list(range(1, saved + 5))  # the newer attempt's log: no step of the older one after the takeover
+
+
+# ------------------------------------------------------------------------------------------ merge, on S3
+
+s3 = pytest.fixture(scope="module")(s3_server)
+
+
+def test_an_older_merge_attempt_is_fenced_out_mid_upload_and_the_newer_ones_outputs_stay(
+    s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The older merge is partitioned from the store while it uploads slerp(0) (its request held in a proxy);
+    a newer attempt merges the iteration; once the partition heals, the older one's pointer swap is refused."""
+    bucket = s3.create_bucket()
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    base = tiny_gpt2(tmp_path / "sft", seed=0)
+    doc = {
+        "apiVersion": "kwarp.dev/v1alpha1",
+        "kind": "WarpRun",
+        "metadata": {"name": "tiny"},
+        "spec": {
+            "policy": {"location": str(base)},
+            "reward": {"callable": "kwarp.tasks:reward"},
+            "data": {"train": str(tmp_path / "train.jsonl"), "eval": str(tmp_path / "eval.jsonl")},
+            "warp": {"iterations": 1, "policies": 2, "steps": 1},
+            "storage": {"url": f"s3://{bucket}/runs"},
+        },
+    }
+    store = open_store(f"s3://{bucket}/runs")
+    store.put_checkpoint(base, layout.base("tiny"))
+    for m in range(2):
+        store.put_checkpoint(perturbed(base, tmp_path / f"member-{m}", seed=m + 1), layout.member_final("tiny", 0, m))
+    argv = [sys.executable, "-P", "-m", "kwarp", "merge", "--iteration", "0"]
+    slerp_key, report_key = layout.slerp("tiny", 0), layout.merge_report("tiny", 0)
+
+    with FaultyProxy(s3.port) as proxy:
+        held = proxy.hold(rb"PUT /" + bucket.encode() + rb"/runs/" + slerp_key.encode() + rb"/[.]v/")
+        # A read timeout longer than the test: the held request must not be retried past the hold meanwhile.
+        slow_env = {**_env(doc, tmp_path), **s3.env(proxy.endpoint), "KWARP_S3_READ_TIMEOUT_S": "3600"}
+        older = subprocess.Popen(argv, env=slow_env, cwd=tmp_path,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert held.reached.wait(300), "the older merge never uploaded slerp(0)"
+            newer = subprocess.run(argv, env={**_env(doc, tmp_path), **s3.env()}, cwd=tmp_path,
+                                   capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+            assert newer.returncode == 0, newer.stdout[-3000:] + newer.stderr[-3000:]
+            published = store.read_manifest(slerp_key)
+            report = store.get_versioned(report_key)
+            held.release()
+            out, err = older.communicate(timeout=600)
+        finally:
+            held.release()
+            if older.poll() is None:
+                older.kill()
+                older.wait()
+    assert older.returncode == FENCED_EXIT_CODE, (out[-2000:], err[-3000:])
+    assert "kwarp merge: fenced out:" in err and "a newer attempt of task i0-merge holds the lease (epoch 2" in err
+    assert published is not None and published.placement is not None and published.placement.generation == 2
+    after = store.read_manifest(slerp_key)
+    assert after is not None and after.placement == published.placement and after.digest == published.digest
+    assert report is not None and store.get_versioned(report_key) == report  # merge.json written once, by the newer
+    store.verify_checkpoint(slerp_key)  # whole: the older attempt's upload never became a version of it
+
+
+# ------------------------------------------------------------------------------------ the embedded runner
+
+
+def _wait_reaped(executor: LocalExecutor, task: Task, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while task in executor.procs:
+        assert time.monotonic() < deadline, f"{task.id} still running after {timeout:.0f} s"
+        executor.reap()
+        time.sleep(0.1)
+
+
+def test_the_runner_does_not_count_a_fenced_out_attempt_as_a_failure_and_waits_for_the_newer_one(
+    s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kwarp run`'s prepare task is partitioned from the store (S3, its upload held in a proxy) while a newer
+    attempt of the same task (another `kwarp run` of this run, on another machine) claims the task's lease.
+    The runner's attempt exits fenced out: no failure is counted (maxRetries 0 would fail the run), it is
+    not started again, and once the newer attempt has published, the run goes on."""
+    bucket = s3.create_bucket()
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "fence_rewards.py").write_text("def zero(prompts, completions):\n    return [0.0] * len(completions)\n")
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("a", "b c", "d", "e f g")))
+    doc = {
+        "apiVersion": "kwarp.dev/v1alpha1",
+        "kind": "WarpRun",
+        "metadata": {"name": "fenced"},
+        "spec": {
+            "policy": {"location": str(tiny_gpt2(tmp_path / "sft", seed=0))},
+            "reward": {"callable": "fence_rewards:zero"},
+            "data": {"train": str(data), "eval": str(data)},
+            "warp": {"iterations": 1, "policies": 2, "steps": 1},
+            "training": {"batchSize": 2, "samplesPerPrompt": 2, "microBatchSize": 2},
+            "failurePolicy": {"maxRetries": 0},
+            "storage": {"url": f"s3://{bucket}/runs"},
+        },
+    }
+    store = open_store(f"s3://{bucket}/runs")
+    console = Console(file=io.StringIO(), width=200)
+    with FaultyProxy(s3.port) as proxy:
+        executor = LocalExecutor(
+            parse(doc), store, console=console, live=False, log_dir=tmp_path / "logs", parallel=1,
+            extra_env={**s3.env(proxy.endpoint), "KWARP_S3_READ_TIMEOUT_S": "3600", "PYTHONPATH": str(tmp_path)},
+        )  # fmt: skip
+        executor.claim()
+        prepare = Task.prepare()
+        base_key = layout.base(executor.key)
+        held = proxy.hold(rb"PUT /" + bucket.encode() + rb"/runs/" + base_key.encode() + rb"/[.]v/")
+        executor.start(prepare, 0)
+        try:
+            assert held.reached.wait(300), "the runner's prepare never uploaded the base policy"
+            # The newer attempt has started (its claim is the first thing it writes) and not finished yet.
+            newer = claim_task(store, executor.key, prepare.id, "another kwarp run")
+            held.release()
+            _wait_reaped(executor, prepare)
+        finally:
+            held.release()
+            executor.stop_all()
+    log = (tmp_path / "logs" / "prepare.log").read_text()
+    assert "kwarp prepare: fenced out:" in log and f"holds the lease (epoch {newer.epoch}, holder another kwarp run" in log
+    assert executor.jobs.get(prepare, TaskJobs()).failures == 0
+    assert [e["status"] for e in executor.timeline if e["task"] == "prepare"] == ["fenced"]
+    assert "fenced prepare (attempt 0)" in console.file.getvalue()  # type: ignore[attr-defined]
+
+    # While the newer attempt runs, the plan neither fails the run nor starts the task here again.
+    observed = Observed(done=completed_tasks(store, executor.spec, executor.key), jobs=executor._jobs_view())
+    assert prepare not in observed.done and plan(executor.spec, observed) == []
+
+    # The newer attempt publishes (here: a `kwarp prepare` of the same run, holding the lease after that claim);
+    # the runner's next look finds the task complete and starts the members.
+    finished = subprocess.run([sys.executable, "-P", "-m", "kwarp", "prepare"], env={**_env(executor.run.to_document(), tmp_path),
+                              **s3.env()}, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    observed = Observed(done=completed_tasks(store, executor.spec, executor.key), jobs=executor._jobs_view())
+    assert prepare in observed.done
+    assert {a.task for a in plan(executor.spec, observed) if isinstance(a, Start)} == {Task.train(0, 0), Task.train(0, 1)}

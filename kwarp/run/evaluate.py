@@ -172,9 +172,11 @@ def evaluate_iteration(run: Any, iteration: int, *, device: str | torch.device |
     from prometheus_client import CollectorRegistry
 
     from kwarp.core.ownership import store_key
+    from kwarp.core.plan import Task
     from kwarp.observability import telemetry
     from kwarp.observability.metrics import EvaluationMetrics, iteration_labels
     from kwarp.store import layout, open_store
+    from kwarp.store.fencing import claim_task
 
     spec, name = run.spec, run.name
     folder = store_key(run)  # the run's own folder in the store
@@ -183,6 +185,7 @@ def evaluate_iteration(run: Any, iteration: int, *, device: str | torch.device |
     if store.exists(out_key):
         print(f"kwarp eval: {out_key} exists; nothing to do")
         return None
+    fence = claim_task(store, folder, Task.eval(iteration).id)  # an older attempt's eval.json is refused from now
     t0 = time.perf_counter()
     device = torch.device(device) if device is not None else default_device()
     compute = resolve_dtype(spec.policy.dtype, device)
@@ -258,7 +261,7 @@ def evaluate_iteration(run: Any, iteration: int, *, device: str | torch.device |
         "seed": settings["seed"],
         "seconds": seconds,
     }
-    store.put_json(out_key, result)  # last: its existence marks the evaluation done
+    store.put_json(out_key, result, fence=fence)  # last: its existence marks the evaluation done
     return result
 
 

@@ -19,9 +19,11 @@ from kwarp.core import locations
 from kwarp.core.checkpoints import MANIFEST, PICKLE_SUFFIXES, CheckpointError, refuse_pickles
 from kwarp.core.errors import UserError
 from kwarp.core.ownership import store_key
+from kwarp.core.plan import Task
 from kwarp.core.prompts import read_prompts
 from kwarp.core.spec import DataSpec, RewardSpec, WarpRun, from_cli
 from kwarp.store import Store, layout, open_store
+from kwarp.store.fencing import claim_task
 
 
 def check_prompts(path: Path, field: str, spec_field: str, need: int = 1) -> int:
@@ -71,6 +73,7 @@ def copy_policy(run: WarpRun, store: Store) -> bool:
     key = layout.base(store_key(run))
     if store.has_checkpoint(key):
         return False
+    fence = claim_task(store, store_key(run), Task.prepare().id)  # an older attempt's copy is refused from now
     policy = run.spec.policy
     src = locations.fetch(policy.location, "spec.policy.location", run.spec.storage, policy.revision)
     try:
@@ -80,10 +83,10 @@ def copy_policy(run: WarpRun, store: Store) -> bool:
     if not (src / "config.json").is_file():
         raise UserError(f"spec.policy.location: {src} has no config.json; give a Hugging Face model folder")
     if (src / MANIFEST).is_file():
-        store.put_checkpoint(src, key)
+        store.put_checkpoint(src, key, fence=fence)
         return True
     # A plain HF folder: copy only what a model needs (never pickles), then publish with a manifest.
-    with store.write_checkpoint(key, meta={"source": policy.location, "created": time.time()}) as tmp:
+    with store.write_checkpoint(key, meta={"source": policy.location, "created": time.time()}, fence=fence) as tmp:
         for p in sorted(src.iterdir()):
             if p.is_file() and p.suffix not in PICKLE_SUFFIXES and not p.name.startswith("."):
                 shutil.copy2(p, tmp / p.name)

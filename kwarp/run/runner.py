@@ -43,6 +43,7 @@ from kwarp.core.spec import WarpRun, load
 from kwarp.run.children import Proc, close_orphaned_attempts, failure_reason, pump_output, set_pdeathsig
 from kwarp.run.identity import identify
 from kwarp.store import FileStore, Store, layout, open_store
+from kwarp.store.fencing import FENCED_EXIT_CODE
 
 _POLL_SECONDS = 0.5
 METRICS_LINGER_SECONDS = 5.0
@@ -104,6 +105,9 @@ class LocalExecutor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[Task, Proc] = {}
         self.jobs: dict[Task, TaskJobs] = {}
+        # Tasks whose attempt here was fenced out: a newer attempt, not this runner's, holds the task's lease
+        # (another `kwarp run` of this run). They count as running until the store shows them complete.
+        self.elsewhere: set[Task] = set()
         self.timeline: list[dict[str, Any]] = list((store.get_json(layout.runner_json(self.key)) or {}).get("tasks", []))
         self.durations: dict[str, list[float]] = {}
         self.started = time.time()
@@ -250,7 +254,7 @@ class LocalExecutor:
 
     def _jobs_view(self) -> dict[Task, TaskJobs]:
         view = dict(self.jobs)
-        for task in self.procs:
+        for task in self.procs.keys() | self.elsewhere:
             prev = view.get(task, TaskJobs())
             view[task] = TaskJobs(active=True, failures=prev.failures, last_failure=prev.last_failure)
         return view
@@ -301,6 +305,20 @@ class LocalExecutor:
             )
             if entry is not None:
                 entry.update(end=end, status="succeeded" if done else "failed", exit_code=rc)
+            if rc == FENCED_EXIT_CODE and not done:
+                # Not this task's failure: a newer attempt of it runs elsewhere and publishes its outputs. It
+                # is not counted against maxRetries, and not started again here (that would fence the newer
+                # one out in turn): the runner waits for it to finish (docs/internals.md, Task leases).
+                if entry is not None:
+                    entry["status"] = "fenced"
+                self.elsewhere.add(task)
+                self.console.print(
+                    f"[cyan]  fenced {task.id} (attempt {proc.attempt}):[/] a newer attempt of it, not started by "
+                    f"this runner, holds its lease; waiting for that attempt to finish it (to take the task back "
+                    f"here: stop this run and run the same command again)"
+                )
+                self._save_timeline()
+                continue
             if done:
                 self._save_timeline()
                 self.durations.setdefault(task.kind, []).append(end - proc.started)
@@ -397,6 +415,8 @@ class LocalExecutor:
                 state = Text("done", "green")
             elif proc:
                 state = Text(f"running{' (retry ' + str(proc.attempt) + ')' if proc.attempt else ''}", "yellow")
+            elif task in self.elsewhere:
+                state = Text("running elsewhere", "cyan")
             elif self.jobs.get(task, TaskJobs()).failures:
                 state = Text("failed", "red")
             else:

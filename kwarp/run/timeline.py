@@ -24,7 +24,8 @@ from kwarp.run.rundata import RUNNER_JSON, IterationData, as_number
 from kwarp.store import Store, layout
 
 MAX_POINTS = 400  # progress points kept for the figure and summary.json (a long run logs 100k+ steps)
-STATUS_COLORS = {"succeeded": "#56a64b", "failed": "#e02f44", "interrupted": "#f2a20c", "running": "#3274d9"}
+STATUS_COLORS = {"succeeded": "#56a64b", "failed": "#e02f44", "interrupted": "#f2a20c", "running": "#3274d9",
+                 "fenced": "#8f3bb8"}
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def timeline_html(tl: Timeline, figure: str | None) -> str:
              f"<th>status</th></tr>{rows}</table>" if rows else '<p class="missing">no task attempt recorded</p>')  # fmt: skip
     caption = ("Top: training steps done over all members of all iterations, from the members' metrics.jsonl. "
                "Bottom: each task attempt from start to end (green succeeded, red failed, orange interrupted, blue "
-               "running); hatched before it, the time its Job waited for Kueue's admission.")  # fmt: skip
+               "running, purple fenced out: a newer attempt of the task took over); hatched before it, the time its Job waited for Kueue's admission.")  # fmt: skip
     fig_html = f"<figure>{figure}<figcaption class=caption>{caption}</figcaption></figure>" if figure else ""
     return f"""<h2>Timeline</h2>
 {fig_html}
