@@ -4,8 +4,8 @@ A queued run trains each iteration's M members as one Indexed Job (jobs.gang_man
 node i % N of member i // N (N = 1: pod index m is member m; kwarp.core.placement). The plan still reasons
 per member (Task.train(i, m)), so each gang Job is read as, per member:
 
-- one view per failed try (failed_tries: a failed pod of one of its indexes, not a disruption, which the
-  Job's podFailurePolicy ignores), as a failed member Job is for an unqueued run, with what the pod said;
+- one view per failed try (failed_tries: a failed pod of one of its indexes, not a disruption nor a pod
+  fenced out by a newer attempt, exit 75, which the Job's podFailurePolicy ignores), as a failed member Job is for an unqueued run, with what the pod said;
   a multi-node member has at most one per Job (backoffLimit 0: its first failed rank fails the Job);
 - and, unless the member is over, its live state: Queued (Kueue has not admitted the gang), Pending or
   Running (admitted), Succeeded once all its indexes are in status.completedIndexes.
@@ -25,6 +25,7 @@ from typing import Any
 
 from kwarp.core.placement import member_indexes, place
 from kwarp.core.plan import Task
+from kwarp.store.fencing import FENCED_EXIT_CODE
 
 from .jobs import COMPLETION_INDEX_KEY, LABEL_ATTEMPT, LABEL_ITERATION, is_gang, nodes_of, queue_label
 from .observe import JobState, JobView, pod_failure, unready_pods
@@ -66,6 +67,13 @@ def _disrupted(pod: Mapping[str, Any]) -> bool:
                for c in (pod.get("status") or {}).get("conditions") or [])  # fmt: skip
 
 
+def _fenced(pod: Mapping[str, Any]) -> bool:
+    """A pod fenced out by a newer attempt of its member (kwarp.store.fencing): the Job's podFailurePolicy
+    ignores its exit code, so it is no failed try of the member either."""
+    return any(((cs.get("state") or {}).get("terminated") or {}).get("exitCode") == FENCED_EXIT_CODE
+               for cs in (pod.get("status") or {}).get("containerStatuses") or [])  # fmt: skip
+
+
 def _index(pod: Mapping[str, Any]) -> int | None:
     meta = pod.get("metadata") or {}
     value = (meta.get("annotations") or {}).get(COMPLETION_INDEX_KEY) or (meta.get("labels") or {}).get(COMPLETION_INDEX_KEY)
@@ -73,14 +81,15 @@ def _index(pod: Mapping[str, Any]) -> int | None:
 
 
 def failed_pods(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> dict[int, list[Mapping[str, Any]]]:
-    """The gang Job's failed pods per index, oldest first, without disruptions (not the member's fault)."""
+    """The gang Job's failed pods per index, oldest first, without disruptions and fenced-out pods (not the
+    member's fault: the Job's podFailurePolicy ignores both)."""
     uid = job["metadata"].get("uid")
     out: dict[int, list[Mapping[str, Any]]] = {}
     for pod in pods:
         refs = (pod.get("metadata") or {}).get("ownerReferences") or []
         if not any(r.get("uid") == uid for r in refs):
             continue
-        if (pod.get("status") or {}).get("phase") != "Failed" or _disrupted(pod):
+        if (pod.get("status") or {}).get("phase") != "Failed" or _disrupted(pod) or _fenced(pod):
             continue
         index = _index(pod)
         if index is not None:

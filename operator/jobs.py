@@ -30,6 +30,7 @@ from kwarp.core.spec import (
     WarpRun,
     WarpRunSpec,
 )
+from kwarp.store.fencing import FENCED_EXIT_CODE
 
 # Labels on every Job and pod. The run label is how the operator finds a run's Jobs.
 LABEL_NAME = "app.kubernetes.io/name"
@@ -357,9 +358,16 @@ def _manifest(run: WarpRun, uid: str, task: Task, attempt: int, worker: WorkerSe
         "backoffLimit": 0,
         # ... except that an evicted or preempted pod is not the task's fault: the Job replaces the pod
         # and the trainer resumes from its saved state. `status` is required by the API server before 1.34
-        # (podFailurePolicy itself is beta and on by default from 1.26, GA in 1.31).
-        "podFailurePolicy": {"rules": [{"action": "Ignore",
-                                        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
+        # (podFailurePolicy itself is beta and on by default from 1.26, GA in 1.31). Nor is a pod fenced out
+        # (kwarp.store.fencing: a newer attempt of its task holds the lease, exit 75): not counted either,
+        # so the Job neither fails nor charges failurePolicy.maxRetries; it keeps its newer pod if it has
+        # one, else makes one, which finds the task's outputs (or its saved state) in the store.
+        "podFailurePolicy": {"rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            # onPodConditions: [] because the Job schema requires the field before 1.29 (an empty list is
+            # "not given": a rule has one of onExitCodes and onPodConditions).
+            {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [FENCED_EXIT_CODE]}, "onPodConditions": []},
+        ]},
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
     }
     if worker.ttl_seconds_after_finished is not None:

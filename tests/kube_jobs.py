@@ -57,6 +57,24 @@ def job_status_suspended(start: str | None, now: str) -> Obj:
          "lastTransitionTime": now}]}
 
 
+def pod_failure_action(job: Obj, exit_code: int, conditions: list[Obj]) -> str | None:
+    """What the Job's spec.podFailurePolicy says of a failed pod (the Job controller's reading): the action
+    of the first rule that matches (Ignore, FailJob, Count), None when none does. A rule matches by
+    onExitCodes (In / NotIn its values; NotIn never matches 0) or by any of its onPodConditions (a pod
+    condition of that type with that status, "True" when left out)."""
+    for rule in ((job.get("spec") or {}).get("podFailurePolicy") or {}).get("rules") or []:
+        codes = rule.get("onExitCodes")
+        if codes is not None:
+            listed = exit_code in (codes.get("values") or [])
+            if listed if codes.get("operator") == "In" else (not listed and exit_code != 0):
+                return rule["action"]
+        for wanted in rule.get("onPodConditions") or []:
+            if any(c.get("type") == wanted.get("type") and c.get("status") == wanted.get("status", "True")
+                   for c in conditions):  # fmt: skip
+                return rule["action"]
+    return None
+
+
 def _finished(job: Obj) -> bool:
     return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
                for c in (job.get("status") or {}).get("conditions") or [])
@@ -369,7 +387,9 @@ class JobRunner:
             tracked = self.jobs[name]
             pod = tracked.pods.pop(index)
             self._finish_pod(tracked, exit_code, message, pod=pod, disrupted=disrupted)
-            tracked.failed += 0 if disrupted else 1
+            conditions = [{"type": "DisruptionTarget", "status": "True"}] if disrupted else []
+            ignored = disrupted or pod_failure_action(tracked.job, exit_code, conditions) == "Ignore"
+            tracked.failed += 0 if ignored else 1
             if tracked.failed > int(tracked.job["spec"].get("backoffLimit", 6)):
                 tracked.finished = True
                 for other in tracked.pods.values():
@@ -386,6 +406,17 @@ class JobRunner:
         if tracked is not None:
             self._finish_pod(tracked, 0)
             self._patch_status(name, job_status_succeeded(tracked.start or now_rfc3339(), now_rfc3339()))
+
+    def replace_pod(self, name: str, exit_code: int, message: str = "") -> None:
+        """The pod of a (not Indexed) Job failed in a way its podFailurePolicy ignores: the pod is marked
+        failed and the Job, still running and not charged, gets a new pod (`on_start` runs it)."""
+        with self._lock_for(name):
+            tracked = self.jobs[name]
+            if tracked.finished:
+                return
+            self._finish_pod(tracked, exit_code, message)
+            tracked.pod = self._create_pod(tracked.job)
+        self.on_start(tracked)
 
     def fail(self, name: str, exit_code: int = 1, message: str = "") -> None:
         tracked = self._finish(name)

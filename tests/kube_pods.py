@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tests.kube_jobs import COMPLETION_INDEX_FIELD, JobRunner, _Tracked
+from tests.kube_jobs import COMPLETION_INDEX_FIELD, JobRunner, _Tracked, pod_failure_action
 from tests.kube_store import Obj
 
 if TYPE_CHECKING:
@@ -132,9 +132,14 @@ class ProcessJobRunner(JobRunner):
                         continue
                     if code == 0:
                         self.succeed(name)
+                        continue
+                    tail = self.logs[name].read_text(errors="replace").strip().splitlines()[-20:]
+                    message = "\n".join(tail)[-2000:]
+                    if tracked.job["spec"].get("completionMode") != "Indexed" and \
+                            pod_failure_action(tracked.job, code, []) == "Ignore":
+                        self.replace_pod(name, code, message)  # not charged: the Job runs a new pod
                     else:
-                        tail = self.logs[name].read_text(errors="replace").strip().splitlines()[-20:]
-                        self.fail(name, exit_code=code, message="\n".join(tail)[-2000:])
+                        self.fail(name, exit_code=code, message=message)
             if done:
                 self._launch_waiting()
             time.sleep(0.1)

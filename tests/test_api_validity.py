@@ -182,7 +182,8 @@ def test_jobs_set_the_pod_condition_status_older_servers_require() -> None:
     job = next(job for _, job in operator_jobs())
     assert k8s_openapi.errors(job, "1.26") == []
     rules = job["spec"]["podFailurePolicy"]["rules"]
-    assert rules == [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+    assert rules == [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                     {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [75]}, "onPodConditions": []}]
 
 
 def test_the_gang_job_shares_one_retry_budget_because_the_floor_has_no_per_index_limit() -> None:

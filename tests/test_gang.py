@@ -31,10 +31,11 @@ def gang(iteration: int = 0, attempt: int = 0, *, members: int = 3, suspend: boo
     return {"metadata": meta, "spec": spec, "status": status}
 
 
-def pod(job: dict[str, Any], index: int, n: int, *, phase: str = "Failed", disrupted: bool = False) -> dict[str, Any]:
+def pod(job: dict[str, Any], index: int, n: int, *, phase: str = "Failed", disrupted: bool = False,
+        exit_code: int = 137) -> dict[str, Any]:  # fmt: skip
     name = f"{job['metadata']['name']}-{index}-{n}"
     status: dict[str, Any] = {"phase": phase, "containerStatuses": [{"name": "trainer", "state": {"terminated": {
-        "exitCode": 137, "reason": "Error", "message": f"killed {n}"}}}]}  # fmt: skip
+        "exitCode": exit_code, "reason": "Error", "message": f"killed {n}"}}}]}  # fmt: skip
     if disrupted:
         status["conditions"] = [{"type": "DisruptionTarget", "status": "True"}]
     return {"metadata": {"name": name, "uid": f"uid-{name}", "creationTimestamp": f"2026-01-01T00:0{n}:00Z",
@@ -69,6 +70,10 @@ CASES = [
     # A killed pod is one failed try; a disruption (evicted, preempted) is none.
     pytest.param([RUNNING], [pod(RUNNING, 1, 1), pod(RUNNING, 2, 1, disrupted=True)], 1,
                  {0: ["Succeeded"], 1: ["Failed", "Running"], 2: ["Running"]}, id="a-pod-failed"),
+    # A pod fenced out by a newer attempt of its member (exit 75, kwarp.store.fencing) is no failed try either:
+    # with maxRetries 0 the member goes on running.
+    pytest.param([RUNNING], [pod(RUNNING, 1, 1, exit_code=75), pod(RUNNING, 2, 1, exit_code=75)], 0,
+                 {0: ["Succeeded"], 1: ["Running"], 2: ["Running"]}, id="a-pod-fenced-out"),
     # Past maxRetries (1): no live view, the plan sees the member stopped with 2 failures.
     pytest.param([RUNNING], [pod(RUNNING, 1, 1), pod(RUNNING, 1, 2)], 1,
                  {0: ["Succeeded"], 1: ["Failed", "Failed"], 2: ["Running"]}, id="member-past-max-retries"),

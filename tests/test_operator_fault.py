@@ -26,6 +26,7 @@ from kwarp.core.crd import crd
 from kwarp.core.spec import StorageSpec
 from kwarp.operator.jobs import WorkerSettings
 from kwarp.store import layout
+from kwarp.store.fencing import claim_task
 from kwarp.store.s3 import S3Store
 from kwarp.trainer.state import STATE_JSON
 
@@ -131,3 +132,57 @@ def test_a_member_killed_during_its_state_upload_resumes_from_the_previous_state
         steps = [json.loads(line)["step"] for line in (store.get_bytes(layout.member_log(f"{NS}/{RUN}/{uid}", 0, 0)) or b"").splitlines()]
         assert steps == list(range(1, STEPS + 1))
         assert store.read_manifest(final).meta["steps"] == STEPS
+
+
+def test_a_pod_fenced_out_by_a_newer_attempt_is_no_failure_and_its_job_goes_on(tmp_path: Path, s3: S3Server) -> None:
+    """The prepare pod is partitioned from the store while it uploads the base policy (its request held in
+    the proxy), and a newer attempt of the task claims the task's lease meanwhile. Let go, the pod stops
+    fenced out (exit 75). The Job's podFailurePolicy ignores that exit: the Job is not failed and runs a new
+    pod, the operator counts no failure (maxRetries 0 would fail the run) and the run goes on."""
+    run = "fenced"
+    bucket = s3.create_bucket()
+    direct = StorageSpec.model_validate({"url": f"s3://{bucket}", "endpoint": s3.endpoint, "secure": False})
+    upload_inputs(s3, bucket, direct, tmp_path)
+
+    with FaultyProxy(s3.port) as proxy, Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
+        held = proxy.hold(rb"PUT /" + bucket.encode() + rb"/runs/[^ ]*/base/\.v/[^/ ]+/")
+        api = Api(cluster)
+        api.core.create_namespaced_secret(NS, s3_secret())
+        storage = {"url": f"s3://{bucket}/runs", "endpoint": proxy.endpoint, "secure": False, "secretName": "kwarp-s3"}
+        doc = {
+            "apiVersion": "kwarp.dev/v1alpha1", "kind": "WarpRun", "metadata": {"name": run},
+            "spec": {
+                "policy": {"location": f"s3://{bucket}/inputs/sft", "dtype": "float32"},
+                "reward": {"callable": "kwarp.tasks.sentiment:true_score"},
+                "data": {"train": f"s3://{bucket}/inputs/train.jsonl", "eval": f"s3://{bucket}/inputs/eval.jsonl"},
+                "warp": {"iterations": 1, "policies": 1, "steps": 1},
+                "training": {"batchSize": 4, "samplesPerPrompt": 2, "maxPromptTokens": 16, "maxNewTokens": 6},
+                "storage": storage,
+                "resources": {"trainer": {"gpus": 0}, "evaluation": {"gpus": 0}},
+                "failurePolicy": {"maxRetries": 0},
+            },
+        }  # fmt: skip
+        opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:fault"))
+        with ProcessJobRunner(cluster, tmp_path / "pods", parallel=1) as runner, RunningOperator(cluster, opts):
+            uid = api.create(doc)["metadata"]["uid"]
+            store = S3Store.from_url(f"s3://{bucket}/runs", direct, env=s3.env())  # the test's own view, direct
+            folder = f"{NS}/{run}/{uid}"
+
+            def logs() -> str:
+                return {n: runner.log_tail(n, 200) for n in runner.logs}.__repr__()
+
+            assert held.reached.wait(240), f"the prepare pod never uploaded the base policy; logs: {logs()}"
+            newer = claim_task(store, folder, "prepare", "pod newer")  # e.g. a replacement pod on another node
+            held.release()
+
+            wait_for(lambda: store.has_checkpoint(layout.base(folder)), 240, message=lambda: f"base; logs: {logs()}")
+            wait_value(lambda: api.jobs(run).get(f"{run}-i0-m0"), lambda j: j is not None, 120,
+                       message=lambda: f"the run went on to its member; status {api.status(run)}; logs: {logs()}")  # fmt: skip
+            prepare = api.jobs(run)[f"{run}-prepare"]
+            status = api.status(run)
+            log = runner.log_tail(f"{run}-prepare", 400)
+        assert "kwarp prepare: fenced out:" in log and f"(epoch {newer.epoch}, holder pod newer" in log, log
+        conditions = {c["type"]: c["status"] for c in (prepare.get("status") or {}).get("conditions") or []}
+        assert conditions.get("Complete") == "True" and conditions.get("Failed") != "True", prepare.get("status")
+        assert not status.get("failures") and status.get("phase") != "Failed", status
+        assert f"{run}-prepare-r1" not in api.jobs(run)  # no retry Job: the one Job finished the task

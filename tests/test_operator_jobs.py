@@ -111,8 +111,10 @@ def expected(
         },
         "spec": {
             "backoffLimit": 0,
-            "podFailurePolicy": {"rules": [{"action": "Ignore",
-                                            "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
+            "podFailurePolicy": {"rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [75]}, "onPodConditions": []},
+            ]},
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
