@@ -234,3 +234,56 @@ def test_the_runner_does_not_count_a_fenced_out_attempt_as_a_failure_and_waits_f
     observed = Observed(done=completed_tasks(store, executor.spec, executor.key), jobs=executor._jobs_view())
     assert prepare in observed.done
     assert {a.task for a in plan(executor.spec, observed) if isinstance(a, Start)} == {Task.train(0, 0), Task.train(0, 1)}
+
+
+def test_an_older_eval_attempt_is_fenced_out_and_writes_no_eval_json(
+    s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The older evaluation claimed the lease and is then partitioned (its read of the base policy held in the
+    proxy) while a newer attempt claims the task; let go, it evaluates, and its eval.json is refused."""
+    bucket = s3.create_bucket()
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    base = tiny_gpt2(tmp_path / "sft", seed=0)
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("The film was", "I thought", "This is")))
+    doc = {
+        "apiVersion": "kwarp.dev/v1alpha1",
+        "kind": "WarpRun",
+        "metadata": {"name": "tiny"},
+        "spec": {
+            "policy": {"location": str(base), "dtype": "float32"},
+            "reward": {"callable": "kwarp.tasks.sentiment:true_score"},
+            "data": {"train": str(data), "eval": str(data)},
+            "warp": {"iterations": 1, "policies": 1, "steps": 1},
+            "training": {"maxNewTokens": 4},
+            "evaluation": {"etas": [0.0, 1.0], "prompts": 2, "batchSize": 2},
+            "storage": {"url": f"s3://{bucket}/runs"},
+        },
+    }
+    store = open_store(f"s3://{bucket}/runs")
+    store.put_checkpoint(base, layout.base("tiny"))
+    member = perturbed(base, tmp_path / "member-0", seed=1)
+    store.put_checkpoint(member, layout.member_final("tiny", 0, 0))
+    store.put_checkpoint(member, layout.slerp("tiny", 0))
+    with FaultyProxy(s3.port) as proxy:
+        # The first request for the base policy comes after the claim (before it: eval.json's existence, the lease).
+        held = proxy.hold(rb"GET /" + bucket.encode() + rb"/runs/tiny/base/MANIFEST[.]json")
+        env = {**_env(doc, tmp_path), **s3.env(proxy.endpoint), "KWARP_S3_READ_TIMEOUT_S": "3600"}
+        older = subprocess.Popen([sys.executable, "-P", "-m", "kwarp", "eval", "--iteration", "0", "--device", "cpu"],
+                                 env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert held.reached.wait(300), "the older evaluation never read the base policy"
+            lease = store.get_json(layout.lease("tiny", "i0-eval"))
+            assert lease is not None and lease["epoch"] == 1, f"the older evaluation holds no lease: {lease}"
+            newer = claim_task(store, "tiny", "i0-eval", "pod newer")
+            held.release()
+            out, err = older.communicate(timeout=600)
+        finally:
+            held.release()
+            if older.poll() is None:
+                older.kill()
+                older.wait()
+    assert older.returncode == FENCED_EXIT_CODE, (out[-2000:], err[-3000:])
+    assert "kwarp eval: fenced out:" in err and f"(epoch {newer.epoch}, holder pod newer" in err
+    assert not store.exists(layout.eval_json("tiny", 0))
