@@ -357,12 +357,9 @@ class ApiServer(ObjectStore):
         raise _status_error(415, "UnsupportedMediaType", f"unsupported patch content type {ctype!r}")
 
     async def _patch(self, request: kmock.Request) -> tuple[Obj, list[str]]:
-        res, ns, name = request.resource, request.namespace, request.name
-        key: Key = (res, ns, name)
-        current = self._live(key)
+        res, name = request.resource, request.name
+        key, current = self._existing(request)
         qualified = self._qualified(res)
-        if current is None:
-            raise _status_error(404, "NotFound", f'{qualified} "{name}" not found', name=name, kind=res.plural)
         if request.subresource not in (None, "status"):
             raise _status_error(404, "NotFound", f"subresource {request.subresource!r} is not served")
         wanted_rv = request.data.get("metadata", {}).get("resourceVersion") if isinstance(request.data, Mapping) else None
@@ -416,12 +413,8 @@ class ApiServer(ObjectStore):
         return new, warnings
 
     async def _delete_request(self, request: kmock.Request) -> Obj:
-        res, ns, name = request.resource, request.namespace, request.name
-        key: Key = (res, ns, name)
-        current = self._live(key)
-        qualified = self._qualified(res)
-        if current is None:
-            raise _status_error(404, "NotFound", f'{qualified} "{name}" not found', name=name, kind=res.plural)
+        res, name = request.resource, request.name
+        key, current = self._existing(request)
         options = request.data if isinstance(request.data, Mapping) else {}
         policy = options.get("propagationPolicy") or request.params.get("propagationPolicy")
         if policy is None:

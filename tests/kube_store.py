@@ -101,6 +101,15 @@ class ObjectStore(kmock.KubernetesEmulator):
         obj = self._index.get(key[0], {}).get((key[1], key[2]))
         return None if obj is None or obj.deleted else obj.raw
 
+    def _existing(self, request: kmock.Request) -> tuple[Key, Obj]:
+        """The object a request names, or the API server's 404 (a Status naming it)."""
+        key: Key = (request.resource, request.namespace, request.name)
+        current = self._live(key)
+        if current is None:
+            raise _status_error(404, "NotFound", f'{self._qualified(request.resource)} "{request.name}" not found',
+                                name=request.name, group=request.resource.group, kind=request.resource.plural)  # fmt: skip
+        return key, current
+
     def _store(self, key: Key, new: Obj) -> None:
         res, ns, name = key
         old = self._live(key)
@@ -185,10 +194,7 @@ class ObjectStore(kmock.KubernetesEmulator):
         if self._info(request.resource) is None:
             raise kmock.KubernetesResourceNotFoundError()
         async with self._lock:
-            obj = self._live((request.resource, request.namespace, request.name))
-        if obj is None:
-            raise _status_error(404, "NotFound", f'{self._qualified(request.resource)} "{request.name}" not found')
-        return obj
+            return self._existing(request)[1]
 
     async def _serve_list(self, request: kmock.Request) -> Obj:
         info = self._info(request.resource)

@@ -95,6 +95,14 @@ def test_the_emulator_behaves_like_an_api_server(api: Api) -> None:
 
     api.delete("x")  # Background: its Job goes with it
     assert api.get("x") is None and api.jobs("x") == {}
+    for call in (lambda: api.custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "x"),
+                 lambda: api.patch_spec({"suspend": False}, "x"),
+                 lambda: api.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "x")):  # fmt: skip
+        with pytest.raises(kubernetes.client.ApiException) as missing:
+            call()
+        gone = json.loads(missing.value.body)  # the Status a real API server sends
+        assert (missing.value.status, gone["reason"], gone["message"]) == (404, "NotFound", 'warpruns.kwarp.dev "x" not found')
+        assert gone["details"] == {"name": "x", "group": "kwarp.dev", "kind": "warpruns"}
 
 
 # ------------------------------------------------------------------ the lifecycle
