@@ -13,10 +13,12 @@ in the bucket was written by a task process, and the status is what the operator
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import pytest
 from kwarp.core.crd import crd
 from kwarp.core.spec import StorageSpec
 from kwarp.operator import conditions as C
+from kwarp.operator.app import OperatorOptions
 from kwarp.operator.jobs import WorkerSettings
 from kwarp.store import layout
 from kwarp.store.s3 import S3Store
@@ -74,20 +77,48 @@ def warprun(bucket: str, storage: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def test_a_warprun_reaches_succeeded_with_its_checkpoints_in_the_bucket(
-    tmp_path: Path, s3: S3Server
-) -> None:
+@dataclass(frozen=True)
+class Inputs:
+    """A bucket of the S3 server holding a run's inputs, and the WarpRun's spec.storage for runs kept in it."""
+
+    bucket: str
+    storage_doc: dict[str, Any]
+    storage: StorageSpec
+
+    def document(self) -> dict[str, Any]:
+        return warprun(self.bucket, self.storage_doc)
+
+    def store(self, s3: S3Server) -> S3Store:
+        """The runs' store, as the tasks open it."""
+        return S3Store.from_url(f"s3://{self.bucket}/runs", self.storage, env=s3.env())
+
+
+def uploaded(s3: S3Server, tmp_path: Path) -> Inputs:
     bucket = s3.create_bucket()
     storage_doc = {"url": f"s3://{bucket}/runs", "endpoint": s3.endpoint, "secure": False, "secretName": "kwarp-s3"}
-    storage = StorageSpec.model_validate(storage_doc)
-    upload_inputs(s3, bucket, storage, tmp_path)
+    inputs = Inputs(bucket, storage_doc, StorageSpec.model_validate(storage_doc))
+    upload_inputs(s3, bucket, inputs.storage, tmp_path)
+    return inputs
 
+
+@contextlib.contextmanager
+def e2e_cluster(tmp_path: Path) -> Iterator[tuple[Cluster, Api, OperatorOptions]]:
+    """The API server with the S3 credentials' Secret, and the operator's options for task processes."""
     with Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
         api = Api(cluster)
         api.core.create_namespaced_secret(NS, s3_secret())
-        opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"))
+        yield cluster, api, options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"))
+
+
+def test_a_warprun_reaches_succeeded_with_its_checkpoints_in_the_bucket(
+    tmp_path: Path, s3: S3Server
+) -> None:
+    inputs = uploaded(s3, tmp_path)
+    bucket = inputs.bucket
+
+    with e2e_cluster(tmp_path) as (cluster, api, opts):
         with ProcessJobRunner(cluster, tmp_path / "pods", parallel=2) as runner, RunningOperator(cluster, opts):
-            api.create(warprun(bucket, storage_doc))
+            api.create(inputs.document())
             st = succeeded_within(api, runner, 300)
             assert not runner.errors, runner.errors
 
@@ -108,7 +139,7 @@ def test_a_warprun_reaches_succeeded_with_its_checkpoints_in_the_bucket(
         assert all(complete(j) for j in jobs.values()), {n: j.get("status") for n, j in jobs.items()}
 
     # The status: a Pareto front per iteration, read from the eval.json the evaluation tasks wrote.
-    store = S3Store.from_url(f"s3://{bucket}/runs", storage, env=s3.env())
+    store = inputs.store(s3)
     fronts = [store.get_json(layout.eval_json(folder, i)) for i in range(2)]
     assert [f["iteration"] for f in st["pareto"]] == [0, 1]
     for front, report in zip(st["pareto"], fronts, strict=True):
@@ -142,18 +173,12 @@ def test_a_queued_run_trains_each_iteration_as_one_gang_job_of_real_member_proce
     --iteration 0` processes that take their member from $KWARP_MEMBER (the completion index, by fieldRef)."""
     from .kueue import KueueStandIn
 
-    bucket = s3.create_bucket()
-    storage_doc = {"url": f"s3://{bucket}/runs", "endpoint": s3.endpoint, "secure": False, "secretName": "kwarp-s3"}
-    storage = StorageSpec.model_validate(storage_doc)
-    upload_inputs(s3, bucket, storage, tmp_path)
-    doc = warprun(bucket, storage_doc)
+    inputs = uploaded(s3, tmp_path)
+    doc = inputs.document()
     doc["spec"]["queueName"] = "team-a"
     doc["spec"]["warp"]["iterations"] = 1
 
-    with Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
-        api = Api(cluster)
-        api.core.create_namespaced_secret(NS, s3_secret())
-        opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"))
+    with e2e_cluster(tmp_path) as (cluster, api, opts):
         with (KueueStandIn(cluster, "team-a", {"pods": 2, "nvidia.com/gpu": 0}) as queue,
               ProcessJobRunner(cluster, tmp_path / "pods", parallel=2) as runner, RunningOperator(cluster, opts)):  # fmt: skip
             api.create(doc)
@@ -164,7 +189,7 @@ def test_a_queued_run_trains_each_iteration_as_one_gang_job_of_real_member_proce
         folder = f"{NS}/{RUN}/{api.get(RUN)['metadata']['uid']}"
     assert sorted((m["member"], m["job"], m["state"]) for m in st["members"]) == [
         (0, "e2e-i0-members", "Succeeded"), (1, "e2e-i0-members", "Succeeded")]
-    store = S3Store.from_url(f"s3://{bucket}/runs", storage, env=s3.env())
+    store = inputs.store(s3)
     for m in range(2):  # each pod trained its own member (its log says which)
         assert store.has_checkpoint(layout.member_final(folder, 0, m))
     logs = (tmp_path / "pods" / "e2e-i0-members.log").read_text()
@@ -194,27 +219,21 @@ def test_a_two_node_member_rendezvous_and_the_iteration_merges(tmp_path: Path, s
     """resources.trainer.nodes: 2: each member is an Indexed Job of two pods (two local processes here)
     that find each other through the headless Service's host name and train as one member over gloo,
     replicated (ddp) or sharded across the two nodes (fsdp)."""
-    bucket = s3.create_bucket()
-    storage_doc = {"url": f"s3://{bucket}/runs", "endpoint": s3.endpoint, "secure": False, "secretName": "kwarp-s3"}
-    storage = StorageSpec.model_validate(storage_doc)
-    upload_inputs(s3, bucket, storage, tmp_path)
-    doc = warprun(bucket, storage_doc)
+    inputs = uploaded(s3, tmp_path)
+    doc = inputs.document()
     doc["spec"]["warp"].update(iterations=1)
     doc["spec"]["resources"]["trainer"] = {"gpus": 0, "nodes": 2}
     doc["spec"]["training"]["strategy"] = strategy
 
-    with Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
-        api = Api(cluster)
-        api.core.create_namespaced_secret(NS, s3_secret())
-        opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"))
-        with ProcessJobRunner(cluster, tmp_path / "pods", parallel=2) as runner, RunningOperator(cluster, opts):
-            api.create(doc)
-            st = succeeded_within(api, runner, 600)
-            assert not runner.errors, runner.errors
-            jobs = api.jobs(RUN)
-            services = {s["metadata"]["name"] for s in cluster.raw("GET", f"/api/v1/namespaces/{NS}/services")["items"]}
-            logs = {n: runner.logs[n].read_text() for n in ("e2e-i0-m0", "e2e-i0-m1")}
-            folder = f"{NS}/{RUN}/{api.get(RUN)['metadata']['uid']}"  # the run's own folder in the bucket
+    with e2e_cluster(tmp_path) as (cluster, api, opts), \
+            ProcessJobRunner(cluster, tmp_path / "pods", parallel=2) as runner, RunningOperator(cluster, opts):
+        api.create(doc)
+        st = succeeded_within(api, runner, 600)
+        assert not runner.errors, runner.errors
+        jobs = api.jobs(RUN)
+        services = {s["metadata"]["name"] for s in cluster.raw("GET", f"/api/v1/namespaces/{NS}/services")["items"]}
+        logs = {n: runner.logs[n].read_text() for n in ("e2e-i0-m0", "e2e-i0-m1")}
+        folder = f"{NS}/{RUN}/{api.get(RUN)['metadata']['uid']}"  # the run's own folder in the bucket
 
     for m in (0, 1):
         job = jobs[f"e2e-i0-m{m}"]["spec"]
@@ -222,7 +241,7 @@ def test_a_two_node_member_rendezvous_and_the_iteration_merges(tmp_path: Path, s
         assert f"e2e-i0-m{m}" in services
         # One member, two pods, one process each: world size 2, and the main process reported alone.
         assert f"2 process(es) on cpu ({strategy})" in logs[f"e2e-i0-m{m}"]
-    store = S3Store.from_url(f"s3://{bucket}/runs", storage, env=s3.env())
+    store = inputs.store(s3)
     for m in (0, 1):
         state = json.loads((store.open_checkpoint(layout.member_state(folder, 0, m)) / "trainer_state.json").read_text())
         assert state["world_size"] == 2
@@ -239,19 +258,13 @@ def test_a_queued_gang_of_two_node_members_is_admitted_whole_and_each_member_mee
     Service) before torchrun; each pair trains one member over gloo (world size 2), and the members merge."""
     from .kueue import KueueStandIn
 
-    bucket = s3.create_bucket()
-    storage_doc = {"url": f"s3://{bucket}/runs", "endpoint": s3.endpoint, "secure": False, "secretName": "kwarp-s3"}
-    storage = StorageSpec.model_validate(storage_doc)
-    upload_inputs(s3, bucket, storage, tmp_path)
-    doc = warprun(bucket, storage_doc)
+    inputs = uploaded(s3, tmp_path)
+    doc = inputs.document()
     doc["spec"]["queueName"] = "team-a"
     doc["spec"]["warp"]["iterations"] = 1
     doc["spec"]["resources"]["trainer"] = {"gpus": 0, "nodes": 2}
 
-    with Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
-        api = Api(cluster)
-        api.core.create_namespaced_secret(NS, s3_secret())
-        opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"))
+    with e2e_cluster(tmp_path) as (cluster, api, opts):
         with (KueueStandIn(cluster, "team-a", {"pods": 4, "nvidia.com/gpu": 0}) as queue,
               ProcessJobRunner(cluster, tmp_path / "pods", parallel=2) as runner, RunningOperator(cluster, opts)):  # fmt: skip
             api.create(doc)
@@ -274,7 +287,7 @@ def test_a_queued_gang_of_two_node_members_is_admitted_whole_and_each_member_mee
             assert f"kwarp gang-node: node {rank} of member {m} (2 nodes), rendezvous at 127.0.0.1:" in log
         assert f"i0 m{m} done" in log
     assert log.count("2 process(es) on cpu (ddp)") == 2, log[-3000:]
-    store = S3Store.from_url(f"s3://{bucket}/runs", storage, env=s3.env())
+    store = inputs.store(s3)
     for m in (0, 1):
         state = json.loads((store.open_checkpoint(layout.member_state(folder, 0, m)) / "trainer_state.json").read_text())
         assert state["world_size"] == 2

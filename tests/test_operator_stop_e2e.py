@@ -18,19 +18,15 @@ from typing import Any
 
 import pytest
 
-from kwarp.core.crd import crd
-from kwarp.core.spec import StorageSpec
-from kwarp.operator.jobs import WorkerSettings
 from kwarp.operator.watchdog import fail_patch
 from kwarp.store import layout
-from kwarp.store.s3 import S3Store
 from kwarp.trainer.train import PROGRESS_PREFIX
 
-from .kube import Cluster, ProcessJobRunner, RunningOperator, wait_for, wait_value
-from .operator_harness import NS, Api, options, s3_secret
+from .kube import ProcessJobRunner, RunningOperator, wait_for, wait_value
+from .operator_harness import NS
 from .processes import freeze, pending, send
 from .s3server import S3Server
-from .test_operator_e2e import s3, upload_inputs, warprun  # noqa: F401 - s3 is the fixture
+from .test_operator_e2e import e2e_cluster, s3, uploaded  # noqa: F401 - s3 is the fixture
 
 RUN = "e2e"
 STEPS = 40
@@ -59,46 +55,40 @@ def test_last_step_reads_past_a_line_being_written() -> None:
 
 
 def test_a_stopped_trainer_saves_its_step_and_the_retry_resumes_it(tmp_path: Path, s3: S3Server) -> None:  # noqa: F811
-    bucket = s3.create_bucket()
-    storage_doc = {"url": f"s3://{bucket}/runs", "endpoint": s3.endpoint, "secure": False, "secretName": "kwarp-s3"}
-    storage = StorageSpec.model_validate(storage_doc)
-    upload_inputs(s3, bucket, storage, tmp_path)
-    doc = warprun(bucket, storage_doc)
+    inputs = uploaded(s3, tmp_path)
+    doc = inputs.document()
     doc["spec"]["warp"].update(iterations=1, policies=1, steps=STEPS)
     doc["spec"]["training"]["checkpointInterval"] = 1000  # only the SIGTERM saves
     doc["spec"]["failurePolicy"] = {"maxRetries": 1}
 
-    with Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
-        api = Api(cluster)
-        api.core.create_namespaced_secret(NS, s3_secret())
-        opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"))
-        with ProcessJobRunner(cluster, tmp_path / "pods", parallel=1) as runner, RunningOperator(cluster, opts):
-            folder = f"{NS}/{RUN}/{api.create(doc)['metadata']['uid']}"  # the run's own folder in the bucket
-            job = "e2e-i0-m0"
-            wait_for(lambda: last_step(runner.log_tail(job, 400)) >= 3, 500,
-                     message=lambda: f"{job} at step 3; log: {runner.log_tail(job)}")
-            # The pod is frozen (SIGSTOP) from here until the Job controller's SIGTERM has reached it: the
-            # patch, the watch and the controller's reaction take longer than a fast machine's trainer
-            # needs for its last steps, and then nothing would be left to stop.
-            pod = freeze(runner.procs[job].pid)
-            frozen_at = last_step(runner.log_tail(job, 400))
-            assert frozen_at < STEPS - 1, f"{job} was at its last step when frozen: nothing left to stop"
-            reason = "NoProgress: stopped by the test as the watchdog stops a stalled trainer"
-            api.batch.patch_namespaced_job(job, NS, fail_patch(reason))
-            wait_for(lambda: pending(pod[0], signal.SIGTERM), 60, message=f"the Job controller's SIGTERM to {job}")
-            send(pod, signal.SIGCONT)  # it has 10 s from its SIGTERM to save and exit (tests/kube_pods.py)
+    with e2e_cluster(tmp_path) as (cluster, api, opts), \
+            ProcessJobRunner(cluster, tmp_path / "pods", parallel=1) as runner, RunningOperator(cluster, opts):
+        folder = f"{NS}/{RUN}/{api.create(doc)['metadata']['uid']}"  # the run's own folder in the bucket
+        job = "e2e-i0-m0"
+        wait_for(lambda: last_step(runner.log_tail(job, 400)) >= 3, 500,
+                 message=lambda: f"{job} at step 3; log: {runner.log_tail(job)}")
+        # The pod is frozen (SIGSTOP) from here until the Job controller's SIGTERM has reached it: the
+        # patch, the watch and the controller's reaction take longer than a fast machine's trainer
+        # needs for its last steps, and then nothing would be left to stop.
+        pod = freeze(runner.procs[job].pid)
+        frozen_at = last_step(runner.log_tail(job, 400))
+        assert frozen_at < STEPS - 1, f"{job} was at its last step when frozen: nothing left to stop"
+        reason = "NoProgress: stopped by the test as the watchdog stops a stalled trainer"
+        api.batch.patch_namespaced_job(job, NS, fail_patch(reason))
+        wait_for(lambda: pending(pod[0], signal.SIGTERM), 60, message=f"the Job controller's SIGTERM to {job}")
+        send(pod, signal.SIGCONT)  # it has 10 s from its SIGTERM to save and exit (tests/kube_pods.py)
 
-            def status() -> dict[str, Any]:
-                st = api.status(RUN)
-                if st.get("phase") == "Failed":
-                    raise AssertionError(f"the run failed: {json.dumps(st.get('conditions'))}\n"
-                                         f"logs: {[runner.log_tail(n) for n in runner.logs]}")  # fmt: skip
-                return st
+        def status() -> dict[str, Any]:
+            st = api.status(RUN)
+            if st.get("phase") == "Failed":
+                raise AssertionError(f"the run failed: {json.dumps(st.get('conditions'))}\n"
+                                     f"logs: {[runner.log_tail(n) for n in runner.logs]}")  # fmt: skip
+            return st
 
-            st = wait_value(status, lambda s: s.get("phase") == "Succeeded", 800,
-                            message=lambda: f"Succeeded; status {json.dumps(api.status(RUN))[:2000]}")
-            assert not runner.errors, runner.errors
-            first, retry = runner.log_tail(job, 2000), runner.log_tail(f"{job}-r1", 2000)
+        st = wait_value(status, lambda s: s.get("phase") == "Succeeded", 800,
+                        message=lambda: f"Succeeded; status {json.dumps(api.status(RUN))[:2000]}")
+        assert not runner.errors, runner.errors
+        first, retry = runner.log_tail(job, 2000), runner.log_tail(f"{job}-r1", 2000)
 
     # The first attempt saved at the step it reached when SIGTERM came, between checkpoint intervals ...
     saved = next(int(ln.split(" saved at step ")[1].split("/")[0]) for ln in first.splitlines()
@@ -110,7 +100,7 @@ def test_a_stopped_trainer_saves_its_step_and_the_retry_resumes_it(tmp_path: Pat
     assert f"resuming {RUN} i0 m0 at step {saved}/{STEPS}" in retry
     progress = [json.loads(ln[len(PROGRESS_PREFIX):])["step"] for ln in retry.splitlines() if ln.startswith(PROGRESS_PREFIX)]
     assert progress == list(range(saved + 1, STEPS + 1))
-    store = S3Store.from_url(f"s3://{bucket}/runs", storage, env=s3.env())
+    store = inputs.store(s3)
     log = store.get_bytes(layout.member_log(folder, 0, 0)).decode().splitlines()  # type: ignore[union-attr]
     assert [json.loads(ln)["step"] for ln in log if ln.strip()] == list(range(1, STEPS + 1))  # every step once
     assert store.has_checkpoint(layout.member_final(folder, 0, 0))
