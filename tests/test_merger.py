@@ -1,22 +1,20 @@
 """The merger on real (tiny, random) GPT-2 and Llama checkpoints: SLERP and LiTI endpoints, norms,
 grouping by transformer block, M = 3, bf16, degenerate task vectors, loading the outputs with
-transformers, the folder CLI, and the task mode against a file:// store.
+transformers, shards, windows and reads (its commands: tests/test_merger_cli.py).
 
 Expected values are computed here, in float64, from the checkpoints' tensors and the formulas of
-docs/method.md, independently of the merger's streaming code.
+docs/method.md (tests/merger_refs.py), independently of the merger's streaming code.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import save_file
 
 from kwarp.cli import main as kwarp
@@ -29,92 +27,28 @@ from kwarp.core.checkpoints import (
     verify,
     write_manifest,
 )
-from kwarp.core.spec import parse
-from kwarp.merger.cli import merge_folders, parse_size, run_task
-from kwarp.merger.groups import block_prefix, group_names
-from kwarp.merger.report import MergeReport
+from kwarp.merger.cli import merge_folders
+from kwarp.merger.groups import group_names
 from kwarp.merger.streaming import Output, merge_checkpoints
-from kwarp.store import FileStore, layout
 
+from .merger_refs import (  # noqa: F401 - the fixtures gpt2, llama and their members
+    State,
+    angle_deg,
+    assert_same_bits,
+    bits,
+    direct_slerp,
+    expected_groups,
+    flat,
+    gpt2_fixture,
+    gpt2_members_fixture,
+    llama_fixture,
+    llama_members_fixture,
+    merge,
+    pair_rotation,
+)
 from .models import load_state, perturbed, tiny_gpt2, tiny_llama, variant, with_task_vector
 
 torch.set_num_threads(1)
-
-State = dict[str, torch.Tensor]
-
-
-# ------------------------------------------------------------------ fixtures and references
-
-
-@pytest.fixture(scope="module")
-def gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_gpt2(tmp_path_factory.mktemp("gpt2") / "init", seed=0)
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_llama(tmp_path_factory.mktemp("llama") / "init", seed=0)
-
-
-@pytest.fixture(scope="module")
-def gpt2_members(gpt2: Path) -> list[Path]:
-    return [perturbed(gpt2, gpt2.parent / f"member-{k}", seed=k + 1) for k in range(3)]
-
-
-@pytest.fixture(scope="module")
-def llama_members(llama: Path) -> list[Path]:
-    return [perturbed(llama, llama.parent / f"member-{k}", seed=k + 1) for k in range(3)]
-
-
-def merge(tmp_path: Path, init: Path, members: list[Path], eta: float = 1.0, **kw: object) -> tuple[Path, MergeReport]:
-    out = tmp_path / f"out-{len(list(tmp_path.iterdir()))}"
-    out.mkdir()
-    report = merge_checkpoints(init, members, [Output(out, eta)], **kw)  # type: ignore[arg-type]
-    write_manifest(out)
-    return out, report
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
-
-
-def assert_same_bits(a: State, b: State) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
-        assert torch.equal(bits(a[name]), bits(b[name])), name
-
-
-def expected_groups(names: list[str]) -> dict[str, list[str]]:
-    """Layer groups written out for the two tiny architectures: blocks by index, the rest alone."""
-    groups: dict[str, list[str]] = {}
-    for name in names:
-        m = re.match(r"^(transformer\.h\.\d+|model\.layers\.\d+)\.", name)
-        groups.setdefault(m.group(1) if m else name, []).append(name)
-    return groups
-
-
-def flat(state: State, names: list[str]) -> torch.Tensor:
-    return torch.cat([state[n].double().reshape(-1) for n in names])
-
-
-def direct_slerp(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
-    omega = torch.arccos(torch.clamp(a @ b / (a.norm() * b.norm()), -1.0, 1.0))
-    return (torch.sin((1 - lam) * omega) * a + torch.sin(lam * omega) * b) / torch.sin(omega)
-
-
-def angle_deg(a: torch.Tensor, b: torch.Tensor) -> float:
-    return math.degrees(math.acos(max(-1.0, min(1.0, float(a @ b / (a.norm() * b.norm()))))))
-
-
-def pair_rotation(name: str, t: torch.Tensor, scale: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two task vectors of equal norm and exactly orthogonal: δ₂ rotates each pair (x, y) of δ₁ to (−y, x)."""
-    gen = torch.Generator().manual_seed(sum(map(ord, name)))
-    d1 = scale * torch.randn(t.numel(), generator=gen, dtype=torch.float64)
-    assert t.numel() % 2 == 0, name
-    pairs = d1.view(-1, 2)
-    d2 = torch.stack([-pairs[:, 1], pairs[:, 0]], dim=1).reshape(-1)
-    return d1.view(t.shape), d2.view(t.shape)
 
 
 # ------------------------------------------------------------------ SLERP and LiTI endpoints
@@ -432,178 +366,3 @@ def test_a_shard_changed_after_writing_is_hashed_again(llama: Path, llama_member
     manifest = write_manifest(out)
     assert next(e for e in manifest.files if e.name == shard.name).sha256 == checkpoints.sha256_file(shard)
 
-
-# ------------------------------------------------------------------ the folder CLI
-
-
-def test_folder_cli_writes_a_checkpoint_and_a_report(
-    gpt2: Path, gpt2_members: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out, report_file = tmp_path / "out", tmp_path / "merge.json"
-    argv = ["merge", "--init", str(gpt2), "--member", str(gpt2_members[0]), "--member", str(gpt2_members[1]),
-            "--out", str(out), "--lambda", "0.5", "--granularity", "layer", "--report", str(report_file)]
-    assert kwarp(argv) == 0
-    verify(out)
-    doc = json.loads(report_file.read_text())
-    assert doc["method"] == "slerp" and doc["members"] == 2 and doc["lambda"] == 0.5
-    assert [g["name"] for g in doc["groups"]] == list(expected_groups(list(load_state(gpt2))))
-    assert doc["bytes"] == doc["input_bytes"] + doc["bytes_written"] > 0 and doc["seconds"] > 0
-    assert "transformer.h.1" in capsys.readouterr().out
-    # An existing output is not replaced silently.
-    assert kwarp(argv) == 2
-    assert "--overwrite" in capsys.readouterr().err
-    assert kwarp([*argv, "--overwrite"]) == 0
-
-
-def test_cli_rejects_mixed_or_missing_modes(gpt2: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert kwarp(["merge", "--iteration", "0", "--init", str(gpt2)]) == 2
-    assert "--init" in capsys.readouterr().err
-    assert kwarp(["merge", "--init", str(gpt2)]) == 2
-    assert "--member" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(("text", "size"), [("512MiB", 512 << 20), ("2GB", 2_000_000_000), ("1048576", 1 << 20),
-                                            ("1.5 KiB", 1536), ("64k", 64_000)])
-def test_parse_size(text: str, size: int) -> None:
-    assert parse_size(text) == size
-
-
-@pytest.mark.parametrize(
-    ("name", "prefix"),
-    [
-        ("model.layers.3.mlp.up_proj.weight", "model.layers.3"),
-        ("transformer.h.11.attn.c_attn.bias", "transformer.h.11"),
-        ("gpt_neox.layers.0.attention.dense.weight", "gpt_neox.layers.0"),
-        ("model.decoder.layers.2.fc1.weight", "model.decoder.layers.2"),
-        ("transformer.blocks.4.ffn.up_proj.weight", "transformer.blocks.4"),
-        ("encoder.block.0.layer.1.DenseReluDense.wi.weight", "encoder.block.0"),
-        ("model.vision_tower.encoder.layers.7.mlp.fc1.weight", "model.vision_tower.encoder.layers.7"),
-        ("model.embed_tokens.weight", None),
-        ("lm_head.weight", None),
-        ("gpt_neox.layers_norm.0.weight", None),
-        ("mlp.dense_h_to_4h.3.weight", None),
-    ],
-)
-def test_block_prefix(name: str, prefix: str | None) -> None:
-    assert block_prefix(name) == prefix
-
-
-# ------------------------------------------------------------------ task mode
-
-
-def _run_doc(tmp_path: Path, iterations: int = 2, eta: float = 0.3) -> Path:
-    doc = {
-        "apiVersion": "kwarp.dev/v1alpha1",
-        "kind": "WarpRun",
-        "metadata": {"name": "tiny"},
-        "spec": {
-            "policy": {"location": str(tmp_path / "sft")},
-            "reward": {"callable": "kwarp.tasks:reward"},
-            "data": {"train": str(tmp_path / "train.jsonl"), "eval": str(tmp_path / "eval.jsonl")},
-            "warp": {"iterations": iterations, "policies": 2, "steps": 1, "litiEta": eta},
-            "storage": {"url": f"file://{tmp_path / 'store'}"},
-        },
-    }
-    path = tmp_path / "warprun.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-def test_task_mode_writes_slerp_next_init_and_report_and_is_idempotent(
-    gpt2: Path, gpt2_members: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    spec_file = _run_doc(tmp_path)
-    store = FileStore(tmp_path / "store")
-    store.put_checkpoint(gpt2, layout.base("tiny"))
-    for m in range(2):
-        store.put_checkpoint(gpt2_members[m], layout.member_final("tiny", 0, m))
-
-    assert kwarp(["merge", "--iteration", "0", "--spec", str(spec_file)]) == 0
-    slerp_key, next_key, report_key = layout.slerp("tiny", 0), layout.init("tiny", 1), layout.merge_report("tiny", 0)
-    assert store.has_checkpoint(slerp_key) and store.has_checkpoint(next_key)
-    doc = store.get_json(report_key)
-    assert doc["iteration"] == 0 and doc["eta"] == 0.3 and doc["lambda"] == 0.5 and doc["granularity"] == "layer"
-    assert doc["inputs"] == {"init": layout.base("tiny"), "members": [layout.member_final("tiny", 0, m) for m in (0, 1)]}
-    assert [o["location"] for o in doc["outputs"]] == [slerp_key, next_key]
-    assert all(set(g) >= {"name", "angle_deg", "norms"} for g in doc["groups"])
-
-    init, slerp, nxt = (load_state(store.path(k)) for k in (layout.base("tiny"), slerp_key, next_key))
-    reference, _ = merge(tmp_path, gpt2, gpt2_members[:2])
-    assert_same_bits(slerp, load_state(reference))
-    for name, t in nxt.items():
-        torch.testing.assert_close(t.double(), 0.7 * init[name].double() + 0.3 * slerp[name].double(),
-                                   rtol=1e-6, atol=1e-7)
-    assert read_manifest(store.path(next_key)).meta["kind"] == "liti"
-
-    # Idempotent: a second run changes nothing.
-    manifests = {k: read_manifest(store.path(k)).digest for k in (slerp_key, next_key)}
-    report_mtime = store.path(report_key).stat().st_mtime_ns
-    capsys.readouterr()
-    assert kwarp(["merge", "--iteration", "0", "--spec", str(spec_file)]) == 0
-    assert "nothing to do" in capsys.readouterr().err
-    assert {k: read_manifest(store.path(k)).digest for k in manifests} == manifests
-    assert store.path(report_key).stat().st_mtime_ns == report_mtime
-
-    # Interrupted after slerp(0) was published: the next init is rebuilt from the stored slerp, identically.
-    store.delete_prefix(next_key)
-    store.delete_prefix(report_key)
-    assert kwarp(["merge", "--iteration", "0", "--spec", str(spec_file)]) == 0
-    assert read_manifest(store.path(next_key)).digest == manifests[next_key]
-    assert read_manifest(store.path(slerp_key)).digest == manifests[slerp_key]
-    assert store.get_json(report_key)["groups"] == doc["groups"]
-
-    # The last iteration writes slerp and the report, and no next init.
-    for m in range(2):
-        store.put_checkpoint(perturbed(store.path(next_key), tmp_path / f"i1-m{m}", seed=50 + m),
-                             layout.member_final("tiny", 1, m))
-    report = run_task(parse(yaml.safe_load(spec_file.read_text())), 1)
-    assert report is not None and report.eta is None
-    assert store.has_checkpoint(layout.slerp("tiny", 1)) and not store.exists(layout.init("tiny", 2))
-    assert store.get_json(layout.merge_report("tiny", 1))["eta"] is None
-
-
-def test_task_mode_needs_every_member(gpt2: Path, gpt2_members: list[Path], tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
-    spec_file = _run_doc(tmp_path)
-    store = FileStore(tmp_path / "store")
-    store.put_checkpoint(gpt2, layout.base("tiny"))
-    store.put_checkpoint(gpt2_members[0], layout.member_final("tiny", 0, 0))
-    assert kwarp(["merge", "--iteration", "0", "--spec", str(spec_file)]) == 2
-    err = capsys.readouterr().err
-    assert "tiny/iter-0/member-1/final" in err and "kwarp train --iteration 0" in err
-    assert not store.exists(layout.merge_report("tiny", 0)) and not store.exists(layout.slerp("tiny", 0))
-    assert kwarp(["merge", "--iteration", "5", "--spec", str(spec_file)]) == 2
-
-
-def test_task_mode_pushes_its_metrics(
-    gpt2: Path, gpt2_members: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from .prom import Pushgateway
-
-    gateway = Pushgateway.start(tmp_path)
-    try:
-        spec_file = _run_doc(tmp_path, iterations=1)
-        store = FileStore(tmp_path / "store")
-        store.put_checkpoint(gpt2, layout.base("tiny"))
-        for m in range(2):
-            store.put_checkpoint(gpt2_members[m], layout.member_final("tiny", 0, m))
-        monkeypatch.setenv("KWARP_PUSHGATEWAY", gateway.address)
-        monkeypatch.setenv("KWARP_NAMESPACE", "team-a")
-        assert kwarp(["merge", "--iteration", "0", "--spec", str(spec_file)]) == 0
-        groups = [g["labels"] for g in gateway.groups()]
-        assert {"job": "kwarp", "namespace": "team-a", "run": "tiny", "iteration": "0", "component": "merger"} in groups
-        text = gateway.exposition()
-        doc = store.get_json(layout.merge_report("tiny", 0))
-
-        def value(metric: str) -> float:
-            match = re.search(rf"^{metric}\{{(.*)\}} (\S+)$", text, re.MULTILINE)
-            assert match is not None, metric
-            assert all(f'{k}="{v}"' in match.group(1)
-                       for k, v in {"namespace": "team-a", "run": "tiny", "iteration": "0"}.items())
-            return float(match.group(2))
-
-        assert value("kwarp_merger_slerp_angle_degrees_count") == len(doc["groups"])
-        assert value("kwarp_merger_processed_bytes_total") == doc["bytes"]
-        assert value("kwarp_merger_duration_seconds") == pytest.approx(doc["seconds"])
-    finally:
-        gateway.stop()
