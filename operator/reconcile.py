@@ -76,7 +76,7 @@ from .status import (
     store_down_status,
 )
 from .stores import StoreOpener, owner_of, store_url
-from .watchdog import NO_PROGRESS, Heartbeat, fail_patch, parse_time, stalled, stuck_condition, stuck_pods
+from .watchdog_pass import watch_over
 from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -330,7 +330,7 @@ class Reconciler:
                 self._act(body, run, uid, attempts, action, outcome)
             status = store_down_status(spec=spec, generation=generation, previous=previous, check=check, jobs=jobs,
                                        known_done=known, error=str(err), now=now)  # fmt: skip
-            status = self._watchdog(body, spec, None, views, status, now, pods)  # pods need no store
+            status = watch_over(self.kube, self.events, body, spec, None, views, status, now, pods)  # pods need no store
             return self._report(body, raw_status, previous, status, outcome)
 
         attempts = by_task(views)
@@ -374,7 +374,7 @@ class Reconciler:
         )  # fmt: skip
         status = status.model_copy(update={"conditions": C.clear_condition(
             status.conditions, C.STORE_UNAVAILABLE, C.STORE_REACHABLE, "", now=now, generation=generation)})
-        status = self._watchdog(body, spec, store, views, status, now, pods)
+        status = watch_over(self.kube, self.events, body, spec, store, views, status, now, pods)
         conds = C.clear_condition(status.conditions, C.STORE_UNAVAILABLE, C.STORE_REACHABLE, "", now=now, generation=generation)
         conds = C.clear_condition(conds, C.STORE_CONFLICT, C.STORE_OWNED, "", now=now, generation=generation)
         conds = C.clear_condition(conds, C.STORAGE_NOT_ALLOWED, C.INSIDE_ALLOWED_PREFIXES, "", now=now, generation=generation)
@@ -506,44 +506,6 @@ class Reconciler:
         again = f", attempt {attempt}" if attempt else ""
         outcome.announced.append(f"{job} (trainer: the {run.spec.warp.policies} members of iteration {iteration} "
                                  f"as one gang{again})")  # fmt: skip
-
-    def _watchdog(self, body: Mapping[str, Any], spec: WarpRunSpec, store: Store | None, views: list[JobView],
-                  status: WarpRunStatus, now: str, pods: list[dict[str, Any]] | None = None) -> WarpRunStatus:  # fmt: skip
-        """Work that will not finish by itself (operator/watchdog.py): fail trainer Jobs that stopped
-        progressing (judged from the store: not while it is unreachable); report pods that cannot start
-        as the condition PodsStuck."""
-        meta = body["metadata"]
-        namespace, name, generation = meta.get("namespace", "default"), meta["name"], meta.get("generation")
-        deadline = spec.failure_policy.progress_deadline_seconds
-        for v in views:
-            # A gang's members share one Job: failing it for one stalled member would stop them all.
-            if store is None or deadline is None or v.stalled or v.gang or v.task.kind != "train" or v.state != "Running":
-                continue
-            try:
-                folder = owner_of(namespace, name, meta["uid"], spec).key  # the run's own folder
-                beat = Heartbeat.parse(store.get_json(layout.member_heartbeat(folder, v.task.iteration, v.task.member)))
-            except StoreError as err:  # judge progress on a later pass rather than fail work on a blip
-                log.warning("%s/%s: cannot read the heartbeat of %s: %s", namespace, name, v.name, err)
-                continue
-            reason = stalled(v, beat, parse_time(now), deadline)
-            if reason is not None:
-                self.kube.patch_job(namespace, v.name, fail_patch(reason))
-                self.events(body, "Warning", NO_PROGRESS, f"failing Job {v.name}: {reason}"[:1000])
-        # Pods are listed only while a Job has an active pod that is not ready (its status counts them): a
-        # pod waiting for an image or a Secret is one. A label-selected LIST costs a real API server a scan
-        # of every pod of the namespace, so a LIST at every reconcile grows with the runs there.
-        unready = [v.name for v in views if v.state in ("Pending", "Running") and v.unready_pods]
-        if unready and pods is None:
-            pods = self.kube.run_pods(namespace, name)
-        stuck = stuck_pods(pods or [], unready) if unready else []
-        if stuck:
-            reason, message = stuck_condition(stuck)
-            conditions = C.set_condition(status.conditions, C.PODS_STUCK, True, reason, message, now=now,
-                                         generation=generation)  # fmt: skip
-        else:
-            conditions = C.clear_condition(status.conditions, C.PODS_STUCK, C.PODS_STARTED, "", now=now,
-                                           generation=generation)  # fmt: skip
-        return status.model_copy(update={"conditions": conditions})
 
     def _ensure_services(self, namespace: str, jobs: list[dict[str, Any]]) -> None:
         """Each unfinished multi-node Job has its Service: create it (a no-op when it exists) once per Job
