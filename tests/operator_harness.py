@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,13 @@ def posted(api: Api, reason: str, type_: str | None = None, text: str = "") -> t
     in order: once this one is there, every Event asked for before it is too."""
     return wait_for(lambda: next((e for e in api.events() if e[1] == reason and type_ in (None, e[0]) and text in e[2]), None),
                     WAIT, message=lambda: f"Event {type_ or ''} {reason} {text!r}; have {api.events()}")  # fmt: skip
+
+
+def reconciles(port: int) -> float:
+    """How many reconciles the operator has done (its /metrics on `port`)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return next(float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith("kwarp_operator_reconcile_duration_seconds_count"))  # fmt: skip
 
 
 def phase_is(api: Api, phase: str, name: str = "demo") -> dict[str, Any]:

@@ -5,22 +5,13 @@ completion waits for the calls of the reconcile before it."""
 from __future__ import annotations
 
 import time
-import urllib.request
 from pathlib import Path
 
 import kubernetes
 
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for
-from .operator_harness import NS, WAIT, Api, finish, jobs_named, options, phase_is, warprun
+from .operator_harness import NS, WAIT, Api, finish, jobs_named, options, phase_is, reconciles, warprun
 from .prom import free_port
-
-
-def reconciles(port: int) -> float:
-    """How many reconciles the operator has done (its /metrics)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return next(float(line.split()[-1]) for line in text.splitlines()
-                if line.startswith("kwarp_operator_reconcile_duration_seconds_count"))  # fmt: skip
-
 
 TOKEN = "operator-token"
 

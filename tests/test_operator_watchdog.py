@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,18 @@ from kwarp.operator.watchdog import Heartbeat, StuckPod, fail_patch, stalled, st
 from kwarp.store import layout
 
 from .kube import Cluster, RunningOperator, StatusJobRunner, wait_for, wait_value
-from .operator_harness import NS, WAIT, Api, finish, jobs_named, options, phase_is, posted, warprun
+from .operator_harness import (
+    NS,
+    WAIT,
+    Api,
+    finish,
+    jobs_named,
+    options,
+    phase_is,
+    posted,
+    reconciles,
+    warprun,
+)
 from .prom import free_port
 
 UID = "0c6f2a52-7f4e-4a59-9a36-3f3b2f0e8d11"
@@ -195,13 +205,6 @@ def test_pods_that_cannot_start_raise_a_condition_naming_them(
         cond = wait_value(lambda: api.condition(C.PODS_STUCK), lambda c: c["status"] == "False", WAIT,
                           message=lambda: f"PodsStuck False; {api.condition(C.PODS_STUCK)}")
         assert cond["reason"] == C.PODS_STARTED
-
-
-def reconciles(port: int) -> float:
-    """How many reconciles the operator has done (its /metrics)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return next(float(line.split()[-1]) for line in text.splitlines()
-                if line.startswith("kwarp_operator_reconcile_duration_seconds_count"))  # fmt: skip
 
 
 def test_pods_are_listed_only_while_a_job_has_a_pod_that_is_not_ready(
