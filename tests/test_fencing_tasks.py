@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,7 @@ from kwarp.trainer.state import STATE_JSON
 from kwarp.trainer.train import PROGRESS_PREFIX
 from tests.models import perturbed, tiny_gpt2
 from tests.processes import freeze, send
-from tests.s3server import FaultyProxy, S3Server, s3_server
+from tests.s3server import FaultyProxy, Hold, S3Server, s3_server
 from tests.test_trainer import make_run  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -44,6 +46,21 @@ def _train_argv(*extra: str) -> list[str]:
 
 def _env(run_doc: dict, cwd: Path) -> dict[str, str]:
     return {**os.environ, "KWARP_SPEC": json.dumps(run_doc), "PYTHONPATH": str(cwd), "OMP_NUM_THREADS": "1"}
+
+
+@contextmanager
+def held_attempt(argv: list[str], env: dict[str, str], cwd: Path, held: Hold) -> Iterator[subprocess.Popen[str]]:
+    """The older attempt of a task, started as its own process while the proxy holds one of its requests. When
+    the block ends, however it ends, the hold is let go and a process still running (a failed assertion) is
+    killed and reaped."""
+    older = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield older
+    finally:
+        held.release()
+        if older.poll() is None:
+            older.kill()
+            older.wait()
 
 
 def test_an_older_member_attempt_is_fenced_out_and_the_final_checkpoint_is_the_newer_ones(make_run, tmp_path: Path) -> None:  # noqa: F811
@@ -132,9 +149,7 @@ def test_an_older_merge_attempt_is_fenced_out_mid_upload_and_the_newer_ones_outp
         held = proxy.hold(rb"PUT /" + bucket.encode() + rb"/runs/" + slerp_key.encode() + rb"/[.]v/")
         # A read timeout longer than the test: the held request must not be retried past the hold meanwhile.
         slow_env = {**_env(doc, tmp_path), **s3.env(proxy.endpoint), "KWARP_S3_READ_TIMEOUT_S": "3600"}
-        older = subprocess.Popen(argv, env=slow_env, cwd=tmp_path,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        try:
+        with held_attempt(argv, slow_env, tmp_path, held) as older:
             assert held.reached.wait(300), "the older merge never uploaded slerp(0)"
             newer = subprocess.run(argv, env={**_env(doc, tmp_path), **s3.env()}, cwd=tmp_path,
                                    capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
@@ -143,11 +158,6 @@ def test_an_older_merge_attempt_is_fenced_out_mid_upload_and_the_newer_ones_outp
             report = store.get_versioned(report_key)
             held.release()
             out, err = older.communicate(timeout=600)
-        finally:
-            held.release()
-            if older.poll() is None:
-                older.kill()
-                older.wait()
     assert older.returncode == FENCED_EXIT_CODE, (out[-2000:], err[-3000:])
     assert "kwarp merge: fenced out:" in err and "a newer attempt of task i0-merge holds the lease (epoch 2" in err
     assert published is not None and published.placement is not None and published.placement.generation == 2
@@ -270,20 +280,14 @@ def test_an_older_eval_attempt_is_fenced_out_and_writes_no_eval_json(
         # The first request for the base policy comes after the claim (before it: eval.json's existence, the lease).
         held = proxy.hold(rb"GET /" + bucket.encode() + rb"/runs/tiny/base/MANIFEST[.]json")
         env = {**_env(doc, tmp_path), **s3.env(proxy.endpoint), "KWARP_S3_READ_TIMEOUT_S": "3600"}
-        older = subprocess.Popen([sys.executable, "-P", "-m", "kwarp", "eval", "--iteration", "0", "--device", "cpu"],
-                                 env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        try:
+        argv = [sys.executable, "-P", "-m", "kwarp", "eval", "--iteration", "0", "--device", "cpu"]
+        with held_attempt(argv, env, tmp_path, held) as older:
             assert held.reached.wait(300), "the older evaluation never read the base policy"
             lease = store.get_json(layout.lease("tiny", "i0-eval"))
             assert lease is not None and lease["epoch"] == 1, f"the older evaluation holds no lease: {lease}"
             newer = claim_task(store, "tiny", "i0-eval", "pod newer")
             held.release()
             out, err = older.communicate(timeout=600)
-        finally:
-            held.release()
-            if older.poll() is None:
-                older.kill()
-                older.wait()
     assert older.returncode == FENCED_EXIT_CODE, (out[-2000:], err[-3000:])
     assert "kwarp eval: fenced out:" in err and f"(epoch {newer.epoch}, holder pod newer" in err
     assert not store.exists(layout.eval_json("tiny", 0))
