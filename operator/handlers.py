@@ -31,8 +31,9 @@ import kubernetes
 from kwarp.core.spec import API_GROUP, API_VERSION, KIND, PLURAL
 from kwarp.store import StoreError
 
+from .deletion import CleanupPending
 from .jobs import LABEL_RUN
-from .reconcile import CleanupPending, Reconciler, job_finished
+from .reconcile import Reconciler, job_finished
 
 RUNS = (API_GROUP, API_VERSION, PLURAL)
 

@@ -25,17 +25,17 @@ from typing import Any, Protocol
 
 from kwarp.core.guardrails import Guardrails
 from kwarp.core.owners import claim
-from kwarp.core.ownership import Owner, Verdict, may_delete, owner_key, storage_allowed
+from kwarp.core.ownership import Owner, Verdict, storage_allowed
 from kwarp.core.plan import Action, Observed, Resume, Start, Succeed, Suspend, Task, plan, plan_without_store
 from kwarp.core.spec import WarpRun, WarpRunSpec
 from kwarp.core.status import WarpRunStatus
-from kwarp.observability import telemetry
 from kwarp.observability.metrics import OperatorMetrics
 from kwarp.store import Store, StoreError, layout
 
 from . import conditions as C
 from .acceptance import effective_spec, run_document
 from .admission import AdmissionWatch, observe_progress
+from .deletion import delete_pushed_groups, delete_run_data, retain_run_data
 from .gang import gang_views, next_attempt, per_job
 from .jobindex import JobIndex
 from .joblog import JobLog
@@ -80,8 +80,6 @@ from .watchdog_pass import watch_over
 from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
-# Seconds per Pushgateway request when a deleted run's groups are removed (bounded: it runs in a handler).
-PUSHGATEWAY_TIMEOUT = 3.0
 GONE_KEPT = 4096  # deleted runs remembered, so that a reconcile still running when one goes exports nothing of it
 
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
@@ -108,10 +106,6 @@ class Outcome:
     withdrawn: list[str] = field(default_factory=list)  # Kueue workloads deleted by a suspend
     gangs: dict[int, str] = field(default_factory=dict)  # iteration -> its gang Job this pass created (or found)
     status_patched: bool = False
-
-
-class CleanupPending(Exception):
-    """The run's Jobs are still stopping: the store is cleaned up once they are gone (retry soon)."""
 
 
 class Clock(Protocol):
@@ -190,48 +184,14 @@ class Reconciler:
         return outcome
 
     def cleanup(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
-        """On deletion. With `cleanup: Delete`, stop the run's Jobs first (so that nothing writes any more),
-        then delete the run's own folder <namespace>/<name>/<uid>/ from the store, if its ownership record
-        is this run's (or absent). Nothing outside that folder is ever deleted. Raises CleanupPending while
-        Jobs remain. With Retain (the default) nothing is removed here: garbage collection deletes the
-        Jobs once the WarpRun is gone."""
-        meta = body.get("metadata", {})
-        uid = meta.get("uid")
-        previous = previous_status(body.get("status"))
-        spec, _ = effective_spec(body, previous.accepted_spec)
-        if spec is not None and spec.cleanup == "Delete" and uid:
-            jobs = [j for j in self.kube.list_jobs(namespace, name) if owned_by(j, uid)]
-            for job in jobs:
-                if not job["metadata"].get("deletionTimestamp"):
-                    self.kube.delete_job(namespace, job["metadata"]["name"])
-            if jobs:
-                raise CleanupPending(f"cleanup: Delete waits for {len(jobs)} Job(s) of {name} to stop")
-            if not storage_allowed(spec.storage.url, self.allowed_prefixes):
-                # Never written (the run got no Jobs): nothing of it to delete, and no reason to touch a store
-                # this operator does not serve.
-                self.forget(namespace, name, uid)
-                return
-            store = self.stores.open(namespace, spec)
-            me = owner_of(namespace, name, uid, spec)
-            where = f"{store_url(spec).rstrip('/')}/{me.key}"
-            verdict = may_delete(store.get_json(owner_key(me.key)), me, where=where)
-            if verdict.allowed:
-                removed = store.delete_prefix(f"{me.key}/")
-                self.events(body, "Normal", "CheckpointsDeleted", f"cleanup: Delete removed {removed} objects under {where}/")
-            else:
-                self.events(body, "Warning", "StoreConflict", f"cleanup: Delete deleted nothing: {verdict.message}"[:1000])
-        self.forget(namespace, name, uid)
+        """On deletion: the run's data as its `cleanup` says (operator/deletion.py; raises CleanupPending
+        while its Jobs stop, StoreError while the store is down), then forget the run."""
+        delete_run_data(self.kube, self.stores, self.allowed_prefixes, self.events, namespace, name, body)
+        self.forget(namespace, name, body.get("metadata", {}).get("uid"))
 
     def abandon_cleanup(self, namespace: str, name: str, body: Mapping[str, Any], err: Exception) -> None:
         """The store stayed unreachable through the cleanup grace period: keep the data, say where, let go."""
-        previous = previous_status(body.get("status"))
-        spec, _ = effective_spec(body, previous.accepted_spec)
-        uid = body.get("metadata", {}).get("uid") or ""
-        where = (f"{store_url(spec).rstrip('/')}/{owner_of(namespace, name, uid, spec).key}/"
-                 if spec is not None and uid else "the run's store")  # fmt: skip
-        self.events(body, "Warning", "CheckpointsRetained",
-                    f"cleanup: Delete could not reach the store ({err}); the run's data remains under {where}: "
-                    "delete it with your S3 client once the store is back"[:1000])  # fmt: skip
+        retain_run_data(self.events, namespace, name, body, err)
         self.forget(namespace, name, body.get("metadata", {}).get("uid"))
 
     def forget(self, namespace: str, name: str, uid: str | None) -> None:
@@ -251,20 +211,7 @@ class Reconciler:
                     del self._gone[next(iter(self._gone))]
         if self.metrics is not None:
             self.metrics.forget_run(namespace, name)
-        self._delete_pushed_groups(namespace, name)
-
-    def _delete_pushed_groups(self, namespace: str, name: str) -> None:
-        gateway = self.worker.env.get("KWARP_PUSHGATEWAY")
-        if not gateway:
-            return
-        try:
-            deleted = telemetry.delete_run_groups(gateway, name, namespace=namespace, timeout=PUSHGATEWAY_TIMEOUT)
-        except (OSError, ValueError) as err:
-            # Metrics are not the user's data: a gateway that is down must not hold the WarpRun's
-            # finalizer. The series stay until the gateway's groups are deleted by hand (docs/observability.md).
-            log.warning("run %s/%s: could not delete its Pushgateway groups at %s: %s", namespace, name, gateway, err)
-            return
-        log.info("run %s/%s: deleted %d Pushgateway group(s)", namespace, name, deleted)
+        delete_pushed_groups(self.worker.env.get("KWARP_PUSHGATEWAY"), namespace, name)
 
     # -- one pass
     def _run(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -139,8 +139,9 @@ def event_reasons() -> set[str]:
     from kwarp.operator.reconcile import PROBLEM_EVENTS
     from kwarp.operator.watchdog import NO_PROGRESS
 
-    source = (ROOT / "operator" / "reconcile.py").read_text()
-    literal = set(re.findall(r'self\.events\(\s*body,\s*"(?:Normal|Warning)",\s*"(\w+)"', source))
+    # Every module of the operator: a pass (reconcile.py) and the deletion (deletion.py) post Events.
+    source = "\n".join(p.read_text() for p in sorted((ROOT / "operator").glob("*.py")))
+    literal = set(re.findall(r'\bevents\(\s*body,\s*"(?:Normal|Warning)",\s*"(\w+)"', source))
     return literal | {reason for _, reason in PROBLEM_EVENTS} | {NO_PROGRESS} | set(get_args(Phase))
 
 
