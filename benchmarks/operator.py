@@ -1,19 +1,40 @@
 """Benchmark the operator against the API server emulator: how fast it reacts, how many reconciles it does.
 
-    python benchmarks/operator.py [--runs 100] [--iterations 2] [--members 2] [--out FILE]
+    python benchmarks/operator.py [--runs 100] [--iterations 2] [--members 2] [--job-seconds LO:HI] [--out FILE]
 
 The API server (tests/kube.py's emulator) runs in a child process, as a real one would, and so does the
 test Job controller with its pod threads (as kube-controller-manager and the kubelets are processes of
 their own in a cluster; `--controller-in-process` runs it in this process, beside the operator, as
 before); the operator (kopf, `kwarp.operator.app.serve`) runs in this process. Every Job is "run" by
-the controller at once: it writes the task's outputs into a file:// store (tiny checkpoints
-with manifests, eval.json) and marks the Job Complete through its status subresource. The operator's
-resync timer is set far out, so all progress is driven by watch events.
+the controller (at once, or after its pod's duration: below): it writes the task's outputs into a file://
+store (tiny checkpoints with manifests, eval.json) and marks the Job Complete through its status
+subresource. The operator's resync timer is set beyond the scenario's end, so all progress is driven by
+watch events.
 
 Two scenarios, measured in the same invocation:
 
 - baseline: 1 WarpRun in flight;
 - load:     --runs WarpRuns created at once.
+
+How long a Job runs (`--job-seconds LO:HI`, `--seed`):
+
+- instant (0:0, the default): every Job completes the instant it starts. The runs then form a closed,
+  saturated loop: each completion at once offers the next Job, so at 1000 runs the rate is bounded by the
+  machine's cores (30-37 Jobs/s and 44-52 passes/s on the project's 2 cores) and the reaction time measured
+  is the backlog divided by that rate, a queue in front of whichever component is slowest, not the
+  operator's reaction to one completion.
+- paced (60:120, the scenario of issue 17's goal): each Job's pod "runs" for a duration drawn uniformly from
+  [LO, HI] s (from the seed and the Job's name: the same Job runs as long in every invocation) before the
+  stand-in writes its outputs and marks it Complete; the runs are still created at once. A WARP trainer Job
+  lasts minutes to hours, so 60-120 s for every Job kind is a short lower bound. At 1000 runs it offers
+  ~9000 Jobs over >= ~7 stages x 90 s (prepare, then members, merge and evaluation per iteration), i.e.
+  <= ~15 Jobs/s, about half what the instant scenario measured at 1000 runs (30-37 Jobs/s): the operator
+  is loaded but not saturated. The sleeping pods wait in one heap emptied by one timer thread (no thread
+  per pod, no CPU while they wait), and the Job controller's CPU is printed as for the instant scenario.
+  The offered Job completions per 10 s window (the most and the mean) are printed, so the load is seen.
+
+The goal (issue 17): reaction p99 < 250 ms at 100 and at 1000 runs in the paced scenario; each scenario
+prints whether its p99 meets it (the instant scenario is reported beside it as it is).
 
 Figures (printed, never asserted):
 
@@ -34,7 +55,9 @@ Figures (printed, never asserted):
 - with --profile, where the operator's time goes: a sampling profiler over the operator's threads
   (every 5 ms, inclusive samples per function, the top 20 printed).
 
-Progress (runs Succeeded, Jobs created, elapsed) is printed to stderr every 10 s.
+Progress (runs Succeeded, Jobs created, elapsed) is printed to stderr every 10 s. The operator's resync
+timer is 600 s (paced: 3600 s): the runs are created together, so their timers would fire in the same
+second, a burst of passes that is not the reaction to a completion.
 
 The machine is shared by the API server, the operator, the Job controller and the store (a local
 folder): figures are a lower bound for an operator with an API server and MinIO of its own.
@@ -43,10 +66,12 @@ folder): figures are a lower bound for an operator with an API server and MinIO 
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import multiprocessing
 import os
 import queue
+import random
 import re
 import socket
 import statistics
@@ -73,6 +98,8 @@ from tests.kube import Cluster, RunningOperator, StatusJobRunner, wait_for  # no
 from tests.operator_harness import options, warprun, write_outputs  # noqa: E402
 
 NS = "default"
+# Issue 17's goal for the operator's reaction (a Job's completion to the creation of the Job it unblocked).
+GOAL_P99 = 0.250
 # The clients' bearer tokens: the API server counts each one's requests apart.
 OPERATOR, CONTROLLER, BENCHMARK = "operator", "job-controller", "benchmark"
 
@@ -133,7 +160,7 @@ def requests_per_job(before: dict[tuple[str, ...], int], after: dict[tuple[str, 
 # ------------------------------------------------------------------ the Job controller, in a child process
 
 
-def serve_controller(workdir: str, conn: Any) -> None:
+def serve_controller(workdir: str, conn: Any, job_seconds: tuple[float, float] = (0.0, 0.0), seed: int = 0) -> None:
     """The Job controller and its pods in a process of their own, talking to the API server over HTTP as
     in this process: in a cluster the Job controller is kube-controller-manager, not a thread beside the
     operator, and one GIL shared with kopf's event loop delayed the operator's Job events (issue 17).
@@ -141,10 +168,11 @@ def serve_controller(workdir: str, conn: Any) -> None:
     clock: one clock for every process on the machine), the Jobs its watch missed, its errors."""
     sys.path.insert(0, str(ROOT))
     cluster = Client(Path(workdir), CONTROLLER)  # the client side only
-    with TimedRunner(cluster, {}) as runner:
+    with TimedRunner(cluster, {}, {}, job_seconds=job_seconds, seed=seed) as runner:
         conn.send("ready")
         while conn.recv() != "stop":
-            conn.send({"completed": dict(runner.completed), "missed_by_watch": runner.missed_by_watch(),
+            conn.send({"completed": dict(runner.completed), "ran": dict(runner.ran),
+                       "missed_by_watch": runner.missed_by_watch(),
                        "errors": [repr(err) for err in runner.errors]})  # fmt: skip
     conn.send("stopped")
 
@@ -153,10 +181,10 @@ class ControllerProcess:
     """The parent's side of serve_controller: what the benchmark reads of the Job controller, fetched on
     request (the main thread only: one request in flight on the pipe at a time)."""
 
-    def __init__(self, ctx: Any, workdir: Path):
+    def __init__(self, ctx: Any, workdir: Path, job_seconds: tuple[float, float] = (0.0, 0.0), seed: int = 0):
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=serve_controller, args=(str(workdir), child), daemon=True,
-                                   name="job-controller")  # fmt: skip
+        self.process = ctx.Process(target=serve_controller, args=(str(workdir), child, job_seconds, seed),
+                                   daemon=True, name="job-controller")  # fmt: skip
         self.errors: list[str] = []
 
     def __enter__(self) -> ControllerProcess:
@@ -176,11 +204,13 @@ class ControllerProcess:
         if self.process.is_alive():
             self.process.kill()
 
-    def sync(self, completed: dict[str, float]) -> int:
-        """Copy the completion times into `completed`; the number of Jobs the watch missed."""
+    def sync(self, completed: dict[str, float], ran: dict[str, float]) -> int:
+        """Copy the completion times into `completed` and the Jobs' run times into `ran`; the number of Jobs
+        the watch missed."""
         self.conn.send("report")
         report = self.conn.recv()
         completed.update(report["completed"])
+        ran.update(report["ran"])
         self.errors = report["errors"]
         return report["missed_by_watch"]
 
@@ -246,6 +276,7 @@ class JobClock(Follower):
         super().__init__(cluster, f"/apis/batch/v1/namespaces/{NS}/jobs")
         self.added: dict[str, float] = {}
         self.completed: dict[str, float] = {}
+        self.ran: dict[str, float] = {}  # how long each Job ran: from its start to its completion
 
     def on_event(self, kind: str, obj: dict[str, Any], listed: bool) -> None:
         name = obj["metadata"]["name"]
@@ -268,17 +299,37 @@ class RunPhases(Follower):
             self.phases[name] = (obj.get("status") or {}).get("phase")
 
 
+def pod_seconds(bounds: tuple[float, float], seed: int, name: str) -> float:
+    """How long the pod of Job `name` runs: uniform in `bounds`, drawn from the seed and the name alone."""
+    lo, hi = bounds
+    return random.Random(f"{seed}:{name}").uniform(lo, hi) if hi > 0 else 0.0
+
+
 class TimedRunner(StatusJobRunner):
     """The Job controller and the pods: a started Job's work (writing the task's outputs into the store,
     then Complete) runs on one of `pods` threads, as pods run side by side in a cluster, and the Job
     controller handles Jobs on `workers` threads. (One thread doing both was the benchmark's bottleneck:
-    busy 96% of the time, a third of it writing outputs.)"""
+    busy 96% of the time, a third of it writing outputs.)
 
-    def __init__(self, cluster: Cluster, completed: dict[str, float], pods: int = 4, workers: int = 4):
+    With `job_seconds` (lo, hi) other than (0, 0), each Job's pod first "runs" for a duration drawn
+    uniformly from [lo, hi] s (from `seed` and the Job's name, so the same Job runs as long in every
+    invocation, whatever order the Jobs start in): the Job waits in a heap that one timer thread empties
+    as the durations end, so a thousand sleeping pods cost one sleeping thread, not a thread each."""
+
+    def __init__(self, cluster: Cluster, completed: dict[str, float], ran: dict[str, float], pods: int = 4,
+                 workers: int = 4, job_seconds: tuple[float, float] = (0.0, 0.0), seed: int = 0):  # fmt: skip
         super().__init__(cluster, outcome=self._work, workers=workers)
         self.completed = completed  # Job name -> when its Complete status patch was acknowledged
+        self.ran = ran  # Job name -> seconds from its start (pod created, status running) to that
+        self._started: dict[str, float] = {}
+        self.job_seconds, self.seed = job_seconds, seed
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._running: list[tuple[float, int, dict[str, Any]]] = []  # (when the pod's run ends, tie-break, Job)
+        self._wake = threading.Condition()
+        self._seq = 0
         self.pods = [threading.Thread(target=self._pod, daemon=True, name=f"pod-{i}") for i in range(pods)]
+        if job_seconds[1] > 0:
+            self.pods.append(threading.Thread(target=self._timer, daemon=True, name="pod-timer"))
 
     def __enter__(self) -> TimedRunner:
         for thread in self.pods:
@@ -290,13 +341,33 @@ class TimedRunner(StatusJobRunner):
         super().__exit__(*exc)
         for _ in self.pods:
             self._queue.put(None)
+        with self._wake:
+            self._wake.notify()
         for thread in self.pods:
             thread.join(5)
 
     def _work(self, job: dict[str, Any]) -> None:
-        if LABEL_RUN in job["metadata"].get("labels", {}):  # the API floor's bare Jobs: nothing to do
+        if LABEL_RUN not in job["metadata"].get("labels", {}):  # the API floor's bare Jobs: nothing to do
+            return None
+        self._started[job["metadata"]["name"]] = time.monotonic()
+        seconds = pod_seconds(self.job_seconds, self.seed, job["metadata"]["name"])
+        if seconds <= 0:
             self._queue.put(job)
+            return None
+        with self._wake:
+            self._seq += 1
+            heapq.heappush(self._running, (time.monotonic() + seconds, self._seq, job))
+            self._wake.notify()  # it may end before the one the timer waits for
         return None
+
+    def _timer(self) -> None:
+        """Hand each paced Job to the pod threads when its run ends; sleeps until the next end."""
+        with self._wake:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                while self._running and self._running[0][0] <= now:
+                    self._queue.put(heapq.heappop(self._running)[2])
+                self._wake.wait(self._running[0][0] - now if self._running else 1.0)
 
     def _pod(self) -> None:
         while (job := self._queue.get()) is not None:
@@ -305,6 +376,7 @@ class TimedRunner(StatusJobRunner):
                 name = job["metadata"]["name"]
                 self.succeed(name)
                 self.completed[name] = time.monotonic()
+                self.ran[name] = self.completed[name] - self._started[name]
             except Exception as err:  # reported at the end, as the runner's own errors are
                 self.errors.append(err)
 
@@ -381,6 +453,19 @@ def histogram_quantile(before: dict[str, float], after: dict[str, float], q: flo
     return None
 
 
+def offered_completions(completed: dict[str, float], runs: list[str], t0: float, window: float = 10.0) -> dict[str, Any]:
+    """The Job completions the operator was offered, per `window` s from the runs' creation (t0) to the last
+    completion: the most in one window and the mean, in Jobs per second; how loaded the operator was."""
+    times = [completed[name] for names in by_run(completed, runs).values() for name in names]
+    if not times:
+        return {}
+    counts = [0] * (int((max(times) - t0) // window) + 1)
+    for t in times:
+        counts[int((t - t0) // window)] += 1
+    return {"window_s": window, "max_per_s": round(max(counts) / window, 1),
+            "mean_per_s": round(len(times) / (len(counts) * window), 1)}  # fmt: skip
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
@@ -424,7 +509,7 @@ class Components:
         """The Jobs the controller's watch missed (found by a LIST); in the child's case, also brings its
         completion times into the clock."""
         if isinstance(self.runner, ControllerProcess):
-            return self.runner.sync(self.clock.completed)
+            return self.runner.sync(self.clock.completed, self.clock.ran)
         return self.runner.missed_by_watch()
 
     def errors(self) -> list[Any]:
@@ -490,7 +575,8 @@ class Sampler:
 
 
 def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: int, prefix: str,
-             iterations: int, members: int, cpu: Components, tracer: Tracer | None = None) -> dict[str, Any]:  # fmt: skip
+             iterations: int, members: int, cpu: Components, tracer: Tracer | None = None,
+             job_seconds: tuple[float, float] = (0.0, 0.0)) -> dict[str, Any]:  # fmt: skip
     spec_patch = {"warp": {"iterations": iterations, "policies": members, "steps": 3}}
     runs = [f"{prefix}-{i:03d}" for i in range(n_runs)]
     custom = kubernetes.client.CustomObjectsApi(cluster.client())
@@ -515,12 +601,17 @@ def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: 
             shown[0] = time.monotonic()
             jobs = sum(1 for name in list(clock.added) if name.startswith(f"{prefix}-"))
             used = cpu.read()
-            print(f"[{prefix}] {time.monotonic() - t0:6.0f} s: {succeeded}/{n_runs} runs Succeeded, {jobs} Jobs "
-                  f"(missed by the Job controller's watch, found by a LIST: {cpu.missed_by_watch()}); load "
+            missed = cpu.missed_by_watch()  # from a child controller, also its completion times so far
+            recent = sum(1 for t in list(clock.completed.values()) if t >= shown[0] - 10)
+            print(f"[{prefix}] {time.monotonic() - t0:6.0f} s: {succeeded}/{n_runs} runs Succeeded, {jobs} Jobs, "
+                  f"{recent} completed in the last 10 s "
+                  f"(missed by the Job controller's watch, found by a LIST: {missed}); load "
                   f"{os.getloadavg()[0]:.1f}; CPU s " + ", ".join(f"{k} {used[k] - cpu0[k]:.1f}" for k in used), file=sys.stderr, flush=True)
         return len(phases) == n_runs and succeeded == n_runs
 
-    wait_for(all_succeeded, 60 + 5 * n_runs, interval=1.0, message=f"{n_runs} runs Succeeded")
+    stages = 1 + 3 * iterations  # prepare, then members, merge, evaluation per iteration: one after the other
+    wait_for(all_succeeded, 60 + 5 * n_runs + 2 * stages * job_seconds[1], interval=1.0,
+             message=f"{n_runs} runs Succeeded")
     wall = time.monotonic() - t0
     cpu1 = cpu.read()
     requests1 = cpu.requests()
@@ -531,6 +622,14 @@ def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: 
     jobs = sum(len(names) for names in by_run(clock.added, runs).values())
     edges = reaction_edges(clock, runs, warprun(store, runs[0], **spec_patch))
     latencies = [seen - completed for _, _, _, completed, seen in edges]
+    offered = offered_completions(clock.completed, runs, t0)
+    ran = [clock.ran[name] for names in by_run(clock.ran, runs).values() for name in names]
+    succeeded = sum(cpu.phases.phases.get(run) == "Succeeded" for run in runs)
+    p99 = pct(latencies, 0.99)
+    print(f"[{prefix}] Job completions offered per {offered.get('window_s')} s window: max "
+          f"{offered.get('max_per_s')}/s, mean {offered.get('mean_per_s')}/s; reaction p99 {1000 * p99:.0f} ms: "
+          f"{'meets' if p99 < GOAL_P99 else 'does NOT meet'} the goal (< {1000 * GOAL_P99:.0f} ms)",
+          file=sys.stderr, flush=True)  # fmt: skip
     loop_cpu = thread_cpu(loop) - loop0
     requests = requests_per_job(requests0, requests1, jobs)
     for client in (OPERATOR, CONTROLLER, BENCHMARK):  # where the API server's work comes from, readable
@@ -551,9 +650,15 @@ def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: 
         "reconcile_mean_ms": round(1000 * total / count, 1),
         "reconcile_p99_bucket_ms": (q * 1000 if (q := histogram_quantile(before, after, 0.99)) is not None else None),
         "reaction_p50_ms": round(1000 * statistics.median(latencies), 1),
-        "reaction_p99_ms": round(1000 * pct(latencies, 0.99), 1),
+        "reaction_p99_ms": round(1000 * p99, 1),
         "reaction_max_ms": round(1000 * max(latencies), 1),
         "edges": len(latencies),
+        "runs_succeeded": succeeded,
+        "job_run_seconds": {"jobs": len(ran), "min": round(min(ran, default=0), 2),
+                            "mean": round(statistics.mean(ran or [0]), 2), "max": round(max(ran, default=0), 2)},
+        "goal_reaction_p99_below_ms": 1000 * GOAL_P99,
+        "goal_met": p99 < GOAL_P99,
+        "job_completions_offered": offered,
         "cpu_s": {k: round(cpu1[k] - cpu0[k], 1) for k in cpu1},
         "cpu_ms_per_job": {k: round(1000 * (cpu1[k] - cpu0[k]) / jobs, 1) for k in cpu1},
         # Watches count once per watch request (kopf's last server_timeout, the benchmark's 1 s), not per event.
@@ -562,6 +667,18 @@ def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: 
         "jobs_missed_by_the_job_controllers_watch": missed,
         **traced,
     }
+
+
+def job_seconds_arg(text: str) -> tuple[float, float]:
+    """--job-seconds LO:HI, 0 <= LO <= HI."""
+    lo, sep, hi = text.partition(":")
+    try:
+        bounds = (float(lo), float(hi if sep else lo))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give LO:HI in seconds, e.g. 60:120") from None
+    if not 0 <= bounds[0] <= bounds[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= LO <= HI")
+    return bounds
 
 
 def main() -> int:
@@ -579,9 +696,17 @@ def main() -> int:
     parser.add_argument("--controller-in-process", action="store_true",
                         help="run the Job controller and its pods as threads of this process, beside the operator "
                              "(one GIL), not in a child process of their own (the default, as in a cluster)")
+    parser.add_argument("--job-seconds", type=job_seconds_arg, default=(0.0, 0.0), metavar="LO:HI",
+                        help="each Job's pod runs for a duration drawn uniformly from [LO, HI] s before it completes "
+                             "(the paced scenario: 60:120); 0:0, the default, completes every Job the instant it starts")
+    parser.add_argument("--seed", type=int, default=0, help="the seed of the Jobs' durations (--job-seconds)")
     parser.add_argument("--trace", action="store_true",
                         help="break each reaction and reconcile down (API calls, store, kopf's queues): operator_trace.py")
     args = parser.parse_args()
+    paced = args.job_seconds[1] > 0
+    lo, hi = args.job_seconds
+    print("[setup] scenario: " + (f"paced, each Job's pod runs {lo:g}-{hi:g} s (uniform, seed {args.seed})" if paced
+                                  else "instant, every Job completes the instant it starts"), file=sys.stderr, flush=True)  # fmt: skip
 
     import logging
 
@@ -601,19 +726,22 @@ def main() -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+        # The resync timer beyond the scenario's end (600 s; paced: an hour), so that watch events alone drive
+        # progress: the runs are created together, so their timers would all fire in the same second.
         opts = options(metrics_port=port, bind_address="127.0.0.1", worker=WorkerSettings(image="kwarp-worker:bench"),
-                       max_workers=args.workers)  # fmt: skip
+                       max_workers=args.workers, resync_seconds=3600 if paced else 600)  # fmt: skip
         tracer = Tracer() if args.trace else None
         if tracer is not None:
             tracer.install()  # before the operator starts: it wraps what the operator builds
         with JobClock(cluster) as clock, RunPhases(cluster) as phases, \
-                (TimedRunner(Client(workdir / "api", CONTROLLER), clock.completed) if args.controller_in_process
-                 else ControllerProcess(ctx, workdir / "api")) as runner, \
+                (TimedRunner(Client(workdir / "api", CONTROLLER), clock.completed, clock.ran, job_seconds=args.job_seconds,
+                             seed=args.seed) if args.controller_in_process
+                 else ControllerProcess(ctx, workdir / "api", args.job_seconds, args.seed)) as runner, \
                 RunningOperator(cluster, opts, configuration=Client(workdir / "api", OPERATOR).configuration):
             cpu = Components(server.pid, runner, clock, phases, api_conn)
             floor = api_floor(cluster, clock)
             baseline = None if args.skip_baseline else scenario(
-                cluster, store, port, clock, 1, "solo", args.iterations, args.members, cpu, tracer)
+                cluster, store, port, clock, 1, "solo", args.iterations, args.members, cpu, tracer, args.job_seconds)
             exclude = {t.ident for t in (threading.main_thread(), clock._thread, phases._thread) if t is not None}
             if isinstance(runner, TimedRunner):
                 exclude |= {t.ident for t in (runner._thread, *runner.pods, *runner.worker_threads) if t is not None}
@@ -621,12 +749,12 @@ def main() -> int:
                 loop = next(t.ident for t in threading.enumerate() if t.name == "kwarp-operator")
                 with Sampler(exclude, only=loop if args.profile_loop else None) as sampler:
                     load = scenario(cluster, store, port, clock, args.runs, "load", args.iterations, args.members,
-                                    cpu, tracer)
+                                    cpu, tracer, args.job_seconds)
                 load["profile_operator_inclusive_pct" if args.profile else "profile_kopf_loop_inclusive_pct"] = dict(
                     sampler.top(40 if args.profile_loop else 20))
             else:
                 load = scenario(cluster, store, port, clock, args.runs, "load", args.iterations, args.members, cpu,
-                                tracer)
+                                tracer, args.job_seconds)
             cpu.missed_by_watch()  # the child's errors, as of now
             if cpu.errors():
                 raise SystemExit(f"the Job controller failed: {cpu.errors()[:3]}")
@@ -636,6 +764,8 @@ def main() -> int:
                 "machine": {"cpus": os.cpu_count()},
                 "operator_reconcile_threads": args.workers,
                 "job_controller": "in this process" if args.controller_in_process else "a child process",
+                "scenario": {"name": "paced" if paced else "instant", "job_seconds": list(args.job_seconds),
+                             "seed": args.seed},
                 "api_floor_create_to_watch_ms": {"p50": round(1000 * statistics.median(floor), 2),
                                                  "p99": round(1000 * pct(floor, 0.99), 2)},  # fmt: skip
                 "load_average": os.getloadavg(),

@@ -1,0 +1,61 @@
+"""benchmarks/operator.py's paced scenario (`--job-seconds LO:HI`): each Job's pod runs for a duration
+drawn from the seed and the Job's name before the stand-in Job controller completes it. Run tiny, through
+the real API-server emulator, Job controller and operator, as the benchmark runs them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.operator import job_seconds_arg, pod_seconds
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_job_seconds_parse_and_default_instant() -> None:
+    assert job_seconds_arg("60:120") == (60.0, 120.0)
+    assert job_seconds_arg("0:0") == (0.0, 0.0)
+    assert job_seconds_arg("5") == (5.0, 5.0)
+    for bad in ("120:60", "-1:2", "a:b"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            job_seconds_arg(bad)
+    assert pod_seconds((0.0, 0.0), 0, "load-000-prepare") == 0.0  # the instant scenario: no pod waits
+
+
+def test_pod_seconds_drawn_from_seed_and_name() -> None:
+    names = [f"load-{i:03d}-i0-m{m}" for i in range(50) for m in range(2)]
+    drawn = [pod_seconds((60.0, 120.0), 7, n) for n in names]
+    backwards = [pod_seconds((60.0, 120.0), 7, n) for n in reversed(names)]
+    assert drawn == backwards[::-1]  # the order they are drawn in does not matter
+    assert all(60.0 <= d <= 120.0 for d in drawn)
+    assert len(set(drawn)) == len(drawn)
+    assert drawn != [pod_seconds((60.0, 120.0), 8, n) for n in names]
+    assert min(drawn) < 75 and max(drawn) > 105  # spread over the range, not one value
+
+
+def test_paced_scenario_runs_every_job_its_duration(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    done = subprocess.run(
+        [sys.executable, "-P", "benchmarks/operator.py", "--runs", "2", "--job-seconds", "0.2:0.5", "--seed", "3",
+         "--skip-baseline", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "[setup] scenario: paced, each Job's pod runs 0.2-0.5 s (uniform, seed 3)" in done.stderr
+    assert "[load] Job completions offered per 10.0 s window: max" in done.stderr
+    figures = json.loads(out.read_text())
+    assert figures["scenario"] == {"name": "paced", "job_seconds": [0.2, 0.5], "seed": 3}
+    load = figures["load_2_runs"]
+    assert load["runs_succeeded"] == 2 and load["jobs"] == 18
+    assert load["edges"] == 16  # every Job but the two prepares waited for another
+    ran = load["job_run_seconds"]
+    assert ran["jobs"] == 18 and ran["min"] >= 0.2  # no pod completed before its drawn duration
+    offered = load["job_completions_offered"]
+    assert offered["window_s"] == 10.0 and 0 < offered["mean_per_s"] <= offered["max_per_s"]
+    assert load["goal_reaction_p99_below_ms"] == 250.0
+    assert load["goal_met"] == (load["reaction_p99_ms"] < 250.0)
