@@ -109,34 +109,82 @@ def _completion_logits(
     return [out.logits[:, -(width + 1) : -1]]
 
 
+class _TokenLogProbs(torch.autograd.Function):
+    """log π(y_t) = z(y_t) − logsumexp(z), z = logits / T, with grad: one N·c·V float32 buffer in all.
+
+    Autograd's composition (z / T, logsumexp, their backward) writes five fresh N·c·V tensors per
+    call plus the gather's zero-filled gradient; on a CPU each fresh tensor costs cold-memory traffic
+    that the arithmetic does not (kwarp's 1k-vocabulary step: the out-of-place passes over the update's
+    logits took ~7 ms against well under 1 ms in place; docs/performance.md). Here z is written once,
+    then turned in place into exp(z − max), which backward reads to write the gradient
+    (onehot(y) − softmax(z)) · g / T: two fresh tensors in all. The caller's logits are only read, and
+    the saved buffer too (a retained graph can run backward again, as gradcheck does).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool):
+        z = torch.empty_like(logits, dtype=torch.promote_types(logits.dtype, torch.float32))
+        z.copy_(logits)  # widened first: bfloat16 logits divided in bfloat16 would lose precision
+        if temperature != 1.0:
+            z.div_(temperature)
+        index = targets.unsqueeze(-1)
+        picked = z.gather(-1, index).squeeze(-1)
+        top = z.amax(dim=-1, keepdim=True)
+        u = z.sub_(top)  # u = z − max ≤ 0
+        entropy = None
+        if with_entropy:
+            # H = logsumexp(z) − Σ softmax(z)·z = log s − Σ e·u / s, with e = exp(u), s = Σ e.
+            weighted = (u.exp() * u).sum(dim=-1, keepdim=True)
+        e = u.exp_()
+        s = e.sum(dim=-1, keepdim=True)
+        log_s = s.log()
+        logp = picked - (top + log_s).squeeze(-1)
+        if with_entropy:
+            entropy = (log_s - weighted / s).squeeze(-1)
+        ctx.save_for_backward(e, s, index)
+        ctx.temperature, ctx.logits_dtype = temperature, logits.dtype
+        if entropy is None:
+            return logp, logp.new_empty(0)
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_logp: torch.Tensor, _grad_entropy: Any):
+        e, s, index = ctx.saved_tensors
+        g = grad_logp.unsqueeze(-1).to(e.dtype) / ctx.temperature
+        grad = e * (-g / s)  # −softmax(z) · g / T
+        grad.scatter_add_(-1, index, g)  # + onehot(y) · g / T
+        return grad.to(ctx.logits_dtype), None, None, None
+
+
 def _token_logprobs(
     logits: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(y_t) of each target [N, c] from its logits [N, c, V], and the entropy at each position.
 
-    log π(y_t) = z(y_t) − logsumexp(z) for z = logits / T: unlike log_softmax, no second N·c·V
-    tensor is written. Without grad the logits are scaled and exponentiated in place: a fresh
-    N·c·V tensor for z / T, and logsumexp's own temporary, cost more than the arithmetic (on one CPU
-    thread at 768 × 32k: 55 ms to divide out of place, 3.7 ms in place; logsumexp 95 ms, in place
-    32 ms). The caller's logits must not be needed after this call.
+    log π(y_t) = z(y_t) − logsumexp(z) for z = logits / T, computed as max + log Σ exp(z − max) on
+    both paths. With grad: _TokenLogProbs (one N·c·V buffer, the logits only read). Without grad
+    the logits are scaled and exponentiated in place: a fresh N·c·V tensor for z / T, and
+    logsumexp's own temporary, cost more than the arithmetic (on one CPU thread at 768 × 32k: 55 ms
+    to divide out of place, 3.7 ms in place; logsumexp 95 ms, in place 32 ms). The caller's logits
+    must not be needed after a call without grad.
     """
+    if torch.is_grad_enabled() and logits.requires_grad:
+        logp, entropy = _TokenLogProbs.apply(logits, targets, temperature, with_entropy)
+        return logp, (entropy if with_entropy else None)
     z = logits.float()
-    grad = z.requires_grad
     if temperature != 1.0:
-        z = z / temperature if grad else z.div_(temperature)
+        z = z.div_(temperature)
     picked = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = None
     if with_entropy:
-        with torch.no_grad():
-            # H = logsumexp(z) − Σ softmax(z)·z
-            probs = torch.softmax(z, dim=-1)
-            entropy = torch.logsumexp(z, dim=-1) - (probs * z).sum(dim=-1)
-            del probs
-    if grad:
-        log_normaliser = torch.logsumexp(z, dim=-1)
-    else:
-        top = z.amax(dim=-1, keepdim=True)
-        log_normaliser = top.squeeze(-1) + z.sub_(top).exp_().sum(dim=-1).log()
+        # H = logsumexp(z) − Σ softmax(z)·z
+        probs = torch.softmax(z, dim=-1)
+        entropy = torch.logsumexp(z, dim=-1) - (probs * z).sum(dim=-1)
+        del probs
+    top = z.amax(dim=-1, keepdim=True)
+    log_normaliser = top.squeeze(-1) + z.sub_(top).exp_().sum(dim=-1).log()
     return picked - log_normaliser, entropy
 
 

@@ -94,3 +94,40 @@ def test_rows_that_do_not_share_their_prompt_are_run_one_forward_per_row(tmp_pat
         grouped = sequence_logprobs(model, *args, temperature=TEMPERATURE, samples_per_prompt=K)
         straight = sequence_logprobs(model, *args, temperature=TEMPERATURE)
     assert torch.equal(grouped.logprob, straight.logprob)
+
+
+
+@pytest.mark.parametrize("temperature", [1.0, TEMPERATURE])
+def test_the_update_log_probs_and_their_gradient_are_log_softmax_s(temperature: float) -> None:
+    """With grad, _token_logprobs (one buffer, the gradient written into it in place) returns the
+    textbook log_softmax's values, entropy and gradient, and only reads the caller's logits."""
+    from kwarp.logprobs import _token_logprobs
+
+    torch.manual_seed(1)
+    logits64 = (3 * torch.randn(3, 5, 11, dtype=torch.float64)).requires_grad_()
+    targets64 = torch.randint(0, 11, (3, 5))
+    assert torch.autograd.gradcheck(lambda x: _token_logprobs(x, targets64, temperature, False)[0], (logits64,))
+
+    logits, targets, weights = 3 * torch.randn(4, 6, 50), torch.randint(0, 50, (4, 6)), torch.randn(4, 6)
+    ours = logits.clone().requires_grad_()
+    logp, entropy = _token_logprobs(ours, targets, temperature, with_entropy=True)
+    (logp * weights).sum().backward()
+    assert torch.equal(ours.detach(), logits)  # read, not overwritten
+
+    textbook = logits.clone().requires_grad_()
+    full = torch.log_softmax(textbook / temperature, dim=-1)
+    expected = full.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(logp, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy, -(full.exp() * full).sum(-1).detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.grad, textbook.grad, atol=1e-6, rtol=1e-5)
+    assert not entropy.requires_grad
+
+    # bfloat16 logits (autocast) get a bfloat16 gradient, that of the float32 computation rounded.
+    half = logits.to(torch.bfloat16).requires_grad_()
+    logp_half, _ = _token_logprobs(half, targets, temperature, with_entropy=False)
+    (logp_half * weights).sum().backward()
+    assert half.grad.dtype == torch.bfloat16
+    widened = half.detach().float().requires_grad_()
+    (_token_logprobs(widened, targets, temperature, False)[0] * weights).sum().backward()
+    assert torch.equal(half.grad, widened.grad.to(torch.bfloat16))
