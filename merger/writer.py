@@ -6,7 +6,8 @@ shard boundaries, each shard's header and the final file names can be fixed up f
 then goes to its place as soon as it is computed: no shard is held in memory, no file is renamed, and
 its sha256 is taken from the bytes as they are written (kwarp.core.checkpoints.record_digests hands it
 to the manifest, so nothing is read back to hash it). Writing runs on a thread of its own, so the disk
-works while the next group is computed; at most `queue_bytes` of computed tensors wait for it.
+works while the next group is computed, and hashing on another (kwarp.merger.hashing), so the disk does not
+wait for the hash; at most `queue_bytes` of computed tensors wait for the two.
 
 A file written here is an ordinary safetensors file: an 8-byte little-endian header length, the
 JSON header (padded with spaces to 8 bytes), then the tensors' bytes back to back in header order.
@@ -28,7 +29,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import hashlib
 import json
 import mmap
 import os
@@ -37,12 +37,14 @@ import struct
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from kwarp.core.checkpoints import SAFETENSORS_INDEX, SINGLE_SHARD, CheckpointError, record_digests
+from kwarp.merger.hashing import ShardHasher
 
 _TAGS = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -124,11 +126,11 @@ class _Staging:
 
 
 class _File:
-    """One shard being written: its descriptor, running sha256 and size; with `staging`, by direct I/O."""
+    """One shard being written: its descriptor and size; with `staging`, by direct I/O (its sha256 is taken
+    by the writer's ShardHasher)."""
 
     def __init__(self, path: Path, staging: _Staging | None, block: int):
         self.path = path
-        self.sha = hashlib.sha256()
         self.size = 0
         self.block = block
         self.staging = staging if _O_DIRECT else None
@@ -150,7 +152,6 @@ class _File:
     def write(self, data: memoryview | torch.Tensor) -> None:
         """Append `data` (bytes, or a flat uint8 tensor) to the file."""
         view = memoryview(data.numpy()) if isinstance(data, torch.Tensor) else data
-        self.sha.update(view)  # hashlib releases the GIL on large buffers, as os.write does
         self.size += len(view)
         pos = 0
         while pos < len(view):
@@ -215,8 +216,9 @@ class PlannedShardWriter:
 
     `write` hands a tensor (or `write_piece` a piece of one) to the writer thread and returns; at most
     `queue_bytes` wait for the thread (a larger tensor goes alone). `close` waits for the thread, writes the
-    index (for more than one shard) and records every shard's sha256 for the manifest. An error of
-    the thread is raised by the next `write` or by `close`. With `direct` (the default) the shards are
+    index (for more than one shard) and records every shard's sha256 for the manifest, taken by a ShardHasher
+    thread from the bytes just written (a tensor is given back by `written` once written and hashed). An error
+    of either thread is raised by the next `write` or by `close`. With `direct` (the default) the shards are
     written by direct I/O in blocks of `direct_block` bytes where the filesystem takes it (see above);
     `direct_shards` then names the shards written entirely that way.
     """
@@ -237,7 +239,6 @@ class PlannedShardWriter:
         self._order = [(k, t) for k, shard in enumerate(self.shards) for t in shard]
         self._next = 0  # the planned tensor that comes next
         self._offset = 0  # bytes of it already given in pieces
-        self._digests: dict[str, str] = {}
         self._direct = direct and bool(_O_DIRECT)
         self._direct_block = direct_block
         self._staging_bytes = staging_bytes
@@ -247,12 +248,13 @@ class PlannedShardWriter:
         self._waiting = 0  # bytes handed to the thread and not yet written
         self._room = threading.Condition()
         self._error: BaseException | None = None
+        self._hasher = ShardHasher(self._fail)
         self._thread = threading.Thread(target=self._run, name="kwarp-merge-writer", daemon=True)
         self._thread.start()
 
     def write(self, name: str, tensor: torch.Tensor, written: Callable[[torch.Tensor], None] | None = None) -> None:
-        """Queue `tensor` to be written as `name`; the thread calls `written(tensor)` once its bytes are in the file
-        (to recycle its buffer: kwarp.merger.buffers)."""
+        """Queue `tensor` to be written as `name`; `written(tensor)` is called once its bytes are in the file (or
+        the staging buffer) and hashed (to recycle its buffer: kwarp.merger.buffers)."""
         planned = self._planned(name, tensor.dtype)
         if self._offset or tuple(tensor.shape) != planned.shape:
             raise CheckpointError(f"{self.folder}: expected '{planned.name}' {planned.dtype}{list(planned.shape)} "
@@ -301,6 +303,7 @@ class PlannedShardWriter:
         """Finish writing; return the shard file names."""
         self._queue.put(_STOP)
         self._thread.join()
+        self._hasher.stop()  # hashes what the writer handed it, then ends
         if self._error is not None:
             raise self._error
         if self._next != len(self._order):  # (a tensor of which only pieces came counts as missing)
@@ -311,7 +314,7 @@ class PlannedShardWriter:
             total = sum(t.nbytes for _, t in self._order)
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (self.folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
-        record_digests(self.folder, self._digests)
+        record_digests(self.folder, self._hasher.digests)
         return list(self.names)
 
     def abort(self) -> None:
@@ -319,6 +322,21 @@ class PlannedShardWriter:
         self._error = self._error or CheckpointError("aborted")
         self._queue.put(_STOP)
         self._thread.join()
+        self._hasher.stop()
+
+    def _fail(self, err: BaseException) -> None:
+        """Record the first error of the writer or hasher thread and wake a caller waiting for room."""
+        with self._room:
+            self._error = self._error or err
+            self._room.notify_all()
+
+    def _written(self, tensor: torch.Tensor, nbytes: int, written: Callable[[torch.Tensor], None] | None) -> None:
+        """A queued tensor is written and hashed: its buffer may be reused, and its bytes leave the budget."""
+        if written is not None:
+            written(tensor)
+        with self._room:
+            self._waiting -= nbytes
+            self._room.notify_all()
 
     def _run(self) -> None:
         current: _File | None = None
@@ -338,16 +356,17 @@ class PlannedShardWriter:
                             self._finish(done)
                         shard = k
                         current = _File(self.folder / self.names[k], staging, self._direct_block)
-                        current.write(memoryview(header_bytes(self.shards[k], self.metadata)))
+                        header = memoryview(header_bytes(self.shards[k], self.metadata))
+                        current.write(header)
+                        self._hasher.begin(current.path.name)
+                        self._hasher.update(header)
                     assert current is not None
+                    data = tensor.reshape(-1).view(torch.uint8)
                     if nbytes:
-                        current.write(tensor.reshape(-1).view(torch.uint8))
-                    if written is not None:  # its bytes are in the file or the staging buffer: reusable
-                        written(tensor)
-                    del tensor, written
-                    with self._room:
-                        self._waiting -= nbytes
-                        self._room.notify_all()
+                        current.write(data)
+                    # Its bytes are in the file or the staging buffer; once hashed, its buffer is reusable.
+                    self._hasher.update(memoryview(data.numpy()), partial(self._written, tensor, nbytes, written))
+                    del tensor, written, data
                     left -= nbytes
                     if left <= 0:
                         break
@@ -356,9 +375,7 @@ class PlannedShardWriter:
                 self._finish(done)
             self._queue.get()  # the stop marker
         except BaseException as err:  # handed to the caller's thread
-            with self._room:
-                self._error = err
-                self._room.notify_all()
+            self._fail(err)
         finally:
             if current is not None:  # an error or an abort: the file is incomplete; the folder is the caller's
                 try:
@@ -370,6 +387,6 @@ class PlannedShardWriter:
 
     def _finish(self, f: _File) -> None:
         f.close()
-        self._digests[f.path.name] = f.sha.hexdigest()
+        self._hasher.end(f.path.name)
         if f.direct:
             self.direct_shards.append(f.path.name)
