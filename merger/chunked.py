@@ -9,6 +9,7 @@ output's dtype.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -42,29 +43,52 @@ T = TypeVar("T")
 
 
 class Workers:
-    """Shares each window out between threads, in whole chunks; each thread has its own scratch.
+    """Shares each window out between threads, in runs of whole chunks taken in turn; each thread has its own scratch.
 
     torch releases the GIL inside an operation, so threads that each run single-threaded operations
-    on their own slice proceed in parallel, without the barrier waits of torch's intra-op pool.
+    on their own slice proceed in parallel, without the barrier waits of torch's intra-op pool. The
+    calling thread is one of the workers. Runs are handed out as threads become free (a shared counter),
+    not cut in equal parts up front: on a machine whose cores also run the writer, the hash and other
+    processes, a thread that falls behind takes fewer runs instead of holding up the window's end. A
+    chunk's result does not depend on which thread computed it or on the runs' lengths.
     """
+
+    # Runs per thread and window, about: enough for a late thread to leave its share to the others, few
+    # enough that handing them out costs nothing next to the arithmetic.
+    RUNS_PER_THREAD = 8
 
     def __init__(self, threads: int, members: int, chunk: int):
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.chunk = chunk
         self.scratches = [Scratch(members, chunk) for _ in range(threads)]
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="kwarp-merge") if threads > 1 else None
+        self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="kwarp-merge") if threads > 1 else None
 
     def run(self, n: int, fn: Callable[[int, int, Scratch], T]) -> list[T]:
-        """fn(start, end, scratch) over [0, n) split into contiguous parts, results in order."""
+        """fn(start, end, scratch) over [0, n) in contiguous runs of whole chunks; the results in the runs' order.
+
+        With one thread, or one chunk, a single run [0, n).
+        """
         chunks = (n + self.chunk - 1) // self.chunk
-        parts = min(len(self.scratches), chunks)
-        if self._pool is None or parts <= 1:
+        threads = min(len(self.scratches), chunks)
+        if self._pool is None or threads <= 1:
             return [fn(0, n, self.scratches[0])]
-        per = (chunks + parts - 1) // parts * self.chunk
-        bounds = [(s, min(n, s + per)) for s in range(0, n, per)]
-        futures = [self._pool.submit(fn, s, e, sc) for (s, e), sc in zip(bounds, self.scratches, strict=False)]
-        return [f.result() for f in futures]
+        per = max(1, chunks // (threads * self.RUNS_PER_THREAD)) * self.chunk
+        runs = [(s, min(n, s + per)) for s in range(0, n, per)]
+        turn = itertools.count()  # next() of a count is atomic under the GIL: each run is taken once
+        results: list[T | None] = [None] * len(runs)
+
+        def work(scratch: Scratch) -> None:
+            while (k := next(turn)) < len(runs):
+                results[k] = fn(*runs[k], scratch)
+
+        helpers = [self._pool.submit(work, sc) for sc in self.scratches[1:threads]]
+        try:
+            work(self.scratches[0])
+        finally:
+            for f in helpers:
+                f.result()  # (an error of a helper is raised here; after one of ours, the helpers finish first)
+        return results  # type: ignore[return-value]  # every run was computed
 
     def close(self) -> None:
         if self._pool is not None:
