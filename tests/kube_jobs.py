@@ -15,10 +15,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import kubernetes
 
+from tests.background import Background
 from tests.kube_store import Obj, now_rfc3339
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ class _Tracked:
     failed: int = 0
 
 
-class JobRunner:
+class JobRunner(Background):
     """Stands in for the Job controller (and the kubelet): watches Jobs of a namespace, keeps their status.
 
     Subclasses decide what "running a Job" means. The runner creates one Pod per started Job, owned by
@@ -117,14 +118,13 @@ class JobRunner:
     resync_seconds = 300.0  # a LIST of every Job: its cost grows with the Jobs, so rarely
 
     def __init__(self, cluster: Cluster, namespace: str | None = None, workers: int = 1):
+        super().__init__(type(self).__name__)  # the watch's thread
         self.cluster = cluster
         self.namespace = namespace or cluster.namespace
         self.batch = kubernetes.client.BatchV1Api(cluster.client())
         self.core = kubernetes.client.CoreV1Api(cluster.client())
         self.jobs: dict[str, _Tracked] = {}
         self.lock = threading.RLock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.errors: list[BaseException] = []
         self._listed_first: dict[tuple[str, str], int] = {}  # (name, uid) a resync saw before the watch: its rv
         self._watched: set[tuple[str, str]] = set()  # (name, uid) the watch delivered
@@ -137,17 +137,13 @@ class JobRunner:
         self._job_locks: dict[str, threading.RLock] = {}
         self._broken = threading.Event()  # a worker failed to handle an event: list again
 
-    def __enter__(self) -> JobRunner:
+    def __enter__(self) -> Self:
         for thread in self.worker_threads:
             thread.start()
-        self._thread = threading.Thread(target=self._watch, name=type(self).__name__, daemon=True)
-        self._thread.start()
-        return self
+        return super().__enter__()  # the watch
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        super().__exit__(*exc)
         for q in self._queues:
             q.put(None)
         for thread in self.worker_threads:
@@ -170,14 +166,14 @@ class JobRunner:
         while (item := events.get()) is not None:
             try:
                 self._on_event(*item)
-            except Exception as err:  # as in _watch: reported, and the next round lists again
+            except Exception as err:  # as in the watch (_run): reported, and the next round lists again
                 self.errors.append(err)
                 self._broken.set()
 
     def shutdown(self) -> None:
         """Stop whatever the runner started."""
 
-    def _watch(self) -> None:
+    def _run(self) -> None:  # the watch
         rv: str | None = None
         listed = 0.0
         while not self._stop.is_set():

@@ -26,6 +26,7 @@ from typing import Any
 
 import kubernetes
 
+from .background import Background
 from .kube import Cluster
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -48,11 +49,12 @@ def finished(job: Mapping[str, Any]) -> bool:
                for c in (job.get("status") or {}).get("conditions") or [])  # fmt: skip
 
 
-class KueueStandIn:
+class KueueStandIn(Background):
     """One LocalQueue -> one ClusterQueue with a nominal quota (pods, GPUs) and one ResourceFlavor."""
 
     def __init__(self, cluster: Cluster, queue: str, quota: Mapping[str, int], *,
                  flavor_labels: Mapping[str, str] | None = None, namespace: str | None = None):  # fmt: skip
+        super().__init__("kueue")
         self.cluster = cluster
         self.queue = queue
         self.namespace = namespace or cluster.namespace
@@ -63,18 +65,6 @@ class KueueStandIn:
         self.admissions: list[str] = []  # Job names, in admission order
         self.lock = threading.Lock()
         self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> KueueStandIn:
-        self._thread = threading.Thread(target=self._loop, name="kueue", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
 
     def set_quota(self, **quota: int) -> None:
         with self.lock:
@@ -91,7 +81,7 @@ class KueueStandIn:
                 out[k] = out.get(k, 0) + v
         return out
 
-    def _loop(self) -> None:
+    def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self.step()
