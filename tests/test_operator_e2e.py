@@ -57,24 +57,22 @@ def upload_inputs(s3: S3Server, bucket: str, storage: StorageSpec, tmp_path: Pat
     store.put_bytes("inputs/eval.jsonl", lines.encode())
 
 
-def warprun(bucket: str, storage: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "kwarp.dev/v1alpha1",
-        "kind": "WarpRun",
-        "metadata": {"name": RUN},
-        "spec": {
-            "policy": {"location": f"s3://{bucket}/inputs/sft", "dtype": "float32"},
-            "reward": {"callable": "kwarp.tasks.sentiment:true_score"},
-            "data": {"train": f"s3://{bucket}/inputs/train.jsonl", "eval": f"s3://{bucket}/inputs/eval.jsonl"},
-            "warp": {"iterations": 2, "policies": 2, "steps": 2, "litiEta": 0.5},
-            "training": {"batchSize": 4, "samplesPerPrompt": 2, "learningRate": 1e-3, "warmupSteps": 0,
-                         "maxPromptTokens": 16, "maxNewTokens": 6, "checkpointInterval": 1},  # fmt: skip
-            "evaluation": {"etas": ETAS, "prompts": 4, "batchSize": 4},
-            "storage": storage,
-            "resources": {"trainer": {"gpus": 0}, "evaluation": {"gpus": 0}},
-            "failurePolicy": {"maxRetries": 0},
-        },
-    }
+def warprun(bucket: str, storage: dict[str, Any], name: str = RUN, **sections: Any) -> dict[str, Any]:
+    """The WarpRun over the inputs in `bucket`; `sections` replace the spec's (None drops one: its defaults)."""
+    spec = {
+        "policy": {"location": f"s3://{bucket}/inputs/sft", "dtype": "float32"},
+        "reward": {"callable": "kwarp.tasks.sentiment:true_score"},
+        "data": {"train": f"s3://{bucket}/inputs/train.jsonl", "eval": f"s3://{bucket}/inputs/eval.jsonl"},
+        "warp": {"iterations": 2, "policies": 2, "steps": 2, "litiEta": 0.5},
+        "training": {"batchSize": 4, "samplesPerPrompt": 2, "learningRate": 1e-3, "warmupSteps": 0,
+                     "maxPromptTokens": 16, "maxNewTokens": 6, "checkpointInterval": 1},  # fmt: skip
+        "evaluation": {"etas": ETAS, "prompts": 4, "batchSize": 4},
+        "storage": storage,
+        "resources": {"trainer": {"gpus": 0}, "evaluation": {"gpus": 0}},
+        "failurePolicy": {"maxRetries": 0},
+    } | sections
+    return {"apiVersion": "kwarp.dev/v1alpha1", "kind": "WarpRun", "metadata": {"name": name},
+            "spec": {k: v for k, v in spec.items() if v is not None}}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -85,11 +83,14 @@ class Inputs:
     storage_doc: dict[str, Any]
     storage: StorageSpec
 
-    def document(self) -> dict[str, Any]:
-        return warprun(self.bucket, self.storage_doc)
+    def document(self, name: str = RUN, endpoint: str | None = None, **sections: Any) -> dict[str, Any]:
+        """A WarpRun over these inputs, kept in this bucket; `endpoint`: where its tasks reach the store (a
+        fault proxy in front of the S3 server), else the server; `sections` replace the spec's (warprun())."""
+        storage = self.storage_doc if endpoint is None else {**self.storage_doc, "endpoint": endpoint}
+        return warprun(self.bucket, storage, name, **sections)
 
     def store(self, s3: S3Server) -> S3Store:
-        """The runs' store, as the tasks open it."""
+        """The runs' store, reached directly (the tasks of a document with an `endpoint` go through it)."""
         return S3Store.from_url(f"s3://{self.bucket}/runs", self.storage, env=s3.env())
 
 
@@ -102,12 +103,12 @@ def uploaded(s3: S3Server, tmp_path: Path) -> Inputs:
 
 
 @contextlib.contextmanager
-def e2e_cluster(tmp_path: Path) -> Iterator[tuple[Cluster, Api, OperatorOptions]]:
+def e2e_cluster(tmp_path: Path, image: str = "kwarp-worker:e2e") -> Iterator[tuple[Cluster, Api, OperatorOptions]]:
     """The API server with the S3 credentials' Secret, and the operator's options for task processes."""
     with Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
         api = Api(cluster)
         api.core.create_namespaced_secret(NS, s3_secret())
-        yield cluster, api, options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:e2e"))
+        yield cluster, api, options(resync_seconds=30, worker=WorkerSettings(image=image))
 
 
 def test_a_warprun_reaches_succeeded_with_its_checkpoints_in_the_bucket(

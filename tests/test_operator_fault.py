@@ -22,18 +22,15 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 
-from kwarp.core.crd import crd
-from kwarp.core.spec import StorageSpec
-from kwarp.operator.jobs import WorkerSettings
 from kwarp.store import layout
 from kwarp.store.fencing import claim_task
 from kwarp.store.s3 import S3Store
 from kwarp.trainer.state import STATE_JSON
 
-from .kube import Cluster, ProcessJobRunner, RunningOperator, wait_for, wait_value
-from .operator_harness import NS, Api, options, s3_secret
+from .kube import ProcessJobRunner, RunningOperator, wait_for, wait_value
+from .operator_harness import NS
 from .s3server import FaultyProxy, S3Server
-from .test_operator_e2e import upload_inputs
+from .test_operator_e2e import e2e_cluster, uploaded
 
 RUN, STEPS = "fault", 4
 
@@ -55,11 +52,10 @@ def s3() -> Any:
 
 
 def test_a_member_killed_during_its_state_upload_resumes_from_the_previous_state(tmp_path: Path, s3: S3Server) -> None:
-    bucket = s3.create_bucket()
-    direct = StorageSpec.model_validate({"url": f"s3://{bucket}", "endpoint": s3.endpoint, "secure": False})
-    upload_inputs(s3, bucket, direct, tmp_path)
+    inputs = uploaded(s3, tmp_path)
+    bucket = inputs.bucket
 
-    with FaultyProxy(s3.port) as proxy, Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
+    with FaultyProxy(s3.port) as proxy, e2e_cluster(tmp_path, image="kwarp-worker:fault") as (cluster, api, opts):
         # The tasks reach the store through the proxy; the state uploads of member 0 are watched there.
         versions: list[bytes] = []
 
@@ -76,28 +72,12 @@ def test_a_member_killed_during_its_state_upload_resumes_from_the_previous_state
         killed_upload = proxy.hold(state_put, nth_version(1))  # the first pod's second state
         retry_upload = proxy.hold(state_put, nth_version(2))  # the retry's first state
 
-        api = Api(cluster)
-        api.core.create_namespaced_secret(NS, s3_secret())
-        storage = {"url": f"s3://{bucket}/runs", "endpoint": proxy.endpoint, "secure": False, "secretName": "kwarp-s3"}
-        doc = {
-            "apiVersion": "kwarp.dev/v1alpha1", "kind": "WarpRun", "metadata": {"name": RUN},
-            "spec": {
-                "policy": {"location": f"s3://{bucket}/inputs/sft", "dtype": "float32"},
-                "reward": {"callable": "kwarp.tasks.sentiment:true_score"},
-                "data": {"train": f"s3://{bucket}/inputs/train.jsonl", "eval": f"s3://{bucket}/inputs/eval.jsonl"},
-                "warp": {"iterations": 1, "policies": 1, "steps": STEPS},
-                "training": {"batchSize": 4, "samplesPerPrompt": 2, "learningRate": 1e-3, "warmupSteps": 0,
-                             "maxPromptTokens": 16, "maxNewTokens": 6, "checkpointInterval": 1},
-                "evaluation": {"etas": [0.0, 1.0], "prompts": 4, "batchSize": 4},
-                "storage": storage,
-                "resources": {"trainer": {"gpus": 0}, "evaluation": {"gpus": 0}},
-                "failurePolicy": {"maxRetries": 1},
-            },
-        }  # fmt: skip
-        opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:fault"))
+        doc = inputs.document(RUN, proxy.endpoint, warp={"iterations": 1, "policies": 1, "steps": STEPS},
+                              evaluation={"etas": [0.0, 1.0], "prompts": 4, "batchSize": 4},
+                              failurePolicy={"maxRetries": 1})  # fmt: skip
         with ProcessJobRunner(cluster, tmp_path / "pods", parallel=1) as runner, RunningOperator(cluster, opts):
             uid = api.create(doc)["metadata"]["uid"]
-            store = S3Store.from_url(f"s3://{bucket}/runs", direct, env=s3.env())  # the test's own view, direct
+            store = inputs.store(s3)  # the test's own view, direct
             state_key = layout.member_state(f"{NS}/{RUN}/{uid}", 0, 0)
 
             def logs() -> str:
@@ -140,32 +120,16 @@ def test_a_pod_fenced_out_by_a_newer_attempt_is_no_failure_and_its_job_goes_on(t
     fenced out (exit 75). The Job's podFailurePolicy ignores that exit: the Job is not failed and runs a new
     pod, the operator counts no failure (maxRetries 0 would fail the run) and the run goes on."""
     run = "fenced"
-    bucket = s3.create_bucket()
-    direct = StorageSpec.model_validate({"url": f"s3://{bucket}", "endpoint": s3.endpoint, "secure": False})
-    upload_inputs(s3, bucket, direct, tmp_path)
+    inputs = uploaded(s3, tmp_path)
 
-    with FaultyProxy(s3.port) as proxy, Cluster(tmp_path / "cluster", crds=[crd()]) as cluster:
-        held = proxy.hold(rb"PUT /" + bucket.encode() + rb"/runs/[^ ]*/base/\.v/[^/ ]+/")
-        api = Api(cluster)
-        api.core.create_namespaced_secret(NS, s3_secret())
-        storage = {"url": f"s3://{bucket}/runs", "endpoint": proxy.endpoint, "secure": False, "secretName": "kwarp-s3"}
-        doc = {
-            "apiVersion": "kwarp.dev/v1alpha1", "kind": "WarpRun", "metadata": {"name": run},
-            "spec": {
-                "policy": {"location": f"s3://{bucket}/inputs/sft", "dtype": "float32"},
-                "reward": {"callable": "kwarp.tasks.sentiment:true_score"},
-                "data": {"train": f"s3://{bucket}/inputs/train.jsonl", "eval": f"s3://{bucket}/inputs/eval.jsonl"},
-                "warp": {"iterations": 1, "policies": 1, "steps": 1},
-                "training": {"batchSize": 4, "samplesPerPrompt": 2, "maxPromptTokens": 16, "maxNewTokens": 6},
-                "storage": storage,
-                "resources": {"trainer": {"gpus": 0}, "evaluation": {"gpus": 0}},
-                "failurePolicy": {"maxRetries": 0},
-            },
-        }  # fmt: skip
-        opts = options(resync_seconds=30, worker=WorkerSettings(image="kwarp-worker:fault"))
+    with FaultyProxy(s3.port) as proxy, e2e_cluster(tmp_path, image="kwarp-worker:fault") as (cluster, api, opts):
+        held = proxy.hold(rb"PUT /" + inputs.bucket.encode() + rb"/runs/[^ ]*/base/\.v/[^/ ]+/")
+        doc = inputs.document(run, proxy.endpoint, warp={"iterations": 1, "policies": 1, "steps": 1},
+                              training={"batchSize": 4, "samplesPerPrompt": 2, "maxPromptTokens": 16, "maxNewTokens": 6},
+                              evaluation=None)  # fmt: skip
         with ProcessJobRunner(cluster, tmp_path / "pods", parallel=1) as runner, RunningOperator(cluster, opts):
             uid = api.create(doc)["metadata"]["uid"]
-            store = S3Store.from_url(f"s3://{bucket}/runs", direct, env=s3.env())  # the test's own view, direct
+            store = inputs.store(s3)  # the test's own view, direct
             folder = f"{NS}/{run}/{uid}"
 
             def logs() -> str:
