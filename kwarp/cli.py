@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan-resources": ("kwarp.core.cli_memory", "bytes per GPU of a member's trainer, piece by piece, for ddp and fsdp"),
     "prepare": ("kwarp.run.prepare", "task: copy the SFT policy into the run's store (checks model, reward, data)"),
     "train": ("kwarp.trainer.cli", "task: train one WARP member (REINFORCE with the EMA anchor)"),
+    "torchrun": ("kwarp.trainer.launch", "task entrypoint: torchrun, a fenced-out member's exit 75 passed on (not turned into 1)"),
     "gang-node": ("kwarp.core.cli_gang", "task entrypoint: one pod of a queued gang of multi-node members, then torchrun"),
     "merge": ("kwarp.merger.cli", "task or tool: SLERP the members' task vectors, then LiTI"),
     "eval": ("kwarp.run.evaluate", "task or tool: reward and KL along the LiTI path (the Pareto front)"),
@@ -49,7 +50,10 @@ def _top_parser() -> argparse.ArgumentParser:
 def build_parser(name: str) -> argparse.ArgumentParser:
     module_name, help_text = COMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"kwarp {name}", description=help_text)
+    # A command that passes every argument on (`kwarp torchrun`: torchrun's options, --help included)
+    # gives its parser options, e.g. no option prefix of its own.
+    options = getattr(module, "PARSER_OPTIONS", {})
+    parser = argparse.ArgumentParser(prog=f"kwarp {name}", description=help_text, **options)
     register = getattr(module, f"register_{name}", None) or module.register
     register(parser)
     return parser

@@ -161,14 +161,15 @@ def command(task: Task, gpus: int, nodes: int = 1, argv: list[str] | None = None
     argv = task.argv() if argv is None else argv
     if task.kind == "train" and nodes > 1:
         # torchrun reads the node count, processes per node, node rank and rendezvous address from the
-        # PET_* variables of the pod (multinode_env), as under Kubeflow's trainer.
-        return ["torchrun"], ["--module", "kwarp", *argv]
+        # PET_* variables of the pod (multinode_env), as under Kubeflow's trainer. `kwarp torchrun` is torchrun
+        # that exits 75 when the member was fenced out (torchrun's own exit is 1: a failed try; trainer/launch.py).
+        return ["kwarp"], ["torchrun", "--module", "kwarp", *argv]
     if task.kind == "train" and gpus > 1:
         # One process per GPU, started by torchrun (it ships with torch; `-m kwarp` runs kwarp/__main__.py,
         # the same CLI as the entrypoint). Not `accelerate launch`: its --cpu path (simple_launcher) starts
         # ONE process whatever --num_processes says, so a multi-process member could not run on a CPU.
-        return ["torchrun"], [
-            "--standalone", "--nnodes", "1", "--nproc-per-node", str(gpus), "--module", "kwarp", *argv,
+        return ["kwarp"], [
+            "torchrun", "--standalone", "--nnodes", "1", "--nproc-per-node", str(gpus), "--module", "kwarp", *argv,
         ]  # fmt: skip
     return ["kwarp"], argv
 

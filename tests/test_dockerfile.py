@@ -297,19 +297,19 @@ JOB_COMMANDS = job_commands()
 def test_job_command_exists_in_the_worker_image(stages: dict[str, Stage], command: list[str], args: list[str]) -> None:
     from kwarp.cli import COMMANDS, build_parser
 
-    if command == entrypoint(stages, "worker"):
-        kwarp_argv = args
-    else:
-        # `torchrun ... --module kwarp <argv>`: torchrun's console script comes with the pinned torch,
-        # and -m kwarp runs the same CLI as the entrypoint.
-        assert command == ["torchrun"], command
+    assert command == entrypoint(stages, "worker"), command
+    kwarp_argv = args
+    if args[0] == "torchrun":
+        # `kwarp torchrun ... --module kwarp <argv>`: torchrun (torch.distributed.run, of the pinned torch) in
+        # kwarp's launcher, and -m kwarp runs the same CLI as the entrypoint.
         assert re.search(r"^torch==", (ROOT / "requirements" / "worker.txt").read_text(), re.M)
         i = args.index("--module")
         assert args[i + 1] == "kwarp"
         assert (ROOT / "kwarp" / "__main__.py").is_file()
         run = pytest.importorskip("torch.distributed.run")
-        launch = run.get_args_parser().parse_args(args[: i + 2])  # every option is one torchrun knows
+        launch = run.get_args_parser().parse_args(args[1 : i + 2])  # every option is one torchrun knows
         assert launch.module and launch.training_script == "kwarp"
+        assert callable(build_parser("torchrun").parse_args(args[1:]).func)
         kwarp_argv = args[i + 2 :]
     name, rest = kwarp_argv[0], kwarp_argv[1:]
     assert name in COMMANDS, f"`kwarp {name}` is not a registered subcommand"
@@ -321,7 +321,7 @@ def test_job_command_exists_in_the_worker_image(stages: dict[str, Stage], comman
         pytest.skip(f"`kwarp {name}` lives in {COMMANDS[name][0]}, which is not written yet ({err})")
     parsed = parser.parse_args(rest)  # argparse raises SystemExit on anything it does not accept
     assert callable(parsed.func)
-    if name == "gang-node":  # it runs `torchrun --module kwarp <task>`: the task is a kwarp command too
+    if name == "gang-node":  # it runs `kwarp torchrun --module kwarp <task>`: the task is a kwarp command too
         task = parsed.task
         assert task[0] in COMMANDS and callable(build_parser(task[0]).parse_args(task[1:]).func), task
 

@@ -169,8 +169,8 @@ CASES = [
     pytest.param(
         {"spec.resources": {"trainer": {"gpus": 4, "cpu": "32", "memory": "256Gi"}}},
         Task.train(1, 0), 2,
-        dict(name="gemma-warp-i1-m0-r2", component="trainer", task_labels=MEMBER_LABELS, command=["torchrun"],
-             args=["--standalone", "--nnodes", "1", "--nproc-per-node", "4", "--module", "kwarp", *TRAIN_ARGS],
+        dict(name="gemma-warp-i1-m0-r2", component="trainer", task_labels=MEMBER_LABELS, command=["kwarp"],
+             args=["torchrun", "--standalone", "--nnodes", "1", "--nproc-per-node", "4", "--module", "kwarp", *TRAIN_ARGS],
              resources=gpus(4, "32", "256Gi"), gpu_volumes=True, attempt=2),
         id="trainer-4-gpus-retry",
     ),
@@ -376,7 +376,7 @@ def test_a_multi_node_member_is_an_indexed_job_whose_pods_rendezvous_through_a_h
     pod = want["spec"]["template"]["spec"]
     pod["subdomain"] = name
     container = pod["containers"][0]
-    container["command"], container["args"] = ["torchrun"], ["--module", "kwarp", *TRAIN_ARGS]
+    container["command"], container["args"] = ["kwarp"], ["torchrun", "--module", "kwarp", *TRAIN_ARGS]
     container["ports"].append({"name": "rendezvous", "containerPort": 29500, "protocol": "TCP"})
     # The spec in KWARP_SPEC differs by the node count only.
     env = {e["name"]: e for e in container["env"]}
@@ -432,8 +432,8 @@ def test_a_queued_iteration_trains_its_members_as_one_indexed_job() -> None:
 
     labels = {"kwarp.dev/task": "i1-members", "kwarp.dev/iteration": "1"}  # no member label: the index is
     want = expected(r, name="gemma-warp-i1-members-r4", component="trainer", task_labels=labels,
-                    command=["torchrun"], args=["--standalone", "--nnodes", "1", "--nproc-per-node", "2",
-                                                "--module", "kwarp", "train", "--iteration", "1"],
+                    command=["kwarp"], args=["torchrun", "--standalone", "--nnodes", "1", "--nproc-per-node", "2",
+                                             "--module", "kwarp", "train", "--iteration", "1"],
                     resources=gpus(2, "16", "128Gi"), gpu_volumes=True, attempt=4)  # fmt: skip
     want["metadata"]["labels"] = {**want["metadata"]["labels"], "kueue.x-k8s.io/queue-name": "team-a-gpu"}  # not pods'
     want["spec"].update(suspend=True, completionMode="Indexed", completions=3, parallelism=3, backoffLimit=6)

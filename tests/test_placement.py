@@ -67,12 +67,12 @@ def test_gang_node_execs_torchrun_with_the_pods_place_added() -> None:
     environ = {"PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_MASTER_PORT": "29500", "KWARP_GANG_HOSTS": HOSTS,
                "KWARP_POD_INDEX": "3", "KWARP_SPEC": "{}"}  # fmt: skip
     argv, env, line = launch(["train", "--iteration", "0"], environ)
-    assert argv == [sys.executable, "-m", "torch.distributed.run", "--module", "kwarp", "train", "--iteration", "0"]
+    assert argv == [sys.executable, "-m", "kwarp", "torchrun", "--module", "kwarp", "train", "--iteration", "0"]
     assert env == {**environ, "KWARP_MEMBER": "1", "PET_NODE_RANK": "1", "PET_MASTER_ADDR": "demo-i0-members-2.demo-i0-members"}
     assert line == "kwarp gang-node: node 1 of member 1 (2 nodes), rendezvous at demo-i0-members-2.demo-i0-members:29500"
     with pytest.raises(UserError, match="give the task"):
         launch([], environ)
-    # torchrun's own parser takes what follows `-m torch.distributed.run`.
+    # torchrun's own parser takes what follows `-m kwarp torchrun` (kwarp.trainer.launch passes it all on).
     run = pytest.importorskip("torch.distributed.run")
-    parsed = run.get_args_parser().parse_args(argv[3:])
+    parsed = run.get_args_parser().parse_args(argv[4:])
     assert parsed.module and parsed.training_script == "kwarp" and parsed.training_script_args == ["train", "--iteration", "0"]

@@ -63,6 +63,7 @@ from .guards import (
     finite_or_none,
     optimizer_tensors_named,
 )
+from .launch import note_attempt
 from .models import Models, load_models, make_accelerator, make_optimizer, shard_models
 from .outputs import Heartbeat, MetricsLog, publish_model
 from .reinforce import batch_indices, step_seed
@@ -116,6 +117,9 @@ def train(
     # before it reads any state: an older attempt still running is refused from its next write on, and
     # this one resumes from whatever that one published before (kwarp.store.fencing).
     fence = claim_task(store, run_folder, Task.train(iteration, member).id) if main else None
+    # Every process learns the attempt, so that each node's launcher (`kwarp torchrun`) can tell a fenced-out
+    # attempt from a failed one when its workers die: torchrun itself turns exit 75 into 1 (trainer/launch.py).
+    note_attempt(accelerator, fence, spec.storage.model_dump(mode="json"))
     if spec.training.batch_size % world:
         raise UserError(f"spec.training.batchSize ({spec.training.batch_size}) must divide by the {world} processes")
     per_process = spec.training.batch_size // world

@@ -3,12 +3,12 @@
 The gang Job (kwarp.operator.jobs.gang_manifest) has M x N pods; pod i is node i % N of member i // N
 (kwarp.core.placement). The container's command cannot do that arithmetic, so this shim does it: it sets
 KWARP_MEMBER (which `kwarp train` reads when --member is absent), PET_NODE_RANK and PET_MASTER_ADDR (the
-member's rank-0 pod) from the pod's index, then replaces itself with torchrun, which reads the rest of its
+member's rank-0 pod) from the pod's index, then replaces itself with `kwarp torchrun`, which reads the rest of its
 settings (PET_NNODES, PET_NPROC_PER_NODE, PET_MASTER_PORT) from the Job's environment:
 
-    kwarp gang-node train --iteration 1   ->   torchrun --module kwarp train --iteration 1
+    kwarp gang-node train --iteration 1   ->   kwarp torchrun --module kwarp train --iteration 1
 
-exec, not a child process: torchrun gets the pod's signals (a SIGTERM lets the trainers save their state).
+exec, not a child process: torchrun's agent (in that process) gets the pod's signals (a SIGTERM lets the trainers save their state).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def torchrun_argv(task: list[str]) -> list[str]:
-    """torchrun as `python -m torch.distributed.run` (what the `torchrun` script runs) of this interpreter: the
-    image's, and under the tests' kubelet the test environment's, whatever PATH holds."""
-    return [sys.executable, "-m", "torch.distributed.run", "--module", "kwarp", *task]
+    """`kwarp torchrun` (torchrun, with a fenced-out member's exit 75 passed on: kwarp.trainer.launch) of this
+    interpreter: the image's, and under the tests' kubelet the test environment's, whatever PATH holds."""
+    return [sys.executable, "-m", "kwarp", "torchrun", "--module", "kwarp", *task]
 
 
 def launch(task: list[str], environ: Mapping[str, str]) -> tuple[list[str], dict[str, str], str]:
