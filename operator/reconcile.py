@@ -370,20 +370,10 @@ class Reconciler:
         elif isinstance(action, Start):
             manifest = job_manifest(run, uid, action.task, action.attempt, self.worker)
             job = manifest["metadata"]["name"]
-            created = self.kube.create_job(namespace, manifest)
-            self._created_job(namespace, created)
-            if created is not None and needs_service(manifest):
-                # Right after the Job, which owns it (by uid); _ensure_services covers a stop in between.
-                self.kube.create_service(namespace, service_manifest(manifest, created["metadata"]["uid"]))
-                self._services.add(created["metadata"]["uid"])
-            if not created:
+            if not self._create_job(namespace, manifest, action.task.kind, action.attempt):
                 return  # created by an earlier pass whose Job this listing did not show yet
             outcome.created.append(job)
             kind = action.task.kind
-            if self.metrics is not None:
-                self.metrics.jobs_created.labels(kind=kind).inc()
-                if action.attempt > 0:
-                    self.metrics.retries.labels(kind=kind).inc()
             retry = f", retry {action.attempt} of {run.spec.failure_policy.max_retries}" if action.attempt else ""
             outcome.announced.append(f"{job} ({COMPONENTS[kind]} {action.task.id}{retry})")
         elif isinstance(action, Suspend):
@@ -412,12 +402,25 @@ class Reconciler:
             pass  # the status records it
         # Fail: the status records it; other tasks' Jobs keep running (raising maxRetries resumes the run).
 
-    def _created_job(self, namespace: str, job: Mapping[str, Any] | None) -> None:
-        """A Job this pass created, as the API server stored it, into the Job index: its ADDED event then
-        brings nothing new and queues no pass of its own (the pass that created it has accounted for it)."""
-        run = ((job or {}).get("metadata", {}).get("labels") or {}).get(LABEL_RUN)
-        if job is not None and run and self.job_index is not None:
-            self.job_index.event(namespace, run, job, deleted=False)
+    def _create_job(self, namespace: str, manifest: dict[str, Any], kind: str, attempt: int) -> bool:
+        """Create a Job of a task of `kind` (False: it exists already). The Job, as the API server stored it,
+        goes into the Job index: its ADDED event then brings nothing new and queues no pass of its own (the
+        pass that created it has accounted for it). A multi-node Job's Service is created right after it and
+        owned by it (by uid); _ensure_services covers a stop in between."""
+        created = self.kube.create_job(namespace, manifest)
+        if created is None:
+            return False
+        run = (created.get("metadata", {}).get("labels") or {}).get(LABEL_RUN)
+        if run and self.job_index is not None:
+            self.job_index.event(namespace, run, created, deleted=False)
+        if needs_service(manifest):
+            self.kube.create_service(namespace, service_manifest(manifest, created["metadata"]["uid"]))
+            self._services.add(created["metadata"]["uid"])
+        if self.metrics is not None:
+            self.metrics.jobs_created.labels(kind=kind).inc()
+            if attempt > 0:
+                self.metrics.retries.labels(kind=kind).inc()
+        return True
 
     def _created(self, outcome: Outcome) -> str:
         """The Jobs a pass created, each with what it runs, for its Event ("" when none)."""
@@ -437,19 +440,10 @@ class Reconciler:
         manifest = gang_manifest(run, uid, iteration, attempt, self.worker)
         job = manifest["metadata"]["name"]
         outcome.gangs[iteration] = job
-        created = self.kube.create_job(namespace, manifest)
-        self._created_job(namespace, created)
-        if created is not None and needs_service(manifest):
-            # Multi-node members: their rendezvous names (<job>-<index>.<job>); as for a member's Job.
-            self.kube.create_service(namespace, service_manifest(manifest, created["metadata"]["uid"]))
-            self._services.add(created["metadata"]["uid"])
-        if not created:
+        # Multi-node members: their Service gives the rendezvous names (<job>-<index>.<job>).
+        if not self._create_job(namespace, manifest, "train", attempt):
             return
         outcome.created.append(job)
-        if self.metrics is not None:
-            self.metrics.jobs_created.labels(kind="train").inc()
-            if attempt > 0:
-                self.metrics.retries.labels(kind="train").inc()
         again = f", attempt {attempt}" if attempt else ""
         outcome.announced.append(f"{job} (trainer: the {run.spec.warp.policies} members of iteration {iteration} "
                                  f"as one gang{again})")  # fmt: skip
