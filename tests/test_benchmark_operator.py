@@ -8,11 +8,15 @@ import argparse
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from benchmarks.operator import job_seconds_arg, pod_seconds
+from benchmarks.operator import job_seconds_arg
+from benchmarks.operator_cluster import Pods, pod_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +40,34 @@ def test_pod_seconds_drawn_from_seed_and_name() -> None:
     assert len(set(drawn)) == len(drawn)
     assert drawn != [pod_seconds((60.0, 120.0), 8, n) for n in names]
     assert min(drawn) < 75 and max(drawn) > 105  # spread over the range, not one value
+
+
+def test_pods_wait_their_duration_on_one_timer_thread() -> None:
+    """200 paced pods: each finishes no sooner than its drawn duration after it started, and the waiting
+    takes one timer thread beside the pod threads, whatever the number of pods."""
+    finished: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def finish(job: dict[str, Any]) -> None:
+        with lock:
+            finished[job["metadata"]["name"]] = time.monotonic()
+
+    bounds = (0.05, 0.3)
+    before = threading.active_count()
+    with Pods(finish, n=2, job_seconds=bounds, seed=1) as pods:
+        assert [t.name for t in pods.threads] == ["pod-0", "pod-1", "pod-timer"]
+        started = {}
+        for i in range(200):
+            name = f"load-{i:03d}-prepare"
+            started[name] = time.monotonic()
+            pods.start({"metadata": {"name": name}})
+        assert threading.active_count() == before + 3  # 200 pods asleep, no thread of their own
+        deadline = time.monotonic() + 60
+        while len(finished) < 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert set(finished) == set(started)
+    assert all(finished[n] - started[n] >= pod_seconds(bounds, 1, n) for n in started)
+    assert not any(t.is_alive() for t in pods.threads)  # stopped on exit, with pods still asleep or not
 
 
 def test_paced_scenario_runs_every_job_its_duration(tmp_path: Path) -> None:

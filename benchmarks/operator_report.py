@@ -1,0 +1,198 @@
+"""The figures benchmarks/operator.py computes: reaction edges and percentiles, the operator's reconcile
+histogram (scraped from its /metrics), the offered Job completions, API requests per Job by client, the
+CPU time of each component, and a sampling profiler of the operator's threads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+from typing import Any, Self
+
+from benchmarks.operator_cluster import ControllerProcess, JobClock, RunPhases, TimedRunner
+from kwarp.core.plan import Task, dependencies
+from kwarp.core.spec import parse
+from tests.background import Background
+
+
+def by_run(names: Any, runs: list[str]) -> dict[str, list[str]]:
+    """Job names grouped by the run they belong to (<run>-<task>): one pass over the Jobs, not one per run
+    (that was a minute of CPU at 1000 runs x 9000 Jobs)."""
+    wanted, out = set(runs), {}
+    for name in list(names):
+        parts = name.split("-")
+        run = next((r for k in range(1, len(parts)) if (r := "-".join(parts[:k])) in wanted), None)
+        if run is not None:
+            out.setdefault(run, []).append(name)
+    return out
+
+
+def reaction_edges(clock: JobClock, runs: list[str], spec_doc: dict[str, Any]) -> list[tuple[str, str, str, float, float]]:
+    """For every Job but `prepare`: (run, the last Job it waited for, the Job, that one's completion, its creation)."""
+    spec = parse(spec_doc).spec
+    out = []
+    for run, names in by_run(clock.added, runs).items():
+        for name in names:
+            task = Task.parse_id(re.sub(r"-r\d+$", "", name[len(run) + 1 :]))
+            deps = [d.job_name(run) for d in dependencies(spec, task)]
+            if deps and all(d in clock.completed for d in deps):
+                last = max(deps, key=lambda d: clock.completed[d])
+                out.append((run, last, name, clock.completed[last], clock.added[name]))
+    return out
+
+
+def requests_per_job(before: dict[tuple[str, ...], int], after: dict[tuple[str, ...], int], jobs: int) -> dict[str, Any]:
+    """The requests served between two counts, per created Job: by client, then 'verb resource'."""
+    out: dict[str, dict[str, float]] = {}
+    for key, n in after.items():
+        token, group, resource, verb = key
+        d = n - before.get(key, 0)
+        if d:
+            out.setdefault(token, {})[f"{verb} {resource}" + (f".{group}" if group else "")] = d / jobs
+    figures: dict[str, Any] = {}
+    for token, kinds in sorted(out.items()):
+        figures[token] = {"total": round(sum(kinds.values()), 2),
+                          **{k: round(v, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}}  # fmt: skip
+    figures["all_clients"] = round(sum(f["total"] for f in figures.values()), 2)
+    return figures
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("kwarp_operator_reconcile_duration_seconds"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+def histogram_quantile(before: dict[str, float], after: dict[str, float], q: float) -> float | None:
+    """The upper bound of the bucket holding quantile q of the reconciles between two scrapes."""
+    buckets = []
+    for key, value in after.items():
+        if "_bucket{" in key:
+            le = key.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), value - before.get(key, 0.0)))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0
+    for le, count in buckets:
+        if total and count >= q * total:
+            return le
+    return None
+
+
+def offered_completions(completed: dict[str, float], runs: list[str], t0: float, window: float = 10.0) -> dict[str, Any]:
+    """The Job completions the operator was offered, per `window` s from the runs' creation (t0) to the last
+    completion: the most in one window and the mean, in Jobs per second; how loaded the operator was."""
+    times = [completed[name] for names in by_run(completed, runs).values() for name in names]
+    if not times:
+        return {}
+    counts = [0] * (int((max(times) - t0) // window) + 1)
+    for t in times:
+        counts[int((t - t0) // window)] += 1
+    return {"window_s": window, "max_per_s": round(max(counts) / window, 1),
+            "mean_per_s": round(len(times) / (len(counts) * window), 1)}  # fmt: skip
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
+
+
+# ------------------------------------------------------------------ CPU time per component
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(path: str) -> float:
+    """utime + stime (seconds) from a /proc/.../stat file."""
+    try:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def thread_cpu(thread: threading.Thread | None) -> float:
+    return proc_cpu(f"/proc/self/task/{thread.native_id}/stat") if thread is not None and thread.native_id else 0.0
+
+
+class Components:
+    """CPU seconds of the API server (child process), the Job controller with its pods (child process, or
+    threads of this one with --controller-in-process), the benchmark's watches of Jobs and WarpRuns
+    (threads) and the operator (this process minus those threads and the main thread, which only polls)."""
+
+    def __init__(self, server_pid: int, runner: TimedRunner | ControllerProcess, clock: JobClock, phases: RunPhases,
+                 api: Any = None):  # fmt: skip
+        self.server_pid, self.runner, self.clock, self.phases = server_pid, runner, clock, phases
+        self.api = api  # the API server's end of the pipe to serve_api
+
+    def requests(self) -> dict[tuple[str, ...], int]:
+        """The requests the API server has served so far, by (client, group, resource, verb); main thread only."""
+        self.api.send("calls")
+        return self.api.recv()
+
+    def missed_by_watch(self) -> int:
+        """The Jobs the controller's watch missed (found by a LIST); in the child's case, also brings its
+        completion times into the clock."""
+        if isinstance(self.runner, ControllerProcess):
+            return self.runner.sync(self.clock.completed, self.clock.ran)
+        return self.runner.missed_by_watch()
+
+    def errors(self) -> list[Any]:
+        return self.runner.errors
+
+    def read(self) -> dict[str, float]:
+        process = proc_cpu("/proc/self/stat")
+        if isinstance(self.runner, ControllerProcess):  # its own process: none of this one's CPU
+            return {"api_server": proc_cpu(f"/proc/{self.server_pid}/stat"),
+                    "job_controller": proc_cpu(f"/proc/{self.runner.process.pid}/stat"),
+                    "watches": (clock := thread_cpu(self.clock._thread) + thread_cpu(self.phases._thread)),
+                    "operator": process - clock - thread_cpu(threading.main_thread())}  # fmt: skip
+        runner = thread_cpu(self.runner._thread) + sum(thread_cpu(t) for t in [*self.runner.pods.threads, *self.runner.worker_threads])
+        clock = thread_cpu(self.clock._thread) + thread_cpu(self.phases._thread)
+        main = thread_cpu(threading.main_thread())
+        return {"api_server": proc_cpu(f"/proc/{self.server_pid}/stat"), "job_controller": runner,
+                "watches": clock, "operator": process - runner - clock - main}  # fmt: skip
+
+
+class Sampler(Background):
+    """A sampling profiler of the operator's threads: every `interval` s, each thread's stack; a function
+    is counted once per sample it is on the stack of (inclusive)."""
+
+    def __init__(self, exclude: set[int], interval: float = 0.005, only: int | None = None):
+        self.exclude, self.interval, self.only = exclude, interval, only  # only: that thread alone
+        self.inclusive: dict[str, int] = {}
+        self.samples = 0
+        super().__init__("sampler")
+
+    def __enter__(self) -> Self:
+        self.exclude |= {threading.get_ident()}
+        return super().__enter__()
+
+    def _run(self) -> None:
+        me = threading.get_ident()
+        while not self._stop.wait(self.interval):
+            for ident, frame in sys._current_frames().items():
+                if ident in self.exclude or ident == me or (self.only is not None and ident != self.only):
+                    continue
+                seen: set[str] = set()
+                f = frame
+                while f is not None:
+                    code = f.f_code
+                    key = f"{Path(code.co_filename).name}:{code.co_name}"
+                    if key not in seen and not code.co_filename.endswith(("threading.py", "selectors.py")):
+                        seen.add(key)
+                        self.inclusive[key] = self.inclusive.get(key, 0) + 1
+                    f = f.f_back
+                self.samples += 1
+
+    def top(self, n: int = 20) -> list[tuple[str, float]]:
+        total = max(self.samples, 1)
+        return [(k, round(100 * v / total, 1)) for k, v in sorted(self.inclusive.items(), key=lambda kv: -kv[1])[:n]]
