@@ -115,6 +115,14 @@ class _Staging:
     def __init__(self, nbytes: int):
         # Private: plain process memory, not Python's default shared anonymous mapping (shmem, counted as such).
         self.map = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux
+            # In transparent huge pages where the kernel has them ("madvise" mode asks for this): each direct write
+            # then pins 4 pages of 2 MiB, not 2048 of 4 KiB. On the 2-core VM writing 480 MiB this way took
+            # 0.006 CPU s and 0.17-0.21 s (2.3-2.9 GB/s) against 0.025-0.033 CPU s and 0.36-0.38 s in 4 KiB pages.
+            try:
+                self.map.madvise(mmap.MADV_HUGEPAGE)
+            except OSError:  # a kernel without transparent huge pages
+                pass
         self.view = memoryview(self.map)
         anchor = ctypes.c_char.from_buffer(self.map)
         self.address = ctypes.addressof(anchor)

@@ -16,7 +16,7 @@ import torch
 
 from kwarp.core.checkpoints import DIGESTS
 from kwarp.merger.streaming import Output, merge_checkpoints
-from kwarp.merger.writer import STAGING_BYTES, Planned, PlannedShardWriter
+from kwarp.merger.writer import STAGING_BYTES, Planned, PlannedShardWriter, _Staging
 
 from .models import load_state, perturbed, tiny_llama
 
@@ -135,3 +135,31 @@ def test_a_direct_writer_writes_exactly_the_bytes_of_a_buffered_one(tmp_path: Pa
         assert hashlib.sha256(data).hexdigest() in recorded, name
     got = load_state(folders["direct"])
     assert all(torch.equal(got[n], t) for n, t in tensors.items())
+
+
+def _huge_page_kib(address: int) -> int:
+    """AnonHugePages (KiB) of the mapping of this process that holds `address`, from /proc/self/smaps."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            start, end = (int(x, 16) for x in head.split("-"))
+            inside = start <= address < end
+        elif inside and head == "AnonHugePages:":
+            return int(line.split()[1])
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def test_the_staging_buffer_is_in_huge_pages_where_the_kernel_has_them() -> None:
+    """Each direct write pins the staging buffer's pages: 4 huge pages per 8 MiB instead of 2048 small ones (a
+    fifth of the CPU time, and twice the disk's speed, for 480 MiB on the 2-core VM)."""
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    mode = thp.read_text().split("[")[1].split("]")[0] if thp.is_file() else "absent"
+    if mode not in ("always", "madvise"):
+        pytest.skip(f"transparent huge pages: {mode}")
+    staging = _Staging(STAGING_BYTES)
+    try:
+        ctypes.memset(staging.address, 1, STAGING_BYTES)  # its pages are allocated as it is first written
+        assert _huge_page_kib(staging.address) >= 2048
+    finally:
+        staging.close()
