@@ -440,6 +440,24 @@ def test_non_finite_weights_are_never_published(make_run, tmp_path: Path) -> Non
 # ------------------------------------------------------------------------------------------ SIGTERM
 
 
+def sigterm_at_step(argv: list[str], env: dict[str, str], cwd: Path, step: int = 3) -> subprocess.CompletedProcess[str]:
+    """Start a trainer command, SIGTERM it (as the kubelet does a pod) once its progress line reports `step`,
+    and wait for it; killed if it outlives 120 s or the test fails meanwhile. stdout: what followed that line."""
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(PROGRESS_PREFIX) and json.loads(line[len(PROGRESS_PREFIX):])["step"] >= step:
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 def test_sigterm_saves_the_state_and_the_next_run_resumes_exactly(make_run, tmp_path: Path) -> None:
     """A pod's SIGTERM (eviction, preemption) mid-run: the trainer saves the step it is at, between two
     checkpoint intervals, and exits 143; the next run continues bit for bit as an uninterrupted one."""
@@ -447,18 +465,8 @@ def test_sigterm_saves_the_state_and_the_next_run_resumes_exactly(make_run, tmp_
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-P", "-m", "kwarp.cli", "train", "--iteration", "0", "--member", "0",
            "--spec", str(tmp_path / "store.json"), "--device", "cpu"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith(PROGRESS_PREFIX) and json.loads(line[len(PROGRESS_PREFIX):])["step"] >= 3:
-                break
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc = sigterm_at_step(cmd, env, tmp_path)
+    err = proc.stderr
     assert proc.returncode == 143, err
 
     root = tmp_path / "store"

@@ -20,7 +20,7 @@ from kwarp.store import layout, open_store
 from kwarp.trainer.state import STATE_JSON
 from kwarp.trainer.train import PROGRESS_PREFIX
 from tests.models import load_state
-from tests.test_trainer import make_run  # noqa: F401 - the fixture
+from tests.test_trainer import make_run, sigterm_at_step  # noqa: F401 - make_run is the fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -53,24 +53,12 @@ def test_sigterm_to_the_launcher_stops_every_trainer_at_one_step_and_the_state_r
     """The pod's SIGTERM reaches torchrun (the container's process), which passes it to its trainers: they
     agree on one step (trainer/signals.py), the state of that step is saved once, with world size 2, and
     a run after it resumes there."""
-    import signal
-
     run = make_run(warp={"steps": 400}, training={"checkpointInterval": 1000})
     cmd, args = command(Task.train(0, 0), 2)
     argv = [str(Path(sys.executable).parent / cmd[0]), *args, "--device", "cpu"]
     env = {**os.environ, "KWARP_SPEC": json.dumps(run.to_document()), "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith(PROGRESS_PREFIX) and json.loads(line[len(PROGRESS_PREFIX):])["step"] >= 3:
-                break
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    stopped = sigterm_at_step(argv, env, tmp_path)
+    out, err = stopped.stdout, stopped.stderr
     root = tmp_path / "store"
     state = json.loads((root / layout.member_state("r", 0, 0) / STATE_JSON).read_text())
     assert state["world_size"] == 2 and 3 <= state["step"] < 400, (out[-2000:], err[-3000:])
