@@ -98,6 +98,17 @@ def _optimizer(
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps))
 
 
+def _update(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LambdaLR,
+            loss: torch.Tensor) -> float:  # fmt: skip
+    """One optimiser step down `loss`, its gradient clipped to MAX_GRAD_NORM; returns the loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
 def _encode(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], *, eos: bool) -> list[list[int]]:
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     bos, end = [tokenizer.bos_token_id], [tokenizer.eos_token_id] if eos else []
@@ -154,12 +165,7 @@ def train_sft(
         ids, mask = ids.to(_device(model)), mask.to(_device(model))
         labels = ids.masked_fill(mask == 0, -100)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(_update(model, opt, sched, loss))
         if on_step is not None:
             on_step(step, losses[-1])
     model.eval()
@@ -209,12 +215,7 @@ def train_reward_model(
         seqs = _drop_bos([chosen[i] for i in idx] + [rejected[i] for i in idx], gen)
         r = _rewards(rm, seqs, tokenizer.pad_token_id)
         loss = -F.logsigmoid(r[:batch_size] - r[batch_size:]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(rm.parameters(), MAX_GRAD_NORM)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(_update(rm, opt, sched, loss))
         if on_step is not None:
             on_step(step, losses[-1])
     rm.eval()
