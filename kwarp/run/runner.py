@@ -41,6 +41,14 @@ from kwarp.core.ownership import Owner, spec_digest, store_key
 from kwarp.core.plan import Fail, Observed, Start, Succeed, Task, TaskJobs, plan, progress
 from kwarp.core.spec import WarpRun, load
 from kwarp.run.children import Proc, close_orphaned_attempts, failure_reason, pump_output, set_pdeathsig
+from kwarp.run.held import (
+    DEFAULT_WAIT_SECONDS,
+    HELD_EXIT_CODE,
+    HeldTasks,
+    give_up_message,
+    read_holder,
+    waiting_message,
+)
 from kwarp.run.identity import identify
 from kwarp.store import FileStore, Store, layout, open_store
 from kwarp.store.fencing import FENCED_EXIT_CODE
@@ -85,6 +93,7 @@ class LocalExecutor:
         python: str = sys.executable,
         extra_env: dict[str, str] | None = None,
         threads: int | None = None,
+        wait_for_lease: float = DEFAULT_WAIT_SECONDS,
     ):
         # The run's identity (namespace, uid) and so its own folder in the store: found again from the
         # store's ownership records when this document ran before (kwarp.run.identity).
@@ -106,8 +115,9 @@ class LocalExecutor:
         self.procs: dict[Task, Proc] = {}
         self.jobs: dict[Task, TaskJobs] = {}
         # Tasks whose attempt here was fenced out: a newer attempt, not this runner's, holds the task's lease
-        # (another `kwarp run` of this run). They count as running until the store shows them complete.
-        self.elsewhere: set[Task] = set()
+        # (another `kwarp run` of this run). They count as running until the store shows them complete, or
+        # until their holder shows no sign of life for `wait_for_lease` seconds (kwarp.run.held).
+        self.elsewhere = HeldTasks(bound=wait_for_lease)
         self.timeline: list[dict[str, Any]] = list((store.get_json(layout.runner_json(self.key)) or {}).get("tasks", []))
         self.durations: dict[str, list[float]] = {}
         self.started = time.time()
@@ -229,6 +239,9 @@ class LocalExecutor:
         while True:
             self.reap()
             observed = Observed(done=completed_tasks(self.store, self.spec, self.key), jobs=self._jobs_view())
+            if (held := self.watch_held(observed)) is not None:
+                show(observed)
+                return held
             actions = plan(self.spec, observed)
             show(observed)
             for action in actions:
@@ -251,6 +264,24 @@ class LocalExecutor:
                 # Suspend/Resume concern Jobs in a cluster; locally a suspended run is not started at all.
             self.export_metrics(observed)
             time.sleep(_POLL_SECONDS)
+
+    def watch_held(self, observed: Observed) -> int | None:
+        """Look at the holders of the tasks held elsewhere; HELD_EXIT_CODE once one showed no sign of life for
+        the bound (this runner's own tasks stopped, the holder's lease left alone), else None: wait on."""
+        self.elsewhere.forget(observed.done)
+        now = time.time()
+        if not self.elsewhere.due(now):
+            return None
+        for task in self.elsewhere:
+            self.elsewhere.look(task, read_holder(self.store, self.key, task), now)
+        expired = self.elsewhere.expired(now)
+        if not expired:
+            return None
+        self.stop_all()
+        for task, holder, quiet in expired:
+            self.console.print(f"[red bold]kwarp run: stopped waiting:[/] "
+                               f"{give_up_message(task, holder, quiet, self.elsewhere.bound, now)}", soft_wrap=True)  # fmt: skip
+        return HELD_EXIT_CODE
 
     def _jobs_view(self) -> dict[Task, TaskJobs]:
         view = dict(self.jobs)
@@ -311,12 +342,10 @@ class LocalExecutor:
                 # one out in turn): the runner waits for it to finish (docs/internals.md, Task leases).
                 if entry is not None:
                     entry["status"] = "fenced"
-                self.elsewhere.add(task)
-                self.console.print(
-                    f"[cyan]  fenced {task.id} (attempt {proc.attempt}):[/] a newer attempt of it, not started by "
-                    f"this runner, holds its lease; waiting for that attempt to finish it (to take the task back "
-                    f"here: stop this run and run the same command again)"
-                )
+                holder = read_holder(self.store, self.key, task)
+                self.elsewhere.add(task, holder, end)
+                self.console.print(f"[cyan]  fenced {task.id} (attempt {proc.attempt}):[/] "
+                                   f"{waiting_message(task, holder, self.elsewhere.bound, end)}", soft_wrap=True)  # fmt: skip
                 self._save_timeline()
                 continue
             if done:
@@ -524,6 +553,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-report", action="store_true", help="skip the report at the end")
     parser.add_argument("--plain", action="store_true", help="plain log lines instead of the live display")
     parser.add_argument("--metrics-port", type=int, help="serve the run's metrics for Prometheus on this port")
+    parser.add_argument("--wait-for-lease", type=float, default=DEFAULT_WAIT_SECONDS, metavar="SECONDS",
+                        help="when another attempt (another `kwarp run` of this run) holds a task, wait at most this "
+                             f"long without a sign of its progress, then stop with exit {HELD_EXIT_CODE} (default: "
+                             f"{DEFAULT_WAIT_SECONDS:g}; 0: stop at once)")  # fmt: skip
     parser.set_defaults(func=_main)
 
 
@@ -548,8 +581,10 @@ def _main(args: argparse.Namespace) -> int:
         raise UserError("--parallel must be at least 1")
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be at least 1")
+    if args.wait_for_lease < 0:
+        raise UserError("--wait-for-lease must be 0 or more seconds")
     executor = LocalExecutor(run, store, parallel=args.parallel, console=console, live=not args.plain,
-                             threads=args.threads)
+                             threads=args.threads, wait_for_lease=args.wait_for_lease)
     if args.metrics_port:
         executor.serve_metrics(args.metrics_port)
     rc = executor.execute()
