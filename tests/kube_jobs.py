@@ -76,7 +76,8 @@ def pod_failure_action(job: Obj, exit_code: int, conditions: list[Obj]) -> str |
     return None
 
 
-def _finished(job: Obj) -> bool:
+def job_finished(job: Obj) -> bool:
+    """Complete or Failed: the Job controller is done with it (and Kueue releases its quota)."""
     return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
                for c in (job.get("status") or {}).get("conditions") or [])
 
@@ -234,7 +235,7 @@ class JobRunner(Background):
             tracked = self.jobs.get(name)
             if tracked is None or tracked.job["metadata"]["uid"] != job["metadata"]["uid"]:
                 tracked = self.jobs[name] = _Tracked(job=job)
-                if _finished(job):
+                if job_finished(job):
                     tracked.finished = True
                     self._deadlined.discard(name)
                     return

@@ -28,6 +28,7 @@ import kubernetes
 
 from .background import Background
 from .kube import Cluster
+from .kube_jobs import job_finished
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 GPU = "nvidia.com/gpu"
@@ -42,11 +43,6 @@ def requests(job: Mapping[str, Any]) -> dict[str, int]:
     gpus = sum(int(((c.get("resources") or {}).get("requests") or {}).get(GPU, 0)) for c in containers)
     pods = int(job["spec"].get("parallelism", 1))
     return {"pods": pods, GPU: gpus * pods}
-
-
-def finished(job: Mapping[str, Any]) -> bool:
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-               for c in (job.get("status") or {}).get("conditions") or [])  # fmt: skip
 
 
 class KueueStandIn(Background):
@@ -95,14 +91,14 @@ class KueueStandIn(Background):
                                    query=[("labelSelector", f"{QUEUE_LABEL}={self.queue}")])  # fmt: skip
         jobs = [j for j in listing["items"] if not j["metadata"].get("deletionTimestamp")]
         with self.lock:
-            live = {j["metadata"]["uid"] for j in jobs if not finished(j)}
+            live = {j["metadata"]["uid"] for j in jobs if not job_finished(j)}
             for uid in list(self.admitted):
                 if uid not in live:
                     del self.admitted[uid]  # finished or deleted: its quota comes back
             waiting = []
             for job in sorted(jobs, key=lambda j: (j["metadata"]["creationTimestamp"], j["metadata"]["name"])):
                 uid = job["metadata"]["uid"]
-                if finished(job):
+                if job_finished(job):
                     continue
                 if uid in self.admitted:
                     if job["spec"].get("suspend"):
