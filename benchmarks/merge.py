@@ -23,8 +23,8 @@ Each child's wall time and peak RSS (os.wait4's ru_maxrss: that child only) are 
 parent, and each child's CPU seconds after its imports from inside. Figures: effective throughput
 (input + output bytes per second), the merge/copy time ratio, and peak RSS over idle. The files are
 written first and the page cache is warm for both (the inputs fit in memory here); a sync separates the
-measurements, and outputs are deleted only after every child of an M has run (see `run`). Speed is
-printed, never asserted.
+measurements, and outputs are deleted only after every child of an M has run (see `run`). With --repeat N,
+the median of each round's merge/copy ratios is printed as well. Speed is printed, never asserted.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import math
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -232,6 +233,18 @@ def _figures(merge: Measured, copy: Measured) -> dict[str, float]:
             "cpu_ratio": merge.cpu / copy.cpu, "rss_MiB": merge.peak_rss / 2**20}
 
 
+def _round_ratios(rounds: list[dict[str, Measured]], kinds: list[str]) -> dict[str, str]:
+    """For each kind, the median and range over the rounds of its work's wall and CPU time over the copy's in the
+    same round: on a shared machine, steadier than the ratio of the fastest children."""
+    out = {}
+    for kind in kinds:
+        for key, figure in (("work", "seconds"), ("work_cpu", "work_cpu")):
+            ratios = sorted(r[kind].inner[figure] / r["copy"].inner[figure] for r in rounds)
+            out[f"rounds_{kind}_{key}"] = (f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+                                           if len(ratios) > 1 else f"{ratios[0]:.2f}x")
+    return out
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
 
@@ -250,7 +263,9 @@ def main() -> int:
                         help="worker threads of the merge (kwarp merge --threads; default as there)")
     parser.add_argument("--mergekit-yaml", default=None,
                         help="mergekit's CLI (e.g. from its own venv); default: mergekit-yaml on PATH, if any")
-    parser.add_argument("--repeat", type=int, default=1, help="measure each case N times, keep the fastest")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure each case N times (in rounds, the order reversed every other round), keep the "
+                             "fastest; the median of each round's merge/copy ratios is printed too")
     parser.add_argument("--out", type=Path, help="working folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints and outputs")
     parser.add_argument("--baseline", metavar="REV",
@@ -303,14 +318,20 @@ def run(root: Path, args: argparse.Namespace) -> int:
         # freed memory to its host (this project's: 0.11 against 0.25-1.3 CPU s per 480 MiB written), and
         # which child got that memory would depend on the order, not on the code.
         written: list[Path] = []
+        kinds = ["copy", "merge", "buffered", *(["baseline"] if baseline else [])]
+        rounds: list[dict[str, Measured]] = []
         for rep in range(args.repeat):
-            for kind in ("copy", "merge", "buffered", *(["baseline"] if baseline else [])):
+            rounds.append({})
+            # Reversed every other round: on a shared machine a load that rises or falls during a round weighs
+            # on each case alike over two rounds.
+            for kind in kinds if rep % 2 == 0 else kinds[::-1]:
                 out = root / f"out-{kind}-{m}-{rep}"
                 written.append(out)
                 params = {"inputs": inputs, "out": str(out)} if kind == "copy" else {
                     "init": inputs[0], "members": inputs[1:], "out": str(out), "granularity": args.granularity,
                     "threads": args.threads}
                 result = measure(kind, params, pythonpath=baseline if kind == "baseline" else None)
+                rounds[-1][kind] = result
                 if kind not in best or result.wall < best[kind].wall:
                     best[kind] = result
         mergekit = None
@@ -360,6 +381,7 @@ def run(root: Path, args: argparse.Namespace) -> int:
             "buffered_work_cpu_s": buffered.inner["work_cpu"],
             "buffered_work_cpu_ratio": buffered.inner["work_cpu"] / copy.inner["work_cpu"],
             "buffered_rss_MiB": buffered.peak_rss / 2**20,
+            **_round_ratios(rounds, [k for k in kinds if k != "copy"]),
             **({f"baseline_{k}": v for k, v in _figures(best["baseline"], copy).items()} if baseline else {}),
             "mergekit_cpu_s": mergekit.cpu if mergekit else None,
             "vs_mergekit_cpu": merge.cpu / mergekit.cpu if mergekit else None,
@@ -389,6 +411,11 @@ def run(root: Path, args: argparse.Namespace) -> int:
           + ", ".join(f"M={r['M']} work {r['buffered_work_s']:.2f} s, work CPU {r['buffered_work_cpu_s']:.2f} s "
                       f"({r['buffered_work_cpu_ratio']:.2f}x copy), child {r['buffered_s']:.2f} s wall, "
                       f"{r['buffered_cpu_s']:.2f} s CPU, peak RSS {r['buffered_rss_MiB']:.0f} MiB" for r in rows))
+    if args.repeat > 1:
+        print(f"Each round's ratio to that round's copy, median (range) of {args.repeat} rounds: " + ", ".join(
+            f"M={r['M']} " + "; ".join(f"{k} work {r[f'rounds_{k}_work']}, work CPU {r[f'rounds_{k}_work_cpu']}"
+                                       for k in ("merge", "buffered", "baseline") if f"rounds_{k}_work" in r)
+            for r in rows))
     if baseline:
         print(f"The same merge by kwarp {args.baseline} (the baseline): "
               + ", ".join(f"M={r['M']} work {r['baseline_work_s']:.2f} s, work CPU {r['baseline_work_cpu_s']:.2f} s "
