@@ -7,7 +7,10 @@ the store) gets the next epoch and the process's nonce. The epoch is the process
   attempt has started (a retried Job, a replacement pod, a second `kwarp run` on another machine),
   the older one raises FencedOut and publishes nothing more;
 - the checkpoint pointer records the epoch as its generation and never moves to a lower one
-  (kwarp.store.versions), which also covers a check and a write racing each other.
+  (kwarp.store.versions), which also covers a check and a write racing each other;
+- a small object is one compare-and-swap around the check (S3: If-Match the ETag read before the check;
+  file://: the check and the rename under the object's lock), so a stale attempt never lands one over a
+  newer attempt's.
 
 Claims are compare-and-swap writes (S3 conditional PUTs; a lock on file://), retried when another
 claim got in between, so two attempts never hold the same epoch.

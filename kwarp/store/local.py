@@ -189,8 +189,16 @@ class FileStore(Store):
     # -- small objects
     def put_bytes(self, key: str, data: bytes, *, fence: Fence | None = None) -> None:
         dest = self.path(key)
-        self.check_fence(fence, f"writing {dest}")
-        self._write(dest, data)
+        if fence is None:
+            self._write(dest, data)
+            return
+        # Fenced: the lease check and the rename under the object's lock, which every fenced writer of it
+        # takes. A newer attempt writes only after its claim, so once it has written, an older attempt that
+        # takes the lock finds the newer lease and is refused: it cannot land over a newer attempt's object,
+        # even when frozen between its check and its write (it then holds the lock: the newer one waits).
+        with _locked(dest):
+            self.check_fence(fence, f"writing {dest}")
+            self._write(dest, data)
 
     @staticmethod
     def _write(dest: Path, data: bytes) -> None:

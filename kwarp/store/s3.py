@@ -303,8 +303,10 @@ class S3Store(S3Publishing):
     # ---------------------------------------------------------------- small objects
 
     def put_bytes(self, key: str, data: bytes, *, fence: Fence | None = None) -> None:
+        if fence is not None:
+            self.put_fenced(key, data, fence)  # a conditional PUT (kwarp.store.s3_publish)
+            return
         obj = self._object(key)
-        self.check_fence(fence, f"writing {self.object_url(key)}")
 
         def op() -> None:
             # One PUT (multipart only above the part size): S3 makes it visible whole or not at all.

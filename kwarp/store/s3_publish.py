@@ -148,9 +148,9 @@ class S3Publishing(Store):
 
         return self._retrying(f"GET {self.object_url(key)}", op)
 
-    def put_if(self, key: str, data: bytes, *, etag: str | None) -> None:
+    def put_if(self, key: str, data: bytes, *, etag: str | None, content_type: str = "application/json") -> None:
         obj = self._object(key)
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": content_type}
 
         def op() -> None:
             conditions = ({"If-Match": f'"{etag}"'} if etag else {"If-None-Match": "*"}) if self._conditional else {}
@@ -170,6 +170,38 @@ class S3Publishing(Store):
 
         self._retrying(f"PUT {self.object_url(key)}", op)
         self.stats.add(up=len(data))
+
+    def _etag(self, key: str) -> tuple[str | None, bool]:
+        """(the object's ETag, whether it exists): one HEAD, the object's content not read."""
+        obj = self._object(key)
+
+        def op() -> tuple[str | None, bool]:
+            try:
+                return normalize_etag(self._client.stat_object(self.bucket, obj).etag), True
+            except S3Error as err:
+                if err.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                    return None, False
+                raise
+
+        return self._retrying(f"HEAD {self.object_url(key)}", op)
+
+    def put_fenced(self, key: str, data: bytes, fence: Fence) -> None:
+        """A small object written for a task attempt: the object's ETag read, the lease checked, then a PUT on
+        condition that the object is still the one read (If-Match, If-None-Match when absent). A newer attempt
+        writes only after its claim; so when the PUT finds the object changed (an attempt frozen between its
+        check and its PUT, or a PUT held in the network), the next round's lease check refuses a stale attempt
+        (FencedOut), and an older attempt never lands over a newer one's object."""
+        what = f"writing {self.object_url(key)}"
+        for _ in range(_SWAP_ATTEMPTS):
+            etag, exists = self._etag(key)
+            self.check_fence(fence, what)
+            try:
+                # A server without conditional PUTs (501) is written to plainly: the window stays open there.
+                self.put_if(key, data, etag=etag if exists else None, content_type="application/octet-stream")
+                return
+            except WriteConflict:
+                continue  # another writer got in between: look at the object and the lease again
+        raise StoreError(f"{what}: {_SWAP_ATTEMPTS} other writers got in first")
 
     # ---------------------------------------------------------------- visibility
 
