@@ -86,17 +86,43 @@ def histogram_quantile(before: dict[str, float], after: dict[str, float], q: flo
     return None
 
 
-def offered_completions(completed: dict[str, float], runs: list[str], t0: float, window: float = 10.0) -> dict[str, Any]:
-    """The Job completions the operator was offered, per `window` s from the runs' creation (t0) to the last
-    completion: the most in one window and the mean, in Jobs per second; how loaded the operator was."""
+def completions_per_window(completed: dict[str, float], runs: list[str], t0: float, window: float = 10.0) -> list[int]:
+    """How many of the runs' Jobs completed in each `window` s from the runs' creation (t0) to the last one."""
     times = [completed[name] for names in by_run(completed, runs).values() for name in names]
-    if not times:
-        return {}
-    counts = [0] * (int((max(times) - t0) // window) + 1)
+    counts = [0] * (int((max(times) - t0) // window) + 1) if times else []
     for t in times:
         counts[int((t - t0) // window)] += 1
+    return counts
+
+
+def offered_completions(counts: list[int], window: float = 10.0) -> dict[str, Any]:
+    """The Job completions the operator was offered (`completions_per_window`): the most in one window and the
+    mean, in Jobs per second; how loaded the operator was."""
+    if not counts:
+        return {}
     return {"window_s": window, "max_per_s": round(max(counts) / window, 1),
-            "mean_per_s": round(len(times) / (len(counts) * window), 1)}  # fmt: skip
+            "mean_per_s": round(sum(counts) / (len(counts) * window), 1)}  # fmt: skip
+
+
+def reaction_by_offered_load(edges: list[tuple[str, str, str, float, float]], counts: list[int], t0: float,
+                             window: float = 10.0, bands: tuple[float, ...] = (10.0, 20.0, 30.0)) -> list[dict[str, Any]]:  # fmt: skip
+    """The reactions grouped by how many completions per second were offered in the window their completion
+    fell in (bands in Jobs/s): whether the slow ones are those of the busiest windows. Each group's share of
+    the slowest 1% of all reactions is given too."""
+    latencies = [seen - done for _, _, _, done, seen in edges]
+    if not latencies:
+        return []
+    slow = pct(latencies, 0.99)
+    labels = [f"<{bands[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(bands, bands[1:], strict=False)] + [f">={bands[-1]:g}"]
+    groups: dict[str, list[float]] = {label: [] for label in labels}
+    for latency, (_, _, _, done, _) in zip(latencies, edges, strict=True):
+        i = int((done - t0) // window)
+        rate = counts[i] / window if 0 <= i < len(counts) else 0.0
+        groups[labels[sum(rate >= b for b in bands)]].append(latency)
+    return [{"offered_per_s": label, "edges": len(group),
+             "p50_ms": round(1000 * pct(group, 0.5), 1) if group else None,
+             "p99_ms": round(1000 * pct(group, 0.99), 1) if group else None,
+             "of_the_slowest_1pct": sum(x >= slow for x in group)} for label, group in groups.items()]  # fmt: skip
 
 
 def pct(values: list[float], q: float) -> float:

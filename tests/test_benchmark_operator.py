@@ -17,6 +17,7 @@ import pytest
 
 from benchmarks.operator import job_seconds_arg
 from benchmarks.operator_cluster import Pods, pod_seconds
+from benchmarks.operator_report import completions_per_window, offered_completions, reaction_by_offered_load
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +41,24 @@ def test_pod_seconds_drawn_from_seed_and_name() -> None:
     assert len(set(drawn)) == len(drawn)
     assert drawn != [pod_seconds((60.0, 120.0), 8, n) for n in names]
     assert min(drawn) < 75 and max(drawn) > 105  # spread over the range, not one value
+
+
+def test_reactions_grouped_by_the_load_offered_in_their_window() -> None:
+    """Completions at t0 + 5 s (3 in that window: 0.3/s) react in 10 ms; 320 completions in the window at
+    t0 + 20 s (32/s) react in 10 ms, but 4 of them in 2 s: those 4 are the slowest 1% of 323, all in >=30."""
+    t0 = 100.0
+    completed = {f"r-{i:03d}-prepare": t0 + 5 for i in range(3)} | {f"r-{i:03d}-i0-m0": t0 + 25 for i in range(320)}
+    runs = [f"r-{i:03d}" for i in range(320)]
+    counts = completions_per_window(completed, runs, t0)
+    assert counts == [3, 0, 320]
+    assert offered_completions(counts) == {"window_s": 10.0, "max_per_s": 32.0, "mean_per_s": 10.8}
+    edges = [("r", n, "next", done, done + (2.0 if i < 4 else 0.01)) for i, (n, done) in
+             enumerate(sorted(completed.items(), key=lambda kv: -kv[1]))]  # fmt: skip
+    groups = {g["offered_per_s"]: g for g in reaction_by_offered_load(edges, counts, t0)}
+    assert list(groups) == ["<10", "10-20", "20-30", ">=30"]
+    assert (groups["<10"]["edges"], groups["<10"]["p99_ms"], groups["<10"]["of_the_slowest_1pct"]) == (3, 10.0, 0)
+    assert groups["10-20"]["edges"] == groups["20-30"]["edges"] == 0 and groups["20-30"]["p99_ms"] is None
+    assert (groups[">=30"]["edges"], groups[">=30"]["p99_ms"], groups[">=30"]["of_the_slowest_1pct"]) == (320, 2000.0, 4)
 
 
 def test_pods_wait_their_duration_on_one_timer_thread() -> None:
@@ -89,5 +108,7 @@ def test_paced_scenario_runs_every_job_its_duration(tmp_path: Path) -> None:
     assert ran["jobs"] == 18 and ran["min"] >= 0.2  # no pod completed before its drawn duration
     offered = load["job_completions_offered"]
     assert offered["window_s"] == 10.0 and 0 < offered["mean_per_s"] <= offered["max_per_s"]
+    assert sum(g["edges"] for g in load["reaction_by_offered_load"]) == 16
+    assert "[load] reaction by the completions offered in its window" in done.stderr
     assert load["goal_reaction_p99_below_ms"] == 250.0
     assert load["goal_met"] == (load["reaction_p99_ms"] < 250.0)
