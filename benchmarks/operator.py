@@ -73,12 +73,14 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import socket
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +213,14 @@ def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: 
               file=sys.stderr, flush=True)  # fmt: skip
     traced = {} if tracer is None else {"trace": {"kopf_loop_cpu_ms_per_job": round(1000 * loop_cpu / max(jobs, 1), 1),
                                                   "per_reconcile": tracer.per_reconcile(names),
-                                                  "kopf": tracer.kopf_overhead(), "reaction": tracer.breakdown(edges)}}
+                                                  "kopf": tracer.kopf_overhead(), "reaction": tracer.breakdown(edges, t0)}}
+    if tracer is not None:  # when the slowest reactions came, and between which tasks
+        slowest = traced["trace"]["reaction"].get("slowest_1pct", [])
+        minutes = Counter(int(r["at_s"] // 60) for r in slowest)
+        kinds = Counter(re.sub(r"\d+", "N", r["edge"]) for r in slowest)
+        print(f"[{prefix}] the slowest 1% of reactions by minute of the scenario: "
+              + ", ".join(f"{m}: {n}" for m, n in sorted(minutes.items())) + "; by edge: "
+              + ", ".join(f"{k}: {n}" for k, n in kinds.most_common()), file=sys.stderr, flush=True)  # fmt: skip
     return {
         "runs": n_runs,
         "jobs": jobs,

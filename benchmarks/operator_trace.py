@@ -278,17 +278,20 @@ class Tracer:
             "events_posted": dict(self.events_posted),
         }  # fmt: skip
 
-    def breakdown(self, edges: list[tuple[str, str, str, float, float]]) -> dict[str, Any]:
-        """edges: (run, dependency Job, new Job, dependency completed at, new Job seen at)."""
+    def breakdown(self, edges: list[tuple[str, str, str, float, float]], t0: float = 0.0) -> dict[str, Any]:
+        """edges: (run, dependency Job, new Job, dependency completed at, new Job seen at). With the scenario's
+        start `t0`, `slowest_1pct` lists the slowest reactions one by one in the order they happened (when the
+        completion came, s after t0; the edge's tasks; the reaction and its segments, ms): when they came, and
+        which edges, says what they wait for."""
         creating: dict[str, tuple[Pass, float, float]] = {}
         for p in self.passes:
             for kind, start, seconds, job in p.calls:
                 if kind == "POST job" and job and job not in creating:
                     creating[job] = (p, start, seconds)
         names = ("deliver", "thread_wait", "queued", "before_create", "create", "visible")
-        rows: list[tuple[float, dict[str, float], dict[str, float]]] = []
+        rows: list[tuple[float, dict[str, float], dict[str, float], tuple[float, str]]] = []
         early = 0
-        for _run, dep, new, completed, seen in edges:
+        for run, dep, new, completed, seen in edges:
             made = creating.get(new)
             event = next(((h, at) for done, h, at in self.job_events.get(dep, []) if done), None)
             if made is None or event is None:
@@ -311,7 +314,8 @@ class Tracer:
                 if start < post_start:
                     before[kind] += seconds
             before["store"] = sum(seconds for _, start, seconds in p.store if start < post_start)
-            rows.append((seen - completed, segs, dict(before)))
+            edge = f"{dep[len(run) + 1:]} -> {new[len(run) + 1:]}"
+            rows.append((seen - completed, segs, dict(before), (completed - t0, edge)))
         if not rows:
             return {"edges": 0}
         rows.sort(key=lambda r: r[0])
@@ -325,6 +329,8 @@ class Tracer:
                       "mean_in_slowest_1pct": _ms(statistics.mean(r[1][n] for r in tail))}  # fmt: skip
         kinds = sorted({k for r in rows for k in r[2]})
         out["before_create_mean_ms_by_kind"] = {k: _ms(statistics.mean(r[2].get(k, 0.0) for r in rows)) for k in kinds}
+        out["slowest_1pct"] = [{"at_s": round(r[3][0], 1), "edge": r[3][1], "ms": _ms(r[0]), **{n: _ms(r[1][n]) for n in names}}
+                               for r in sorted(tail, key=lambda r: r[3][0])]  # fmt: skip
         return out
 
 

@@ -93,7 +93,7 @@ def test_paced_scenario_runs_every_job_its_duration(tmp_path: Path) -> None:
     out = tmp_path / "figures.json"
     done = subprocess.run(
         [sys.executable, "-P", "benchmarks/operator.py", "--runs", "2", "--job-seconds", "0.2:0.5", "--seed", "3",
-         "--skip-baseline", "--out", str(out)],
+         "--skip-baseline", "--trace", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
@@ -110,5 +110,9 @@ def test_paced_scenario_runs_every_job_its_duration(tmp_path: Path) -> None:
     assert offered["window_s"] == 10.0 and 0 < offered["mean_per_s"] <= offered["max_per_s"]
     assert sum(g["edges"] for g in load["reaction_by_offered_load"]) == 16
     assert "[load] reaction by the completions offered in its window" in done.stderr
+    slowest = load["trace"]["reaction"]["slowest_1pct"]  # the tail, one by one, in the order it came
+    assert slowest and all(r["edge"].count(" -> ") == 1 and r["ms"] >= 0 for r in slowest)
+    assert [r["at_s"] for r in slowest] == sorted(r["at_s"] for r in slowest)
+    assert "[load] the slowest 1% of reactions by minute of the scenario: 0: " in done.stderr
     assert load["goal_reaction_p99_below_ms"] == 250.0
     assert load["goal_met"] == (load["reaction_p99_ms"] < 250.0)
