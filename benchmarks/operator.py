@@ -106,6 +106,7 @@ from benchmarks.operator_report import (  # noqa: E402
     Sampler,
     by_run,
     completions_per_window,
+    gc_summary,
     histogram_quantile,
     offered_completions,
     pct,
@@ -186,6 +187,10 @@ def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: 
     cpu1 = cpu.read()
     requests1 = cpu.requests()
     missed = cpu.missed_by_watch()  # and, from a child controller, every completion time so far
+    pauses = gc_summary(cpu.gc_pauses(), t0, time.monotonic())
+    print(f"[{prefix}] garbage collection (collections, total, longest ms; those >= 100 ms: s after the start, ms, "
+          "generation): " + "; ".join(f"{k}: {v['collections']}, {v['total_ms']}, {v['max_ms']}, {v['at_least_100_ms']}"
+                                      for k, v in pauses.items()), file=sys.stderr, flush=True)  # fmt: skip
     after = scrape(port)
     count = after["kwarp_operator_reconcile_duration_seconds_count"] - before.get("kwarp_operator_reconcile_duration_seconds_count", 0)
     total = after["kwarp_operator_reconcile_duration_seconds_sum"] - before.get("kwarp_operator_reconcile_duration_seconds_sum", 0)
@@ -248,6 +253,7 @@ def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: 
         "api_requests_per_job": requests,
         "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
         "jobs_missed_by_the_job_controllers_watch": missed,
+        "gc_pauses": pauses,
         **traced,
     }
 

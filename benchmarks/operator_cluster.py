@@ -6,6 +6,7 @@ or threads of the benchmark's), and the benchmark's watches of Jobs and WarpRuns
 
 from __future__ import annotations
 
+import gc
 import heapq
 import json
 import queue
@@ -33,18 +34,43 @@ NS = "default"
 OPERATOR, CONTROLLER, BENCHMARK = "operator", "job-controller", "benchmark"
 
 
+# ------------------------------------------------------------------ garbage collection pauses
+
+
+class GcPauses:
+    """Each garbage collection of this process (gc.callbacks): when it began (monotonic, one clock for every
+    process on the machine), how long it took, its generation. A full collection stops the process's
+    threads while it walks every tracked object, so with thousands of Jobs held in memory it can stall a
+    process for a second: this says which process stalled, when, and for how long."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[float, float, int]] = []  # (start, seconds, generation)
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.monotonic()
+        else:
+            self.pauses.append((self._start, time.monotonic() - self._start, info["generation"]))
+
+
 # ------------------------------------------------------------------ the API server, in a child process
 
 
 def serve_api(workdir: str, ready: Any, stop: Any, conn: Any) -> None:
     """The API server; answers each request on `conn` with the requests it has served so far, by client
-    (bearer token), group, resource and verb (tests/kube_server.py `calls_by`)."""
+    (bearer token), group, resource and verb (tests/kube_server.py `calls_by`), or, asked "gc", with its
+    garbage collection pauses."""
     sys.path.insert(0, str(ROOT))
+    pauses = GcPauses()
     with Cluster(Path(workdir), crds=[crd()]) as cluster:
         ready.set()
         while not stop.is_set():
             if conn.poll(0.5):
-                conn.recv()
+                if conn.recv() == "gc":
+                    conn.send(list(pauses.pauses))
+                    continue
                 assert cluster.server is not None
                 while True:
                     try:  # the server's loop thread counts on while this copies
@@ -81,10 +107,11 @@ def serve_controller(workdir: str, conn: Any, job_seconds: tuple[float, float] =
     clock: one clock for every process on the machine), the Jobs its watch missed, its errors."""
     sys.path.insert(0, str(ROOT))
     cluster = Client(Path(workdir), CONTROLLER)  # the client side only
+    pauses = GcPauses()
     with TimedRunner(cluster, {}, {}, job_seconds=job_seconds, seed=seed) as runner:
         conn.send("ready")
         while conn.recv() != "stop":
-            conn.send({"completed": dict(runner.completed), "ran": dict(runner.ran),
+            conn.send({"completed": dict(runner.completed), "ran": dict(runner.ran), "gc": list(pauses.pauses),
                        "missed_by_watch": runner.missed_by_watch(),
                        "errors": [repr(err) for err in runner.errors]})  # fmt: skip
     conn.send("stopped")
@@ -99,6 +126,7 @@ class ControllerProcess:
         self.process = ctx.Process(target=serve_controller, args=(str(workdir), child, job_seconds, seed),
                                    daemon=True, name="job-controller")  # fmt: skip
         self.errors: list[str] = []
+        self.gc_pauses: list[tuple[float, float, int]] = []  # the child's, as of the last sync
 
     def __enter__(self) -> ControllerProcess:
         self.process.start()
@@ -124,6 +152,7 @@ class ControllerProcess:
         report = self.conn.recv()
         completed.update(report["completed"])
         ran.update(report["ran"])
+        self.gc_pauses = report["gc"]
         self.errors = report["errors"]
         return report["missed_by_watch"]
 

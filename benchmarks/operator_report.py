@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Self
 
-from benchmarks.operator_cluster import ControllerProcess, JobClock, RunPhases, TimedRunner
+from benchmarks.operator_cluster import ControllerProcess, GcPauses, JobClock, RunPhases, TimedRunner
 from kwarp.core.plan import Task, dependencies
 from kwarp.core.spec import parse
 from tests.background import Background
@@ -158,11 +158,22 @@ class Components:
                  api: Any = None):  # fmt: skip
         self.server_pid, self.runner, self.clock, self.phases = server_pid, runner, clock, phases
         self.api = api  # the API server's end of the pipe to serve_api
+        self.own_gc = GcPauses()  # this process's collections (the operator's)
 
     def requests(self) -> dict[tuple[str, ...], int]:
         """The requests the API server has served so far, by (client, group, resource, verb); main thread only."""
         self.api.send("calls")
         return self.api.recv()
+
+    def gc_pauses(self) -> dict[str, list[tuple[float, float, int]]]:
+        """Each process's garbage collection pauses so far (main thread only; the controller's as of the last
+        missed_by_watch): the API server, the Job controller (when in a process of its own) and this one
+        (the operator, with the benchmark's watches; and the controller with --controller-in-process)."""
+        self.api.send("gc")
+        out = {"api_server": self.api.recv(), "operator_process": list(self.own_gc.pauses)}
+        if isinstance(self.runner, ControllerProcess):
+            out["job_controller"] = self.runner.gc_pauses
+        return out
 
     def missed_by_watch(self) -> int:
         """The Jobs the controller's watch missed (found by a LIST); in the child's case, also brings its
@@ -222,3 +233,17 @@ class Sampler(Background):
     def top(self, n: int = 20) -> list[tuple[str, float]]:
         total = max(self.samples, 1)
         return [(k, round(100 * v / total, 1)) for k, v in sorted(self.inclusive.items(), key=lambda kv: -kv[1])[:n]]
+
+
+def gc_summary(pauses: dict[str, list[tuple[float, float, int]]], t0: float, t1: float,
+               long: float = 0.1) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Per process, the collections between t0 and t1: how many, their total and longest (ms), and when (s
+    after t0) each one of at least `long` s began, with its length (ms) and generation."""
+    out = {}
+    for process, found in pauses.items():
+        within = [(start, seconds, gen) for start, seconds, gen in found if t0 <= start <= t1]
+        out[process] = {"collections": len(within), "total_ms": round(1000 * sum(s for _, s, _ in within)),
+                        "max_ms": round(1000 * max((s for _, s, _ in within), default=0.0), 1),
+                        f"at_least_{int(1000 * long)}_ms": [(round(start - t0, 1), round(1000 * seconds), gen)
+                                                           for start, seconds, gen in within if seconds >= long]}  # fmt: skip
+    return out

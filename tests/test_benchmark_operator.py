@@ -114,5 +114,8 @@ def test_paced_scenario_runs_every_job_its_duration(tmp_path: Path) -> None:
     assert slowest and all(r["edge"].count(" -> ") == 1 and r["ms"] >= 0 for r in slowest)
     assert [r["at_s"] for r in slowest] == sorted(r["at_s"] for r in slowest)
     assert "[load] the slowest 1% of reactions by minute of the scenario: 0: " in done.stderr
+    gcs = load["gc_pauses"]  # each process's collections during the scenario: some in every one
+    assert set(gcs) == {"api_server", "operator_process", "job_controller"}
+    assert all(g["collections"] > 0 and g["max_ms"] <= g["total_ms"] + 1 for g in gcs.values())
     assert load["goal_reaction_p99_below_ms"] == 250.0
     assert load["goal_met"] == (load["reaction_p99_ms"] < 250.0)
