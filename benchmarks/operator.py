@@ -289,6 +289,9 @@ def main() -> int:
                         help="each Job's pod runs for a duration drawn uniformly from [LO, HI] s before it completes "
                              "(the paced scenario: 60:120); 0:0, the default, completes every Job the instant it starts")
     parser.add_argument("--seed", type=int, default=0, help="the seed of the Jobs' durations (--job-seconds)")
+    parser.add_argument("--gc-threshold2", type=int, default=None, metavar="N",
+                        help="in every process of the benchmark, a full garbage collection waits for N collections of "
+                             "the middle generation (gc.set_threshold's third value; Python's default is 10)")
     parser.add_argument("--trace", action="store_true",
                         help="break each reaction and reconcile down (API calls, store, kopf's queues): operator_trace.py")
     args = parser.parse_args()
@@ -306,7 +309,7 @@ def main() -> int:
     ctx = multiprocessing.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
     api_conn, api_child = ctx.Pipe()
-    server = ctx.Process(target=serve_api, args=(str(workdir / "api"), ready, stop, api_child), daemon=True)
+    server = ctx.Process(target=serve_api, args=(str(workdir / "api"), ready, stop, api_child, args.gc_threshold2), daemon=True)
     server.start()
     try:
         if not ready.wait(600):  # the child imports torch (tests.test_operator): minutes on a loaded machine
@@ -325,9 +328,9 @@ def main() -> int:
         with JobClock(cluster) as clock, RunPhases(cluster) as phases, \
                 (TimedRunner(Client(workdir / "api", CONTROLLER), clock.completed, clock.ran, job_seconds=args.job_seconds,
                              seed=args.seed) if args.controller_in_process
-                 else ControllerProcess(ctx, workdir / "api", args.job_seconds, args.seed)) as runner, \
+                 else ControllerProcess(ctx, workdir / "api", args.job_seconds, args.seed, args.gc_threshold2)) as runner, \
                 RunningOperator(cluster, opts, configuration=Client(workdir / "api", OPERATOR).configuration):
-            cpu = Components(server.pid, runner, clock, phases, api_conn)
+            cpu = Components(server.pid, runner, clock, phases, api_conn, args.gc_threshold2)
             floor = api_floor(cluster, clock)
             baseline = None if args.skip_baseline else scenario(
                 cluster, store, port, clock, 1, "solo", args.iterations, args.members, cpu, tracer, args.job_seconds)

@@ -43,7 +43,9 @@ class GcPauses:
     threads while it walks every tracked object, so with thousands of Jobs held in memory it can stall a
     process for a second: this says which process stalled, when, and for how long."""
 
-    def __init__(self) -> None:
+    def __init__(self, threshold2: int | None = None) -> None:
+        if threshold2 is not None:  # --gc-threshold2: how many younger collections a full one waits for
+            gc.set_threshold(*gc.get_threshold()[:2], threshold2)
         self.pauses: list[tuple[float, float, int]] = []  # (start, seconds, generation)
         self._start = 0.0
         gc.callbacks.append(self._callback)
@@ -58,12 +60,12 @@ class GcPauses:
 # ------------------------------------------------------------------ the API server, in a child process
 
 
-def serve_api(workdir: str, ready: Any, stop: Any, conn: Any) -> None:
+def serve_api(workdir: str, ready: Any, stop: Any, conn: Any, gc_threshold2: int | None = None) -> None:
     """The API server; answers each request on `conn` with the requests it has served so far, by client
     (bearer token), group, resource and verb (tests/kube_server.py `calls_by`), or, asked "gc", with its
     garbage collection pauses."""
     sys.path.insert(0, str(ROOT))
-    pauses = GcPauses()
+    pauses = GcPauses(gc_threshold2)
     with Cluster(Path(workdir), crds=[crd()]) as cluster:
         ready.set()
         while not stop.is_set():
@@ -99,7 +101,8 @@ class Client(Cluster):
 # ------------------------------------------------------------------ the Job controller, in a child process
 
 
-def serve_controller(workdir: str, conn: Any, job_seconds: tuple[float, float] = (0.0, 0.0), seed: int = 0) -> None:
+def serve_controller(workdir: str, conn: Any, job_seconds: tuple[float, float] = (0.0, 0.0), seed: int = 0,
+                     gc_threshold2: int | None = None) -> None:
     """The Job controller and its pods in a process of their own, talking to the API server over HTTP as
     in this process: in a cluster the Job controller is kube-controller-manager, not a thread beside the
     operator, and one GIL shared with kopf's event loop delayed the operator's Job events (issue 17).
@@ -107,7 +110,7 @@ def serve_controller(workdir: str, conn: Any, job_seconds: tuple[float, float] =
     clock: one clock for every process on the machine), the Jobs its watch missed, its errors."""
     sys.path.insert(0, str(ROOT))
     cluster = Client(Path(workdir), CONTROLLER)  # the client side only
-    pauses = GcPauses()
+    pauses = GcPauses(gc_threshold2)
     with TimedRunner(cluster, {}, {}, job_seconds=job_seconds, seed=seed) as runner:
         conn.send("ready")
         while conn.recv() != "stop":
@@ -121,9 +124,10 @@ class ControllerProcess:
     """The parent's side of serve_controller: what the benchmark reads of the Job controller, fetched on
     request (the main thread only: one request in flight on the pipe at a time)."""
 
-    def __init__(self, ctx: Any, workdir: Path, job_seconds: tuple[float, float] = (0.0, 0.0), seed: int = 0):
+    def __init__(self, ctx: Any, workdir: Path, job_seconds: tuple[float, float] = (0.0, 0.0), seed: int = 0,
+                 gc_threshold2: int | None = None):  # fmt: skip
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=serve_controller, args=(str(workdir), child, job_seconds, seed),
+        self.process = ctx.Process(target=serve_controller, args=(str(workdir), child, job_seconds, seed, gc_threshold2),
                                    daemon=True, name="job-controller")  # fmt: skip
         self.errors: list[str] = []
         self.gc_pauses: list[tuple[float, float, int]] = []  # the child's, as of the last sync

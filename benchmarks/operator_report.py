@@ -155,10 +155,10 @@ class Components:
     (threads) and the operator (this process minus those threads and the main thread, which only polls)."""
 
     def __init__(self, server_pid: int, runner: TimedRunner | ControllerProcess, clock: JobClock, phases: RunPhases,
-                 api: Any = None):  # fmt: skip
+                 api: Any = None, gc_threshold2: int | None = None):  # fmt: skip
         self.server_pid, self.runner, self.clock, self.phases = server_pid, runner, clock, phases
         self.api = api  # the API server's end of the pipe to serve_api
-        self.own_gc = GcPauses()  # this process's collections (the operator's)
+        self.own_gc = GcPauses(gc_threshold2)  # this process's collections (the operator's)
 
     def requests(self) -> dict[tuple[str, ...], int]:
         """The requests the API server has served so far, by (client, group, resource, verb); main thread only."""
