@@ -50,6 +50,9 @@ class GcPauses:
         self._start = 0.0
         gc.callbacks.append(self._callback)
 
+    def close(self) -> None:
+        gc.callbacks.remove(self._callback)
+
     def _callback(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._start = time.monotonic()

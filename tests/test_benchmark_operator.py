@@ -5,6 +5,7 @@ the real API-server emulator, Job controller and operator, as the benchmark runs
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from benchmarks.operator import job_seconds_arg
-from benchmarks.operator_cluster import Pods, pod_seconds
+from benchmarks.operator_cluster import GcPauses, Pods, pod_seconds
 from benchmarks.operator_report import completions_per_window, offered_completions, reaction_by_offered_load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,23 @@ def test_reactions_grouped_by_the_load_offered_in_their_window() -> None:
     assert (groups["<10"]["edges"], groups["<10"]["p99_ms"], groups["<10"]["of_the_slowest_1pct"]) == (3, 10.0, 0)
     assert groups["10-20"]["edges"] == groups["20-30"]["edges"] == 0 and groups["20-30"]["p99_ms"] is None
     assert (groups[">=30"]["edges"], groups[">=30"]["p99_ms"], groups[">=30"]["of_the_slowest_1pct"]) == (320, 2000.0, 4)
+
+
+def test_gc_pauses_recorded_and_threshold2_set() -> None:
+    threshold = gc.get_threshold()
+    pauses = GcPauses(threshold2=1234)
+    try:
+        assert gc.get_threshold() == (*threshold[:2], 1234)
+        before = time.monotonic()
+        gc.collect()
+        start, seconds, generation = pauses.pauses[-1]
+        assert generation == 2 and before <= start <= time.monotonic() and seconds >= 0
+    finally:
+        pauses.close()
+        gc.set_threshold(*threshold)
+    n = len(pauses.pauses)
+    gc.collect()
+    assert len(pauses.pauses) == n  # closed: no longer recording
 
 
 def test_pods_wait_their_duration_on_one_timer_thread() -> None:
