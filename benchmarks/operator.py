@@ -292,6 +292,8 @@ def main() -> int:
     parser.add_argument("--gc-threshold2", type=int, default=None, metavar="N",
                         help="in every process of the benchmark, a full garbage collection waits for N collections of "
                              "the middle generation (gc.set_threshold's third value; Python's default is 10)")
+    parser.add_argument("--gc-in", choices=["all", "operator"], default="all",
+                        help="where --gc-threshold2 applies: every process, or the operator's process alone")
     parser.add_argument("--trace", action="store_true",
                         help="break each reaction and reconcile down (API calls, store, kopf's queues): operator_trace.py")
     args = parser.parse_args()
@@ -307,9 +309,10 @@ def main() -> int:
     store = workdir / "store"
     store.mkdir()
     ctx = multiprocessing.get_context("spawn")
+    others_gc = args.gc_threshold2 if args.gc_in == "all" else None  # the API server's and Job controller's
     ready, stop = ctx.Event(), ctx.Event()
     api_conn, api_child = ctx.Pipe()
-    server = ctx.Process(target=serve_api, args=(str(workdir / "api"), ready, stop, api_child, args.gc_threshold2), daemon=True)
+    server = ctx.Process(target=serve_api, args=(str(workdir / "api"), ready, stop, api_child, others_gc), daemon=True)
     server.start()
     try:
         if not ready.wait(600):  # the child imports torch (tests.test_operator): minutes on a loaded machine
@@ -328,7 +331,7 @@ def main() -> int:
         with JobClock(cluster) as clock, RunPhases(cluster) as phases, \
                 (TimedRunner(Client(workdir / "api", CONTROLLER), clock.completed, clock.ran, job_seconds=args.job_seconds,
                              seed=args.seed) if args.controller_in_process
-                 else ControllerProcess(ctx, workdir / "api", args.job_seconds, args.seed, args.gc_threshold2)) as runner, \
+                 else ControllerProcess(ctx, workdir / "api", args.job_seconds, args.seed, others_gc)) as runner, \
                 RunningOperator(cluster, opts, configuration=Client(workdir / "api", OPERATOR).configuration):
             cpu = Components(server.pid, runner, clock, phases, api_conn, args.gc_threshold2)
             floor = api_floor(cluster, clock)
