@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def write_outputs(job: dict[str, Any]) -> None:
         save_state_dict({"weight": torch.full((4,), float(task.iteration))}, root / key, meta={"task": task.id})
     if task.kind == "train":
         log = root / layout.member_log(folder, task.iteration, task.member)
-        log.write_text(json.dumps({"step": 1, "reward": 0.1, "eval": {"reward": 0.5 + task.member / 10, "kl_sft": 2.0}}) + "\n")
+        _write_whole(log, json.dumps({"step": 1, "reward": 0.1, "eval": {"reward": 0.5 + task.member / 10, "kl_sft": 2.0}}) + "\n")
     for key in file_outputs(run.spec, folder, task):
         path = root / key
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,10 +68,20 @@ def write_outputs(job: dict[str, Any]) -> None:
                       "reward_stderr": 0.01, "kl_stderr": 0.1, "length": 10} for eta in run.spec.evaluation.etas]  # fmt: skip
             members = [{"member": m, "reward": 0.6 + m / 100, "reward_stderr": 0.01, "kl": 3.0 + m, "kl_stderr": 0.1}
                        for m in range(run.spec.warp.policies)]  # fmt: skip
-            path.write_text(json.dumps({"iteration": i, "reference": "sft", "etas": run.spec.evaluation.etas,
-                                        "front": front, "members": members}))  # fmt: skip
+            _write_whole(path, json.dumps({"iteration": i, "reference": "sft", "etas": run.spec.evaluation.etas,
+                                           "front": front, "members": members}))  # fmt: skip
         else:
-            path.write_text(json.dumps({"iteration": task.iteration, "groups": [], "seconds": 0.1}))
+            _write_whole(path, json.dumps({"iteration": task.iteration, "groups": [], "seconds": 0.1}))
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write a file as the stores do (a temporary file renamed into place): a task is done once its last
+    file exists (kwarp.core.observe.task_done), so a pass running beside a plain write_text could see that
+    file empty, count the task done and miss its contents (an eval.json read as no front: a run Succeeded
+    with the previous iteration's reward, once in a CI run)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def completes(job: dict[str, Any]) -> tuple[bool, str]:
