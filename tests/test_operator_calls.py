@@ -43,6 +43,11 @@ def test_a_reconcile_with_nothing_changed_makes_no_api_call(
         jobs_named(api, "demo-i0-m0", "demo-i0-m1")
         wait_for(lambda: {"demo-i0-m0", "demo-i0-m1"} <= set(runner.running()), WAIT, message="members running")
         wait_for(lambda: api.status().get("phase") == "Training", WAIT, message="phase Training")
+        # The Job controller counts a member running once its Job's status is written; the operator learns it
+        # from its Job watch, possibly after a resync pass, and writes the member's start into the status then:
+        # wait until the status shows both starts, so that write is not counted below (a CI run at load saw it).
+        wait_for(lambda: sum(bool(m.get("startTime")) for m in api.status().get("members", [])) == 2, WAIT,
+                 message="both members' starts in the status")
         passes = reconciles(port)
         wait_for(lambda: reconciles(port) >= passes + 1, WAIT, message="a reconcile after the members started")
         before, passes = operator_calls(cluster), reconciles(port)
