@@ -56,6 +56,16 @@ Figures (printed, never asserted):
 - with --profile, where the operator's time goes: a sampling profiler over the operator's threads
   (every 5 ms, inclusive samples per function, the top 20 printed).
 
+Garbage collection: each process's collections are recorded (count, total, longest, each of >= 100 ms).
+The operator's process applies exactly what `kwarp.operator.app.serve` applies in production, and holds no
+torch (the production operator's image has none; the pods that write checkpoints run in the Job
+controller's process); what it holds at the end (tracked and frozen objects, the most common types, resident
+memory, whether torch was imported) is printed and in the JSON (`operator_process`). The API server and the
+Job controller stand in for Go programs, whose collector does not stop the program: their full collections
+are deferred (`--emulator-gc deferred`, the default: third threshold 1000) or CPython's default
+(`--emulator-gc default`). `--gc-threshold2 N` (`--gc-in all|operator`) sets the third threshold in every
+process or in the operator's alone, as an experiment.
+
 Progress (runs Succeeded, Jobs created, elapsed) is printed to stderr every 10 s. The operator's resync
 timer is 600 s (paced: 3600 s): the runs are created together, so their timers would fire in the same
 second, a burst of passes that is not the reaction to a completion.
@@ -110,6 +120,7 @@ from benchmarks.operator_report import (  # noqa: E402
     histogram_quantile,
     offered_completions,
     pct,
+    process_heap,
     reaction_by_offered_load,
     reaction_edges,
     requests_per_job,
@@ -124,6 +135,19 @@ from tests.operator_harness import options, warprun  # noqa: E402
 
 # Issue 17's goal for the operator's reaction (a Job's completion to the creation of the Job it unblocked).
 GOAL_P99 = 0.250
+# --emulator-gc deferred: the third collection threshold in the API server's and Job controller's processes
+# (CPython's default 10). They stand in for kube-apiserver and kube-controller-manager, Go programs whose
+# collector runs beside the program instead of stopping it; with CPython's default their full collections
+# stopped them for up to 3.2 s at 1000 runs (docs/performance.md, "Paced Jobs").
+EMULATOR_DEFERRED_THRESHOLD2 = 1000
+
+
+def emulator_threshold2(emulator_gc: str, gc_threshold2: int | None, gc_in: str) -> int | None:
+    """The third threshold for the emulator's processes (None: CPython's default): --gc-threshold2 when it
+    applies to every process, else --emulator-gc's."""
+    if gc_threshold2 is not None and gc_in == "all":
+        return gc_threshold2
+    return EMULATOR_DEFERRED_THRESHOLD2 if emulator_gc == "deferred" else None
 
 
 def api_floor(cluster: Cluster, clock: JobClock, n: int = 50) -> list[float]:
@@ -294,6 +318,10 @@ def main() -> int:
                              "the middle generation (gc.set_threshold's third value; Python's default is 10)")
     parser.add_argument("--gc-in", choices=["all", "operator"], default="all",
                         help="where --gc-threshold2 applies: every process, or the operator's process alone")
+    parser.add_argument("--emulator-gc", choices=["deferred", "default"], default="deferred",
+                        help="the API server's and Job controller's processes: full collections deferred (third "
+                             f"threshold {EMULATOR_DEFERRED_THRESHOLD2}, the default: stand-ins for Go programs) or "
+                             "CPython's default; the operator's process keeps what serve sets, unless --gc-threshold2")
     parser.add_argument("--trace", action="store_true",
                         help="break each reaction and reconcile down (API calls, store, kopf's queues): operator_trace.py")
     args = parser.parse_args()
@@ -309,13 +337,19 @@ def main() -> int:
     store = workdir / "store"
     store.mkdir()
     ctx = multiprocessing.get_context("spawn")
-    others_gc = args.gc_threshold2 if args.gc_in == "all" else None  # the API server's and Job controller's
+    others_gc = emulator_threshold2(args.emulator_gc, args.gc_threshold2, args.gc_in)  # the API server's, Job controller's
+    gc_setup = {"emulator": args.emulator_gc, "emulator_threshold2": others_gc,
+                "operator_threshold2_set_by_the_benchmark": args.gc_threshold2}  # None: as serve leaves it
+    print(f"[setup] garbage collection: API server and Job controller {args.emulator_gc} (third threshold "
+          f"{others_gc or 'CPython default'}); the operator's process "
+          + (f"third threshold {args.gc_threshold2} (--gc-threshold2)" if args.gc_threshold2 is not None
+             else "as kwarp.operator.app.serve sets it"), file=sys.stderr, flush=True)  # fmt: skip
     ready, stop = ctx.Event(), ctx.Event()
     api_conn, api_child = ctx.Pipe()
     server = ctx.Process(target=serve_api, args=(str(workdir / "api"), ready, stop, api_child, others_gc), daemon=True)
     server.start()
     try:
-        if not ready.wait(600):  # the child imports torch (tests.test_operator): minutes on a loaded machine
+        if not ready.wait(600):  # the child imports the kubernetes client and the emulator: slow on a loaded machine
             raise SystemExit("the API server did not start")
         cluster = Client(workdir / "api", BENCHMARK)  # the client side only: the child process serves it
         with socket.socket() as s:
@@ -350,6 +384,9 @@ def main() -> int:
             else:
                 load = scenario(cluster, store, port, clock, args.runs, "load", args.iterations, args.members, cpu,
                                 tracer, args.job_seconds)
+            heap = process_heap()  # before the operator stops: what it held at the end of the load scenario
+            print("[load] the operator's process: " + ", ".join(f"{k} {v}" for k, v in heap.items() if k != "tracked_by_type"),
+                  file=sys.stderr, flush=True)  # fmt: skip
             cpu.missed_by_watch()  # the child's errors, as of now
             if cpu.errors():
                 raise SystemExit(f"the Job controller failed: {cpu.errors()[:3]}")
@@ -359,6 +396,8 @@ def main() -> int:
                 "machine": {"cpus": os.cpu_count()},
                 "operator_reconcile_threads": args.workers,
                 "job_controller": "in this process" if args.controller_in_process else "a child process",
+                "garbage_collection": gc_setup,
+                "operator_process": heap,
                 "scenario": {"name": "paced" if paced else "instant", "job_seconds": list(args.job_seconds),
                              "seed": args.seed},
                 "api_floor_create_to_watch_ms": {"p50": round(1000 * statistics.median(floor), 2),

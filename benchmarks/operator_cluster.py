@@ -137,7 +137,7 @@ class ControllerProcess:
 
     def __enter__(self) -> ControllerProcess:
         self.process.start()
-        if not self.conn.poll(600) or self.conn.recv() != "ready":  # it imports torch: minutes when loaded
+        if not self.conn.poll(600) or self.conn.recv() != "ready":  # slow to import when the machine is loaded
             raise SystemExit("the Job controller did not start")
         return self
 

@@ -5,11 +5,13 @@ CPU time of each component, and a sampling profiler of the operator's threads.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import sys
 import threading
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any, Self
 
@@ -247,3 +249,19 @@ def gc_summary(pauses: dict[str, list[tuple[float, float, int]]], t0: float, t1:
                         f"at_least_{int(1000 * long)}_ms": [(round(start - t0, 1), round(1000 * seconds), gen)
                                                            for start, seconds, gen in within if seconds >= long]}  # fmt: skip
     return out
+
+
+def process_heap(top: int = 12) -> dict[str, Any]:
+    """What this process (the operator's) holds for its garbage collector, after a full collection: the
+    tracked objects (what each full collection walks), the frozen ones (gc.freeze: walked by none), the
+    most common tracked types; the thresholds in force; its resident memory now and at its peak; whether
+    torch was imported (the production operator's image has none)."""
+    gc.collect()
+    objects = gc.get_objects()
+    types = Counter(type(o).__name__ for o in objects)
+    del objects
+    status = Path("/proc/self/status").read_text()
+    rss = {k: int(m.group(1)) // 1024 for k in ("VmRSS", "VmHWM") if (m := re.search(rf"^{k}:\s+(\d+) kB", status, re.M))}
+    return {"tracked_objects": sum(types.values()), "frozen_objects": gc.get_freeze_count(),
+            "tracked_by_type": dict(types.most_common(top)), "gc_threshold": list(gc.get_threshold()),
+            "rss_mib": rss.get("VmRSS"), "peak_rss_mib": rss.get("VmHWM"), "torch_imported": "torch" in sys.modules}  # fmt: skip

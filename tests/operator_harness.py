@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
-import torch
 
 from kwarp.core.ownership import store_key
 from kwarp.core.plan import Task, checkpoint_outputs, file_outputs
@@ -50,7 +49,13 @@ def job_run(job: dict[str, Any]) -> tuple[WarpRun, Task]:
 
 
 def write_outputs(job: dict[str, Any]) -> None:
-    """Publish what the Job's task publishes, as the task would (checkpoints verified by their manifest)."""
+    """Publish what the Job's task publishes, as the task would (checkpoints verified by their manifest).
+
+    torch is imported here, not with the module: benchmarks/operator.py imports this module in the process
+    that hosts the operator, and the production operator's image holds no torch (its ~170k objects would
+    lengthen every full garbage collection of that process); the pods that call this run elsewhere."""
+    import torch
+
     run, task = job_run(job)
     root = Path(run.spec.storage.url)
     folder = store_key(run)  # the run's own folder: <namespace>/<name>/<uid>

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from benchmarks.operator import job_seconds_arg
+from benchmarks.operator import EMULATOR_DEFERRED_THRESHOLD2, emulator_threshold2, job_seconds_arg
 from benchmarks.operator_cluster import GcPauses, Pods, pod_seconds
 from benchmarks.operator_report import completions_per_window, offered_completions, reaction_by_offered_load
+from benchmarks.operator_trace import Pass
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,6 +80,41 @@ def test_gc_pauses_recorded_and_threshold2_set() -> None:
     assert len(pauses.pauses) == n  # closed: no longer recording
 
 
+def test_the_benchmarks_operator_process_imports_no_torch() -> None:
+    """The process that hosts the operator imports the benchmark and its cluster, as the benchmark does; the
+    production operator's image has no torch, so neither may this process (its objects lengthen every full
+    collection there). Run in a fresh interpreter: this test process may have torch from other tests."""
+    code = ("import sys; sys.path.insert(0, '.'); import benchmarks.operator, benchmarks.operator_trace; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-P", "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.strip() == "[]"
+
+
+def test_emulator_collections_deferred_by_default_and_flags_override() -> None:
+    assert emulator_threshold2("deferred", None, "all") == EMULATOR_DEFERRED_THRESHOLD2 == 1000
+    assert emulator_threshold2("default", None, "all") is None  # CPython's default in the emulator
+    assert emulator_threshold2("default", 50, "all") == 50  # --gc-threshold2 in every process
+    assert emulator_threshold2("deferred", 50, "operator") == 1000  # the operator's alone: the emulator as chosen
+    assert emulator_threshold2("default", 50, "operator") is None
+
+
+def test_finished_passes_are_kept_untracked_by_the_collector() -> None:
+    """The tracer's record of a finished pass holds its calls in tuples of strings and numbers only: after a
+    collection the collector no longer tracks them, so thousands of passes add one tracked object each (the
+    record) to what a full collection walks, not their lists of calls."""
+    p = Pass(run="load-001", start=1.0)
+    p.calls.append(("POST job", 1.1, 0.01, "load-001-prepare"))
+    p.store.append(("exists", 1.05, 0.001))
+    p.end, p.cpu = 1.2, 0.004
+    record = p.record()
+    assert (record.run, record.calls, record.store) == ("load-001", (("POST job", 1.1, 0.01, "load-001-prepare"),),
+                                                        (("exists", 1.05, 0.001),))  # fmt: skip
+    gc.collect()
+    assert not gc.is_tracked(record.calls) and not gc.is_tracked(record.store)
+    assert gc.is_tracked(p.calls)  # what it replaces: a list stays tracked
+
+
 def test_pods_wait_their_duration_on_one_timer_thread() -> None:
     """200 paced pods: each finishes no sooner than its drawn duration after it started, and the waiting
     takes one timer thread beside the pod threads, whatever the number of pods."""
@@ -135,5 +171,11 @@ def test_paced_scenario_runs_every_job_its_duration(tmp_path: Path) -> None:
     gcs = load["gc_pauses"]  # each process's collections during the scenario: some in every one
     assert set(gcs) == {"api_server", "operator_process", "job_controller"}
     assert all(g["collections"] > 0 and g["max_ms"] <= g["total_ms"] + 1 for g in gcs.values())
+    assert figures["garbage_collection"] == {"emulator": "deferred", "emulator_threshold2": 1000,
+                                             "operator_threshold2_set_by_the_benchmark": None}  # fmt: skip
+    assert "[setup] garbage collection: API server and Job controller deferred (third threshold 1000)" in done.stderr
+    heap = figures["operator_process"]  # the operator's process at the end: no torch, what it holds
+    assert heap["torch_imported"] is False
+    assert heap["tracked_objects"] > 0 and heap["peak_rss_mib"] >= heap["rss_mib"] > 0
     assert load["goal_reaction_p99_below_ms"] == 250.0
     assert load["goal_met"] == (load["reaction_p99_ms"] < 250.0)
