@@ -135,13 +135,15 @@ def variants(names: list[str], spec: Any, model_dir: Path, accelerator: Any, bat
 
 def python_gelu_(model: Any) -> None:
     """Undo kwarp.fused for the baseline: GPT-2's gelu_new as transformers writes it (Python arithmetic)."""
-    from transformers.activations import GELUTanh, NewGELUActivation
+    from transformers.activations import NewGELUActivation
+
+    from kwarp.fused import TanhGELU
 
     if getattr(model.config, "activation_function", None) != "gelu_new":
         return
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
-            if isinstance(child, GELUTanh):
+            if isinstance(child, TanhGELU):
                 setattr(parent, child_name, NewGELUActivation())
 
 
