@@ -100,3 +100,45 @@ def test_models_the_lean_forward_does_not_cover_keep_transformers_forward(tmp_pa
     model.config.add_cross_attention = True
     assert not lean_decode.supports(model)
     assert generation.resolve("auto", torch.device("cpu")) == "eager"
+
+
+def _lean_logits(model, tok, hooks: bool) -> tuple[list[torch.Tensor], set[int]]:
+    """Logits of 5 lean decode steps; with `hooks`, a pre-hook on every module the lean forward calls,
+    and the ids of the modules whose hook ran during the steps."""
+    ran: set[int] = set()
+    handles = []
+    if hooks:
+        called = lean_decode._called(model)
+        for module in model.modules():
+            if id(module) in called:
+                handles.append(module.register_forward_pre_hook(lambda m, _a: ran.add(id(m))))
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]
+    torch.manual_seed(0)
+    tokens = torch.randint(4, model.config.vocab_size, (len(PROMPTS), 5))
+    try:
+        with torch.no_grad():
+            cache = DynamicCache(config=model.config)
+            model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
+                  cache=cache, use_cache=True)
+            ran.clear()  # the prompt pass is transformers' forward: the lean steps only
+            lean = lean_decode.LeanDecoder(model, cache, prompt_mask, 5)
+            position = position_ids(prompt_mask)[:, -1:] + 1
+            out = [lean.step(tokens[:, t], position + t) for t in range(5)]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out, ran
+
+
+@pytest.mark.parametrize("builder", [tiny_gpt2, tiny_llama], ids=["gpt2", "llama"])
+def test_modules_called_directly_give_the_module_calls_logits_bit_for_bit(tmp_path: Path, builder) -> None:
+    """Modules without hooks are called through their forward's functional call (lean_decode._direct); a
+    module with a hook is called as a module, so its hook runs; the logits are the same either way."""
+    folder = builder(tmp_path / "m")
+    model, tok = load_causal_lm(folder, "float32"), load_tokenizer(folder)
+    direct, _ = _lean_logits(model, tok, hooks=False)
+    through_modules, ran = _lean_logits(model, tok, hooks=True)
+    assert ran == lean_decode._called(model)  # every hooked module ran in the lean steps
+    for a, b in zip(direct, through_modules, strict=True):
+        assert torch.equal(a, b)
