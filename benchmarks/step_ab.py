@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SUBPACKAGES = {"trainer": "trainer", "merger": "merger", "operator": "operator"}
 STEP = re.compile(r"^kwarp ms_per_step ([0-9.]+)", re.M)
 PHASES = re.compile(r"^kwarp mean per step: (.*)$", re.M)
+PHASE = re.compile(r"(\w+) ([0-9.]+) ms")
 
 
 def export(commit: str, into: Path) -> Path:
@@ -48,7 +49,7 @@ def export(commit: str, into: Path) -> Path:
     return pkg
 
 
-def run_side(path: Path | None, bench_args: list[str]) -> tuple[float, str]:
+def run_side(path: Path | None, bench_args: list[str]) -> tuple[float, str, dict[str, float]]:
     env = dict(os.environ)
     if path is not None:
         env["PYTHONPATH"] = str(path) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -59,7 +60,7 @@ def run_side(path: Path | None, bench_args: list[str]) -> tuple[float, str]:
     step, phases = STEP.search(out), PHASES.search(out)
     if step is None or phases is None:
         raise RuntimeError(f"no kwarp timing in the benchmark's output:\n{out}")
-    return float(step.group(1)), phases.group(1)
+    return float(step.group(1)), phases.group(1), {k: float(v) for k, v in PHASE.findall(phases.group(1))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,10 +82,12 @@ def main(argv: list[str] | None = None) -> int:
                 sides[label] = export(commit, Path(tmp) / label)
         print(f"A = {args.base}, B = {args.new or 'working tree'}; load average {os.getloadavg()[0]:.1f}", flush=True)
         times: dict[str, list[float]] = {"A": [], "B": []}
+        by_phase: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
         for r in range(args.rounds):
             for label in ("A", "B") if r % 2 == 0 else ("B", "A"):
-                ms, phases = run_side(sides[label], bench_args)
+                ms, phases, parsed = run_side(sides[label], bench_args)
                 times[label].append(ms)
+                by_phase[label].append(parsed)
                 print(f"round {r} {label}: {ms:.1f} ms ({phases})", flush=True)
         for label in ("A", "B"):
             t = times[label]
@@ -92,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         ratios = [b / a for a, b in zip(times["A"], times["B"], strict=True)]
         print(f"B / A per round: median {statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f}); "
               f"load average {os.getloadavg()[0]:.1f}")
+        for phase in by_phase["A"][0]:
+            per_round = [b[phase] / a[phase] for a, b in zip(by_phase["A"], by_phase["B"], strict=True) if a[phase] > 0]
+            a_med = statistics.median(a[phase] for a in by_phase["A"])
+            b_med = statistics.median(b[phase] for b in by_phase["B"])
+            print(f"  {phase}: A median {a_med:.1f} ms, B median {b_med:.1f} ms, B / A per round median "
+                  f"{statistics.median(per_round):.3f} (range {min(per_round):.3f}-{max(per_round):.3f})")
     return 0
 
 
