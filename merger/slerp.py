@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from kwarp.merger.combination import Combination, PairWeights, cosine, iterate
+
+if TYPE_CHECKING:  # the weights are pure arithmetic; only the reference forms below touch tensors
+    import torch
 
 # mergekit's DOT_THRESHOLD: above it the vectors count as colinear (Ω < 1.81° or Ω > 178.19°).
 COLINEAR_COS = 0.9995
@@ -58,6 +60,8 @@ class Slerp:
 
 def gram(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Gram matrix ⟨v_i, v_j⟩ in float64 of same-shaped tensors (whole tensors; the engine streams)."""
+    import torch
+
     flat = torch.stack([v.detach().reshape(-1).to(torch.float64) for v in vectors])
     return flat @ flat.T
 
@@ -69,6 +73,8 @@ def slerp(
 
     The reference form of what the streaming engine computes; handy for small tensors and tests.
     """
+    import torch
+
     base = init.detach().to(torch.float64)
     deltas = [m.detach().to(torch.float64) - base for m in members]
     weights = Slerp().combine(gram(deltas).tolist(), lam).weights

@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from kwarp.core.checkpoints import CheckpointError
+from kwarp.core.checkpoints import DEFAULT_MAX_SHARD_BYTES, CheckpointError
 from kwarp.core.weights import copy_non_weight_files, shard_map
 from kwarp.merger.buffers import BufferPool
 from kwarp.merger.chunked import Workers, gram_part, merge_part
@@ -70,9 +70,6 @@ CHUNK_ELEMENTS = 1 << 18
 # a larger one (a 128k-vocabulary embedding) is streamed in windows and read twice. With the next group
 # prefetched while this one is computed, up to twice this is held.
 HOLD_BYTES = 768 << 20
-# Outputs are written in shards of this size (laid out in advance and written as tensors arrive: no shard is
-# held in memory).
-DEFAULT_MAX_SHARD_BYTES = 256 << 20
 # Computed tensors waiting for a writer thread, per output. The writer gives their buffers back once written
 # (kwarp.merger.buffers); what waits longer is allocated afresh. On the 2-core VM, 256 MiB let the engine
 # run ahead of the disk by two blocks and allocate 366 MiB of fresh buffers for a 463 MiB output; 64 MiB:

@@ -28,6 +28,9 @@ from typing import Any
 MANIFEST = "MANIFEST.json"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SINGLE_SHARD = "model.safetensors"
+# The merger writes its outputs in shards of at most this size (laid out in advance and written as tensors
+# arrive: no shard is held in memory). Here, torch-free, so that `kwarp merge --help` can show it.
+DEFAULT_MAX_SHARD_BYTES = 256 << 20
 MANIFEST_VERSION = 1
 # Files a pickle could hide in. Their presence makes a folder unloadable by kwarp.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
