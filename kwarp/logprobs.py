@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from kwarp import lean_forward
+
 if TYPE_CHECKING:
     from kwarp.policy import Samples
 
@@ -71,6 +73,9 @@ def _completion_logits(
     if group > 1 and not _groups_share_prompts(input_ids[:, :prompt], attention_mask[:, :prompt], group):
         group = 1  # rows not laid out as `sample` lays them out: one forward over every row, as before
     positions = position_ids(attention_mask)
+    if group > 1 and lean_forward.supports(model, input_ids):
+        # GPT-2 on a CPU: both parts in one pass without transformers' per-forward Python (kwarp/lean_forward.py).
+        return lean_forward.completion_logits(model, input_ids, attention_mask, positions, width, group)
     if group > 1 and _accepts_logits_to_keep(model):
         # DDP: the prompt runs through the wrapped module itself. Its parameters' gradients still reach
         # DDP's hooks once per backward (autograd sums every use of a parameter before accumulating it).
