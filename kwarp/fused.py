@@ -55,10 +55,12 @@ class _SigmoidGELU(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         x, s = ctx.saved_tensors
+        # One fresh tensor, the rest in place: on a CPU each fresh [tokens, 4d] tensor costs a pass over
+        # cold memory that the arithmetic does not (1 − s as a tensor of its own took ~1 ms in the 1k step).
         slope = x * x
-        slope.mul_(_DB).add_(_A).mul_(x)  # x·a'(x)
-        spread = torch.rsub(s, 1.0).mul_(s)  # s·(1 − s), sigmoid's derivative
-        return slope.mul_(spread).add_(s).mul_(grad)
+        slope.mul_(_DB).add_(_A).mul_(x).mul_(s)  # x·a'(x)·s
+        slope.addcmul_(slope, s, value=-1.0)  # x·a'(x)·s·(1 − s): sigmoid's derivative s·(1 − s)
+        return slope.add_(s).mul_(grad)
 
 
 def tanh_gelu(x: torch.Tensor) -> torch.Tensor:

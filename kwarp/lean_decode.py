@@ -164,9 +164,10 @@ class LeanDecoder:
         """One query per row and head: q [rows, heads, dh], k and v [rows, kv heads, dh] of this token."""
         keys, values = self.keys[index], self.values[index]
         rows = q.shape[0]
-        # select + copy_: the same write as keys[:, column] = ..., without indexing's Python parsing.
-        keys.select(1, column).copy_(k.reshape(keys.shape[0], -1))
-        values.select(1, column).copy_(v.reshape(values.shape[0], -1))
+        # select + copy_: the same write as keys[:, column] = ..., without indexing's Python parsing, and
+        # from k's and v's own strides (a reshape first would copy them once more).
+        keys.select(1, column).view(k.shape).copy_(k)
+        values.select(1, column).view(v.shape).copy_(v)
         end = column + 1
         # Heads j·g … j·g+g−1 share key/value head j (transformers' repeat_kv): g query rows against one
         # key matrix, no copy of it.

@@ -98,10 +98,12 @@ def completion_logits(
         qkv = c_attn(ln_1(hidden))
         heads = qkv.shape[-1] // (3 * head_dim)
         # [tokens, 3d] → per part [rows, heads, tokens, head dim] for q, k, v (GPT-2 splits q | k | v).
-        p_q, p_k, p_v = qkv[:n_prompt].view(groups, prompt, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        # split, not two slices: a slice's backward writes a zero-filled gradient of the whole input.
+        prompt_qkv, done_qkv = qkv.split([n_prompt, qkv.shape[0] - n_prompt])
+        p_q, p_k, p_v = prompt_qkv.view(groups, prompt, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         attended = [F.scaled_dot_product_attention(p_q, p_k, p_v, attn_mask=prompt_bias, scale=scale)]
         if steps:
-            c_q, c_k, c_v = qkv[n_prompt:].view(rows, steps, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            c_q, c_k, c_v = done_qkv.view(rows, steps, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
             keys = torch.cat([p_k.repeat_interleave(group, dim=0), c_k], dim=2)
             values = torch.cat([p_v.repeat_interleave(group, dim=0), c_v], dim=2)
             attended.append(F.scaled_dot_product_attention(c_q, keys, values, attn_mask=done_bias, scale=scale))
@@ -110,9 +112,10 @@ def completion_logits(
         hidden = c_proj(joined) + hidden
         hidden = hidden + mlp_proj(act(c_fc(ln_2(hidden))))
 
-    last = hidden[:n_prompt].view(groups, prompt, -1)[:, -1]
+    prompt_hidden, done_hidden = hidden.split([n_prompt, hidden.shape[0] - n_prompt])
+    last = prompt_hidden.view(groups, prompt, -1)[:, -1]
     first = head(ln_f(last)).repeat_interleave(group, dim=0)[:, None]
     if not steps:
         return [first]
-    rest = head(ln_f(hidden[n_prompt:])).view(rows, steps, -1)
+    rest = head(ln_f(done_hidden)).view(rows, steps, -1)
     return [first, rest]

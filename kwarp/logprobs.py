@@ -128,10 +128,13 @@ class _TokenLogProbs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool):
-        z = torch.empty_like(logits, dtype=torch.promote_types(logits.dtype, torch.float32))
-        z.copy_(logits)  # widened first: bfloat16 logits divided in bfloat16 would lose precision
-        if temperature != 1.0:
-            z.div_(temperature)
+        if logits.dtype == torch.float32 and temperature != 1.0:
+            z = torch.div(logits, temperature)  # one pass over N·c·V, not a copy and then a division
+        else:
+            z = torch.empty_like(logits, dtype=torch.promote_types(logits.dtype, torch.float32))
+            z.copy_(logits)  # widened first: bfloat16 logits divided in bfloat16 would lose precision
+            if temperature != 1.0:
+                z.div_(temperature)
         index = targets.unsqueeze(-1)
         picked = z.gather(-1, index).squeeze(-1)
         top = z.amax(dim=-1, keepdim=True)
