@@ -25,6 +25,11 @@ parent, and each child's CPU seconds after its imports from inside. Figures: eff
 written first and the page cache is warm for both (the inputs fit in memory here); a sync separates the
 measurements, and outputs are deleted only after every child of an M has run (see `run`). With --repeat N,
 the median of each round's merge/copy ratios is printed as well. Speed is printed, never asserted.
+
+Printed beside the ratios, to read them by: each fastest child's start-up and exit (its wall time less its work),
+and the disk under the outputs before the children and after each M's (`disk_probe`: the output's size written by
+direct I/O, then fsynced). The kwarp merge waits for that disk (its output is durable when it exits); the copy
+and mergekit write into the page cache and exit before the disk has their bytes.
 """
 
 from __future__ import annotations
@@ -249,6 +254,49 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
 
 
+DISK_PIECE = 8 << 20  # the merge writer's direct-I/O staging size (kwarp.merger.writer)
+
+
+def disk_probe(folder: Path, size: int) -> dict[str, float] | None:
+    """Seconds to write `size` bytes into a new file under `folder` by direct I/O in 8 MiB pieces, as the merge's
+    writer does, then to fsync it, as the manifest's fsync makes the merge wait for the host's flush: the disk
+    time a durable kwarp output carries and the copy and mergekit, which write into the page cache, do not.
+    On a shared VM it moves by several times between minutes, so it is printed beside the ratios. None where
+    the filesystem refuses direct I/O (the merge then writes through the page cache)."""
+    import mmap
+
+    path = folder / "disk-probe"
+    buf = mmap.mmap(-1, DISK_PIECE)  # page-aligned, as O_DIRECT needs
+    buf.write(b"\x5a" * DISK_PIECE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_DIRECT", 0), 0o644)
+    except OSError:
+        return None
+    try:
+        os.sync()
+        started = time.perf_counter()
+        for offset in range(0, size - size % DISK_PIECE, DISK_PIECE):
+            os.pwrite(fd, buf, offset)
+        written = time.perf_counter()
+        os.fsync(fd)
+        synced = time.perf_counter()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        os.sync()
+    n = size - size % DISK_PIECE
+    return {"bytes": n, "write_s": written - started, "fsync_s": synced - written, "MBps": n / (written - started) / 1e6}
+
+
+def _disk_line(probe: dict[str, float] | None) -> str:
+    if probe is None:
+        return "direct I/O refused here"
+    return (f"{probe['bytes'] / 2**20:.0f} MiB by direct I/O in {probe['write_s']:.2f} s ({probe['MBps']:.0f} MB/s), "
+            f"then fsync {probe['fsync_s']:.2f} s")
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -308,7 +356,9 @@ def run(root: Path, args: argparse.Namespace) -> int:
         (str(p) for p in [Path(sys.executable).parent / "mergekit-yaml"] if p.exists()), None)
     baseline = baseline_tree(args.baseline, root / "baseline") if args.baseline else None
     idle = measure("idle", {})
-    print(f"idle child (python + torch + kwarp.merger): peak RSS {idle.peak_rss / 2**20:.0f} MiB\n")
+    print(f"idle child (python + torch + kwarp.merger): peak RSS {idle.peak_rss / 2**20:.0f} MiB")
+    disk = {"before": disk_probe(root, size)}
+    print(f"disk under the outputs, before the children: {_disk_line(disk['before'])}\n")
     rows = []
     for m in args.members:
         inputs = [str(init), *map(str, members[:m])]
@@ -348,6 +398,7 @@ def run(root: Path, args: argparse.Namespace) -> int:
                 mergekit = result if mergekit is None or result.wall < mergekit.wall else mergekit
         for out in written:
             shutil.rmtree(out, ignore_errors=True)
+        disk[f"after M={m}"] = disk_probe(root, size)
         copy, merge, buffered = best["copy"], best["merge"], best["buffered"]
         in_bytes = (m + 1) * size
         rows.append({
@@ -388,6 +439,9 @@ def run(root: Path, args: argparse.Namespace) -> int:
             "mergekit_s": mergekit.wall if mergekit else None,
             "mergekit_rss_MiB": mergekit.peak_rss / 2**20 if mergekit else None,
             "vs_mergekit": merge.wall / mergekit.wall if mergekit else None,
+            # Interpreter start, imports and exit of the fastest children: their wall time less their work.
+            "copy_startup_exit_s": copy.wall - copy.inner["seconds"],
+            "merge_startup_exit_s": merge.wall - merge.inner["seconds"],
         })
     header = (f"{'M':>2} {'inputs GB':>9} {'copy s':>7} {'copy GB/s':>9} {'merge s':>7} {'engine s':>8} "
               f"{'merge GB/s':>10} {'merge/copy':>10} {'RSS copy':>9} {'RSS merge':>9} {'merge extra':>11}")
@@ -429,10 +483,15 @@ def run(root: Path, args: argparse.Namespace) -> int:
                   f"{r['mergekit_rss_MiB']:.0f} MiB; kwarp merge {r['merge_s']:.2f} s wall, {r['merge_cpu_s']:.2f} s CPU, "
                   f"{r['merge_rss_MiB']:.0f} MiB: {r['vs_mergekit']:.2f}x mergekit's wall time, "
                   f"{r['vs_mergekit_cpu']:.2f}x its CPU time")
+    print("Start-up and exit of the fastest children (wall less the work: interpreter, imports, exit): "
+          + ", ".join(f"M={r['M']} copy {r['copy_startup_exit_s']:.2f} s, merge {r['merge_startup_exit_s']:.2f} s"
+                      for r in rows))
+    print("disk under the outputs, after each M's children: " + "; ".join(
+        f"{k.removeprefix('after ')}: {_disk_line(v)}" for k, v in disk.items() if k != "before"))
     if not mergekit_yaml:
         print("mergekit: not installed (no mergekit-yaml on PATH or beside this Python; pass --mergekit-yaml), "
               "not measured")
-    print(json.dumps({"size_bytes": size, "idle_rss_MiB": idle.peak_rss / 2**20, "rows": rows}))
+    print(json.dumps({"size_bytes": size, "idle_rss_MiB": idle.peak_rss / 2**20, "disk": disk, "rows": rows}))
     return 0
 
 
