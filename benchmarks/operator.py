@@ -357,8 +357,10 @@ def main() -> int:
             port = s.getsockname()[1]
         # The resync timer beyond the scenario's end (600 s; paced: an hour), so that watch events alone drive
         # progress: the runs are created together, so their timers would all fire in the same second.
+        # The collector as the production operator sets it (the tests' options leave it alone).
         opts = options(metrics_port=port, bind_address="127.0.0.1", worker=WorkerSettings(image="kwarp-worker:bench"),
-                       max_workers=args.workers, resync_seconds=3600 if paced else 600)  # fmt: skip
+                       max_workers=args.workers, resync_seconds=3600 if paced else 600,
+                       collections=OperatorOptions().collections)  # fmt: skip
         tracer = Tracer() if args.trace else None
         if tracer is not None:
             tracer.install()  # before the operator starts: it wraps what the operator builds

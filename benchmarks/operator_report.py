@@ -252,16 +252,17 @@ def gc_summary(pauses: dict[str, list[tuple[float, float, int]]], t0: float, t1:
 
 
 def process_heap(top: int = 12) -> dict[str, Any]:
-    """What this process (the operator's) holds for its garbage collector, after a full collection: the
+    """What this process (the operator's) holds for its garbage collector, after a full collection (and the
+    unreachable objects that collection found: what deferred full collections had left): the
     tracked objects (what each full collection walks), the frozen ones (gc.freeze: walked by none), the
     most common tracked types; the thresholds in force; its resident memory now and at its peak; whether
     torch was imported (the production operator's image has none)."""
-    gc.collect()
+    found = gc.collect()  # the unreachable objects it finds: cyclic garbage no collection had freed yet
     objects = gc.get_objects()
     types = Counter(type(o).__name__ for o in objects)
     del objects
     status = Path("/proc/self/status").read_text()
     rss = {k: int(m.group(1)) // 1024 for k in ("VmRSS", "VmHWM") if (m := re.search(rf"^{k}:\s+(\d+) kB", status, re.M))}
-    return {"tracked_objects": sum(types.values()), "frozen_objects": gc.get_freeze_count(),
+    return {"tracked_objects": sum(types.values()), "frozen_objects": gc.get_freeze_count(), "final_collection_found": found,
             "tracked_by_type": dict(types.most_common(top)), "gc_threshold": list(gc.get_threshold()),
             "rss_mib": rss.get("VmRSS"), "peak_rss_mib": rss.get("VmHWM"), "torch_imported": "torch" in sys.modules}  # fmt: skip

@@ -24,8 +24,10 @@ from kwarp.core.guardrails import Guardrails
 from kwarp.core.resources import PodResources
 from kwarp.core.spec import API_GROUP
 
-from . import handlers
+from . import collector, handlers
+from .collector import CollectionPolicy
 from .jobindex import JobIndex
+from .jobrecord import job_record
 from .jobs import WorkerSettings
 from .kube import Kube
 from .metrics import MetricsServer
@@ -64,6 +66,8 @@ class OperatorOptions:
     guardrails: Guardrails = field(default_factory=Guardrails)  # what a WarpRun may choose (KWARP_GUARDRAILS)
     progress_seconds: float = 30.0  # a run's metrics are read from the store at most this often (progress, ETA)
     store_retry_after_seconds: float = BREAKER_COOLDOWN_S  # an unreachable S3 endpoint is not asked again before
+    # The garbage collector in the operator's process (operator/collector.py); None: left as it is.
+    collections: CollectionPolicy | None = field(default_factory=CollectionPolicy)
 
 
 def worker_defaults(raw: str | None) -> dict[str, PodResources]:
@@ -148,7 +152,7 @@ def build(options: OperatorOptions, *, configuration: Callable[[], kubernetes.cl
         events=post_event,
         guardrails=options.guardrails,
         progress_seconds=options.progress_seconds,
-        job_index=JobIndex(same=read_alike),
+        job_index=JobIndex(same=read_alike, keep=job_record),
         runs=RunCache(),
         workers=options.max_workers,
     )
@@ -169,6 +173,7 @@ async def serve(options: OperatorOptions, *, stop_flag: threading.Event | asynci
     reconciler: Reconciler | None = None
     try:
         registry, reconciler = build(options, configuration=configuration, metrics=metrics)  # starts its queue at kopf's startup
+        collector.apply(options.collections)  # modules imported, handlers built: freeze what lives as long as the process
         liveness = (
             f"http://{options.bind_address}:{options.liveness_port}/healthz" if options.liveness_port is not None else None
         )

@@ -14,6 +14,9 @@ Without an index (Reconciler(job_index=None)) the reconcile LISTs, as before.
 `event` says whether the event brought anything a reconcile reads (`same`: operator/observe.read_alike):
 a Job's ADDED event after the pass that created it put the POST's answer here, or a label someone else
 set, queues no pass (each pass costs the operator CPU and store reads, and delays the runs queued behind).
+
+`keep` says what is kept of each Job (operator/jobrecord.py's job_record: the fields a reconcile reads,
+not the pod template), so that thousands of Jobs do not lengthen every full garbage collection.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 Key = tuple[str, str]  # (namespace, run)
 Same = Callable[[Mapping[str, Any], Mapping[str, Any]], bool]
+Keep = Callable[[Mapping[str, Any]], dict[str, Any]]
 
 
 def _rv(obj: Mapping[str, Any]) -> int | None:
@@ -45,8 +49,9 @@ def _newer(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
 
 
 class JobIndex:
-    def __init__(self, same: Same | None = None) -> None:
+    def __init__(self, same: Same | None = None, keep: Keep = dict) -> None:
         self._same = same  # (cached, newer version) -> a reconcile reads them alike; None: never alike
+        self._keep = keep  # what of a Job is kept: the whole body (a shallow copy) unless told
         self._jobs: dict[Key, dict[str, dict[str, Any]]] = {}
         self._seeded: set[Key] = set()
         self._deleted: dict[Key, dict[str, int | None]] = {}  # Job uid -> resourceVersion it was deleted at
@@ -76,7 +81,7 @@ class JobIndex:
             cached = jobs.get(name)
             if not _newer(job, cached):
                 return False
-            jobs[name] = dict(job)
+            jobs[name] = self._keep(job)
             if cached is None or self._same is None or (cached.get("metadata") or {}).get("uid") != uid:
                 return True
             return not self._same(cached, job)
@@ -103,7 +108,7 @@ class JobIndex:
                 if meta.get("uid") in tombs:
                     continue
                 current = cached.get(meta.get("name"))
-                listed[meta.get("name")] = job if _newer(job, current) else current
+                listed[meta.get("name")] = self._keep(job) if _newer(job, current) else current
             for name, job in cached.items():
                 if name not in listed and at is not None and (_rv(job) or 0) > at:
                     listed[name] = job  # created after the LIST was served

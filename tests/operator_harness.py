@@ -170,8 +170,11 @@ class Api:
 
 
 def options(**overrides: Any) -> OperatorOptions:
+    """The tests' operator options. `collections=None`: the operators the tests start share the test process,
+    whose collector settings they must not change (tests/test_operator_collector.py checks serve applies its
+    policy; benchmarks/operator.py passes the production default)."""
     base: dict[str, Any] = dict(namespaces=[NS], metrics_port=None, liveness_port=None, standalone=True,
-                                resync_seconds=600, worker=WorkerSettings(image=IMAGE))  # fmt: skip
+                                resync_seconds=600, worker=WorkerSettings(image=IMAGE), collections=None)  # fmt: skip
     base.update(overrides)
     return OperatorOptions(**base)
 
