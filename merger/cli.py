@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # Nothing imported here imports torch: `kwarp merge --help` and argument errors answer at once, and a merge
-# imports torch in configure_threads, the first thing it does (kwarp.merger.startup).
+# imports torch and the engine in configure_threads, the first thing it does (kwarp.merger.startup).
 from kwarp.core.checkpoints import DEFAULT_MAX_SHARD_BYTES
 from kwarp.core.errors import UserError
 from kwarp.merger.groups import GRANULARITIES, Granularity
@@ -362,11 +362,11 @@ def _progress(console: Console | None, label: str) -> Iterator[Progress | None]:
 
 
 def configure_threads(threads: int | None) -> int:
-    """The engine's worker threads; torch itself runs single-threaded inside each worker. Imports torch the
-    merge process's way (kwarp.merger.startup) if nothing did yet."""
-    from kwarp.merger.startup import import_torch
+    """The engine's worker threads; torch itself runs single-threaded inside each worker. Imports torch and the
+    engine the merge process's way (kwarp.merger.startup) if nothing imported torch yet."""
+    from kwarp.merger.startup import import_engine
 
-    torch = import_torch()
+    torch = import_engine()
     threads = default_threads() if threads is None else threads
     if threads < 1:
         raise UserError(f"--threads must be at least 1, got {threads}")

@@ -1,4 +1,4 @@
-"""How a merge process imports torch: once, with the garbage collector out of the way.
+"""How a merge process imports torch and the engine: once, with the garbage collector out of the way.
 
 A merger is a short process (a Job's pod runs `kwarp merge` once per iteration) whose start-up is
 mostly `import torch`. That import creates some 300 000 objects that live until the process ends,
@@ -17,13 +17,18 @@ median of 20 alternating runs, load average 1.9).
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 import sys
 from types import ModuleType
 
+# The engine's entry module: it imports torch, safetensors and the rest of the engine (reading, arithmetic,
+# writing), which a merge loads in any case; imported here, its objects are frozen with torch's.
+ENGINE = "kwarp.merger.streaming"
 
-def import_torch() -> ModuleType:
-    """torch, imported the merge process's way if nothing imported it yet (then returned as it is).
+
+def import_engine() -> ModuleType:
+    """torch and the engine (ENGINE), imported the merge process's way if nothing imported torch yet; returns torch.
 
     Garbage that exists before the import is collected first (the heap is still small, so this is
     cheap), so that freezing does not keep it; what is frozen afterwards is what the import created
@@ -32,6 +37,7 @@ def import_torch() -> ModuleType:
     is left exactly as it is.
     """
     if "torch" in sys.modules:
+        importlib.import_module(ENGINE)
         return sys.modules["torch"]
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     gc.collect()
@@ -39,6 +45,8 @@ def import_torch() -> ModuleType:
     gc.disable()
     try:
         import torch
+
+        importlib.import_module(ENGINE)
     finally:
         if enabled:
             gc.enable()

@@ -57,26 +57,27 @@ def test_a_folder_merge_imports_torch_once_frozen_and_no_foreign_package(
     assert got["openblas"] == "1"
 
 
-def test_import_torch_collects_earlier_garbage_and_keeps_the_callers_settings() -> None:
-    # The collector is off here so that nothing but import_torch collects the cycle (garbage only the
+def test_import_engine_collects_earlier_garbage_and_keeps_the_callers_settings() -> None:
+    # The collector is off here so that nothing but import_engine collects the cycle (garbage only the
     # collector frees); it stays off, as the caller left it, and an explicit thread setting is kept.
     got = _probe(
         "import weakref\n"
         "gc.disable()\n"
         "class Node: pass\n"
         "a = Node(); a.self = a; ref = weakref.ref(a); del a\n"
-        "from kwarp.merger.startup import import_torch\n"
-        "torch = import_torch()\n"
-        "state(garbage_freed=ref() is None, same=import_torch() is torch)",
+        "from kwarp.merger.startup import import_engine\n"
+        "torch = import_engine()\n"
+        "state(garbage_freed=ref() is None, same=import_engine() is torch, engine='kwarp.merger.streaming' in sys.modules)",
         env={"OPENBLAS_NUM_THREADS": "3"},
     )
-    assert got["garbage_freed"] and got["same"]
+    assert got["garbage_freed"] and got["same"] and got["engine"]
     assert got["openblas"] == "3"
     assert got["frozen"] > 10_000 and not got["gc_enabled"]
 
 
 def test_a_process_that_imported_torch_before_is_left_as_it_is() -> None:
-    got = _probe("import torch\nfrom kwarp.merger.startup import import_torch\nstate(same=import_torch() is torch)")
-    assert got["same"]
+    got = _probe("import torch\nfrom kwarp.merger.startup import ENGINE, import_engine\n"
+                 "state(same=import_engine() is torch, engine=ENGINE in sys.modules)")
+    assert got["same"] and got["engine"]
     assert got["frozen"] == 0 and got["gc_enabled"]
     assert got["openblas"] is None
