@@ -1,7 +1,7 @@
 """How a merge process imports torch and the engine: once, with the garbage collector out of the way.
 
 A merger is a short process (a Job's pod runs `kwarp merge` once per iteration) whose start-up is
-mostly `import torch`. That import creates some 300 000 objects that live until the process ends,
+mostly `import torch`. That import creates some 250 000 objects that live until the process ends,
 and Python's cyclic garbage collector, left as it is, walks them repeatedly for nothing: full
 collections while the import grows the heap, and again when the interpreter shuts down. Measured on
 the project's 2-core VM (`import torch` and exit, median of 8 alternating child processes, load
