@@ -39,9 +39,11 @@ def supports(model: Any, input_ids: torch.Tensor) -> bool:
 
     On a CPU only: on a GPU transformers' SDPA path is where kernels are tuned, and nothing here is
     measured there. Not under autocast (the lean forward would not cast as transformers' modules do).
+    Not when the model itself has forward hooks: they would not run.
     """
     return (
         type(model).__name__ == "GPT2LMHeadModel"
+        and not (model._forward_hooks or model._forward_pre_hooks)  # someone watches the model's forwards
         and input_ids.device.type == "cpu"
         and not torch.is_autocast_enabled("cpu")
         and lean_decode.supports(model)

@@ -103,6 +103,10 @@ def test_models_and_inputs_the_lean_forward_does_not_cover_keep_transformers_for
     hook = gpt2.transformer.h[0].register_forward_hook(lambda _m, _i, out: out)  # a block it bypasses
     assert not lean_forward.supports(gpt2, ids)
     hook.remove()
+    hook = gpt2.register_forward_pre_hook(lambda _m, _a: None)  # the model's own forward, watched
+    assert not lean_forward.supports(gpt2, ids)
+    hook.remove()
+    assert lean_forward.supports(gpt2, ids)
 
 
 def test_rows_that_do_not_share_their_prompt_keep_one_forward_per_row(tmp_path: Path) -> None:
@@ -114,3 +118,4 @@ def test_rows_that_do_not_share_their_prompt_keep_one_forward_per_row(tmp_path: 
         expected = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
         got = torch.cat(_completion_logits(model, ids, mask, 3, 2), dim=1)
     torch.testing.assert_close(got, expected[:, -4:-1], atol=1e-5, rtol=1e-5)
+
