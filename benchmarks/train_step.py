@@ -134,10 +134,10 @@ def variants(names: list[str], spec: Any, model_dir: Path, accelerator: Any, bat
 
 
 def python_gelu_(model: Any) -> None:
-    """Undo kwarp.fused for the baseline: GPT-2's gelu_new as transformers writes it (Python arithmetic)."""
+    """Undo kwarp.policy.fused for the baseline: GPT-2's gelu_new as transformers writes it (Python arithmetic)."""
     from transformers.activations import NewGELUActivation
 
-    from kwarp.fused import TanhGELU
+    from kwarp.policy.fused import TanhGELU
 
     if getattr(model.config, "activation_function", None) != "gelu_new":
         return

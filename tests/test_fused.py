@@ -1,4 +1,4 @@
-"""A model loaded by kwarp computes what the model as written computes, with its GELU fused (kwarp.fused),
+"""A model loaded by kwarp computes what the model as written computes, with its GELU fused (kwarp.policy.fused),
 and the fused GELU is the tanh-approximation GELU on every path it takes."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.activations import GELUTanh, NewGELUActivation
 
-from kwarp.fused import TanhGELU, fuse_activations_, tanh_gelu
 from kwarp.policy import load_causal_lm
+from kwarp.policy.fused import TanhGELU, fuse_activations_, tanh_gelu
 from tests.models import tiny_gpt2, tiny_llama
 
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kwarp import generation, lean_decode
-from kwarp.policy import load_causal_lm, load_tokenizer, sample, sequence_logprobs
+from kwarp.policy import generation, lean_decode, load_causal_lm, load_tokenizer, sample, sequence_logprobs
 from kwarp.run.evaluate import evaluate_policy
 from tests.models import tiny_gpt2, tiny_llama
 

@@ -1,4 +1,4 @@
-"""The lean decode forward (kwarp/lean_decode.py) gives model.forward's logits, so the loop samples the same distribution.
+"""The lean decode forward (kwarp/policy/lean_decode.py) gives model.forward's logits, so the loop samples the same distribution.
 
 Tolerance: float32 logits allclose within atol 1e-5, rtol 1e-5 (the lean attention reduces in another
 order than SDPA's kernel; positions off by one move these tiny models' logits by over 1e-4).
@@ -12,9 +12,8 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from kwarp import generation, lean_decode
-from kwarp.logprobs import position_ids
-from kwarp.policy import load_causal_lm, load_tokenizer, sample
+from kwarp.policy import generation, lean_decode, load_causal_lm, load_tokenizer, sample
+from kwarp.policy.logprobs import position_ids
 from tests.models import tiny_gpt2, tiny_llama
 
 PROMPTS = ["a longer prompt here", "hi", "mid size"]

@@ -1,4 +1,4 @@
-"""The lean forward over shared prompts (kwarp/lean_forward.py) gives model.forward's logits and the
+"""The lean forward over shared prompts (kwarp/policy/lean_forward.py) gives model.forward's logits and the
 two-forward path's gradients, so the update and the reference passes compute what they computed.
 
 Tolerance: float32 logits within atol 1e-5, rtol 1e-5, as for the lean decode step (the attention
@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kwarp import lean_forward
-from kwarp.logprobs import _completion_logits, position_ids, sequence_logprobs
-from kwarp.policy import load_causal_lm, load_tokenizer
+from kwarp.policy import lean_forward, load_causal_lm, load_tokenizer
+from kwarp.policy.logprobs import _completion_logits, position_ids, sequence_logprobs
 from tests.models import tiny_gpt2, tiny_llama
 
 PROMPTS = ["a longer prompt here", "hi", "mid size"]

@@ -101,7 +101,7 @@ def test_rows_that_do_not_share_their_prompt_are_run_one_forward_per_row(tmp_pat
 def test_the_update_log_probs_and_their_gradient_are_log_softmax_s(temperature: float) -> None:
     """With grad, _token_logprobs (one buffer, the gradient written into it in place) returns the
     textbook log_softmax's values, entropy and gradient, and only reads the caller's logits."""
-    from kwarp.logprobs import _token_logprobs
+    from kwarp.policy.logprobs import _token_logprobs
 
     torch.manual_seed(1)
     logits64 = (3 * torch.randn(3, 5, 11, dtype=torch.float64)).requires_grad_()

@@ -81,7 +81,7 @@ def evaluate_policy(
     KL is to `sft_model`. `gold` is scored on the same completions. `compute_dtype` below float32
     runs the models under autocast (their weights stay as loaded). The global RNG is forked:
     evaluating inside a training loop leaves the trainer's RNG untouched. `generation` picks the
-    decode loop (kwarp.generation; the run's spec.training.generation), which changes which
+    decode loop (kwarp.policy.generation; the run's spec.training.generation), which changes which
     completions a seed draws, never their distribution. Both log-probs of the KL come from the same
     computation (each prompt once per group of samples), so a point whose policy is θ_sft measures
     KL 0 exactly.

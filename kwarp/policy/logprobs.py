@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from kwarp import lean_forward
+from kwarp.policy import lean_forward
 
 if TYPE_CHECKING:
-    from kwarp.policy import Samples
+    from kwarp.policy.sampling import Samples
 
 
 
@@ -74,7 +74,7 @@ def _completion_logits(
         group = 1  # rows not laid out as `sample` lays them out: one forward over every row, as before
     positions = position_ids(attention_mask)
     if group > 1 and lean_forward.supports(model, input_ids):
-        # GPT-2 on a CPU: both parts in one pass without transformers' per-forward Python (kwarp/lean_forward.py).
+        # GPT-2 on a CPU: both parts in one pass without transformers' per-forward Python (kwarp/policy/lean_forward.py).
         return lean_forward.completion_logits(model, input_ids, attention_mask, positions, width, group)
     if group > 1 and _accepts_logits_to_keep(model):
         # DDP: the prompt runs through the wrapped module itself. Its parameters' gradients still reach

@@ -69,7 +69,7 @@ def _direct(module: Any) -> Any:
     """
     from transformers.pytorch_utils import Conv1D
 
-    from kwarp.fused import TanhGELU, tanh_gelu
+    from kwarp.policy.fused import TanhGELU, tanh_gelu
 
     if not isinstance(module, torch.nn.Module) or module._forward_hooks or module._forward_pre_hooks:
         return module

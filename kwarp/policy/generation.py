@@ -9,7 +9,7 @@ Three ways to draw completions (`spec.training.generation`):
              and nothing recompiles after the first step of each prompt bucket.
 - `auto`     `compiled` on CUDA; on a CPU this loop uncompiled (it measured fastest there:
              benchmarks/train_step.py, docs/performance.md), its decode steps through
-             kwarp/lean_decode.py for GPT-2 and Llama, else transformers' forward with a dynamic cache.
+             kwarp/policy/lean_decode.py for GPT-2 and Llama, else transformers' forward with a dynamic cache.
 
 The distribution is exactly generate's: softmax(float32 logits / temperature) with nothing else
 applied, drawn from torch's global RNG (by inverse CDF in float64 rather than generate's
@@ -212,8 +212,8 @@ def _decode(
 ) -> Decoded:
     from transformers import DynamicCache
 
-    from kwarp import lean_decode
-    from kwarp.logprobs import position_ids
+    from kwarp.policy import lean_decode
+    from kwarp.policy.logprobs import position_ids
 
     original_width = prompt_ids.shape[1]
     if compiled:
@@ -249,7 +249,7 @@ def _decode(
     if share:
         logits = logits.repeat_interleave(group, dim=0)
     # Uncompiled, the decode steps of a supported model skip transformers' per-forward Python
-    # (kwarp/lean_decode.py): the same logits up to float rounding, so the same distribution. It
+    # (kwarp/policy/lean_decode.py): the same logits up to float rounding, so the same distribution. It
     # takes the prompt pass's keys and values once per prompt and repeats them into its own buffers.
     lean = None
     if step is None and lean_decode.supports(model) and not torch.is_autocast_enabled(device.type):

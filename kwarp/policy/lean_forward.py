@@ -1,5 +1,5 @@
 """A lean forward of GPT-2 over prompts shared by groups of rows and their completions, for the log-probs
-of the update and the reference passes on a CPU (kwarp/logprobs.py's _completion_logits).
+of the update and the reference passes on a CPU (kwarp/policy/logprobs.py's _completion_logits).
 
 transformers' way to run each prompt once per group is two forwards: the prompts into a KV cache, the
 cache repeated k times, the completions on top. At the sizes RL runs at on a CPU (the 1k benchmark: 4
@@ -14,7 +14,7 @@ model in one pass with none of that:
 - attention runs per part: the prompts causally over themselves, the completions over their group's
   prompt keys and values (repeated to the group's rows) and causally over their own, with the
   padding as an additive bias (0 where a key is a token, the dtype's minimum where it is padding, as
-  kwarp/lean_decode.py and transformers' eager path do: a padded query's row stays finite);
+  kwarp/policy/lean_decode.py and transformers' eager path do: a padded query's row stays finite);
 - modules are called as in the lean decode step (lean_decode._direct: the functional call of a
   hook-free module, the module itself otherwise), and the same models qualify (lean_decode.supports),
   GPT-2 only; without grad and with it (the update's gradients flow through the same operations).
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kwarp import lean_decode
+from kwarp.policy import lean_decode
 
 
 def supports(model: Any, input_ids: torch.Tensor) -> bool:
