@@ -323,25 +323,11 @@ class S3Store(S3Publishing):
         self.stats.add(up=len(data))
 
     def get_bytes(self, key: str) -> bytes | None:
-        obj = self._object(key)
-
-        def op() -> bytes | None:
-            try:
-                response = self._client.get_object(self.bucket, obj)
-            except S3Error as err:
-                if err.code == "NoSuchKey":
-                    return None
-                raise
-            try:
-                return response.read()
-            finally:
-                response.close()
-                response.release_conn()
-
-        data = self._retrying(f"GET {self.object_url(key)}", op)
-        if data is not None:
-            self.stats.add(down=len(data))
-        return data
+        found = self.get_versioned(key)  # one GET either way; the ETag comes with the body
+        if found is None:
+            return None
+        self.stats.add(down=len(found[0]))
+        return found[0]
 
     def exists(self, key: str) -> bool:
         """True for an object named `key` and for a folder holding objects below `key/` (as FileStore)."""
