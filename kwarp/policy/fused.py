@@ -23,6 +23,7 @@ Only the module changes: the weights and the saved config (activation_function) 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -36,10 +37,23 @@ _DB = 3.0 * _B
 _SIGMOID_DTYPES = (torch.float32, torch.float64)
 
 
+@functools.lru_cache(maxsize=16)
+def _scalar(value: float, dtype: torch.dtype) -> torch.Tensor:
+    """A 0-d CPU tensor of `value`, made once: creating it per call cost as much as the addcmul itself.
+    Only ever read (addcmul's input), never written."""
+    return torch.tensor(value, dtype=dtype)
+
+
+def _poly(x: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """a + b·x² as one fresh tensor in one pass (addcmul onto a 0-d a), where x·x, ·b and +a were three
+    passes: at the decode step's [32, 512] each op's dispatch costs as much as its arithmetic (the no-grad
+    GELU at [32, 512] on one thread: 55 → 31 µs; at [960, 512]: 884 → 829 µs)."""
+    return torch.addcmul(_scalar(a, x.dtype), x, x, value=b)
+
+
 def _gate(x: torch.Tensor) -> torch.Tensor:
     """sigmoid(x·(A + B·x²)) in one fresh tensor, the rest in place."""
-    s = x * x
-    return s.mul_(_B).add_(_A).mul_(x).sigmoid_()
+    return _poly(x, _A, _B).mul_(x).sigmoid_()
 
 
 class _SigmoidGELU(torch.autograd.Function):
@@ -57,8 +71,7 @@ class _SigmoidGELU(torch.autograd.Function):
         x, s = ctx.saved_tensors
         # One fresh tensor, the rest in place: on a CPU each fresh [tokens, 4d] tensor costs a pass over
         # cold memory that the arithmetic does not (1 − s as a tensor of its own took ~1 ms in the 1k step).
-        slope = x * x
-        slope.mul_(_DB).add_(_A).mul_(x).mul_(s)  # x·a'(x)·s
+        slope = _poly(x, _A, _DB).mul_(x).mul_(s)  # x·a'(x)·s
         slope.addcmul_(slope, s, value=-1.0)  # x·a'(x)·s·(1 − s): sigmoid's derivative s·(1 − s)
         return slope.add_(s).mul_(grad)
 
