@@ -22,10 +22,11 @@ from kwarp import __version__
 from kwarp.core.errors import UserError
 from kwarp.core.guardrails import Guardrails
 from kwarp.core.resources import PodResources
-from kwarp.core.spec import API_GROUP
+from kwarp.core.spec import API_GROUP, KIND
 
 from . import collector, handlers
 from .collector import CollectionPolicy
+from .diffbase import RunEssence
 from .jobindex import JobIndex
 from .jobrecord import job_record
 from .jobs import WorkerSettings
@@ -107,8 +108,10 @@ def kopf_settings(options: OperatorOptions) -> kopf.OperatorSettings:
     # kopf's bookkeeping under kwarp's own prefix, in annotations (the status schema is kwarp's).
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=API_GROUP, key="last-handled-configuration"
+    # WarpRuns' essences only (the one kind with changing handlers and timers), built without a copy of the
+    # status: operator/diffbase.py.
+    settings.persistence.diffbase_storage = RunEssence(
+        prefix=API_GROUP, key="last-handled-configuration", tracked={(API_GROUP, KIND)}
     )
     # Log lines do not become Events below WARNING: the reconciler posts the Events users need.
     settings.posting.level = logging.WARNING
