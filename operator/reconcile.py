@@ -234,13 +234,13 @@ class Reconciler:
         spec, check = effective_spec(body, previous.accepted_spec, self.guardrails, self.worker.queue_name)
         if spec is None:
             status = invalid_status(previous, check, now=now, generation=generation)
-            return self._report(body, raw_status, previous, status, Outcome())
+            return self._report(body, previous, status, Outcome())
         if not storage_allowed(spec.storage.url, self.allowed_prefixes):
             message = (f"spec.storage.url '{spec.storage.url}' is outside the prefixes this operator allows "
                        f"({', '.join(self.allowed_prefixes)}); use a storage.url under one of them")
             status = blocked_status(previous, C.STORAGE_NOT_ALLOWED, C.OUTSIDE_ALLOWED_PREFIXES, message,
                                     now=now, generation=generation)  # fmt: skip
-            return self._report(body, raw_status, previous, status, Outcome())
+            return self._report(body, previous, status, Outcome())
 
         # Jobs before the store: a task writes its outputs before its Job completes, so a Job seen
         # Complete here has its outputs visible below. (The other order would see a Job that completed
@@ -262,7 +262,7 @@ class Reconciler:
             if not verdict.allowed:
                 status = blocked_status(previous, C.STORE_CONFLICT, verdict.reason, verdict.message,
                                         now=now, generation=generation)  # fmt: skip
-                return self._report(body, raw_status, previous, status, Outcome())
+                return self._report(body, previous, status, Outcome())
             key = (uid, spec.storage.url)
             done = self.results.completed(key, store, spec, folder)
         except StoreError as err:
@@ -278,7 +278,7 @@ class Reconciler:
             status = store_down_status(spec=spec, generation=generation, previous=previous, check=check, jobs=jobs,
                                        known_done=known, error=str(err), now=now)  # fmt: skip
             status = watch_over(self.kube, self.events, body, spec, None, views, status, now, pods)  # pods need no store
-            return self._report(body, raw_status, previous, status, outcome)
+            return self._report(body, previous, status, outcome)
 
         attempts = by_task(views)
         recorded = recorded_failures(previous)
@@ -326,7 +326,7 @@ class Reconciler:
         conds = C.clear_condition(conds, C.STORE_CONFLICT, C.STORE_OWNED, "", now=now, generation=generation)
         conds = C.clear_condition(conds, C.STORAGE_NOT_ALLOWED, C.INSIDE_ALLOWED_PREFIXES, "", now=now, generation=generation)
         status = status.model_copy(update={"conditions": conds})
-        outcome = self._report(body, raw_status, previous, status, outcome)
+        outcome = self._report(body, previous, status, outcome)
         # Bookkeeping last: the next Jobs are created and the status written before jobs.json (for
         # `kwarp report`: admissions and timings of the Jobs) is brought up to date.
         self.job_log.record(store, folder, views)
@@ -485,8 +485,8 @@ class Reconciler:
                     self._counted_failures.add(v.uid)
                 self.metrics.job_failures.labels(kind=v.task.kind, reason=failure_reason_code(v, done)).inc()
 
-    def _report(self, body: Mapping[str, Any], raw_status: Mapping[str, Any], previous: WarpRunStatus,
-                status: WarpRunStatus, outcome: Outcome) -> Outcome:  # fmt: skip
+    def _report(self, body: Mapping[str, Any], previous: WarpRunStatus, status: WarpRunStatus,
+                outcome: Outcome) -> Outcome:  # fmt: skip
         """Patch the status if it changed; post one Event for a new phase and the Jobs the pass created (an
         iteration's members are created together, and every pass that creates Jobs but the first of a run's
         tasks also changes its phase), and one for each new problem. Each Event is a POST the API server
@@ -494,7 +494,7 @@ class Reconciler:
         meta = body["metadata"]
         namespace, name = meta.get("namespace", "default"), meta["name"]
         created = self._created(outcome)
-        patch = status_patch(raw_status, status)
+        patch = status_patch(previous, status)  # the stored status, as the pass's start read it
         if patch is not None:
             try:
                 stored = self.kube.patch_run_status(namespace, name, patch)

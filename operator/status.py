@@ -456,12 +456,14 @@ def _diff(old: Any, new: Any) -> Any:
     return new
 
 
-def status_patch(old: Mapping[str, Any] | None, new: WarpRunStatus) -> dict[str, Any] | None:
+def status_patch(old: Mapping[str, Any] | WarpRunStatus | None, new: WarpRunStatus) -> dict[str, Any] | None:
     """The JSON merge patch taking the stored status to `new`, or None when they mean the same.
 
     The stored status is compared as the model reads it: the API server fills in the schema's defaults
     (nulls, "Pending", 0, the spec's defaults in acceptedSpec), which the model has too, so a status
-    that only gained server defaults is unchanged, and no reconcile rewrites it.
+    that only gained server defaults is unchanged, and no reconcile rewrites it. `old` may be given as
+    `previous_status` read it already (a pass does, at its start), so it is not parsed twice.
     """
-    patch = _diff(status_document(previous_status(old)), status_document(new))
+    stored = old if isinstance(old, WarpRunStatus) else previous_status(old)
+    patch = _diff(status_document(stored), status_document(new))
     return patch or None

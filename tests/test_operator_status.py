@@ -348,6 +348,10 @@ def test_status_patch_is_none_when_nothing_changed_and_minimal_otherwise() -> No
     assert status_patch(stored, st) is None
     later = st.model_copy(update={"phase": "Merging", "reward": None})
     assert status_patch({**stored, "reward": 0.1, "kopf": {"x": 1}}, later) == {"phase": "Merging", "reward": None}
+    # the stored status as previous_status read it (a pass reads it once, at its start): the same patches
+    assert status_patch(previous_status(stored), st) is None
+    old = previous_status({**stored, "reward": 0.1, "kopf": {"x": 1}})
+    assert status_patch(old, later) == {"phase": "Merging", "reward": None}
 
 
 def test_server_defaults_do_not_make_a_status_look_changed() -> None:
