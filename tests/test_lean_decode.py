@@ -141,3 +141,29 @@ def test_modules_called_directly_give_the_module_calls_logits_bit_for_bit(tmp_pa
     assert ran == lean_decode._called(model)  # every hooked module ran in the lean steps
     for a, b in zip(direct, through_modules, strict=True):
         assert torch.equal(a, b)
+
+
+def test_residual_sums_into_a_direct_calls_output_and_never_into_a_modules() -> None:
+    """lean_decode._residual writes projection(x) + hidden into a direct call's fresh output, but leaves a
+    module's output alone: a hook of the module may hold it (here one does, and must see the projection)."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(4, 4)
+    x, hidden = torch.randn(3, 4), torch.randn(3, 4)
+    expected = linear(x) + hidden
+    held = []
+    handle = linear.register_forward_hook(lambda _m, _i, out: held.append(out))
+    try:
+        assert torch.equal(lean_decode._residual(linear, x, hidden), expected)
+    finally:
+        handle.remove()
+    assert torch.equal(held[0], linear(x))  # the hook's tensor is the projection, not the sum
+    direct = lean_decode._direct(linear)
+    assert not isinstance(direct, torch.nn.Module)
+    assert torch.equal(lean_decode._residual(direct, x, hidden), expected)
+    # With grad, the sum in place keeps the gradients of the fresh sum.
+    w = linear.weight.detach().clone().requires_grad_()
+    h = hidden.clone().requires_grad_()
+    lean_decode._residual(lambda t: t @ w.T, x, h).square().sum().backward()
+    w0, h0 = linear.weight.detach().clone().requires_grad_(), hidden.clone().requires_grad_()
+    (x @ w0.T + h0).square().sum().backward()
+    assert torch.equal(w.grad, w0.grad) and torch.equal(h.grad, h0.grad)

@@ -91,6 +91,20 @@ def _direct(module: Any) -> Any:
     return module
 
 
+def _residual(projection: Any, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """projection(x) + hidden: a block's residual connection, written into the projection's output.
+
+    A direct call's output (`_direct`'s functional call) is a fresh tensor nothing else holds, so the sum
+    goes into it in place rather than into a third tensor (the same sum: float addition commutes). With
+    grad as well: the product's backward keeps its inputs, not its output. A module is called as a module,
+    and one of its hooks may hold its output: that output is left as it is.
+    """
+    out = projection(x)
+    if isinstance(projection, torch.nn.Module):
+        return out + hidden
+    return out.add_(hidden)
+
+
 def _called(model: Any) -> set[int]:
     if type(model).__name__ == "GPT2LMHeadModel":
         ends = [model.transformer.wte, model.transformer.wpe, model.transformer.ln_f]
@@ -183,8 +197,8 @@ class LeanDecoder:
         # GPT2Block's arithmetic; its dropouts are identities in eval mode (supports() requires it).
         for index, (ln_1, c_attn, c_proj, ln_2, c_fc, act, mlp_proj, head_dim, scale) in enumerate(self.layers):
             q, k, v = c_attn(ln_1(hidden)).view(rows, 3, -1, head_dim).unbind(1)
-            hidden = c_proj(self._attend(index, q, k, v, column, scale)) + hidden
-            hidden = hidden + mlp_proj(act(c_fc(ln_2(hidden))))
+            hidden = _residual(c_proj, self._attend(index, q, k, v, column, scale), hidden)
+            hidden = _residual(mlp_proj, act(c_fc(ln_2(hidden))), hidden)
         return self.head(self.final_norm(hidden))
 
     def _llama(self, token: torch.Tensor, position: torch.Tensor, column: int) -> torch.Tensor:

@@ -111,8 +111,8 @@ def completion_logits(
             attended.append(F.scaled_dot_product_attention(c_q, keys, values, attn_mask=done_bias, scale=scale))
         # Back to [tokens, d], prompt tokens first, as `hidden` is laid out.
         joined = torch.cat([a.transpose(1, 2).reshape(-1, heads * head_dim) for a in attended])
-        hidden = c_proj(joined) + hidden
-        hidden = hidden + mlp_proj(act(c_fc(ln_2(hidden))))
+        hidden = lean_decode._residual(c_proj, joined, hidden)
+        hidden = lean_decode._residual(mlp_proj, act(c_fc(ln_2(hidden))), hidden)
 
     prompt_hidden, done_hidden = hidden.split([n_prompt, hidden.shape[0] - n_prompt])
     last = prompt_hidden.view(groups, prompt, -1)[:, -1]
