@@ -322,9 +322,15 @@ def main() -> int:
                         help="the API server's and Job controller's processes: full collections deferred (third "
                              f"threshold {EMULATOR_DEFERRED_THRESHOLD2}, the default: stand-ins for Go programs) or "
                              "CPython's default; the operator's process keeps what serve sets, unless --gc-threshold2")
+    parser.add_argument("--profile-emulator", metavar="DIR",
+                        help="profile the API server's and the Job controller's processes (cProfile on every thread, "
+                             "CPU time: benchmarks/thread_profile.py); api_server.pstats and job_controller.pstats in DIR")
     parser.add_argument("--trace", action="store_true",
                         help="break each reaction and reconcile down (API calls, store, kopf's queues): operator_trace.py")
     args = parser.parse_args()
+    if args.profile_emulator:
+        args.profile_emulator = str(Path(args.profile_emulator).resolve())
+        Path(args.profile_emulator).mkdir(parents=True, exist_ok=True)
     paced = args.job_seconds[1] > 0
     lo, hi = args.job_seconds
     print("[setup] scenario: " + (f"paced, each Job's pod runs {lo:g}-{hi:g} s (uniform, seed {args.seed})" if paced
@@ -346,7 +352,8 @@ def main() -> int:
              else "as kwarp.operator.app.serve sets it"), file=sys.stderr, flush=True)  # fmt: skip
     ready, stop = ctx.Event(), ctx.Event()
     api_conn, api_child = ctx.Pipe()
-    server = ctx.Process(target=serve_api, args=(str(workdir / "api"), ready, stop, api_child, others_gc), daemon=True)
+    server = ctx.Process(target=serve_api, args=(str(workdir / "api"), ready, stop, api_child, others_gc,
+                                                        args.profile_emulator), daemon=True)
     server.start()
     try:
         if not ready.wait(600):  # the child imports the kubernetes client and the emulator: slow on a loaded machine
@@ -367,7 +374,8 @@ def main() -> int:
         with JobClock(cluster) as clock, RunPhases(cluster) as phases, \
                 (TimedRunner(Client(workdir / "api", CONTROLLER), clock.completed, clock.ran, job_seconds=args.job_seconds,
                              seed=args.seed) if args.controller_in_process
-                 else ControllerProcess(ctx, workdir / "api", args.job_seconds, args.seed, others_gc)) as runner, \
+                 else ControllerProcess(ctx, workdir / "api", args.job_seconds, args.seed, others_gc,
+                                           args.profile_emulator)) as runner, \
                 RunningOperator(cluster, opts, configuration=Client(workdir / "api", OPERATOR).configuration):
             cpu = Components(server.pid, runner, clock, phases, api_conn, args.gc_threshold2)
             floor = api_floor(cluster, clock)

@@ -28,6 +28,7 @@ from kwarp.operator.jobs import LABEL_RUN  # noqa: E402
 from tests.background import Background  # noqa: E402
 from tests.kube import Cluster, StatusJobRunner  # noqa: E402
 from tests.operator_harness import write_outputs  # noqa: E402
+from benchmarks.thread_profile import ThreadProfiles  # noqa: E402
 
 NS = "default"
 # The clients' bearer tokens: the API server counts each one's requests apart.
@@ -63,12 +64,14 @@ class GcPauses:
 # ------------------------------------------------------------------ the API server, in a child process
 
 
-def serve_api(workdir: str, ready: Any, stop: Any, conn: Any, gc_threshold2: int | None = None) -> None:
+def serve_api(workdir: str, ready: Any, stop: Any, conn: Any, gc_threshold2: int | None = None,
+              profile_dir: str | None = None) -> None:
     """The API server; answers each request on `conn` with the requests it has served so far, by client
     (bearer token), group, resource and verb (tests/kube_server.py `calls_by`), or, asked "gc", with its
-    garbage collection pauses."""
+    garbage collection pauses. With `profile_dir`, its threads' CPU profile goes to api_server.pstats there."""
     sys.path.insert(0, str(ROOT))
     pauses = GcPauses(gc_threshold2)
+    profiles = ThreadProfiles().start() if profile_dir else None
     with Cluster(Path(workdir), crds=[crd()]) as cluster:
         ready.set()
         while not stop.is_set():
@@ -83,6 +86,8 @@ def serve_api(workdir: str, ready: Any, stop: Any, conn: Any, gc_threshold2: int
                         break
                     except RuntimeError:
                         continue
+    if profiles is not None and profile_dir:
+        profiles.dump(Path(profile_dir) / "api_server.pstats")
 
 
 class Client(Cluster):
@@ -105,21 +110,25 @@ class Client(Cluster):
 
 
 def serve_controller(workdir: str, conn: Any, job_seconds: tuple[float, float] = (0.0, 0.0), seed: int = 0,
-                     gc_threshold2: int | None = None) -> None:
+                     gc_threshold2: int | None = None, profile_dir: str | None = None) -> None:
     """The Job controller and its pods in a process of their own, talking to the API server over HTTP as
     in this process: in a cluster the Job controller is kube-controller-manager, not a thread beside the
     operator, and one GIL shared with kopf's event loop delayed the operator's Job events (issue 17).
     Answers each request on `conn` with what the benchmark reads of it: the completion times (monotonic
-    clock: one clock for every process on the machine), the Jobs its watch missed, its errors."""
+    clock: one clock for every process on the machine), the Jobs its watch missed, its errors. With
+    `profile_dir`, its threads' CPU profile goes to job_controller.pstats there."""
     sys.path.insert(0, str(ROOT))
     cluster = Client(Path(workdir), CONTROLLER)  # the client side only
     pauses = GcPauses(gc_threshold2)
+    profiles = ThreadProfiles().start() if profile_dir else None
     with TimedRunner(cluster, {}, {}, job_seconds=job_seconds, seed=seed) as runner:
         conn.send("ready")
         while conn.recv() != "stop":
             conn.send({"completed": dict(runner.completed), "ran": dict(runner.ran), "gc": list(pauses.pauses),
                        "missed_by_watch": runner.missed_by_watch(),
                        "errors": [repr(err) for err in runner.errors]})  # fmt: skip
+    if profiles is not None and profile_dir:
+        profiles.dump(Path(profile_dir) / "job_controller.pstats")
     conn.send("stopped")
 
 
@@ -128,10 +137,10 @@ class ControllerProcess:
     request (the main thread only: one request in flight on the pipe at a time)."""
 
     def __init__(self, ctx: Any, workdir: Path, job_seconds: tuple[float, float] = (0.0, 0.0), seed: int = 0,
-                 gc_threshold2: int | None = None):  # fmt: skip
+                 gc_threshold2: int | None = None, profile_dir: str | None = None):  # fmt: skip
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=serve_controller, args=(str(workdir), child, job_seconds, seed, gc_threshold2),
-                                   daemon=True, name="job-controller")  # fmt: skip
+        self.process = ctx.Process(target=serve_controller, daemon=True, name="job-controller",
+                                   args=(str(workdir), child, job_seconds, seed, gc_threshold2, profile_dir))  # fmt: skip
         self.errors: list[str] = []
         self.gc_pauses: list[tuple[float, float, int]] = []  # the child's, as of the last sync
 
