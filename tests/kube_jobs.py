@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import kubernetes
 
@@ -80,6 +80,23 @@ def job_finished(job: Obj) -> bool:
     """Complete or Failed: the Job controller is done with it (and Kueue releases its quota)."""
     return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
                for c in (job.get("status") or {}).get("conditions") or [])
+
+
+class RawWatch(kubernetes.watch.Watch):
+    """A watch whose events carry the object as the server sent it (`raw_object`, also `object`), not also as
+    a client model: the runners read only the JSON, and building a V1Job per event (its timestamps parsed by
+    dateutil) was half the Job controller's CPU under benchmarks/operator.py. Errors (410 Gone included)
+    raise as from kubernetes.watch.Watch."""
+
+    def get_return_type(self, func: Callable[..., object]) -> None:  # type: ignore[override]
+        return None  # unmarshal_event then stops at the JSON
+
+
+def unread(response: Any) -> None:
+    """Finish a response whose body the runner does not use (a write's echo of the object: asked with
+    _preload_content=False, so the client does not build a model of it); error statuses raised already."""
+    response.read()
+    response.release_conn()
 
 
 @dataclass
@@ -195,7 +212,7 @@ class JobRunner(Background):
                         self._handle("ADDED", job)  # a Job seen before is only looked at again
                     if not resync:  # a resync keeps the watch's place: what it has not delivered yet still comes
                         rv = listing["metadata"]["resourceVersion"]
-                stream = kubernetes.watch.Watch().stream(
+                stream = RawWatch().stream(
                     self.batch.list_namespaced_job, self.namespace, resource_version=rv, timeout_seconds=1,
                 )
                 for event in stream:
@@ -307,8 +324,9 @@ class JobRunner(Background):
     # -- status writers (what the Job controller would write)
     def _patch_status(self, name: str, status: Obj) -> None:
         try:
-            self.batch.patch_namespaced_job_status(name, self.namespace, {"status": status},
-                                                   _content_type="application/merge-patch+json")
+            unread(self.batch.patch_namespaced_job_status(name, self.namespace, {"status": status},
+                                                          _content_type="application/merge-patch+json",
+                                                          _preload_content=False))
         except kubernetes.client.ApiException as err:
             if err.status != 404:
                 raise
@@ -323,13 +341,13 @@ class JobRunner(Background):
         annotations = {}
         if index is not None:  # what the Job controller puts on an Indexed Job's pod (the label from 1.28)
             annotations[COMPLETION_INDEX_KEY] = labels[COMPLETION_INDEX_KEY] = str(index)
-        self.core.create_namespaced_pod(self.namespace, {
+        unread(self.core.create_namespaced_pod(self.namespace, _preload_content=False, body={
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "labels": labels, "annotations": annotations, "ownerReferences": [{
                 "apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"],
                 "controller": True, "blockOwnerDeletion": True}]},
             "spec": {"restartPolicy": "Never", "containers": [{"name": container["name"], "image": container["image"]}]},
-        })
+        }))
         return name
 
     def _finish_pod(self, tracked: _Tracked, exit_code: int, message: str = "", pod: str | None = None,
@@ -350,8 +368,8 @@ class JobRunner(Background):
             status["conditions"] = [{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
                                      "message": "Eviction API: evicting", "lastTransitionTime": now_rfc3339()}]  # fmt: skip
         try:
-            self.core.patch_namespaced_pod_status(pod, self.namespace, {"status": status},
-                                                  _content_type="application/merge-patch+json")  # fmt: skip
+            unread(self.core.patch_namespaced_pod_status(pod, self.namespace, {"status": status}, _preload_content=False,
+                                                         _content_type="application/merge-patch+json"))  # fmt: skip
         except kubernetes.client.ApiException as err:
             if err.status != 404:
                 raise
@@ -390,7 +408,7 @@ class JobRunner(Background):
             if tracked.failed > int(tracked.job["spec"].get("backoffLimit", 6)):
                 tracked.finished = True
                 for other in tracked.pods.values():
-                    self.core.delete_namespaced_pod(other, self.namespace)
+                    unread(self.core.delete_namespaced_pod(other, self.namespace, _preload_content=False))
                 tracked.pods = {}
                 self._patch_status(name, {**job_status_failed(tracked.start or now_rfc3339(), now_rfc3339()),
                                           "failed": tracked.failed, "completedIndexes": index_ranges(tracked.completed) or None})  # fmt: skip
