@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tests import k8s_names
+from tests.kube_json import json_copy
 
 Schema = Mapping[str, Any]
 META_FIELDS = ("apiVersion", "kind", "metadata")
@@ -347,7 +348,7 @@ def admit(obj: Mapping[str, Any], schema: Schema, *, namespaced: bool = True, na
     object without a namespace gets `namespace`, as a request to /namespaces/<namespace>/... would.
 
     Raises FieldValidationError (Strict and unknown fields) or InvalidError (schema or metadata)."""
-    out = copy.deepcopy(dict(obj))
+    out = json_copy(dict(obj))
     if namespaced:
         out.setdefault("metadata", {}).setdefault("namespace", namespace)
     unknown = prune(out, schema, root=True)
@@ -384,7 +385,7 @@ def admit_status(obj: Mapping[str, Any], schema: Schema, *, field_validation: st
     if sub is None or not isinstance(status, dict) or not set(schema) <= _STATUS_ALONE_ROOT:
         return None
     out = dict(obj)  # the rest as stored; only the status is a copy of its own
-    out["status"] = status = copy.deepcopy(status)
+    out["status"] = status = json_copy(status)
     unknown = prune(status, sub, path="status")
     warnings: list[str] = []
     if unknown and field_validation == "Strict":

@@ -34,7 +34,6 @@ watches Namespaces and CRDs.
 from __future__ import annotations
 
 import collections
-import copy
 import json
 import re
 import secrets
@@ -51,7 +50,8 @@ from kmock._internal.references import resource as Resource
 
 from tests import kube_admission
 from tests.kube_admission import Refused
-from tests.kube_store import Key, Obj, ObjectStore, _owner_uids, _status_error, now_rfc3339
+from tests.kube_json import json_copy
+from tests.kube_store import Key, Obj, ObjectStore, _owner_uids, _status_error, now_rfc3339, resource_key
 
 JOBS = "batch/v1/jobs"
 PODS = "v1/pods"
@@ -62,12 +62,14 @@ NAMESPACES = "v1/namespaces"
 CRDS = "apiextensions.k8s.io/v1/customresourcedefinitions"
 _NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(?:/(?P<name>[^/]+)(?:/(?P<sub>status|finalize))?)?/?$")
 FOREGROUND = "foregroundDeletion"
+# The same as resource_key(res): compared as tuples, not through kmock's resource equality (see resource_key).
+JOBS_KEY, CRDS_KEY = resource_key(Resource(JOBS)), resource_key(Resource(CRDS))
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch: objects merge recursively, null deletes, anything else replaces."""
     if not isinstance(patch, Mapping):
-        return copy.deepcopy(patch)
+        return json_copy(patch)
     out = dict(target) if isinstance(target, Mapping) else {}
     for key, value in patch.items():
         if value is None:
@@ -90,7 +92,7 @@ class ApiServer(ObjectStore):
     """
 
     requests_kept: int = 100  # of kmock's request log
-    _schemas: dict[Resource, Obj] = attrs.field(factory=dict, init=False)
+    _schemas: dict[tuple[str | None, str | None, str | None], Obj] = attrs.field(factory=dict, init=False)  # by resource_key
     # (bearer token, apiGroup, resource[/subresource], RBAC verb, namespace) of every request to the object API,
     # and the implicit `update <owner>/finalizers` a blockOwnerDeletion owner reference asks for (the
     # OwnerReferencesPermissionEnforcement admission check): what an authorizer would be asked.
@@ -128,7 +130,7 @@ class ApiServer(ObjectStore):
         for version in spec["versions"]:
             resource = f"{spec['group']}/{version['name']}/{names['plural']}"
             if "schema" in version:
-                self._schemas[Resource(resource)] = version["schema"]["openAPIV3Schema"]
+                self._schemas[resource_key(Resource(resource))] = version["schema"]["openAPIV3Schema"]
             self._columns[Resource(resource)] = list(version.get("additionalPrinterColumns") or [])
             self.declare(
                 resource,
@@ -166,9 +168,9 @@ class ApiServer(ObjectStore):
         kind = info.kind if info is not None and info.kind else str(res.plural)
         namespaced = bool(info.namespaced) if info is not None else True
         group = res.group or ""
-        if res == CRDS:
+        if resource_key(res) == CRDS_KEY:
             return kube_admission.admit_crd(obj), []
-        schema = next((s for r, s in self._schemas.items() if r == res), None)
+        schema = self._schemas.get(resource_key(res))
         if schema is not None:
             mode = kube_admission.field_validation(request.params)
             return kube_admission.admit_custom(obj, schema, kind=kind, group=group, namespaced=namespaced, mode=mode,
@@ -296,7 +298,7 @@ class ApiServer(ObjectStore):
         data = request.data
         if not isinstance(data, Mapping):
             raise _status_error(400, "BadRequest", "the request body must be a JSON object")
-        obj: Obj = copy.deepcopy(dict(data))
+        obj: Obj = json_copy(dict(data))
         meta = obj.setdefault("metadata", {})
         info = self._info(res)
         ns = request.namespace if info is not None and info.namespaced else None
@@ -331,7 +333,7 @@ class ApiServer(ObjectStore):
             meta.pop(field, None)
         obj, warnings = self._admit(res, obj, request)
         self._store(key, obj)
-        if res == CRDS:
+        if resource_key(res) == CRDS_KEY:
             self.declare_crd(obj)
         await self._emit(res, "ADDED", obj)
         return obj, warnings
@@ -344,7 +346,7 @@ class ApiServer(ObjectStore):
             if not isinstance(data, list):
                 raise _status_error(400, "BadRequest", "a JSON patch must be a list of operations")
             try:
-                return jsonpatch.apply_patch(copy.deepcopy(current), data, in_place=False)
+                return jsonpatch.apply_patch(json_copy(current), data, in_place=False)
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
                 # kopf relies on this: a failed `test` of the resourceVersion is 422, and it retries later.
                 raise _status_error(422, "Invalid", f"the JSON patch cannot be applied: {err}") from None
@@ -368,7 +370,7 @@ class ApiServer(ObjectStore):
                                 "the object has been modified; please apply your changes to the latest version")
         patched = self._apply(request, current)
         if request.subresource == "status":
-            new = copy.deepcopy(current)
+            new = json_copy(current)
             if patched.get("status") is None:
                 new.pop("status", None)
             else:
@@ -377,7 +379,7 @@ class ApiServer(ObjectStore):
             new = patched
             if self._has_status(res):
                 if "status" in current:
-                    new["status"] = copy.deepcopy(current["status"])
+                    new["status"] = json_copy(current["status"])
                 else:
                     new.pop("status", None)
             meta = new.setdefault("metadata", {})
@@ -389,11 +391,12 @@ class ApiServer(ObjectStore):
                     meta.pop(field, None)
             new["apiVersion"], new["kind"] = current.get("apiVersion"), current.get("kind")
         warnings: list[str] = []
-        if res == CRDS and request.subresource == "status":
+        is_crd = resource_key(res) == CRDS_KEY
+        if is_crd and request.subresource == "status":
             pass  # the CRD's own status is the server's; nothing to admit
         else:
             new, warnings = self._admit(res, new, request, status_only=request.subresource == "status")
-            if res == CRDS:
+            if is_crd:
                 new["status"] = current.get("status", new.get("status"))
         if new == current:
             return current, warnings  # a no-op patch: no new version, no event
@@ -408,7 +411,7 @@ class ApiServer(ObjectStore):
         else:
             await self._emit(res, "MODIFIED", new)
             await self._release_foreground_owners(new)
-        if res == CRDS:
+        if is_crd:
             self.declare_crd(new)
         return new, warnings
 
@@ -420,7 +423,7 @@ class ApiServer(ObjectStore):
         if policy is None:
             orphan = options.get("orphanDependents", request.params.get("orphanDependents"))
             # The REST default of batch/v1 Jobs is to orphan their pods (kubectl asks for Background).
-            policy = "Orphan" if str(orphan).lower() == "true" or (orphan is None and res == JOBS) else "Background"
+            policy = "Orphan" if str(orphan).lower() == "true" or (orphan is None and resource_key(res) == JOBS_KEY) else "Background"
         if policy not in ("Orphan", "Background", "Foreground"):
             raise _status_error(400, "BadRequest", f"unknown propagationPolicy {policy!r}")
         remaining = await self._delete(key, policy)
@@ -444,7 +447,7 @@ class ApiServer(ObjectStore):
         if finalizers:
             if meta.get("deletionTimestamp") and finalizers == list(meta.get("finalizers") or []):
                 return current
-            held = copy.deepcopy(current)
+            held = json_copy(current)
             held["metadata"].update(
                 finalizers=finalizers,
                 deletionTimestamp=meta.get("deletionTimestamp") or now_rfc3339(),
@@ -465,7 +468,7 @@ class ApiServer(ObjectStore):
                 dep_obj = self._live(dep)
                 if dep_obj is None:
                     continue
-                freed = copy.deepcopy(dep_obj)
+                freed = json_copy(dep_obj)
                 refs = [r for r in freed["metadata"].get("ownerReferences", []) if r.get("uid") != uid]
                 if refs:
                     freed["metadata"]["ownerReferences"] = refs
@@ -482,7 +485,7 @@ class ApiServer(ObjectStore):
         current = self._live(key)
         if current is None:
             return
-        final = copy.deepcopy(current)
+        final = json_copy(current)
         final["metadata"]["resourceVersion"] = self._next_rv()
         slot = self._index[key[0]][(key[1], key[2])]
         slot.history.append(final)
@@ -512,7 +515,7 @@ class ApiServer(ObjectStore):
             return
         if any(self._live(d) is not None for d in self._dependents.get(meta["uid"], ())):
             return
-        released = copy.deepcopy(obj)
+        released = json_copy(obj)
         released["metadata"]["finalizers"] = [f for f in meta["finalizers"] if f != FOREGROUND]
         released["metadata"]["resourceVersion"] = self._next_rv()
         self._store(key, released)
