@@ -264,7 +264,16 @@ class ApiServer(ObjectStore):
                 info = self._info(res)
                 raise kmock.KubernetesError(status=err.code, reason=err.reason, message=err.message,
                                             details=err.details(obj, res.group or "", info.kind if info else "")) from None
-        return aiohttp.web.json_response(body, status=code, headers=kube_admission.warning_header(warnings))
+        return self._answer(body, code, kube_admission.warning_header(warnings))
+
+    def _answer(self, body: Obj, status: int, headers: list[tuple[str, str]]) -> aiohttp.web.Response:
+        """aiohttp.web.json_response(body, ...); when `body` is the object just emitted (a create or a patch
+        that changed something: it is not changed after), its event's JSON of it, not a second encoding."""
+        last = self._last_emitted
+        if last is not None and last[0] is body:
+            return aiohttp.web.Response(text=last[1].object_json, status=status, headers=headers,
+                                        content_type="application/json")
+        return aiohttp.web.json_response(body, status=status, headers=headers)
 
     def _audit(self, request: kmock.Request) -> None:
         res = request.resource

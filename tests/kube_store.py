@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
-import json
 from typing import Any
 
 import aiohttp.web
@@ -29,7 +28,7 @@ from kmock._internal import k8s_dicts
 from kmock._internal.references import resource as Resource
 
 from tests import kube_admission
-from tests.kube_json import json_copy
+from tests.kube_json import WatchEvent, json_copy, watch_line
 from tests.kube_index import (
     ObjectIndex,
     field_selector_matches,
@@ -84,6 +83,8 @@ class ObjectStore(kmock.KubernetesEmulator):
     # (group, version, plural) -> the declared resource (a key of kmock's `resources`) that equals it: `_info`
     # runs several times per request, and scanning the declared resources with kmock's __eq__ was not cheap.
     _declared: dict[tuple[str | None, str | None, str | None], Resource] = attrs.field(factory=dict, init=False)
+    # The object last emitted (as given to _emit) and its event, whose JSON answers the write that emitted it.
+    _last_emitted: tuple[Obj, WatchEvent] | None = attrs.field(default=None, init=False)
 
     def _info(self, res: Resource) -> kmock.ResourceInfo | None:
         declared = self._declared.get(resource_key(res))
@@ -152,7 +153,8 @@ class ObjectStore(kmock.KubernetesEmulator):
                     del self._dependents[uid]
 
     async def _emit(self, res: Resource, kind: str, obj: Obj) -> None:
-        event = {"type": kind, "object": json_copy(obj)}
+        event = WatchEvent(kind, json_copy(obj))
+        self._last_emitted = (obj, event)  # the write that emitted it answers with the same JSON (_answer)
         journal = self._journal.setdefault(res, collections.deque())
         journal.append((int(obj["metadata"]["resourceVersion"]), event))
         if len(journal) > self.journal_limit:
@@ -200,7 +202,7 @@ class ObjectStore(kmock.KubernetesEmulator):
             if rv <= since:
                 break
             if self._selected(request, event["object"]):
-                out.append(json_copy(event))
+                out.append(event)  # as the bus gives it to every watcher: never changed once emitted
         out.reverse()
         return out
 
@@ -263,7 +265,7 @@ class ObjectStore(kmock.KubernetesEmulator):
                         obj = event["object"]
                         rv = obj["metadata"]["resourceVersion"]
                         event = {**event, "object": kube_admission.table([obj], self._columns.get(request.resource), rv)}
-                    await response.write(json.dumps(event).encode() + b"\n")
+                    await response.write(watch_line(event))
             await response.write_eof()
         except (ConnectionError, asyncio.CancelledError):
             pass  # the client went away
