@@ -20,6 +20,8 @@ import referencing
 import yaml
 from kubernetes_validate import utils as kv_utils
 
+from tests import schema_check
+
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "kwarp"
 
@@ -77,11 +79,39 @@ def validator(version: str, api_version: str, kind: str) -> jsonschema.protocols
     return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
+@functools.cache
+def _valid_check(version: str, api_version: str, kind: str, part: str | None) -> schema_check.Check | None:
+    """tests/schema_check.py's compiled answer to "is it valid?" for the whole object (part None) or one
+    property's schema (e.g. "status"), the same answer as `validator`'s; None if it cannot be compiled."""
+    check = validator(version, api_version, kind)
+    schema = check.schema if part is None else (check.schema.get("properties") or {}).get(part)
+    try:
+        return schema_check.compile_check(schema, check._resolver)
+    except schema_check.Unsupported:
+        return None
+
+
+def _valid(instance: Any, version: str, api_version: str, kind: str, part: str | None = None) -> bool:
+    """True only when `validator` would find no error: then its walk of the object is not needed. False
+    means "ask jsonschema" (invalid, or a keyword tests/schema_check.py does not implement)."""
+    check = _valid_check(version, api_version, kind, part)
+    if check is None:
+        return False
+    try:
+        return check(instance)
+    except schema_check.Unsupported:  # met behind a $ref on this instance's path: jsonschema decides
+        return False
+
+
 def errors(obj: Mapping[str, Any], version: str) -> list[str]:
     """What Kubernetes `version`'s schema finds wrong with a built-in object ([] when valid), as 'path: message'.
+    A valid object is recognised by the compiled check (tests/schema_check.py); jsonschema then has nothing to
+    report, and it is asked for the errors of any other.
 
     Raises SchemaNotFound for kinds the package does not carry."""
     check = validator(version, obj["apiVersion"], obj["kind"])
+    if _valid(dict(obj), version, obj["apiVersion"], obj["kind"]):
+        return []
     out = []
     for err in sorted(check.iter_errors(dict(obj)), key=lambda e: list(map(str, e.absolute_path))):
         path = ".".join(str(p) for p in err.absolute_path) or "<root>"
@@ -96,6 +126,8 @@ def status_errors(obj: Mapping[str, Any], version: str) -> list[str] | None:
     sub = (check.schema.get("properties") or {}).get("status")
     if sub is None:
         return None
+    if _valid(obj["status"], version, obj["apiVersion"], obj["kind"], "status"):
+        return []
     out = []
     # evolve keeps the whole schema's resolver: the status schema's $refs resolve as in the whole object's check
     for err in sorted(check.evolve(schema=sub).iter_errors(obj["status"]), key=lambda e: list(map(str, e.absolute_path))):
