@@ -23,12 +23,12 @@ sys.path.insert(0, str(ROOT))
 
 import kubernetes  # noqa: E402
 
+from benchmarks.thread_profile import ThreadProfiles  # noqa: E402
 from kwarp.core.crd import crd  # noqa: E402
 from kwarp.operator.jobs import LABEL_RUN  # noqa: E402
 from tests.background import Background  # noqa: E402
 from tests.kube import Cluster, StatusJobRunner  # noqa: E402
 from tests.operator_harness import write_outputs  # noqa: E402
-from benchmarks.thread_profile import ThreadProfiles  # noqa: E402
 
 NS = "default"
 # The clients' bearer tokens: the API server counts each one's requests apart.

@@ -28,7 +28,6 @@ from kmock._internal import k8s_dicts
 from kmock._internal.references import resource as Resource
 
 from tests import kube_admission
-from tests.kube_json import WatchEvent, json_copy, watch_line
 from tests.kube_index import (
     ObjectIndex,
     field_selector_matches,
@@ -36,6 +35,7 @@ from tests.kube_index import (
     parse_field_selector,
     parse_label_selector,
 )
+from tests.kube_json import WatchEvent, json_copy, watch_line
 
 Obj = dict[str, Any]
 Key = tuple[Resource, str | None, str]
