@@ -8,6 +8,9 @@ for each M, it runs in child processes:
 
 - copy:     every input checkpoint (θ_init and the M members) loaded shard by shard with safetensors,
             and one of them saved again: the I/O floor of a merge (read M + 1, write 1);
+- durable:  the same copy, each written shard and the folder fsynced before the child's work ends: the I/O
+            floor of a merge whose output must be on the disk when it is published, as kwarp's is. Printed
+            beside the goal's ratio (merge work over the copy's), not in its place;
 - merge:    `kwarp merge` in folder mode (SLERP, layer granularity, manifest included), its output written
             by direct I/O where the filesystem takes it (kwarp.merger.writer);
 - buffered: the same merge with buffered writes (direct_writes=False, the engine before direct I/O): the
@@ -148,7 +151,7 @@ def _child(kind: str, params: dict[str, Any]) -> dict[str, Any]:
         import kwarp.merger.streaming  # noqa: F401
 
         return {}
-    if kind == "copy":
+    if kind in ("copy", "durable"):
         from safetensors.torch import load_file, save_file
 
         imported, cpu = time.perf_counter(), _cpu()
@@ -161,7 +164,11 @@ def _child(kind: str, params: dict[str, Any]) -> dict[str, Any]:
                 if k == 0:
                     save_file(tensors, dst / shard.name)
                     written += (dst / shard.name).stat().st_size
+                    if kind == "durable":
+                        _fsync(dst / shard.name)
                 del tensors
+        if kind == "durable":
+            _fsync(dst)  # the folder's entries, as the merger's publish does
         return {"seconds": time.perf_counter() - imported, "import_seconds": imported - started,
                 "work_cpu": _cpu() - cpu, "bytes_written": written}
     if kind in ("merge", "buffered", "baseline"):
@@ -179,6 +186,14 @@ def _child(kind: str, params: dict[str, Any]) -> dict[str, Any]:
                 "bytes_written": doc["bytes_written"], "input_bytes": doc["input_bytes"],
                 "bytes_read": doc["bytes_read"], "angle_deg": doc["summary"]["angle_deg"]}
     raise ValueError(kind)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -238,14 +253,15 @@ def _figures(merge: Measured, copy: Measured) -> dict[str, float]:
             "cpu_ratio": merge.cpu / copy.cpu, "rss_MiB": merge.peak_rss / 2**20}
 
 
-def _round_ratios(rounds: list[dict[str, Measured]], kinds: list[str]) -> dict[str, str]:
-    """For each kind, the median and range over the rounds of its work's wall and CPU time over the copy's in the
-    same round: on a shared machine, steadier than the ratio of the fastest children."""
+def _round_ratios(rounds: list[dict[str, Measured]], kinds: list[str], against: str = "copy",
+                  prefix: str = "rounds") -> dict[str, str]:
+    """For each kind, the median and range over the rounds of its work's wall and CPU time over the `against`
+    child's in the same round: on a shared machine, steadier than the ratio of the fastest children."""
     out = {}
     for kind in kinds:
         for key, figure in (("work", "seconds"), ("work_cpu", "work_cpu")):
-            ratios = sorted(r[kind].inner[figure] / r["copy"].inner[figure] for r in rounds)
-            out[f"rounds_{kind}_{key}"] = (f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+            ratios = sorted(r[kind].inner[figure] / r[against].inner[figure] for r in rounds)
+            out[f"{prefix}_{kind}_{key}"] = (f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
                                            if len(ratios) > 1 else f"{ratios[0]:.2f}x")
     return out
 
@@ -368,7 +384,7 @@ def run(root: Path, args: argparse.Namespace) -> int:
         # freed memory to its host (this project's: 0.11 against 0.25-1.3 CPU s per 480 MiB written), and
         # which child got that memory would depend on the order, not on the code.
         written: list[Path] = []
-        kinds = ["copy", "merge", "buffered", *(["baseline"] if baseline else [])]
+        kinds = ["copy", "durable", "merge", "buffered", *(["baseline"] if baseline else [])]
         rounds: list[dict[str, Measured]] = []
         for rep in range(args.repeat):
             rounds.append({})
@@ -377,7 +393,7 @@ def run(root: Path, args: argparse.Namespace) -> int:
             for kind in kinds if rep % 2 == 0 else kinds[::-1]:
                 out = root / f"out-{kind}-{m}-{rep}"
                 written.append(out)
-                params = {"inputs": inputs, "out": str(out)} if kind == "copy" else {
+                params = {"inputs": inputs, "out": str(out)} if kind in ("copy", "durable") else {
                     "init": inputs[0], "members": inputs[1:], "out": str(out), "granularity": args.granularity,
                     "threads": args.threads}
                 result = measure(kind, params, pythonpath=baseline if kind == "baseline" else None)
@@ -399,7 +415,7 @@ def run(root: Path, args: argparse.Namespace) -> int:
         for out in written:
             shutil.rmtree(out, ignore_errors=True)
         disk[f"after M={m}"] = disk_probe(root, size)
-        copy, merge, buffered = best["copy"], best["merge"], best["buffered"]
+        copy, durable, merge, buffered = best["copy"], best["durable"], best["merge"], best["buffered"]
         in_bytes = (m + 1) * size
         rows.append({
             "M": m,
@@ -433,6 +449,10 @@ def run(root: Path, args: argparse.Namespace) -> int:
             "buffered_work_cpu_ratio": buffered.inner["work_cpu"] / copy.inner["work_cpu"],
             "buffered_rss_MiB": buffered.peak_rss / 2**20,
             **_round_ratios(rounds, [k for k in kinds if k != "copy"]),
+            "durable_work_s": durable.inner["seconds"],
+            "durable_work_cpu_s": durable.inner["work_cpu"],
+            "durable_work_ratio": merge.inner["seconds"] / durable.inner["seconds"],
+            **_round_ratios(rounds, ["merge"], against="durable", prefix="vs_durable"),
             **({f"baseline_{k}": v for k, v in _figures(best["baseline"], copy).items()} if baseline else {}),
             "mergekit_cpu_s": mergekit.cpu if mergekit else None,
             "vs_mergekit_cpu": merge.cpu / mergekit.cpu if mergekit else None,
@@ -465,10 +485,15 @@ def run(root: Path, args: argparse.Namespace) -> int:
           + ", ".join(f"M={r['M']} work {r['buffered_work_s']:.2f} s, work CPU {r['buffered_work_cpu_s']:.2f} s "
                       f"({r['buffered_work_cpu_ratio']:.2f}x copy), child {r['buffered_s']:.2f} s wall, "
                       f"{r['buffered_cpu_s']:.2f} s CPU, peak RSS {r['buffered_rss_MiB']:.0f} MiB" for r in rows))
+    print("The copy with its output fsynced (durable: the floor of a merge whose output is on the disk when "
+          "published; beside the goal's ratio, not in its place): " + ", ".join(
+              f"M={r['M']} work {r['durable_work_s']:.2f} s, work CPU {r['durable_work_cpu_s']:.2f} s; merge work "
+              f"over it, fastest {r['durable_work_ratio']:.2f}x, each round's median (range) "
+              f"{r['vs_durable_merge_work']}" for r in rows))
     if args.repeat > 1:
         print(f"Each round's ratio to that round's copy, median (range) of {args.repeat} rounds: " + ", ".join(
             f"M={r['M']} " + "; ".join(f"{k} work {r[f'rounds_{k}_work']}, work CPU {r[f'rounds_{k}_work_cpu']}"
-                                       for k in ("merge", "buffered", "baseline") if f"rounds_{k}_work" in r)
+                                       for k in ("durable", "merge", "buffered", "baseline") if f"rounds_{k}_work" in r)
             for r in rows))
     if baseline:
         print(f"The same merge by kwarp {args.baseline} (the baseline): "
