@@ -9,7 +9,7 @@ the plan would want to start an attempt whose Job already exists, and the run wo
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from kwarp.core.plan import Task, TaskJobs
@@ -72,8 +72,20 @@ def read_alike(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     if is_gang(new) or is_gang(old):
         return False
     owners = [((j.get("metadata") or {}).get("ownerReferences") or []) for j in (old, new)]
-    a = view(old)
-    return a is not None and a.state != "Queued" and a == view(new) and owners[0] == owners[1]
+    a, b = view(old), view(new)
+    return (a is not None and b is not None and a.state != "Queued" and as_read(a) == as_read(b)
+            and owners[0] == owners[1])  # fmt: skip
+
+
+def as_read(v: JobView) -> JobView:
+    """What a pass reads of an attempt. A started Job of a task other than a member's training, outside Kueue,
+    reads as one not started: the plan and a suspend act on active Jobs alike, the status shows the running
+    state of members only, the watchdog fails trainers only, jobs.json records such a Job at its end and
+    admissions are Kueue's. So its start (Pending -> Running, startTime set) brings a pass nothing to do; its
+    pods' readiness (PodsStuck), its end, its deletion still do."""
+    if v.state == "Running" and v.task.kind != "train" and v.queue is None and not v.gang:
+        return replace(v, state="Pending", start_time=None)
+    return v
 
 
 def unready_pods(status: Mapping[str, Any]) -> bool:
