@@ -4,6 +4,9 @@
     a Job labelled kwarp.dev/run changed (any event)     -> queue a reconcile of the run that owns it
                                                             (ahead of bookkeeping if the Job finished)
     every `resync` seconds, per WarpRun (timer)          -> queue a reconcile of the run (safety net)
+
+A queued pass that would read the run's Jobs and WarpRun as the last pass read them is skipped
+(operator/passes.py), except the timer's and the WarpRun handlers' (`force`).
     any WarpRun event                                    -> the run's cache (reconciles read the run there)
     WarpRun deleted (finalizer kwarp.dev/finalizer)      -> cleanup: Delete removes <run>/ from the store
                                                             (a store still down after the grace period:
@@ -78,12 +81,12 @@ def register(
         # Called again whenever the API answers 401: a fresh configuration re-reads a rotated token.
         return connection_info(configuration())
 
-    def queue(namespace: str, name: str, *, urgent: bool = False) -> None:
+    def queue(namespace: str, name: str, *, urgent: bool = False, force: bool = False) -> None:
         # The reconcile threads start at the first event, in its handler's context: a reconcile posts
         # Events through kopf (kopf.event), which finds kopf's event queue in context variables that kopf
         # sets for resource handlers (not for startup handlers). Starting again is a no-op.
         reconciler.queue.start(context=contextvars.copy_context())
-        reconciler.request(namespace, name, urgent=urgent)
+        reconciler.request(namespace, name, urgent=urgent, force=force)
 
     @kopf.on.cleanup(registry=registry)
     async def stop_reconciling(**_: Any) -> None:
@@ -104,7 +107,7 @@ def register(
     @kopf.on.create(*RUNS, registry=registry, backoff=10)
     @kopf.on.update(*RUNS, registry=registry, backoff=10)
     async def run_changed(name: str, namespace: str, **_: Any) -> None:
-        queue(namespace, name)
+        queue(namespace, name, force=True)
 
     @kopf.on.event("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)
     async def job_changed(body: Mapping[str, Any], namespace: str, type: str | None, **kwargs: Any) -> None:
@@ -120,7 +123,7 @@ def register(
     async def resync(name: str, namespace: str, **_: Any) -> None:
         if reconciler.job_index is not None:
             reconciler.job_index.stale(namespace, name)  # LIST again: drops a Job whose deletion the watch missed
-        queue(namespace, name)
+        queue(namespace, name, force=True)  # time moved: deadlines, progress from the store (operator/passes.py)
 
     @kopf.on.delete(*RUNS, registry=registry, backoff=2)
     def run_deleted(name: str, namespace: str, body: Mapping[str, Any], runtime: timedelta, **_: Any) -> None:

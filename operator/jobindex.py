@@ -15,12 +15,16 @@ Without an index (Reconciler(job_index=None)) the reconcile LISTs, as before.
 a Job's ADDED event after the pass that created it put the POST's answer here, or a label someone else
 set, queues no pass (each pass costs the operator CPU and store reads, and delays the runs queued behind).
 
+`version` moves whenever a run's entry changes in a way a reconcile may read (news, a LIST, a resync): a pass
+that finds it where the last pass read it reads the same Jobs (operator/passes.py).
+
 `keep` says what is kept of each Job (operator/jobrecord.py's job_record: the fields a reconcile reads,
 not the pod template), so that thousands of Jobs do not lengthen every full garbage collection.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -55,7 +59,18 @@ class JobIndex:
         self._jobs: dict[Key, dict[str, dict[str, Any]]] = {}
         self._seeded: set[Key] = set()
         self._deleted: dict[Key, dict[str, int | None]] = {}  # Job uid -> resourceVersion it was deleted at
+        self._versions: dict[Key, int] = {}
+        self._counter = itertools.count(1)  # one sequence for all runs: a forgotten run's version never returns
         self._lock = threading.Lock()
+
+    def _moved(self, key: Key) -> bool:
+        self._versions[key] = next(self._counter)
+        return True
+
+    def version(self, namespace: str, run: str) -> int:
+        """The run's entry's version: it changes with every event called news, every LIST and every resync."""
+        with self._lock:
+            return self._versions.get((namespace, run), 0)
 
     def event(self, namespace: str, run: str, job: Mapping[str, Any], *, deleted: bool) -> bool:
         """A watch event about one Job of a run (ADDED/MODIFIED/DELETED, or kopf's initial listing), or a Job
@@ -64,10 +79,10 @@ class JobIndex:
         version the cached one reads alike (`same`)."""
         meta = job.get("metadata") or {}
         name, uid = meta.get("name"), meta.get("uid")
-        if not name:
-            return True
         key = (namespace, run)
         with self._lock:
+            if not name:
+                return self._moved(key)
             jobs = self._jobs.setdefault(key, {})
             if deleted:
                 current = jobs.get(name)
@@ -75,7 +90,7 @@ class JobIndex:
                     del jobs[name]
                 if uid:
                     self._deleted.setdefault(key, {})[uid] = _rv(job)
-                return True
+                return self._moved(key)
             if uid and uid in self._deleted.get(key, {}):
                 return False  # a late event about a Job already seen deleted
             cached = jobs.get(name)
@@ -83,8 +98,8 @@ class JobIndex:
                 return False
             jobs[name] = self._keep(job)
             if cached is None or self._same is None or (cached.get("metadata") or {}).get("uid") != uid:
-                return True
-            return not self._same(cached, job)
+                return self._moved(key)
+            return not self._same(cached, job) and self._moved(key)
 
     def jobs(self, namespace: str, run: str) -> list[dict[str, Any]] | None:
         """The run's Jobs, or None when its entry has not been seeded by a LIST (or is due for another)."""
@@ -114,11 +129,13 @@ class JobIndex:
                     listed[name] = job  # created after the LIST was served
             self._jobs[key] = listed
             self._seeded.add(key)
+            self._moved(key)
 
     def stale(self, namespace: str, run: str) -> None:
         """Have the next reconcile of the run LIST again (the resync timer calls it)."""
         with self._lock:
             self._seeded.discard((namespace, run))
+            self._moved((namespace, run))
 
     def forget(self, namespace: str, run: str) -> None:
         key = (namespace, run)
@@ -126,3 +143,4 @@ class JobIndex:
             self._jobs.pop(key, None)
             self._seeded.discard(key)
             self._deleted.pop(key, None)
+            self._versions.pop(key, None)

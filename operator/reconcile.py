@@ -62,6 +62,7 @@ from .observe import (
     task_jobs,
     view,
 )
+from .passes import PassLedger, Token, own_write
 from .progress import ProgressTracker
 from .results import RunResults
 from .runcache import RunCache
@@ -106,6 +107,7 @@ class Outcome:
     withdrawn: list[str] = field(default_factory=list)  # Kueue workloads deleted by a suspend
     gangs: dict[int, str] = field(default_factory=dict)  # iteration -> its gang Job this pass created (or found)
     status_patched: bool = False
+    written: str | None = None  # resourceVersion of the pass's own status write (operator/passes.own_write)
 
 
 class Clock(Protocol):
@@ -154,6 +156,7 @@ class Reconciler:
         self.runs = runs  # None: every reconcile GETs its run
         # Threads running reconciles (of different runs), started and stopped by the operator (app.serve).
         self.queue = WorkQueue(self._process, workers=workers)
+        self.passes = PassLedger()  # what each run's last pass read: a queued pass that would read it again is skipped
         self.last_success = time.monotonic()
         self._pod_details: dict[str, str | None] = {}  # failed Job uid -> what its pod said
         self._counted_failures: set[str] = set()  # Job uids already counted in the failures metric
@@ -161,13 +164,33 @@ class Reconciler:
         self._lock = threading.Lock()
 
     # -- entry points
-    def request(self, namespace: str, name: str, *, urgent: bool = False) -> None:
+    def request(self, namespace: str, name: str, *, urgent: bool = False, force: bool = False) -> None:
         """Queue a reconcile of the run (once, however often asked before it starts); `urgent`: one of its
-        Jobs finished, so the next task may be waiting to start. Thread-safe, returns at once."""
+        Jobs finished, so the next task may be waiting to start; `force`: the pass runs even if the run's Jobs
+        and WarpRun are as the last pass read them (time or the store may have moved: operator/passes.py).
+        Thread-safe, returns at once."""
+        if force:
+            self.passes.force((namespace, name))
         self.queue.add((namespace, name), urgent=urgent)
 
+    def _token(self, namespace: str, name: str) -> Token | None:
+        """The versions of what a pass of the run reads, read before the pass reads them."""
+        if self.job_index is None or self.runs is None:
+            return None
+        version = self.job_index.version(namespace, name)
+        body = self.runs.get(namespace, name)
+        return None if body is None else (version, body["metadata"].get("resourceVersion"))
+
     def _process(self, key: Any) -> None:
-        self.reconcile(*key)
+        token = self._token(*key)
+        if not self.passes.begin(key, token):
+            return  # queued by an event the last pass had already read: nothing new to read
+        try:
+            outcome = self.reconcile(*key)
+        except Exception:
+            self.passes.failed(key)  # the retry runs
+            raise
+        self.passes.done(key, token, outcome.written if outcome is not None else None)
 
     def reconcile(self, namespace: str, name: str) -> Outcome | None:
         start = time.perf_counter()
@@ -199,6 +222,7 @@ class Reconciler:
         groups on the Pushgateway (which keeps every pushed group until it is deleted)."""
         if self.job_index is not None:
             self.job_index.forget(namespace, name)
+        self.passes.forget((namespace, name))
         self.admission.forget(namespace, name)
         if uid:
             self.results.forget(uid)
@@ -509,6 +533,8 @@ class Reconciler:
                     self.runs.deleted(body)
                 else:
                     self.runs.put(stored)  # the next pass compares with what it wrote, before the watch says so
+            if stored is not None and own_write(body, stored):
+                outcome.written = (stored.get("metadata") or {}).get("resourceVersion")
             outcome.status_patched = True
         outcome.phase = status.phase
         if status.phase is not None and status.phase != previous.phase:
