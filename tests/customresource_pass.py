@@ -84,7 +84,10 @@ class _Field:
             template = json_copy(schema["default"])
             customresource.default(template, schema)
             self.default = template
-            self.default_valid = not customresource.validate(template, schema, "x")  # emptiness: not path-bound
+            try:  # whether validate finds anything does not depend on the path (only its messages do)
+                self.default_valid = not customresource.validate(template, schema, "x")
+            except Exception:  # noqa: BLE001 - then "invalid": validate runs on the status and fails as it did
+                self.default_valid = False
         self.default_is_scalar = not isinstance(self.default, dict | list)
         wanted = schema.get("type")
         self.null_valid = not (wanted and not schema.get("nullable")) and "enum" not in schema
@@ -207,7 +210,7 @@ def _scalar_check(schema: Schema) -> Callable[[Any], bool]:
     has_low, has_high = "minimum" in schema, "maximum" in schema
     min_len, max_len = schema.get("minLength"), schema.get("maxLength")
     has_min_len, has_max_len = "minLength" in schema, "maxLength" in schema
-    search = re.compile(schema["pattern"]).search if "pattern" in schema else None
+    search = _searcher(schema["pattern"]) if "pattern" in schema else None
 
     of_type = _type_check(wanted)
     if enum is None and not (has_low or has_high or has_min_len or has_max_len or search):
@@ -236,6 +239,15 @@ def _scalar_check(schema: Schema) -> Callable[[Any], bool]:
                 return False
         return True
     return check
+
+
+def _searcher(pattern: Any) -> Callable[[str], Any]:
+    """re.search with `pattern`, compiled now; one Python cannot compile fails when a string is checked, as
+    validate fails then, not when the schema is compiled."""
+    try:
+        return re.compile(pattern).search
+    except (re.error, TypeError):
+        return lambda value: re.search(pattern, value)
 
 
 def _type_check(wanted: Any) -> Callable[[Any], bool]:

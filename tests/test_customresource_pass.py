@@ -233,3 +233,30 @@ def test_the_pass_is_compiled_once_per_schema_object() -> None:
     sub = SCHEMA["properties"]["status"]
     assert compile_pass(sub) is compile_pass(sub)
     assert compile_pass(copy.deepcopy(sub)) is not compile_pass(sub)  # another CRD's schema: its own pass
+
+
+def test_a_schema_the_pass_trips_on_is_answered_by_the_four_walks() -> None:
+    """A pattern Python's re cannot compile, or a minimum that is not a number, fails where the walks fail:
+    under Strict an unknown field is refused first, as prune runs before validate; the pass is not trusted
+    with the order of failures, so admit_status hands such a write to the walks."""
+    schema = {"type": "object", "properties": {"spec": {"type": "object"}, "status": {"type": "object", "properties": {
+        "p": {"type": "string", "pattern": "(unclosed"},
+        "m": {"type": "integer", "minimum": "0"},
+        "x": {"type": "integer", "default": 1}}}}}  # fmt: skip
+
+    def answer(admit: Any, status: dict[str, Any], mode: str) -> tuple[str, Any]:
+        try:
+            out, warnings = admit({"spec": {}, "status": status}, schema, field_validation=mode)
+        except (FieldValidationError, InvalidError) as err:
+            return type(err).__name__, str(err)
+        except Exception as err:  # noqa: BLE001 - the walks' own failure, which the server answers as a 500
+            return type(err).__name__, ""
+        return "stored", (json.dumps(out), warnings)
+
+    seen = set()
+    for status in [{"p": "a"}, {"p": "a", "zz": 1}, {"m": 1, "zz": 1}, {"m": 1}, {"x": None, "zz": None}, {"p": None, "m": None}]:
+        for mode in ("Strict", "Warn"):
+            want = answer(four_walks_admit_status, status, mode)
+            assert answer(customresource.admit_status, status, mode) == want, (status, mode)
+            seen.add(want[0])
+    assert seen == {"stored", "FieldValidationError", "error", "TypeError"}, seen
