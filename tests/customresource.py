@@ -348,21 +348,40 @@ def admit(obj: Mapping[str, Any], schema: Schema, *, namespaced: bool = True, na
     object without a namespace gets `namespace`, as a request to /namespaces/<namespace>/... would.
 
     Raises FieldValidationError (Strict and unknown fields) or InvalidError (schema or metadata)."""
-    out = json_copy(dict(obj))
-    if namespaced:
-        out.setdefault("metadata", {}).setdefault("namespace", namespace)
-    unknown = prune(out, schema, root=True)
+    from tests.customresource_pass import compile_root_pass  # it builds on this module's walks
+
+    def copied() -> dict[str, Any]:
+        out = json_copy(dict(obj))
+        if namespaced:
+            out.setdefault("metadata", {}).setdefault("namespace", namespace)
+        return out
+
+    out = copied()
+    # prune, prune_nulls and default in one compiled pass where the root allows (tests/test_customresource_pass.py);
+    # validate runs for the messages only when the pass finds the body invalid.
+    root_pass = compile_root_pass(schema)
+    valid: bool | None = None
+    unknown: list[str] = []
+    if root_pass is not None:
+        try:
+            valid = root_pass(out, "", unknown)
+            unknown.sort()
+        except Exception:  # noqa: BLE001 - a schema the pass trips on: the four walks, failing where they fail
+            out, unknown, valid = copied(), [], None
+    if valid is None:
+        unknown = prune(out, schema, root=True)
     warnings: list[str] = []
     if unknown and field_validation == "Strict":
         raise FieldValidationError(unknown)
     if unknown and field_validation != "Ignore":
         warnings = [f'unknown field "{p}"' for p in unknown]
-    prune_nulls(out, schema)
-    default(out, schema)
+    if valid is None:
+        prune_nulls(out, schema)
+        default(out, schema)
     body = {k: v for k, v in out.items() if k not in META_FIELDS}
     body_schema = {**schema, "properties": {k: v for k, v in (schema.get("properties") or {}).items()
                                             if k not in META_FIELDS}}
-    causes = validate(body, body_schema)
+    causes = [] if valid else validate(body, body_schema)
     causes += k8s_names.object_meta(out.get("metadata") or {}, namespaced=namespaced)
     if causes:
         raise InvalidError(causes)

@@ -194,6 +194,69 @@ class _Compiler:
         return run
 
 
+    def root(self, schema: Schema) -> Pass | None:
+        """The pass for a whole resource, as admit runs the walks on it: prune keeps apiVersion, kind and
+        metadata as they are, prune_nulls and default still see them, validate sees the rest (the body).
+        None when the root uses a keyword left to the walks, or an enum: then admit runs them."""
+        if _by_walks(schema) or "enum" in schema:
+            return None
+        props = {key: self.field(sub) for key, sub in (schema.get("properties") or {}).items()}
+        extra = schema.get("additionalProperties")
+        extra_field = self.field(extra) if isinstance(extra, Mapping) else None
+        keep_extra = extra is True and extra_field is None
+        defaults = [(key, f) for key, f in props.items() if f.default is not None]
+        wanted = schema.get("type")
+        object_ok = not wanted or wanted == "object"
+        required = list(schema.get("required") or [])
+        min_props, max_props = schema.get("minProperties"), schema.get("maxProperties")
+        meta = customresource.META_FIELDS
+
+        def run(value: Any, path: str, unknown: list[str]) -> bool:
+            valid = object_ok
+            for key, child in list(value.items()):
+                field = props.get(key, extra_field)
+                if key in meta:  # not pruned, not validated; its nulls and defaults as prune_nulls and default do
+                    if field is None:
+                        continue
+                    if child is None:
+                        if field.drop_null:
+                            del value[key]
+                        elif field.replace_null:
+                            value[key] = field.fresh_default()
+                    else:
+                        customresource.prune_nulls(child, field.schema)
+                        customresource.default(child, field.schema)
+                elif field is None:
+                    if keep_extra:
+                        _prune_all(child, key, unknown)
+                    else:
+                        unknown.append(key)
+                        del value[key]
+                elif child is None:
+                    if field.drop_null:
+                        del value[key]
+                    elif field.replace_null:
+                        value[key] = field.fresh_default()
+                        valid = field.default_valid and valid
+                    else:
+                        valid = field.null_valid and valid
+                elif isinstance(child, dict | list):
+                    valid = field.run(child, key, unknown) and valid
+                else:
+                    valid = field.scalar(child) and valid
+            for key, field in defaults:
+                if key not in value:
+                    value[key] = field.fresh_default()
+                    valid = (key in meta or field.default_valid) and valid
+            if not valid:
+                return False
+            body = len(value) - sum(1 for key in meta if key in value)
+            if required and not all(name in value and name not in meta for name in required):
+                return False
+            return not ((min_props is not None and body < min_props) or (max_props is not None and body > max_props))
+        return run
+
+
 def _by_walks(schema: Schema) -> bool:
     """Whether a node uses a keyword left to the four walks (or items as a list, which they cannot read)."""
     items = schema.get("items")
@@ -267,6 +330,20 @@ def _type_check(wanted: Any) -> Callable[[Any], bool]:
 
 
 _compiled: dict[int, tuple[Schema, _Field]] = {}  # by id of the schema; the schema is held so the id stays its own
+
+
+_roots: dict[int, tuple[Schema, Pass | None]] = {}
+
+
+def compile_root_pass(schema: Schema) -> Pass | None:
+    """The pass for whole resources of a CRD's `schema` (see _Compiler.root), or None: the walks decide."""
+    key = id(schema)
+    hit = _roots.get(key)
+    if hit is None or hit[0] is not schema:
+        if len(_roots) >= 64:
+            del _roots[next(iter(_roots))]
+        hit = _roots[key] = (schema, _Compiler().root(schema))
+    return hit[1]
 
 
 def compile_pass(schema: Schema) -> Pass:

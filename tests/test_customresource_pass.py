@@ -46,13 +46,39 @@ def four_walks_admit_status(obj: Mapping[str, Any], schema: Schema, *, field_val
     return out, warnings
 
 
-def outcome(admit: Any, obj: dict[str, Any], mode: str) -> tuple[str, Any]:
+def four_walks_admit(obj: Mapping[str, Any], schema: Schema, *, namespaced: bool = True, namespace: str = "default",
+                     field_validation: str = "Warn") -> tuple[dict[str, Any], list[str]]:
+    """customresource.admit as it was before the compiled pass (the oracle)."""
+    out = json_copy(dict(obj))
+    if namespaced:
+        out.setdefault("metadata", {}).setdefault("namespace", namespace)
+    unknown = customresource.prune(out, schema, root=True)
+    warnings: list[str] = []
+    if unknown and field_validation == "Strict":
+        raise FieldValidationError(unknown)
+    if unknown and field_validation != "Ignore":
+        warnings = [f'unknown field "{p}"' for p in unknown]
+    customresource.prune_nulls(out, schema)
+    customresource.default(out, schema)
+    body = {k: v for k, v in out.items() if k not in customresource.META_FIELDS}
+    body_schema = {**schema, "properties": {k: v for k, v in (schema.get("properties") or {}).items()
+                                            if k not in customresource.META_FIELDS}}
+    causes = customresource.validate(body, body_schema)
+    causes += customresource.k8s_names.object_meta(out.get("metadata") or {}, namespaced=namespaced)
+    if causes:
+        raise InvalidError(causes)
+    return out, warnings
+
+
+def outcome(admit: Any, obj: dict[str, Any], mode: str, schema: Schema = SCHEMA) -> tuple[str, Any]:
     try:
-        out, warnings = admit(obj, SCHEMA, field_validation=mode)
+        out, warnings = admit(obj, schema, field_validation=mode)
     except FieldValidationError as err:
         return "strict", (str(err), err.unknown)
     except InvalidError as err:
         return "invalid", err.causes
+    except (AttributeError, TypeError) as err:  # metadata not an object: both fail before admitting anything
+        return "error", type(err).__name__
     return "stored", (json.dumps(out), warnings)
 
 
@@ -167,6 +193,67 @@ def test_specs_and_their_variants_pass_as_the_four_walks_leave_them() -> None:
             how, variant = mutated(spec, rng)
             judged[assert_same(variant, sub, "spec", f"{label}, {how}")] += 1
     assert judged[True] > 100 and judged[False] > 300, judged
+
+
+def whole_runs() -> list[tuple[str, dict[str, Any]]]:
+    """The example WarpRuns, each with a status the operator wrote and the metadata kopf adds."""
+    out = []
+    for i, (name, doc) in enumerate(example_warpruns()):
+        meta = {**doc.get("metadata", {}), "finalizers": ["kopf.zalando.org/KopfFinalizerMarker"],
+                "annotations": {"kopf.zalando.org/last-handled-configuration": json.dumps(doc["spec"])}}
+        out.append((name, {**doc, "metadata": meta, "status": STATUSES[i % len(STATUSES)]}))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["Strict", "Warn", "Ignore"])
+def test_whole_runs_are_admitted_as_the_four_walks_admit_them(mode: str) -> None:
+    """customresource.admit (creates, updates, patches of the main resource): root fields kept unpruned
+    (apiVersion, kind, metadata), the metadata's own rules, the body's validation."""
+    rng = random.Random(f"customresource-pass-whole-{mode}")
+    seen: dict[str, int] = {"stored": 0, "strict": 0, "invalid": 0, "error": 0}
+    for name, run in whole_runs():
+        assert outcome(customresource.admit, run, mode) == outcome(four_walks_admit, run, mode) == ("stored", mock_any()), name
+        for _ in range(60):
+            how, variant = mutated(run, rng)
+            want = outcome(four_walks_admit, variant, mode)
+            assert outcome(customresource.admit, variant, mode) == want, f"{name}, {how}"
+            seen[want[0]] += 1
+    assert seen["invalid"] > 50 and seen["stored"] > 50, seen
+    assert (seen["strict"] > 10) == (mode == "Strict"), seen
+
+
+class mock_any:  # noqa: N801 - reads as a value in the assertion above
+    def __eq__(self, other: object) -> bool:
+        return True
+
+
+# A root with what the WarpRun's has not: its metadata declared (nullable, defaulted), property counts, additional properties. Whole objects for it are generated at random.
+ROOT_KEYWORDS: dict[str, Any] = {"type": "object", "required": ["spec"], "maxProperties": 4, "properties": {
+    "metadata": {"type": "object", "properties": {"labels": {"type": "object", "default": {"a": "b"}}}},
+    "kind": {"type": "string", "nullable": True},
+    "apiVersion": {"type": "string", "default": "x/v1"},
+    "spec": {"type": "object", "properties": {"n": {"type": "integer", "default": 2}, "s": {"type": "string"}}},
+    "status": {"type": "object", "nullable": True, "default": {}, "properties": {"n": {"type": "integer"}}},
+}, "additionalProperties": {"type": "string"}}  # fmt: skip
+
+
+def test_a_root_with_every_keyword_the_walks_read_there_is_admitted_as_they_admit() -> None:
+    rng = random.Random("customresource-pass-root")
+    seen: dict[str, int] = {"stored": 0, "strict": 0, "invalid": 0, "error": 0}
+    for schema in (ROOT_KEYWORDS, {**ROOT_KEYWORDS, "additionalProperties": True}, {**ROOT_KEYWORDS, "minProperties": 3},
+                   {k: v for k, v in ROOT_KEYWORDS.items() if k != "additionalProperties"},
+                   {**ROOT_KEYWORDS, "required": ["metadata"]}):  # never in the body validate sees: always refused
+        for i in range(400):
+            value = random_value(schema, rng)
+            obj = {"metadata": {"name": "n"}, **(value if isinstance(value, dict) else {})}
+            for key in ("metadata", "kind", "apiVersion"):
+                if rng.random() < 0.2:
+                    obj[key] = copy.deepcopy(rng.choice(SAMPLES))
+            for mode in ("Strict", "Warn"):
+                want = outcome(four_walks_admit, obj, mode, schema)
+                assert outcome(customresource.admit, obj, mode, schema) == want, f"object {i}: {obj!r}"
+                seen[want[0]] += 1
+    assert min(seen["stored"], seen["strict"], seen["invalid"]) > 50, seen
 
 
 # A schema with every keyword customresource's walks read, nested; values for it are generated at random.
