@@ -72,11 +72,13 @@ class JobIndex:
         with self._lock:
             return self._versions.get((namespace, run), 0)
 
-    def event(self, namespace: str, run: str, job: Mapping[str, Any], *, deleted: bool) -> bool:
+    def event(self, namespace: str, run: str, job: Mapping[str, Any], *, deleted: bool, accounted: bool = False) -> bool:
         """A watch event about one Job of a run (ADDED/MODIFIED/DELETED, or kopf's initial listing), or a Job
         as the API server answered its creation. Returns whether a reconcile of the run could read anything
         new from it: not for a version older than the cached one, a late event about a deleted Job, or a
-        version the cached one reads alike (`same`)."""
+        version the cached one reads alike (`same`). `accounted`: the Job as the pass that created it got it
+        back, which that pass has accounted for: the run's version does not move (a pass queued after it
+        compares what it would read with what the creating pass read, operator/passes.py)."""
         meta = job.get("metadata") or {}
         name, uid = meta.get("name"), meta.get("uid")
         key = (namespace, run)
@@ -98,8 +100,8 @@ class JobIndex:
                 return False
             jobs[name] = self._keep(job)
             if cached is None or self._same is None or (cached.get("metadata") or {}).get("uid") != uid:
-                return self._moved(key)
-            return not self._same(cached, job) and self._moved(key)
+                return accounted or self._moved(key)
+            return not self._same(cached, job) and (accounted or self._moved(key))
 
     def jobs(self, namespace: str, run: str) -> list[dict[str, Any]] | None:
         """The run's Jobs, or None when its entry has not been seeded by a LIST (or is due for another)."""

@@ -8,7 +8,7 @@ over the same Jobs, the same WarpRun (or the status the first pass wrote) and no
 change nothing").
 
 A pass reads the run's Jobs (the index's version of the run moves with every event it calls news, every
-LIST and every resync) and the WarpRun (its resourceVersion). `PassLedger` keeps, per run, what the last
+LIST and every resync, not with the Jobs a pass created, which that pass accounted for) and the WarpRun (its resourceVersion). `PassLedger` keeps, per run, what the last
 successful pass read: the index version before it read the Jobs, the WarpRun's resourceVersion before it
 read the run, and the resourceVersion its own status write produced when that write changed nothing else
 a pass reads (spec, labels, annotations, deletion). A pass whose run shows exactly that is skipped; every

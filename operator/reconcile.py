@@ -429,14 +429,14 @@ class Reconciler:
     def _create_job(self, namespace: str, manifest: dict[str, Any], kind: str, attempt: int) -> bool:
         """Create a Job of a task of `kind` (False: it exists already). The Job, as the API server stored it,
         goes into the Job index: its ADDED event then brings nothing new and queues no pass of its own (the
-        pass that created it has accounted for it). A multi-node Job's Service is created right after it and
+        pass that created it has accounted for it; nor does it move the run's version in the index). A multi-node Job's Service is created right after it and
         owned by it (by uid); _ensure_services covers a stop in between."""
         created = self.kube.create_job(namespace, manifest)
         if created is None:
             return False
         run = (created.get("metadata", {}).get("labels") or {}).get(LABEL_RUN)
         if run and self.job_index is not None:
-            self.job_index.event(namespace, run, created, deleted=False)
+            self.job_index.event(namespace, run, created, deleted=False, accounted=True)
         if needs_service(manifest):
             self.kube.create_service(namespace, service_manifest(manifest, created["metadata"]["uid"]))
             self._services.add(created["metadata"]["uid"])

@@ -155,3 +155,24 @@ def test_the_starts_of_jobs_other_than_members_queue_no_pass() -> None:
     assert passes_for_a_run(lambda old, new: False) == 15
     assert passes_for_a_run(lambda old, new: view(old) == view(new)) == 10
     assert passes_for_a_run(read_alike) == 7
+
+
+def test_a_job_its_creating_pass_put_here_does_not_move_the_run_s_version() -> None:
+    """The POST's answer (accounted for by the pass that created the Job) leaves the version where that pass
+    read it; the watch's ADDED event of that version is no news; one waiting in Kueue's queue is (every pass
+    counts it in the admission metrics), and so is the Job's start."""
+    index = JobIndex(same=read_alike)
+    index.seed("ns", "r", [], "1")
+    before = index.version("ns", "r")
+    assert index.event("ns", "r", task_job(5), deleted=False, accounted=True)
+    assert not index.event("ns", "r", task_job(5), deleted=False)
+    assert index.version("ns", "r") == before
+    assert index.event("ns", "r", task_job(6, status=RUNNING), deleted=False)
+    assert index.version("ns", "r") != before
+    queued = JobIndex(same=read_alike)
+    queued.seed("ns", "r", [], "1")
+    before = queued.version("ns", "r")
+    waiting = task_job(5, suspend=True, labels={LABEL_KUEUE_QUEUE: "q"})
+    assert queued.event("ns", "r", waiting, deleted=False, accounted=True)
+    assert queued.event("ns", "r", waiting, deleted=False)
+    assert queued.version("ns", "r") != before

@@ -46,12 +46,16 @@ class Scripted(Reconciler):
         self.passes_run = 0
         self.write: dict[str, Any] | None = None  # the run as this pass's status write leaves it
         self.fail = False
+        self.create: dict[str, Any] | None = None  # a Job this pass creates (its POST's answer)
 
     def reconcile(self, namespace: str, name: str) -> Outcome | None:
         self.passes_run += 1
         if self.fail:
             raise RuntimeError("the API server answered 500")
         outcome = Outcome()
+        if self.create is not None:
+            self.job_index.event(namespace, name, self.create, deleted=False, accounted=True)  # type: ignore[union-attr]
+            self.create = None
         if self.write is not None:
             read = self.runs.get(namespace, name)  # type: ignore[union-attr]
             self.runs.put(self.write)  # type: ignore[union-attr]
@@ -83,6 +87,19 @@ def test_a_pass_after_the_last_pass_s_own_status_write_is_skipped(rec: Scripted)
     rec.write = run(11, status={"phase": "Training"})
     rec._process(KEY)  # reads the completion, writes the status
     rec._process(KEY)  # queued by the completion's handler after that pass had read it
+    assert (rec.passes_run, rec.passes.skipped) == (2, 1)
+
+
+def test_a_pass_after_one_that_created_a_job_is_skipped(rec: Scripted) -> None:
+    """The creating pass puts the POST's answer into the index (`accounted`): that moves no version, and the
+    watch's ADDED event of the same version is no news."""
+    assert rec.job_index.event("ns", "r", job(6, COMPLETE), deleted=False)  # type: ignore[union-attr]
+    created = {**job(7), "metadata": {**job(7)["metadata"], "name": "r-i0-m0", "uid": "uid-m0"}}
+    created["metadata"]["labels"] = {**created["metadata"]["labels"], "kwarp.dev/task": "i0-m0"}
+    rec.create = created
+    rec._process(KEY)  # reads the completion, creates the next Job
+    assert not rec.job_index.event("ns", "r", created, deleted=False)  # type: ignore[union-attr]
+    rec._process(KEY)  # queued by an event that pass had read
     assert (rec.passes_run, rec.passes.skipped) == (2, 1)
 
 
