@@ -6,7 +6,7 @@
     every `resync` seconds, per WarpRun (timer)          -> queue a reconcile of the run (safety net)
 
 A queued pass that would read the run's Jobs and WarpRun as the last pass read them is skipped
-(operator/passes.py), except the timer's and the WarpRun handlers' (`force`).
+(operator/passes.py), except the timer's (`force`).
     any WarpRun event                                    -> the run's cache (reconciles read the run there)
     WarpRun deleted (finalizer kwarp.dev/finalizer)      -> cleanup: Delete removes <run>/ from the store
                                                             (a store still down after the grace period:
@@ -107,7 +107,9 @@ def register(
     @kopf.on.create(*RUNS, registry=registry, backoff=10)
     @kopf.on.update(*RUNS, registry=registry, backoff=10)
     async def run_changed(name: str, namespace: str, **_: Any) -> None:
-        queue(namespace, name, force=True)
+        # Not forced: run_seen has put this event's version into the cache, and a pass runs unless the run's
+        # last pass read that version already (kopf's create handler often comes after the first sight's pass).
+        queue(namespace, name)
 
     @kopf.on.event("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)
     async def job_changed(body: Mapping[str, Any], namespace: str, type: str | None, **kwargs: Any) -> None:

@@ -60,12 +60,24 @@ class JobIndex:
         self._seeded: set[Key] = set()
         self._deleted: dict[Key, dict[str, int | None]] = {}  # Job uid -> resourceVersion it was deleted at
         self._versions: dict[Key, int] = {}
+        self._creating: dict[tuple[Key, str], bool] = {}  # Jobs a pass is POSTing -> a first sight was let pass
         self._counter = itertools.count(1)  # one sequence for all runs: a forgotten run's version never returns
         self._lock = threading.Lock()
 
     def _moved(self, key: Key) -> bool:
         self._versions[key] = next(self._counter)
         return True
+
+    def creating(self, namespace: str, run: str, name: str, *, done: bool = False, accounted: bool = False) -> None:
+        """A pass is about to POST the Job `name` (`done`: the POST returned; `accounted`: with the Job, which the
+        pass accounted for). Meanwhile the watch's first sight of that Job, as created (no status yet), moves no
+        version: it often overtakes the POST's answer. Unless the pass got the Job back, the version moves then."""
+        key = (namespace, run)
+        with self._lock:
+            if not done:
+                self._creating[(key, name)] = False
+            elif self._creating.pop((key, name), False) and not accounted:
+                self._moved(key)
 
     def version(self, namespace: str, run: str) -> int:
         """The run's entry's version: it changes with every event called news, every LIST and every resync."""
@@ -99,17 +111,26 @@ class JobIndex:
             if not _newer(job, cached):
                 return False
             jobs[name] = self._keep(job)
+            if (cached is None and (key, name) in self._creating and not job.get("status") and self._same is not None
+                    and self._same(job, job)):  # not a gang Job, nor one waiting in Kueue's queue
+                self._creating[(key, name)] = True
+                return True  # as created, overtaking the POST's answer: the creating pass accounts for it
             if cached is None or self._same is None or (cached.get("metadata") or {}).get("uid") != uid:
                 return accounted or self._moved(key)
             return not self._same(cached, job) and (accounted or self._moved(key))
 
     def jobs(self, namespace: str, run: str) -> list[dict[str, Any]] | None:
         """The run's Jobs, or None when its entry has not been seeded by a LIST (or is due for another)."""
+        return self.jobs_at(namespace, run)[0]
+
+    def jobs_at(self, namespace: str, run: str) -> tuple[list[dict[str, Any]] | None, int]:
+        """The run's Jobs (as `jobs`) and the version they are at, read together."""
         key = (namespace, run)
         with self._lock:
+            version = self._versions.get(key, 0)
             if key not in self._seeded:
-                return None
-            return list(self._jobs.get(key, {}).values())
+                return None, version
+            return list(self._jobs.get(key, {}).values()), version
 
     def seed(self, namespace: str, run: str, listing: list[dict[str, Any]], list_rv: str | None = None) -> None:
         """Merge a LIST of the run's Jobs: it wins over older cached versions, and a cached Job it lacks is

@@ -9,15 +9,16 @@ change nothing").
 
 A pass reads the run's Jobs (the index's version of the run moves with every event it calls news, every
 LIST and every resync, not with the Jobs a pass created, which that pass accounted for) and the WarpRun (its resourceVersion). `PassLedger` keeps, per run, what the last
-successful pass read: the index version before it read the Jobs, the WarpRun's resourceVersion before it
+successful pass read: the index version it read the Jobs at, the WarpRun's resourceVersion before it
 read the run, and the resourceVersion its own status write produced when that write changed nothing else
 a pass reads (spec, labels, annotations, deletion). A pass whose run shows exactly that is skipped; every
 other pass runs. Not skipped, whatever the versions:
 
 - a pass after a failed one (the failure forgets what was read: the retry runs);
 - a pass asked for with `force`: the resync timer's (time: the watchdog's deadlines, the progress and ETA
-  refresh from the store, a store that came back; it also has the index LIST again), WarpRun create/resume/
-  update handlers (kopf's own bookkeeping may move no version the ledger compares);
+  refresh from the store, a store that came back; it also has the index LIST again). The WarpRun handlers'
+  passes are not forced: the run cache holds their event's version before they queue (operator/handlers.py),
+  so a spec, label or annotation change, a suspend or a deletion is a new resourceVersion;
 - the first pass of a run, and any pass without a Job index or a run cache (no versions to compare).
 
 The store is read by a pass but has no version: a change there that no event announces is seen by the next
@@ -63,7 +64,8 @@ class PassLedger:
 
     def begin(self, key: Hashable, now: Token | None) -> bool:
         """Whether the pass about to start should run: `now` is the run's token, read before the pass reads the
-        Jobs and the run (so a change that lands in between makes the next pass run, never the reverse)."""
+        run (a change of the run that lands in between makes the next pass run, never the reverse; the Jobs
+        are read together with their version)."""
         with self._lock:
             forced = key in self._forced
             self._forced.discard(key)

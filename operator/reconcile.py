@@ -157,6 +157,7 @@ class Reconciler:
         # Threads running reconciles (of different runs), started and stopped by the operator (app.serve).
         self.queue = WorkQueue(self._process, workers=workers)
         self.passes = PassLedger()  # what each run's last pass read: a queued pass that would read it again is skipped
+        self._pass = threading.local()  # .version: the Job index's version of the run this thread's pass read
         self.last_success = time.monotonic()
         self._pod_details: dict[str, str | None] = {}  # failed Job uid -> what its pod said
         self._counted_failures: set[str] = set()  # Job uids already counted in the failures metric
@@ -185,11 +186,16 @@ class Reconciler:
         token = self._token(*key)
         if not self.passes.begin(key, token):
             return  # queued by an event the last pass had already read: nothing new to read
+        self._pass.version = None
         try:
             outcome = self.reconcile(*key)
         except Exception:
             self.passes.failed(key)  # the retry runs
             raise
+        if token is not None and self._pass.version is not None:
+            # The version the pass read the Jobs at, not the one before it started: a Job event in between
+            # (while it parsed the run) was read, and must not make the next pass run again.
+            token = (self._pass.version, token[1])
         self.passes.done(key, token, outcome.written if outcome is not None else None)
 
     def reconcile(self, namespace: str, name: str) -> Outcome | None:
@@ -377,12 +383,12 @@ class Reconciler:
         """The run's Jobs: from the watch-fed index when there is one (a LIST seeds it), else a LIST."""
         if self.job_index is None:
             return self.kube.list_jobs(namespace, name)
-        jobs = self.job_index.jobs(namespace, name)
+        jobs, self._pass.version = self.job_index.jobs_at(namespace, name)
         if jobs is None:
             items, rv = self.kube.list_jobs_at(namespace, name)
             self.job_index.seed(namespace, name, items, rv)
-            jobs = self.job_index.jobs(namespace, name) or []
-        return jobs
+            jobs, self._pass.version = self.job_index.jobs_at(namespace, name)
+        return jobs or []
 
     def _act(self, body: Mapping[str, Any], run: WarpRun, uid: str, attempts: Mapping[Task, list[JobView]],
              action: Action, outcome: Outcome, gangs: list[dict[str, Any]] | None = None) -> None:  # fmt: skip
@@ -431,12 +437,20 @@ class Reconciler:
         goes into the Job index: its ADDED event then brings nothing new and queues no pass of its own (the
         pass that created it has accounted for it; nor does it move the run's version in the index). A multi-node Job's Service is created right after it and
         owned by it (by uid); _ensure_services covers a stop in between."""
-        created = self.kube.create_job(namespace, manifest)
+        run = (manifest["metadata"].get("labels") or {}).get(LABEL_RUN)
+        index = self.job_index if run else None
+        if index is not None:
+            index.creating(namespace, run, manifest["metadata"]["name"])
+        created = None
+        try:
+            created = self.kube.create_job(namespace, manifest)
+            if created is not None and index is not None:
+                index.event(namespace, run, created, deleted=False, accounted=True)
+        finally:
+            if index is not None:
+                index.creating(namespace, run, manifest["metadata"]["name"], done=True, accounted=created is not None)
         if created is None:
             return False
-        run = (created.get("metadata", {}).get("labels") or {}).get(LABEL_RUN)
-        if run and self.job_index is not None:
-            self.job_index.event(namespace, run, created, deleted=False, accounted=True)
         if needs_service(manifest):
             self.kube.create_service(namespace, service_manifest(manifest, created["metadata"]["uid"]))
             self._services.add(created["metadata"]["uid"])

@@ -176,3 +176,28 @@ def test_a_job_its_creating_pass_put_here_does_not_move_the_run_s_version() -> N
     assert queued.event("ns", "r", waiting, deleted=False, accounted=True)
     assert queued.event("ns", "r", waiting, deleted=False)
     assert queued.version("ns", "r") != before
+
+
+def test_the_watch_s_first_sight_of_a_job_being_created_moves_no_version() -> None:
+    """The ADDED event often overtakes the POST's answer; the pass that POSTed accounts for that Job. But a Job
+    the pass did not get back (409: someone else's; a failed POST), a first sight with a status already, and a
+    Job waiting in Kueue's queue are news as before."""
+    index = JobIndex(same=read_alike)
+    index.seed("ns", "r", [], "1")
+    before = index.version("ns", "r")
+    index.creating("ns", "r", "r-i0-m0")
+    assert index.event("ns", "r", task_job(5), deleted=False)  # queues a pass, as before
+    assert index.version("ns", "r") == before
+    assert not index.event("ns", "r", task_job(5), deleted=False, accounted=True)  # the POST's answer
+    index.creating("ns", "r", "r-i0-m0", done=True, accounted=True)
+    assert index.version("ns", "r") == before
+    for start, finish in [(task_job(5), False), (task_job(5, status=RUNNING), True),
+                          (task_job(5, suspend=True, labels={LABEL_KUEUE_QUEUE: "q"}), True)]:  # fmt: skip
+        index = JobIndex(same=read_alike)
+        index.seed("ns", "r", [], "1")
+        before = index.version("ns", "r")
+        index.creating("ns", "r", "r-i0-m0")
+        assert index.event("ns", "r", start, deleted=False)
+        if not finish:  # the POST answered 409 or failed: the pass did not account for the Job
+            index.creating("ns", "r", "r-i0-m0", done=True, accounted=False)
+        assert index.version("ns", "r") != before

@@ -36,20 +36,32 @@ COMPLETE = {"startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T0
             "conditions": [{"type": "Complete", "status": "True"}]}  # fmt: skip
 
 
+class Listing:
+    """The API server's answer to a pass's LIST of the run's Jobs (after a resync)."""
+
+    def list_jobs_at(self, namespace: str, name: str) -> tuple[list[dict[str, Any]], str]:
+        return [job(5)], "5"
+
+
 class Scripted(Reconciler):
     """A reconciler whose pass only counts itself and, like a pass that changed the status, writes the run
     (the answer goes into the run cache, as `_report` puts it there)."""
 
     def __init__(self) -> None:
-        super().__init__(kube=None, worker=WorkerSettings(image="x"), job_index=JobIndex(same=read_alike),  # type: ignore[arg-type]
+        super().__init__(kube=Listing(), worker=WorkerSettings(image="x"), job_index=JobIndex(same=read_alike),  # type: ignore[arg-type]
                          runs=RunCache())  # fmt: skip
         self.passes_run = 0
         self.write: dict[str, Any] | None = None  # the run as this pass's status write leaves it
         self.fail = False
         self.create: dict[str, Any] | None = None  # a Job this pass creates (its POST's answer)
+        self.before_read: dict[str, Any] | None = None
 
     def reconcile(self, namespace: str, name: str) -> Outcome | None:
         self.passes_run += 1
+        if self.before_read is not None:  # a Job event while the pass parses the run, before it reads the Jobs
+            assert self.job_index.event(namespace, name, self.before_read, deleted=False)  # type: ignore[union-attr]
+            self.before_read = None
+        self._run_jobs(namespace, name)
         if self.fail:
             raise RuntimeError("the API server answered 500")
         outcome = Outcome()
@@ -100,6 +112,17 @@ def test_a_pass_after_one_that_created_a_job_is_skipped(rec: Scripted) -> None:
     rec._process(KEY)  # reads the completion, creates the next Job
     assert not rec.job_index.event("ns", "r", created, deleted=False)  # type: ignore[union-attr]
     rec._process(KEY)  # queued by an event that pass had read
+    assert (rec.passes_run, rec.passes.skipped) == (2, 1)
+
+
+def test_a_job_event_the_pass_read_after_it_started_queues_no_second_pass(rec: Scripted) -> None:
+    """The pass records the version it read the Jobs at, not the one before it parsed the run."""
+    assert rec.job_index.event("ns", "r", job(6, COMPLETE), deleted=False)  # type: ignore[union-attr]
+    rec.before_read = job(7, COMPLETE)
+    rec.before_read["metadata"]["labels"] = {**rec.before_read["metadata"]["labels"], "kwarp.dev/task": "i0-m0"}
+    rec.before_read["metadata"]["name"] = "r-i0-m0"
+    rec._process(KEY)
+    rec._process(KEY)  # queued by that event's handler
     assert (rec.passes_run, rec.passes.skipped) == (2, 1)
 
 
@@ -188,3 +211,29 @@ def test_own_write_compares_what_a_pass_reads_of_the_run() -> None:
     annotated = run(11)
     annotated["metadata"]["annotations"] = {"kopf.zalando.org/last-handled-configuration": "{}"}
     assert not own_write(run(10), annotated)
+
+
+class OvertakingKube:
+    """A Job POST whose ADDED event reaches the operator's Job handler before the POST's answer."""
+
+    def __init__(self, index: JobIndex, answer: dict[str, Any] | None) -> None:
+        self.index, self.answer = index, answer
+
+    def create_job(self, namespace: str, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        added = {**job(7), "metadata": {**job(7)["metadata"], "name": manifest["metadata"]["name"], "uid": "uid-new"}}
+        assert self.index.event(namespace, "r", added, deleted=False)  # the Job handler queues the run
+        return added if self.answer is not None else None
+
+
+@pytest.mark.parametrize(("answered", "skipped"), [(True, 1), (False, 0)])
+def test_a_job_s_added_event_that_overtakes_its_post_answer(rec: Scripted, answered: bool, skipped: int) -> None:
+    """The creating pass accounts for the Job it got back: the pass that the ADDED event queued is skipped. A
+    POST answered 409 (the Job was someone else's) leaves the event news: that pass runs."""
+    assert rec.job_index is not None
+    rec.kube = OvertakingKube(rec.job_index, {} if answered else None)  # type: ignore[assignment]
+    manifest = {"metadata": {"name": "r-i0-m0", "labels": {"kwarp.dev/run": "r"}}, "spec": {"template": {"spec": {}}}}
+    token = rec._token(*KEY)
+    assert rec._create_job("ns", manifest, "train", 0) is answered
+    rec.passes.done(KEY, token, None)  # the creating pass ends
+    rec._process(KEY)
+    assert (rec.passes_run, rec.passes.skipped) == (2 - skipped, skipped)
