@@ -157,14 +157,14 @@ class Tracer:
         self._wrap(app, "kopf_settings", settings_with_timed_executor)
 
         def index_event(original: Any) -> Any:
-            def event(self_: Any, namespace: str, run: str, job: Any, *, deleted: bool) -> bool:
+            def event(self_: Any, namespace: str, run: str, job: Any, *, deleted: bool, **kwargs: Any) -> bool:
                 done = any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
                            for c in (job.get("status") or {}).get("conditions") or [])  # fmt: skip
                 name = (job.get("metadata") or {}).get("name")
                 entry = (done, getattr(tracer._local, "handler", None), time.monotonic())
                 with tracer._lock:
                     tracer.job_events[name] = tracer.job_events.get(name, ()) + (entry,)
-                return original(self_, namespace, run, job, deleted=deleted)  # whether the handler queues a pass
+                return original(self_, namespace, run, job, deleted=deleted, **kwargs)  # whether the handler queues a pass
 
             return event
 
