@@ -100,6 +100,18 @@ class _Field:
         return self.default if self.default_is_scalar else json_copy(self.default)
 
 
+def _null_member(container: Any, key: Any, field: _Field, *, in_list: bool = False) -> bool:
+    """A null member of an object (or item of a list, which prune_nulls keeps) as prune_nulls and default leave
+    it: dropped, replaced by the field's default, or kept; and whether validate accepts what is left."""
+    if field.drop_null and not in_list:
+        del container[key]
+        return True
+    if field.replace_null:
+        container[key] = field.fresh_default()
+        return field.default_valid
+    return field.null_valid
+
+
 class _Compiler:
     def __init__(self) -> None:
         self.done: dict[int, tuple[Schema, _Field]] = {}  # by id of the schema node (held: ids stay valid)
@@ -147,13 +159,7 @@ class _Compiler:
                             unknown.append(f"{path}.{key}" if path else key)
                             del value[key]
                     elif child is None:
-                        if field.drop_null:
-                            del value[key]
-                        elif field.replace_null:
-                            value[key] = field.fresh_default()
-                            valid = field.default_valid and valid
-                        else:
-                            valid = field.null_valid and valid
+                        valid = _null_member(value, key, field) and valid
                     elif isinstance(child, dict | list):
                         valid = field.run(child, f"{path}.{key}" if path else key, unknown) and valid
                     else:
@@ -178,11 +184,7 @@ class _Compiler:
                     valid = array_ok
                     for i, item in enumerate(value):
                         if item is None:  # prune_nulls keeps a null item; default may replace it
-                            if item_field.replace_null:
-                                value[i] = item_field.fresh_default()
-                                valid = item_field.default_valid and valid
-                            else:
-                                valid = item_field.null_valid and valid
+                            valid = _null_member(value, i, item_field, in_list=True) and valid
                         elif isinstance(item, dict | list):
                             valid = item_field.run(item, f"{path}[{i}]", unknown) and valid
                         else:
@@ -223,10 +225,7 @@ class _Compiler:
                     if field is None:
                         continue
                     if child is None:
-                        if field.drop_null:
-                            del value[key]
-                        elif field.replace_null:
-                            value[key] = field.fresh_default()
+                        _null_member(value, key, field)  # its verdict is not validate's to give
                     else:
                         customresource.prune_nulls(child, field.schema)
                         customresource.default(child, field.schema)
@@ -237,13 +236,7 @@ class _Compiler:
                         unknown.append(key)
                         del value[key]
                 elif child is None:
-                    if field.drop_null:
-                        del value[key]
-                    elif field.replace_null:
-                        value[key] = field.fresh_default()
-                        valid = field.default_valid and valid
-                    else:
-                        valid = field.null_valid and valid
+                    valid = _null_member(value, key, field) and valid
                 elif isinstance(child, dict | list):
                     valid = field.run(child, key, unknown) and valid
                 else:
@@ -333,29 +326,26 @@ def _type_check(wanted: Any) -> Callable[[Any], bool]:
     return lambda value: _has_type(value, wanted)
 
 
-_compiled: dict[int, tuple[Schema, _Field]] = {}  # by id of the schema; the schema is held so the id stays its own
+_compiled: dict[int, tuple[Schema, Any]] = {}  # by id of the schema; the schema is held so the id stays its own
+_roots: dict[int, tuple[Schema, Any]] = {}
 
 
-_roots: dict[int, tuple[Schema, Pass | None]] = {}
+def _cached(cache: dict[int, tuple[Schema, Any]], schema: Schema, build: Callable[[Schema], Any]) -> Any:
+    """build(schema), once while the schema object lives (its id is the key, the schema held beside it)."""
+    key = id(schema)
+    hit = cache.get(key)
+    if hit is None or hit[0] is not schema:
+        if len(cache) >= 64:  # CRDs re-registered in a long test session: forget the oldest
+            del cache[next(iter(cache))]
+        hit = cache[key] = (schema, build(schema))
+    return hit[1]
 
 
 def compile_root_pass(schema: Schema) -> Pass | None:
     """The pass for whole resources of a CRD's `schema` (see _Compiler.root), or None: the walks decide."""
-    key = id(schema)
-    hit = _roots.get(key)
-    if hit is None or hit[0] is not schema:
-        if len(_roots) >= 64:
-            del _roots[next(iter(_roots))]
-        hit = _roots[key] = (schema, _Compiler().root(schema))
-    return hit[1]
+    return _cached(_roots, schema, lambda s: _Compiler().root(s))
 
 
 def compile_pass(schema: Schema) -> Pass:
     """The one pass for values of `schema`, compiled on first use and kept while the schema object is."""
-    key = id(schema)
-    hit = _compiled.get(key)
-    if hit is None or hit[0] is not schema:
-        if len(_compiled) >= 64:  # CRDs re-registered in a long test session: forget the oldest
-            del _compiled[next(iter(_compiled))]
-        hit = _compiled[key] = (schema, _Compiler().field(schema))
-    return hit[1].run
+    return _cached(_compiled, schema, lambda s: _Compiler().field(s)).run
