@@ -342,6 +342,16 @@ class InvalidError(ValueError):
         super().__init__("; ".join(causes))
 
 
+def unknown_field_warnings(unknown: list[str], field_validation: str) -> list[str]:
+    """What the API server does with the fields pruning found unknown: refuses the write under Strict
+    (FieldValidationError), warns under Warn, says nothing under Ignore."""
+    if unknown and field_validation == "Strict":
+        raise FieldValidationError(unknown)
+    if unknown and field_validation != "Ignore":
+        return [f'unknown field "{p}"' for p in unknown]
+    return []
+
+
 def admit(obj: Mapping[str, Any], schema: Schema, *, namespaced: bool = True, namespace: str = "default",
           field_validation: str = "Warn") -> tuple[dict[str, Any], list[str]]:
     """A custom resource as the API server would store it, and the warnings it would send. A namespaced
@@ -370,11 +380,7 @@ def admit(obj: Mapping[str, Any], schema: Schema, *, namespaced: bool = True, na
             out, unknown, valid = copied(), [], None
     if valid is None:
         unknown = prune(out, schema, root=True)
-    warnings: list[str] = []
-    if unknown and field_validation == "Strict":
-        raise FieldValidationError(unknown)
-    if unknown and field_validation != "Ignore":
-        warnings = [f'unknown field "{p}"' for p in unknown]
+    warnings = unknown_field_warnings(unknown, field_validation)
     if valid is None:
         prune_nulls(out, schema)
         default(out, schema)
@@ -416,11 +422,7 @@ def admit_status(obj: Mapping[str, Any], schema: Schema, *, field_validation: st
     except Exception:  # noqa: BLE001 - a schema the pass trips on: the four walks, failing where they fail
         out["status"] = status = json_copy(obj["status"])
         unknown, valid = prune(status, sub, path="status"), None
-    warnings: list[str] = []
-    if unknown and field_validation == "Strict":
-        raise FieldValidationError(unknown)
-    if unknown and field_validation != "Ignore":
-        warnings = [f'unknown field "{p}"' for p in unknown]
+    warnings = unknown_field_warnings(unknown, field_validation)
     if valid is None:
         prune_nulls(status, sub)
         default(status, sub)

@@ -33,11 +33,7 @@ def four_walks_admit_status(obj: Mapping[str, Any], schema: Schema, *, field_val
     out = dict(obj)
     out["status"] = status = json_copy(obj["status"])
     unknown = customresource.prune(status, sub, path="status")
-    warnings: list[str] = []
-    if unknown and field_validation == "Strict":
-        raise FieldValidationError(unknown)
-    if unknown and field_validation != "Ignore":
-        warnings = [f'unknown field "{p}"' for p in unknown]
+    warnings = customresource.unknown_field_warnings(unknown, field_validation)
     customresource.prune_nulls(status, sub)
     customresource.default(status, sub)
     causes = customresource.validate(status, sub, "status")
@@ -53,11 +49,7 @@ def four_walks_admit(obj: Mapping[str, Any], schema: Schema, *, namespaced: bool
     if namespaced:
         out.setdefault("metadata", {}).setdefault("namespace", namespace)
     unknown = customresource.prune(out, schema, root=True)
-    warnings: list[str] = []
-    if unknown and field_validation == "Strict":
-        raise FieldValidationError(unknown)
-    if unknown and field_validation != "Ignore":
-        warnings = [f'unknown field "{p}"' for p in unknown]
+    warnings = customresource.unknown_field_warnings(unknown, field_validation)
     customresource.prune_nulls(out, schema)
     customresource.default(out, schema)
     body = {k: v for k, v in out.items() if k not in customresource.META_FIELDS}
