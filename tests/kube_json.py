@@ -1,11 +1,12 @@
 """JSON documents in the test API server: copying them (tests/kube_server.py, tests/kube_store.py,
-tests/customresource.py) and encoding each watch event once."""
+tests/customresource.py), encoding each watch event once, and walking their paths (the tests' broken variants)."""
 
 from __future__ import annotations
 
 import copy
 import json
 import marshal
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -18,6 +19,17 @@ def json_copy(obj: Any) -> Any:
         return marshal.loads(marshal.dumps(obj))
     except ValueError:
         return copy.deepcopy(obj)
+
+
+def json_paths(value: Any, at: tuple = ()) -> Iterator[tuple]:
+    """Every path in a JSON document, as tuples of keys and list indexes, the document's own () first."""
+    yield at
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            yield from json_paths(sub, (*at, key))
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            yield from json_paths(sub, (*at, i))
 
 
 class WatchEvent(dict):  # type: ignore[type-arg]

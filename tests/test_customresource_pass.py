@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from tests import customresource
 from tests.customresource import FieldValidationError, InvalidError, Schema
 from tests.customresource_pass import compile_pass
 from tests.kube_json import json_copy
+from tests.kube_json import json_paths as paths
 from tests.test_api_validity import example_warpruns, warprun_schema
 
 STATUSES: list[dict[str, Any]] = json.loads((Path(__file__).parent / "warprun_statuses.json").read_text())
@@ -98,16 +99,6 @@ def assert_same(value: Any, schema: Schema, path: str, label: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------ variants
-
-
-def paths(value: Any, at: tuple = ()) -> Iterator[tuple]:
-    yield at
-    if isinstance(value, dict):
-        for key, sub in value.items():
-            yield from paths(sub, (*at, key))
-    elif isinstance(value, list):
-        for i, sub in enumerate(value):
-            yield from paths(sub, (*at, i))
 
 
 REPLACEMENTS = [None, 0, -1, 1.5, 2.0, 10**20, True, "x", "", "Purge", float("nan"), [], {}, ["x"], [None], [{}],

@@ -16,6 +16,7 @@ import pytest
 
 from tests import k8s_openapi, kube_jobs, schema_check
 from tests.kube_admission import BUILTIN_VERSION
+from tests.kube_json import json_paths as paths
 from tests.test_api_validity import operator_jobs, shipped_crds
 
 Obj = dict[str, Any]
@@ -70,16 +71,6 @@ def valid_objects() -> list[tuple[str, Obj]]:
 
 
 VALID = valid_objects()
-
-
-def paths(value: Any, at: tuple = ()) -> Iterator[tuple]:
-    yield at
-    if isinstance(value, dict):
-        for key, sub in value.items():
-            yield from paths(sub, (*at, key))
-    elif isinstance(value, list):
-        for i, sub in enumerate(value):
-            yield from paths(sub, (*at, i))
 
 
 REPLACEMENTS = [None, 0, -1, 1.5, 2.0, True, "x", "", [], {}, ["x"], [{}], {"zzUnknown": 1}]
