@@ -51,8 +51,9 @@ Figures (printed, never asserted):
   as the API server counted them: where the API server's work comes from;
 - CPU time of each component while the runs are in flight: the API server (its process), the Job
   controller with its pods (its process; with --controller-in-process, its threads), the benchmark's
-  watches of Jobs and WarpRuns (their threads), and the operator (the rest of this process: kopf's loop
-  and the reconcile threads); CPU per created Job for each;
+  watches of Jobs and WarpRuns (their threads), and the operator (the rest of this process: kopf's loop,
+  the reconcile threads and the operator's informer of its Jobs); CPU per created Job for each (with
+  --trace, kopf's loop and the informer's thread apart too);
 - with --profile, where the operator's time goes: a sampling profiler over the operator's threads
   (every 5 ms, inclusive samples per function, the top 20 printed).
 
@@ -178,10 +179,14 @@ def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: 
     if tracer is not None:
         tracer.reset()
     loop = next((t for t in threading.enumerate() if t.name == "kwarp-operator"), None)  # kopf's event loop
+    # The operator's own informer of its Jobs (operator/informer.py), where the operator has one: part of the
+    # operator's CPU, as kopf's loop is; its events went through kopf's loop before.
+    informers = [t for t in threading.enumerate() if t.name.startswith("kwarp-job-informer")]
     before = scrape(port)
     cpu0 = cpu.read()
     requests0 = cpu.requests()
     loop0 = thread_cpu(loop)
+    informer0 = sum(thread_cpu(t) for t in informers)
     t0 = time.monotonic()
     for run in runs:
         custom.create_namespaced_custom_object("kwarp.dev", "v1alpha1", NS, "warpruns", warprun(store, run, **spec_patch))
@@ -235,12 +240,14 @@ def scenario(cluster: Cluster, store: Path, port: int, clock: JobClock, n_runs: 
           "1%): " + "; ".join(f"{g['offered_per_s']}: {g['edges']}, {g['p50_ms']}, {g['p99_ms']}, {g['of_the_slowest_1pct']}"
                               for g in by_load), file=sys.stderr, flush=True)  # fmt: skip
     loop_cpu = thread_cpu(loop) - loop0
+    informer_cpu = sum(thread_cpu(t) for t in informers) - informer0
     requests = requests_per_job(requests0, requests1, jobs)
     for client in (OPERATOR, CONTROLLER, BENCHMARK):  # where the API server's work comes from, readable
         kinds = requests.get(client, {})
         print(f"[{prefix}] API requests per Job, {client}: " + ", ".join(f"{k} {v}" for k, v in kinds.items()),
               file=sys.stderr, flush=True)  # fmt: skip
     traced = {} if tracer is None else {"trace": {"kopf_loop_cpu_ms_per_job": round(1000 * loop_cpu / max(jobs, 1), 1),
+                                                  "informer_cpu_ms_per_job": round(1000 * informer_cpu / max(jobs, 1), 1),
                                                   "per_reconcile": tracer.per_reconcile(names),
                                                   "kopf": tracer.kopf_overhead(), "reaction": tracer.breakdown(edges, t0)}}
     if tracer is not None:  # when the slowest reactions came, and between which tasks

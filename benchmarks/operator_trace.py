@@ -4,7 +4,9 @@ Installed in the benchmark's process before the operator starts, it wraps (class
 process only; the shipped code carries no tracing):
 
 - kopf's handler executor: when each handler call was submitted and when a thread took it;
-- `JobIndex.event`: when the handler of each Job event ran (the first thing `job_changed` does);
+- `JobIndex.event`: when each Job event was handled (the first thing the informer's sink, `job_seen` in
+  operator/handlers.py, does once it has the Job's run; kopf's `job_changed` handler before the operator had
+  an informer of its own, in kopf's loop);
 - `Reconciler.request` / `Reconciler.reconcile`: each request (urgent or not) and each pass of a run,
   its wall and thread CPU time;
 - `Kube._call`: every API call the reconciler makes (verb, resource, seconds, the Job a POST creates);
@@ -14,8 +16,10 @@ process only; the shipped code carries no tracing):
 `breakdown(...)` then splits each reaction edge (a Job's completion -> the creation of the Job it
 unblocked) into consecutive segments:
 
-    deliver        completion acknowledged -> kopf submits the Job event's handler (watch, kopf's loop)
-    thread_wait    submitted -> a handler thread takes it (kopf's executor; 0 for a coroutine handler)
+    deliver        completion acknowledged -> the Job event is handled (the API server's watch and the
+                   operator's informer thread; before it, kopf's loop submitting its handler)
+    thread_wait    submitted -> a handler thread takes it (kopf's executor; 0 for a coroutine handler and
+                   for the informer's sink)
     queued         handler runs -> the pass that creates the next Job starts (waiting for a reconcile
                    thread, or for the run's pass in progress; all of completion -> pass start when that
                    pass began before the completion's event was handled: it saw the outputs in the store)

@@ -27,6 +27,7 @@ from kwarp.core.spec import API_GROUP, KIND
 from . import collector, handlers
 from .collector import CollectionPolicy
 from .diffbase import RunEssence
+from .informer import JobInformers
 from .jobindex import JobIndex
 from .jobrecord import job_record
 from .jobs import WorkerSettings
@@ -118,8 +119,6 @@ def kopf_settings(options: OperatorOptions) -> kopf.OperatorSettings:
     # kopf's handler threads run only the delete-time cleanup now (the other handlers queue a reconcile
     # in the event loop; reconciles have the reconciler's own threads).
     settings.execution.max_workers = 4
-    # Only the operator's Jobs are watched (filtered by the API server, not in the operator).
-    settings.watching.label_selectors["batch", "jobs"] = handlers.LABEL_RUN
     # Reconnect watches now and then, as real API servers drop long ones anyway.
     settings.watching.server_timeout = 600
     return settings
@@ -144,6 +143,14 @@ def kube_configuration() -> kubernetes.client.Configuration:
 def build(options: OperatorOptions, *, configuration: Callable[[], kubernetes.client.Configuration] = kube_configuration,
           metrics: MetricsServer | None = None,
           env: Mapping[str, str] | None = None) -> tuple[kopf.OperatorRegistry, Reconciler]:  # fmt: skip
+    registry, reconciler, _ = assemble(options, configuration=configuration, metrics=metrics, env=env)
+    return registry, reconciler
+
+
+def assemble(options: OperatorOptions, *, configuration: Callable[[], kubernetes.client.Configuration] = kube_configuration,
+             metrics: MetricsServer | None = None,
+             env: Mapping[str, str] | None = None) -> tuple[kopf.OperatorRegistry, Reconciler, JobInformers]:  # fmt: skip
+    """The registry, the reconciler and the Jobs' informers (which `serve` stops if kopf's cleanup did not)."""
     kube = Kube(kubernetes.client.ApiClient(configuration()))
     reconciler = Reconciler(
         kube,
@@ -160,9 +167,10 @@ def build(options: OperatorOptions, *, configuration: Callable[[], kubernetes.cl
         workers=options.max_workers,
     )
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, reconciler, configuration, resync_seconds=options.resync_seconds,
-                      cleanup_grace_seconds=options.cleanup_grace_seconds)
-    return registry, reconciler
+    informers = handlers.register(registry, reconciler, configuration, namespaces=options.namespaces,
+                                  resync_seconds=options.resync_seconds,
+                                  cleanup_grace_seconds=options.cleanup_grace_seconds)  # fmt: skip
+    return registry, reconciler, informers
 
 
 def post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
@@ -174,8 +182,10 @@ async def serve(options: OperatorOptions, *, stop_flag: threading.Event | asynci
                 configuration: Callable[[], kubernetes.client.Configuration] = kube_configuration) -> None:  # fmt: skip
     metrics = MetricsServer(options.metrics_port, options.bind_address).start() if options.metrics_port is not None else None
     reconciler: Reconciler | None = None
+    informers: JobInformers | None = None
     try:
-        registry, reconciler = build(options, configuration=configuration, metrics=metrics)  # starts its queue at kopf's startup
+        # The reconciler starts its queue at the first event, the informers at kopf's startup.
+        registry, reconciler, informers = assemble(options, configuration=configuration, metrics=metrics)
         collector.apply(options.collections)  # modules imported, handlers built: freeze what lives as long as the process
         liveness = (
             f"http://{options.bind_address}:{options.liveness_port}/healthz" if options.liveness_port is not None else None
@@ -198,7 +208,9 @@ async def serve(options: OperatorOptions, *, stop_flag: threading.Event | asynci
             ready_flag=ready_flag,
         )
     finally:
-        if reconciler is not None:  # stopped by kopf's cleanup too, unless kopf failed before that
+        if informers is not None:  # stopped by kopf's cleanup too, unless kopf failed before that
+            informers.stop(timeout=10)
+        if reconciler is not None:
             reconciler.queue.stop(timeout=10)
         if metrics is not None:
             metrics.stop()

@@ -12,11 +12,13 @@ A queued pass that would read the run's Jobs and WarpRun as the last pass read t
                                                             (a store still down after the grace period:
                                                             the data stays, an Event says where)
 
-The Job handler is `on.event`: kopf keeps no state for such handlers, so it never writes annotations
-or finalizers to the Jobs (the integration tests check it). The queueing handlers are coroutines: they
-run in kopf's event loop, take a lock for microseconds and return, so no event waits for a handler
-thread; reconciles run on the reconciler's own threads (operator/workqueue.py). Handlers are registered on a registry the
-caller owns, so that tests can start several operators in one process.
+The Jobs are not kopf's: the operator's own informer (operator/informer.py, a thread started and stopped with
+kopf) watches them, updates the Job index and queues the owning run, as kopf's `on.event` handler for Jobs did
+at several times the CPU per event. kopf never writes annotations or finalizers to the Jobs (the integration
+tests check it). A Job event queues its run only while kopf serves that run: see `serving` below (peering).
+The queueing handlers are coroutines: they run in kopf's event loop, take a lock for microseconds and return,
+so no event waits for a handler thread; reconciles run on the reconciler's own threads (operator/workqueue.py).
+Handlers are registered on a registry the caller owns, so that tests can start several operators in one process.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +37,7 @@ from kwarp.core.spec import API_GROUP, API_VERSION, KIND, PLURAL
 from kwarp.store import StoreError
 
 from .deletion import CleanupPending
+from .informer import JobInformers
 from .jobs import LABEL_RUN
 from .reconcile import Reconciler, job_finished
 
@@ -73,9 +76,12 @@ def register(
     reconciler: Reconciler,
     configuration: Callable[[], kubernetes.client.Configuration],
     *,
+    namespaces: Sequence[str] = (),
     resync_seconds: float = 60.0,
     cleanup_grace_seconds: float = 300.0,
-) -> None:
+) -> JobInformers:
+    """Register the handlers; returns the Jobs' informers (started at kopf's startup, stopped at its cleanup)."""
+
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
         # Called again whenever the API answers 401: a fresh configuration re-reads a rotated token.
@@ -88,9 +94,50 @@ def register(
         reconciler.queue.start(context=contextvars.copy_context())
         reconciler.request(namespace, name, urgent=urgent, force=force)
 
+    # The runs kopf serves now: each has the `serving` daemon while kopf processes its WarpRun. kopf stops
+    # every daemon when its peering pauses the operator (another operator of higher or equal priority), when
+    # the run is being deleted and when the operator exits; the fresh watch after a pause starts them again.
+    # The informer queues a run only while it is served, so a paused operator starts no pass from a Job
+    # event, as when kopf delivered the Job events (kopf pauses every watch). kopf 1.45 exposes its paused
+    # state (`operator_paused`) to no handler or argument; its daemons' stopping on a pause is public
+    # behaviour (kopf.DaemonStoppingReason.OPERATOR_PAUSING, docs "Daemons"), which this relies on:
+    # tests/test_informer.py test_peering_pauses_job_driven_reconciles fails if it ends.
+    served: set[tuple[str, str]] = set()
+
+    def job_seen(job: dict[str, Any], deleted: bool) -> None:
+        # On the informer's thread, for each event of a Job labelled kwarp.dev/run (a LIST's items too).
+        run = owning_run(job)
+        namespace = (job.get("metadata") or {}).get("namespace") or "default"
+        if not run:
+            return
+        if reconciler.job_index is not None and not reconciler.job_index.event(namespace, run, job, deleted=deleted):
+            return  # nothing a reconcile reads changed (the ADDED event of a Job a pass created, ...)
+        if (namespace, run) in served:  # a set's membership: atomic under the GIL, while the loop adds and drops
+            reconciler.request(namespace, run, urgent=not deleted and job_finished(job))
+
+    informers = JobInformers(configuration, job_seen, namespaces)
+
+    @kopf.on.startup(registry=registry)
+    async def start_informing(**_: Any) -> None:
+        informers.start()
+
     @kopf.on.cleanup(registry=registry)
     async def stop_reconciling(**_: Any) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, reconciler.queue.stop, 10.0)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, informers.stop, 10.0)
+        await loop.run_in_executor(None, reconciler.queue.stop, 10.0)
+
+    @kopf.daemon(*RUNS, registry=registry, cancellation_timeout=5)
+    async def serving(name: str, namespace: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
+        key = (namespace, name)
+        served.add(key)
+        try:
+            # What the informer saw of the run's Jobs while it was not served (a pause, before its first sight)
+            # is in the Job index: one unforced pass reads it, or is skipped if the last pass read it already.
+            queue(namespace, name)
+            await stopped.wait()
+        finally:
+            served.discard(key)
 
     @kopf.on.event(*RUNS, registry=registry)
     async def run_seen(body: Mapping[str, Any], type: str | None, **kwargs: Any) -> None:
@@ -110,16 +157,6 @@ def register(
         # Not forced: run_seen has put this event's version into the cache, and a pass runs unless the run's
         # last pass read that version already (kopf's create handler often comes after the first sight's pass).
         queue(namespace, name)
-
-    @kopf.on.event("batch", "v1", "jobs", labels={LABEL_RUN: kopf.PRESENT}, registry=registry)
-    async def job_changed(body: Mapping[str, Any], namespace: str, type: str | None, **kwargs: Any) -> None:
-        run = owning_run(body)
-        if run:
-            if reconciler.job_index is not None:
-                raw = (kwargs.get("event") or {}).get("object") or dict(body)
-                if not reconciler.job_index.event(namespace, run, raw, deleted=type == "DELETED"):
-                    return  # nothing a reconcile reads changed (the ADDED event of a Job a pass created, ...)
-            queue(namespace, run, urgent=type != "DELETED" and job_finished(body))
 
     @kopf.timer(*RUNS, interval=resync_seconds, initial_delay=resync_seconds, registry=registry)
     async def resync(name: str, namespace: str, **_: Any) -> None:
@@ -143,3 +180,14 @@ def register(
     @kopf.on.probe(id="reconciles", registry=registry)
     def reconciles(**_: Any) -> dict[str, float]:
         return {"seconds_since_last_reconcile": round(time.monotonic() - reconciler.last_success, 1)}
+
+    @kopf.on.probe(id="jobs_informer", registry=registry)
+    def jobs_informer(**_: Any) -> dict[str, Any]:
+        # A dead informer thread would leave every run to the resync timer: the probe fails (HTTP 500 from
+        # kopf's liveness endpoint) and the kubelet restarts the operator. Its loop catches every error and
+        # reconnects, so only a bug can end it.
+        if not informers.alive():
+            raise RuntimeError(f"the Jobs' informer is not running: {informers.health()}")
+        return {"runs_served": len(served), "watches": informers.health()}
+
+    return informers
