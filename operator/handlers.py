@@ -185,9 +185,10 @@ def register(
     def jobs_informer(**_: Any) -> dict[str, Any]:
         # A dead informer thread would leave every run to the resync timer: the probe fails (HTTP 500 from
         # kopf's liveness endpoint) and the kubelet restarts the operator. Its loop catches every error and
-        # reconnects, so only a bug can end it.
+        # reconnects, so only a bug can end it. Permanent: kopf would retry any other error inside the probe's
+        # request (its activities retry a failed handler), and the kubelet would see a timeout, not the error.
         if not informers.alive():
-            raise RuntimeError(f"the Jobs' informer is not running: {informers.health()}")
+            raise kopf.PermanentError(f"the Jobs' informer is not running: {informers.health()}")
         return {"runs_served": len(served), "watches": informers.health()}
 
     return informers

@@ -4,6 +4,7 @@ gate that keeps it from queueing passes while kopf's peering pauses the operator
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import socket
 import threading
@@ -185,3 +186,17 @@ def test_peering_pauses_job_driven_reconciles(tmp_path: Path, store: Path) -> No
 
             cluster.raw("PATCH", peering, {"status": {"other": None}}, content_type="application/merge-patch+json")
             wait_for(lambda: len(api.jobs()) > 1, WAIT, message="resumed: the members after the prepare Job")
+
+
+def test_the_liveness_probe_fails_while_the_informer_is_not_running(cluster: Cluster) -> None:
+    port = free_port()
+    with RunningOperator(cluster, options(liveness_port=port)):
+        probe = wait_for(lambda: health(port), WAIT, message="the liveness endpoint")
+        assert probe["jobs_informer"]["watches"][NS]["alive"]
+        # The operator's informer, found as a test can (no handle leaves serve); stopped as if its thread had died.
+        informer = next(o for o in gc.get_objects() if isinstance(o, JobInformer) and o.alive())
+        informer.stop(10)
+        time.sleep(10)  # kopf answers a probe from its last result for up to 10 s
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert failed.value.code == 500
