@@ -285,8 +285,9 @@ def test_raising_max_retries_resumes_a_gang_member_and_a_spent_gang_gets_a_new_a
         runner.succeed_index("demo-i0-members-r1", 0)  # member 0's trainer finds its checkpoint and returns
         finish_member(api, runner, "demo-i0-members-r1", 1)
         jobs_named(api, "demo-i0-merge")
-        status = api.status()
-        assert {m["member"]: m["state"] for m in status["members"]} == {0: "Succeeded", 1: "Succeeded"}
+        # A pass creates the merge Job before it writes the status that shows both members done: wait for it.
+        wait_value(api.status, lambda st: {m["member"]: m["state"] for m in st.get("members", [])}
+                   == {0: "Succeeded", 1: "Succeeded"}, WAIT, message=lambda: f"both members Succeeded: {api.status()}")
         assert queue.admissions.count("demo-i0-members") == 1 and queue.admissions.count("demo-i0-members-r1") == 1
     assert not queue.errors, queue.errors
 
@@ -443,8 +444,9 @@ def test_a_gang_of_two_node_members_waits_whole_and_a_failed_rank_restarts_its_m
             runner.succeed_index("demo-i0-members-r1", rank)
         finish_node_member(api, runner, "demo-i0-members-r1", 1)
         jobs_named(api, "demo-i0-merge")
-        status = api.status()
-        assert {m["member"]: m["state"] for m in status["members"]} == {0: "Succeeded", 1: "Succeeded"}
+        # A pass creates the merge Job before it writes the status that shows both members done: wait for it.
+        wait_value(api.status, lambda st: {m["member"]: m["state"] for m in st.get("members", [])}
+                   == {0: "Succeeded", 1: "Succeeded"}, WAIT, message=lambda: f"both members Succeeded: {api.status()}")
         finish(api, runner, "demo-i0-merge")
         finish(api, runner, "demo-i0-eval")
 
