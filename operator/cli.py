@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 from collections.abc import Mapping
 
 from kwarp.core.errors import UserError
@@ -28,6 +29,8 @@ from .app import (
     worker_defaults,
 )
 from .jobs import WorkerSettings
+
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +104,7 @@ def options_from(args: argparse.Namespace, env: Mapping[str, str]) -> OperatorOp
         queue_name=args.queue_name or None,
     )
     return OperatorOptions(
-        namespaces=list(dict.fromkeys(args.namespace)),
+        namespaces=namespace_names(args.namespace),
         metrics_port=args.metrics_port or None,
         liveness_port=args.liveness_port or None,
         bind_address=args.bind_address,
@@ -116,6 +119,17 @@ def options_from(args: argparse.Namespace, env: Mapping[str, str]) -> OperatorOp
         progress_seconds=progress,
         storage_prefixes=tuple(args.storage_allowed_prefix) or allowed_prefixes(env),
     )
+
+
+def namespace_names(given: list[str]) -> list[str]:
+    """--namespace values, each a namespace's name, once each. kopf would also take patterns ('team-*', '!x'),
+    but the Jobs are listed and watched per namespace (operator/informer.py) and the chart grants a Role in each
+    named namespace, so a pattern would serve WarpRuns whose Jobs nobody watches: refused here instead."""
+    for ns in given:
+        if not DNS_LABEL.fullmatch(ns):
+            raise UserError(f"--namespace: '{ns}' is not a namespace name (lowercase letters, digits and '-', at most "
+                            "63 characters; patterns are not supported: list each namespace)")  # fmt: skip
+    return list(dict.fromkeys(given))
 
 
 def allowed_prefixes(env: Mapping[str, str]) -> tuple[str, ...]:

@@ -141,3 +141,12 @@ def test_the_operator_command_reads_its_guardrails_and_cleanup_grace() -> None:
     assert unset.guardrails == Guardrails() and unset.cleanup_grace_seconds == 300  # strict by default
     with pytest.raises(UserError, match="KWARP_GUARDRAILS"):
         options_from(parser.parse_args([]), {"KWARP_GUARDRAILS": '{"image": ["typo"]}'})
+
+
+def test_the_operator_command_takes_namespace_names_not_patterns() -> None:
+    parser = build_parser("operator")
+    opts = options_from(parser.parse_args(["-n", "team-a", "--namespace", "team-b", "-n", "team-a"]), {})
+    assert opts.namespaces == ["team-a", "team-b"]
+    for bad in ("team-*", "!team-a", "Team-A", "a" * 64, ""):
+        with pytest.raises(UserError, match="--namespace"):
+            options_from(parser.parse_args(["--namespace", bad]), {})
