@@ -194,7 +194,8 @@ def test_the_liveness_probe_fails_while_the_informer_is_not_running(cluster: Clu
         probe = wait_for(lambda: health(port), WAIT, message="the liveness endpoint")
         assert probe["jobs_informer"]["watches"][NS]["alive"]
         # The operator's informer, found as a test can (no handle leaves serve); stopped as if its thread had died.
-        informer = next(o for o in gc.get_objects() if isinstance(o, JobInformer) and o.alive())
+        # `type(o) is`, not isinstance: gc also holds weak proxies, and isinstance on a dead one raises ReferenceError.
+        informer = next(o for o in gc.get_objects() if type(o) is JobInformer and o.alive())
         informer.stop(10)
         time.sleep(10)  # kopf answers a probe from its last result for up to 10 s
         with pytest.raises(urllib.error.HTTPError) as failed:
