@@ -14,10 +14,10 @@ import argparse
 import asyncio
 import logging
 import os
-import re
 from collections.abc import Mapping
 
 from kwarp.core.errors import UserError
+from kwarp.core.spec import DNS_1123_LABEL
 
 from .app import (
     DEFAULT_WORKER_IMAGE,
@@ -29,8 +29,6 @@ from .app import (
     worker_defaults,
 )
 from .jobs import WorkerSettings
-
-DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -126,7 +124,7 @@ def namespace_names(given: list[str]) -> list[str]:
     but the Jobs are listed and watched per namespace (operator/informer.py) and the chart grants a Role in each
     named namespace, so a pattern would serve WarpRuns whose Jobs nobody watches: refused here instead."""
     for ns in given:
-        if not DNS_LABEL.fullmatch(ns):
+        if len(ns) > 63 or not DNS_1123_LABEL.fullmatch(ns):  # fullmatch: no trailing newline either
             raise UserError(f"--namespace: '{ns}' is not a namespace name (lowercase letters, digits and '-', at most "
                             "63 characters; patterns are not supported: list each namespace)")  # fmt: skip
     return list(dict.fromkeys(given))
