@@ -18,9 +18,12 @@ for each M, it runs in child processes:
 - baseline: with --baseline REV, the same merge by the kwarp of git revision REV (`git archive` of this
             repository, its folders laid out as the kwarp package its pyproject maps them to, first on
             the child's PYTHONPATH): an older engine before/after in the same run, on the same files;
+- command:  the `kwarp merge` command itself (`python -P -m kwarp merge --init .. --member .. --out ..`), timed
+            as a whole command from its start to its exit: what mergekit's command is compared with;
 - mergekit: for M = 2, when mergekit is installed (`mergekit-yaml` on PATH or --mergekit-yaml), its
-            `nuslerp` (SLERP of the two task vectors) on the same files, timed as a whole command;
-- idle:     the interpreter with torch and kwarp imported (the memory every child starts with).
+            `nuslerp` (SLERP of the two task vectors) on the same files, timed as a whole command, in each
+            round beside the others;
+- idle:     the interpreter with the merge process's imports (`kwarp.merger.startup.import_engine`).
 
 Each child's wall time and peak RSS (os.wait4's ru_maxrss: that child only) are measured from the
 parent, and each child's CPU seconds after its imports from inside. Figures: effective throughput
@@ -146,10 +149,9 @@ def _child(kind: str, params: dict[str, Any]) -> dict[str, Any]:
                               params["layers"])
         return {"init": str(init), "members": [str(m) for m in members]}
     if kind == "idle":
-        import torch  # noqa: F401
+        from kwarp.merger.startup import import_engine
 
-        import kwarp.merger.streaming  # noqa: F401
-
+        import_engine()  # what a merge process imports before its work
         return {}
     if kind in ("copy", "durable"):
         from safetensors.torch import load_file, save_file
@@ -266,6 +268,21 @@ def _round_ratios(rounds: list[dict[str, Measured]], kinds: list[str], against: 
     return out
 
 
+def _wall_ratios(rounds: list[dict[str, Measured]], kind: str, against: str) -> str:
+    """Median (range) over the rounds of a whole command's wall time over another's in the same round."""
+    ratios = sorted(r[kind].wall / r[against].wall for r in rounds)
+    return f"{statistics.median(ratios):.3f}x ({ratios[0]:.3f}-{ratios[-1]:.3f})"
+
+
+def command_argv(inputs: list[str], out: Path, granularity: str, threads: int | None) -> list[str]:
+    """`kwarp merge` in folder mode as a user runs it (-P: the repository root holds `operator/`)."""
+    argv = [sys.executable, "-P", "-m", "kwarp", "merge", "--init", inputs[0]]
+    for member in inputs[1:]:
+        argv += ["--member", member]
+    argv += ["--out", str(out), "--granularity", granularity]
+    return argv + (["--threads", str(threads)] if threads else [])
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
 
@@ -372,7 +389,7 @@ def run(root: Path, args: argparse.Namespace) -> int:
         (str(p) for p in [Path(sys.executable).parent / "mergekit-yaml"] if p.exists()), None)
     baseline = baseline_tree(args.baseline, root / "baseline") if args.baseline else None
     idle = measure("idle", {})
-    print(f"idle child (python + torch + kwarp.merger): peak RSS {idle.peak_rss / 2**20:.0f} MiB")
+    print(f"idle child (python + the merge process's imports): peak RSS {idle.peak_rss / 2**20:.0f} MiB")
     disk = {"before": disk_probe(root, size)}
     print(f"disk under the outputs, before the children: {_disk_line(disk['before'])}\n")
     rows = []
@@ -384,7 +401,15 @@ def run(root: Path, args: argparse.Namespace) -> int:
         # freed memory to its host (this project's: 0.11 against 0.25-1.3 CPU s per 480 MiB written), and
         # which child got that memory would depend on the order, not on the code.
         written: list[Path] = []
-        kinds = ["copy", "durable", "merge", "buffered", *(["baseline"] if baseline else [])]
+        with_mergekit = bool(mergekit_yaml) and m == 2  # nuslerp merges exactly two task vectors
+        if with_mergekit:
+            config = root / f"mergekit-{m}.yaml"
+            config.write_text(json.dumps({
+                "merge_method": "nuslerp", "base_model": inputs[0], "dtype": "bfloat16",
+                "models": [{"model": p, "parameters": {"weight": 1.0}} for p in inputs[1:]],
+            }))
+        kinds = ["copy", "durable", "merge", "buffered", "command", *(["baseline"] if baseline else []),
+                 *(["mergekit"] if with_mergekit else [])]
         rounds: list[dict[str, Measured]] = []
         for rep in range(args.repeat):
             rounds.append({})
@@ -393,25 +418,19 @@ def run(root: Path, args: argparse.Namespace) -> int:
             for kind in kinds if rep % 2 == 0 else kinds[::-1]:
                 out = root / f"out-{kind}-{m}-{rep}"
                 written.append(out)
-                params = {"inputs": inputs, "out": str(out)} if kind in ("copy", "durable") else {
-                    "init": inputs[0], "members": inputs[1:], "out": str(out), "granularity": args.granularity,
-                    "threads": args.threads}
-                result = measure(kind, params, pythonpath=baseline if kind == "baseline" else None)
+                if kind == "mergekit":
+                    result = measure(kind, {}, [mergekit_yaml, str(config), str(out)])
+                elif kind == "command":
+                    result = measure(kind, {}, command_argv(inputs, out, args.granularity, args.threads))
+                else:
+                    params = {"inputs": inputs, "out": str(out)} if kind in ("copy", "durable") else {
+                        "init": inputs[0], "members": inputs[1:], "out": str(out), "granularity": args.granularity,
+                        "threads": args.threads}
+                    result = measure(kind, params, pythonpath=baseline if kind == "baseline" else None)
                 rounds[-1][kind] = result
                 if kind not in best or result.wall < best[kind].wall:
                     best[kind] = result
-        mergekit = None
-        if mergekit_yaml and m == 2:  # nuslerp merges exactly two task vectors
-            config = root / f"mergekit-{m}.yaml"
-            config.write_text(json.dumps({
-                "merge_method": "nuslerp", "base_model": inputs[0], "dtype": "bfloat16",
-                "models": [{"model": p, "parameters": {"weight": 1.0}} for p in inputs[1:]],
-            }))
-            for rep in range(args.repeat):
-                out = root / f"out-mergekit-{m}-{rep}"
-                written.append(out)
-                result = measure("mergekit", {}, [mergekit_yaml, str(config), str(out)])
-                mergekit = result if mergekit is None or result.wall < mergekit.wall else mergekit
+        mergekit, command = best.get("mergekit"), best["command"]
         for out in written:
             shutil.rmtree(out, ignore_errors=True)
         disk[f"after M={m}"] = disk_probe(root, size)
@@ -448,17 +467,24 @@ def run(root: Path, args: argparse.Namespace) -> int:
             "buffered_work_cpu_s": buffered.inner["work_cpu"],
             "buffered_work_cpu_ratio": buffered.inner["work_cpu"] / copy.inner["work_cpu"],
             "buffered_rss_MiB": buffered.peak_rss / 2**20,
-            **_round_ratios(rounds, [k for k in kinds if k != "copy"]),
+            **_round_ratios(rounds, [k for k in kinds if k not in ("copy", "command", "mergekit")]),
             "durable_work_s": durable.inner["seconds"],
             "durable_work_cpu_s": durable.inner["work_cpu"],
             "durable_work_ratio": merge.inner["seconds"] / durable.inner["seconds"],
             **_round_ratios(rounds, ["merge"], against="durable", prefix="vs_durable"),
             **({f"baseline_{k}": v for k, v in _figures(best["baseline"], copy).items()} if baseline else {}),
+            "command_s": command.wall,
+            "command_cpu_s": command.cpu,
+            "command_rss_MiB": command.peak_rss / 2**20,
             "mergekit_cpu_s": mergekit.cpu if mergekit else None,
-            "vs_mergekit_cpu": merge.cpu / mergekit.cpu if mergekit else None,
             "mergekit_s": mergekit.wall if mergekit else None,
             "mergekit_rss_MiB": mergekit.peak_rss / 2**20 if mergekit else None,
-            "vs_mergekit": merge.wall / mergekit.wall if mergekit else None,
+            # The goal's figure: the `kwarp merge` command over mergekit's command, fastest of each and, steadier
+            # on a shared machine, each round's ratio; the benchmark's merge child beside them.
+            "vs_mergekit": command.wall / mergekit.wall if mergekit else None,
+            "vs_mergekit_cpu": command.cpu / mergekit.cpu if mergekit else None,
+            "vs_mergekit_rounds": _wall_ratios(rounds, "command", "mergekit") if mergekit else None,
+            "child_vs_mergekit": merge.wall / mergekit.wall if mergekit else None,
             # Interpreter start, imports and exit of the fastest children: their wall time less their work.
             "copy_startup_exit_s": copy.wall - copy.inner["seconds"],
             "merge_startup_exit_s": merge.wall - merge.inner["seconds"],
@@ -472,13 +498,13 @@ def run(root: Path, args: argparse.Namespace) -> int:
               f"{r['copy_rss_MiB']:>6.0f}MiB {r['merge_rss_MiB']:>6.0f}MiB {r['merge_rss_extra_MiB']:>8.0f}MiB")
     print("\ncopy s / merge s: the work in the child after its imports (merge: `merge_folders`, manifest included; "
           "engine: without the manifest's hashing); GB/s = (input + output bytes) / those seconds; RSS: the "
-          "child's peak, 'extra' over an idle child with torch and kwarp imported "
+          "child's peak, 'extra' over an idle child with the merge process's imports "
           f"({idle.peak_rss / 2**20:.0f} MiB). Wall-clock ratios including interpreter start: "
           + ", ".join(f"M={r['M']} {r['time_ratio']:.2f}x" for r in rows))
     print("CPU seconds of each child (user + system, imports included; on a loaded machine the least distorted "
           "measure): " + ", ".join(f"M={r['M']} copy {r['copy_cpu_s']:.2f} s, merge {r['merge_cpu_s']:.2f} s "
                                    f"({r['cpu_ratio']:.2f}x)" for r in rows))
-    print("CPU seconds of the work after imports (the imports, mostly torch, are common to both): "
+    print("CPU seconds of the work after imports (the copy's imports are torch and safetensors.torch): "
           + ", ".join(f"M={r['M']} copy {r['copy_work_cpu_s']:.2f} s, merge {r['merge_work_cpu_s']:.2f} s "
                       f"({r['work_cpu_ratio']:.2f}x)" for r in rows))
     print("The same merge with buffered writes (direct_writes=False; the engine before direct I/O): "
@@ -505,9 +531,10 @@ def run(root: Path, args: argparse.Namespace) -> int:
     for r in rows:
         if r["mergekit_s"] is not None:
             print(f"M={r['M']}: mergekit nuslerp {r['mergekit_s']:.2f} s wall, {r['mergekit_cpu_s']:.2f} s CPU, peak RSS "
-                  f"{r['mergekit_rss_MiB']:.0f} MiB; kwarp merge {r['merge_s']:.2f} s wall, {r['merge_cpu_s']:.2f} s CPU, "
-                  f"{r['merge_rss_MiB']:.0f} MiB: {r['vs_mergekit']:.2f}x mergekit's wall time, "
-                  f"{r['vs_mergekit_cpu']:.2f}x its CPU time")
+                  f"{r['mergekit_rss_MiB']:.0f} MiB; the `kwarp merge` command {r['command_s']:.2f} s wall, "
+                  f"{r['command_cpu_s']:.2f} s CPU, {r['command_rss_MiB']:.0f} MiB: {r['vs_mergekit']:.3f}x mergekit's "
+                  f"wall time (fastest of each), each round's {r['vs_mergekit_rounds']}, {r['vs_mergekit_cpu']:.3f}x its "
+                  f"CPU time; the benchmark's merge child {r['merge_s']:.2f} s wall: {r['child_vs_mergekit']:.3f}x")
     print("Start-up and exit of the fastest children (wall less the work: interpreter, imports, exit): "
           + ", ".join(f"M={r['M']} copy {r['copy_startup_exit_s']:.2f} s, merge {r['merge_startup_exit_s']:.2f} s"
                       for r in rows))
