@@ -124,7 +124,7 @@ def namespace_names(given: list[str]) -> list[str]:
     but the Jobs are listed and watched per namespace (operator/informer.py) and the chart grants a Role in each
     named namespace, so a pattern would serve WarpRuns whose Jobs nobody watches: refused here instead."""
     for ns in given:
-        if len(ns) > 63 or not DNS_1123_LABEL.fullmatch(ns):  # fullmatch: no trailing newline either
+        if len(ns) > 63 or not DNS_1123_LABEL.fullmatch(ns):
             raise UserError(f"--namespace: '{ns}' is not a namespace name (lowercase letters, digits and '-', at most "
                             "63 characters; patterns are not supported: list each namespace)")  # fmt: skip
     return list(dict.fromkeys(given))

@@ -95,6 +95,7 @@ def test_lambda_defaults_to_one_over_m() -> None:
         ({"spec.export": {"eta": 0.3, "to": "s3://bucket"}}, "spec.export.to", "s3://bucket/key"),
         ({"spec.export": {"eta": 0.3, "to": "hf://org/name"}}, "spec.export.to", "not to hf://"),
         ({"metadata.name": "Bad_Name"}, "metadata.name", "DNS-1123"),
+        ({"metadata.name": "bad-name\n"}, "metadata.name", "DNS-1123"),  # `$` alone would let a newline end it
         ({"metadata.name": "x" * 41}, "metadata.name", "at most 40"),
         ({"kind": "Job"}, "kind", "WarpRun"),
     ],

@@ -38,7 +38,8 @@ PLURAL = "warpruns"
 # Job names are "<run>-i<i>-m<m>" or "<run>-i<i>-merge" and a Job name feeds a pod label (63 chars).
 MAX_RUN_NAME = 40
 # A DNS-1123 label's characters (Kubernetes also caps a label at 63 characters: callers check the length).
-DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Use fullmatch: `match` with `$` also accepts a trailing newline.
+DNS_1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -359,7 +360,7 @@ class Metadata(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if len(v) > MAX_RUN_NAME or not DNS_1123_LABEL.match(v):
+        if len(v) > MAX_RUN_NAME or not DNS_1123_LABEL.fullmatch(v):
             raise ValueError(
                 f"metadata.name '{v}' must be a DNS-1123 label of at most {MAX_RUN_NAME} characters "
                 "(lower-case letters, digits and '-', starting and ending alphanumeric)"
