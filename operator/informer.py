@@ -90,7 +90,8 @@ class JobInformer:
                 self._thread.start()
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def interrupt(self) -> None:
+        """Tell the thread to stop and break off its watch, without waiting for it (`stop` waits)."""
         self._stopping.set()
         response = self._response
         if response is not None:
@@ -98,6 +99,9 @@ class JobInformer:
                 response.shutdown()  # unblocks the thread's read of the watch at once (urllib3 >= 2.3)
             except Exception:  # noqa: BLE001 - closed meanwhile
                 pass
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.interrupt()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -263,7 +267,7 @@ class JobInformers:
 
     def stop(self, timeout: float = 10.0) -> None:
         for informer in self.informers:
-            informer._stopping.set()  # all at once: each interrupts its watch as it is stopped below
+            informer.interrupt()  # all at once, then each waited for
         for informer in self.informers:
             informer.stop(timeout)
 
